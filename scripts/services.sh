@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# Development, test and demo services for essops, provisioned by the project itself.
+#
+#   scripts/services.sh up       install what is missing, start local+gcp PostgreSQL and Redis
+#   scripts/services.sh down     stop what this script started (and nothing else)
+#   scripts/services.sh status   show what runs
+#   scripts/services.sh env      print the ports and paths as shell variables
+#
+# Everything lives under .services/ in the repository (git-ignored). The servers
+# listen on loopback only, on the fixed ports that sites.toml uses. `up` is
+# idempotent and safe when several test processes call it at once (flock).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SVC="$ROOT/.services"
+PG_VERSION=15
+PG_BIN="/usr/lib/postgresql/$PG_VERSION/bin"
+PG_CONFIG="$PG_BIN/pg_config"
+# name:port pairs; sites.toml points at the same ports.
+PG_CLUSTERS=("local:55432" "gcp:55433")
+REDIS_PORT=56379
+DB_USER=essops
+
+log() { printf 'services: %s\n' "$*" >&2; }
+die() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# PostgreSQL refuses to run as root; as root we run the clusters as the
+# 'postgres' system user that Debian's package creates.
+PG_OWNER="$(id -un)"
+[ "$(id -u)" -eq 0 ] && PG_OWNER=postgres
+as_pg() {
+    if [ "$(id -un)" = "$PG_OWNER" ]; then "$@"; else runuser -u "$PG_OWNER" -- "$@"; fi
+}
+
+# ---------------------------------------------------------------- install --
+
+missing_packages() {
+    local pkgs=(postgresql-$PG_VERSION postgresql-server-dev-$PG_VERSION postgresql-contrib
+                cmake gcc make dpkg-dev redis-server openssl util-linux)
+    local p
+    for p in "${pkgs[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
+    done
+}
+
+install_packages() {
+    local missing
+    missing="$(missing_packages | tr '\n' ' ')"
+    [ -z "${missing// /}" ] && return 0
+    log "installing Debian packages: $missing"
+    as_root apt-get update -qq
+    # shellcheck disable=SC2086
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    # Debian's postgresql package starts a default cluster on 5432; we never use it.
+    # Optional: hypothetical indexes for `essops index recommend` (falls back to a sample build).
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-$PG_VERSION-hypopg >/dev/null 2>&1 \
+        || log "postgresql-$PG_VERSION-hypopg not available; index recommend will use sample builds"
+}
+
+timescaledb_present() {
+    [ -f "$("$PG_CONFIG" --sharedir)/extension/timescaledb.control" ]
+}
+
+# The mirror this machine's apt already uses for its own release, so no host
+# name is written into the repository.
+debian_mirror() {
+    local codename
+    codename="$(. /etc/os-release && echo "$VERSION_CODENAME")"
+    apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null \
+        | awk -v c="$codename" '$2 == c { print $1; exit }'
+}
+
+# TimescaleDB is not packaged for Debian 12. Debian 13's source package
+# (2.19.x, Apache edition) builds against Debian 12's postgresql-server-dev-15.
+# A temporary apt configuration fetches it; the system's sources stay as they were.
+build_timescaledb() {
+    local mirror work
+    mirror="$(debian_mirror)"
+    [ -n "$mirror" ] || die "cannot find this machine's Debian mirror in its apt configuration"
+    work="$(mktemp -d /tmp/essops-tsdb.XXXXXX)"
+    log "building TimescaleDB from Debian 13's source package (mirror from apt config) in $work"
+    mkdir -p "$work/lists/partial" "$work/cache/archives/partial" "$work/src"
+    echo "deb-src $mirror trixie main" > "$work/sources.list"
+    local apt_opts=(-o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=$work/none"
+                    -o "Dir::State::Lists=$work/lists" -o "Dir::Cache=$work/cache"
+                    -o "APT::Sandbox::User=root")
+    apt-get "${apt_opts[@]}" update -qq
+    (cd "$work/src" && apt-get "${apt_opts[@]}" source -qq timescaledb >/dev/null)
+    local dir
+    dir="$(find "$work/src" -maxdepth 1 -mindepth 1 -type d -name 'timescaledb-*' | head -1)"
+    [ -n "$dir" ] || die "apt-get source timescaledb produced no source tree in $work/src"
+    (cd "$dir" && PATH="$PG_BIN:$PATH" ./bootstrap -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DAPACHE_ONLY=ON \
+        -DWARNINGS_AS_ERRORS=OFF -DPG_CONFIG="$PG_CONFIG" >"$work/bootstrap.log" 2>&1) \
+        || die "TimescaleDB bootstrap failed; see $work/bootstrap.log"
+    (cd "$dir" && as_root make -C build -j"$(nproc)" install >"$work/make.log" 2>&1) \
+        || die "TimescaleDB build failed; see $work/make.log"
+    timescaledb_present || die "TimescaleDB installed but its control file is missing"
+    rm -rf "$work"
+    log "TimescaleDB installed"
+}
+
+# ---------------------------------------------------------------- servers --
+
+pg_running() { # name port
+    "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$2" -d postgres >/dev/null 2>&1
+}
+
+pg_up() { # name port
+    local name="$1" port="$2" data="$SVC/pg/$1"
+    mkdir -p "$SVC/pg" "$SVC/run" "$SVC/secrets"
+    chmod 700 "$SVC/secrets"
+    # Password for the dev superuser: generated once, kept in a 0600 file that
+    # sites.toml names through password_file (never in the config itself).
+    local pwfile="$SVC/secrets/$name.password"
+    [ -s "$pwfile" ] || (umask 077; openssl rand -hex 16 > "$pwfile")
+    [ "$(id -u)" -eq 0 ] && chown "$PG_OWNER" "$SVC/pg" "$SVC/run"
+    if [ ! -f "$data/PG_VERSION" ]; then
+        log "initialising cluster '$name' in $data"
+        local tmp_pw
+        tmp_pw="$(mktemp)"; cp "$pwfile" "$tmp_pw"; chmod 644 "$tmp_pw"
+        as_pg "$PG_BIN/initdb" -D "$data" -U "$DB_USER" --pwfile="$tmp_pw" \
+            --auth-host=scram-sha-256 --auth-local=peer --encoding=UTF8 --locale=C.UTF-8 >/dev/null
+        rm -f "$tmp_pw"
+        as_pg tee -a "$data/postgresql.conf" >/dev/null <<EOF
+# essops dev/test cluster '$name'
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$SVC/run'
+shared_preload_libraries = 'timescaledb,pg_stat_statements'
+timescaledb.telemetry_level = off
+max_connections = 300
+max_locks_per_transaction = 256
+pg_stat_statements.track = all
+EOF
+    fi
+    if pg_running "$name" "$port"; then return 0; fi
+    log "starting PostgreSQL '$name' on 127.0.0.1:$port"
+    as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$SVC/pg/$name.log" -w -t 60 start >/dev/null \
+        || die "PostgreSQL '$name' did not start; see $SVC/pg/$name.log"
+}
+
+pg_down() { # name port
+    local data="$SVC/pg/$1"
+    [ -f "$data/postmaster.pid" ] || return 0
+    log "stopping PostgreSQL '$1'"
+    as_pg "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null || true
+}
+
+redis_running() {
+    redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG
+}
+
+redis_up() {
+    mkdir -p "$SVC/redis"
+    if redis_running; then return 0; fi
+    log "starting Redis on 127.0.0.1:$REDIS_PORT"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save "" --appendonly no \
+        --dir "$SVC/redis" --pidfile "$SVC/redis/redis.pid" --logfile "$SVC/redis/redis.log" \
+        || die "Redis did not start; see $SVC/redis/redis.log"
+    local i
+    for i in $(seq 50); do redis_running && return 0; sleep 0.1; done
+    die "Redis did not answer on port $REDIS_PORT; see $SVC/redis/redis.log"
+}
+
+redis_down() {
+    [ -f "$SVC/redis/redis.pid" ] || return 0
+    log "stopping Redis"
+    kill "$(cat "$SVC/redis/redis.pid")" 2>/dev/null || true
+    rm -f "$SVC/redis/redis.pid"
+}
+
+# ------------------------------------------------------------------ verbs --
+
+with_lock() {
+    mkdir -p "$SVC"
+    exec 9>"$SVC/.lock"
+    flock 9
+}
+
+up() {
+    install_packages
+    timescaledb_present || build_timescaledb
+    with_lock
+    local c
+    for c in "${PG_CLUSTERS[@]}"; do pg_up "${c%%:*}" "${c##*:}"; done
+    redis_up
+}
+
+down() {
+    with_lock
+    local c
+    for c in "${PG_CLUSTERS[@]}"; do pg_down "${c%%:*}" "${c##*:}"; done
+    redis_down
+}
+
+status() {
+    local c rc=0
+    for c in "${PG_CLUSTERS[@]}"; do
+        if pg_running "${c%%:*}" "${c##*:}"; then echo "postgres ${c%%:*} 127.0.0.1:${c##*:} up"
+        else echo "postgres ${c%%:*} 127.0.0.1:${c##*:} down"; rc=1; fi
+    done
+    if redis_running; then echo "redis 127.0.0.1:$REDIS_PORT up"; else echo "redis 127.0.0.1:$REDIS_PORT down"; rc=1; fi
+    return $rc
+}
+
+# Stop or start one PostgreSQL cluster: fault tests take a server away mid-run.
+stop_one() { with_lock; local c; for c in "${PG_CLUSTERS[@]}"; do [ "${c%%:*}" = "$1" ] && pg_down "$1" "${c##*:}"; done; }
+start_one() { with_lock; local c; for c in "${PG_CLUSTERS[@]}"; do [ "${c%%:*}" = "$1" ] && pg_up "$1" "${c##*:}"; done; }
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    stop) stop_one "${2:?server name}" ;;
+    start) start_one "${2:?server name}" ;;
+    *) echo "usage: $0 up|down|status|stop NAME|start NAME" >&2; exit 2 ;;
+esac
