@@ -139,7 +139,8 @@ EOF
     fi
     if pg_running "$name" "$port"; then return 0; fi
     log "starting PostgreSQL '$name' on 127.0.0.1:$port"
-    as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$SVC/pg/$name.log" -w -t 60 start >/dev/null \
+    # 9>&- : the server must not inherit the flock descriptor, or it holds the lock forever.
+    as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$SVC/pg/$name.log" -w -t 60 start >/dev/null 9>&- \
         || die "PostgreSQL '$name' did not start; see $SVC/pg/$name.log"
 }
 
@@ -159,7 +160,7 @@ redis_up() {
     if redis_running; then return 0; fi
     log "starting Redis on 127.0.0.1:$REDIS_PORT"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save "" --appendonly no \
-        --dir "$SVC/redis" --pidfile "$SVC/redis/redis.pid" --logfile "$SVC/redis/redis.log" \
+        --dir "$SVC/redis" --pidfile "$SVC/redis/redis.pid" --logfile "$SVC/redis/redis.log" 9>&- \
         || die "Redis did not start; see $SVC/redis/redis.log"
     local i
     for i in $(seq 50); do redis_running && return 0; sleep 0.1; done

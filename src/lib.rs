@@ -1,0 +1,102 @@
+//! essops: operations for battery energy storage (ESS) fleets.
+//!
+//! The command line ([`Cli`]) and [`run`], which loads the config, sets up
+//! logging, dispatches to one command's `plan`/`execute`, and renders its
+//! report. Commands live in their own modules; the binary only maps the
+//! result to an exit code.
+
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod error;
+pub mod logging;
+pub mod migrate;
+pub mod output;
+pub mod schema;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::error::{Error, Outcome};
+use crate::output::{Format, Report, Verbosity};
+
+/// Operations for battery energy storage fleets: TimescaleDB schema, Modbus
+/// ingest, local/cloud reconcile, loss rates, indexes and dashboard caches.
+#[derive(Debug, Parser)]
+#[command(name = "essops", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, clap::Args)]
+pub struct GlobalArgs {
+    /// Fleet configuration (default: the built-in sites.toml).
+    #[arg(long, global = true, env = "ESSOPS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// One JSON object per line on stdout, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors and warnings (reports still go to stdout with --json).
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Also log progress (info level) to stderr.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Migrate(migrate::MigrateArgs),
+}
+
+/// Runs one command line to the end and says how it went.
+pub fn run(cli: Cli) -> Result<Outcome, Error> {
+    let config = Config::load(cli.global.config.as_deref())?;
+    let ctx = Context {
+        config: Arc::new(config),
+        format: if cli.global.json { Format::Json } else { Format::Table },
+        verbosity: if cli.global.quiet { Verbosity::Quiet } else { Verbosity::Normal },
+    };
+    let stderr_level = match cli.global.verbose {
+        true => logging::StderrLevel::Info,
+        false => logging::StderrLevel::Warn,
+    };
+    logging::init(&ctx.log_dir(), stderr_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Output(std::io::Error::other(format!("cannot start the async runtime: {e}"))))?;
+    runtime.block_on(async {
+        tokio::select! {
+            result = dispatch(cli.command, &ctx) => result,
+            // Ctrl-C is not success: open transactions roll back as connections drop.
+            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+        }
+    })
+}
+
+async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
+    match command {
+        Command::Migrate(args) => {
+            let plan = migrate::plan(&args, ctx)?;
+            let report = match args.dry_run {
+                true => migrate::dry_run(&plan),
+                false => migrate::execute(plan, ctx).await?,
+            };
+            emit(&report, ctx)
+        }
+    }
+}
+
+fn emit<R: Report>(report: &R, ctx: &Context) -> Result<Outcome, Error> {
+    output::render(report, ctx.format, ctx.verbosity, &mut std::io::stdout().lock()).map_err(Error::Output)?;
+    Ok(report.outcome())
+}

@@ -1,1 +1,24 @@
-fn main() {}
+//! The `essops` binary: parse the command line, run it, map the result to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = match essops::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and succeed; real usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { essops::error::exit::USAGE } else { essops::error::exit::OK });
+        }
+    };
+    match essops::run(cli) {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("essops: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,1 +1,8 @@
-fn main(){}
+//! The one integration-test binary: drives the real `essops` binary and the
+//! library against the real services (see tests/support).
+
+mod support;
+
+mod cli;
+mod config_errors;
+mod migrate;

@@ -1,0 +1,590 @@
+//! `sites.toml`: servers, sites, devices, thresholds; loading and strict validation.
+//!
+//! The raw structs mirror the file (unknown keys are an error) and keep the
+//! byte span of every value that validation may complain about, so each error
+//! names the file, the line, and the key. [`Config`] is the validated form the
+//! rest of essops uses; nothing outside this module sees TOML. Passwords are
+//! resolved at connect time by `db`, never stored here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+/// The shipped `sites.toml`, used when neither `--config` nor `ESSOPS_CONFIG` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../sites.toml");
+const EMBEDDED_LABEL: &str = "sites.toml (built-in default)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Points at one place in the file.
+    #[error("{file}:{line}:{column}: key `{key}`: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    #[error("unknown site `{name}` (configured: {known})")]
+    UnknownSite { name: String, known: String },
+    #[error("unknown server `{name}` (configured: {known})")]
+    UnknownServer { name: String, known: String },
+}
+
+// ------------------------------------------------------------------ raw file
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    log_dir: Option<String>,
+    #[serde(default)]
+    defaults: RawDefaults,
+    redis: Option<RawRedis>,
+    #[serde(default)]
+    servers: BTreeMap<Spanned<String>, RawServer>,
+    #[serde(default)]
+    sites: Vec<RawSite>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    timezone: Option<Spanned<String>>,
+    sample_interval_secs: Option<Spanned<u32>>,
+    loss_warning_pct: Option<Spanned<f64>>,
+    loss_critical_pct: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    url: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    url: Spanned<String>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    name: Spanned<String>,
+    database: Option<Spanned<String>>,
+    servers: Option<Vec<Spanned<String>>>,
+    timezone: Option<Spanned<String>>,
+    sample_interval_secs: Option<Spanned<u32>>,
+    loss_warning_pct: Option<Spanned<f64>>,
+    loss_critical_pct: Option<Spanned<f64>>,
+    banks: Spanned<Vec<RawBank>>,
+    pcs: Option<Spanned<Vec<Spanned<u16>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBank {
+    id: Spanned<u16>,
+    racks: Spanned<u16>,
+}
+
+// ------------------------------------------------------------ validated form
+
+/// Where the configuration came from, for messages and relative paths.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    Embedded,
+    File(PathBuf),
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Embedded => f.write_str(EMBEDDED_LABEL),
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: ConfigSource,
+    pub log_dir: PathBuf,
+    pub redis_url: Option<Url>,
+    pub servers: Vec<Server>,
+    pub sites: Vec<Site>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: PasswordSource,
+}
+
+/// How a server's password is found. The password itself is read only when connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    Env(String),
+    File(PathBuf),
+    /// PGPASSWORD, then PGPASSFILE or ~/.pgpass, as libpq does.
+    Standard,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossThresholds {
+    pub warning_pct: f64,
+    pub critical_pct: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: String,
+    pub database: String,
+    pub servers: Vec<String>,
+    pub timezone: Tz,
+    pub sample_interval_secs: u32,
+    pub loss: LossThresholds,
+    pub banks: Vec<Bank>,
+    pub pcs: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bank {
+    pub id: u16,
+    pub racks: u16,
+}
+
+impl Site {
+    pub fn rack_count(&self) -> usize {
+        self.banks.iter().map(|b| usize::from(b.racks)).sum()
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the built-in default when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse(EMBEDDED_DEFAULT, ConfigSource::Embedded),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::parse(&text, ConfigSource::File(p.to_path_buf()))
+            }
+        }
+    }
+
+    pub fn parse(text: &str, source: ConfigSource) -> Result<Config, ConfigError> {
+        let doc = Doc { text, source: &source };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
+        Validator { doc: &doc }.config(raw)
+    }
+
+    /// Folder that relative paths in the file are relative to.
+    pub fn base_dir(&self) -> PathBuf {
+        match &self.source {
+            ConfigSource::File(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ConfigSource::Embedded => PathBuf::new(),
+        }
+    }
+
+    pub fn server(&self, name: &str) -> Result<&Server, ConfigError> {
+        self.servers.iter().find(|s| s.name == name).ok_or_else(|| ConfigError::UnknownServer {
+            name: name.to_string(),
+            known: join_names(self.servers.iter().map(|s| s.name.as_str())),
+        })
+    }
+
+    pub fn site(&self, name: &str) -> Result<&Site, ConfigError> {
+        self.sites.iter().find(|s| s.name == name).ok_or_else(|| ConfigError::UnknownSite {
+            name: name.to_string(),
+            known: join_names(self.sites.iter().map(|s| s.name.as_str())),
+        })
+    }
+
+    /// The sites named (all when none are), in the order asked; unknown names are an error.
+    pub fn select_sites(&self, names: &[String]) -> Result<Vec<&Site>, ConfigError> {
+        if names.is_empty() {
+            return Ok(self.sites.iter().collect());
+        }
+        names.iter().map(|n| self.site(n)).collect()
+    }
+
+    /// The servers named (all when none are); unknown names are an error.
+    pub fn select_servers(&self, names: &[String]) -> Result<Vec<&Server>, ConfigError> {
+        if names.is_empty() {
+            return Ok(self.servers.iter().collect());
+        }
+        names.iter().map(|n| self.server(n)).collect()
+    }
+}
+
+fn join_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.collect::<Vec<_>>().join(", ")
+}
+
+// ---------------------------------------------------------------- validation
+
+/// The text being validated, for turning byte spans into lines and columns.
+struct Doc<'a> {
+    text: &'a str,
+    source: &'a ConfigSource,
+}
+
+impl Doc<'_> {
+    fn error(&self, at: usize, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let before = &self.text[..at.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError::Invalid {
+            file: self.source.to_string(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn at<T>(&self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        self.error(value.span().start, key, message)
+    }
+
+    /// toml's own errors (syntax, unknown field, wrong type) carry a span but
+    /// not always the key; recover the key from the text around the span.
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim().to_string();
+        self.error(span.start, key_near(self.text, span), message)
+    }
+}
+
+/// The bare key at or just before `span`: the span itself when it is a key
+/// (unknown field), else the `key =` that precedes the value.
+fn key_near(text: &str, span: std::ops::Range<usize>) -> String {
+    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let at = text.get(span.clone()).unwrap_or("");
+    if !at.is_empty() && at.chars().all(is_key_char) && text[span.end..].trim_start().starts_with('=') {
+        return at.to_string();
+    }
+    let before = text[..span.start.min(text.len())].trim_end();
+    let Some(before) = before.strip_suffix('=') else { return String::from("(document)") };
+    let before = before.trim_end();
+    let start = before.rfind(|c: char| !is_key_char(c)).map_or(0, |i| i + 1);
+    match &before[start..] {
+        "" => String::from("(document)"),
+        key => key.to_string(),
+    }
+}
+
+struct Validator<'a> {
+    doc: &'a Doc<'a>,
+}
+
+struct SiteDefaults {
+    timezone: Tz,
+    sample_interval_secs: u32,
+    loss: LossThresholds,
+}
+
+impl Validator<'_> {
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let defaults = self.defaults(&raw.defaults)?;
+        let servers = raw
+            .servers
+            .iter()
+            .map(|(name, s)| self.server(name, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if servers.is_empty() {
+            return Err(self.doc.error(0, "servers", "at least one [servers.NAME] table is required"));
+        }
+        if raw.sites.is_empty() {
+            return Err(self.doc.error(0, "sites", "at least one [[sites]] entry is required"));
+        }
+        let mut seen = BTreeSet::new();
+        let mut sites = Vec::new();
+        for (i, s) in raw.sites.iter().enumerate() {
+            let site = self.site(i, s, &defaults, &servers)?;
+            if !seen.insert(site.name.clone()) {
+                return Err(self.doc.at(&s.name, format!("sites[{i}].name"), format!("duplicate site name `{}`", site.name)));
+            }
+            sites.push(site);
+        }
+        let redis_url = raw.redis.as_ref().map(|r| self.redis_url(&r.url)).transpose()?;
+        Ok(Config {
+            source: self.doc.source.clone(),
+            log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
+            redis_url,
+            servers,
+            sites,
+        })
+    }
+
+    fn defaults(&self, d: &RawDefaults) -> Result<SiteDefaults, ConfigError> {
+        let timezone = match &d.timezone {
+            Some(tz) => self.timezone(tz, "defaults.timezone")?,
+            None => chrono_tz::Asia::Seoul,
+        };
+        let sample_interval_secs = match &d.sample_interval_secs {
+            Some(v) => self.interval(v, "defaults.sample_interval_secs")?,
+            None => 1,
+        };
+        let loss = self.thresholds(
+            LossThresholds { warning_pct: 2.0, critical_pct: 5.0 },
+            d.loss_warning_pct.as_ref(),
+            d.loss_critical_pct.as_ref(),
+            "defaults",
+        )?;
+        Ok(SiteDefaults { timezone, sample_interval_secs, loss })
+    }
+
+    fn timezone(&self, tz: &Spanned<String>, key: &str) -> Result<Tz, ConfigError> {
+        Tz::from_str(tz.get_ref()).map_err(|_| {
+            self.doc.at(tz, key, format!("unknown time zone `{}`; expected an IANA name such as Asia/Seoul", tz.get_ref()))
+        })
+    }
+
+    fn interval(&self, v: &Spanned<u32>, key: &str) -> Result<u32, ConfigError> {
+        match *v.get_ref() {
+            0 => Err(self.doc.at(v, key, "the sample interval must be at least 1 second")),
+            n if 86_400 % n != 0 => Err(self.doc.at(v, key, format!("{n} s does not divide a day evenly; use a divisor of 86400"))),
+            n => Ok(n),
+        }
+    }
+
+    fn thresholds(
+        &self,
+        base: LossThresholds,
+        warning: Option<&Spanned<f64>>,
+        critical: Option<&Spanned<f64>>,
+        scope: &str,
+    ) -> Result<LossThresholds, ConfigError> {
+        let pct = |v: Option<&Spanned<f64>>, name: &str, fallback: f64| -> Result<f64, ConfigError> {
+            let Some(v) = v else { return Ok(fallback) };
+            let x = *v.get_ref();
+            if (0.0..=100.0).contains(&x) {
+                Ok(x)
+            } else {
+                Err(self.doc.at(v, format!("{scope}.{name}"), format!("a percentage between 0 and 100 is expected, got {x}")))
+            }
+        };
+        let t = LossThresholds {
+            warning_pct: pct(warning, "loss_warning_pct", base.warning_pct)?,
+            critical_pct: pct(critical, "loss_critical_pct", base.critical_pct)?,
+        };
+        if t.warning_pct > t.critical_pct {
+            let at = warning.or(critical).map_or(0, |v| v.span().start);
+            return Err(self.doc.error(
+                at,
+                format!("{scope}.loss_warning_pct"),
+                format!("the warning threshold ({} %) is above the critical one ({} %)", t.warning_pct, t.critical_pct),
+            ));
+        }
+        Ok(t)
+    }
+
+    fn server(&self, name: &Spanned<String>, s: &RawServer) -> Result<Server, ConfigError> {
+        let key = format!("servers.{}", name.get_ref());
+        if !is_plain_name(name.get_ref()) {
+            return Err(self.doc.at(name, &key, "server names may use only letters, digits, '_' and '-'"));
+        }
+        let url_key = format!("{key}.url");
+        let url = self.url(&s.url, &url_key, &["postgres", "postgresql"], "postgres://USER@HOST:PORT")?;
+        if url.username().is_empty() {
+            return Err(self.doc.at(&s.url, url_key, "the URL needs a user name: postgres://USER@HOST:PORT"));
+        }
+        if url.path().len() > 1 {
+            return Err(self.doc.at(&s.url, url_key, "leave the database out of the URL; each site names its own database"));
+        }
+        let password = match (&s.password_env, &s.password_file) {
+            (Some(a), Some(_)) => {
+                return Err(self.doc.at(a, format!("{key}.password_env"), "give password_env or password_file, not both"));
+            }
+            (Some(env), None) => PasswordSource::Env(env.get_ref().clone()),
+            (None, Some(file)) => PasswordSource::File(PathBuf::from(file.get_ref())),
+            (None, None) => PasswordSource::Standard,
+        };
+        Ok(Server {
+            name: name.get_ref().clone(),
+            host: url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string(),
+            port: url.port().unwrap_or(5432),
+            user: url.username().to_string(),
+            password,
+        })
+    }
+
+    fn redis_url(&self, url: &Spanned<String>) -> Result<Url, ConfigError> {
+        self.url(url, "redis.url", &["redis", "rediss"], "redis://HOST:PORT/DB")
+    }
+
+    /// Parses a URL, checking its scheme and refusing a literal password.
+    fn url(&self, raw: &Spanned<String>, key: &str, schemes: &[&str], shape: &str) -> Result<Url, ConfigError> {
+        let url = Url::parse(raw.get_ref())
+            .map_err(|e| self.doc.at(raw, key, format!("not a valid URL ({e}); expected {shape}")))?;
+        if !schemes.contains(&url.scheme()) {
+            return Err(self.doc.at(raw, key, format!("URL scheme `{}` is not supported; expected {shape}", url.scheme())));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(self.doc.at(raw, key, format!("the URL has no host; expected {shape}")));
+        }
+        if url.password().is_some() {
+            return Err(self.doc.at(
+                raw,
+                key,
+                "a password in the config file is refused; put it in an environment variable (password_env) or a file (password_file)",
+            ));
+        }
+        if url.query().is_some() {
+            return Err(self.doc.at(raw, key, "URL parameters are not supported here"));
+        }
+        Ok(url)
+    }
+
+    fn site(&self, i: usize, s: &RawSite, d: &SiteDefaults, servers: &[Server]) -> Result<Site, ConfigError> {
+        let key = |k: &str| format!("sites[{i}].{k}");
+        let name = s.name.get_ref();
+        if !is_plain_name(name) || name.len() > 63 {
+            return Err(self.doc.at(&s.name, key("name"), "site names may use only letters, digits, '_' and '-', at most 63 bytes"));
+        }
+        let database = match &s.database {
+            Some(db) if db.get_ref().is_empty() || db.get_ref().len() > 63 || db.get_ref().contains('\0') => {
+                return Err(self.doc.at(db, key("database"), "a database name is 1 to 63 bytes"));
+            }
+            Some(db) => db.get_ref().clone(),
+            None => name.clone(),
+        };
+        let site_servers = match &s.servers {
+            None => servers.iter().map(|s| s.name.clone()).collect(),
+            Some(list) => list
+                .iter()
+                .map(|n| match servers.iter().any(|s| &s.name == n.get_ref()) {
+                    true => Ok(n.get_ref().clone()),
+                    false => Err(self.doc.at(
+                        n,
+                        key("servers"),
+                        format!("no server `{}` is configured (configured: {})", n.get_ref(), join_names(servers.iter().map(|s| s.name.as_str()))),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let timezone = match &s.timezone {
+            Some(tz) => self.timezone(tz, &key("timezone"))?,
+            None => d.timezone,
+        };
+        let sample_interval_secs = match &s.sample_interval_secs {
+            Some(v) => self.interval(v, &key("sample_interval_secs"))?,
+            None => d.sample_interval_secs,
+        };
+        let loss = self.thresholds(d.loss, s.loss_warning_pct.as_ref(), s.loss_critical_pct.as_ref(), &format!("sites[{i}]"))?;
+        Ok(Site {
+            name: name.clone(),
+            database,
+            servers: site_servers,
+            timezone,
+            sample_interval_secs,
+            loss,
+            banks: self.banks(i, &s.banks)?,
+            pcs: self.pcs(i, s.pcs.as_ref())?,
+        })
+    }
+
+    fn banks(&self, i: usize, banks: &Spanned<Vec<RawBank>>) -> Result<Vec<Bank>, ConfigError> {
+        if banks.get_ref().is_empty() {
+            return Err(self.doc.at(banks, format!("sites[{i}].banks"), "a site needs at least one bank"));
+        }
+        let mut ids = BTreeSet::new();
+        let mut out = Vec::new();
+        for (j, b) in banks.get_ref().iter().enumerate() {
+            let id = *b.id.get_ref();
+            if id == 0 {
+                return Err(self.doc.at(&b.id, format!("sites[{i}].banks[{j}].id"), "bank ids start at 1"));
+            }
+            if !ids.insert(id) {
+                return Err(self.doc.at(&b.id, format!("sites[{i}].banks[{j}].id"), format!("duplicate bank id {id}")));
+            }
+            if *b.racks.get_ref() == 0 {
+                return Err(self.doc.at(&b.racks, format!("sites[{i}].banks[{j}].racks"), "a bank needs at least one rack, got 0"));
+            }
+            out.push(Bank { id, racks: *b.racks.get_ref() });
+        }
+        Ok(out)
+    }
+
+    fn pcs(&self, i: usize, pcs: Option<&Spanned<Vec<Spanned<u16>>>>) -> Result<Vec<u16>, ConfigError> {
+        let Some(pcs) = pcs else { return Ok(vec![1]) };
+        let mut ids = BTreeSet::new();
+        for (j, p) in pcs.get_ref().iter().enumerate() {
+            let id = *p.get_ref();
+            if id == 0 || !ids.insert(id) {
+                return Err(self.doc.at(p, format!("sites[{i}].pcs[{j}]"), format!("PCS ids are distinct and start at 1, got {id}")));
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+}
+
+fn is_plain_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, ConfigSource::File(PathBuf::from("t.toml")))
+    }
+
+    #[test]
+    fn config_embedded_default_is_the_reference_fleet() {
+        let c = Config::load(None).unwrap();
+        let shape: Vec<_> = c.sites.iter().map(|s| (s.name.as_str(), s.banks.iter().map(|b| b.racks).collect::<Vec<_>>())).collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("ESS_Operating_Site1", vec![8]),
+                ("ESS_Operating_Site2", vec![9, 8]),
+                ("ESS_Operating_Site3", vec![11]),
+                ("ESS_Operating_Site4", vec![9]),
+            ]
+        );
+        assert_eq!(c.servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["gcp", "local"]);
+        let s2 = c.site("ESS_Operating_Site2").unwrap();
+        assert_eq!((s2.timezone, s2.sample_interval_secs, s2.rack_count()), (chrono_tz::Asia::Seoul, 1, 17));
+        assert_eq!(s2.loss, LossThresholds { warning_pct: 2.0, critical_pct: 5.0 });
+        assert!(c.redis_url.is_some());
+    }
+
+    #[test]
+    fn config_key_near_finds_the_key_before_a_value() {
+        let t = "a = 1\nracks = \"x\"\n";
+        let at = t.find('"').unwrap();
+        assert_eq!(key_near(t, at..at + 3), "racks");
+        let k = t.find("racks").unwrap();
+        assert_eq!(key_near(t, k..k + 5), "racks");
+    }
+
+    #[test]
+    fn config_error_points_at_line_and_column() {
+        let text = "[servers.a]\nurl = \"postgres://u@h\"\n[[sites]]\nname = \"s\"\nbanks = [{ id = 1, racks = 0 }]\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert_eq!(e, "t.toml:5:28: key `sites[0].banks[0].racks`: a bank needs at least one rack, got 0");
+    }
+}

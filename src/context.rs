@@ -1,0 +1,19 @@
+//! What every command receives: the loaded config and the global flags, as one value.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::output::{Format, Verbosity};
+
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub format: Format,
+    pub verbosity: Verbosity,
+}
+
+impl Context {
+    pub fn log_dir(&self) -> std::path::PathBuf {
+        self.config.base_dir().join(&self.config.log_dir)
+    }
+}

@@ -1,0 +1,228 @@
+//! Connections to the configured PostgreSQL/TimescaleDB servers, password
+//! lookup, and the one identifier-quoting helper.
+//!
+//! Every SQL identifier that essops writes goes through [`quote_ident`]; every
+//! value is a bound parameter. Data moves over tokio-postgres (connected
+//! here); sqlx is used only by `migrate`, with options built here so both
+//! drivers see the same server, user and password.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{Config, PasswordSource, Server};
+use crate::error::exit;
+
+/// How long a connection attempt may take before the server counts as down.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("server `{server}`: password variable {var} is not set")]
+    PasswordEnvMissing { server: String, var: String },
+    #[error("server `{server}`: cannot read password file {path}: {reason} (run scripts/services.sh up for the development servers, or fix password_file)")]
+    PasswordFile { server: String, path: PathBuf, reason: String },
+    #[error("server `{server}` ({addr}) is unreachable: {reason}")]
+    Unreachable { server: String, addr: String, reason: String },
+    #[error("server `{server}`, database `{database}`: {context}: {reason}")]
+    Query {
+        server: String,
+        database: String,
+        context: String,
+        reason: String,
+        sqlstate: Option<String>,
+    },
+}
+
+impl DbError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DbError::PasswordEnvMissing { .. } | DbError::PasswordFile { .. } => exit::CONFIG,
+            DbError::Unreachable { .. } => exit::UNAVAILABLE,
+            DbError::Query { sqlstate, .. } if sqlstate.as_deref() == Some(INSUFFICIENT_PRIVILEGE) => exit::PRIVILEGE,
+            DbError::Query { .. } => exit::UNAVAILABLE,
+        }
+    }
+
+    /// Wraps a tokio-postgres error from a query, keeping its SQLSTATE.
+    pub fn query(server: &str, database: &str, context: impl Into<String>, e: &tokio_postgres::Error) -> DbError {
+        let reason = match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => e.to_string(),
+        };
+        DbError::Query {
+            server: server.to_string(),
+            database: database.to_string(),
+            context: context.into(),
+            reason,
+            sqlstate: e.code().map(|c| c.code().to_string()),
+        }
+    }
+}
+
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+pub const INVALID_CATALOG_NAME: &str = "3D000";
+
+/// Quotes an SQL identifier: wraps it in double quotes and doubles any inside.
+/// The only way essops puts a name into SQL text.
+pub fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        // NUL cannot appear in a PostgreSQL identifier; drop it rather than
+        // let it cut the statement short on the wire.
+        if c != '\0' {
+            out.push(c);
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A comma-separated list of quoted identifiers.
+pub fn quote_list<S: AsRef<str>>(names: &[S]) -> String {
+    names.iter().map(|n| quote_ident(n.as_ref())).collect::<Vec<_>>().join(", ")
+}
+
+/// One database on one server: what every connection is opened against.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub server: &'a Server,
+    pub database: &'a str,
+}
+
+impl Target<'_> {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.server.host, self.server.port)
+    }
+}
+
+/// The server's password, from where the config says to look.
+pub fn password(config: &Config, server: &Server, database: &str) -> Result<Option<String>, DbError> {
+    match &server.password {
+        PasswordSource::Env(var) => match std::env::var(var) {
+            Ok(p) => Ok(Some(p)),
+            Err(_) => Err(DbError::PasswordEnvMissing { server: server.name.clone(), var: var.clone() }),
+        },
+        PasswordSource::File(rel) => {
+            let path = config.base_dir().join(rel);
+            read_password_file(&path).map(Some).map_err(|reason| DbError::PasswordFile {
+                server: server.name.clone(),
+                path,
+                reason,
+            })
+        }
+        PasswordSource::Standard => Ok(std::env::var("PGPASSWORD").ok().or_else(|| pgpass_lookup(server, database))),
+    }
+}
+
+fn read_password_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let pw = text.lines().next().unwrap_or("").to_string();
+    if pw.is_empty() {
+        return Err("the file is empty".into());
+    }
+    Ok(pw)
+}
+
+/// libpq's password file: PGPASSFILE or ~/.pgpass, `host:port:db:user:password`
+/// with `*` wildcards and `\:` escapes; the first matching line wins.
+fn pgpass_lookup(server: &Server, database: &str) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let port = server.port.to_string();
+    let wanted = [server.host.as_str(), port.as_str(), database, server.user.as_str()];
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(split_pgpass_line)
+        .find(|f| f.len() == 5 && f[..4].iter().zip(wanted).all(|(have, want)| have == "*" || have == want))
+        .map(|mut f| f.swap_remove(4))
+}
+
+fn split_pgpass_line(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut().unwrap().extend(chars.next()),
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
+
+/// Opens a data connection (tokio-postgres) and drives it on the runtime.
+///
+/// No retry here: a server that is down must be reported quickly, and
+/// callers that poll (ingest) have their own backoff.
+pub async fn connect(config: &Config, target: Target<'_>) -> Result<tokio_postgres::Client, DbError> {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&target.server.host)
+        .port(target.server.port)
+        .user(&target.server.user)
+        .dbname(target.database)
+        .application_name("essops")
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(pw) = password(config, target.server, target.database)? {
+        pg.password(pw);
+    }
+    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| connect_error(target, &e))?;
+    tokio::spawn(async move {
+        // The connection ends when the client is dropped; errors surface on the client's next query.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// A failed connect is "unreachable" unless the server answered with an error
+/// of its own (no such database, bad password), which is reported as it said.
+fn connect_error(target: Target<'_>, e: &tokio_postgres::Error) -> DbError {
+    match e.as_db_error() {
+        Some(_) => DbError::query(&target.server.name, target.database, "cannot connect", e),
+        None => DbError::Unreachable {
+            server: target.server.name.clone(),
+            addr: target.addr(),
+            reason: std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string()),
+        },
+    }
+}
+
+/// sqlx options for the same target (migrations only).
+pub fn sqlx_options(config: &Config, target: Target<'_>) -> Result<sqlx::postgres::PgConnectOptions, DbError> {
+    let mut opts = sqlx::postgres::PgConnectOptions::new_without_pgpass()
+        .host(&target.server.host)
+        .port(target.server.port)
+        .username(&target.server.user)
+        .database(target.database)
+        .application_name("essops")
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    if let Some(pw) = password(config, target.server, target.database)? {
+        opts = opts.password(&pw);
+    }
+    Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_quote_ident_doubles_quotes_and_keeps_case() {
+        assert_eq!(quote_ident("TIMESTAMP"), "\"TIMESTAMP\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_ident("x\"; DROP TABLE bank; --"), "\"x\"\"; DROP TABLE bank; --\"");
+        assert_eq!(quote_ident("nul\0byte"), "\"nulbyte\"");
+        assert_eq!(quote_list(&["BANK_ID", "TIMESTAMP"]), "\"BANK_ID\", \"TIMESTAMP\"");
+    }
+
+    #[test]
+    fn db_pgpass_line_handles_escapes() {
+        assert_eq!(split_pgpass_line(r"h:5432:*:u:p\:w\\d"), ["h", "5432", "*", "u", r"p:w\d"]);
+        assert_eq!(split_pgpass_line("h:1:d:u:a:b"), ["h", "1", "d", "u", "a:b"]);
+    }
+}

@@ -1,0 +1,97 @@
+//! The crate's error type and the one table of exit codes.
+//!
+//! Each command has its own error enum (in its module); this module wraps them
+//! and says which exit code each kind maps to. The binary only calls
+//! [`Error::exit_code`] and [`Outcome::exit_code`]; nothing else picks codes.
+
+use crate::config::ConfigError;
+use crate::db::DbError;
+use crate::migrate::MigrateError;
+
+/// Documented exit codes (README, "Exit codes"). Scripts depend on these numbers.
+pub mod exit {
+    /// Ran and found nothing to report.
+    pub const OK: u8 = 0;
+    /// A bug in essops: please report it.
+    pub const INTERNAL: u8 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// Bad configuration file or environment.
+    pub const CONFIG: u8 = 3;
+    /// A server could not be reached or failed; whatever else could be done was done.
+    pub const UNAVAILABLE: u8 = 4;
+    /// Another run of the same job holds the lock.
+    pub const LOCKED: u8 = 5;
+    /// The database role lacks a privilege the command needs.
+    pub const PRIVILEGE: u8 = 6;
+    /// Ran and found problems at warning level (or repaired something).
+    pub const FOUND_WARNING: u8 = 10;
+    /// Ran and found problems at critical level.
+    pub const FOUND_CRITICAL: u8 = 11;
+    /// Stopped by Ctrl-C before finishing.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// How a command that ran to the end went, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Everything done, nothing to report.
+    Clean,
+    /// Ran; found (or repaired) something worth a warning.
+    Warning,
+    /// Ran; found something critical.
+    Critical,
+    /// Some targets (servers, sites) could not be reached; the rest were done.
+    Partial,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Clean => exit::OK,
+            Outcome::Warning => exit::FOUND_WARNING,
+            Outcome::Critical => exit::FOUND_CRITICAL,
+            Outcome::Partial => exit::UNAVAILABLE,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("cannot write output: {0}")]
+    Output(#[source] std::io::Error),
+    #[error("cannot set up logging in {dir}: {source}")]
+    Logging {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => exit::CONFIG,
+            Error::Logging { .. } => exit::CONFIG,
+            Error::Db(e) => e.exit_code(),
+            Error::Migrate(e) => e.exit_code(),
+            Error::Output(_) => exit::INTERNAL,
+            Error::Interrupted => exit::INTERRUPTED,
+        }
+    }
+
+    /// A closed stdout (`essops … | head`) is not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,356 @@
+//! `essops migrate`: create or upgrade the schema of every site database on
+//! every server, with sqlx's migrator over `migrations/`.
+//!
+//! Each (server, site) pair is one target, migrated on its own: a server that
+//! is down is reported by name and the others are still migrated. sqlx takes
+//! an advisory lock per database, so two concurrent runs cannot interleave.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use serde::Serialize;
+use sqlx::Connection;
+use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
+use sqlx::SqlSafeStr;
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::db::{self, DbError, Target};
+use crate::error::{Outcome, exit};
+use crate::output::Report;
+
+/// The files of `migrations/`, built into the binary. A unit test checks
+/// that this list and the folder agree.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "ess tables", include_str!("../migrations/0001_ess_tables.sql"))];
+
+/// sqlx's bookkeeping table in each site database.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// Create or upgrade the ESS tables (TimescaleDB hypertables with unique natural keys)
+/// in every site database on every server.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Only this site (repeatable; default: all sites in the config).
+    #[arg(long = "site", value_name = "NAME")]
+    pub sites: Vec<String>,
+    /// Only this server (repeatable; default: every server of each site).
+    #[arg(long = "server", value_name = "NAME")]
+    pub servers: Vec<String>,
+    /// Create a site database that does not exist yet (needs CREATEDB).
+    #[arg(long)]
+    pub create_database: bool,
+    /// Show what would be migrated and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("server `{server}`: database `{database}` does not exist; run `essops migrate --create-database` or create it")]
+    MissingDatabase { server: String, database: String },
+    #[error("server `{server}`, database `{database}`: {reason}")]
+    Sqlx { server: String, database: String, reason: String },
+}
+
+impl MigrateError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            MigrateError::Db(e) => e.exit_code(),
+            MigrateError::MissingDatabase { .. } | MigrateError::Sqlx { .. } => exit::UNAVAILABLE,
+        }
+    }
+}
+
+/// What to do when a site database is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingDatabase {
+    Create,
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrateTarget {
+    pub server: String,
+    pub site: String,
+    pub database: String,
+}
+
+#[derive(Debug)]
+pub struct MigratePlan {
+    pub targets: Vec<MigrateTarget>,
+    pub missing_database: MissingDatabase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrateStatus {
+    /// --dry-run: would be migrated.
+    Planned,
+    Migrated,
+    UpToDate,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrateRow {
+    pub server: String,
+    pub site: String,
+    pub database: String,
+    pub status: MigrateStatus,
+    pub database_created: bool,
+    /// Versions applied by this run.
+    pub applied: Vec<i64>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrateReport {
+    pub rows: Vec<MigrateRow>,
+}
+
+pub fn plan(args: &MigrateArgs, ctx: &Context) -> crate::error::Result<MigratePlan> {
+    let config = &ctx.config;
+    let servers = config.select_servers(&args.servers)?;
+    let mut targets = Vec::new();
+    for site in config.select_sites(&args.sites)? {
+        for server in servers.iter().filter(|s| site.servers.contains(&s.name)) {
+            targets.push(MigrateTarget {
+                server: server.name.clone(),
+                site: site.name.clone(),
+                database: site.database.clone(),
+            });
+        }
+    }
+    let missing_database = match args.create_database {
+        true => MissingDatabase::Create,
+        false => MissingDatabase::Fail,
+    };
+    Ok(MigratePlan { targets, missing_database })
+}
+
+/// The report a `--dry-run` prints: the plan, nothing touched.
+pub fn dry_run(plan: &MigratePlan) -> MigrateReport {
+    let rows = plan.targets.iter().map(|t| row(t, MigrateStatus::Planned, Instant::now())).collect();
+    MigrateReport { rows }
+}
+
+pub async fn execute(plan: MigratePlan, ctx: &Context) -> crate::error::Result<MigrateReport> {
+    // A password that cannot be found is a config error for the whole run,
+    // not one failed target among others.
+    for t in &plan.targets {
+        let server = ctx.config.server(&t.server)?;
+        db::password(&ctx.config, server, &t.database)?;
+    }
+    // Targets run concurrently: a down server costs one connect timeout, not one per site.
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, target) in plan.targets.into_iter().enumerate() {
+        let config = Arc::clone(&ctx.config);
+        let missing = plan.missing_database;
+        tasks.spawn(async move { (i, migrate_one(&config, target, missing).await) });
+    }
+    let mut rows = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(r) => rows.push(r),
+            // A panicking task is a bug; keep it visible rather than hiding the row.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    rows.sort_by_key(|(i, _)| *i);
+    Ok(MigrateReport { rows: rows.into_iter().map(|(_, r)| r).collect() })
+}
+
+fn row(t: &MigrateTarget, status: MigrateStatus, started: Instant) -> MigrateRow {
+    MigrateRow {
+        server: t.server.clone(),
+        site: t.site.clone(),
+        database: t.database.clone(),
+        status,
+        database_created: false,
+        applied: Vec::new(),
+        error: None,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }
+}
+
+async fn migrate_one(config: &Config, t: MigrateTarget, missing: MissingDatabase) -> MigrateRow {
+    let started = Instant::now();
+    let result = async {
+        let server = config.server(&t.server).expect("planned servers exist");
+        let target = Target { server, database: &t.database };
+        let created = match missing {
+            MissingDatabase::Create => ensure_database(config, target).await?,
+            MissingDatabase::Fail => false,
+        };
+        let applied = apply_migrations(config, target).await?;
+        Ok::<_, MigrateError>((created, applied))
+    }
+    .await;
+    let mut r = row(&t, MigrateStatus::Failed, started);
+    match result {
+        Ok((created, applied)) => {
+            r.status = if applied.is_empty() { MigrateStatus::UpToDate } else { MigrateStatus::Migrated };
+            r.database_created = created;
+            r.applied = applied;
+            tracing::info!(site = %t.site, server = %t.server, applied = ?r.applied, created, "migrated");
+        }
+        Err(e) => {
+            tracing::error!(site = %t.site, server = %t.server, error = %e, "migration failed");
+            r.error = Some(e.to_string());
+        }
+    }
+    r.duration_ms = started.elapsed().as_millis() as u64;
+    r
+}
+
+/// Creates the site database when it is missing; true when it did.
+async fn ensure_database(config: &Config, target: Target<'_>) -> Result<bool, MigrateError> {
+    let maintenance = Target { server: target.server, database: "postgres" };
+    let client = db::connect(config, maintenance).await?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&target.database])
+        .await
+        .map_err(|e| DbError::query(&target.server.name, "postgres", "looking up the site database", &e))?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    let sql = format!("CREATE DATABASE {}", db::quote_ident(target.database));
+    match client.batch_execute(&sql).await {
+        Ok(()) => Ok(true),
+        // Another migrate created it between our check and our CREATE: fine.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => Ok(false),
+        Err(e) => Err(DbError::query(&target.server.name, target.database, "creating the database", &e).into()),
+    }
+}
+
+fn migrator() -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, sql.into_sql_str(), false)
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}
+
+/// Runs the pending migrations; returns the versions it applied.
+async fn apply_migrations(config: &Config, target: Target<'_>) -> Result<Vec<i64>, MigrateError> {
+    let sqlx_err = |e: &dyn std::fmt::Display| MigrateError::Sqlx {
+        server: target.server.name.clone(),
+        database: target.database.to_string(),
+        reason: e.to_string(),
+    };
+    let opts = db::sqlx_options(config, target)?;
+    let mut conn = match tokio::time::timeout(db::CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&opts)).await {
+        Err(_) => return Err(unreachable(target, "connection timed out")),
+        Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some(db::INVALID_CATALOG_NAME) => {
+            return Err(MigrateError::MissingDatabase {
+                server: target.server.name.clone(),
+                database: target.database.to_string(),
+            });
+        }
+        Ok(Err(e @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut))) => return Err(unreachable(target, &e.to_string())),
+        Ok(Err(e)) => return Err(sqlx_err(&e)),
+        Ok(Ok(c)) => c,
+    };
+    let mut migrator = migrator();
+    // Take sqlx's advisory lock ourselves so that what we report as applied
+    // is exactly what this run applied, even with a concurrent migrate.
+    conn.lock().await.map_err(|e| sqlx_err(&e))?;
+    migrator.set_locking(false);
+    let result = async {
+        conn.ensure_migrations_table(MIGRATIONS_TABLE).await?;
+        let before: Vec<i64> = conn.list_applied_migrations(MIGRATIONS_TABLE).await?.into_iter().map(|m| m.version).collect();
+        // run_direct rather than run: `run` takes an `Acquire` whose lifetime
+        // bound makes the future non-Send inside a spawned task (sqlx's own note).
+        migrator.run_direct(None, &mut conn, false).await?;
+        Ok::<_, sqlx::migrate::MigrateError>(migrator.iter().map(|m| m.version).filter(|v| !before.contains(v)).collect())
+    }
+    .await;
+    let _ = conn.unlock().await;
+    let applied = result.map_err(|e| sqlx_err(&e))?;
+    let _ = conn.close().await;
+    Ok(applied)
+}
+
+fn unreachable(target: Target<'_>, reason: &str) -> MigrateError {
+    MigrateError::Db(DbError::Unreachable {
+        server: target.server.name.clone(),
+        addr: target.addr(),
+        reason: reason.to_string(),
+    })
+}
+
+impl Report for MigrateReport {
+    type Row = MigrateRow;
+    const HEADER: &'static [&'static str] = &["SERVER", "SITE", "DATABASE", "STATUS", "APPLIED", "ERROR"];
+
+    fn rows(&self) -> &[MigrateRow] {
+        &self.rows
+    }
+
+    fn cells(r: &MigrateRow) -> Vec<String> {
+        let status = match r.status {
+            MigrateStatus::Planned => "planned",
+            MigrateStatus::Migrated if r.database_created => "created+migrated",
+            MigrateStatus::Migrated => "migrated",
+            MigrateStatus::UpToDate => "up to date",
+            MigrateStatus::Failed => "FAILED",
+        };
+        let applied = r.applied.iter().map(|v| format!("{v:04}")).collect::<Vec<_>>().join(",");
+        vec![r.server.clone(), r.site.clone(), r.database.clone(), status.into(), applied, r.error.clone().unwrap_or_default()]
+    }
+
+    fn summary(&self) -> String {
+        let count = |s: MigrateStatus| self.rows.iter().filter(|r| r.status == s).count();
+        let (planned, migrated, current, failed) = (
+            count(MigrateStatus::Planned),
+            count(MigrateStatus::Migrated),
+            count(MigrateStatus::UpToDate),
+            count(MigrateStatus::Failed),
+        );
+        if planned > 0 {
+            return format!("dry run: {planned} database(s) would be checked and migrated; nothing was changed");
+        }
+        if migrated == 0 && failed == 0 {
+            return format!("no change: all {current} database(s) are up to date");
+        }
+        format!("{migrated} migrated, {current} already up to date, {failed} failed")
+    }
+
+    fn outcome(&self) -> Outcome {
+        match self.rows.iter().any(|r| r.status == MigrateStatus::Failed) {
+            true => Outcome::Partial,
+            false => Outcome::Clean,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrate_embedded_list_matches_the_folder() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let listed: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|(v, d, _)| format!("{v:04}_{}.sql", d.replace(' ', "_")))
+            .collect();
+        assert_eq!(files, listed);
+        let versions: Vec<i64> = migrator().iter().map(|m| m.version).collect();
+        assert_eq!(versions, (1..=MIGRATIONS.len() as i64).collect::<Vec<_>>());
+    }
+}

@@ -1,0 +1,123 @@
+//! The ESS tables: their natural keys, the devices a site has in each, and
+//! catalog introspection of what a server really holds.
+//!
+//! `migrations/` creates the tables; this module only describes them. Commands
+//! that read (loss, reconcile, index, cache) ask the catalog for columns
+//! instead of hard-coding them, so they also work on older deployments.
+
+use crate::config::Site;
+use crate::db::DbError;
+
+/// The hypertables' time column.
+pub const TIME_COLUMN: &str = "TIMESTAMP";
+
+/// One ESS table: its name and the device-id columns that, with
+/// [`TIME_COLUMN`], make its natural key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSpec {
+    pub name: &'static str,
+    pub device_columns: &'static [&'static str],
+}
+
+pub const BANK: TableSpec = TableSpec { name: "bank", device_columns: &["BANK_ID"] };
+pub const RACK: TableSpec = TableSpec { name: "rack", device_columns: &["BANK_ID", "RACK_ID"] };
+pub const PCS: TableSpec = TableSpec { name: "pcs", device_columns: &["PCS_ID"] };
+pub const ETC: TableSpec = TableSpec { name: "etc", device_columns: &[] };
+
+pub const TABLES: [TableSpec; 4] = [BANK, RACK, PCS, ETC];
+
+/// A device's ids, in the order of its table's `device_columns`
+/// (empty for the site-level `etc` table).
+pub type DeviceId = Vec<i16>;
+
+impl TableSpec {
+    pub fn by_name(name: &str) -> Option<TableSpec> {
+        TABLES.into_iter().find(|t| t.name == name)
+    }
+
+    /// Device columns then the time column: the unique index's column order.
+    pub fn key_columns(&self) -> Vec<&'static str> {
+        self.device_columns.iter().copied().chain([TIME_COLUMN]).collect()
+    }
+
+    /// Every device the config says this site has in this table, even those
+    /// that never sent anything.
+    pub fn devices(&self, site: &Site) -> Vec<DeviceId> {
+        match self.name {
+            "bank" => site.banks.iter().map(|b| vec![b.id as i16]).collect(),
+            "rack" => site
+                .banks
+                .iter()
+                .flat_map(|b| (1..=b.racks).map(move |r| vec![b.id as i16, r as i16]))
+                .collect(),
+            "pcs" => site.pcs.iter().map(|p| vec![*p as i16]).collect(),
+            _ => vec![vec![]],
+        }
+    }
+}
+
+/// A device id as people write it: `bank 2 / rack 5`, `pcs 1`, `site`.
+pub fn device_label(table: &TableSpec, device: &[i16]) -> String {
+    if device.is_empty() {
+        return "site".into();
+    }
+    table
+        .device_columns
+        .iter()
+        .zip(device)
+        .map(|(col, id)| format!("{} {id}", col.trim_end_matches("_ID").to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// A column as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Column {
+    pub name: String,
+    pub data_type: String,
+    pub nullable: bool,
+}
+
+/// The columns of `public.<table>` in table order; empty when there is no such table.
+pub async fn columns(
+    client: &tokio_postgres::Client,
+    server: &str,
+    database: &str,
+    table: &str,
+) -> Result<Vec<Column>, DbError> {
+    let rows = client
+        .query(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull
+               FROM pg_attribute a
+               JOIN pg_class c ON c.oid = a.attrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relname = $1 AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&table],
+        )
+        .await
+        .map_err(|e| DbError::query(server, database, format!("reading the columns of `{table}`"), &e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Column { name: r.get(0), data_type: r.get(1), nullable: r.get(2) })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn schema_devices_come_from_the_config() {
+        let c = Config::load(None).unwrap();
+        let s2 = c.site("ESS_Operating_Site2").unwrap();
+        assert_eq!(BANK.devices(s2), vec![vec![1], vec![2]]);
+        let racks = RACK.devices(s2);
+        assert_eq!(racks.len(), 17);
+        assert_eq!((racks[8].clone(), racks[9].clone()), (vec![1, 9], vec![2, 1]));
+        assert_eq!(ETC.devices(s2), vec![Vec::<i16>::new()]);
+        assert_eq!(device_label(&RACK, &[2, 5]), "bank 2 / rack 5");
+        assert_eq!(RACK.key_columns(), ["BANK_ID", "RACK_ID", "TIMESTAMP"]);
+    }
+}

@@ -1,0 +1,41 @@
+//! The command line itself: help, usage errors, exit codes.
+
+use crate::support::Cmd;
+
+#[test]
+fn cli_help_lists_only_working_commands() {
+    let run = Cmd::new(None).args(["--help"]).run().expect_code(0);
+    let commands: Vec<String> = run
+        .stdout()
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert_eq!(commands, ["migrate", "help"]);
+}
+
+#[test]
+fn cli_unknown_flag_is_a_usage_error() {
+    let run = Cmd::new(None).args(["migrate", "--no-such-flag"]).run().expect_code(2);
+    assert!(run.stderr().contains("--no-such-flag"), "{}", run.stderr());
+}
+
+#[test]
+fn cli_unknown_site_is_a_config_error() {
+    let run = Cmd::new(None).args(["migrate", "--dry-run", "--site", "Nowhere"]).run().expect_code(3);
+    assert_eq!(
+        run.stderr().trim(),
+        "essops: error: unknown site `Nowhere` (configured: ESS_Operating_Site1, ESS_Operating_Site2, ESS_Operating_Site3, ESS_Operating_Site4)"
+    );
+}
+
+#[test]
+fn cli_unknown_server_is_a_config_error() {
+    let run = Cmd::new(None).args(["migrate", "--dry-run", "--server", "aws"]).run().expect_code(3);
+    assert_eq!(run.stderr().trim(), "essops: error: unknown server `aws` (configured: gcp, local)");
+}

@@ -1,0 +1,79 @@
+//! Test support: the real services (started by scripts/services.sh), a
+//! per-test configuration and databases, and a runner for the real binary.
+//!
+//! A missing service is a loud failure, never a silent skip.
+
+#![allow(dead_code)] // each test uses a different part of the support module
+
+pub mod cmd;
+pub mod pg;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub use cmd::Cmd;
+pub use pg::TestDb;
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Brings the services up once per test process (the script is idempotent and locked).
+pub fn services() {
+    static UP: OnceLock<()> = OnceLock::new();
+    UP.get_or_init(|| {
+        let out = std::process::Command::new("bash")
+            .arg(Path::new(REPO).join("scripts/services.sh"))
+            .arg("up")
+            .output()
+            .expect("run scripts/services.sh up");
+        assert!(
+            out.status.success(),
+            "scripts/services.sh up failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// A scratch folder for one test, removed at the end unless the test panicked.
+pub struct Scratch {
+    pub path: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(test: &str) -> Scratch {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("it").join(test);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Scratch { path }
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept scratch folder {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// The dev servers' `[servers]` tables, with absolute password-file paths.
+pub fn servers_toml() -> String {
+    let secrets = Path::new(REPO).join(".services/secrets");
+    [("local", 55432), ("gcp", 55433)]
+        .iter()
+        .map(|(name, port)| {
+            format!(
+                "[servers.{name}]\nurl = \"postgres://essops@127.0.0.1:{port}\"\npassword_file = \"{}\"\n\n",
+                secrets.join(format!("{name}.password")).display()
+            )
+        })
+        .collect()
+}
