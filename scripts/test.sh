@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine: installs and starts the
+# services (scripts/services.sh up), then runs every unit and integration test.
+# Cargo's target directory lives outside the clone so a machine that has built
+# before only rebuilds what changed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/essops/target}"
+scripts/services.sh up
+cargo test --locked "$@"
