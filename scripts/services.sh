@@ -137,7 +137,11 @@ max_locks_per_transaction = 256
 pg_stat_statements.track = all
 EOF
     fi
-    if pg_running "$name" "$port"; then return 0; fi
+    if pg_running "$name" "$port"; then
+        # Reuse only our own server; never talk to one this script did not start.
+        [ -f "$data/postmaster.pid" ] && return 0
+        die "port $port is taken by a PostgreSQL server this script did not start (not $data); stop it or change the port"
+    fi
     log "starting PostgreSQL '$name' on 127.0.0.1:$port"
     # 9>&- : the server must not inherit the flock descriptor, or it holds the lock forever.
     as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$SVC/pg/$name.log" -w -t 60 start >/dev/null 9>&- \
@@ -157,7 +161,10 @@ redis_running() {
 
 redis_up() {
     mkdir -p "$SVC/redis"
-    if redis_running; then return 0; fi
+    if redis_running; then
+        [ -f "$SVC/redis/redis.pid" ] && return 0
+        die "port $REDIS_PORT is taken by a Redis this script did not start; stop it or change the port"
+    fi
     log "starting Redis on 127.0.0.1:$REDIS_PORT"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save "" --appendonly no \
         --dir "$SVC/redis" --pidfile "$SVC/redis/redis.pid" --logfile "$SVC/redis/redis.log" 9>&- \
