@@ -6,6 +6,7 @@
 
 use crate::config::ConfigError;
 use crate::db::DbError;
+use crate::loss::LossError;
 use crate::migrate::MigrateError;
 
 /// Documented exit codes (README, "Exit codes"). Scripts depend on these numbers.
@@ -64,6 +65,8 @@ pub enum Error {
     Db(#[from] DbError),
     #[error(transparent)]
     Migrate(#[from] MigrateError),
+    #[error(transparent)]
+    Loss(#[from] LossError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
     #[error("cannot set up logging in {dir}: {source}")]
@@ -83,6 +86,7 @@ impl Error {
             Error::Logging { .. } => exit::CONFIG,
             Error::Db(e) => e.exit_code(),
             Error::Migrate(e) => e.exit_code(),
+            Error::Loss(e) => e.exit_code(),
             Error::Output(_) => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
         }

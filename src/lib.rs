@@ -10,9 +10,11 @@ pub mod context;
 pub mod db;
 pub mod error;
 pub mod logging;
+pub mod loss;
 pub mod migrate;
 pub mod output;
 pub mod schema;
+pub mod window;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -55,6 +57,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Migrate(migrate::MigrateArgs),
+    Loss(loss::LossArgs),
 }
 
 /// Runs one command line to the end and says how it went.
@@ -91,6 +94,11 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
                 true => migrate::dry_run(&plan),
                 false => migrate::execute(plan, ctx).await?,
             };
+            emit(&report, ctx)
+        }
+        Command::Loss(args) => {
+            let plan = loss::plan(&args, ctx, chrono::Utc::now())?;
+            let report = loss::execute(plan, ctx).await?;
             emit(&report, ctx)
         }
     }

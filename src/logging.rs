@@ -30,6 +30,10 @@ pub mod fields {
     pub const WINDOW_END: &str = "window_end";
 }
 
+/// Target for graded report lines (loss grades and the like): they go to the
+/// site files only, since the report itself is already on stdout.
+pub const REPORT_TARGET: &str = "essops::report";
+
 /// File name prefix for events that belong to no site.
 const GENERAL_LOG: &str = "essops";
 
@@ -57,7 +61,7 @@ pub fn init(log_dir: &Path, stderr: StderrLevel) -> Result<(), Error> {
         .with_target(false)
         .without_time()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(only_ours(max));
+        .with_filter(only_ours(max).with_target(REPORT_TARGET, tracing_subscriber::filter::LevelFilter::OFF));
     let files = SiteFiles { dir: log_dir.to_path_buf(), open: Mutex::new(HashMap::new()) }
         .with_filter(only_ours(Level::INFO));
     // A second init (tests calling run() twice in one process) keeps the first.
@@ -78,7 +82,11 @@ impl<S: Subscriber> Layer<S> for SiteFiles {
         let mut obj = visitor.0;
         let site = obj.get(fields::SITE).and_then(Value::as_str).unwrap_or(GENERAL_LOG).to_string();
         obj.insert("ts".into(), Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
-        obj.insert("level".into(), Value::String(event.metadata().level().as_str().to_lowercase()));
+        // An explicit `level` field (loss grades: info/warning/critical) wins
+        // over tracing's level, which has no "critical".
+        if !obj.contains_key("level") {
+            obj.insert("level".into(), Value::String(event.metadata().level().as_str().to_lowercase()));
+        }
         let Ok(mut line) = serde_json::to_vec(&obj) else { return };
         line.push(b'\n');
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,0 +1,479 @@
+//! `essops loss`: data loss per server, site, table and device over a window,
+//! with the gaps that make it up, graded JSON log lines, and an export.
+//!
+//! Expected samples come from the window (DST-aware, cut at "now") and the
+//! site's sample interval; the devices come from the config, so a device that
+//! sent nothing still counts. `measure` reads the server; `gaps` does the
+//! arithmetic; `export` writes CSV or Parquet.
+
+mod export;
+pub mod gaps;
+mod measure;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use clap::Args;
+use serde::Serialize;
+
+use crate::config::{Config, Site};
+use crate::context::Context;
+use crate::db::{self, Target};
+use crate::error::{Outcome, exit};
+use crate::logging::REPORT_TARGET;
+use crate::output::{Report, human_bytes};
+use crate::schema::{self, DeviceId, TABLES, TableSpec};
+use crate::window::{Window, WindowError, WindowSpec};
+
+use gaps::{DeviceSamples, Gap, Grade};
+use measure::{TableProblem, TableSamples};
+
+/// How many of a device's longest gaps the report lists.
+const LONGEST_GAPS: usize = 5;
+
+/// Data loss per server, site, table and device, with gaps and graded log lines.
+///
+/// Exit code 10 when some loss is above the warning threshold, 11 above the
+/// critical one, 4 when a server or table could not be measured.
+#[derive(Debug, Args)]
+pub struct LossArgs {
+    /// Only this site (repeatable; default: all).
+    #[arg(long = "site", value_name = "NAME")]
+    pub sites: Vec<String>,
+    /// Only this server (repeatable; default: all of each site's servers).
+    #[arg(long = "server", value_name = "NAME")]
+    pub servers: Vec<String>,
+    /// Only this table: bank, rack, pcs or etc (repeatable; default: all).
+    #[arg(long = "table", value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// One local day in each site's time zone (default: yesterday).
+    #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["from", "to"])]
+    pub date: Option<NaiveDate>,
+    /// Window start: an RFC 3339 time, or a site-local `YYYY-MM-DD[ HH:MM[:SS]]`.
+    #[arg(long, value_name = "TIME", requires = "to")]
+    pub from: Option<String>,
+    /// Window end (exclusive); the part after now is not counted.
+    #[arg(long, value_name = "TIME", requires = "from")]
+    pub to: Option<String>,
+    /// Also write the device and table rows to FILE.csv or FILE.parquet.
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LossError {
+    #[error("unknown table `{0}` (known: bank, rack, pcs, etc)")]
+    UnknownTable(String),
+    #[error(transparent)]
+    Window(#[from] WindowError),
+    #[error("--output {0}: the file name must end in .csv or .parquet")]
+    OutputKind(PathBuf),
+    #[error("cannot write {path}: {reason}")]
+    Export { path: PathBuf, reason: String },
+}
+
+impl LossError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LossError::UnknownTable(_) | LossError::Window(_) | LossError::OutputKind(_) => exit::USAGE,
+            LossError::Export { .. } => exit::INTERNAL,
+        }
+    }
+}
+
+/// One (server, site) to measure.
+#[derive(Debug, Clone)]
+pub struct LossTarget {
+    pub server: String,
+    pub site: Site,
+    /// The asked window, and the part of it that is not in the future.
+    pub window: Window,
+    pub counted: Window,
+}
+
+#[derive(Debug)]
+pub struct LossPlan {
+    pub targets: Vec<LossTarget>,
+    pub tables: Vec<TableSpec>,
+    pub export: Option<export::ExportPath>,
+}
+
+pub fn plan(args: &LossArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error::Result<LossPlan> {
+    let config = &ctx.config;
+    let tables = match args.tables.is_empty() {
+        true => TABLES.to_vec(),
+        false => args
+            .tables
+            .iter()
+            .map(|t| TableSpec::by_name(t).ok_or_else(|| LossError::UnknownTable(t.clone())))
+            .collect::<Result<_, _>>()?,
+    };
+    let spec = match (&args.date, &args.from, &args.to) {
+        (Some(d), _, _) => WindowSpec::Date(*d),
+        (None, Some(from), Some(to)) => WindowSpec::Range { from: from.clone(), to: to.clone() },
+        _ => WindowSpec::Yesterday,
+    };
+    let export = args.output.as_deref().map(export::ExportPath::new).transpose()?;
+    let servers = config.select_servers(&args.servers)?;
+    let mut targets = Vec::new();
+    for site in config.select_sites(&args.sites)? {
+        let window = spec.resolve(site.timezone, now).map_err(LossError::from)?;
+        for server in servers.iter().filter(|s| site.servers.contains(&s.name)) {
+            targets.push(LossTarget { server: server.name.clone(), site: site.clone(), window, counted: window.until(now) });
+        }
+    }
+    Ok(LossPlan { targets, tables, export })
+}
+
+// ------------------------------------------------------------------ report
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceLoss {
+    pub server: String,
+    pub site: String,
+    pub table: String,
+    pub device: String,
+    pub device_ids: DeviceId,
+    /// False for a device found in the data but not in the config.
+    pub configured: bool,
+    pub window_start: String,
+    pub window_end: String,
+    pub expected: i64,
+    pub observed: i64,
+    pub missing: i64,
+    pub loss_pct: f64,
+    pub collection_pct: f64,
+    pub gap_count: usize,
+    pub longest_gaps: Vec<LocalGap>,
+    pub level: Grade,
+}
+
+/// A gap as reported: times in the site's zone.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalGap {
+    pub start: String,
+    pub end: String,
+    pub missing_samples: i64,
+    pub length_secs: i64,
+}
+
+impl LocalGap {
+    fn new(g: Gap, tz: Tz) -> LocalGap {
+        LocalGap { start: local(g.start, tz), end: local(g.end, tz), missing_samples: g.missing_samples, length_secs: g.length_secs }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TableLoss {
+    pub server: String,
+    pub site: String,
+    pub table: String,
+    pub window_start: String,
+    pub window_end: String,
+    pub devices: usize,
+    pub expected: i64,
+    pub observed: i64,
+    pub loss_pct: f64,
+    pub collection_pct: f64,
+    pub size_bytes: i64,
+    pub size: String,
+    pub level: Grade,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LossFailure {
+    pub server: String,
+    pub site: String,
+    pub table: Option<String>,
+    pub error: String,
+}
+
+/// One line of the report; `kind` tells them apart in JSON.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LossRow {
+    Device(DeviceLoss),
+    Table(TableLoss),
+    Failure(LossFailure),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LossReport {
+    pub rows: Vec<LossRow>,
+}
+
+// ----------------------------------------------------------------- execute
+
+pub async fn execute(plan: LossPlan, ctx: &Context) -> crate::error::Result<LossReport> {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut order = 0;
+    for target in &plan.targets {
+        for spec in &plan.tables {
+            let (config, target, spec) = (Arc::clone(&ctx.config), target.clone(), *spec);
+            tasks.spawn(async move { (order, measure_table(&config, &target, spec).await) });
+            order += 1;
+        }
+    }
+    let mut results = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(r) => results.push(r),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    results.sort_by_key(|(i, _)| *i);
+    let rows: Vec<LossRow> = results.into_iter().flat_map(|(_, rows)| rows).collect();
+    rows.iter().for_each(log_row);
+    let report = LossReport { rows };
+    if let Some(path) = &plan.export {
+        path.write(&report)?;
+    }
+    Ok(report)
+}
+
+/// Measures one table of one (server, site): its device rows and its table
+/// row, or a failure row. Never fails the whole run.
+async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Vec<LossRow> {
+    let fail = |error: String| vec![LossRow::Failure(LossFailure {
+        server: t.server.clone(),
+        site: t.site.name.clone(),
+        table: Some(spec.name.to_string()),
+        error,
+    })];
+    let server = config.server(&t.server).expect("planned servers exist");
+    let database = t.site.database.as_str();
+    let client = match db::connect(config, Target { server, database }).await {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    match measure::check_table(&client, &t.server, database, &spec).await {
+        Ok(None) => {}
+        Ok(Some(TableProblem::Missing)) => {
+            return fail(format!("server `{}`, database `{database}`: table `{}` does not exist (run essops migrate)", t.server, spec.name));
+        }
+        Ok(Some(TableProblem::MissingColumn(c))) => {
+            return fail(format!("server `{}`, database `{database}`: table `{}` has no column `{c}`", t.server, spec.name));
+        }
+        Err(e) => return fail(e.to_string()),
+    }
+    match measure::measure(&client, &t.server, database, &spec, t.counted, t.site.sample_interval_secs).await {
+        Ok(samples) => rows_for(t, spec, samples),
+        Err(e) => fail(e.to_string()),
+    }
+}
+
+fn rows_for(t: &LossTarget, spec: TableSpec, mut samples: TableSamples) -> Vec<LossRow> {
+    let tz = t.site.timezone;
+    let (start, end) = (local(t.window.start, tz), local(t.window.end, tz));
+    let expected = t.counted.grid_points(t.site.sample_interval_secs);
+    let configured = spec.devices(&t.site);
+    // Configured devices first (in config order), then any the data has that the config lacks.
+    let extra: Vec<DeviceId> = samples.devices.keys().filter(|d| !configured.contains(d)).cloned().collect();
+    let devices = configured.iter().map(|d| (d.clone(), true)).chain(extra.into_iter().map(|d| (d, false)));
+    let mut rows = Vec::new();
+    let (mut sum_expected, mut sum_observed, mut count) = (0, 0, 0);
+    for (id, is_configured) in devices {
+        let s = samples.devices.remove(&id).unwrap_or_default();
+        let row = device_row(t, spec, &id, is_configured, expected, &s, (&start, &end));
+        sum_expected += row.expected;
+        sum_observed += row.observed;
+        count += 1;
+        rows.push(LossRow::Device(row));
+    }
+    let loss = gaps::loss_pct(sum_expected, sum_observed);
+    rows.push(LossRow::Table(TableLoss {
+        server: t.server.clone(),
+        site: t.site.name.clone(),
+        table: spec.name.to_string(),
+        window_start: start,
+        window_end: end,
+        devices: count,
+        expected: sum_expected,
+        observed: sum_observed,
+        loss_pct: loss,
+        collection_pct: collection(loss, sum_expected),
+        size_bytes: samples.size_bytes,
+        size: human_bytes(samples.size_bytes.max(0) as u64),
+        level: Grade::of(loss, t.site.loss),
+    }));
+    rows
+}
+
+fn device_row(
+    t: &LossTarget,
+    spec: TableSpec,
+    id: &[i16],
+    configured: bool,
+    expected: i64,
+    s: &DeviceSamples,
+    (start, end): (&str, &str),
+) -> DeviceLoss {
+    let interval = t.site.sample_interval_secs;
+    let observed = s.observed.min(expected);
+    let all_gaps = gaps::gaps(t.counted, interval, s);
+    let loss = gaps::loss_pct(expected, observed);
+    DeviceLoss {
+        server: t.server.clone(),
+        site: t.site.name.clone(),
+        table: spec.name.to_string(),
+        device: schema::device_label(&spec, id),
+        device_ids: id.to_vec(),
+        configured,
+        window_start: start.to_string(),
+        window_end: end.to_string(),
+        expected,
+        observed,
+        missing: expected - observed,
+        loss_pct: loss,
+        collection_pct: collection(loss, expected),
+        gap_count: all_gaps.len(),
+        longest_gaps: gaps::longest(all_gaps, LONGEST_GAPS).into_iter().map(|g| LocalGap::new(g, t.site.timezone)).collect(),
+        level: Grade::of(loss, t.site.loss),
+    }
+}
+
+fn collection(loss_pct: f64, expected: i64) -> f64 {
+    if expected == 0 { 100.0 } else { ((100.0 - loss_pct) * 100.0).round() / 100.0 }
+}
+
+fn local(t: DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz).to_rfc3339()
+}
+
+/// The graded log line for a row, in the site's log file.
+fn log_row(row: &LossRow) {
+    macro_rules! graded {
+        ($grade:expr, $($fields:tt)*) => {
+            match $grade {
+                Grade::Info => tracing::info!(target: REPORT_TARGET, level = "info", $($fields)*),
+                Grade::Warning => tracing::warn!(target: REPORT_TARGET, level = "warning", $($fields)*),
+                Grade::Critical => tracing::error!(target: REPORT_TARGET, level = "critical", $($fields)*),
+            }
+        };
+    }
+    match row {
+        LossRow::Device(d) => graded!(d.level,
+            site = %d.site, server = %d.server, table = %d.table, device = %d.device,
+            window_start = %d.window_start, window_end = %d.window_end,
+            expected = d.expected, observed = d.observed, loss_pct = d.loss_pct, gaps = d.gap_count,
+            "device data loss"),
+        LossRow::Table(x) => graded!(x.level,
+            site = %x.site, server = %x.server, table = %x.table,
+            window_start = %x.window_start, window_end = %x.window_end,
+            expected = x.expected, observed = x.observed, loss_pct = x.loss_pct, size_bytes = x.size_bytes,
+            "table data loss"),
+        LossRow::Failure(f) => tracing::error!(
+            target: REPORT_TARGET,
+            site = %f.site, server = %f.server, table = f.table.as_deref().unwrap_or(""), error = %f.error,
+            "loss could not be measured"),
+    }
+}
+
+impl Report for LossReport {
+    type Row = LossRow;
+    const HEADER: &'static [&'static str] =
+        &["SERVER", "SITE", "TABLE", "DEVICE", "EXPECTED", "OBSERVED", "LOSS %", "GAPS", "LONGEST GAP", "LEVEL"];
+
+    fn rows(&self) -> &[LossRow] {
+        &self.rows
+    }
+
+    fn cells(row: &LossRow) -> Vec<String> {
+        match row {
+            LossRow::Device(d) => vec![
+                d.server.clone(),
+                d.site.clone(),
+                d.table.clone(),
+                d.device.clone(),
+                d.expected.to_string(),
+                d.observed.to_string(),
+                format!("{:.2}", d.loss_pct),
+                d.gap_count.to_string(),
+                d.longest_gaps.first().map(describe_gap).unwrap_or_default(),
+                d.level.as_str().into(),
+            ],
+            LossRow::Table(x) => vec![
+                x.server.clone(),
+                x.site.clone(),
+                x.table.clone(),
+                format!("= table ({} devices, {})", x.devices, x.size),
+                x.expected.to_string(),
+                x.observed.to_string(),
+                format!("{:.2}", x.loss_pct),
+                String::new(),
+                String::new(),
+                x.level.as_str().into(),
+            ],
+            LossRow::Failure(f) => vec![
+                f.server.clone(),
+                f.site.clone(),
+                f.table.clone().unwrap_or_default(),
+                format!("FAILED: {}", f.error),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                "error".into(),
+            ],
+        }
+    }
+
+    fn summary(&self) -> String {
+        let (mut warn, mut crit, mut fail, mut devices) = (0, 0, 0, 0);
+        for row in &self.rows {
+            match row {
+                LossRow::Device(d) => {
+                    devices += 1;
+                    warn += usize::from(d.level == Grade::Warning);
+                    crit += usize::from(d.level == Grade::Critical);
+                }
+                LossRow::Failure(_) => fail += 1,
+                LossRow::Table(_) => {}
+            }
+        }
+        let window = self.rows.iter().find_map(|r| match r {
+            LossRow::Table(t) => Some(format!(" for {} .. {}", t.window_start, t.window_end)),
+            _ => None,
+        });
+        format!(
+            "{devices} device(s) measured{}: {crit} critical, {warn} warning; {fail} table(s) could not be measured",
+            window.unwrap_or_default()
+        )
+    }
+
+    fn outcome(&self) -> Outcome {
+        let mut outcome = Outcome::Clean;
+        for row in &self.rows {
+            let this = match row {
+                LossRow::Failure(_) => Outcome::Partial,
+                LossRow::Device(d) => grade_outcome(d.level),
+                LossRow::Table(t) => grade_outcome(t.level),
+            };
+            outcome = outcome.max(this);
+        }
+        outcome
+    }
+}
+
+fn grade_outcome(grade: Grade) -> Outcome {
+    match grade {
+        Grade::Info => Outcome::Clean,
+        Grade::Warning => Outcome::Warning,
+        Grade::Critical => Outcome::Critical,
+    }
+}
+
+fn describe_gap(g: &LocalGap) -> String {
+    let secs = g.length_secs;
+    let length = match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    };
+    // `start` is RFC 3339 in the site's zone: show its date and time.
+    format!("{length} from {}", g.start.get(..19).unwrap_or(&g.start).replace('T', " "))
+}
+
