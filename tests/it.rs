@@ -5,4 +5,5 @@ mod support;
 
 mod cli;
 mod config_errors;
+mod loss;
 mod migrate;
