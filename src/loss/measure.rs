@@ -1,17 +1,29 @@
-//! Reading one table's samples per device in one pass on the server: the
-//! distinct grid timestamps, the first and last, and the edges of every hole.
+//! Reading one table's samples per device, and the holes between them.
 //!
-//! Only aggregates travel: for a site-day of 17 racks (1.5 million rows) the
-//! answer is one row per device plus one pair of timestamps per hole.
+//! The devices are the configured ones plus any the table holds that the
+//! config lacks (found by a loose index scan over the natural key: one index
+//! descent per device, not a scan of the rows). For each device, its sample
+//! timestamps in the window come in time order straight off the natural-key
+//! index (no sort on the server) as one array, and the count, first, last and hole edges
+//! are computed here as they arrive. Devices are shared out over
+//! [`LANES`] connections. Measured on this machine, that is ~2.5x cheaper
+//! than a server-side `lag()` window over the same rows, and the cost grows
+//! with the rows in the window, nothing else.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use tokio_postgres::types::ToSql;
 
-use crate::db::{DbError, quote_ident};
+use crate::config::Config;
+use crate::db::{self, DbError, Target, UnixMicrosArray, quote_ident};
 use crate::loss::gaps::DeviceSamples;
 use crate::schema::{self, DeviceId, TIME_COLUMN, TableSpec};
 use crate::window::Window;
+
+/// Connections reading devices in parallel: one per core of the 2-core
+/// machine this was tuned on; more only queue on the server.
+const LANES: usize = 2;
 
 /// Why a table could not be measured, before any query ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,32 +39,44 @@ pub struct TableSamples {
     pub size_bytes: i64,
 }
 
-/// The per-device query. Time buckets put legacy rows that are off the grid
-/// onto it, so `observed` never exceeds what the grid allows.
-fn device_sql(spec: &TableSpec) -> String {
-    let ts = quote_ident(TIME_COLUMN);
-    let devs: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
-    let dev_select: String = devs.iter().enumerate().map(|(i, d)| format!("{d}::int4 AS d{i}, ")).collect();
-    let dev_names: String = (0..devs.len()).map(|i| format!("d{i}, ")).collect();
-    let partition = match devs.len() {
-        0 => String::new(),
-        n => format!("PARTITION BY {}", (0..n).map(|i| format!("d{i}")).collect::<Vec<_>>().join(", ")),
-    };
-    let group = match devs.len() {
-        0 => String::new(),
-        n => format!("GROUP BY {}", (0..n).map(|i| format!("d{i}")).collect::<Vec<_>>().join(", ")),
-    };
+/// All devices the table has ever held, by a loose index scan: each step
+/// jumps to the next device id tuple in the natural-key index.
+fn devices_sql(spec: &TableSpec) -> String {
+    let cols: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
+    let list = cols.join(", ");
+    let prev: Vec<String> = cols.iter().map(|c| format!("d.{c}")).collect();
+    let next: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
+    let order: String = (1..=cols.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let table = quote_ident(spec.name);
+    let cast: Vec<String> = cols.iter().map(|c| format!("{c}::int4")).collect();
     format!(
-        "WITH s AS (
-             SELECT {dev_select}{ts} AS ts, time_bucket($3::int8 * interval '1 second', {ts}) AS t
-               FROM {table} WHERE {ts} >= $1 AND {ts} < $2),
-         l AS (SELECT {dev_names}t, lag(t) OVER ({partition} ORDER BY ts) AS p FROM s)
-         SELECT {dev_names}
-                count(*) FILTER (WHERE p IS NULL OR t > p) AS observed, min(t), max(t),
-                coalesce(array_agg(p ORDER BY t) FILTER (WHERE t - p > $3::int8 * interval '1 second'), '{{}}'),
-                coalesce(array_agg(t ORDER BY t) FILTER (WHERE t - p > $3::int8 * interval '1 second'), '{{}}')
-           FROM l {group}",
-        table = quote_ident(spec.name),
+        "WITH RECURSIVE d AS (
+             (SELECT {list} FROM {table} ORDER BY {order} LIMIT 1)
+             UNION ALL
+             SELECT n.* FROM d CROSS JOIN LATERAL
+                 (SELECT {next_list} FROM {table} t WHERE ({next_list}) > ({prev_list}) ORDER BY {order} LIMIT 1) n)
+         SELECT {cast_list} FROM d",
+        next_list = next.join(", "),
+        prev_list = prev.join(", "),
+        cast_list = cast.join(", "),
+    )
+}
+
+/// One device's sample timestamps in the window, in time order, as one
+/// array: one row of binary array data decodes ~50x cheaper here than one row
+/// per sample. The inner ORDER BY is satisfied by the natural-key index
+/// (no sort). Device ids are bound from `$3` on.
+fn samples_sql(spec: &TableSpec) -> String {
+    let ts = quote_ident(TIME_COLUMN);
+    let device_filter: String = spec
+        .device_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!(" AND {} = ${}::int4", quote_ident(c), i + 3))
+        .collect();
+    format!(
+        "SELECT coalesce(array_agg(t), '{{}}') FROM (SELECT {ts} AS t FROM {} WHERE {ts} >= $1 AND {ts} < $2{device_filter} ORDER BY {ts}) s",
+        quote_ident(spec.name)
     )
 }
 
@@ -71,45 +95,112 @@ pub async fn check_table(
     Ok(missing.map(|k| TableProblem::MissingColumn(k.to_string())))
 }
 
+/// Samples per device (configured or found in the table) and the table's size.
 pub async fn measure(
+    config: &Config,
+    target: Target<'_>,
     client: &tokio_postgres::Client,
-    server: &str,
-    database: &str,
     spec: &TableSpec,
+    configured: &[DeviceId],
     window: Window,
     interval_secs: u32,
 ) -> Result<TableSamples, DbError> {
-    let ctx = |what: &str| format!("{what} of table `{}`", spec.name);
-    let rows = client
-        .query(&device_sql(spec), &[&window.start, &window.end, &i64::from(interval_secs)])
-        .await
-        .map_err(|e| DbError::query(server, database, ctx("measuring samples"), &e))?;
-    let n = spec.device_columns.len();
-    let mut devices = BTreeMap::new();
-    for row in rows {
-        let id: DeviceId = (0..n).map(|i| row.get::<_, i32>(i) as i16).collect();
-        let before: Vec<DateTime<Utc>> = row.get(n + 3);
-        let after: Vec<DateTime<Utc>> = row.get(n + 4);
-        let samples = DeviceSamples {
-            observed: row.get(n),
-            first: row.get(n + 1),
-            last: row.get(n + 2),
-            holes: before.into_iter().zip(after).collect(),
-        };
-        if samples.observed > 0 {
-            devices.insert(id, samples);
+    let query_err = |what: &str, e: &tokio_postgres::Error| {
+        DbError::query(&target.server.name, target.database, format!("{what} of table `{}`", spec.name), e)
+    };
+    let mut devices: Vec<DeviceId> = configured.to_vec();
+    if !spec.device_columns.is_empty() {
+        let rows = client.query(&devices_sql(spec), &[]).await.map_err(|e| query_err("listing the devices", &e))?;
+        let n = spec.device_columns.len();
+        for row in rows {
+            let id: DeviceId = (0..n).map(|i| row.get::<_, i32>(i) as i16).collect();
+            if !devices.contains(&id) {
+                devices.push(id);
+            }
         }
+    }
+    let mut extra = Vec::new();
+    for _ in 1..LANES.min(devices.len()) {
+        extra.push(db::connect(config, target).await?);
+    }
+    let clients: Vec<&tokio_postgres::Client> = std::iter::once(client).chain(extra.iter()).collect();
+    let sql = samples_sql(spec);
+    let lanes = clients.iter().enumerate().map(|(lane, c)| {
+        let mine: Vec<&DeviceId> = devices.iter().skip(lane).step_by(clients.len()).collect();
+        read_lane(c, &sql, mine, window, interval_secs)
+    });
+    let mut measured = BTreeMap::new();
+    for lane in futures_util::future::join_all(lanes).await {
+        measured.extend(lane.map_err(|e| query_err("reading the samples", &e))?);
     }
     let size_bytes: i64 = client
         .query_one(
-            "SELECT coalesce(hypertable_size(r), pg_total_relation_size(r))::int8
-               FROM (SELECT to_regclass($1) AS r) x",
+            "SELECT coalesce(hypertable_size(r), pg_total_relation_size(r))::int8 FROM (SELECT to_regclass($1) AS r) x",
             &[&format!("public.{}", quote_ident(spec.name))],
         )
         .await
-        .map_err(|e| DbError::query(server, database, ctx("reading the size"), &e))?
+        .map_err(|e| query_err("reading the size", &e))?
         .get(0);
-    Ok(TableSamples { devices, size_bytes })
+    Ok(TableSamples { devices: measured, size_bytes })
+}
+
+/// Reads the devices of one lane, one after the other, on one connection.
+async fn read_lane(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    devices: Vec<&DeviceId>,
+    window: Window,
+    interval_secs: u32,
+) -> Result<Vec<(DeviceId, DeviceSamples)>, tokio_postgres::Error> {
+    let statement = client.prepare(sql).await?;
+    let mut out = Vec::with_capacity(devices.len());
+    for id in devices {
+        let ids: Vec<i32> = id.iter().map(|&x| i32::from(x)).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&window.start, &window.end];
+        params.extend(ids.iter().map(|x| x as &(dyn ToSql + Sync)));
+        let times: UnixMicrosArray = client.query_one(&statement, &params).await?.get(0);
+        let mut acc = SampleAccumulator::new(interval_secs);
+        times.0.into_iter().for_each(|t| acc.push(t));
+        out.push((id.clone(), acc.finish()));
+    }
+    Ok(out)
+}
+
+/// Builds [`DeviceSamples`] from timestamps in time order. Timestamps are put
+/// on the sample grid first, so duplicates and off-grid legacy rows count once.
+struct SampleAccumulator {
+    interval_micros: i64,
+    samples: DeviceSamples,
+    last_slot: Option<i64>,
+}
+
+impl SampleAccumulator {
+    fn new(interval_secs: u32) -> SampleAccumulator {
+        SampleAccumulator { interval_micros: i64::from(interval_secs) * 1_000_000, samples: DeviceSamples::default(), last_slot: None }
+    }
+
+    fn push(&mut self, unix_micros: i64) {
+        let slot = unix_micros.div_euclid(self.interval_micros);
+        match self.last_slot {
+            Some(last) if slot == last => return,
+            Some(last) if slot > last + 1 => {
+                self.samples.holes.push((self.at(last), self.at(slot)));
+            }
+            Some(_) => {}
+            None => self.samples.first = Some(self.at(slot)),
+        }
+        self.last_slot = Some(slot);
+        self.samples.observed += 1;
+    }
+
+    fn at(&self, slot: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(slot * self.interval_micros).unwrap_or_default()
+    }
+
+    fn finish(mut self) -> DeviceSamples {
+        self.samples.last = self.last_slot.map(|s| self.at(s));
+        self.samples
+    }
 }
 
 #[cfg(test)]
@@ -119,11 +210,24 @@ mod tests {
 
     #[test]
     fn loss_sql_quotes_every_identifier_and_binds_every_value() {
-        let sql = device_sql(&RACK);
-        assert!(sql.contains(r#""BANK_ID"::int4 AS d0, "RACK_ID"::int4 AS d1"#), "{sql}");
-        assert!(sql.contains(r#"FROM "rack" WHERE "TIMESTAMP" >= $1 AND "TIMESTAMP" < $2"#), "{sql}");
-        assert!(sql.contains("GROUP BY d0, d1"));
-        let etc = device_sql(&ETC);
-        assert!(!etc.contains("GROUP BY") && !etc.contains("PARTITION BY"), "{etc}");
+        assert_eq!(
+            samples_sql(&RACK),
+            r#"SELECT coalesce(array_agg(t), '{}') FROM (SELECT "TIMESTAMP" AS t FROM "rack" WHERE "TIMESTAMP" >= $1 AND "TIMESTAMP" < $2 AND "BANK_ID" = $3::int4 AND "RACK_ID" = $4::int4 ORDER BY "TIMESTAMP") s"#
+        );
+        assert!(samples_sql(&ETC).contains(r#"FROM "etc" WHERE "TIMESTAMP" >= $1 AND "TIMESTAMP" < $2 ORDER BY"#));
+        assert!(devices_sql(&RACK).contains(r#"WHERE (t."BANK_ID", t."RACK_ID") > (d."BANK_ID", d."RACK_ID")"#));
+    }
+
+    #[test]
+    fn loss_accumulator_finds_holes_and_folds_duplicates() {
+        let t = |ms: i64| DateTime::from_timestamp_millis(1_767_225_600_000 + ms).unwrap();
+        let mut acc = SampleAccumulator::new(1);
+        for ms in [0, 1_000, 1_400, 2_000, 5_137, 6_000] {
+            acc.push(t(ms).timestamp_micros());
+        }
+        let s = acc.finish();
+        assert_eq!(s.observed, 5, "1.4 s folds into the 1 s slot");
+        assert_eq!((s.first, s.last), (Some(t(0)), Some(t(6_000))));
+        assert_eq!(s.holes, vec![(t(2_000), t(5_000))]);
     }
 }

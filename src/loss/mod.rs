@@ -258,7 +258,9 @@ async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Vec<
         }
         Err(e) => return fail(e.to_string()),
     }
-    match measure::measure(&client, &t.server, database, &spec, t.counted, t.site.sample_interval_secs).await {
+    let target = Target { server, database };
+    let configured = spec.devices(&t.site);
+    match measure::measure(config, target, &client, &spec, &configured, t.counted, t.site.sample_interval_secs).await {
         Ok(samples) => rows_for(t, spec, samples),
         Err(e) => fail(e.to_string()),
     }
