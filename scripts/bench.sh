@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Benchmarks of essops against the real dev services; prints figures and the
+# command that reproduces them.
+#
+#   scripts/bench.sh            every benchmark
+#   scripts/bench.sh loss       per-device loss, one site-day and one site-week of
+#                               ESS_Operating_Site2 at 1 Hz (bank + rack tables)
+#
+# Data lives in its own database (bench_site2 on the local dev server) and is
+# loaded once; later runs reuse it. RUNS=N sets the repetitions (default 7).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/essops/target}"
+RUNS="${RUNS:-7}"
+ESSOPS="$CARGO_TARGET_DIR/debug/essops"
+
+scripts/services.sh up
+cargo build --locked --quiet
+PSQL=(psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U essops -d bench_site2)
+export PGPASSWORD="$(cat .services/secrets/local.password)"
+
+# median, min and max of the wall times (ms) of RUNS runs of a command
+timed() {
+    local times=() i t0 t1
+    for i in $(seq "$RUNS"); do
+        t0=$(date +%s%N); "$@" >/dev/null 2>&1 || [ $? -ge 10 ]; t1=$(date +%s%N)
+        times+=($(( (t1 - t0) / 1000000 )))
+    done
+    printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median %d ms, min %d ms, max %d ms (%d runs)", a[int((NR+1)/2)], a[1], a[NR], NR}'
+}
+
+bench_loss() {
+    local cfg=bench/loss.toml
+    "$ESSOPS" --config "$cfg" --quiet migrate --create-database
+    # One week (2026-03-02 .. 03-08, Asia/Seoul) of 2 banks and 17 racks at 1 Hz,
+    # with 0.5 % of samples missing, scattered (deterministic).
+    local want=$(( 7 * 86400 * 17 ))
+    local have
+    have="$("${PSQL[@]}" -c 'SELECT count(*) FROM rack')"
+    if [ "$have" -lt $(( want * 99 / 100 )) ]; then
+        echo "loading a site-week of 1 Hz data into bench_site2 (about a minute)..." >&2
+        "${PSQL[@]}" <<'SQL'
+TRUNCATE rack; TRUNCATE bank;
+INSERT INTO rack ("TIMESTAMP","BANK_ID","RACK_ID","SOC","SOH","DC_VOLTAGE","DC_CURRENT","MAX_CELL_VOLTAGE","MIN_CELL_VOLTAGE","MAX_CELL_TEMP","MIN_CELL_TEMP","STATUS")
+SELECT t, b, r, 50 + 20*sin(extract(epoch from t)/3600), 98.5, 820 + r, 100*cos(extract(epoch from t)/600), 3.40, 3.35, 31.5, 27.0, 1
+  FROM generate_series('2026-03-02 00:00:00+09'::timestamptz, '2026-03-09 00:00:00+09'::timestamptz - interval '1 second', interval '1 second') t,
+       (SELECT 1 AS b, generate_series(1,9) AS r UNION ALL SELECT 2, generate_series(1,8)) d
+ WHERE (extract(epoch from t)::int8 * 7919 + r * 104729 + b * 31) % 1000 >= 5;
+INSERT INTO bank ("TIMESTAMP","BANK_ID","SOC","SOH","DC_VOLTAGE","DC_CURRENT","STATUS")
+SELECT t, b, 50, 98.5, 820, 100, 1
+  FROM generate_series('2026-03-02 00:00:00+09'::timestamptz, '2026-03-09 00:00:00+09'::timestamptz - interval '1 second', interval '1 second') t, generate_series(1,2) b
+ WHERE (extract(epoch from t)::int8 * 7919 + b * 31) % 1000 >= 5;
+VACUUM ANALYZE rack; VACUUM ANALYZE bank;
+SQL
+    fi
+    local day_rows week_rows
+    day_rows="$("${PSQL[@]}" -c "SELECT (SELECT count(*) FROM rack WHERE \"TIMESTAMP\" >= '2026-03-05 00:00+09' AND \"TIMESTAMP\" < '2026-03-06 00:00+09') + (SELECT count(*) FROM bank WHERE \"TIMESTAMP\" >= '2026-03-05 00:00+09' AND \"TIMESTAMP\" < '2026-03-06 00:00+09')")"
+    week_rows="$("${PSQL[@]}" -c 'SELECT (SELECT count(*) FROM rack) + (SELECT count(*) FROM bank)')"
+    local day_cmd=("$ESSOPS" --config "$cfg" loss --quiet --date 2026-03-05 --table bank --table rack)
+    local week_cmd=("$ESSOPS" --config "$cfg" loss --quiet --from 2026-03-02 --to 2026-03-09 --table bank --table rack)
+    echo "loss: ESS_Operating_Site2, 19 devices (2 banks, 17 racks), 1 Hz, 0.5 % scattered loss, dev build"
+    echo "  site-day  ($day_rows rows): $(timed "${day_cmd[@]}")"
+    echo "  site-week ($week_rows rows): $(timed "${week_cmd[@]}")"
+    echo "  reproduce: scripts/bench.sh loss   (one run: ${day_cmd[*]#$ROOT/})"
+}
+
+case "${1:-all}" in
+    loss) bench_loss ;;
+    all) bench_loss ;;
+    *) echo "usage: $0 [all|loss]" >&2; exit 2 ;;
+esac
