@@ -8,6 +8,7 @@ use crate::config::ConfigError;
 use crate::db::DbError;
 use crate::loss::LossError;
 use crate::migrate::MigrateError;
+use crate::reconcile::ReconcileError;
 
 /// Documented exit codes (README, "Exit codes"). Scripts depend on these numbers.
 pub mod exit {
@@ -67,6 +68,8 @@ pub enum Error {
     Migrate(#[from] MigrateError),
     #[error(transparent)]
     Loss(#[from] LossError),
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
     #[error("cannot set up logging in {dir}: {source}")]
@@ -87,6 +90,7 @@ impl Error {
             Error::Db(e) => e.exit_code(),
             Error::Migrate(e) => e.exit_code(),
             Error::Loss(e) => e.exit_code(),
+            Error::Reconcile(e) => e.exit_code(),
             Error::Output(_) => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
         }

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod loss;
 pub mod migrate;
 pub mod output;
+pub mod reconcile;
 pub mod schema;
 pub mod window;
 
@@ -58,6 +59,7 @@ pub struct GlobalArgs {
 pub enum Command {
     Migrate(migrate::MigrateArgs),
     Loss(loss::LossArgs),
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 /// Runs one command line to the end and says how it went.
@@ -94,6 +96,12 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
                 true => migrate::dry_run(&plan),
                 false => migrate::execute(plan, ctx).await?,
             };
+            emit(&report, ctx)
+        }
+        Command::Reconcile(args) => {
+            let plan = reconcile::plan(&args, ctx, chrono::Utc::now())?;
+            let mode = if args.dry_run { reconcile::Mode::DryRun } else { reconcile::Mode::Apply };
+            let report = reconcile::execute(plan, ctx, mode).await;
             emit(&report, ctx)
         }
         Command::Loss(args) => {

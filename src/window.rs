@@ -116,6 +116,21 @@ pub fn parse_time(s: &str, tz: Tz) -> Result<DateTime<Utc>, WindowError> {
     }
 }
 
+/// A duration as operators write it: `300`, `90s`, `5m`, `2h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = digits.parse().map_err(|_| format!("`{s}` is not a duration; use e.g. 90s, 5m, 2h or 1d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{s}` has an unknown unit `{unit}`; use s, m, h or d")),
+    };
+    Ok(Duration::seconds(n * secs))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +184,15 @@ mod tests {
         assert_eq!(w.grid_points(10), 6); // :10 :20 ... :60
         assert_eq!(w.first_grid_point(10), utc("2026-01-01T00:00:10Z"));
         assert_eq!(w.grid_points(1), 60);
+    }
+
+    #[test]
+    fn window_parses_durations() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::minutes(5)));
+        assert_eq!(parse_duration("0"), Ok(Duration::zero()));
+        assert_eq!(parse_duration("2h"), Ok(Duration::hours(2)));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("m").is_err());
     }
 
     #[test]

@@ -7,3 +7,4 @@ mod cli;
 mod config_errors;
 mod loss;
 mod migrate;
+mod reconcile;

@@ -1,0 +1,176 @@
+//! Finding the samples one server has and the other lacks, cheaply.
+//!
+//! Level 1: per device and hour, the count and a sum of timestamp hashes, on
+//! both servers at once; equal buckets are skipped. Level 2: for runs of
+//! differing buckets, each server's timestamps (one binary array per run,
+//! straight off the natural-key index) and an exact merge of the two sorted
+//! sets. No row is read whole here.
+
+use std::collections::BTreeMap;
+
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use crate::db::{UnixMicrosArray, quote_ident};
+use crate::schema::{DeviceId, TIME_COLUMN, TableSpec};
+use crate::window::Window;
+
+/// Width of a summary bucket. An hour keeps level 1 small (24 rows per
+/// device-day) while an outage still narrows level 2 to a few hours.
+pub const BUCKET_SECS: i64 = 3600;
+const BUCKET_MICROS: i64 = BUCKET_SECS * 1_000_000;
+
+/// (device, bucket start in Unix micros) -> (count, sum of timestamp hashes)
+pub type Summary = BTreeMap<(DeviceId, i64), (i64, i64)>;
+
+/// A run of consecutive differing buckets of one device: `[start, end)` in Unix micros.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub device: DeviceId,
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Sample timestamps (Unix micros) of one device present on one side only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceDiff {
+    pub only_a: Vec<i64>,
+    pub only_b: Vec<i64>,
+}
+
+fn device_select(spec: &TableSpec) -> String {
+    spec.device_columns.iter().map(|c| format!("{}::int4, ", quote_ident(c))).collect()
+}
+
+pub fn summary_sql(spec: &TableSpec) -> String {
+    let ts = quote_ident(TIME_COLUMN);
+    let devs: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
+    let group: String = devs.iter().map(|d| format!("{d}, ")).collect();
+    // timestamp_hash is the hash function of timestamptz's own hash opclass;
+    // the session runs in UTC, so the cast is a no-op on the value.
+    format!(
+        "SELECT {sel}time_bucket($3::int8 * interval '1 second', {ts}) AS b, count(*),
+                sum(timestamp_hash({ts}::timestamp))
+           FROM {table} WHERE {ts} >= $1 AND {ts} < $2 GROUP BY {group}b",
+        sel = device_select(spec),
+        table = quote_ident(spec.name),
+    )
+}
+
+pub async fn summary(client: &Client, spec: &TableSpec, window: Window) -> Result<(Summary, u64), tokio_postgres::Error> {
+    let rows = client.query(&summary_sql(spec), &[&window.start, &window.end, &BUCKET_SECS]).await?;
+    let n = spec.device_columns.len();
+    let mut out = Summary::new();
+    for row in &rows {
+        let device: DeviceId = (0..n).map(|i| row.get::<_, i32>(i) as i16).collect();
+        let bucket: chrono::DateTime<chrono::Utc> = row.get(n);
+        out.insert((device, bucket.timestamp_micros()), (row.get(n + 1), row.get(n + 2)));
+    }
+    // Wire size: ids, a timestamp and two int8 per row, plus framing.
+    let bytes = rows.len() as u64 * (4 * n as u64 + 8 + 8 + 8 + 20);
+    Ok((out, bytes))
+}
+
+/// Buckets whose summaries differ, merged into runs per device.
+pub fn differing_ranges(a: &Summary, b: &Summary) -> Vec<Range> {
+    let mut keys: Vec<&(DeviceId, i64)> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut ranges: Vec<Range> = Vec::new();
+    for key in keys {
+        if a.get(key) == b.get(key) {
+            continue;
+        }
+        let (device, start) = key;
+        match ranges.last_mut() {
+            Some(r) if &r.device == device && r.end == *start => r.end = start + BUCKET_MICROS,
+            _ => ranges.push(Range { device: device.clone(), start: *start, end: start + BUCKET_MICROS }),
+        }
+    }
+    ranges
+}
+
+pub fn keys_sql(spec: &TableSpec) -> String {
+    let ts = quote_ident(TIME_COLUMN);
+    let filter: String = spec
+        .device_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!(" AND {} = ${}::int4", quote_ident(c), i + 3))
+        .collect();
+    format!(
+        "SELECT coalesce(array_agg(t), '{{}}') FROM (SELECT DISTINCT {ts} AS t FROM {} WHERE {ts} >= $1 AND {ts} < $2{filter} ORDER BY 1) s",
+        quote_ident(spec.name)
+    )
+}
+
+/// The timestamps of `range` on one server, sorted and distinct.
+pub async fn keys(client: &Client, statement: &tokio_postgres::Statement, range: &Range, window: Window) -> Result<(Vec<i64>, u64), tokio_postgres::Error> {
+    let from = micros_to_time(range.start.max(window.start.timestamp_micros()));
+    let to = micros_to_time(range.end.min(window.end.timestamp_micros()));
+    let ids: Vec<i32> = range.device.iter().map(|&x| i32::from(x)).collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&from, &to];
+    params.extend(ids.iter().map(|x| x as &(dyn ToSql + Sync)));
+    let keys: UnixMicrosArray = client.query_one(statement, &params).await?.get(0);
+    let bytes = keys.0.len() as u64 * 12 + 20;
+    Ok((keys.0, bytes))
+}
+
+pub fn micros_to_time(micros: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+/// Merges two sorted, distinct timestamp lists into what each lacks.
+pub fn merge(a: &[i64], b: &[i64]) -> DeviceDiff {
+    let (mut i, mut j) = (0, 0);
+    let mut d = DeviceDiff::default();
+    while i < a.len() || j < b.len() {
+        match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x < y => {
+                d.only_a.push(*x);
+                i += 1;
+            }
+            (Some(x), None) => {
+                d.only_a.push(*x);
+                i += 1;
+            }
+            (_, Some(y)) => {
+                d.only_b.push(*y);
+                j += 1;
+            }
+            (None, None) => unreachable!("loop condition"),
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconcile_merge_finds_what_each_side_lacks() {
+        let d = merge(&[1, 2, 3, 7, 9], &[2, 3, 4, 9, 10]);
+        assert_eq!(d.only_a, [1, 7]);
+        assert_eq!(d.only_b, [4, 10]);
+        assert_eq!(merge(&[], &[5]).only_b, [5]);
+        assert_eq!(merge(&[5], &[]).only_a, [5]);
+    }
+
+    #[test]
+    fn reconcile_differing_buckets_merge_into_runs() {
+        let h = BUCKET_MICROS;
+        let a: Summary = [((vec![1], 0), (3600, 1)), ((vec![1], h), (3600, 2)), ((vec![1], 2 * h), (3600, 3)), ((vec![2], 0), (10, 1))].into();
+        let b: Summary = [((vec![1], 0), (3599, 9)), ((vec![1], h), (3600, 7)), ((vec![1], 2 * h), (3600, 3)), ((vec![3], 0), (1, 1))].into();
+        assert_eq!(differing_ranges(&a, &b), vec![
+            Range { device: vec![1], start: 0, end: 2 * h },
+            Range { device: vec![2], start: 0, end: h },
+            Range { device: vec![3], start: 0, end: h },
+        ]);
+        assert!(differing_ranges(&a, &a).is_empty());
+    }
+}
