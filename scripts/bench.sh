@@ -5,6 +5,8 @@
 #   scripts/bench.sh            every benchmark
 #   scripts/bench.sh loss       per-device loss, one site-day and one site-week of
 #                               ESS_Operating_Site2 at 1 Hz (bank + rack tables)
+#   scripts/bench.sh reconcile  one ESS_Operating_Site2 site-day on both servers:
+#                               1 % scattered loss per side, a re-run, a 2-hour outage
 #
 # Data lives in its own database (bench_site2 on the local dev server) and is
 # loaded once; later runs reuse it. RUNS=N sets the repetitions (default 7).
@@ -65,8 +67,71 @@ SQL
     echo "  reproduce: scripts/bench.sh loss   (one run: ${day_cmd[*]#$ROOT/})"
 }
 
+# psql against the reconcile bench database on one server (local|gcp)
+rpsql() {
+    local port=55432 srv="$1" args=() sql
+    [ "$srv" = gcp ] && port=55433
+    shift
+    for sql in "$@"; do args+=(-c "$sql"); done
+    PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_reconcile "${args[@]}"
+}
+
+# wall ms of one reconcile run, plus its table row's counts and bytes
+reconcile_once() {
+    local t0 t1 out
+    t0=$(date +%s%N)
+    out="$("$ESSOPS" --config bench/reconcile.toml reconcile --json --date 2026-03-05 --table rack --table bank || [ $? -eq 10 ])"
+    t1=$(date +%s%N)
+    echo "$out" | python3 -c '
+import json, sys
+rows = [json.loads(l) for l in sys.stdin if l.strip()]
+t = [r for r in rows if r["kind"] == "table"]
+f = [r for r in rows if r["kind"] == "failure"]
+assert not f, f
+a, b = t[0]["server_a"], t[0]["server_b"]
+print("copied %d to %s, %d to %s; read %.1f MiB from %s, %.1f MiB from %s; moved %.1f MiB; verified=%s" % (
+    sum(r["copied_to_a"] for r in t), a, sum(r["copied_to_b"] for r in t), b,
+    sum(r["bytes_read_a"] for r in t) / 2**20, a, sum(r["bytes_read_b"] for r in t) / 2**20, b,
+    sum(r["bytes_moved"] for r in t) / 2**20, all(r["verified"] in (True, None) for r in t)))' | sed "s/^/$(( (t1 - t0) / 1000000 )) ms: /"
+}
+
+bench_reconcile() {
+    "$ESSOPS" --config bench/reconcile.toml --quiet migrate --create-database
+    local day="'2026-03-05 00:00:00+09'::timestamptz"
+    local srv
+    for srv in local gcp; do
+        if [ "$(rpsql "$srv" 'SELECT count(*) FROM rack')" -ne $(( 86400 * 17 )) ]; then
+            echo "loading a site-day of 1 Hz data into bench_reconcile on $srv..." >&2
+            rpsql "$srv" "TRUNCATE rack; TRUNCATE bank;
+              INSERT INTO rack (\"TIMESTAMP\",\"BANK_ID\",\"RACK_ID\",\"SOC\",\"SOH\",\"DC_VOLTAGE\",\"DC_CURRENT\",\"MAX_CELL_VOLTAGE\",\"MIN_CELL_VOLTAGE\",\"MAX_CELL_TEMP\",\"MIN_CELL_TEMP\",\"STATUS\")
+              SELECT t, b, r, 50 + 20*sin(extract(epoch from t)/3600), 98.5, 820 + r, 100*cos(extract(epoch from t)/600), 3.40, 3.35, 31.5, 27.0, 1
+                FROM generate_series($day, $day + interval '1 day' - interval '1 second', interval '1 second') t,
+                     (SELECT 1 AS b, generate_series(1,9) AS r UNION ALL SELECT 2, generate_series(1,8)) d;
+              INSERT INTO bank (\"TIMESTAMP\",\"BANK_ID\",\"SOC\",\"SOH\",\"DC_VOLTAGE\",\"DC_CURRENT\",\"STATUS\")
+              SELECT t, b, 50, 98.5, 820, 100, 1 FROM generate_series($day, $day + interval '1 day' - interval '1 second', interval '1 second') t, generate_series(1,2) b;
+" "VACUUM ANALYZE rack" "VACUUM ANALYZE bank"
+        fi
+    done
+    "$ESSOPS" --config bench/reconcile.toml --quiet reconcile --date 2026-03-05 --table rack --table bank || true
+    local full
+    full="$(rpsql local 'SELECT sum(pg_column_size(t.*)) FROM rack t' )"
+    echo "reconcile: ESS_Operating_Site2 site-day, dev build, bank + rack, $(( 86400 * 19 )) rows per server; a full pull would read $(( full / 1048576 )) MiB of rack rows per server"
+    # 1 % scattered on each side (different seconds), deterministic
+    rpsql local "DELETE FROM rack WHERE (extract(epoch from \"TIMESTAMP\")::int8 * 7919 + \"RACK_ID\" * 104729) % 100 = 0;
+                 DELETE FROM bank WHERE (extract(epoch from \"TIMESTAMP\")::int8 * 7919 + \"BANK_ID\") % 100 = 0" "VACUUM rack" "VACUUM bank"
+    rpsql gcp "DELETE FROM rack WHERE (extract(epoch from \"TIMESTAMP\")::int8 * 7919 + \"RACK_ID\" * 104729) % 100 = 50;
+               DELETE FROM bank WHERE (extract(epoch from \"TIMESTAMP\")::int8 * 7919 + \"BANK_ID\") % 100 = 50" "VACUUM rack" "VACUUM bank"
+    echo "  1 % scattered missing on each side: $(reconcile_once)"
+    echo "  re-run, nothing to do:              $(reconcile_once)"
+    rpsql gcp "DELETE FROM rack WHERE \"TIMESTAMP\" >= '2026-03-05 10:00+09' AND \"TIMESTAMP\" < '2026-03-05 12:00+09';
+               DELETE FROM bank WHERE \"TIMESTAMP\" >= '2026-03-05 10:00+09' AND \"TIMESTAMP\" < '2026-03-05 12:00+09'" "VACUUM rack" "VACUUM bank"
+    echo "  2-hour outage on gcp:               $(reconcile_once)"
+    echo "  reproduce: scripts/bench.sh reconcile"
+}
+
 case "${1:-all}" in
     loss) bench_loss ;;
-    all) bench_loss ;;
-    *) echo "usage: $0 [all|loss]" >&2; exit 2 ;;
+    reconcile) bench_reconcile ;;
+    all) bench_loss; bench_reconcile ;;
+    *) echo "usage: $0 [all|loss|reconcile]" >&2; exit 2 ;;
 esac

@@ -307,11 +307,11 @@ struct SiteDefaults {
 impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let defaults = self.defaults(&raw.defaults)?;
-        let servers = raw
-            .servers
-            .iter()
-            .map(|(name, s)| self.server(name, s))
-            .collect::<Result<Vec<_>, _>>()?;
+        // File order, not the map's sorted order: the first server named is
+        // the first of a reconcile pair.
+        let mut raw_servers: Vec<_> = raw.servers.iter().collect();
+        raw_servers.sort_by_key(|(name, _)| name.span().start);
+        let servers = raw_servers.into_iter().map(|(name, s)| self.server(name, s)).collect::<Result<Vec<_>, _>>()?;
         if servers.is_empty() {
             return Err(self.doc.error(0, "servers", "at least one [servers.NAME] table is required"));
         }
@@ -565,7 +565,7 @@ mod tests {
                 ("ESS_Operating_Site4", vec![9]),
             ]
         );
-        assert_eq!(c.servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["gcp", "local"]);
+        assert_eq!(c.servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["local", "gcp"]);
         let s2 = c.site("ESS_Operating_Site2").unwrap();
         assert_eq!((s2.timezone, s2.sample_interval_secs, s2.rack_count()), (chrono_tz::Asia::Seoul, 1, 17));
         assert_eq!(s2.loss, LossThresholds { warning_pct: 2.0, critical_pct: 5.0 });

@@ -16,7 +16,7 @@ fn cli_help_lists_only_working_commands() {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect();
-    assert_eq!(commands, ["migrate", "reconcile", "loss", "help"]);
+    assert_eq!(commands, ["migrate", "loss", "reconcile", "help"]);
 }
 
 #[test]
@@ -37,5 +37,5 @@ fn cli_unknown_site_is_a_config_error() {
 #[test]
 fn cli_unknown_server_is_a_config_error() {
     let run = Cmd::new(None).args(["migrate", "--dry-run", "--server", "aws"]).run().expect_code(3);
-    assert_eq!(run.stderr().trim(), "essops: error: unknown server `aws` (configured: gcp, local)");
+    assert_eq!(run.stderr().trim(), "essops: error: unknown server `aws` (configured: local, gcp)");
 }

@@ -6,6 +6,8 @@
 //! is the same). One `INSERT … SELECT … WHERE NOT EXISTS … ON CONFLICT DO
 //! NOTHING` then adds only what the target still lacks: safe without a unique
 //! index, and safe against a concurrent ingest. It never updates or deletes.
+//! Temp tables are ANALYZEd by hand: autovacuum never sees them, and without
+//! statistics the planner picks nested loops over the whole hypertable.
 
 use futures_util::{SinkExt, TryStreamExt, pin_mut};
 use tokio_postgres::Client;
@@ -47,7 +49,7 @@ pub async fn load_keys(client: &Client, spec: &TableSpec, keys: &[(DeviceId, i64
     pin_mut!(sink);
     sink.send(w.finish()).await?;
     sink.finish().await?;
-    Ok(())
+    client.batch_execute("ANALYZE essops_keys").await
 }
 
 /// Pipes the rows named by the source's `essops_keys` into the target and
@@ -81,6 +83,7 @@ pub async fn copy_rows(
         sink.send(chunk).await?;
     }
     sink.finish().await?;
+    tx.batch_execute("ANALYZE essops_stage").await?;
     let not_exists = spec
         .key_columns()
         .iter()
@@ -88,7 +91,6 @@ pub async fn copy_rows(
         .collect::<Vec<_>>()
         .join(" AND ");
     let s_cols: String = columns.iter().map(|c| format!("s.{}", quote_ident(c))).collect::<Vec<_>>().join(", ");
-    let key = quote_list(&spec.key_columns());
     let returning = match spec.device_columns.is_empty() {
         true => "1".to_string(),
         false => spec.device_columns.iter().map(|c| format!("{}::int4", quote_ident(c))).collect::<Vec<_>>().join(", "),
@@ -97,9 +99,8 @@ pub async fn copy_rows(
         .query(
             &format!(
                 "INSERT INTO {table} ({cols})
-                 SELECT DISTINCT ON ({key}) {s_cols} FROM essops_stage s
+                 SELECT {s_cols} FROM essops_stage s
                   WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {not_exists})
-                  ORDER BY {key}
                  ON CONFLICT DO NOTHING
                  RETURNING {returning}",
             ),
