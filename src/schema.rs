@@ -56,6 +56,27 @@ impl TableSpec {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("unknown table `{0}` (known: bank, rack, pcs, etc)")]
+pub struct UnknownTable(pub String);
+
+/// The tables named on the command line (all when none are).
+pub fn select_tables(names: &[String]) -> Result<Vec<TableSpec>, UnknownTable> {
+    match names.is_empty() {
+        true => Ok(TABLES.to_vec()),
+        false => names.iter().map(|t| TableSpec::by_name(t).ok_or_else(|| UnknownTable(t.clone()))).collect(),
+    }
+}
+
+/// ` AND "BANK_ID" = $N::int4 AND …`: one device's ids bound from `$first` on.
+pub fn device_filter(spec: &TableSpec, first: usize) -> String {
+    spec.device_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!(" AND {} = ${}::int4", crate::db::quote_ident(c), first + i))
+        .collect()
+}
+
 /// A device id as people write it: `bank 2 / rack 5`, `pcs 1`, `site`.
 pub fn device_label(table: &TableSpec, device: &[i16]) -> String {
     if device.is_empty() {

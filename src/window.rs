@@ -15,6 +15,30 @@ pub struct Window {
     pub end: DateTime<Utc>,
 }
 
+/// The window flags shared by every command that reads a period.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WindowArgs {
+    /// One local day in each site's time zone (default: yesterday).
+    #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["from", "to"])]
+    pub date: Option<NaiveDate>,
+    /// Window start: an RFC 3339 time, or a site-local `YYYY-MM-DD[ HH:MM[:SS]]`.
+    #[arg(long, value_name = "TIME", requires = "to")]
+    pub from: Option<String>,
+    /// Window end (exclusive); the part after now is not counted.
+    #[arg(long, value_name = "TIME", requires = "from")]
+    pub to: Option<String>,
+}
+
+impl WindowArgs {
+    pub fn spec(&self) -> WindowSpec {
+        match (&self.date, &self.from, &self.to) {
+            (Some(d), _, _) => WindowSpec::Date(*d),
+            (None, Some(from), Some(to)) => WindowSpec::Range { from: from.clone(), to: to.clone() },
+            _ => WindowSpec::Yesterday,
+        }
+    }
+}
+
 /// What the command line asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WindowSpec {

@@ -68,12 +68,7 @@ fn devices_sql(spec: &TableSpec) -> String {
 /// (no sort). Device ids are bound from `$3` on.
 fn samples_sql(spec: &TableSpec) -> String {
     let ts = quote_ident(TIME_COLUMN);
-    let device_filter: String = spec
-        .device_columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!(" AND {} = ${}::int4", quote_ident(c), i + 3))
-        .collect();
+    let device_filter = schema::device_filter(spec, 3);
     format!(
         "SELECT coalesce(array_agg(t), '{{}}') FROM (SELECT {ts} AS t FROM {} WHERE {ts} >= $1 AND {ts} < $2{device_filter} ORDER BY {ts}) s",
         quote_ident(spec.name)

@@ -13,7 +13,7 @@ mod measure;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use clap::Args;
 use serde::Serialize;
@@ -24,8 +24,8 @@ use crate::db::{self, Target};
 use crate::error::{Outcome, exit};
 use crate::logging::REPORT_TARGET;
 use crate::output::{Report, human_bytes};
-use crate::schema::{self, DeviceId, TABLES, TableSpec};
-use crate::window::{Window, WindowError, WindowSpec};
+use crate::schema::{self, DeviceId, TableSpec};
+use crate::window::{Window, WindowArgs, WindowError};
 
 use gaps::{DeviceSamples, Gap, Grade};
 use measure::{TableProblem, TableSamples};
@@ -48,15 +48,8 @@ pub struct LossArgs {
     /// Only this table: bank, rack, pcs or etc (repeatable; default: all).
     #[arg(long = "table", value_name = "TABLE")]
     pub tables: Vec<String>,
-    /// One local day in each site's time zone (default: yesterday).
-    #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["from", "to"])]
-    pub date: Option<NaiveDate>,
-    /// Window start: an RFC 3339 time, or a site-local `YYYY-MM-DD[ HH:MM[:SS]]`.
-    #[arg(long, value_name = "TIME", requires = "to")]
-    pub from: Option<String>,
-    /// Window end (exclusive); the part after now is not counted.
-    #[arg(long, value_name = "TIME", requires = "from")]
-    pub to: Option<String>,
+    #[command(flatten)]
+    pub window: WindowArgs,
     /// Also write the device and table rows to FILE.csv or FILE.parquet.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -64,8 +57,8 @@ pub struct LossArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LossError {
-    #[error("unknown table `{0}` (known: bank, rack, pcs, etc)")]
-    UnknownTable(String),
+    #[error(transparent)]
+    UnknownTable(#[from] schema::UnknownTable),
     #[error(transparent)]
     Window(#[from] WindowError),
     #[error("--output {0}: the file name must end in .csv or .parquet")]
@@ -102,19 +95,8 @@ pub struct LossPlan {
 
 pub fn plan(args: &LossArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error::Result<LossPlan> {
     let config = &ctx.config;
-    let tables = match args.tables.is_empty() {
-        true => TABLES.to_vec(),
-        false => args
-            .tables
-            .iter()
-            .map(|t| TableSpec::by_name(t).ok_or_else(|| LossError::UnknownTable(t.clone())))
-            .collect::<Result<_, _>>()?,
-    };
-    let spec = match (&args.date, &args.from, &args.to) {
-        (Some(d), _, _) => WindowSpec::Date(*d),
-        (None, Some(from), Some(to)) => WindowSpec::Range { from: from.clone(), to: to.clone() },
-        _ => WindowSpec::Yesterday,
-    };
+    let tables = schema::select_tables(&args.tables).map_err(LossError::from)?;
+    let spec = args.window.spec();
     let export = args.output.as_deref().map(export::ExportPath::new).transpose()?;
     let servers = config.select_servers(&args.servers)?;
     let mut targets = Vec::new();

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -24,8 +24,8 @@ use crate::context::Context;
 use crate::db::{self, DbError, Target};
 use crate::error::{Outcome, exit};
 use crate::output::Report;
-use crate::schema::{self, DeviceId, TABLES, TableSpec};
-use crate::window::{self, Window, WindowError, WindowSpec};
+use crate::schema::{self, DeviceId, TableSpec};
+use crate::window::{self, Window, WindowArgs, WindowError};
 
 use diff::{DeviceDiff, Range};
 
@@ -44,15 +44,8 @@ pub struct ReconcileArgs {
     /// The two servers to reconcile (give twice; default: the site's two servers).
     #[arg(long = "server", value_name = "NAME")]
     pub servers: Vec<String>,
-    /// One local day in each site's time zone (default: yesterday).
-    #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["from", "to"])]
-    pub date: Option<NaiveDate>,
-    /// Window start: an RFC 3339 time, or a site-local `YYYY-MM-DD[ HH:MM[:SS]]`.
-    #[arg(long, value_name = "TIME", requires = "to")]
-    pub from: Option<String>,
-    /// Window end (exclusive).
-    #[arg(long, value_name = "TIME", requires = "from")]
-    pub to: Option<String>,
+    #[command(flatten)]
+    pub window: WindowArgs,
     /// `both`, or `to-NAME` to fill only server NAME.
     #[arg(long, value_name = "DIRECTION", default_value = "both")]
     pub direction: String,
@@ -66,8 +59,8 @@ pub struct ReconcileArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error("unknown table `{0}` (known: bank, rack, pcs, etc)")]
-    UnknownTable(String),
+    #[error(transparent)]
+    UnknownTable(#[from] schema::UnknownTable),
     #[error(transparent)]
     Window(#[from] WindowError),
     #[error("--min-age: {0}")]
@@ -122,19 +115,8 @@ pub struct ReconcilePlan {
 
 pub fn plan(args: &ReconcileArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error::Result<ReconcilePlan> {
     let config = &ctx.config;
-    let tables: Vec<TableSpec> = match args.tables.is_empty() {
-        true => TABLES.to_vec(),
-        false => args
-            .tables
-            .iter()
-            .map(|t| TableSpec::by_name(t).ok_or_else(|| ReconcileError::UnknownTable(t.clone())))
-            .collect::<Result<_, _>>()?,
-    };
-    let spec = match (&args.date, &args.from, &args.to) {
-        (Some(d), _, _) => WindowSpec::Date(*d),
-        (None, Some(from), Some(to)) => WindowSpec::Range { from: from.clone(), to: to.clone() },
-        _ => WindowSpec::Yesterday,
-    };
+    let tables = schema::select_tables(&args.tables).map_err(ReconcileError::from)?;
+    let spec = args.window.spec();
     let min_age = window::parse_duration(&args.min_age).map_err(ReconcileError::MinAge)?;
     config.select_servers(&args.servers)?;
     let mut targets = Vec::new();
