@@ -77,6 +77,34 @@ fn write_table(header: &[&str], rows: &[Vec<String>], out: &mut dyn Write) -> io
     Ok(())
 }
 
+/// A one-line progress bar on stderr, drawn only when stderr is a terminal
+/// (never in cron mail or a script's capture).
+pub struct Progress {
+    total: usize,
+    done: usize,
+    label: &'static str,
+    visible: bool,
+}
+
+impl Progress {
+    pub fn new(total: usize, label: &'static str, verbosity: Verbosity) -> Progress {
+        let visible = verbosity == Verbosity::Normal && std::io::IsTerminal::is_terminal(&std::io::stderr()) && total > 0;
+        Progress { total, done: 0, label, visible }
+    }
+
+    pub fn tick(&mut self) {
+        self.done += 1;
+        if !self.visible {
+            return;
+        }
+        const WIDTH: usize = 30;
+        let filled = WIDTH * self.done / self.total;
+        let bar = format!("{}{}", "=".repeat(filled), " ".repeat(WIDTH - filled));
+        let end = if self.done == self.total { "\n" } else { "" };
+        eprint!("\r[{bar}] {}/{} {}{end}", self.done, self.total, self.label);
+    }
+}
+
 /// Bytes in human units (binary prefixes), as `12.3 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

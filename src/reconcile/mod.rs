@@ -23,7 +23,7 @@ use crate::config::{Config, Server, Site};
 use crate::context::Context;
 use crate::db::{self, DbError, Target};
 use crate::error::{Outcome, exit};
-use crate::output::Report;
+use crate::output::{Progress, Report};
 use crate::schema::{self, DeviceId, TableSpec};
 use crate::window::{self, Window, WindowArgs, WindowError};
 
@@ -225,6 +225,7 @@ const PARALLEL_TABLES: usize = 4;
 
 pub async fn execute(plan: ReconcilePlan, ctx: &Context, mode: Mode) -> ReconcileReport {
     let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL_TABLES));
+    let mut progress = Progress::new(plan.targets.len(), "tables reconciled", ctx.verbosity);
     let mut tasks = tokio::task::JoinSet::new();
     for (i, target) in plan.targets.into_iter().enumerate() {
         let (config, permits) = (Arc::clone(&ctx.config), Arc::clone(&permits));
@@ -239,6 +240,7 @@ pub async fn execute(plan: ReconcilePlan, ctx: &Context, mode: Mode) -> Reconcil
             Ok(r) => results.push(r),
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         }
+        progress.tick();
     }
     results.sort_by_key(|(i, _)| *i);
     ReconcileReport { rows: results.into_iter().flat_map(|(_, rows)| rows).collect() }
