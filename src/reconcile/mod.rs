@@ -311,18 +311,23 @@ async fn reconcile_table_inner(
     let mut bytes_moved = 0;
     let mut verified = None;
     if mode == Mode::Apply && per_device.values().any(|c| c.missing_on_a + c.missing_on_b > 0) {
-        if t.direction.fills_b() {
-            let keys: Vec<(DeviceId, i64)> = diffs.iter().flat_map(|(d, x)| x.only_a.iter().map(move |m| (d.clone(), *m))).collect();
-            let (moved, devices) = copy_to(config, &a, &b, database, spec, &columns, &keys).await?;
-            bytes_moved += moved;
-            devices.into_iter().for_each(|d| per_device.entry(d).or_default().copied_to_b += 1);
-        }
-        if t.direction.fills_a() {
-            let keys: Vec<(DeviceId, i64)> = diffs.iter().flat_map(|(d, x)| x.only_b.iter().map(move |m| (d.clone(), *m))).collect();
-            let (moved, devices) = copy_to(config, &b, &a, database, spec, &columns, &keys).await?;
-            bytes_moved += moved;
-            devices.into_iter().for_each(|d| per_device.entry(d).or_default().copied_to_a += 1);
-        }
+        let keys = |pick: fn(&DeviceDiff) -> &Vec<i64>, wanted: bool| -> Vec<(DeviceId, i64)> {
+            match wanted {
+                true => diffs.iter().flat_map(|(d, x)| pick(x).iter().map(move |m| (d.clone(), *m))).collect(),
+                false => Vec::new(),
+            }
+        };
+        let (to_b, to_a) = (keys(|x| &x.only_a, t.direction.fills_b()), keys(|x| &x.only_b, t.direction.fills_a()));
+        // The two directions use disjoint connections (a's snapshot and b's
+        // writer, b's snapshot and a's writer), so they run at once.
+        let (into_b, into_a) = tokio::join!(
+            copy_to(config, &a, &b, database, spec, &columns, &to_b),
+            copy_to(config, &b, &a, database, spec, &columns, &to_a)
+        );
+        let ((moved_b, devices_b), (moved_a, devices_a)) = (into_b?, into_a?);
+        bytes_moved += moved_a + moved_b;
+        devices_b.into_iter().for_each(|d| per_device.entry(d).or_default().copied_to_b += 1);
+        devices_a.into_iter().for_each(|d| per_device.entry(d).or_default().copied_to_a += 1);
         verified = Some(verify(config, t, &ranges).await?);
     }
     // The snapshots only read (and held temp tables); end them.
