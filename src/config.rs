@@ -193,7 +193,10 @@ impl Config {
     }
 
     pub fn parse(text: &str, source: ConfigSource) -> Result<Config, ConfigError> {
-        let doc = Doc { text, source: &source };
+        let doc = Doc {
+            text,
+            source: &source,
+        };
         let raw: RawConfig = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
         Validator { doc: &doc }.config(raw)
     }
@@ -207,17 +210,23 @@ impl Config {
     }
 
     pub fn server(&self, name: &str) -> Result<&Server, ConfigError> {
-        self.servers.iter().find(|s| s.name == name).ok_or_else(|| ConfigError::UnknownServer {
-            name: name.to_string(),
-            known: join_names(self.servers.iter().map(|s| s.name.as_str())),
-        })
+        self.servers
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ConfigError::UnknownServer {
+                name: name.to_string(),
+                known: join_names(self.servers.iter().map(|s| s.name.as_str())),
+            })
     }
 
     pub fn site(&self, name: &str) -> Result<&Site, ConfigError> {
-        self.sites.iter().find(|s| s.name == name).ok_or_else(|| ConfigError::UnknownSite {
-            name: name.to_string(),
-            known: join_names(self.sites.iter().map(|s| s.name.as_str())),
-        })
+        self.sites
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ConfigError::UnknownSite {
+                name: name.to_string(),
+                known: join_names(self.sites.iter().map(|s| s.name.as_str())),
+            })
     }
 
     /// The sites named (all when none are), in the order asked; unknown names are an error.
@@ -263,7 +272,12 @@ impl Doc<'_> {
         }
     }
 
-    fn at<T>(&self, value: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn at<T>(
+        &self,
+        value: &Spanned<T>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         self.error(value.span().start, key, message)
     }
 
@@ -281,11 +295,16 @@ impl Doc<'_> {
 fn key_near(text: &str, span: std::ops::Range<usize>) -> String {
     let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     let at = text.get(span.clone()).unwrap_or("");
-    if !at.is_empty() && at.chars().all(is_key_char) && text[span.end..].trim_start().starts_with('=') {
+    if !at.is_empty()
+        && at.chars().all(is_key_char)
+        && text[span.end..].trim_start().starts_with('=')
+    {
         return at.to_string();
     }
     let before = text[..span.start.min(text.len())].trim_end();
-    let Some(before) = before.strip_suffix('=') else { return String::from("(document)") };
+    let Some(before) = before.strip_suffix('=') else {
+        return String::from("(document)");
+    };
     let before = before.trim_end();
     let start = before.rfind(|c: char| !is_key_char(c)).map_or(0, |i| i + 1);
     match &before[start..] {
@@ -311,23 +330,40 @@ impl Validator<'_> {
         // the first of a reconcile pair.
         let mut raw_servers: Vec<_> = raw.servers.iter().collect();
         raw_servers.sort_by_key(|(name, _)| name.span().start);
-        let servers = raw_servers.into_iter().map(|(name, s)| self.server(name, s)).collect::<Result<Vec<_>, _>>()?;
+        let servers = raw_servers
+            .into_iter()
+            .map(|(name, s)| self.server(name, s))
+            .collect::<Result<Vec<_>, _>>()?;
         if servers.is_empty() {
-            return Err(self.doc.error(0, "servers", "at least one [servers.NAME] table is required"));
+            return Err(self.doc.error(
+                0,
+                "servers",
+                "at least one [servers.NAME] table is required",
+            ));
         }
         if raw.sites.is_empty() {
-            return Err(self.doc.error(0, "sites", "at least one [[sites]] entry is required"));
+            return Err(self
+                .doc
+                .error(0, "sites", "at least one [[sites]] entry is required"));
         }
         let mut seen = BTreeSet::new();
         let mut sites = Vec::new();
         for (i, s) in raw.sites.iter().enumerate() {
             let site = self.site(i, s, &defaults, &servers)?;
             if !seen.insert(site.name.clone()) {
-                return Err(self.doc.at(&s.name, format!("sites[{i}].name"), format!("duplicate site name `{}`", site.name)));
+                return Err(self.doc.at(
+                    &s.name,
+                    format!("sites[{i}].name"),
+                    format!("duplicate site name `{}`", site.name),
+                ));
             }
             sites.push(site);
         }
-        let redis_url = raw.redis.as_ref().map(|r| self.redis_url(&r.url)).transpose()?;
+        let redis_url = raw
+            .redis
+            .as_ref()
+            .map(|r| self.redis_url(&r.url))
+            .transpose()?;
         Ok(Config {
             source: self.doc.source.clone(),
             log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
@@ -347,24 +383,44 @@ impl Validator<'_> {
             None => 1,
         };
         let loss = self.thresholds(
-            LossThresholds { warning_pct: 2.0, critical_pct: 5.0 },
+            LossThresholds {
+                warning_pct: 2.0,
+                critical_pct: 5.0,
+            },
             d.loss_warning_pct.as_ref(),
             d.loss_critical_pct.as_ref(),
             "defaults",
         )?;
-        Ok(SiteDefaults { timezone, sample_interval_secs, loss })
+        Ok(SiteDefaults {
+            timezone,
+            sample_interval_secs,
+            loss,
+        })
     }
 
     fn timezone(&self, tz: &Spanned<String>, key: &str) -> Result<Tz, ConfigError> {
         Tz::from_str(tz.get_ref()).map_err(|_| {
-            self.doc.at(tz, key, format!("unknown time zone `{}`; expected an IANA name such as Asia/Seoul", tz.get_ref()))
+            self.doc.at(
+                tz,
+                key,
+                format!(
+                    "unknown time zone `{}`; expected an IANA name such as Asia/Seoul",
+                    tz.get_ref()
+                ),
+            )
         })
     }
 
     fn interval(&self, v: &Spanned<u32>, key: &str) -> Result<u32, ConfigError> {
         match *v.get_ref() {
-            0 => Err(self.doc.at(v, key, "the sample interval must be at least 1 second")),
-            n if 86_400 % n != 0 => Err(self.doc.at(v, key, format!("{n} s does not divide a day evenly; use a divisor of 86400"))),
+            0 => Err(self
+                .doc
+                .at(v, key, "the sample interval must be at least 1 second")),
+            n if 86_400 % n != 0 => Err(self.doc.at(
+                v,
+                key,
+                format!("{n} s does not divide a day evenly; use a divisor of 86400"),
+            )),
             n => Ok(n),
         }
     }
@@ -376,15 +432,20 @@ impl Validator<'_> {
         critical: Option<&Spanned<f64>>,
         scope: &str,
     ) -> Result<LossThresholds, ConfigError> {
-        let pct = |v: Option<&Spanned<f64>>, name: &str, fallback: f64| -> Result<f64, ConfigError> {
-            let Some(v) = v else { return Ok(fallback) };
-            let x = *v.get_ref();
-            if (0.0..=100.0).contains(&x) {
-                Ok(x)
-            } else {
-                Err(self.doc.at(v, format!("{scope}.{name}"), format!("a percentage between 0 and 100 is expected, got {x}")))
-            }
-        };
+        let pct =
+            |v: Option<&Spanned<f64>>, name: &str, fallback: f64| -> Result<f64, ConfigError> {
+                let Some(v) = v else { return Ok(fallback) };
+                let x = *v.get_ref();
+                if (0.0..=100.0).contains(&x) {
+                    Ok(x)
+                } else {
+                    Err(self.doc.at(
+                        v,
+                        format!("{scope}.{name}"),
+                        format!("a percentage between 0 and 100 is expected, got {x}"),
+                    ))
+                }
+            };
         let t = LossThresholds {
             warning_pct: pct(warning, "loss_warning_pct", base.warning_pct)?,
             critical_pct: pct(critical, "loss_critical_pct", base.critical_pct)?,
@@ -394,7 +455,10 @@ impl Validator<'_> {
             return Err(self.doc.error(
                 at,
                 format!("{scope}.loss_warning_pct"),
-                format!("the warning threshold ({} %) is above the critical one ({} %)", t.warning_pct, t.critical_pct),
+                format!(
+                    "the warning threshold ({} %) is above the critical one ({} %)",
+                    t.warning_pct, t.critical_pct
+                ),
             ));
         }
         Ok(t)
@@ -403,19 +467,40 @@ impl Validator<'_> {
     fn server(&self, name: &Spanned<String>, s: &RawServer) -> Result<Server, ConfigError> {
         let key = format!("servers.{}", name.get_ref());
         if !is_plain_name(name.get_ref()) {
-            return Err(self.doc.at(name, &key, "server names may use only letters, digits, '_' and '-'"));
+            return Err(self.doc.at(
+                name,
+                &key,
+                "server names may use only letters, digits, '_' and '-'",
+            ));
         }
         let url_key = format!("{key}.url");
-        let url = self.url(&s.url, &url_key, &["postgres", "postgresql"], "postgres://USER@HOST:PORT")?;
+        let url = self.url(
+            &s.url,
+            &url_key,
+            &["postgres", "postgresql"],
+            "postgres://USER@HOST:PORT",
+        )?;
         if url.username().is_empty() {
-            return Err(self.doc.at(&s.url, url_key, "the URL needs a user name: postgres://USER@HOST:PORT"));
+            return Err(self.doc.at(
+                &s.url,
+                url_key,
+                "the URL needs a user name: postgres://USER@HOST:PORT",
+            ));
         }
         if url.path().len() > 1 {
-            return Err(self.doc.at(&s.url, url_key, "leave the database out of the URL; each site names its own database"));
+            return Err(self.doc.at(
+                &s.url,
+                url_key,
+                "leave the database out of the URL; each site names its own database",
+            ));
         }
         let password = match (&s.password_env, &s.password_file) {
             (Some(a), Some(_)) => {
-                return Err(self.doc.at(a, format!("{key}.password_env"), "give password_env or password_file, not both"));
+                return Err(self.doc.at(
+                    a,
+                    format!("{key}.password_env"),
+                    "give password_env or password_file, not both",
+                ));
             }
             (Some(env), None) => PasswordSource::Env(env.get_ref().clone()),
             (None, Some(file)) => PasswordSource::File(PathBuf::from(file.get_ref())),
@@ -423,7 +508,11 @@ impl Validator<'_> {
         };
         Ok(Server {
             name: name.get_ref().clone(),
-            host: url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string(),
+            host: url
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_string(),
             port: url.port().unwrap_or(5432),
             user: url.username().to_string(),
             password,
@@ -431,18 +520,40 @@ impl Validator<'_> {
     }
 
     fn redis_url(&self, url: &Spanned<String>) -> Result<Url, ConfigError> {
-        self.url(url, "redis.url", &["redis", "rediss"], "redis://HOST:PORT/DB")
+        self.url(
+            url,
+            "redis.url",
+            &["redis", "rediss"],
+            "redis://HOST:PORT/DB",
+        )
     }
 
     /// Parses a URL, checking its scheme and refusing a literal password.
-    fn url(&self, raw: &Spanned<String>, key: &str, schemes: &[&str], shape: &str) -> Result<Url, ConfigError> {
-        let url = Url::parse(raw.get_ref())
-            .map_err(|e| self.doc.at(raw, key, format!("not a valid URL ({e}); expected {shape}")))?;
+    fn url(
+        &self,
+        raw: &Spanned<String>,
+        key: &str,
+        schemes: &[&str],
+        shape: &str,
+    ) -> Result<Url, ConfigError> {
+        let url = Url::parse(raw.get_ref()).map_err(|e| {
+            self.doc
+                .at(raw, key, format!("not a valid URL ({e}); expected {shape}"))
+        })?;
         if !schemes.contains(&url.scheme()) {
-            return Err(self.doc.at(raw, key, format!("URL scheme `{}` is not supported; expected {shape}", url.scheme())));
+            return Err(self.doc.at(
+                raw,
+                key,
+                format!(
+                    "URL scheme `{}` is not supported; expected {shape}",
+                    url.scheme()
+                ),
+            ));
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err(self.doc.at(raw, key, format!("the URL has no host; expected {shape}")));
+            return Err(self
+                .doc
+                .at(raw, key, format!("the URL has no host; expected {shape}")));
         }
         if url.password().is_some() {
             return Err(self.doc.at(
@@ -452,20 +563,38 @@ impl Validator<'_> {
             ));
         }
         if url.query().is_some() {
-            return Err(self.doc.at(raw, key, "URL parameters are not supported here"));
+            return Err(self
+                .doc
+                .at(raw, key, "URL parameters are not supported here"));
         }
         Ok(url)
     }
 
-    fn site(&self, i: usize, s: &RawSite, d: &SiteDefaults, servers: &[Server]) -> Result<Site, ConfigError> {
+    fn site(
+        &self,
+        i: usize,
+        s: &RawSite,
+        d: &SiteDefaults,
+        servers: &[Server],
+    ) -> Result<Site, ConfigError> {
         let key = |k: &str| format!("sites[{i}].{k}");
         let name = s.name.get_ref();
         if !is_plain_name(name) || name.len() > 63 {
-            return Err(self.doc.at(&s.name, key("name"), "site names may use only letters, digits, '_' and '-', at most 63 bytes"));
+            return Err(self.doc.at(
+                &s.name,
+                key("name"),
+                "site names may use only letters, digits, '_' and '-', at most 63 bytes",
+            ));
         }
         let database = match &s.database {
-            Some(db) if db.get_ref().is_empty() || db.get_ref().len() > 63 || db.get_ref().contains('\0') => {
-                return Err(self.doc.at(db, key("database"), "a database name is 1 to 63 bytes"));
+            Some(db)
+                if db.get_ref().is_empty()
+                    || db.get_ref().len() > 63
+                    || db.get_ref().contains('\0') =>
+            {
+                return Err(self
+                    .doc
+                    .at(db, key("database"), "a database name is 1 to 63 bytes"));
             }
             Some(db) => db.get_ref().clone(),
             None => name.clone(),
@@ -479,7 +608,11 @@ impl Validator<'_> {
                     false => Err(self.doc.at(
                         n,
                         key("servers"),
-                        format!("no server `{}` is configured (configured: {})", n.get_ref(), join_names(servers.iter().map(|s| s.name.as_str()))),
+                        format!(
+                            "no server `{}` is configured (configured: {})",
+                            n.get_ref(),
+                            join_names(servers.iter().map(|s| s.name.as_str()))
+                        ),
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
@@ -492,7 +625,12 @@ impl Validator<'_> {
             Some(v) => self.interval(v, &key("sample_interval_secs"))?,
             None => d.sample_interval_secs,
         };
-        let loss = self.thresholds(d.loss, s.loss_warning_pct.as_ref(), s.loss_critical_pct.as_ref(), &format!("sites[{i}]"))?;
+        let loss = self.thresholds(
+            d.loss,
+            s.loss_warning_pct.as_ref(),
+            s.loss_critical_pct.as_ref(),
+            &format!("sites[{i}]"),
+        )?;
         Ok(Site {
             name: name.clone(),
             database,
@@ -507,33 +645,60 @@ impl Validator<'_> {
 
     fn banks(&self, i: usize, banks: &Spanned<Vec<RawBank>>) -> Result<Vec<Bank>, ConfigError> {
         if banks.get_ref().is_empty() {
-            return Err(self.doc.at(banks, format!("sites[{i}].banks"), "a site needs at least one bank"));
+            return Err(self.doc.at(
+                banks,
+                format!("sites[{i}].banks"),
+                "a site needs at least one bank",
+            ));
         }
         let mut ids = BTreeSet::new();
         let mut out = Vec::new();
         for (j, b) in banks.get_ref().iter().enumerate() {
             let id = *b.id.get_ref();
             if id == 0 {
-                return Err(self.doc.at(&b.id, format!("sites[{i}].banks[{j}].id"), "bank ids start at 1"));
+                return Err(self.doc.at(
+                    &b.id,
+                    format!("sites[{i}].banks[{j}].id"),
+                    "bank ids start at 1",
+                ));
             }
             if !ids.insert(id) {
-                return Err(self.doc.at(&b.id, format!("sites[{i}].banks[{j}].id"), format!("duplicate bank id {id}")));
+                return Err(self.doc.at(
+                    &b.id,
+                    format!("sites[{i}].banks[{j}].id"),
+                    format!("duplicate bank id {id}"),
+                ));
             }
             if *b.racks.get_ref() == 0 {
-                return Err(self.doc.at(&b.racks, format!("sites[{i}].banks[{j}].racks"), "a bank needs at least one rack, got 0"));
+                return Err(self.doc.at(
+                    &b.racks,
+                    format!("sites[{i}].banks[{j}].racks"),
+                    "a bank needs at least one rack, got 0",
+                ));
             }
-            out.push(Bank { id, racks: *b.racks.get_ref() });
+            out.push(Bank {
+                id,
+                racks: *b.racks.get_ref(),
+            });
         }
         Ok(out)
     }
 
-    fn pcs(&self, i: usize, pcs: Option<&Spanned<Vec<Spanned<u16>>>>) -> Result<Vec<u16>, ConfigError> {
+    fn pcs(
+        &self,
+        i: usize,
+        pcs: Option<&Spanned<Vec<Spanned<u16>>>>,
+    ) -> Result<Vec<u16>, ConfigError> {
         let Some(pcs) = pcs else { return Ok(vec![1]) };
         let mut ids = BTreeSet::new();
         for (j, p) in pcs.get_ref().iter().enumerate() {
             let id = *p.get_ref();
             if id == 0 || !ids.insert(id) {
-                return Err(self.doc.at(p, format!("sites[{i}].pcs[{j}]"), format!("PCS ids are distinct and start at 1, got {id}")));
+                return Err(self.doc.at(
+                    p,
+                    format!("sites[{i}].pcs[{j}]"),
+                    format!("PCS ids are distinct and start at 1, got {id}"),
+                ));
             }
         }
         Ok(ids.into_iter().collect())
@@ -541,7 +706,9 @@ impl Validator<'_> {
 }
 
 fn is_plain_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 #[cfg(test)]
@@ -555,7 +722,16 @@ mod tests {
     #[test]
     fn config_embedded_default_is_the_reference_fleet() {
         let c = Config::load(None).unwrap();
-        let shape: Vec<_> = c.sites.iter().map(|s| (s.name.as_str(), s.banks.iter().map(|b| b.racks).collect::<Vec<_>>())).collect();
+        let shape: Vec<_> = c
+            .sites
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.banks.iter().map(|b| b.racks).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
         assert_eq!(
             shape,
             vec![
@@ -565,10 +741,25 @@ mod tests {
                 ("ESS_Operating_Site4", vec![9]),
             ]
         );
-        assert_eq!(c.servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["local", "gcp"]);
+        assert_eq!(
+            c.servers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["local", "gcp"]
+        );
         let s2 = c.site("ESS_Operating_Site2").unwrap();
-        assert_eq!((s2.timezone, s2.sample_interval_secs, s2.rack_count()), (chrono_tz::Asia::Seoul, 1, 17));
-        assert_eq!(s2.loss, LossThresholds { warning_pct: 2.0, critical_pct: 5.0 });
+        assert_eq!(
+            (s2.timezone, s2.sample_interval_secs, s2.rack_count()),
+            (chrono_tz::Asia::Seoul, 1, 17)
+        );
+        assert_eq!(
+            s2.loss,
+            LossThresholds {
+                warning_pct: 2.0,
+                critical_pct: 5.0
+            }
+        );
         assert!(c.redis_url.is_some());
     }
 
@@ -585,6 +776,9 @@ mod tests {
     fn config_error_points_at_line_and_column() {
         let text = "[servers.a]\nurl = \"postgres://u@h\"\n[[sites]]\nname = \"s\"\nbanks = [{ id = 1, racks = 0 }]\n";
         let e = parse(text).unwrap_err().to_string();
-        assert_eq!(e, "t.toml:5:28: key `sites[0].banks[0].racks`: a bank needs at least one rack, got 0");
+        assert_eq!(
+            e,
+            "t.toml:5:28: key `sites[0].banks[0].racks`: a bank needs at least one rack, got 0"
+        );
     }
 }

@@ -19,10 +19,20 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum DbError {
     #[error("server `{server}`: password variable {var} is not set")]
     PasswordEnvMissing { server: String, var: String },
-    #[error("server `{server}`: cannot read password file {path}: {reason} (run scripts/services.sh up for the development servers, or fix password_file)")]
-    PasswordFile { server: String, path: PathBuf, reason: String },
+    #[error(
+        "server `{server}`: cannot read password file {path}: {reason} (run scripts/services.sh up for the development servers, or fix password_file)"
+    )]
+    PasswordFile {
+        server: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("server `{server}` ({addr}) is unreachable: {reason}")]
-    Unreachable { server: String, addr: String, reason: String },
+    Unreachable {
+        server: String,
+        addr: String,
+        reason: String,
+    },
     #[error("server `{server}`, database `{database}`: {context}: {reason}")]
     Query {
         server: String,
@@ -38,13 +48,22 @@ impl DbError {
         match self {
             DbError::PasswordEnvMissing { .. } | DbError::PasswordFile { .. } => exit::CONFIG,
             DbError::Unreachable { .. } => exit::UNAVAILABLE,
-            DbError::Query { sqlstate, .. } if sqlstate.as_deref() == Some(INSUFFICIENT_PRIVILEGE) => exit::PRIVILEGE,
+            DbError::Query { sqlstate, .. }
+                if sqlstate.as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
+            {
+                exit::PRIVILEGE
+            }
             DbError::Query { .. } => exit::UNAVAILABLE,
         }
     }
 
     /// Wraps a tokio-postgres error from a query, keeping its SQLSTATE.
-    pub fn query(server: &str, database: &str, context: impl Into<String>, e: &tokio_postgres::Error) -> DbError {
+    pub fn query(
+        server: &str,
+        database: &str,
+        context: impl Into<String>,
+        e: &tokio_postgres::Error,
+    ) -> DbError {
         let reason = match e.as_db_error() {
             Some(db) => db.message().to_string(),
             None => e.to_string(),
@@ -83,7 +102,11 @@ pub fn quote_ident(name: &str) -> String {
 
 /// A comma-separated list of quoted identifiers.
 pub fn quote_list<S: AsRef<str>>(names: &[S]) -> String {
-    names.iter().map(|n| quote_ident(n.as_ref())).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| quote_ident(n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// PostgreSQL counts timestamps from 2000-01-01; Unix from 1970-01-01.
@@ -111,7 +134,8 @@ impl BinaryCopyWriter {
             self.buf.extend(v.to_be_bytes());
         }
         self.buf.extend(8i32.to_be_bytes());
-        self.buf.extend((unix_micros - PG_EPOCH_UNIX_MICROS).to_be_bytes());
+        self.buf
+            .extend((unix_micros - PG_EPOCH_UNIX_MICROS).to_be_bytes());
     }
 
     pub fn finish(mut self) -> bytes::Bytes {
@@ -138,7 +162,9 @@ impl<'a> tokio_postgres::types::FromSql<'a> for UnixMicrosArray {
         raw: &'a [u8],
     ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
         let word = |at: usize| -> Result<i32, &'static str> {
-            raw.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok_or("truncated array header")
+            raw.get(at..at + 4)
+                .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                .ok_or("truncated array header")
         };
         // Header: dimensions, has-nulls flag, element type, then (length, lower bound) per dimension.
         let dims = word(0)?;
@@ -156,7 +182,10 @@ impl<'a> tokio_postgres::types::FromSql<'a> for UnixMicrosArray {
         // Each element: a 4-byte length (always 8) and the 8-byte value.
         let values = body
             .chunks_exact(12)
-            .map(|e| i64::from_be_bytes([e[4], e[5], e[6], e[7], e[8], e[9], e[10], e[11]]) + PG_EPOCH_UNIX_MICROS)
+            .map(|e| {
+                i64::from_be_bytes([e[4], e[5], e[6], e[7], e[8], e[9], e[10], e[11]])
+                    + PG_EPOCH_UNIX_MICROS
+            })
             .collect();
         Ok(UnixMicrosArray(values))
     }
@@ -180,21 +209,32 @@ impl Target<'_> {
 }
 
 /// The server's password, from where the config says to look.
-pub fn password(config: &Config, server: &Server, database: &str) -> Result<Option<String>, DbError> {
+pub fn password(
+    config: &Config,
+    server: &Server,
+    database: &str,
+) -> Result<Option<String>, DbError> {
     match &server.password {
         PasswordSource::Env(var) => match std::env::var(var) {
             Ok(p) => Ok(Some(p)),
-            Err(_) => Err(DbError::PasswordEnvMissing { server: server.name.clone(), var: var.clone() }),
+            Err(_) => Err(DbError::PasswordEnvMissing {
+                server: server.name.clone(),
+                var: var.clone(),
+            }),
         },
         PasswordSource::File(rel) => {
             let path = config.base_dir().join(rel);
-            read_password_file(&path).map(Some).map_err(|reason| DbError::PasswordFile {
-                server: server.name.clone(),
-                path,
-                reason,
-            })
+            read_password_file(&path)
+                .map(Some)
+                .map_err(|reason| DbError::PasswordFile {
+                    server: server.name.clone(),
+                    path,
+                    reason,
+                })
         }
-        PasswordSource::Standard => Ok(std::env::var("PGPASSWORD").ok().or_else(|| pgpass_lookup(server, database))),
+        PasswordSource::Standard => Ok(std::env::var("PGPASSWORD")
+            .ok()
+            .or_else(|| pgpass_lookup(server, database))),
     }
 }
 
@@ -215,11 +255,22 @@ fn pgpass_lookup(server: &Server, database: &str) -> Option<String> {
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
     let text = std::fs::read_to_string(path).ok()?;
     let port = server.port.to_string();
-    let wanted = [server.host.as_str(), port.as_str(), database, server.user.as_str()];
+    let wanted = [
+        server.host.as_str(),
+        port.as_str(),
+        database,
+        server.user.as_str(),
+    ];
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .map(split_pgpass_line)
-        .find(|f| f.len() == 5 && f[..4].iter().zip(wanted).all(|(have, want)| have == "*" || have == want))
+        .find(|f| {
+            f.len() == 5
+                && f[..4]
+                    .iter()
+                    .zip(wanted)
+                    .all(|(have, want)| have == "*" || have == want)
+        })
         .map(|mut f| f.swap_remove(4))
 }
 
@@ -240,7 +291,10 @@ fn split_pgpass_line(line: &str) -> Vec<String> {
 ///
 /// No retry here: a server that is down must be reported quickly, and
 /// callers that poll (ingest) have their own backoff.
-pub async fn connect(config: &Config, target: Target<'_>) -> Result<tokio_postgres::Client, DbError> {
+pub async fn connect(
+    config: &Config,
+    target: Target<'_>,
+) -> Result<tokio_postgres::Client, DbError> {
     let mut pg = tokio_postgres::Config::new();
     pg.host(&target.server.host)
         .port(target.server.port)
@@ -257,7 +311,10 @@ pub async fn connect(config: &Config, target: Target<'_>) -> Result<tokio_postgr
     if let Some(pw) = password(config, target.server, target.database)? {
         pg.password(pw);
     }
-    let (client, connection) = pg.connect(tokio_postgres::NoTls).await.map_err(|e| connect_error(target, &e))?;
+    let (client, connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| connect_error(target, &e))?;
     tokio::spawn(async move {
         // The connection ends when the client is dropped; errors surface on the client's next query.
         let _ = connection.await;
@@ -279,7 +336,10 @@ fn connect_error(target: Target<'_>, e: &tokio_postgres::Error) -> DbError {
 }
 
 /// sqlx options for the same target (migrations only).
-pub fn sqlx_options(config: &Config, target: Target<'_>) -> Result<sqlx::postgres::PgConnectOptions, DbError> {
+pub fn sqlx_options(
+    config: &Config,
+    target: Target<'_>,
+) -> Result<sqlx::postgres::PgConnectOptions, DbError> {
     let mut opts = sqlx::postgres::PgConnectOptions::new_without_pgpass()
         .host(&target.server.host)
         .port(target.server.port)
@@ -301,9 +361,15 @@ mod tests {
     fn db_quote_ident_doubles_quotes_and_keeps_case() {
         assert_eq!(quote_ident("TIMESTAMP"), "\"TIMESTAMP\"");
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(quote_ident("x\"; DROP TABLE bank; --"), "\"x\"\"; DROP TABLE bank; --\"");
+        assert_eq!(
+            quote_ident("x\"; DROP TABLE bank; --"),
+            "\"x\"\"; DROP TABLE bank; --\""
+        );
         assert_eq!(quote_ident("nul\0byte"), "\"nulbyte\"");
-        assert_eq!(quote_list(&["BANK_ID", "TIMESTAMP"]), "\"BANK_ID\", \"TIMESTAMP\"");
+        assert_eq!(
+            quote_list(&["BANK_ID", "TIMESTAMP"]),
+            "\"BANK_ID\", \"TIMESTAMP\""
+        );
     }
 
     #[test]
@@ -319,14 +385,27 @@ mod tests {
         }
         let got = UnixMicrosArray::from_sql(&Type::TIMESTAMPTZ_ARRAY, &raw).unwrap();
         assert_eq!(got.0, [946_684_800_000_000, 946_684_801_000_000]);
-        assert!(UnixMicrosArray::from_sql(&Type::TIMESTAMPTZ_ARRAY, &raw[..raw.len() - 1]).is_err());
+        assert!(
+            UnixMicrosArray::from_sql(&Type::TIMESTAMPTZ_ARRAY, &raw[..raw.len() - 1]).is_err()
+        );
         let empty = [0u8; 12];
-        assert_eq!(UnixMicrosArray::from_sql(&Type::TIMESTAMPTZ_ARRAY, &empty).unwrap().0, Vec::<i64>::new());
+        assert_eq!(
+            UnixMicrosArray::from_sql(&Type::TIMESTAMPTZ_ARRAY, &empty)
+                .unwrap()
+                .0,
+            Vec::<i64>::new()
+        );
     }
 
     #[test]
     fn db_pgpass_line_handles_escapes() {
-        assert_eq!(split_pgpass_line(r"h:5432:*:u:p\:w\\d"), ["h", "5432", "*", "u", r"p:w\d"]);
-        assert_eq!(split_pgpass_line("h:1:d:u:a:b"), ["h", "1", "d", "u", "a:b"]);
+        assert_eq!(
+            split_pgpass_line(r"h:5432:*:u:p\:w\\d"),
+            ["h", "5432", "*", "u", r"p:w\d"]
+        );
+        assert_eq!(
+            split_pgpass_line("h:1:d:u:a:b"),
+            ["h", "1", "d", "u", "a:b"]
+        );
     }
 }

@@ -67,8 +67,16 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let config = Config::load(cli.global.config.as_deref())?;
     let ctx = Context {
         config: Arc::new(config),
-        format: if cli.global.json { Format::Json } else { Format::Table },
-        verbosity: if cli.global.quiet { Verbosity::Quiet } else { Verbosity::Normal },
+        format: if cli.global.json {
+            Format::Json
+        } else {
+            Format::Table
+        },
+        verbosity: if cli.global.quiet {
+            Verbosity::Quiet
+        } else {
+            Verbosity::Normal
+        },
     };
     let stderr_level = match cli.global.verbose {
         true => logging::StderrLevel::Info,
@@ -78,7 +86,11 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Output(std::io::Error::other(format!("cannot start the async runtime: {e}"))))?;
+        .map_err(|e| {
+            Error::Output(std::io::Error::other(format!(
+                "cannot start the async runtime: {e}"
+            )))
+        })?;
     runtime.block_on(async {
         tokio::select! {
             result = dispatch(cli.command, &ctx) => result,
@@ -100,7 +112,11 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         }
         Command::Reconcile(args) => {
             let plan = reconcile::plan(&args, ctx, chrono::Utc::now())?;
-            let mode = if args.dry_run { reconcile::Mode::DryRun } else { reconcile::Mode::Apply };
+            let mode = if args.dry_run {
+                reconcile::Mode::DryRun
+            } else {
+                reconcile::Mode::Apply
+            };
             let report = reconcile::execute(plan, ctx, mode).await;
             emit(&report, ctx)
         }
@@ -113,6 +129,12 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
 }
 
 fn emit<R: Report>(report: &R, ctx: &Context) -> Result<Outcome, Error> {
-    output::render(report, ctx.format, ctx.verbosity, &mut std::io::stdout().lock()).map_err(Error::Output)?;
+    output::render(
+        report,
+        ctx.format,
+        ctx.verbosity,
+        &mut std::io::stdout().lock(),
+    )
+    .map_err(Error::Output)?;
     Ok(report.outcome())
 }

@@ -46,12 +46,17 @@ pub enum StderrLevel {
 }
 
 fn only_ours(level: Level) -> Targets {
-    Targets::new().with_target("essops", level).with_default(Level::WARN)
+    Targets::new()
+        .with_target("essops", level)
+        .with_default(Level::WARN)
 }
 
 /// Installs the global subscriber. Call once, after the config is loaded.
 pub fn init(log_dir: &Path, stderr: StderrLevel) -> Result<(), Error> {
-    std::fs::create_dir_all(log_dir).map_err(|source| Error::Logging { dir: log_dir.display().to_string(), source })?;
+    std::fs::create_dir_all(log_dir).map_err(|source| Error::Logging {
+        dir: log_dir.display().to_string(),
+        source,
+    })?;
     let max = match stderr {
         StderrLevel::Info => Level::INFO,
         StderrLevel::Warn => Level::WARN,
@@ -61,11 +66,19 @@ pub fn init(log_dir: &Path, stderr: StderrLevel) -> Result<(), Error> {
         .with_target(false)
         .without_time()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(only_ours(max).with_target(REPORT_TARGET, tracing_subscriber::filter::LevelFilter::OFF));
-    let files = SiteFiles { dir: log_dir.to_path_buf(), open: Mutex::new(HashMap::new()) }
-        .with_filter(only_ours(Level::INFO));
+        .with_filter(
+            only_ours(max).with_target(REPORT_TARGET, tracing_subscriber::filter::LevelFilter::OFF),
+        );
+    let files = SiteFiles {
+        dir: log_dir.to_path_buf(),
+        open: Mutex::new(HashMap::new()),
+    }
+    .with_filter(only_ours(Level::INFO));
     // A second init (tests calling run() twice in one process) keeps the first.
-    let _ = tracing_subscriber::registry().with(stderr_layer).with(files).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(stderr_layer)
+        .with(files)
+        .try_init();
     Ok(())
 }
 
@@ -80,14 +93,26 @@ impl<S: Subscriber> Layer<S> for SiteFiles {
         let mut visitor = JsonFields(Map::new());
         event.record(&mut visitor);
         let mut obj = visitor.0;
-        let site = obj.get(fields::SITE).and_then(Value::as_str).unwrap_or(GENERAL_LOG).to_string();
-        obj.insert("ts".into(), Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
+        let site = obj
+            .get(fields::SITE)
+            .and_then(Value::as_str)
+            .unwrap_or(GENERAL_LOG)
+            .to_string();
+        obj.insert(
+            "ts".into(),
+            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
         // An explicit `level` field (loss grades: info/warning/critical) wins
         // over tracing's level, which has no "critical".
         if !obj.contains_key("level") {
-            obj.insert("level".into(), Value::String(event.metadata().level().as_str().to_lowercase()));
+            obj.insert(
+                "level".into(),
+                Value::String(event.metadata().level().as_str().to_lowercase()),
+            );
         }
-        let Ok(mut line) = serde_json::to_vec(&obj) else { return };
+        let Ok(mut line) = serde_json::to_vec(&obj) else {
+            return;
+        };
         line.push(b'\n');
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let appender = match open.get_mut(&site) {
@@ -111,10 +136,12 @@ struct JsonFields(Map<String, Value>);
 
 impl Visit for JsonFields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().into(), Value::String(format!("{value:?}")));
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), Value::String(value.into()));
+        self.0
+            .insert(field.name().into(), Value::String(value.into()));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.0.insert(field.name().into(), Value::from(value));

@@ -10,7 +10,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // --help and --version print to stdout and succeed; real usage errors exit 2.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { essops::error::exit::USAGE } else { essops::error::exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                essops::error::exit::USAGE
+            } else {
+                essops::error::exit::OK
+            });
         }
     };
     match essops::run(cli) {

@@ -12,8 +12,8 @@ use std::time::Instant;
 use clap::Args;
 use serde::Serialize;
 use sqlx::Connection;
-use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
 use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
 
 use crate::config::Config;
 use crate::context::Context;
@@ -23,7 +23,11 @@ use crate::output::Report;
 
 /// The files of `migrations/`, built into the binary. A unit test checks
 /// that this list and the folder agree.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "ess tables", include_str!("../migrations/0001_ess_tables.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "ess tables",
+    include_str!("../migrations/0001_ess_tables.sql"),
+)];
 
 /// sqlx's bookkeeping table in each site database.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
@@ -50,10 +54,16 @@ pub struct MigrateArgs {
 pub enum MigrateError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("server `{server}`: database `{database}` does not exist; run `essops migrate --create-database` or create it")]
+    #[error(
+        "server `{server}`: database `{database}` does not exist; run `essops migrate --create-database` or create it"
+    )]
     MissingDatabase { server: String, database: String },
     #[error("server `{server}`, database `{database}`: {reason}")]
-    Sqlx { server: String, database: String, reason: String },
+    Sqlx {
+        server: String,
+        database: String,
+        reason: String,
+    },
 }
 
 impl MigrateError {
@@ -130,12 +140,19 @@ pub fn plan(args: &MigrateArgs, ctx: &Context) -> crate::error::Result<MigratePl
         true => MissingDatabase::Create,
         false => MissingDatabase::Fail,
     };
-    Ok(MigratePlan { targets, missing_database })
+    Ok(MigratePlan {
+        targets,
+        missing_database,
+    })
 }
 
 /// The report a `--dry-run` prints: the plan, nothing touched.
 pub fn dry_run(plan: &MigratePlan) -> MigrateReport {
-    let rows = plan.targets.iter().map(|t| row(t, MigrateStatus::Planned, Instant::now())).collect();
+    let rows = plan
+        .targets
+        .iter()
+        .map(|t| row(t, MigrateStatus::Planned, Instant::now()))
+        .collect();
     MigrateReport { rows }
 }
 
@@ -162,7 +179,9 @@ pub async fn execute(plan: MigratePlan, ctx: &Context) -> crate::error::Result<M
         }
     }
     rows.sort_by_key(|(i, _)| *i);
-    Ok(MigrateReport { rows: rows.into_iter().map(|(_, r)| r).collect() })
+    Ok(MigrateReport {
+        rows: rows.into_iter().map(|(_, r)| r).collect(),
+    })
 }
 
 fn row(t: &MigrateTarget, status: MigrateStatus, started: Instant) -> MigrateRow {
@@ -182,7 +201,10 @@ async fn migrate_one(config: &Config, t: MigrateTarget, missing: MissingDatabase
     let started = Instant::now();
     let result = async {
         let server = config.server(&t.server).expect("planned servers exist");
-        let target = Target { server, database: &t.database };
+        let target = Target {
+            server,
+            database: &t.database,
+        };
         let created = match missing {
             MissingDatabase::Create => ensure_database(config, target).await?,
             MissingDatabase::Fail => false,
@@ -194,7 +216,11 @@ async fn migrate_one(config: &Config, t: MigrateTarget, missing: MissingDatabase
     let mut r = row(&t, MigrateStatus::Failed, started);
     match result {
         Ok((created, applied)) => {
-            r.status = if applied.is_empty() { MigrateStatus::UpToDate } else { MigrateStatus::Migrated };
+            r.status = if applied.is_empty() {
+                MigrateStatus::UpToDate
+            } else {
+                MigrateStatus::Migrated
+            };
             r.database_created = created;
             r.applied = applied;
             tracing::info!(site = %t.site, server = %t.server, applied = ?r.applied, created, "migrated");
@@ -210,12 +236,25 @@ async fn migrate_one(config: &Config, t: MigrateTarget, missing: MissingDatabase
 
 /// Creates the site database when it is missing; true when it did.
 async fn ensure_database(config: &Config, target: Target<'_>) -> Result<bool, MigrateError> {
-    let maintenance = Target { server: target.server, database: "postgres" };
+    let maintenance = Target {
+        server: target.server,
+        database: "postgres",
+    };
     let client = db::connect(config, maintenance).await?;
     let exists = client
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&target.database])
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&target.database],
+        )
         .await
-        .map_err(|e| DbError::query(&target.server.name, "postgres", "looking up the site database", &e))?
+        .map_err(|e| {
+            DbError::query(
+                &target.server.name,
+                "postgres",
+                "looking up the site database",
+                &e,
+            )
+        })?
         .is_some();
     if exists {
         return Ok(false);
@@ -224,8 +263,16 @@ async fn ensure_database(config: &Config, target: Target<'_>) -> Result<bool, Mi
     match client.batch_execute(&sql).await {
         Ok(()) => Ok(true),
         // Another migrate created it between our check and our CREATE: fine.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => Ok(false),
-        Err(e) => Err(DbError::query(&target.server.name, target.database, "creating the database", &e).into()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
+            Ok(false)
+        }
+        Err(e) => Err(DbError::query(
+            &target.server.name,
+            target.database,
+            "creating the database",
+            &e,
+        )
+        .into()),
     }
 }
 
@@ -233,7 +280,13 @@ fn migrator() -> Migrator {
     let migrations = MIGRATIONS
         .iter()
         .map(|(version, description, sql)| {
-            Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, sql.into_sql_str(), false)
+            Migration::new(
+                *version,
+                Cow::Borrowed(*description),
+                MigrationType::Simple,
+                sql.into_sql_str(),
+                false,
+            )
         })
         .collect();
     Migrator::with_migrations(migrations)
@@ -247,18 +300,25 @@ async fn apply_migrations(config: &Config, target: Target<'_>) -> Result<Vec<i64
         reason: e.to_string(),
     };
     let opts = db::sqlx_options(config, target)?;
-    let mut conn = match tokio::time::timeout(db::CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&opts)).await {
-        Err(_) => return Err(unreachable(target, "connection timed out")),
-        Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some(db::INVALID_CATALOG_NAME) => {
-            return Err(MigrateError::MissingDatabase {
-                server: target.server.name.clone(),
-                database: target.database.to_string(),
-            });
-        }
-        Ok(Err(e @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut))) => return Err(unreachable(target, &e.to_string())),
-        Ok(Err(e)) => return Err(sqlx_err(&e)),
-        Ok(Ok(c)) => c,
-    };
+    let mut conn =
+        match tokio::time::timeout(db::CONNECT_TIMEOUT, sqlx::PgConnection::connect_with(&opts))
+            .await
+        {
+            Err(_) => return Err(unreachable(target, "connection timed out")),
+            Ok(Err(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some(db::INVALID_CATALOG_NAME) =>
+            {
+                return Err(MigrateError::MissingDatabase {
+                    server: target.server.name.clone(),
+                    database: target.database.to_string(),
+                });
+            }
+            Ok(Err(e @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut))) => {
+                return Err(unreachable(target, &e.to_string()));
+            }
+            Ok(Err(e)) => return Err(sqlx_err(&e)),
+            Ok(Ok(c)) => c,
+        };
     let mut migrator = migrator();
     // Take sqlx's advisory lock ourselves so that what we report as applied
     // is exactly what this run applied, even with a concurrent migrate.
@@ -266,11 +326,22 @@ async fn apply_migrations(config: &Config, target: Target<'_>) -> Result<Vec<i64
     migrator.set_locking(false);
     let result = async {
         conn.ensure_migrations_table(MIGRATIONS_TABLE).await?;
-        let before: Vec<i64> = conn.list_applied_migrations(MIGRATIONS_TABLE).await?.into_iter().map(|m| m.version).collect();
+        let before: Vec<i64> = conn
+            .list_applied_migrations(MIGRATIONS_TABLE)
+            .await?
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
         // run_direct rather than run: `run` takes an `Acquire` whose lifetime
         // bound makes the future non-Send inside a spawned task (sqlx's own note).
         migrator.run_direct(None, &mut conn, false).await?;
-        Ok::<_, sqlx::migrate::MigrateError>(migrator.iter().map(|m| m.version).filter(|v| !before.contains(v)).collect())
+        Ok::<_, sqlx::migrate::MigrateError>(
+            migrator
+                .iter()
+                .map(|m| m.version)
+                .filter(|v| !before.contains(v))
+                .collect(),
+        )
     }
     .await;
     let _ = conn.unlock().await;
@@ -289,7 +360,8 @@ fn unreachable(target: Target<'_>, reason: &str) -> MigrateError {
 
 impl Report for MigrateReport {
     type Row = MigrateRow;
-    const HEADER: &'static [&'static str] = &["SERVER", "SITE", "DATABASE", "STATUS", "APPLIED", "ERROR"];
+    const HEADER: &'static [&'static str] =
+        &["SERVER", "SITE", "DATABASE", "STATUS", "APPLIED", "ERROR"];
 
     fn rows(&self) -> &[MigrateRow] {
         &self.rows
@@ -303,8 +375,20 @@ impl Report for MigrateReport {
             MigrateStatus::UpToDate => "up to date",
             MigrateStatus::Failed => "FAILED",
         };
-        let applied = r.applied.iter().map(|v| format!("{v:04}")).collect::<Vec<_>>().join(",");
-        vec![r.server.clone(), r.site.clone(), r.database.clone(), status.into(), applied, r.error.clone().unwrap_or_default()]
+        let applied = r
+            .applied
+            .iter()
+            .map(|v| format!("{v:04}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        vec![
+            r.server.clone(),
+            r.site.clone(),
+            r.database.clone(),
+            status.into(),
+            applied,
+            r.error.clone().unwrap_or_default(),
+        ]
     }
 
     fn summary(&self) -> String {
@@ -316,7 +400,9 @@ impl Report for MigrateReport {
             count(MigrateStatus::Failed),
         );
         if planned > 0 {
-            return format!("dry run: {planned} database(s) would be checked and migrated; nothing was changed");
+            return format!(
+                "dry run: {planned} database(s) would be checked and migrated; nothing was changed"
+            );
         }
         if migrated == 0 && failed == 0 {
             return format!("no change: all {current} database(s) are up to date");

@@ -38,7 +38,12 @@ pub enum Verbosity {
     Quiet,
 }
 
-pub fn render<R: Report>(report: &R, format: Format, verbosity: Verbosity, out: &mut dyn Write) -> io::Result<()> {
+pub fn render<R: Report>(
+    report: &R,
+    format: Format,
+    verbosity: Verbosity,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     match format {
         Format::Json => {
             for row in report.rows() {
@@ -67,7 +72,10 @@ fn write_table(header: &[&str], rows: &[Vec<String>], out: &mut dyn Write) -> io
         }
     }
     let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
-        let padded: Vec<String> = cells.zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         padded.join("  ").trim_end().to_string()
     };
     writeln!(out, "{}", line(&mut header.iter().copied()))?;
@@ -88,8 +96,15 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(total: usize, label: &'static str, verbosity: Verbosity) -> Progress {
-        let visible = verbosity == Verbosity::Normal && std::io::IsTerminal::is_terminal(&std::io::stderr()) && total > 0;
-        Progress { total, done: 0, label, visible }
+        let visible = verbosity == Verbosity::Normal
+            && std::io::IsTerminal::is_terminal(&std::io::stderr())
+            && total > 0;
+        Progress {
+            total,
+            done: 0,
+            label,
+            visible,
+        }
     }
 
     pub fn tick(&mut self) {
@@ -127,9 +142,15 @@ mod tests {
     #[test]
     fn output_table_aligns_columns() {
         let mut out = Vec::new();
-        let rows = vec![vec!["local".to_string(), "1".to_string()], vec!["gcp".into(), "22".into()]];
+        let rows = vec![
+            vec!["local".to_string(), "1".to_string()],
+            vec!["gcp".into(), "22".into()],
+        ];
         write_table(&["SERVER", "N"], &rows, &mut out).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "SERVER  N\nlocal   1\ngcp     22\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "SERVER  N\nlocal   1\ngcp     22\n"
+        );
     }
 
     #[test]

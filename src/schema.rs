@@ -19,10 +19,22 @@ pub struct TableSpec {
     pub device_columns: &'static [&'static str],
 }
 
-pub const BANK: TableSpec = TableSpec { name: "bank", device_columns: &["BANK_ID"] };
-pub const RACK: TableSpec = TableSpec { name: "rack", device_columns: &["BANK_ID", "RACK_ID"] };
-pub const PCS: TableSpec = TableSpec { name: "pcs", device_columns: &["PCS_ID"] };
-pub const ETC: TableSpec = TableSpec { name: "etc", device_columns: &[] };
+pub const BANK: TableSpec = TableSpec {
+    name: "bank",
+    device_columns: &["BANK_ID"],
+};
+pub const RACK: TableSpec = TableSpec {
+    name: "rack",
+    device_columns: &["BANK_ID", "RACK_ID"],
+};
+pub const PCS: TableSpec = TableSpec {
+    name: "pcs",
+    device_columns: &["PCS_ID"],
+};
+pub const ETC: TableSpec = TableSpec {
+    name: "etc",
+    device_columns: &[],
+};
 
 pub const TABLES: [TableSpec; 4] = [BANK, RACK, PCS, ETC];
 
@@ -37,7 +49,11 @@ impl TableSpec {
 
     /// Device columns then the time column: the unique index's column order.
     pub fn key_columns(&self) -> Vec<&'static str> {
-        self.device_columns.iter().copied().chain([TIME_COLUMN]).collect()
+        self.device_columns
+            .iter()
+            .copied()
+            .chain([TIME_COLUMN])
+            .collect()
     }
 
     /// Every device the config says this site has in this table, even those
@@ -64,7 +80,10 @@ pub struct UnknownTable(pub String);
 pub fn select_tables(names: &[String]) -> Result<Vec<TableSpec>, UnknownTable> {
     match names.is_empty() {
         true => Ok(TABLES.to_vec()),
-        false => names.iter().map(|t| TableSpec::by_name(t).ok_or_else(|| UnknownTable(t.clone()))).collect(),
+        false => names
+            .iter()
+            .map(|t| TableSpec::by_name(t).ok_or_else(|| UnknownTable(t.clone())))
+            .collect(),
     }
 }
 
@@ -117,10 +136,21 @@ pub async fn columns(
             &[&table],
         )
         .await
-        .map_err(|e| DbError::query(server, database, format!("reading the columns of `{table}`"), &e))?;
+        .map_err(|e| {
+            DbError::query(
+                server,
+                database,
+                format!("reading the columns of `{table}`"),
+                &e,
+            )
+        })?;
     Ok(rows
         .iter()
-        .map(|r| Column { name: r.get(0), data_type: r.get(1), nullable: r.get(2) })
+        .map(|r| Column {
+            name: r.get(0),
+            data_type: r.get(1),
+            nullable: r.get(2),
+        })
         .collect())
 }
 
@@ -136,7 +166,10 @@ mod tests {
         assert_eq!(BANK.devices(s2), vec![vec![1], vec![2]]);
         let racks = RACK.devices(s2);
         assert_eq!(racks.len(), 17);
-        assert_eq!((racks[8].clone(), racks[9].clone()), (vec![1, 9], vec![2, 1]));
+        assert_eq!(
+            (racks[8].clone(), racks[9].clone()),
+            (vec![1, 9], vec![2, 1])
+        );
         assert_eq!(ETC.devices(s2), vec![Vec::<i16>::new()]);
         assert_eq!(device_label(&RACK, &[2, 5]), "bank 2 / rack 5");
         assert_eq!(RACK.key_columns(), ["BANK_ID", "RACK_ID", "TIMESTAMP"]);

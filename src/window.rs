@@ -33,7 +33,10 @@ impl WindowArgs {
     pub fn spec(&self) -> WindowSpec {
         match (&self.date, &self.from, &self.to) {
             (Some(d), _, _) => WindowSpec::Date(*d),
-            (None, Some(from), Some(to)) => WindowSpec::Range { from: from.clone(), to: to.clone() },
+            (None, Some(from), Some(to)) => WindowSpec::Range {
+                from: from.clone(),
+                to: to.clone(),
+            },
             _ => WindowSpec::Yesterday,
         }
     }
@@ -52,7 +55,9 @@ pub enum WindowSpec {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WindowError {
-    #[error("cannot read `{0}` as a time: use 2026-03-01T00:00:00+09:00, `2026-03-01 00:00:00` (site-local) or 2026-03-01")]
+    #[error(
+        "cannot read `{0}` as a time: use 2026-03-01T00:00:00+09:00, `2026-03-01 00:00:00` (site-local) or 2026-03-01"
+    )]
     BadTime(String),
     #[error("the window is empty: --from {from} is not before --to {to}")]
     Empty { from: String, to: String },
@@ -65,7 +70,10 @@ impl Window {
 
     /// The part of the window that is not in the future.
     pub fn until(&self, now: DateTime<Utc>) -> Window {
-        Window { start: self.start, end: self.end.min(now).max(self.start) }
+        Window {
+            start: self.start,
+            end: self.end.min(now).max(self.start),
+        }
     }
 
     /// Sample timestamps on the `interval_secs` grid inside the window.
@@ -73,29 +81,47 @@ impl Window {
         let i = i64::from(interval_secs);
         let first = ceil_to_grid(self.start.timestamp(), i);
         let end = self.end.timestamp() + i64::from(self.end.timestamp_subsec_nanos() > 0);
-        if first >= end { 0 } else { (end - 1 - first) / i + 1 }
+        if first >= end {
+            0
+        } else {
+            (end - 1 - first) / i + 1
+        }
     }
 
     /// The first grid point at or after the window's start.
     pub fn first_grid_point(&self, interval_secs: u32) -> DateTime<Utc> {
-        let secs = ceil_to_grid(self.start.timestamp() + i64::from(self.start.timestamp_subsec_nanos() > 0), i64::from(interval_secs));
+        let secs = ceil_to_grid(
+            self.start.timestamp() + i64::from(self.start.timestamp_subsec_nanos() > 0),
+            i64::from(interval_secs),
+        );
         DateTime::from_timestamp(secs, 0).unwrap_or(self.start)
     }
 }
 
 fn ceil_to_grid(secs: i64, interval: i64) -> i64 {
-    secs.div_euclid(interval) * interval + if secs.rem_euclid(interval) == 0 { 0 } else { interval }
+    secs.div_euclid(interval) * interval
+        + if secs.rem_euclid(interval) == 0 {
+            0
+        } else {
+            interval
+        }
 }
 
 impl WindowSpec {
     pub fn resolve(&self, tz: Tz, now: DateTime<Utc>) -> Result<Window, WindowError> {
         match self {
-            WindowSpec::Yesterday => Ok(local_day(now.with_timezone(&tz).date_naive() - Duration::days(1), tz)),
+            WindowSpec::Yesterday => Ok(local_day(
+                now.with_timezone(&tz).date_naive() - Duration::days(1),
+                tz,
+            )),
             WindowSpec::Date(d) => Ok(local_day(*d, tz)),
             WindowSpec::Range { from, to } => {
                 let (start, end) = (parse_time(from, tz)?, parse_time(to, tz)?);
                 if start >= end {
-                    return Err(WindowError::Empty { from: from.clone(), to: to.clone() });
+                    return Err(WindowError::Empty {
+                        from: from.clone(),
+                        to: to.clone(),
+                    });
                 }
                 Ok(Window { start, end })
             }
@@ -106,7 +132,10 @@ impl WindowSpec {
 /// Local midnight to the next local midnight.
 pub fn local_day(date: NaiveDate, tz: Tz) -> Window {
     let next = date.succ_opt().unwrap_or(date);
-    Window { start: local_midnight(date, tz), end: local_midnight(next, tz) }
+    Window {
+        start: local_midnight(date, tz),
+        end: local_midnight(next, tz),
+    }
 }
 
 /// The first instant of `date` in `tz`. Where a DST jump skips midnight
@@ -129,14 +158,25 @@ pub fn parse_time(s: &str, tz: Tz) -> Result<DateTime<Utc>, WindowError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    let local = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
-        .or_else(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().map(|d| d.and_time(NaiveTime::MIN)));
+    let local = [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .map(|d| d.and_time(NaiveTime::MIN))
+    });
     let local = local.ok_or_else(|| WindowError::BadTime(s.to_string()))?;
     match tz.from_local_datetime(&local) {
         LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Ok(t.with_timezone(&Utc)),
-        LocalResult::None => Err(WindowError::BadTime(format!("{s} (does not exist in {tz}: DST gap)"))),
+        LocalResult::None => Err(WindowError::BadTime(format!(
+            "{s} (does not exist in {tz}: DST gap)"
+        ))),
     }
 }
 
@@ -144,13 +184,19 @@ pub fn parse_time(s: &str, tz: Tz) -> Result<DateTime<Utc>, WindowError> {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = digits.parse().map_err(|_| format!("`{s}` is not a duration; use e.g. 90s, 5m, 2h or 1d"))?;
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration; use e.g. 90s, 5m, 2h or 1d"))?;
     let secs = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("`{s}` has an unknown unit `{unit}`; use s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit `{unit}`; use s, m, h or d"
+            ));
+        }
     };
     Ok(Duration::seconds(n * secs))
 }
@@ -165,9 +211,15 @@ mod tests {
 
     #[test]
     fn window_seoul_day_is_86400_seconds() {
-        let w = local_day(NaiveDate::from_ymd_opt(2026, 3, 8).unwrap(), chrono_tz::Asia::Seoul);
+        let w = local_day(
+            NaiveDate::from_ymd_opt(2026, 3, 8).unwrap(),
+            chrono_tz::Asia::Seoul,
+        );
         assert_eq!(w.start, utc("2026-03-07T15:00:00Z"));
-        assert_eq!((w.seconds(), w.grid_points(1), w.grid_points(10)), (86_400, 86_400, 8_640));
+        assert_eq!(
+            (w.seconds(), w.grid_points(1), w.grid_points(10)),
+            (86_400, 86_400, 8_640)
+        );
     }
 
     #[test]
@@ -175,14 +227,23 @@ mod tests {
         let ny = chrono_tz::America::New_York;
         let spring = local_day(NaiveDate::from_ymd_opt(2026, 3, 8).unwrap(), ny);
         let autumn = local_day(NaiveDate::from_ymd_opt(2026, 11, 1).unwrap(), ny);
-        assert_eq!((spring.seconds(), spring.grid_points(1)), (23 * 3600, 23 * 3600));
-        assert_eq!((autumn.seconds(), autumn.grid_points(1)), (25 * 3600, 25 * 3600));
+        assert_eq!(
+            (spring.seconds(), spring.grid_points(1)),
+            (23 * 3600, 23 * 3600)
+        );
+        assert_eq!(
+            (autumn.seconds(), autumn.grid_points(1)),
+            (25 * 3600, 25 * 3600)
+        );
     }
 
     #[test]
     fn window_midnight_skipped_by_dst_starts_at_first_real_minute() {
         // Chile moves clocks from 00:00 to 01:00 in September.
-        let w = local_day(NaiveDate::from_ymd_opt(2026, 9, 6).unwrap(), chrono_tz::America::Santiago);
+        let w = local_day(
+            NaiveDate::from_ymd_opt(2026, 9, 6).unwrap(),
+            chrono_tz::America::Santiago,
+        );
         assert_eq!(w.seconds(), 23 * 3600);
     }
 
@@ -190,8 +251,13 @@ mod tests {
     fn window_yesterday_is_the_previous_local_day() {
         // 2026-05-02 00:30 in Seoul is still 05-01 in UTC.
         let now = utc("2026-05-01T15:30:00Z");
-        let w = WindowSpec::Yesterday.resolve(chrono_tz::Asia::Seoul, now).unwrap();
-        assert_eq!((w.start, w.end), (utc("2026-04-30T15:00:00Z"), utc("2026-05-01T15:00:00Z")));
+        let w = WindowSpec::Yesterday
+            .resolve(chrono_tz::Asia::Seoul, now)
+            .unwrap();
+        assert_eq!(
+            (w.start, w.end),
+            (utc("2026-04-30T15:00:00Z"), utc("2026-05-01T15:00:00Z"))
+        );
     }
 
     #[test]
@@ -204,7 +270,10 @@ mod tests {
 
     #[test]
     fn window_grid_points_on_unaligned_edges() {
-        let w = Window { start: utc("2026-01-01T00:00:05Z"), end: utc("2026-01-01T00:01:05Z") };
+        let w = Window {
+            start: utc("2026-01-01T00:00:05Z"),
+            end: utc("2026-01-01T00:01:05Z"),
+        };
         assert_eq!(w.grid_points(10), 6); // :10 :20 ... :60
         assert_eq!(w.first_grid_point(10), utc("2026-01-01T00:00:10Z"));
         assert_eq!(w.grid_points(1), 60);
@@ -222,11 +291,29 @@ mod tests {
     #[test]
     fn window_parses_times() {
         let tz = chrono_tz::Asia::Seoul;
-        assert_eq!(parse_time("2026-01-01 09:00:00", tz).unwrap(), utc("2026-01-01T00:00:00Z"));
-        assert_eq!(parse_time("2026-01-01T00:00:00Z", tz).unwrap(), utc("2026-01-01T00:00:00Z"));
-        assert_eq!(parse_time("2026-01-02", tz).unwrap(), utc("2026-01-01T15:00:00Z"));
-        assert!(matches!(parse_time("yesterday", tz), Err(WindowError::BadTime(_))));
-        let spec = WindowSpec::Range { from: "2026-01-02".into(), to: "2026-01-01".into() };
-        assert!(matches!(spec.resolve(tz, Utc::now()), Err(WindowError::Empty { .. })));
+        assert_eq!(
+            parse_time("2026-01-01 09:00:00", tz).unwrap(),
+            utc("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_time("2026-01-01T00:00:00Z", tz).unwrap(),
+            utc("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_time("2026-01-02", tz).unwrap(),
+            utc("2026-01-01T15:00:00Z")
+        );
+        assert!(matches!(
+            parse_time("yesterday", tz),
+            Err(WindowError::BadTime(_))
+        ));
+        let spec = WindowSpec::Range {
+            from: "2026-01-02".into(),
+            to: "2026-01-01".into(),
+        };
+        assert!(matches!(
+            spec.resolve(tz, Utc::now()),
+            Err(WindowError::Empty { .. })
+        ));
     }
 }

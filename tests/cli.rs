@@ -21,13 +21,19 @@ fn cli_help_lists_only_working_commands() {
 
 #[test]
 fn cli_unknown_flag_is_a_usage_error() {
-    let run = Cmd::new(None).args(["migrate", "--no-such-flag"]).run().expect_code(2);
+    let run = Cmd::new(None)
+        .args(["migrate", "--no-such-flag"])
+        .run()
+        .expect_code(2);
     assert!(run.stderr().contains("--no-such-flag"), "{}", run.stderr());
 }
 
 #[test]
 fn cli_unknown_site_is_a_config_error() {
-    let run = Cmd::new(None).args(["migrate", "--dry-run", "--site", "Nowhere"]).run().expect_code(3);
+    let run = Cmd::new(None)
+        .args(["migrate", "--dry-run", "--site", "Nowhere"])
+        .run()
+        .expect_code(3);
     assert_eq!(
         run.stderr().trim(),
         "essops: error: unknown site `Nowhere` (configured: ESS_Operating_Site1, ESS_Operating_Site2, ESS_Operating_Site3, ESS_Operating_Site4)"
@@ -36,6 +42,12 @@ fn cli_unknown_site_is_a_config_error() {
 
 #[test]
 fn cli_unknown_server_is_a_config_error() {
-    let run = Cmd::new(None).args(["migrate", "--dry-run", "--server", "aws"]).run().expect_code(3);
-    assert_eq!(run.stderr().trim(), "essops: error: unknown server `aws` (configured: local, gcp)");
+    let run = Cmd::new(None)
+        .args(["migrate", "--dry-run", "--server", "aws"])
+        .run()
+        .expect_code(3);
+    assert_eq!(
+        run.stderr().trim(),
+        "essops: error: unknown server `aws` (configured: local, gcp)"
+    );
 }

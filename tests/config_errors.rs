@@ -11,15 +11,25 @@ const SITE: &str = "[[sites]]\nname = \"A\"\nbanks = [{ id = 1, racks = 2 }]\n";
 fn expect_config_error(case: &str, text: &str, expected: &str) {
     let scratch = Scratch::new(&format!("config_{case}"));
     let path = scratch.write("sites.toml", text);
-    let run = Cmd::new(Some(&path)).args(["migrate", "--dry-run"]).run().expect_code(3);
-    assert_eq!(run.stderr().trim(), format!("essops: error: {}:{expected}", path.display()), "case {case}");
+    let run = Cmd::new(Some(&path))
+        .args(["migrate", "--dry-run"])
+        .run()
+        .expect_code(3);
+    assert_eq!(
+        run.stderr().trim(),
+        format!("essops: error: {}:{expected}", path.display()),
+        "case {case}"
+    );
 }
 
 #[test]
 fn config_the_valid_base_loads() {
     let scratch = Scratch::new("config_valid_base");
     let path = scratch.write("sites.toml", &format!("{SERVER}{SITE}"));
-    let run = Cmd::new(Some(&path)).args(["migrate", "--dry-run", "--json"]).run().expect_code(0);
+    let run = Cmd::new(Some(&path))
+        .args(["migrate", "--dry-run", "--json"])
+        .run()
+        .expect_code(0);
     assert_eq!(run.json::<serde_json::Value>()[0]["status"], "planned");
 }
 
@@ -45,7 +55,9 @@ fn config_unknown_site_key() {
 fn config_bank_with_zero_racks() {
     expect_config_error(
         "zero_racks",
-        &format!("{SERVER}[[sites]]\nname = \"A\"\nbanks = [{{ id = 1, racks = 4 }}, {{ id = 2, racks = 0 }}]\n"),
+        &format!(
+            "{SERVER}[[sites]]\nname = \"A\"\nbanks = [{{ id = 1, racks = 4 }}, {{ id = 2, racks = 0 }}]\n"
+        ),
         "5:51: key `sites[0].banks[1].racks`: a bank needs at least one rack, got 0",
     );
 }
@@ -72,7 +84,9 @@ fn config_bad_timezone() {
 fn config_site_names_a_missing_server() {
     expect_config_error(
         "missing_server",
-        &format!("{SERVER}[[sites]]\nname = \"A\"\nservers = [\"local\", \"gcp\"]\nbanks = [{{ id = 1, racks = 2 }}]\n"),
+        &format!(
+            "{SERVER}[[sites]]\nname = \"A\"\nservers = [\"local\", \"gcp\"]\nbanks = [{{ id = 1, racks = 2 }}]\n"
+        ),
         "5:21: key `sites[0].servers`: no server `gcp` is configured (configured: local)",
     );
 }
@@ -144,7 +158,9 @@ fn config_syntax_error() {
 fn config_duplicate_bank_id() {
     expect_config_error(
         "dup_bank",
-        &format!("{SERVER}[[sites]]\nname = \"A\"\nbanks = [{{ id = 1, racks = 2 }}, {{ id = 1, racks = 3 }}]\n"),
+        &format!(
+            "{SERVER}[[sites]]\nname = \"A\"\nbanks = [{{ id = 1, racks = 2 }}, {{ id = 1, racks = 3 }}]\n"
+        ),
         "5:40: key `sites[0].banks[1].id`: duplicate bank id 1",
     );
 }
@@ -153,7 +169,9 @@ fn config_duplicate_bank_id() {
 fn config_zero_sample_interval() {
     expect_config_error(
         "zero_interval",
-        &format!("{SERVER}[[sites]]\nname = \"A\"\nsample_interval_secs = 0\nbanks = [{{ id = 1, racks = 2 }}]\n"),
+        &format!(
+            "{SERVER}[[sites]]\nname = \"A\"\nsample_interval_secs = 0\nbanks = [{{ id = 1, racks = 2 }}]\n"
+        ),
         "5:24: key `sites[0].sample_interval_secs`: the sample interval must be at least 1 second",
     );
 }
@@ -169,17 +187,27 @@ fn config_both_password_sources() {
 
 #[test]
 fn config_no_sites() {
-    expect_config_error("no_sites", SERVER, "1:1: key `sites`: at least one [[sites]] entry is required");
+    expect_config_error(
+        "no_sites",
+        SERVER,
+        "1:1: key `sites`: at least one [[sites]] entry is required",
+    );
 }
 
 #[test]
 fn config_missing_file() {
     let scratch = Scratch::new("config_missing_file");
     let path = scratch.path.join("nope.toml");
-    let run = Cmd::new(Some(&path)).args(["migrate", "--dry-run"]).run().expect_code(3);
+    let run = Cmd::new(Some(&path))
+        .args(["migrate", "--dry-run"])
+        .run()
+        .expect_code(3);
     assert_eq!(
         run.stderr().trim(),
-        format!("essops: error: cannot read config file {}: No such file or directory (os error 2)", path.display())
+        format!(
+            "essops: error: cannot read config file {}: No such file or directory (os error 2)",
+            path.display()
+        )
     );
 }
 
@@ -188,8 +216,14 @@ fn config_missing_password_variable_names_server_and_variable() {
     let scratch = Scratch::new("config_missing_pw_env");
     let path = scratch.write(
         "sites.toml",
-        &format!("log_dir = \"{}\"\n{SERVER}password_env = \"ESSOPS_IT_UNSET_PW\"\n{SITE}", scratch.path.display()),
+        &format!(
+            "log_dir = \"{}\"\n{SERVER}password_env = \"ESSOPS_IT_UNSET_PW\"\n{SITE}",
+            scratch.path.display()
+        ),
     );
     let run = Cmd::new(Some(&path)).args(["migrate"]).run().expect_code(3);
-    assert_eq!(run.stderr().trim(), "essops: error: server `local`: password variable ESSOPS_IT_UNSET_PW is not set");
+    assert_eq!(
+        run.stderr().trim(),
+        "essops: error: server `local`: password variable ESSOPS_IT_UNSET_PW is not set"
+    );
 }

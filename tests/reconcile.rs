@@ -56,17 +56,39 @@ fn setup(test: &str, timezone: &str) -> Setup {
         db.databases[0]
     );
     let config = scratch.write("sites.toml", &text);
-    Cmd::new(Some(&config)).args(["migrate", "--create-database"]).run().expect_code(0);
-    Setup { db, _scratch: scratch, config }
+    Cmd::new(Some(&config))
+        .args(["migrate", "--create-database"])
+        .run()
+        .expect_code(0);
+    Setup {
+        db,
+        _scratch: scratch,
+        config,
+    }
 }
 
 impl Setup {
     fn sql(&self, server: &str, sql: &str) {
-        block_on(async { self.db.client(server, &self.db.databases[0]).await.batch_execute(sql).await.unwrap() });
+        block_on(async {
+            self.db
+                .client(server, &self.db.databases[0])
+                .await
+                .batch_execute(sql)
+                .await
+                .unwrap()
+        });
     }
 
     fn scalar(&self, server: &str, sql: &str) -> i64 {
-        block_on(async { self.db.client(server, &self.db.databases[0]).await.query_one(sql, &[]).await.unwrap().get(0) })
+        block_on(async {
+            self.db
+                .client(server, &self.db.databases[0])
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get(0)
+        })
     }
 
     /// Every row of `table`, whole, as text in key order: what "identical" means.
@@ -74,7 +96,12 @@ impl Setup {
         block_on(async {
             let c = self.db.client(server, &self.db.databases[0]).await;
             let sql = format!("SELECT t::text FROM {table} t ORDER BY {key}");
-            c.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
+            c.query(&sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
         })
     }
 
@@ -95,11 +122,19 @@ impl Setup {
     }
 
     fn reconcile(&self, args: &[&str], code: i32) -> Vec<Row> {
-        Cmd::new(Some(&self.config)).args(["reconcile", "--json"]).args(args).run().expect_code(code).json()
+        Cmd::new(Some(&self.config))
+            .args(["reconcile", "--json"])
+            .args(args)
+            .run()
+            .expect_code(code)
+            .json()
     }
 
     fn assert_identical(&self) {
-        for (table, key) in [("rack", r#""BANK_ID", "RACK_ID", "TIMESTAMP""#), ("etc", r#""TIMESTAMP""#)] {
+        for (table, key) in [
+            ("rack", r#""BANK_ID", "RACK_ID", "TIMESTAMP""#),
+            ("etc", r#""TIMESTAMP""#),
+        ] {
             let (l, g) = (self.rows("local", table, key), self.rows("gcp", table, key));
             assert_eq!(l.len(), g.len(), "{table}: row counts differ");
             assert!(l == g, "{table}: rows differ between local and gcp");
@@ -110,7 +145,15 @@ impl Setup {
 fn table_row<'a>(rows: &'a [Row], name: &str) -> (&'a Counts, bool, Option<bool>, u64) {
     rows.iter()
         .find_map(|r| match r {
-            Row::Table { table, counts, dry_run, verified, bytes_moved, server_a, .. } if table == name => {
+            Row::Table {
+                table,
+                counts,
+                dry_run,
+                verified,
+                bytes_moved,
+                server_a,
+                ..
+            } if table == name => {
                 assert_eq!(server_a, "local");
                 Some((counts, *dry_run, *verified, *bytes_moved))
             }
@@ -121,9 +164,16 @@ fn table_row<'a>(rows: &'a [Row], name: &str) -> (&'a Counts, bool, Option<bool>
 
 fn device_counts(rows: &[Row], name: &str, dev: &str) -> Option<Counts> {
     rows.iter().find_map(|r| match r {
-        Row::Device { table, device, counts } if table == name && device == dev => {
-            Some(Counts { missing_on_a: counts.missing_on_a, missing_on_b: counts.missing_on_b, copied_to_a: counts.copied_to_a, copied_to_b: counts.copied_to_b })
-        }
+        Row::Device {
+            table,
+            device,
+            counts,
+        } if table == name && device == dev => Some(Counts {
+            missing_on_a: counts.missing_on_a,
+            missing_on_b: counts.missing_on_b,
+            copied_to_a: counts.copied_to_a,
+            copied_to_b: counts.copied_to_b,
+        }),
         _ => None,
     })
 }
@@ -143,17 +193,58 @@ fn reconcile_fills_scattered_and_clustered_gaps_both_ways_then_has_nothing_to_do
     let lost_local = s.scalar("gcp", r#"SELECT count(*) FROM rack WHERE "RACK_ID" = 1 AND extract(epoch from "TIMESTAMP")::int8 % 97 = 0"#) as u64;
     let lost_gcp_r3 = s.scalar("local", r#"SELECT count(*) FROM rack WHERE "RACK_ID" = 3 AND extract(epoch from "TIMESTAMP")::int8 % 1000 = 0"#) as u64;
 
-    let rows = s.reconcile(&["--date", "2026-03-10", "--table", "rack", "--table", "etc"], 10);
-    assert_eq!(device_counts(&rows, "rack", "bank 1 / rack 1"), Some(Counts { missing_on_a: lost_local, missing_on_b: 0, copied_to_a: lost_local, copied_to_b: 0 }));
-    assert_eq!(device_counts(&rows, "rack", "bank 1 / rack 2"), Some(Counts { missing_on_a: 0, missing_on_b: 7200, copied_to_a: 0, copied_to_b: 7200 }));
-    assert_eq!(device_counts(&rows, "rack", "bank 1 / rack 3"), Some(Counts { missing_on_a: 0, missing_on_b: lost_gcp_r3, copied_to_a: 0, copied_to_b: lost_gcp_r3 }));
-    assert_eq!(device_counts(&rows, "etc", "site"), Some(Counts { missing_on_a: 0, missing_on_b: 600, copied_to_a: 0, copied_to_b: 600 }));
+    let rows = s.reconcile(
+        &["--date", "2026-03-10", "--table", "rack", "--table", "etc"],
+        10,
+    );
+    assert_eq!(
+        device_counts(&rows, "rack", "bank 1 / rack 1"),
+        Some(Counts {
+            missing_on_a: lost_local,
+            missing_on_b: 0,
+            copied_to_a: lost_local,
+            copied_to_b: 0
+        })
+    );
+    assert_eq!(
+        device_counts(&rows, "rack", "bank 1 / rack 2"),
+        Some(Counts {
+            missing_on_a: 0,
+            missing_on_b: 7200,
+            copied_to_a: 0,
+            copied_to_b: 7200
+        })
+    );
+    assert_eq!(
+        device_counts(&rows, "rack", "bank 1 / rack 3"),
+        Some(Counts {
+            missing_on_a: 0,
+            missing_on_b: lost_gcp_r3,
+            copied_to_a: 0,
+            copied_to_b: lost_gcp_r3
+        })
+    );
+    assert_eq!(
+        device_counts(&rows, "etc", "site"),
+        Some(Counts {
+            missing_on_a: 0,
+            missing_on_b: 600,
+            copied_to_a: 0,
+            copied_to_b: 600
+        })
+    );
     let (rack, dry, verified, moved) = table_row(&rows, "rack");
-    assert_eq!((rack.copied_to_a, rack.copied_to_b, dry, verified), (lost_local, 7200 + lost_gcp_r3, false, Some(true)));
+    assert_eq!(
+        (rack.copied_to_a, rack.copied_to_b, dry, verified),
+        (lost_local, 7200 + lost_gcp_r3, false, Some(true))
+    );
     assert!(moved > 0);
     s.assert_identical();
 
-    let again = s.reconcile(&["--date", "2026-03-10", "--table", "rack", "--table", "etc"], 0);
+    let again = s.reconcile(
+        &["--date", "2026-03-10", "--table", "rack", "--table", "etc"],
+        0,
+    );
     let (rack, _, verified, moved) = table_row(&again, "rack");
     assert_eq!((rack, verified, moved), (&Counts::default(), None, 0));
     assert!(again.iter().all(|r| !matches!(r, Row::Device { .. })));
@@ -163,11 +254,20 @@ fn reconcile_fills_scattered_and_clustered_gaps_both_ways_then_has_nothing_to_do
 fn reconcile_dry_run_reports_and_changes_nothing() {
     let s = setup("reconcile_dry_run", "Asia/Seoul");
     s.fill_both(DAY.0, "2026-03-10 06:00:00+09");
-    s.sql("gcp", r#"DELETE FROM rack WHERE "RACK_ID" = 2 AND "TIMESTAMP" < '2026-03-10 00:30+09'"#);
+    s.sql(
+        "gcp",
+        r#"DELETE FROM rack WHERE "RACK_ID" = 2 AND "TIMESTAMP" < '2026-03-10 00:30+09'"#,
+    );
     let before = s.scalar("gcp", "SELECT count(*) FROM rack");
-    let rows = s.reconcile(&["--date", "2026-03-10", "--table", "rack", "--dry-run"], 10);
+    let rows = s.reconcile(
+        &["--date", "2026-03-10", "--table", "rack", "--dry-run"],
+        10,
+    );
     let (rack, dry, verified, moved) = table_row(&rows, "rack");
-    assert_eq!((rack.missing_on_b, rack.copied_to_b, dry, verified, moved), (1800, 0, true, None, 0));
+    assert_eq!(
+        (rack.missing_on_b, rack.copied_to_b, dry, verified, moved),
+        (1800, 0, true, None, 0)
+    );
     assert_eq!(s.scalar("gcp", "SELECT count(*) FROM rack"), before);
 }
 
@@ -179,9 +279,22 @@ fn reconcile_target_without_unique_index_gets_no_duplicates() {
     s.sql("gcp", "DROP INDEX rack_natural_key");
     s.sql("gcp", r#"INSERT INTO rack SELECT * FROM rack WHERE "RACK_ID" = 1 AND "TIMESTAMP" = '2026-03-10 00:00:10+09'"#);
     s.sql("gcp", r#"DELETE FROM rack WHERE "RACK_ID" = 1 AND "TIMESTAMP" > '2026-03-10 00:00:10+09' AND "TIMESTAMP" < '2026-03-10 00:01:00+09'"#);
-    let rows = s.reconcile(&["--date", "2026-03-10", "--table", "rack", "--direction", "to-gcp"], 10);
+    let rows = s.reconcile(
+        &[
+            "--date",
+            "2026-03-10",
+            "--table",
+            "rack",
+            "--direction",
+            "to-gcp",
+        ],
+        10,
+    );
     assert_eq!(table_row(&rows, "rack").0.copied_to_b, 49);
-    let dups = s.scalar("gcp", r#"SELECT count(*) - count(DISTINCT ("BANK_ID", "RACK_ID", "TIMESTAMP")) FROM rack"#);
+    let dups = s.scalar(
+        "gcp",
+        r#"SELECT count(*) - count(DISTINCT ("BANK_ID", "RACK_ID", "TIMESTAMP")) FROM rack"#,
+    );
     assert_eq!(dups, 1, "only the duplicate that was already there");
     s.reconcile(&["--date", "2026-03-10", "--table", "rack"], 0);
 }
@@ -194,7 +307,10 @@ fn reconcile_dst_day_covers_25_hours() {
     s.sql("local", r#"DELETE FROM rack WHERE "RACK_ID" = 3 AND "TIMESTAMP" >= '2026-11-01 01:00:00-05' AND "TIMESTAMP" < '2026-11-01 02:00:00-05'"#);
     let rows = s.reconcile(&["--date", "2026-11-01", "--table", "rack"], 10);
     assert_eq!(table_row(&rows, "rack").0.copied_to_a, 3600);
-    assert_eq!(s.scalar("local", r#"SELECT count(*) FROM rack WHERE "RACK_ID" = 3"#), 25 * 3600);
+    assert_eq!(
+        s.scalar("local", r#"SELECT count(*) FROM rack WHERE "RACK_ID" = 3"#),
+        25 * 3600
+    );
     s.assert_identical();
 }
 
@@ -203,9 +319,24 @@ fn reconcile_ignores_rows_younger_than_min_age() {
     let s = setup("reconcile_min_age", "UTC");
     let now = chrono::Utc::now();
     let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let (from, to) = (fmt(now - chrono::Duration::minutes(30)), fmt(now - chrono::Duration::seconds(1)));
+    let (from, to) = (
+        fmt(now - chrono::Duration::minutes(30)),
+        fmt(now - chrono::Duration::seconds(1)),
+    );
     s.sql("local", &format!(r#"INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID") SELECT t, 1, 1 FROM generate_series('{from}'::timestamptz, '{to}'::timestamptz, interval '1 second') t"#));
-    let rows = s.reconcile(&["--from", &from, "--to", &fmt(now + chrono::Duration::hours(1)), "--table", "rack", "--min-age", "10m"], 10);
+    let rows = s.reconcile(
+        &[
+            "--from",
+            &from,
+            "--to",
+            &fmt(now + chrono::Duration::hours(1)),
+            "--table",
+            "rack",
+            "--min-age",
+            "10m",
+        ],
+        10,
+    );
     let copied = table_row(&rows, "rack").0.copied_to_b;
     // 30 minutes of rows, of which the last 10 are too young; a few seconds pass while it runs.
     assert!((1195..=1205).contains(&copied), "copied {copied}");
@@ -214,23 +345,51 @@ fn reconcile_ignores_rows_younger_than_min_age() {
 #[test]
 fn reconcile_column_type_mismatch_names_both_types() {
     let s = setup("reconcile_type_mismatch", "Asia/Seoul");
-    s.sql("gcp", r#"ALTER TABLE pcs ALTER COLUMN "AC_FREQUENCY" TYPE double precision"#);
-    let rows = s.reconcile(&["--date", "2026-03-10", "--table", "pcs", "--table", "bank"], 4);
+    s.sql(
+        "gcp",
+        r#"ALTER TABLE pcs ALTER COLUMN "AC_FREQUENCY" TYPE double precision"#,
+    );
+    let rows = s.reconcile(
+        &["--date", "2026-03-10", "--table", "pcs", "--table", "bank"],
+        4,
+    );
     let error = rows.iter().find_map(|r| match r {
         Row::Failure { table, error } if table == "pcs" => Some(error.clone()),
         _ => None,
     });
     assert_eq!(
         error.as_deref(),
-        Some("table `pcs`, column `AC_FREQUENCY`: type `real` on server `local` but `double precision` on server `gcp`; make them equal before reconciling")
+        Some(
+            "table `pcs`, column `AC_FREQUENCY`: type `real` on server `local` but `double precision` on server `gcp`; make them equal before reconciling"
+        )
     );
-    assert_eq!(table_row(&rows, "bank").0, &Counts::default(), "the other table is still reconciled");
+    assert_eq!(
+        table_row(&rows, "bank").0,
+        &Counts::default(),
+        "the other table is still reconciled"
+    );
 }
 
 #[test]
 fn reconcile_rejects_bad_arguments() {
-    let run = Cmd::new(None).args(["reconcile", "--direction", "to-aws"]).run().expect_code(2);
-    assert!(run.stderr().contains("--direction `to-aws`: use `both` or `to-SERVER`"), "{}", run.stderr());
-    let run = Cmd::new(None).args(["reconcile", "--min-age", "5 minutes"]).run().expect_code(2);
-    assert!(run.stderr().contains("--min-age: `5 minutes` has an unknown unit"), "{}", run.stderr());
+    let run = Cmd::new(None)
+        .args(["reconcile", "--direction", "to-aws"])
+        .run()
+        .expect_code(2);
+    assert!(
+        run.stderr()
+            .contains("--direction `to-aws`: use `both` or `to-SERVER`"),
+        "{}",
+        run.stderr()
+    );
+    let run = Cmd::new(None)
+        .args(["reconcile", "--min-age", "5 minutes"])
+        .run()
+        .expect_code(2);
+    assert!(
+        run.stderr()
+            .contains("--min-age: `5 minutes` has an unknown unit"),
+        "{}",
+        run.stderr()
+    );
 }

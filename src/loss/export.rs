@@ -22,19 +22,32 @@ pub struct ExportPath {
 
 impl ExportPath {
     pub fn new(path: &Path) -> Result<ExportPath, LossError> {
-        let kind = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        let kind = match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("csv") => Kind::Csv,
             Some("parquet") => Kind::Parquet,
             _ => return Err(LossError::OutputKind(path.to_path_buf())),
         };
-        Ok(ExportPath { path: path.to_path_buf(), kind })
+        Ok(ExportPath {
+            path: path.to_path_buf(),
+            kind,
+        })
     }
 
     /// Writes through a temporary file and a rename, so a reader never sees half a file.
     pub fn write(&self, report: &LossReport) -> Result<(), LossError> {
-        let err = |reason: String| LossError::Export { path: self.path.clone(), reason };
+        let err = |reason: String| LossError::Export {
+            path: self.path.clone(),
+            reason,
+        };
         let mut df = frame(report).map_err(|e| err(e.to_string()))?;
-        let tmp = self.path.with_extension(format!("tmp-{}", std::process::id()));
+        let tmp = self
+            .path
+            .with_extension(format!("tmp-{}", std::process::id()));
         let mut file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
         let written = match self.kind {
             Kind::Csv => CsvWriter::new(&mut file).finish(&mut df).map(|_| ()),
@@ -46,16 +59,25 @@ impl ExportPath {
 }
 
 fn millis(s: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc).timestamp_millis())
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc).timestamp_millis())
 }
 
 /// One row per device and per table (kind = "device" | "table").
 fn frame(report: &LossReport) -> PolarsResult<DataFrame> {
     let mut kind = Vec::new();
-    let (mut server, mut site, mut table, mut device) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut server, mut site, mut table, mut device) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut start, mut end) = (Vec::new(), Vec::new());
-    let (mut expected, mut observed, mut loss, mut gaps, mut longest, mut level) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut expected, mut observed, mut loss, mut gaps, mut longest, mut level) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     let mut size = Vec::new();
     for row in &report.rows {
         match row {

@@ -33,21 +33,33 @@ pub fn gaps(window: Window, interval_secs: u32, s: &DeviceSamples) -> Vec<Gap> {
     let step = Duration::seconds(i64::from(interval_secs));
     let gap = |start: DateTime<Utc>, end: DateTime<Utc>| {
         let missing = Window { start, end }.grid_points(interval_secs);
-        (missing > 0).then(|| Gap { start, end, missing_samples: missing, length_secs: (end - start).num_seconds() })
+        (missing > 0).then(|| Gap {
+            start,
+            end,
+            missing_samples: missing,
+            length_secs: (end - start).num_seconds(),
+        })
     };
     let first_grid = window.first_grid_point(interval_secs);
     let (Some(first), Some(last)) = (s.first, s.last) else {
         return gap(first_grid, window.end).into_iter().collect();
     };
     let leading = gap(first_grid, first);
-    let inner = s.holes.iter().filter_map(|(before, after)| gap(*before + step, *after));
+    let inner = s
+        .holes
+        .iter()
+        .filter_map(|(before, after)| gap(*before + step, *after));
     let trailing = gap(last + step, window.end);
     leading.into_iter().chain(inner).chain(trailing).collect()
 }
 
 /// The `n` longest gaps, longest first (earlier first among equals).
 pub fn longest(mut gaps: Vec<Gap>, n: usize) -> Vec<Gap> {
-    gaps.sort_by(|a, b| b.missing_samples.cmp(&a.missing_samples).then(a.start.cmp(&b.start)));
+    gaps.sort_by(|a, b| {
+        b.missing_samples
+            .cmp(&a.missing_samples)
+            .then(a.start.cmp(&b.start))
+    });
     gaps.truncate(n);
     gaps
 }
@@ -99,7 +111,10 @@ mod tests {
     }
 
     fn hour() -> Window {
-        Window { start: t(0), end: t(3600) }
+        Window {
+            start: t(0),
+            end: t(3600),
+        }
     }
 
     #[test]
@@ -112,9 +127,15 @@ mod tests {
             holes: vec![(t(99), t(200))],
         };
         let g = gaps(hour(), 1, &s);
-        let summary: Vec<(i64, i64)> = g.iter().map(|g| ((g.start - t(0)).num_seconds(), g.missing_samples)).collect();
+        let summary: Vec<(i64, i64)> = g
+            .iter()
+            .map(|g| ((g.start - t(0)).num_seconds(), g.missing_samples))
+            .collect();
         assert_eq!(summary, [(0, 10), (100, 100), (3500, 100)]);
-        assert_eq!(g.iter().map(|g| g.missing_samples).sum::<i64>(), hour().grid_points(1) - s.observed);
+        assert_eq!(
+            g.iter().map(|g| g.missing_samples).sum::<i64>(),
+            hour().grid_points(1) - s.observed
+        );
         let top = longest(g, 2);
         assert_eq!((top[0].start, top[1].start), (t(100), t(3500)));
     }
@@ -122,13 +143,26 @@ mod tests {
     #[test]
     fn loss_device_that_sent_nothing_is_one_whole_gap() {
         let g = gaps(hour(), 1, &DeviceSamples::default());
-        assert_eq!(g, [Gap { start: t(0), end: t(3600), missing_samples: 3600, length_secs: 3600 }]);
+        assert_eq!(
+            g,
+            [Gap {
+                start: t(0),
+                end: t(3600),
+                missing_samples: 3600,
+                length_secs: 3600
+            }]
+        );
         assert_eq!(loss_pct(3600, 0), 100.0);
     }
 
     #[test]
     fn loss_complete_device_has_no_gaps() {
-        let s = DeviceSamples { observed: 3600, first: Some(t(0)), last: Some(t(3599)), holes: vec![] };
+        let s = DeviceSamples {
+            observed: 3600,
+            first: Some(t(0)),
+            last: Some(t(3599)),
+            holes: vec![],
+        };
         assert!(gaps(hour(), 1, &s).is_empty());
         assert_eq!(loss_pct(3600, 3600), 0.0);
     }
@@ -142,12 +176,18 @@ mod tests {
 
     #[test]
     fn loss_grades_use_strictly_above() {
-        let th = LossThresholds { warning_pct: 2.0, critical_pct: 5.0 };
-        assert_eq!([Grade::of(2.0, th), Grade::of(2.01, th), Grade::of(5.0, th), Grade::of(5.01, th)], [
-            Grade::Info,
-            Grade::Warning,
-            Grade::Warning,
-            Grade::Critical
-        ]);
+        let th = LossThresholds {
+            warning_pct: 2.0,
+            critical_pct: 5.0,
+        };
+        assert_eq!(
+            [
+                Grade::of(2.0, th),
+                Grade::of(2.01, th),
+                Grade::of(5.0, th),
+                Grade::of(5.01, th)
+            ],
+            [Grade::Info, Grade::Warning, Grade::Warning, Grade::Critical]
+        );
     }
 }

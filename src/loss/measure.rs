@@ -46,7 +46,10 @@ fn devices_sql(spec: &TableSpec) -> String {
     let list = cols.join(", ");
     let prev: Vec<String> = cols.iter().map(|c| format!("d.{c}")).collect();
     let next: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
-    let order: String = (1..=cols.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let order: String = (1..=cols.len())
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let table = quote_ident(spec.name);
     let cast: Vec<String> = cols.iter().map(|c| format!("{c}::int4")).collect();
     format!(
@@ -86,7 +89,10 @@ pub async fn check_table(
     if columns.is_empty() {
         return Ok(Some(TableProblem::Missing));
     }
-    let missing = spec.key_columns().into_iter().find(|k| !columns.iter().any(|c| c.name == *k));
+    let missing = spec
+        .key_columns()
+        .into_iter()
+        .find(|k| !columns.iter().any(|c| c.name == *k));
     Ok(missing.map(|k| TableProblem::MissingColumn(k.to_string())))
 }
 
@@ -101,11 +107,19 @@ pub async fn measure(
     interval_secs: u32,
 ) -> Result<TableSamples, DbError> {
     let query_err = |what: &str, e: &tokio_postgres::Error| {
-        DbError::query(&target.server.name, target.database, format!("{what} of table `{}`", spec.name), e)
+        DbError::query(
+            &target.server.name,
+            target.database,
+            format!("{what} of table `{}`", spec.name),
+            e,
+        )
     };
     let mut devices: Vec<DeviceId> = configured.to_vec();
     if !spec.device_columns.is_empty() {
-        let rows = client.query(&devices_sql(spec), &[]).await.map_err(|e| query_err("listing the devices", &e))?;
+        let rows = client
+            .query(&devices_sql(spec), &[])
+            .await
+            .map_err(|e| query_err("listing the devices", &e))?;
         let n = spec.device_columns.len();
         for row in rows {
             let id: DeviceId = (0..n).map(|i| row.get::<_, i32>(i) as i16).collect();
@@ -118,7 +132,8 @@ pub async fn measure(
     for _ in 1..LANES.min(devices.len()) {
         extra.push(db::connect(config, target).await?);
     }
-    let clients: Vec<&tokio_postgres::Client> = std::iter::once(client).chain(extra.iter()).collect();
+    let clients: Vec<&tokio_postgres::Client> =
+        std::iter::once(client).chain(extra.iter()).collect();
     let sql = samples_sql(spec);
     let lanes = clients.iter().enumerate().map(|(lane, c)| {
         let mine: Vec<&DeviceId> = devices.iter().skip(lane).step_by(clients.len()).collect();
@@ -136,7 +151,10 @@ pub async fn measure(
         .await
         .map_err(|e| query_err("reading the size", &e))?
         .get(0);
-    Ok(TableSamples { devices: measured, size_bytes })
+    Ok(TableSamples {
+        devices: measured,
+        size_bytes,
+    })
 }
 
 /// Reads the devices of one lane, one after the other, on one connection.
@@ -171,7 +189,11 @@ struct SampleAccumulator {
 
 impl SampleAccumulator {
     fn new(interval_secs: u32) -> SampleAccumulator {
-        SampleAccumulator { interval_micros: i64::from(interval_secs) * 1_000_000, samples: DeviceSamples::default(), last_slot: None }
+        SampleAccumulator {
+            interval_micros: i64::from(interval_secs) * 1_000_000,
+            samples: DeviceSamples::default(),
+            last_slot: None,
+        }
     }
 
     fn push(&mut self, unix_micros: i64) {
@@ -209,8 +231,14 @@ mod tests {
             samples_sql(&RACK),
             r#"SELECT coalesce(array_agg(t), '{}') FROM (SELECT "TIMESTAMP" AS t FROM "rack" WHERE "TIMESTAMP" >= $1 AND "TIMESTAMP" < $2 AND "BANK_ID" = $3::int4 AND "RACK_ID" = $4::int4 ORDER BY "TIMESTAMP") s"#
         );
-        assert!(samples_sql(&ETC).contains(r#"FROM "etc" WHERE "TIMESTAMP" >= $1 AND "TIMESTAMP" < $2 ORDER BY"#));
-        assert!(devices_sql(&RACK).contains(r#"WHERE (t."BANK_ID", t."RACK_ID") > (d."BANK_ID", d."RACK_ID")"#));
+        assert!(
+            samples_sql(&ETC)
+                .contains(r#"FROM "etc" WHERE "TIMESTAMP" >= $1 AND "TIMESTAMP" < $2 ORDER BY"#)
+        );
+        assert!(
+            devices_sql(&RACK)
+                .contains(r#"WHERE (t."BANK_ID", t."RACK_ID") > (d."BANK_ID", d."RACK_ID")"#)
+        );
     }
 
     #[test]

@@ -70,7 +70,9 @@ pub enum LossError {
 impl LossError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            LossError::UnknownTable(_) | LossError::Window(_) | LossError::OutputKind(_) => exit::USAGE,
+            LossError::UnknownTable(_) | LossError::Window(_) | LossError::OutputKind(_) => {
+                exit::USAGE
+            }
             LossError::Export { .. } => exit::INTERNAL,
         }
     }
@@ -97,16 +99,29 @@ pub fn plan(args: &LossArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error:
     let config = &ctx.config;
     let tables = schema::select_tables(&args.tables).map_err(LossError::from)?;
     let spec = args.window.spec();
-    let export = args.output.as_deref().map(export::ExportPath::new).transpose()?;
+    let export = args
+        .output
+        .as_deref()
+        .map(export::ExportPath::new)
+        .transpose()?;
     let servers = config.select_servers(&args.servers)?;
     let mut targets = Vec::new();
     for site in config.select_sites(&args.sites)? {
         let window = spec.resolve(site.timezone, now).map_err(LossError::from)?;
         for server in servers.iter().filter(|s| site.servers.contains(&s.name)) {
-            targets.push(LossTarget { server: server.name.clone(), site: site.clone(), window, counted: window.until(now) });
+            targets.push(LossTarget {
+                server: server.name.clone(),
+                site: site.clone(),
+                window,
+                counted: window.until(now),
+            });
         }
     }
-    Ok(LossPlan { targets, tables, export })
+    Ok(LossPlan {
+        targets,
+        tables,
+        export,
+    })
 }
 
 // ------------------------------------------------------------------ report
@@ -143,7 +158,12 @@ pub struct LocalGap {
 
 impl LocalGap {
     fn new(g: Gap, tz: Tz) -> LocalGap {
-        LocalGap { start: local(g.start, tz), end: local(g.end, tz), missing_samples: g.missing_samples, length_secs: g.length_secs }
+        LocalGap {
+            start: local(g.start, tz),
+            end: local(g.end, tz),
+            missing_samples: g.missing_samples,
+            length_secs: g.length_secs,
+        }
     }
 }
 
@@ -218,12 +238,14 @@ pub async fn execute(plan: LossPlan, ctx: &Context) -> crate::error::Result<Loss
 /// Measures one table of one (server, site): its device rows and its table
 /// row, or a failure row. Never fails the whole run.
 async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Vec<LossRow> {
-    let fail = |error: String| vec![LossRow::Failure(LossFailure {
-        server: t.server.clone(),
-        site: t.site.name.clone(),
-        table: Some(spec.name.to_string()),
-        error,
-    })];
+    let fail = |error: String| {
+        vec![LossRow::Failure(LossFailure {
+            server: t.server.clone(),
+            site: t.site.name.clone(),
+            table: Some(spec.name.to_string()),
+            error,
+        })]
+    };
     let server = config.server(&t.server).expect("planned servers exist");
     let database = t.site.database.as_str();
     let client = match db::connect(config, Target { server, database }).await {
@@ -233,16 +255,32 @@ async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Vec<
     match measure::check_table(&client, &t.server, database, &spec).await {
         Ok(None) => {}
         Ok(Some(TableProblem::Missing)) => {
-            return fail(format!("server `{}`, database `{database}`: table `{}` does not exist (run essops migrate)", t.server, spec.name));
+            return fail(format!(
+                "server `{}`, database `{database}`: table `{}` does not exist (run essops migrate)",
+                t.server, spec.name
+            ));
         }
         Ok(Some(TableProblem::MissingColumn(c))) => {
-            return fail(format!("server `{}`, database `{database}`: table `{}` has no column `{c}`", t.server, spec.name));
+            return fail(format!(
+                "server `{}`, database `{database}`: table `{}` has no column `{c}`",
+                t.server, spec.name
+            ));
         }
         Err(e) => return fail(e.to_string()),
     }
     let target = Target { server, database };
     let configured = spec.devices(&t.site);
-    match measure::measure(config, target, &client, &spec, &configured, t.counted, t.site.sample_interval_secs).await {
+    match measure::measure(
+        config,
+        target,
+        &client,
+        &spec,
+        &configured,
+        t.counted,
+        t.site.sample_interval_secs,
+    )
+    .await
+    {
         Ok(samples) => rows_for(t, spec, samples),
         Err(e) => fail(e.to_string()),
     }
@@ -254,8 +292,16 @@ fn rows_for(t: &LossTarget, spec: TableSpec, mut samples: TableSamples) -> Vec<L
     let expected = t.counted.grid_points(t.site.sample_interval_secs);
     let configured = spec.devices(&t.site);
     // Configured devices first (in config order), then any the data has that the config lacks.
-    let extra: Vec<DeviceId> = samples.devices.keys().filter(|d| !configured.contains(d)).cloned().collect();
-    let devices = configured.iter().map(|d| (d.clone(), true)).chain(extra.into_iter().map(|d| (d, false)));
+    let extra: Vec<DeviceId> = samples
+        .devices
+        .keys()
+        .filter(|d| !configured.contains(d))
+        .cloned()
+        .collect();
+    let devices = configured
+        .iter()
+        .map(|d| (d.clone(), true))
+        .chain(extra.into_iter().map(|d| (d, false)));
     let mut rows = Vec::new();
     let (mut sum_expected, mut sum_observed, mut count) = (0, 0, 0);
     for (id, is_configured) in devices {
@@ -313,13 +359,20 @@ fn device_row(
         loss_pct: loss,
         collection_pct: collection(loss, expected),
         gap_count: all_gaps.len(),
-        longest_gaps: gaps::longest(all_gaps, LONGEST_GAPS).into_iter().map(|g| LocalGap::new(g, t.site.timezone)).collect(),
+        longest_gaps: gaps::longest(all_gaps, LONGEST_GAPS)
+            .into_iter()
+            .map(|g| LocalGap::new(g, t.site.timezone))
+            .collect(),
         level: Grade::of(loss, t.site.loss),
     }
 }
 
 fn collection(loss_pct: f64, expected: i64) -> f64 {
-    if expected == 0 { 100.0 } else { ((100.0 - loss_pct) * 100.0).round() / 100.0 }
+    if expected == 0 {
+        100.0
+    } else {
+        ((100.0 - loss_pct) * 100.0).round() / 100.0
+    }
 }
 
 fn local(t: DateTime<Utc>, tz: Tz) -> String {
@@ -357,8 +410,18 @@ fn log_row(row: &LossRow) {
 
 impl Report for LossReport {
     type Row = LossRow;
-    const HEADER: &'static [&'static str] =
-        &["SERVER", "SITE", "TABLE", "DEVICE", "EXPECTED", "OBSERVED", "LOSS %", "GAPS", "LONGEST GAP", "LEVEL"];
+    const HEADER: &'static [&'static str] = &[
+        "SERVER",
+        "SITE",
+        "TABLE",
+        "DEVICE",
+        "EXPECTED",
+        "OBSERVED",
+        "LOSS %",
+        "GAPS",
+        "LONGEST GAP",
+        "LEVEL",
+    ];
 
     fn rows(&self) -> &[LossRow] {
         &self.rows
@@ -458,6 +521,8 @@ fn describe_gap(g: &LocalGap) -> String {
         s => format!("{s}s"),
     };
     // `start` is RFC 3339 in the site's zone: show its date and time.
-    format!("{length} from {}", g.start.get(..19).unwrap_or(&g.start).replace('T', " "))
+    format!(
+        "{length} from {}",
+        g.start.get(..19).unwrap_or(&g.start).replace('T', " ")
+    )
 }
-

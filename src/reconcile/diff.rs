@@ -39,7 +39,10 @@ pub struct DeviceDiff {
 }
 
 fn device_select(spec: &TableSpec) -> String {
-    spec.device_columns.iter().map(|c| format!("{}::int4, ", quote_ident(c))).collect()
+    spec.device_columns
+        .iter()
+        .map(|c| format!("{}::int4, ", quote_ident(c)))
+        .collect()
 }
 
 pub fn summary_sql(spec: &TableSpec) -> String {
@@ -57,14 +60,26 @@ pub fn summary_sql(spec: &TableSpec) -> String {
     )
 }
 
-pub async fn summary(client: &Client, spec: &TableSpec, window: Window) -> Result<(Summary, u64), tokio_postgres::Error> {
-    let rows = client.query(&summary_sql(spec), &[&window.start, &window.end, &BUCKET_SECS]).await?;
+pub async fn summary(
+    client: &Client,
+    spec: &TableSpec,
+    window: Window,
+) -> Result<(Summary, u64), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &summary_sql(spec),
+            &[&window.start, &window.end, &BUCKET_SECS],
+        )
+        .await?;
     let n = spec.device_columns.len();
     let mut out = Summary::new();
     for row in &rows {
         let device: DeviceId = (0..n).map(|i| row.get::<_, i32>(i) as i16).collect();
         let bucket: chrono::DateTime<chrono::Utc> = row.get(n);
-        out.insert((device, bucket.timestamp_micros()), (row.get(n + 1), row.get(n + 2)));
+        out.insert(
+            (device, bucket.timestamp_micros()),
+            (row.get(n + 1), row.get(n + 2)),
+        );
     }
     // Wire size: ids, a timestamp and two int8 per row, plus framing.
     let bytes = rows.len() as u64 * (4 * n as u64 + 8 + 8 + 8 + 20);
@@ -84,7 +99,11 @@ pub fn differing_ranges(a: &Summary, b: &Summary) -> Vec<Range> {
         let (device, start) = key;
         match ranges.last_mut() {
             Some(r) if &r.device == device && r.end == *start => r.end = start + BUCKET_MICROS,
-            _ => ranges.push(Range { device: device.clone(), start: *start, end: start + BUCKET_MICROS }),
+            _ => ranges.push(Range {
+                device: device.clone(),
+                start: *start,
+                end: start + BUCKET_MICROS,
+            }),
         }
     }
     ranges
@@ -100,7 +119,12 @@ pub fn keys_sql(spec: &TableSpec) -> String {
 }
 
 /// The timestamps of `range` on one server, sorted and distinct.
-pub async fn keys(client: &Client, statement: &tokio_postgres::Statement, range: &Range, window: Window) -> Result<(Vec<i64>, u64), tokio_postgres::Error> {
+pub async fn keys(
+    client: &Client,
+    statement: &tokio_postgres::Statement,
+    range: &Range,
+    window: Window,
+) -> Result<(Vec<i64>, u64), tokio_postgres::Error> {
     let from = micros_to_time(range.start.max(window.start.timestamp_micros()));
     let to = micros_to_time(range.end.min(window.end.timestamp_micros()));
     let ids: Vec<i32> = range.device.iter().map(|&x| i32::from(x)).collect();
@@ -159,13 +183,40 @@ mod tests {
     #[test]
     fn reconcile_differing_buckets_merge_into_runs() {
         let h = BUCKET_MICROS;
-        let a: Summary = [((vec![1], 0), (3600, 1)), ((vec![1], h), (3600, 2)), ((vec![1], 2 * h), (3600, 3)), ((vec![2], 0), (10, 1))].into();
-        let b: Summary = [((vec![1], 0), (3599, 9)), ((vec![1], h), (3600, 7)), ((vec![1], 2 * h), (3600, 3)), ((vec![3], 0), (1, 1))].into();
-        assert_eq!(differing_ranges(&a, &b), vec![
-            Range { device: vec![1], start: 0, end: 2 * h },
-            Range { device: vec![2], start: 0, end: h },
-            Range { device: vec![3], start: 0, end: h },
-        ]);
+        let a: Summary = [
+            ((vec![1], 0), (3600, 1)),
+            ((vec![1], h), (3600, 2)),
+            ((vec![1], 2 * h), (3600, 3)),
+            ((vec![2], 0), (10, 1)),
+        ]
+        .into();
+        let b: Summary = [
+            ((vec![1], 0), (3599, 9)),
+            ((vec![1], h), (3600, 7)),
+            ((vec![1], 2 * h), (3600, 3)),
+            ((vec![3], 0), (1, 1)),
+        ]
+        .into();
+        assert_eq!(
+            differing_ranges(&a, &b),
+            vec![
+                Range {
+                    device: vec![1],
+                    start: 0,
+                    end: 2 * h
+                },
+                Range {
+                    device: vec![2],
+                    start: 0,
+                    end: h
+                },
+                Range {
+                    device: vec![3],
+                    start: 0,
+                    end: h
+                },
+            ]
+        );
         assert!(differing_ranges(&a, &a).is_empty());
     }
 }

@@ -67,7 +67,9 @@ pub enum ReconcileError {
     MinAge(String),
     #[error("--direction `{0}`: use `both` or `to-SERVER` with one of the two servers ({1})")]
     Direction(String, String),
-    #[error("site `{site}`: reconcile needs exactly two servers, it has {count}; name them with --server A --server B")]
+    #[error(
+        "site `{site}`: reconcile needs exactly two servers, it has {count}; name them with --server A --server B"
+    )]
     Pair { site: String, count: usize },
 }
 
@@ -113,7 +115,11 @@ pub struct ReconcilePlan {
     pub targets: Vec<ReconcileTarget>,
 }
 
-pub fn plan(args: &ReconcileArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error::Result<ReconcilePlan> {
+pub fn plan(
+    args: &ReconcileArgs,
+    ctx: &Context,
+    now: DateTime<Utc>,
+) -> crate::error::Result<ReconcilePlan> {
     let config = &ctx.config;
     let tables = schema::select_tables(&args.tables).map_err(ReconcileError::from)?;
     let spec = args.window.spec();
@@ -128,10 +134,19 @@ pub fn plan(args: &ReconcileArgs, ctx: &Context, now: DateTime<Utc>) -> crate::e
             d if d == format!("to-{b}") => Direction::ToB,
             d => return Err(ReconcileError::Direction(d.to_string(), format!("{a}, {b}")).into()),
         };
-        let asked = spec.resolve(site.timezone, now).map_err(ReconcileError::from)?;
+        let asked = spec
+            .resolve(site.timezone, now)
+            .map_err(ReconcileError::from)?;
         let window = asked.until(now - min_age);
         for table in &tables {
-            targets.push(ReconcileTarget { site: site.clone(), table: *table, a: a.clone(), b: b.clone(), direction, window });
+            targets.push(ReconcileTarget {
+                site: site.clone(),
+                table: *table,
+                a: a.clone(),
+                b: b.clone(),
+                direction,
+                window,
+            });
         }
     }
     Ok(ReconcilePlan { targets })
@@ -144,7 +159,10 @@ fn pair(site: &Site, chosen: &[String]) -> Result<(String, String), ReconcileErr
     };
     match servers.as_slice() {
         [a, b] if a != b => Ok(((*a).clone(), (*b).clone())),
-        _ => Err(ReconcileError::Pair { site: site.name.clone(), count: servers.len() }),
+        _ => Err(ReconcileError::Pair {
+            site: site.name.clone(),
+            count: servers.len(),
+        }),
     }
 }
 
@@ -243,7 +261,9 @@ pub async fn execute(plan: ReconcilePlan, ctx: &Context, mode: Mode) -> Reconcil
         progress.tick();
     }
     results.sort_by_key(|(i, _)| *i);
-    ReconcileReport { rows: results.into_iter().flat_map(|(_, rows)| rows).collect() }
+    ReconcileReport {
+        rows: results.into_iter().flat_map(|(_, rows)| rows).collect(),
+    }
 }
 
 /// One side of the pair: its server and its snapshot connection.
@@ -258,7 +278,11 @@ async fn reconcile_table(config: &Config, t: &ReconcileTarget, mode: Mode) -> Ve
     let result = reconcile_table_inner(config, t, mode, started).await;
     let rows = match result {
         Ok(rows) => rows,
-        Err(error) => vec![ReconcileRow::Failure(FailureRow { site: t.site.name.clone(), table: t.table.name.into(), error })],
+        Err(error) => vec![ReconcileRow::Failure(FailureRow {
+            site: t.site.name.clone(),
+            table: t.table.name.into(),
+            error,
+        })],
     };
     for row in &rows {
         log_row(row);
@@ -266,7 +290,11 @@ async fn reconcile_table(config: &Config, t: &ReconcileTarget, mode: Mode) -> Ve
     rows
 }
 
-async fn open_side<'a>(config: &'a Config, name: &str, database: &str) -> Result<Side<'a>, DbError> {
+async fn open_side<'a>(
+    config: &'a Config,
+    name: &str,
+    database: &str,
+) -> Result<Side<'a>, DbError> {
     let server = config.server(name).expect("planned servers exist");
     let reader = db::connect(config, Target { server, database }).await?;
     // One snapshot per server for every source read (summaries, keys, rows).
@@ -274,7 +302,11 @@ async fn open_side<'a>(config: &'a Config, name: &str, database: &str) -> Result
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await
         .map_err(|e| DbError::query(name, database, "starting a snapshot", &e))?;
-    Ok(Side { server, reader, bytes_read: 0 })
+    Ok(Side {
+        server,
+        reader,
+        bytes_read: 0,
+    })
 }
 
 async fn reconcile_table_inner(
@@ -285,12 +317,26 @@ async fn reconcile_table_inner(
 ) -> Result<Vec<ReconcileRow>, String> {
     let database = t.site.database.as_str();
     let spec = &t.table;
-    let (a, b) = tokio::join!(open_side(config, &t.a, database), open_side(config, &t.b, database));
+    let (a, b) = tokio::join!(
+        open_side(config, &t.a, database),
+        open_side(config, &t.b, database)
+    );
     let (mut a, mut b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
     let columns = shared_columns(&a, &b, database, spec).await?;
-    let q = |side: &Side, what: &str, e: tokio_postgres::Error| DbError::query(&side.server.name, database, format!("{what} of table `{}`", spec.name), &e).to_string();
+    let q = |side: &Side, what: &str, e: tokio_postgres::Error| {
+        DbError::query(
+            &side.server.name,
+            database,
+            format!("{what} of table `{}`", spec.name),
+            &e,
+        )
+        .to_string()
+    };
 
-    let ((sum_a, bytes_a), (sum_b, bytes_b)) = match tokio::join!(diff::summary(&a.reader, spec, t.window), diff::summary(&b.reader, spec, t.window)) {
+    let ((sum_a, bytes_a), (sum_b, bytes_b)) = match tokio::join!(
+        diff::summary(&a.reader, spec, t.window),
+        diff::summary(&b.reader, spec, t.window)
+    ) {
         (Ok(x), Ok(y)) => (x, y),
         (Err(e), _) => return Err(q(&a, "summarising", e)),
         (_, Err(e)) => return Err(q(&b, "summarising", e)),
@@ -299,8 +345,13 @@ async fn reconcile_table_inner(
     b.bytes_read += bytes_b;
     let buckets_compared = sum_a.len().max(sum_b.len());
     let ranges = diff::differing_ranges(&sum_a, &sum_b);
-    let buckets_differing = ranges.iter().map(|r| ((r.end - r.start) / (diff::BUCKET_SECS * 1_000_000)) as usize).sum();
-    let diffs = diff_ranges(&mut a, &mut b, spec, &ranges, t.window).await.map_err(|(side, e)| q(if side { &a } else { &b }, "reading the keys", e))?;
+    let buckets_differing = ranges
+        .iter()
+        .map(|r| ((r.end - r.start) / (diff::BUCKET_SECS * 1_000_000)) as usize)
+        .sum();
+    let diffs = diff_ranges(&mut a, &mut b, spec, &ranges, t.window)
+        .await
+        .map_err(|(side, e)| q(if side { &a } else { &b }, "reading the keys", e))?;
 
     let mut per_device: BTreeMap<DeviceId, Counts> = BTreeMap::new();
     for (device, d) in &diffs {
@@ -310,14 +361,24 @@ async fn reconcile_table_inner(
     }
     let mut bytes_moved = 0;
     let mut verified = None;
-    if mode == Mode::Apply && per_device.values().any(|c| c.missing_on_a + c.missing_on_b > 0) {
+    if mode == Mode::Apply
+        && per_device
+            .values()
+            .any(|c| c.missing_on_a + c.missing_on_b > 0)
+    {
         let keys = |pick: fn(&DeviceDiff) -> &Vec<i64>, wanted: bool| -> Vec<(DeviceId, i64)> {
             match wanted {
-                true => diffs.iter().flat_map(|(d, x)| pick(x).iter().map(move |m| (d.clone(), *m))).collect(),
+                true => diffs
+                    .iter()
+                    .flat_map(|(d, x)| pick(x).iter().map(move |m| (d.clone(), *m)))
+                    .collect(),
                 false => Vec::new(),
             }
         };
-        let (to_b, to_a) = (keys(|x| &x.only_a, t.direction.fills_b()), keys(|x| &x.only_b, t.direction.fills_a()));
+        let (to_b, to_a) = (
+            keys(|x| &x.only_a, t.direction.fills_b()),
+            keys(|x| &x.only_b, t.direction.fills_a()),
+        );
         // The two directions use disjoint connections (a's snapshot and b's
         // writer, b's snapshot and a's writer), so they run at once.
         let (into_b, into_a) = tokio::join!(
@@ -326,12 +387,19 @@ async fn reconcile_table_inner(
         );
         let ((moved_b, devices_b), (moved_a, devices_a)) = (into_b?, into_a?);
         bytes_moved += moved_a + moved_b;
-        devices_b.into_iter().for_each(|d| per_device.entry(d).or_default().copied_to_b += 1);
-        devices_a.into_iter().for_each(|d| per_device.entry(d).or_default().copied_to_a += 1);
+        devices_b
+            .into_iter()
+            .for_each(|d| per_device.entry(d).or_default().copied_to_b += 1);
+        devices_a
+            .into_iter()
+            .for_each(|d| per_device.entry(d).or_default().copied_to_a += 1);
         verified = Some(verify(config, t, &ranges).await?);
     }
     // The snapshots only read (and held temp tables); end them.
-    let _ = tokio::join!(a.reader.batch_execute("ROLLBACK"), b.reader.batch_execute("ROLLBACK"));
+    let _ = tokio::join!(
+        a.reader.batch_execute("ROLLBACK"),
+        b.reader.batch_execute("ROLLBACK")
+    );
 
     let mut rows = Vec::new();
     let mut total = Counts::default();
@@ -371,18 +439,36 @@ async fn reconcile_table_inner(
 }
 
 /// Columns both tables have, by name, in `a`'s order; a type that differs is an error.
-async fn shared_columns(a: &Side<'_>, b: &Side<'_>, database: &str, spec: &TableSpec) -> Result<Vec<String>, String> {
+async fn shared_columns(
+    a: &Side<'_>,
+    b: &Side<'_>,
+    database: &str,
+    spec: &TableSpec,
+) -> Result<Vec<String>, String> {
     let (ca, cb) = tokio::join!(
         schema::columns(&a.reader, &a.server.name, database, spec.name),
         schema::columns(&b.reader, &b.server.name, database, spec.name)
     );
-    let (ca, cb) = (ca.map_err(|e| e.to_string())?, cb.map_err(|e| e.to_string())?);
+    let (ca, cb) = (
+        ca.map_err(|e| e.to_string())?,
+        cb.map_err(|e| e.to_string())?,
+    );
     for (side, cols) in [(a, &ca), (b, &cb)] {
         if cols.is_empty() {
-            return Err(format!("server `{}`, database `{database}`: table `{}` does not exist (run essops migrate)", side.server.name, spec.name));
+            return Err(format!(
+                "server `{}`, database `{database}`: table `{}` does not exist (run essops migrate)",
+                side.server.name, spec.name
+            ));
         }
-        if let Some(k) = spec.key_columns().into_iter().find(|k| !cols.iter().any(|c| c.name == *k)) {
-            return Err(format!("server `{}`, database `{database}`: table `{}` has no column `{k}`", side.server.name, spec.name));
+        if let Some(k) = spec
+            .key_columns()
+            .into_iter()
+            .find(|k| !cols.iter().any(|c| c.name == *k))
+        {
+            return Err(format!(
+                "server `{}`, database `{database}`: table `{}` has no column `{k}`",
+                side.server.name, spec.name
+            ));
         }
     }
     let mut shared = Vec::new();
@@ -391,7 +477,12 @@ async fn shared_columns(a: &Side<'_>, b: &Side<'_>, database: &str, spec: &Table
             if other.data_type != col.data_type {
                 return Err(format!(
                     "table `{}`, column `{}`: type `{}` on server `{}` but `{}` on server `{}`; make them equal before reconciling",
-                    spec.name, col.name, col.data_type, a.server.name, other.data_type, b.server.name
+                    spec.name,
+                    col.name,
+                    col.data_type,
+                    a.server.name,
+                    other.data_type,
+                    b.server.name
                 ));
             }
             shared.push(col.name.clone());
@@ -417,7 +508,8 @@ async fn diff_ranges(
             diff::keys(&a.reader, &sa, range, window),
             diff::keys(&b.reader, &sb, range, window)
         );
-        let ((ka, bytes_a), (kb, bytes_b)) = (ka.map_err(|e| (true, e))?, kb.map_err(|e| (false, e))?);
+        let ((ka, bytes_a), (kb, bytes_b)) =
+            (ka.map_err(|e| (true, e))?, kb.map_err(|e| (false, e))?);
         a.bytes_read += bytes_a;
         b.bytes_read += bytes_b;
         out.push((range.device.clone(), diff::merge(&ka, &kb)));
@@ -439,25 +531,59 @@ async fn copy_to(
         return Ok((0, Vec::new()));
     }
     let err = |side: &Side, what: &str, e: tokio_postgres::Error| {
-        DbError::query(&side.server.name, database, format!("{what} of table `{}`", spec.name), &e).to_string()
+        DbError::query(
+            &side.server.name,
+            database,
+            format!("{what} of table `{}`", spec.name),
+            &e,
+        )
+        .to_string()
     };
-    transfer::load_keys(&source.reader, spec, keys).await.map_err(|e| err(source, "sending the missing keys", e))?;
-    let mut writer = db::connect(config, Target { server: target.server, database }).await.map_err(|e| e.to_string())?;
-    transfer::copy_rows(&source.reader, &mut writer, spec, columns).await.map_err(|e| {
-        let privilege = e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
-        err(if privilege { target } else { source }, "copying the missing rows", e)
-    })
+    transfer::load_keys(&source.reader, spec, keys)
+        .await
+        .map_err(|e| err(source, "sending the missing keys", e))?;
+    let mut writer = db::connect(
+        config,
+        Target {
+            server: target.server,
+            database,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    transfer::copy_rows(&source.reader, &mut writer, spec, columns)
+        .await
+        .map_err(|e| {
+            let privilege =
+                e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
+            err(
+                if privilege { target } else { source },
+                "copying the missing rows",
+                e,
+            )
+        })
 }
 
 /// A fresh diff of the ranges that differed: true when nothing the
 /// direction should have filled is still missing.
 async fn verify(config: &Config, t: &ReconcileTarget, ranges: &[Range]) -> Result<bool, String> {
     let database = t.site.database.as_str();
-    let (a, b) = tokio::join!(open_side(config, &t.a, database), open_side(config, &t.b, database));
+    let (a, b) = tokio::join!(
+        open_side(config, &t.a, database),
+        open_side(config, &t.b, database)
+    );
     let (mut a, mut b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
-    let diffs = diff_ranges(&mut a, &mut b, &t.table, ranges, t.window).await.map_err(|(_, e)| e.to_string())?;
-    let _ = tokio::join!(a.reader.batch_execute("ROLLBACK"), b.reader.batch_execute("ROLLBACK"));
-    Ok(diffs.iter().all(|(_, d)| (!t.direction.fills_b() || d.only_a.is_empty()) && (!t.direction.fills_a() || d.only_b.is_empty())))
+    let diffs = diff_ranges(&mut a, &mut b, &t.table, ranges, t.window)
+        .await
+        .map_err(|(_, e)| e.to_string())?;
+    let _ = tokio::join!(
+        a.reader.batch_execute("ROLLBACK"),
+        b.reader.batch_execute("ROLLBACK")
+    );
+    Ok(diffs.iter().all(|(_, d)| {
+        (!t.direction.fills_b() || d.only_a.is_empty())
+            && (!t.direction.fills_a() || d.only_b.is_empty())
+    }))
 }
 
 fn log_row(row: &ReconcileRow) {
@@ -479,32 +605,81 @@ fn log_row(row: &ReconcileRow) {
 
 impl Report for ReconcileReport {
     type Row = ReconcileRow;
-    const HEADER: &'static [&'static str] =
-        &["SITE", "TABLE", "DEVICE", "SERVERS A/B", "MISSING ON A", "MISSING ON B", "COPIED TO A", "COPIED TO B", "NOTE"];
+    const HEADER: &'static [&'static str] = &[
+        "SITE",
+        "TABLE",
+        "DEVICE",
+        "SERVERS A/B",
+        "MISSING ON A",
+        "MISSING ON B",
+        "COPIED TO A",
+        "COPIED TO B",
+        "NOTE",
+    ];
 
     fn rows(&self) -> &[ReconcileRow] {
         &self.rows
     }
 
     fn cells(row: &ReconcileRow) -> Vec<String> {
-        let counts = |c: &Counts| [c.missing_on_a, c.missing_on_b, c.copied_to_a, c.copied_to_b].map(|n| n.to_string());
+        let counts = |c: &Counts| {
+            [c.missing_on_a, c.missing_on_b, c.copied_to_a, c.copied_to_b].map(|n| n.to_string())
+        };
         match row {
             ReconcileRow::Device(d) => {
                 let [ma, mb, ca, cb] = counts(&d.counts);
-                vec![d.site.clone(), d.table.clone(), d.device.clone(), format!("{}/{}", d.server_a, d.server_b), ma, mb, ca, cb, String::new()]
+                vec![
+                    d.site.clone(),
+                    d.table.clone(),
+                    d.device.clone(),
+                    format!("{}/{}", d.server_a, d.server_b),
+                    ma,
+                    mb,
+                    ca,
+                    cb,
+                    String::new(),
+                ]
             }
             ReconcileRow::Table(t) => {
                 let [ma, mb, ca, cb] = counts(&t.counts);
                 let note = match (t.dry_run, t.verified) {
                     (true, _) => "dry run".to_string(),
-                    (false, Some(true)) => format!("verified; {} buckets differed; {} KiB moved; {} ms", t.buckets_differing, t.bytes_moved / 1024, t.duration_ms),
+                    (false, Some(true)) => format!(
+                        "verified; {} buckets differed; {} KiB moved; {} ms",
+                        t.buckets_differing,
+                        t.bytes_moved / 1024,
+                        t.duration_ms
+                    ),
                     (false, Some(false)) => "NOT VERIFIED: still differs".to_string(),
-                    (false, None) => format!("in agreement ({} buckets); {} ms", t.buckets_compared, t.duration_ms),
+                    (false, None) => format!(
+                        "in agreement ({} buckets); {} ms",
+                        t.buckets_compared, t.duration_ms
+                    ),
                 };
-                vec![t.site.clone(), t.table.clone(), "= table".into(), format!("{}/{}", t.server_a, t.server_b), ma, mb, ca, cb, note]
+                vec![
+                    t.site.clone(),
+                    t.table.clone(),
+                    "= table".into(),
+                    format!("{}/{}", t.server_a, t.server_b),
+                    ma,
+                    mb,
+                    ca,
+                    cb,
+                    note,
+                ]
             }
             ReconcileRow::Failure(f) => {
-                vec![f.site.clone(), f.table.clone(), format!("FAILED: {}", f.error), String::new(), String::new(), String::new(), String::new(), String::new(), String::new()]
+                vec![
+                    f.site.clone(),
+                    f.table.clone(),
+                    format!("FAILED: {}", f.error),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]
             }
         }
     }
@@ -524,7 +699,9 @@ impl Report for ReconcileReport {
         }
         match (found, failed) {
             (0, 0) => format!("nothing to do: {tables} table(s) agree on both servers"),
-            _ => format!("{tables} table(s) compared: {found} missing row(s) found, {copied} copied; {failed} table(s) failed"),
+            _ => format!(
+                "{tables} table(s) compared: {found} missing row(s) found, {copied} copied; {failed} table(s) failed"
+            ),
         }
     }
 
@@ -534,7 +711,9 @@ impl Report for ReconcileReport {
             let this = match row {
                 ReconcileRow::Failure(_) => Outcome::Partial,
                 ReconcileRow::Table(t) if t.verified == Some(false) => Outcome::Partial,
-                ReconcileRow::Table(t) if t.counts.missing_on_a + t.counts.missing_on_b > 0 => Outcome::Warning,
+                ReconcileRow::Table(t) if t.counts.missing_on_a + t.counts.missing_on_b > 0 => {
+                    Outcome::Warning
+                }
                 _ => Outcome::Clean,
             };
             outcome = outcome.max(this);

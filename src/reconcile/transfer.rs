@@ -17,7 +17,10 @@ use crate::schema::{DeviceId, TableSpec};
 
 /// Key columns of the temp key table: d0, d1, … then t.
 fn key_table_columns(spec: &TableSpec) -> Vec<String> {
-    (0..spec.device_columns.len()).map(|i| format!("d{i}")).chain(["t".to_string()]).collect()
+    (0..spec.device_columns.len())
+        .map(|i| format!("d{i}"))
+        .chain(["t".to_string()])
+        .collect()
 }
 
 /// Joins table alias `x` to key alias `k` on the natural key.
@@ -31,9 +34,16 @@ fn key_join(spec: &TableSpec) -> String {
 }
 
 /// Creates (or empties) the session's temp key table and loads `keys` into it.
-pub async fn load_keys(client: &Client, spec: &TableSpec, keys: &[(DeviceId, i64)]) -> Result<(), tokio_postgres::Error> {
+pub async fn load_keys(
+    client: &Client,
+    spec: &TableSpec,
+    keys: &[(DeviceId, i64)],
+) -> Result<(), tokio_postgres::Error> {
     let cols = key_table_columns(spec);
-    let defs: Vec<String> = cols.iter().map(|c| format!("{c} {}", if c == "t" { "timestamptz" } else { "int4" })).collect();
+    let defs: Vec<String> = cols
+        .iter()
+        .map(|c| format!("{c} {}", if c == "t" { "timestamptz" } else { "int4" }))
+        .collect();
     client
         .batch_execute(&format!(
             "CREATE TEMP TABLE IF NOT EXISTS essops_keys ({}) ON COMMIT DROP; TRUNCATE essops_keys",
@@ -45,7 +55,9 @@ pub async fn load_keys(client: &Client, spec: &TableSpec, keys: &[(DeviceId, i64
         let ids: Vec<i32> = device.iter().map(|&x| i32::from(x)).collect();
         w.row(&ids, *micros);
     }
-    let sink = client.copy_in("COPY essops_keys FROM STDIN (FORMAT binary)").await?;
+    let sink = client
+        .copy_in("COPY essops_keys FROM STDIN (FORMAT binary)")
+        .await?;
     pin_mut!(sink);
     sink.send(w.finish()).await?;
     sink.finish().await?;
@@ -63,7 +75,11 @@ pub async fn copy_rows(
 ) -> Result<(u64, Vec<DeviceId>), tokio_postgres::Error> {
     let table = quote_ident(spec.name);
     let cols = quote_list(columns);
-    let x_cols: String = columns.iter().map(|c| format!("x.{}", quote_ident(c))).collect::<Vec<_>>().join(", ");
+    let x_cols: String = columns
+        .iter()
+        .map(|c| format!("x.{}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
     let k_cols = key_table_columns(spec).join(", ");
     // DISTINCT ON: a source without a unique index may hold a sample twice.
     let out_sql = format!(
@@ -71,9 +87,15 @@ pub async fn copy_rows(
         join = key_join(spec),
     );
     let tx = target.transaction().await?;
-    tx.batch_execute(&format!("CREATE TEMP TABLE essops_stage ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA"))
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE essops_stage ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA"
+    ))
+    .await?;
+    let sink = tx
+        .copy_in(&format!(
+            "COPY essops_stage ({cols}) FROM STDIN (FORMAT binary)"
+        ))
         .await?;
-    let sink = tx.copy_in(&format!("COPY essops_stage ({cols}) FROM STDIN (FORMAT binary)")).await?;
     pin_mut!(sink);
     let stream = source.copy_out(&out_sql).await?;
     pin_mut!(stream);
@@ -90,10 +112,19 @@ pub async fn copy_rows(
         .map(|c| format!("t.{q} = s.{q}", q = quote_ident(c)))
         .collect::<Vec<_>>()
         .join(" AND ");
-    let s_cols: String = columns.iter().map(|c| format!("s.{}", quote_ident(c))).collect::<Vec<_>>().join(", ");
+    let s_cols: String = columns
+        .iter()
+        .map(|c| format!("s.{}", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
     let returning = match spec.device_columns.is_empty() {
         true => "1".to_string(),
-        false => spec.device_columns.iter().map(|c| format!("{}::int4", quote_ident(c))).collect::<Vec<_>>().join(", "),
+        false => spec
+            .device_columns
+            .iter()
+            .map(|c| format!("{}::int4", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", "),
     };
     let inserted = tx
         .query(
@@ -109,7 +140,10 @@ pub async fn copy_rows(
         .await?;
     tx.commit().await?;
     let n = spec.device_columns.len();
-    let devices = inserted.iter().map(|r| (0..n).map(|i| r.get::<_, i32>(i) as i16).collect()).collect();
+    let devices = inserted
+        .iter()
+        .map(|r| (0..n).map(|i| r.get::<_, i32>(i) as i16).collect())
+        .collect();
     Ok((moved, devices))
 }
 
@@ -120,6 +154,9 @@ mod tests {
 
     #[test]
     fn reconcile_key_join_covers_the_natural_key() {
-        assert_eq!(key_join(&RACK), r#"x."BANK_ID" = k.d0 AND x."RACK_ID" = k.d1 AND x."TIMESTAMP" = k.t"#);
+        assert_eq!(
+            key_join(&RACK),
+            r#"x."BANK_ID" = k.d0 AND x."RACK_ID" = k.d1 AND x."TIMESTAMP" = k.t"#
+        );
     }
 }

@@ -18,7 +18,10 @@ impl Cmd {
         if let Some(c) = config {
             command.env("ESSOPS_CONFIG", c);
         }
-        Cmd { command, shown: String::from("essops") }
+        Cmd {
+            command,
+            shown: String::from("essops"),
+        }
     }
 
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, args: I) -> Cmd {
@@ -42,7 +45,10 @@ impl Cmd {
 
     pub fn run(mut self) -> Run {
         let output = self.command.output().expect("spawn essops");
-        Run { shown: self.shown, output }
+        Run {
+            shown: self.shown,
+            output,
+        }
     }
 }
 
@@ -82,7 +88,10 @@ impl Run {
     pub fn json<T: DeserializeOwned>(&self) -> Vec<T> {
         self.stdout()
             .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("`{}`: bad JSON line {l:?}: {e}", self.shown)))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("`{}`: bad JSON line {l:?}: {e}", self.shown))
+            })
             .collect()
     }
 }

@@ -27,9 +27,20 @@ impl TestDb {
     fn drop_all(&self) {
         block_on(async {
             for server in &self.config.servers {
-                let client = db::connect(&self.config, Target { server, database: "postgres" }).await.unwrap();
+                let client = db::connect(
+                    &self.config,
+                    Target {
+                        server,
+                        database: "postgres",
+                    },
+                )
+                .await
+                .unwrap();
                 for name in &self.databases {
-                    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db::quote_ident(name));
+                    let sql = format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        db::quote_ident(name)
+                    );
                     client.batch_execute(&sql).await.unwrap();
                 }
             }
@@ -39,13 +50,18 @@ impl TestDb {
     /// A client for `database` on `server`.
     pub async fn client(&self, server: &str, database: &str) -> tokio_postgres::Client {
         let server = self.config.server(server).unwrap();
-        db::connect(&self.config, Target { server, database }).await.unwrap()
+        db::connect(&self.config, Target { server, database })
+            .await
+            .unwrap()
     }
 
     pub fn exists(&self, server: &str, database: &str) -> bool {
         block_on(async {
             let c = self.client(server, "postgres").await;
-            c.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database]).await.unwrap().is_some()
+            c.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+                .await
+                .unwrap()
+                .is_some()
         })
     }
 }
@@ -53,7 +69,10 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("kept test databases {:?} on both dev servers", self.databases);
+            eprintln!(
+                "kept test databases {:?} on both dev servers",
+                self.databases
+            );
         } else {
             self.drop_all();
         }
@@ -62,11 +81,22 @@ impl Drop for TestDb {
 
 /// The dev servers only, for connecting from tests.
 pub fn dev_config() -> Config {
-    let text = format!("{}[[sites]]\nname = \"x\"\nbanks = [{{ id = 1, racks = 1 }}]\n", super::servers_toml());
-    Config::parse(&text, ConfigSource::File(Path::new(super::REPO).join("it.toml"))).unwrap()
+    let text = format!(
+        "{}[[sites]]\nname = \"x\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+        super::servers_toml()
+    );
+    Config::parse(
+        &text,
+        ConfigSource::File(Path::new(super::REPO).join("it.toml")),
+    )
+    .unwrap()
 }
 
 /// Runs a future to completion on a fresh single-thread runtime.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
