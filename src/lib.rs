@@ -15,6 +15,7 @@ pub mod migrate;
 pub mod output;
 pub mod reconcile;
 pub mod schema;
+pub mod tasks;
 pub mod window;
 
 use std::path::PathBuf;

@@ -20,6 +20,7 @@ use crate::context::Context;
 use crate::db::{self, DbError, Target};
 use crate::error::{Outcome, exit};
 use crate::output::Report;
+use crate::tasks;
 
 /// The files of `migrations/`, built into the binary. A unit test checks
 /// that this list and the folder agree.
@@ -164,24 +165,17 @@ pub async fn execute(plan: MigratePlan, ctx: &Context) -> crate::error::Result<M
         db::password(&ctx.config, server, &t.database)?;
     }
     // Targets run concurrently: a down server costs one connect timeout, not one per site.
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, target) in plan.targets.into_iter().enumerate() {
-        let config = Arc::clone(&ctx.config);
-        let missing = plan.missing_database;
-        tasks.spawn(async move { (i, migrate_one(&config, target, missing).await) });
-    }
-    let mut rows = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(r) => rows.push(r),
-            // A panicking task is a bug; keep it visible rather than hiding the row.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-    rows.sort_by_key(|(i, _)| *i);
-    Ok(MigrateReport {
-        rows: rows.into_iter().map(|(_, r)| r).collect(),
-    })
+    let missing = plan.missing_database;
+    let rows = tasks::run_in_order(
+        plan.targets,
+        |target| {
+            let config = Arc::clone(&ctx.config);
+            async move { migrate_one(&config, target, missing).await }
+        },
+        || {},
+    )
+    .await;
+    Ok(MigrateReport { rows })
 }
 
 fn row(t: &MigrateTarget, status: MigrateStatus, started: Instant) -> MigrateRow {

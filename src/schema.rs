@@ -154,6 +154,34 @@ pub async fn columns(
         .collect())
 }
 
+/// The columns of an ESS table that exists with its natural-key columns, or
+/// a message naming what is missing (or what failed) and the fix.
+pub async fn require_table(
+    client: &tokio_postgres::Client,
+    server: &str,
+    database: &str,
+    spec: &TableSpec,
+) -> Result<Vec<Column>, String> {
+    let columns = columns(client, server, database, spec.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    let place = format!(
+        "server `{server}`, database `{database}`: table `{}`",
+        spec.name
+    );
+    if columns.is_empty() {
+        return Err(format!("{place} does not exist (run essops migrate)"));
+    }
+    match spec
+        .key_columns()
+        .into_iter()
+        .find(|k| !columns.iter().any(|c| c.name == *k))
+    {
+        Some(k) => Err(format!("{place} has no column `{k}`")),
+        None => Ok(columns),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
 use polars::prelude::*;
 
 use super::{LossError, LossReport, LossRow};
@@ -58,12 +57,6 @@ impl ExportPath {
     }
 }
 
-fn millis(s: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc).timestamp_millis())
-}
-
 /// One row per device and per table (kind = "device" | "table").
 fn frame(report: &LossReport) -> PolarsResult<DataFrame> {
     let mut kind = Vec::new();
@@ -87,8 +80,8 @@ fn frame(report: &LossReport) -> PolarsResult<DataFrame> {
                 site.push(d.site.clone());
                 table.push(d.table.clone());
                 device.push(Some(d.device.clone()));
-                start.push(millis(&d.window_start));
-                end.push(millis(&d.window_end));
+                start.push(d.window.start.timestamp_millis());
+                end.push(d.window.end.timestamp_millis());
                 expected.push(d.expected);
                 observed.push(d.observed);
                 loss.push(d.loss_pct);
@@ -103,8 +96,8 @@ fn frame(report: &LossReport) -> PolarsResult<DataFrame> {
                 site.push(t.site.clone());
                 table.push(t.table.clone());
                 device.push(None);
-                start.push(millis(&t.window_start));
-                end.push(millis(&t.window_end));
+                start.push(t.window.start.timestamp_millis());
+                end.push(t.window.end.timestamp_millis());
                 expected.push(t.expected);
                 observed.push(t.observed);
                 loss.push(t.loss_pct);

@@ -25,13 +25,6 @@ use crate::window::Window;
 /// machine this was tuned on; more only queue on the server.
 const LANES: usize = 2;
 
-/// Why a table could not be measured, before any query ran.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TableProblem {
-    Missing,
-    MissingColumn(String),
-}
-
 /// One table on one server: samples per device and the table's size.
 #[derive(Debug, Clone)]
 pub struct TableSamples {
@@ -76,24 +69,6 @@ fn samples_sql(spec: &TableSpec) -> String {
         "SELECT coalesce(array_agg(t), '{{}}') FROM (SELECT {ts} AS t FROM {} WHERE {ts} >= $1 AND {ts} < $2{device_filter} ORDER BY {ts}) s",
         quote_ident(spec.name)
     )
-}
-
-/// Checks that the table exists with the columns the measurement needs.
-pub async fn check_table(
-    client: &tokio_postgres::Client,
-    server: &str,
-    database: &str,
-    spec: &TableSpec,
-) -> Result<Option<TableProblem>, DbError> {
-    let columns = schema::columns(client, server, database, spec.name).await?;
-    if columns.is_empty() {
-        return Ok(Some(TableProblem::Missing));
-    }
-    let missing = spec
-        .key_columns()
-        .into_iter()
-        .find(|k| !columns.iter().any(|c| c.name == *k));
-    Ok(missing.map(|k| TableProblem::MissingColumn(k.to_string())))
 }
 
 /// Samples per device (configured or found in the table) and the table's size.

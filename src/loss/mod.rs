@@ -25,10 +25,11 @@ use crate::error::{Outcome, exit};
 use crate::logging::REPORT_TARGET;
 use crate::output::{Report, human_bytes};
 use crate::schema::{self, DeviceId, TableSpec};
+use crate::tasks;
 use crate::window::{Window, WindowArgs, WindowError};
 
 use gaps::{DeviceSamples, Gap, Grade};
-use measure::{TableProblem, TableSamples};
+use measure::TableSamples;
 
 /// How many of a device's longest gaps the report lists.
 const LONGEST_GAPS: usize = 5;
@@ -135,6 +136,9 @@ pub struct DeviceLoss {
     pub device_ids: DeviceId,
     /// False for a device found in the data but not in the config.
     pub configured: bool,
+    /// The asked window, typed, for the export (JSON has the strings below).
+    #[serde(skip)]
+    pub window: Window,
     pub window_start: String,
     pub window_end: String,
     pub expected: i64,
@@ -172,6 +176,8 @@ pub struct TableLoss {
     pub server: String,
     pub site: String,
     pub table: String,
+    #[serde(skip)]
+    pub window: Window,
     pub window_start: String,
     pub window_end: String,
     pub devices: usize,
@@ -209,24 +215,20 @@ pub struct LossReport {
 // ----------------------------------------------------------------- execute
 
 pub async fn execute(plan: LossPlan, ctx: &Context) -> crate::error::Result<LossReport> {
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut order = 0;
-    for target in &plan.targets {
-        for spec in &plan.tables {
-            let (config, target, spec) = (Arc::clone(&ctx.config), target.clone(), *spec);
-            tasks.spawn(async move { (order, measure_table(&config, &target, spec).await) });
-            order += 1;
-        }
-    }
-    let mut results = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(r) => results.push(r),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-    results.sort_by_key(|(i, _)| *i);
-    let rows: Vec<LossRow> = results.into_iter().flat_map(|(_, rows)| rows).collect();
+    let work = plan
+        .targets
+        .iter()
+        .flat_map(|t| plan.tables.iter().map(move |spec| (t.clone(), *spec)));
+    let results = tasks::run_in_order(
+        work,
+        |(target, spec)| {
+            let config = Arc::clone(&ctx.config);
+            async move { measure_table(&config, &target, spec).await }
+        },
+        || {},
+    )
+    .await;
+    let rows: Vec<LossRow> = results.into_iter().flatten().collect();
     rows.iter().for_each(log_row);
     let report = LossReport { rows };
     if let Some(path) = &plan.export {
@@ -252,21 +254,8 @@ async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Vec<
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
-    match measure::check_table(&client, &t.server, database, &spec).await {
-        Ok(None) => {}
-        Ok(Some(TableProblem::Missing)) => {
-            return fail(format!(
-                "server `{}`, database `{database}`: table `{}` does not exist (run essops migrate)",
-                t.server, spec.name
-            ));
-        }
-        Ok(Some(TableProblem::MissingColumn(c))) => {
-            return fail(format!(
-                "server `{}`, database `{database}`: table `{}` has no column `{c}`",
-                t.server, spec.name
-            ));
-        }
-        Err(e) => return fail(e.to_string()),
+    if let Err(problem) = schema::require_table(&client, &t.server, database, &spec).await {
+        return fail(problem);
     }
     let target = Target { server, database };
     let configured = spec.devices(&t.site);
@@ -317,6 +306,7 @@ fn rows_for(t: &LossTarget, spec: TableSpec, mut samples: TableSamples) -> Vec<L
         server: t.server.clone(),
         site: t.site.name.clone(),
         table: spec.name.to_string(),
+        window: t.window,
         window_start: start,
         window_end: end,
         devices: count,
@@ -351,6 +341,7 @@ fn device_row(
         device: schema::device_label(&spec, id),
         device_ids: id.to_vec(),
         configured,
+        window: t.window,
         window_start: start.to_string(),
         window_end: end.to_string(),
         expected,

@@ -25,6 +25,7 @@ use crate::db::{self, DbError, Target};
 use crate::error::{Outcome, exit};
 use crate::output::{Progress, Report};
 use crate::schema::{self, DeviceId, TableSpec};
+use crate::tasks;
 use crate::window::{self, Window, WindowArgs, WindowError};
 
 use diff::{DeviceDiff, Range};
@@ -244,25 +245,20 @@ const PARALLEL_TABLES: usize = 4;
 pub async fn execute(plan: ReconcilePlan, ctx: &Context, mode: Mode) -> ReconcileReport {
     let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL_TABLES));
     let mut progress = Progress::new(plan.targets.len(), "tables reconciled", ctx.verbosity);
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, target) in plan.targets.into_iter().enumerate() {
-        let (config, permits) = (Arc::clone(&ctx.config), Arc::clone(&permits));
-        tasks.spawn(async move {
-            let _permit = permits.acquire().await.expect("semaphore is never closed");
-            (i, reconcile_table(&config, &target, mode).await)
-        });
-    }
-    let mut results = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(r) => results.push(r),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-        progress.tick();
-    }
-    results.sort_by_key(|(i, _)| *i);
+    let results = tasks::run_in_order(
+        plan.targets,
+        |target| {
+            let (config, permits) = (Arc::clone(&ctx.config), Arc::clone(&permits));
+            async move {
+                let _permit = permits.acquire().await.expect("semaphore is never closed");
+                reconcile_table(&config, &target, mode).await
+            }
+        },
+        || progress.tick(),
+    )
+    .await;
     ReconcileReport {
-        rows: results.into_iter().flat_map(|(_, rows)| rows).collect(),
+        rows: results.into_iter().flatten().collect(),
     }
 }
 
@@ -446,31 +442,10 @@ async fn shared_columns(
     spec: &TableSpec,
 ) -> Result<Vec<String>, String> {
     let (ca, cb) = tokio::join!(
-        schema::columns(&a.reader, &a.server.name, database, spec.name),
-        schema::columns(&b.reader, &b.server.name, database, spec.name)
+        schema::require_table(&a.reader, &a.server.name, database, spec),
+        schema::require_table(&b.reader, &b.server.name, database, spec)
     );
-    let (ca, cb) = (
-        ca.map_err(|e| e.to_string())?,
-        cb.map_err(|e| e.to_string())?,
-    );
-    for (side, cols) in [(a, &ca), (b, &cb)] {
-        if cols.is_empty() {
-            return Err(format!(
-                "server `{}`, database `{database}`: table `{}` does not exist (run essops migrate)",
-                side.server.name, spec.name
-            ));
-        }
-        if let Some(k) = spec
-            .key_columns()
-            .into_iter()
-            .find(|k| !cols.iter().any(|c| c.name == *k))
-        {
-            return Err(format!(
-                "server `{}`, database `{database}`: table `{}` has no column `{k}`",
-                side.server.name, spec.name
-            ));
-        }
-    }
+    let (ca, cb) = (ca?, cb?);
     let mut shared = Vec::new();
     for col in &ca {
         if let Some(other) = cb.iter().find(|c| c.name == col.name) {
