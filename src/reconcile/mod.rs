@@ -286,6 +286,38 @@ async fn reconcile_table(config: &Config, t: &ReconcileTarget, mode: Mode) -> Ve
     rows
 }
 
+impl Side<'_> {
+    /// A query error on this side, as the report's message.
+    fn error(
+        &self,
+        database: &str,
+        spec: &TableSpec,
+        what: &str,
+        e: &tokio_postgres::Error,
+    ) -> String {
+        DbError::query(
+            &self.server.name,
+            database,
+            format!("{what} of table `{}`", spec.name),
+            e,
+        )
+        .to_string()
+    }
+}
+
+/// Both sides of the pair, each in its own fresh snapshot.
+async fn open_pair<'a>(
+    config: &'a Config,
+    t: &ReconcileTarget,
+) -> Result<(Side<'a>, Side<'a>), String> {
+    let database = t.site.database.as_str();
+    let (a, b) = tokio::join!(
+        open_side(config, &t.a, database),
+        open_side(config, &t.b, database)
+    );
+    Ok((a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?))
+}
+
 async fn open_side<'a>(
     config: &'a Config,
     name: &str,
@@ -313,21 +345,10 @@ async fn reconcile_table_inner(
 ) -> Result<Vec<ReconcileRow>, String> {
     let database = t.site.database.as_str();
     let spec = &t.table;
-    let (a, b) = tokio::join!(
-        open_side(config, &t.a, database),
-        open_side(config, &t.b, database)
-    );
-    let (mut a, mut b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
+    let (mut a, mut b) = open_pair(config, t).await?;
     let columns = shared_columns(&a, &b, database, spec).await?;
-    let q = |side: &Side, what: &str, e: tokio_postgres::Error| {
-        DbError::query(
-            &side.server.name,
-            database,
-            format!("{what} of table `{}`", spec.name),
-            &e,
-        )
-        .to_string()
-    };
+    let q =
+        |side: &Side, what: &str, e: tokio_postgres::Error| side.error(database, spec, what, &e);
 
     let ((sum_a, bytes_a), (sum_b, bytes_b)) = match tokio::join!(
         diff::summary(&a.reader, spec, t.window),
@@ -505,15 +526,8 @@ async fn copy_to(
     if keys.is_empty() {
         return Ok((0, Vec::new()));
     }
-    let err = |side: &Side, what: &str, e: tokio_postgres::Error| {
-        DbError::query(
-            &side.server.name,
-            database,
-            format!("{what} of table `{}`", spec.name),
-            &e,
-        )
-        .to_string()
-    };
+    let err =
+        |side: &Side, what: &str, e: tokio_postgres::Error| side.error(database, spec, what, &e);
     transfer::load_keys(&source.reader, spec, keys)
         .await
         .map_err(|e| err(source, "sending the missing keys", e))?;
@@ -542,12 +556,7 @@ async fn copy_to(
 /// A fresh diff of the ranges that differed: true when nothing the
 /// direction should have filled is still missing.
 async fn verify(config: &Config, t: &ReconcileTarget, ranges: &[Range]) -> Result<bool, String> {
-    let database = t.site.database.as_str();
-    let (a, b) = tokio::join!(
-        open_side(config, &t.a, database),
-        open_side(config, &t.b, database)
-    );
-    let (mut a, mut b) = (a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?);
+    let (mut a, mut b) = open_pair(config, t).await?;
     let diffs = diff_ranges(&mut a, &mut b, &t.table, ranges, t.window)
         .await
         .map_err(|(_, e)| e.to_string())?;
