@@ -11,10 +11,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
 use chrono_tz::Tz;
 use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
+
+use crate::modbus::map::RegisterMap;
 
 /// The shipped `sites.toml`, used when neither `--config` nor `ESSOPS_CONFIG` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../sites.toml");
@@ -49,6 +55,8 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     log_dir: Option<String>,
+    spool_dir: Option<String>,
+    modbus: Option<RawModbus>,
     #[serde(default)]
     defaults: RawDefaults,
     redis: Option<RawRedis>,
@@ -65,6 +73,14 @@ struct RawDefaults {
     sample_interval_secs: Option<Spanned<u32>>,
     loss_warning_pct: Option<Spanned<f64>>,
     loss_critical_pct: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModbus {
+    register_map: Option<Spanned<String>>,
+    timeout_ms: Option<Spanned<u64>>,
+    connections: Option<Spanned<u16>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +109,8 @@ struct RawSite {
     loss_critical_pct: Option<Spanned<f64>>,
     banks: Spanned<Vec<RawBank>>,
     pcs: Option<Spanned<Vec<Spanned<u16>>>>,
+    modbus: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    register_map: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +142,9 @@ impl fmt::Display for ConfigSource {
 pub struct Config {
     pub source: ConfigSource,
     pub log_dir: PathBuf,
+    /// Where ingest keeps rows a server could not take yet.
+    pub spool_dir: PathBuf,
+    pub modbus: ModbusSettings,
     pub redis_url: Option<Url>,
     pub servers: Vec<Server>,
     pub sites: Vec<Site>,
@@ -147,6 +168,23 @@ pub enum PasswordSource {
     Standard,
 }
 
+/// How ingest talks to devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModbusSettings {
+    /// Per request; a device that does not answer in time misses that sample.
+    pub timeout: std::time::Duration,
+    /// At most this many TCP connections per endpoint; devices share them.
+    pub connections: usize,
+}
+
+/// A Modbus TCP endpoint of a site (its BMS, its PCS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub name: String,
+    /// `host:port`.
+    pub addr: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LossThresholds {
     pub warning_pct: f64,
@@ -163,6 +201,9 @@ pub struct Site {
     pub loss: LossThresholds,
     pub banks: Vec<Bank>,
     pub pcs: Vec<u16>,
+    /// Empty when the site has no `modbus` table (ingest and simulate need one).
+    pub endpoints: Vec<Endpoint>,
+    pub register_map: Arc<RegisterMap>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +215,10 @@ pub struct Bank {
 impl Site {
     pub fn rack_count(&self) -> usize {
         self.banks.iter().map(|b| usize::from(b.racks)).sum()
+    }
+
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.name == name)
     }
 }
 
@@ -195,10 +240,15 @@ impl Config {
     pub fn parse(text: &str, source: ConfigSource) -> Result<Config, ConfigError> {
         let doc = Doc {
             text,
-            source: &source,
+            label: source.to_string(),
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
-        Validator { doc: &doc }.config(raw)
+        Validator {
+            doc: &doc,
+            source: &source,
+            maps: RefCell::default(),
+        }
+        .config(raw)
     }
 
     /// Folder that relative paths in the file are relative to.
@@ -253,18 +303,24 @@ fn join_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 // ---------------------------------------------------------------- validation
 
 /// The text being validated, for turning byte spans into lines and columns.
-struct Doc<'a> {
-    text: &'a str,
-    source: &'a ConfigSource,
+pub(crate) struct Doc<'a> {
+    pub text: &'a str,
+    /// The file's name in messages.
+    pub label: String,
 }
 
 impl Doc<'_> {
-    fn error(&self, at: usize, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(
+        &self,
+        at: usize,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let before = &self.text[..at.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
         ConfigError::Invalid {
-            file: self.source.to_string(),
+            file: self.label.clone(),
             line,
             column,
             key: key.into(),
@@ -272,7 +328,7 @@ impl Doc<'_> {
         }
     }
 
-    fn at<T>(
+    pub(crate) fn at<T>(
         &self,
         value: &Spanned<T>,
         key: impl Into<String>,
@@ -283,7 +339,7 @@ impl Doc<'_> {
 
     /// toml's own errors (syntax, unknown field, wrong type) carry a span but
     /// not always the key; recover the key from the text around the span.
-    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+    pub(crate) fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
         let span = e.span().unwrap_or(0..0);
         let message = e.message().trim().to_string();
         self.error(span.start, key_near(self.text, span), message)
@@ -315,6 +371,9 @@ fn key_near(text: &str, span: std::ops::Range<usize>) -> String {
 
 struct Validator<'a> {
     doc: &'a Doc<'a>,
+    source: &'a ConfigSource,
+    /// Register maps by path, loaded once however many sites name them.
+    maps: RefCell<BTreeMap<String, Arc<RegisterMap>>>,
 }
 
 struct SiteDefaults {
@@ -326,6 +385,10 @@ struct SiteDefaults {
 impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let defaults = self.defaults(&raw.defaults)?;
+        let raw_modbus = raw.modbus.unwrap_or_default();
+        let modbus = self.modbus(&raw_modbus)?;
+        let default_map =
+            self.register_map(raw_modbus.register_map.as_ref(), "modbus.register_map")?;
         // File order, not the map's sorted order: the first server named is
         // the first of a reconcile pair.
         let mut raw_servers: Vec<_> = raw.servers.iter().collect();
@@ -349,7 +412,7 @@ impl Validator<'_> {
         let mut seen = BTreeSet::new();
         let mut sites = Vec::new();
         for (i, s) in raw.sites.iter().enumerate() {
-            let site = self.site(i, s, &defaults, &servers)?;
+            let site = self.site(i, s, &defaults, &servers, &default_map)?;
             if !seen.insert(site.name.clone()) {
                 return Err(self.doc.at(
                     &s.name,
@@ -365,12 +428,111 @@ impl Validator<'_> {
             .map(|r| self.redis_url(&r.url))
             .transpose()?;
         Ok(Config {
-            source: self.doc.source.clone(),
+            source: self.source.clone(),
             log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
+            spool_dir: PathBuf::from(raw.spool_dir.unwrap_or_else(|| "spool".into())),
+            modbus,
             redis_url,
             servers,
             sites,
         })
+    }
+
+    fn modbus(&self, m: &RawModbus) -> Result<ModbusSettings, ConfigError> {
+        let timeout_ms = match &m.timeout_ms {
+            Some(v) if !(10..=60_000).contains(v.get_ref()) => {
+                return Err(self.doc.at(
+                    v,
+                    "modbus.timeout_ms",
+                    format!(
+                        "a timeout of 10 to 60000 ms is expected, got {}",
+                        v.get_ref()
+                    ),
+                ));
+            }
+            Some(v) => *v.get_ref(),
+            None => 500,
+        };
+        let connections = match &m.connections {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(self.doc.at(
+                    v,
+                    "modbus.connections",
+                    "at least 1 connection per endpoint",
+                ));
+            }
+            Some(v) => usize::from(*v.get_ref()),
+            None => 8,
+        };
+        Ok(ModbusSettings {
+            timeout: Duration::from_millis(timeout_ms),
+            connections,
+        })
+    }
+
+    /// The map a path names (relative to the config file), or the built-in one.
+    fn register_map(
+        &self,
+        path: Option<&Spanned<String>>,
+        key: &str,
+    ) -> Result<Arc<RegisterMap>, ConfigError> {
+        let name = path.map_or(String::new(), |p| p.get_ref().clone());
+        if let Some(m) = self.maps.borrow().get(&name) {
+            return Ok(m.clone());
+        }
+        let map = match path {
+            None => RegisterMap::builtin(),
+            Some(p) => {
+                let base = match self.source {
+                    ConfigSource::File(f) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    ConfigSource::Embedded => PathBuf::new(),
+                };
+                let file = base.join(p.get_ref());
+                if !file.is_file() {
+                    return Err(self.doc.at(
+                        p,
+                        key,
+                        format!("no register map file at {}", file.display()),
+                    ));
+                }
+                RegisterMap::load(&file)?
+            }
+        };
+        let map = Arc::new(map);
+        self.maps.borrow_mut().insert(name, map.clone());
+        Ok(map)
+    }
+
+    fn endpoints(
+        &self,
+        i: usize,
+        modbus: Option<&Spanned<BTreeMap<String, Spanned<String>>>>,
+    ) -> Result<Vec<Endpoint>, ConfigError> {
+        let Some(modbus) = modbus else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (name, addr) in modbus.get_ref() {
+            let key = format!("sites[{i}].modbus.{name}");
+            let ok = addr.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok {
+                return Err(self.doc.at(
+                    addr,
+                    key,
+                    format!(
+                        "`{}` is not HOST:PORT (for example 127.0.0.1:502)",
+                        addr.get_ref()
+                    ),
+                ));
+            }
+            out.push(Endpoint {
+                name: name.clone(),
+                addr: addr.get_ref().clone(),
+            });
+        }
+        Ok(out)
     }
 
     fn defaults(&self, d: &RawDefaults) -> Result<SiteDefaults, ConfigError> {
@@ -576,6 +738,7 @@ impl Validator<'_> {
         s: &RawSite,
         d: &SiteDefaults,
         servers: &[Server],
+        default_map: &Arc<RegisterMap>,
     ) -> Result<Site, ConfigError> {
         let key = |k: &str| format!("sites[{i}].{k}");
         let name = s.name.get_ref();
@@ -631,7 +794,11 @@ impl Validator<'_> {
             s.loss_critical_pct.as_ref(),
             &format!("sites[{i}]"),
         )?;
-        Ok(Site {
+        let register_map = match &s.register_map {
+            Some(p) => self.register_map(Some(p), &key("register_map"))?,
+            None => default_map.clone(),
+        };
+        let site = Site {
             name: name.clone(),
             database,
             servers: site_servers,
@@ -640,7 +807,24 @@ impl Validator<'_> {
             loss,
             banks: self.banks(i, &s.banks)?,
             pcs: self.pcs(i, s.pcs.as_ref())?,
-        })
+            endpoints: self.endpoints(i, s.modbus.as_ref())?,
+            register_map,
+        };
+        if let Some(modbus) = &s.modbus {
+            crate::modbus::map::check_devices(
+                &site.register_map,
+                |spec| spec.devices(&site),
+                |e| site.endpoint(e).map(|e| e.addr.clone()),
+            )
+            .map_err(|m| {
+                self.doc.at(
+                    modbus,
+                    key("modbus"),
+                    format!("{m} (register map {})", site.register_map.label),
+                )
+            })?;
+        }
+        Ok(site)
     }
 
     fn banks(&self, i: usize, banks: &Spanned<Vec<RawBank>>) -> Result<Vec<Bank>, ConfigError> {

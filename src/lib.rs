@@ -12,6 +12,7 @@ pub mod error;
 pub mod logging;
 pub mod loss;
 pub mod migrate;
+pub mod modbus;
 pub mod output;
 pub mod reconcile;
 pub mod schema;

@@ -1,0 +1,268 @@
+//! Register data types: how a value is laid out in 16-bit Modbus words, and
+//! the decoding (ingest) and encoding (simulator) of each.
+
+use serde::{Deserialize, Serialize};
+
+/// The order of the 16-bit words of a 32/64-bit value. Bytes inside a word
+/// are always big-endian, as Modbus defines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WordOrder {
+    /// Most significant word first (`ABCD`), the Modbus convention.
+    Big,
+    /// Least significant word first (`CDAB`, "word swap"), common in BMSs.
+    Little,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataType {
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    /// `width` bits of one register starting at bit `bit` (0 = least significant).
+    Bits {
+        bit: u8,
+        width: u8,
+    },
+}
+
+/// A decoded measurement: integers stay exact, anything scaled is a float.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Int(i64),
+    Float(f64),
+}
+
+impl Value {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::Int(i) => i as f64,
+            Value::Float(f) => f,
+        }
+    }
+}
+
+impl DataType {
+    pub const NAMES: &str = "u16, i16, u32, i32, u64, i64, f32, f64, bits";
+
+    /// The type named in a register map; `bits` needs its bit range separately.
+    pub fn parse(name: &str, bit: u8, width: u8) -> Option<DataType> {
+        Some(match name {
+            "u16" => DataType::U16,
+            "i16" => DataType::I16,
+            "u32" => DataType::U32,
+            "i32" => DataType::I32,
+            "u64" => DataType::U64,
+            "i64" => DataType::I64,
+            "f32" => DataType::F32,
+            "f64" => DataType::F64,
+            "bits" => DataType::Bits { bit, width },
+            _ => return None,
+        })
+    }
+
+    /// Registers the value occupies.
+    pub fn words(self) -> u16 {
+        match self {
+            DataType::U16 | DataType::I16 | DataType::Bits { .. } => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DataType::F32 | DataType::F64)
+    }
+
+    /// The range of raw integer values, for checking that a column can hold them.
+    pub fn int_range(self) -> Option<(i128, i128)> {
+        Some(match self {
+            DataType::U16 => (0, u16::MAX.into()),
+            DataType::I16 => (i16::MIN.into(), i16::MAX.into()),
+            DataType::U32 => (0, u32::MAX.into()),
+            DataType::I32 => (i32::MIN.into(), i32::MAX.into()),
+            DataType::U64 => (0, u64::MAX.into()),
+            DataType::I64 => (i64::MIN.into(), i64::MAX.into()),
+            DataType::Bits { width, .. } => (0, (1i128 << width) - 1),
+            DataType::F32 | DataType::F64 => return None,
+        })
+    }
+
+    /// Decodes the raw value from exactly [`words`](Self::words) registers.
+    /// Non-finite floats (a device's garbage) decode to `None`.
+    pub fn decode(self, words: &[u16], order: WordOrder) -> Option<Value> {
+        debug_assert_eq!(words.len(), usize::from(self.words()));
+        let wide = || -> u64 {
+            let mut acc = 0u64;
+            let mut fold = |w: &u16| acc = (acc << 16) | u64::from(*w);
+            match order {
+                WordOrder::Big => words.iter().for_each(&mut fold),
+                WordOrder::Little => words.iter().rev().for_each(&mut fold),
+            }
+            acc
+        };
+        let v = match self {
+            DataType::U16 => Value::Int(words[0].into()),
+            DataType::I16 => Value::Int((words[0] as i16).into()),
+            DataType::Bits { bit, width } => {
+                Value::Int(((u64::from(words[0]) >> bit) & ((1 << width) - 1)) as i64)
+            }
+            DataType::U32 => Value::Int(wide() as i64),
+            DataType::I32 => Value::Int((wide() as u32 as i32).into()),
+            DataType::U64 => match i64::try_from(wide()) {
+                Ok(i) => Value::Int(i),
+                Err(_) => Value::Float(wide() as f64),
+            },
+            DataType::I64 => Value::Int(wide() as i64),
+            DataType::F32 => Value::Float(f32::from_bits(wide() as u32).into()),
+            DataType::F64 => Value::Float(f64::from_bits(wide())),
+        };
+        match v {
+            Value::Float(f) if !f.is_finite() => None,
+            v => Some(v),
+        }
+    }
+
+    /// Encodes a raw value into `out` (which has [`words`](Self::words) registers).
+    /// Integers saturate at the type's range; `Bits` merges into what is there.
+    pub fn encode(self, raw: f64, order: WordOrder, out: &mut [u16]) {
+        let put = |bits: u64, out: &mut [u16]| {
+            let n = out.len();
+            for (i, w) in out.iter_mut().enumerate() {
+                let shift = 16 * (n - 1 - i);
+                *w = (bits >> shift) as u16;
+            }
+            if order == WordOrder::Little {
+                out.reverse();
+            }
+        };
+        let int = |raw: f64| {
+            let (lo, hi) = self.int_range().unwrap_or((0, 0));
+            (raw.round() as i128).clamp(lo, hi)
+        };
+        match self {
+            DataType::U16 | DataType::I16 => out[0] = int(raw) as u16,
+            DataType::Bits { bit, width } => {
+                let mask = (((1u32 << width) - 1) << bit) as u16;
+                out[0] = (out[0] & !mask) | (((int(raw) as u32) << bit) as u16 & mask);
+            }
+            DataType::U32 | DataType::I32 => put(int(raw) as u32 as u64, out),
+            DataType::U64 | DataType::I64 => put(int(raw) as u64, out),
+            DataType::F32 => put(u64::from((raw as f32).to_bits()), out),
+            DataType::F64 => put(raw.to_bits(), out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use WordOrder::{Big, Little};
+
+    fn roundtrip(t: DataType, order: WordOrder, raw: f64) -> Option<Value> {
+        let mut words = vec![0u16; t.words().into()];
+        t.encode(raw, order, &mut words);
+        t.decode(&words, order)
+    }
+
+    #[test]
+    fn modbus_value_every_type_round_trips_in_both_word_orders() {
+        for order in [Big, Little] {
+            assert_eq!(
+                roundtrip(DataType::U16, order, 65535.0),
+                Some(Value::Int(65535))
+            );
+            assert_eq!(roundtrip(DataType::I16, order, -2.0), Some(Value::Int(-2)));
+            assert_eq!(
+                roundtrip(DataType::U32, order, 4e9),
+                Some(Value::Int(4_000_000_000))
+            );
+            assert_eq!(
+                roundtrip(DataType::I32, order, -70000.0),
+                Some(Value::Int(-70000))
+            );
+            assert_eq!(
+                roundtrip(DataType::U64, order, 5e12),
+                Some(Value::Int(5_000_000_000_000))
+            );
+            assert_eq!(
+                roundtrip(DataType::I64, order, -5e12),
+                Some(Value::Int(-5_000_000_000_000))
+            );
+            assert_eq!(
+                roundtrip(DataType::F32, order, 3.25),
+                Some(Value::Float(3.25))
+            );
+            assert_eq!(
+                roundtrip(DataType::F64, order, -1.0e-3),
+                Some(Value::Float(-1.0e-3))
+            );
+        }
+    }
+
+    #[test]
+    fn modbus_value_word_order_is_the_wire_layout() {
+        // 0x12345678 big-endian words are 0x1234, 0x5678; word-swapped 0x5678, 0x1234.
+        assert_eq!(
+            DataType::U32.decode(&[0x1234, 0x5678], Big),
+            Some(Value::Int(0x1234_5678))
+        );
+        assert_eq!(
+            DataType::U32.decode(&[0x5678, 0x1234], Little),
+            Some(Value::Int(0x1234_5678))
+        );
+        // 1.0f32 = 0x3F800000.
+        assert_eq!(
+            DataType::F32.decode(&[0x3F80, 0], Big),
+            Some(Value::Float(1.0))
+        );
+        assert_eq!(
+            DataType::F32.decode(&[0, 0x3F80], Little),
+            Some(Value::Float(1.0))
+        );
+        assert_eq!(
+            DataType::I32.decode(&[0xFFFF, 0xFFFE], Big),
+            Some(Value::Int(-2))
+        );
+        assert_eq!(
+            DataType::I16.decode(&[0x8000], Big),
+            Some(Value::Int(-32768))
+        );
+        assert_eq!(
+            DataType::U64.decode(&[0, 0, 0, 1], Little),
+            Some(Value::Int(1 << 48))
+        );
+        let mut w = [0u16; 4];
+        DataType::F64.encode(1.0, Big, &mut w);
+        assert_eq!(w, [0x3FF0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn modbus_value_bits_share_a_register() {
+        let low = DataType::Bits { bit: 0, width: 4 };
+        let flag = DataType::Bits { bit: 4, width: 1 };
+        let mut w = [0u16];
+        low.encode(9.0, Big, &mut w);
+        flag.encode(1.0, Big, &mut w);
+        assert_eq!(w, [0b1_1001]);
+        assert_eq!(low.decode(&w, Big), Some(Value::Int(9)));
+        assert_eq!(flag.decode(&w, Big), Some(Value::Int(1)));
+        low.encode(99.0, Big, &mut w); // saturates at 15, leaves the flag alone
+        assert_eq!(w, [0b1_1111]);
+    }
+
+    #[test]
+    fn modbus_value_garbage_floats_are_dropped_not_stored() {
+        assert_eq!(DataType::F32.decode(&[0x7FC0, 0], Big), None); // NaN
+        assert_eq!(DataType::F32.decode(&[0x7F80, 0], Big), None); // +inf
+        assert_eq!(
+            DataType::U64.decode(&[0xFFFF; 4], Big),
+            Some(Value::Float(u64::MAX as f64))
+        );
+    }
+}
