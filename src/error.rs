@@ -9,6 +9,7 @@ use crate::db::DbError;
 use crate::loss::LossError;
 use crate::migrate::MigrateError;
 use crate::reconcile::ReconcileError;
+use crate::simulate::SimulateError;
 
 /// Documented exit codes (README, "Exit codes"). Scripts depend on these numbers.
 pub mod exit {
@@ -70,6 +71,8 @@ pub enum Error {
     Loss(#[from] LossError),
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
+    #[error(transparent)]
+    Simulate(#[from] SimulateError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
     #[error("cannot set up logging in {dir}: {source}")]
@@ -91,6 +94,7 @@ impl Error {
             Error::Migrate(e) => e.exit_code(),
             Error::Loss(e) => e.exit_code(),
             Error::Reconcile(e) => e.exit_code(),
+            Error::Simulate(e) => e.exit_code(),
             Error::Output(_) => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
         }

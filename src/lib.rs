@@ -16,6 +16,7 @@ pub mod modbus;
 pub mod output;
 pub mod reconcile;
 pub mod schema;
+pub mod simulate;
 pub mod tasks;
 pub mod window;
 
@@ -62,6 +63,27 @@ pub enum Command {
     Migrate(migrate::MigrateArgs),
     Loss(loss::LossArgs),
     Reconcile(reconcile::ReconcileArgs),
+    Simulate(simulate::SimulateArgs),
+}
+
+impl Command {
+    /// Long-running commands stop cleanly on Ctrl-C/SIGTERM themselves;
+    /// the others are cut short (and say so with exit code 130).
+    fn handles_signals(&self) -> bool {
+        matches!(self, Command::Simulate(_))
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (systemd, kill).
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 /// Runs one command line to the end and says how it went.
@@ -94,10 +116,13 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             )))
         })?;
     runtime.block_on(async {
+        if cli.command.handles_signals() {
+            return dispatch(cli.command, &ctx).await;
+        }
         tokio::select! {
             result = dispatch(cli.command, &ctx) => result,
             // Ctrl-C is not success: open transactions roll back as connections drop.
-            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+            _ = shutdown_signal() => Err(Error::Interrupted),
         }
     })
 }
@@ -120,6 +145,10 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
                 reconcile::Mode::Apply
             };
             let report = reconcile::execute(plan, ctx, mode).await;
+            emit(&report, ctx)
+        }
+        Command::Simulate(args) => {
+            let report = simulate::execute(&args, ctx, shutdown_signal()).await?;
             emit(&report, ctx)
         }
         Command::Loss(args) => {

@@ -186,19 +186,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: i64 = digits
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration; use e.g. 90s, 5m, 2h or 1d"))?;
-    let secs = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+        .map_err(|_| format!("`{s}` is not a duration; use e.g. 500ms, 90s, 5m, 2h or 1d"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(format!(
-                "`{s}` has an unknown unit `{unit}`; use s, m, h or d"
+                "`{s}` has an unknown unit `{unit}`; use ms, s, m, h or d"
             ));
         }
     };
-    Ok(Duration::seconds(n * secs))
+    n.checked_mul(millis)
+        .map(Duration::milliseconds)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// [`parse_duration`] as a `std` duration, for timers (clap value parser).
+pub fn parse_std_duration(s: &str) -> Result<std::time::Duration, String> {
+    parse_duration(s)?
+        .to_std()
+        .map_err(|_| format!("`{s}` is negative"))
 }
 
 #[cfg(test)]
@@ -286,6 +296,10 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::hours(2)));
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("m").is_err());
+        assert_eq!(
+            parse_std_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
     }
 
     #[test]

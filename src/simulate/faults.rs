@@ -1,0 +1,127 @@
+//! Fault injection: which requests the simulator leaves unanswered or
+//! refuses, decided by a hash of (seed, unit, kind, address, second) so a
+//! test can compute exactly which samples must be missing; and connections
+//! that the simulator drops after a while.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::model::{mix, noise};
+use crate::modbus::map::RegisterKind;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    pub seed: u64,
+    /// Share of requests never answered.
+    pub drop_rate: f64,
+    /// Share of requests answered with a "server device busy" exception.
+    pub exception_rate: f64,
+    /// Close each connection this long after it opened.
+    pub disconnect_every: Option<Duration>,
+    /// Delay before every answer.
+    pub latency: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    Answer,
+    Drop,
+    Exception,
+}
+
+impl Faults {
+    /// What happens to a read of `addr` on `unit` during second `t`.
+    pub fn fate(&self, unit: u8, kind: RegisterKind, addr: u16, t: i64) -> Fate {
+        if self.drop_rate <= 0.0 && self.exception_rate <= 0.0 {
+            return Fate::Answer;
+        }
+        let key = mix(u64::from(unit) << 32 | (kind as u64) << 16 | u64::from(addr));
+        let x = noise(self.seed ^ 0xFA17, key, t);
+        if x < self.drop_rate {
+            Fate::Drop
+        } else if x < self.drop_rate + self.exception_rate {
+            Fate::Exception
+        } else {
+            Fate::Answer
+        }
+    }
+}
+
+/// A connection that reads end-of-stream once its time is up, which makes
+/// the Modbus server close it.
+pub struct Expiring<S> {
+    inner: S,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Expiring<S> {
+    pub fn new(inner: S, after: Option<Duration>) -> Expiring<S> {
+        Expiring {
+            inner,
+            deadline: after.map(|d| Box::pin(tokio::time::sleep(d))),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Expiring<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(d) = self.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Expiring<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulate_faults_hit_the_asked_share() {
+        let f = Faults {
+            seed: 3,
+            drop_rate: 0.05,
+            exception_rate: 0.02,
+            ..Faults::default()
+        };
+        let fates: Vec<Fate> = (0..20_000)
+            .map(|t| f.fate(1, RegisterKind::Input, 1000, t))
+            .collect();
+        let share = |x: Fate| fates.iter().filter(|&&y| y == x).count() as f64 / fates.len() as f64;
+        assert!(
+            (share(Fate::Drop) - 0.05).abs() < 0.01,
+            "{}",
+            share(Fate::Drop)
+        );
+        assert!((share(Fate::Exception) - 0.02).abs() < 0.01);
+        assert_eq!(
+            Faults::default().fate(1, RegisterKind::Input, 0, 5),
+            Fate::Answer
+        );
+    }
+}

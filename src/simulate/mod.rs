@@ -1,0 +1,371 @@
+//! `essops simulate`: a Modbus TCP server that behaves like a site's BMS and
+//! PCS under the site's register map, for tests, demos and commissioning.
+//!
+//! Values come from [`model::Model`] (deterministic for a seed); faults from
+//! [`faults::Faults`]. Each configured endpoint address gets one listener
+//! (endpoints that share an address share its register space).
+
+pub mod faults;
+pub mod model;
+pub mod space;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
+
+use self::faults::{Expiring, Fate, Faults};
+use self::model::Model;
+use self::space::Space;
+use crate::config::Site;
+use crate::context::Context;
+use crate::error::{Outcome, exit};
+use crate::modbus::map::{MAX_READ, RegisterKind};
+use crate::output::{Report, Verbosity};
+use crate::window::parse_std_duration;
+
+/// Serve a site's BMS and PCS registers over Modbus TCP with plausible, seeded values.
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// The site to behave like (its devices, register map and endpoints).
+    #[arg(long)]
+    pub site: String,
+    /// Serve every endpoint of the site on this one address instead of the configured ones.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Values and faults are a function of the seed and the second.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Share of requests left unanswered (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub drop_rate: f64,
+    /// Share of requests answered with a "device busy" exception (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub exception_rate: f64,
+    /// Close every connection this long after it opens (e.g. 30s).
+    #[arg(long, value_parser = parse_std_duration, value_name = "DURATION")]
+    pub disconnect_every: Option<Duration>,
+    /// Delay every answer by this much (e.g. 20ms).
+    #[arg(long, value_parser = parse_std_duration, default_value = "0ms", value_name = "DURATION")]
+    pub latency: Duration,
+    /// Stop after this long (default: until Ctrl-C or SIGTERM).
+    #[arg(long, value_parser = parse_std_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("`{s}` is not a share between 0 and 1")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(
+        "site `{0}` has no Modbus endpoints; add `modbus = {{ bms = \"HOST:PORT\", pcs = \"HOST:PORT\" }}` to its [[sites]] entry"
+    )]
+    NoEndpoints(String),
+    #[error("cannot listen on {addr} for {endpoints}: {source}")]
+    Bind {
+        addr: String,
+        endpoints: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the endpoints share {addr} but their register blocks collide: {message}")]
+    Overlap { addr: String, message: String },
+}
+
+impl SimulateError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SimulateError::Bind { .. } => exit::UNAVAILABLE,
+            _ => exit::CONFIG,
+        }
+    }
+}
+
+/// One listener: an address and the endpoints it serves.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub addr: String,
+    pub endpoints: Vec<String>,
+}
+
+/// The listeners for a site: its configured endpoints grouped by address,
+/// or all on `listen`.
+pub fn listeners(site: &Site, listen: Option<&str>) -> Result<Vec<Listener>, SimulateError> {
+    if site.endpoints.is_empty() {
+        return Err(SimulateError::NoEndpoints(site.name.clone()));
+    }
+    let mut by_addr: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in &site.endpoints {
+        let addr = listen.unwrap_or(&e.addr).to_string();
+        by_addr.entry(addr).or_default().push(e.name.clone());
+    }
+    if let Some(addr) = listen {
+        crate::modbus::map::check_devices(
+            &site.register_map,
+            |s| s.devices(site),
+            |_| Some(addr.to_string()),
+        )
+        .map_err(|message| SimulateError::Overlap {
+            addr: addr.to_string(),
+            message,
+        })?;
+    }
+    Ok(by_addr
+        .into_iter()
+        .map(|(addr, endpoints)| Listener { addr, endpoints })
+        .collect())
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connections: AtomicU64,
+    requests: AtomicU64,
+    answered: AtomicU64,
+    dropped: AtomicU64,
+    exceptions: AtomicU64,
+}
+
+#[derive(Clone)]
+struct SimService {
+    space: Arc<Space>,
+    model: Arc<Model>,
+    faults: Faults,
+    interval: i64,
+    counters: Arc<Counters>,
+}
+
+type Answer = Result<Option<Response>, ExceptionCode>;
+
+impl SimService {
+    fn answer(&self, req: &SlaveRequest<'_>) -> Answer {
+        let (kind, addr, count) = match req.request {
+            Request::ReadHoldingRegisters(a, n) => (RegisterKind::Holding, a, n),
+            Request::ReadInputRegisters(a, n) => (RegisterKind::Input, a, n),
+            _ => return Err(ExceptionCode::IllegalFunction),
+        };
+        if count == 0 || count > MAX_READ {
+            return Err(ExceptionCode::IllegalDataValue);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let t = now - now.rem_euclid(self.interval);
+        match self.faults.fate(req.slave, kind, addr, t) {
+            Fate::Drop => return Ok(None),
+            Fate::Exception => return Err(ExceptionCode::ServerDeviceBusy),
+            Fate::Answer => {}
+        }
+        let block = self
+            .space
+            .find(req.slave, kind, addr, count)
+            .ok_or(ExceptionCode::IllegalDataAddress)?;
+        let words = block.words(&self.model, kind, t);
+        let from = usize::from(addr - block.start);
+        let words = words[from..from + usize::from(count)].to_vec();
+        Ok(Some(match kind {
+            RegisterKind::Holding => Response::ReadHoldingRegisters(words),
+            RegisterKind::Input => Response::ReadInputRegisters(words),
+        }))
+    }
+}
+
+impl tokio_modbus::server::Service for SimService {
+    type Request = SlaveRequest<'static>;
+    type Response = Option<Response>;
+    type Exception = ExceptionCode;
+    type Future = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+    fn call(&self, req: Self::Request) -> Self::Future {
+        self.counters.requests.fetch_add(1, Relaxed);
+        let answer = self.answer(&req);
+        let counter = match &answer {
+            Ok(Some(_)) => &self.counters.answered,
+            Ok(None) => &self.counters.dropped,
+            Err(_) => &self.counters.exceptions,
+        };
+        counter.fetch_add(1, Relaxed);
+        let latency = self.faults.latency;
+        Box::pin(async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            answer
+        })
+    }
+}
+
+/// Binds every listener of the plan; fails before serving anything if one cannot bind.
+async fn bind(
+    site: &Site,
+    listeners: &[Listener],
+) -> Result<Vec<(Listener, tokio::net::TcpListener, Arc<Space>)>, SimulateError> {
+    let mut out = Vec::new();
+    for l in listeners {
+        let socket = tokio::net::TcpListener::bind(&l.addr)
+            .await
+            .map_err(|source| SimulateError::Bind {
+                addr: l.addr.clone(),
+                endpoints: l.endpoints.join(", "),
+                source,
+            })?;
+        let names: Vec<&str> = l.endpoints.iter().map(String::as_str).collect();
+        out.push((l.clone(), socket, Arc::new(Space::new(site, &names))));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointRow {
+    pub site: String,
+    pub endpoints: String,
+    pub addr: String,
+    pub devices: usize,
+    pub connections: u64,
+    pub requests: u64,
+    pub answered: u64,
+    pub dropped: u64,
+    pub exceptions: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SimulateReport {
+    pub rows: Vec<EndpointRow>,
+}
+
+impl Report for SimulateReport {
+    type Row = EndpointRow;
+    const HEADER: &'static [&'static str] = &[
+        "SITE",
+        "ENDPOINT",
+        "ADDRESS",
+        "DEVICES",
+        "CONNECTIONS",
+        "REQUESTS",
+        "ANSWERED",
+        "DROPPED",
+        "EXCEPTIONS",
+    ];
+    fn rows(&self) -> &[EndpointRow] {
+        &self.rows
+    }
+    fn cells(r: &EndpointRow) -> Vec<String> {
+        vec![
+            r.site.clone(),
+            r.endpoints.clone(),
+            r.addr.clone(),
+            r.devices.to_string(),
+            r.connections.to_string(),
+            r.requests.to_string(),
+            r.answered.to_string(),
+            r.dropped.to_string(),
+            r.exceptions.to_string(),
+        ]
+    }
+    fn summary(&self) -> String {
+        let n: u64 = self.rows.iter().map(|r| r.requests).sum();
+        format!("simulator stopped after {n} requests")
+    }
+    fn outcome(&self) -> Outcome {
+        Outcome::Clean
+    }
+}
+
+/// Serves until `shutdown` resolves or `args.duration` passes.
+pub async fn execute(
+    args: &SimulateArgs,
+    ctx: &Context,
+    shutdown: impl Future<Output = ()>,
+) -> Result<SimulateReport, SimulateError> {
+    let site = ctx.config.site(&args.site)?.clone();
+    let plan = listeners(&site, args.listen.as_deref())?;
+    let bound = bind(&site, &plan).await?;
+    let model = Arc::new(Model::new(&site, args.seed));
+    let faults = Faults {
+        seed: args.seed,
+        drop_rate: args.drop_rate,
+        exception_rate: args.exception_rate,
+        disconnect_every: args.disconnect_every,
+        latency: args.latency,
+    };
+    let mut servers = tokio::task::JoinSet::new();
+    let mut stats = Vec::new();
+    for (l, socket, space) in bound {
+        let counters = Arc::new(Counters::default());
+        let service = SimService {
+            space: space.clone(),
+            model: model.clone(),
+            faults,
+            interval: i64::from(site.sample_interval_secs),
+            counters: counters.clone(),
+        };
+        if ctx.verbosity == Verbosity::Normal {
+            eprintln!(
+                "essops simulate: {} {} on {} ({} device blocks, seed {})",
+                site.name,
+                l.endpoints.join("+"),
+                socket
+                    .local_addr()
+                    .map_or(l.addr.clone(), |a| a.to_string()),
+                space.device_count(),
+                args.seed
+            );
+        }
+        tracing::info!(site = %site.name, endpoint = %l.endpoints.join("+"), addr = %l.addr, "simulator listening");
+        stats.push((l, space.device_count(), counters));
+        servers.spawn(serve(socket, service));
+    }
+    let stop = async {
+        match args.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = stop => {}
+    }
+    servers.abort_all();
+    Ok(SimulateReport {
+        rows: stats
+            .into_iter()
+            .map(|(l, devices, c)| EndpointRow {
+                site: site.name.clone(),
+                endpoints: l.endpoints.join("+"),
+                addr: l.addr,
+                devices,
+                connections: c.connections.load(Relaxed),
+                requests: c.requests.load(Relaxed),
+                answered: c.answered.load(Relaxed),
+                dropped: c.dropped.load(Relaxed),
+                exceptions: c.exceptions.load(Relaxed),
+            })
+            .collect(),
+    })
+}
+
+async fn serve(socket: tokio::net::TcpListener, service: SimService) {
+    let server = tokio_modbus::server::tcp::Server::new(socket);
+    let disconnect_every = service.faults.disconnect_every;
+    let on_connected = move |stream: tokio::net::TcpStream, _addr| {
+        let service = service.clone();
+        service.counters.connections.fetch_add(1, Relaxed);
+        let _ = stream.set_nodelay(true);
+        async move { Ok(Some((service, Expiring::new(stream, disconnect_every)))) }
+    };
+    let on_error = |e: std::io::Error| tracing::debug!(error = %e, "simulator connection ended");
+    if let Err(e) = server.serve(&on_connected, on_error).await {
+        tracing::error!(error = %e, "simulator stopped accepting connections");
+    }
+}
