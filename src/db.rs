@@ -64,10 +64,7 @@ impl DbError {
         context: impl Into<String>,
         e: &tokio_postgres::Error,
     ) -> DbError {
-        let reason = match e.as_db_error() {
-            Some(db) => db.message().to_string(),
-            None => e.to_string(),
-        };
+        let reason = describe(e);
         DbError::Query {
             server: server.to_string(),
             database: database.to_string(),
@@ -75,6 +72,14 @@ impl DbError {
             reason,
             sqlstate: e.code().map(|c| c.code().to_string()),
         }
+    }
+}
+
+/// A driver error as the server worded it (or the driver, when the server said nothing).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
     }
 }
 
@@ -112,8 +117,44 @@ pub fn quote_list<S: AsRef<str>>(names: &[S]) -> String {
 /// PostgreSQL counts timestamps from 2000-01-01; Unix from 1970-01-01.
 pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
-/// Builds a binary COPY stream of rows of `int4` and `timestamptz` fields:
-/// how essops sends key sets to a server without putting values in SQL text.
+/// Column types essops writes with binary COPY.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyType {
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Timestamptz,
+}
+
+impl CopyType {
+    /// From the catalog's `format_type` name; `None` for types essops does not write.
+    pub fn from_catalog(name: &str) -> Option<CopyType> {
+        Some(match name {
+            "smallint" => CopyType::Int2,
+            "integer" => CopyType::Int4,
+            "bigint" => CopyType::Int8,
+            "real" => CopyType::Float4,
+            "double precision" => CopyType::Float8,
+            "timestamp with time zone" => CopyType::Timestamptz,
+            _ => return None,
+        })
+    }
+
+    /// The integer range the column holds; `None` for floats and times.
+    pub fn int_range(self) -> Option<(i128, i128)> {
+        Some(match self {
+            CopyType::Int2 => (i16::MIN.into(), i16::MAX.into()),
+            CopyType::Int4 => (i32::MIN.into(), i32::MAX.into()),
+            CopyType::Int8 => (i64::MIN.into(), i64::MAX.into()),
+            _ => return None,
+        })
+    }
+}
+
+/// Builds a binary COPY stream: how essops sends rows and key sets to a
+/// server without putting values in SQL text.
 pub struct BinaryCopyWriter {
     buf: Vec<u8>,
 }
@@ -126,16 +167,52 @@ impl BinaryCopyWriter {
         BinaryCopyWriter { buf }
     }
 
-    /// One row: the int4 fields, then one timestamptz in Unix microseconds.
-    pub fn row(&mut self, ints: &[i32], unix_micros: i64) {
-        self.buf.extend((ints.len() as i16 + 1).to_be_bytes());
-        for v in ints {
-            self.buf.extend(4i32.to_be_bytes());
-            self.buf.extend(v.to_be_bytes());
+    /// Starts a row of `fields` fields; write exactly that many next.
+    pub fn begin_row(&mut self, fields: usize) {
+        self.buf.extend((fields as i16).to_be_bytes());
+    }
+
+    pub fn null(&mut self) {
+        self.buf.extend((-1i32).to_be_bytes());
+    }
+
+    /// An integer into a column of type `ty` (integers clamp to the column's
+    /// range; callers check ranges up front).
+    pub fn int(&mut self, ty: CopyType, v: i64) {
+        match ty {
+            CopyType::Int2 => self.field(&(v.clamp(i16::MIN.into(), i16::MAX.into()) as i16).to_be_bytes()),
+            CopyType::Int4 => self.field(&(v.clamp(i32::MIN.into(), i32::MAX.into()) as i32).to_be_bytes()),
+            CopyType::Int8 => self.field(&v.to_be_bytes()),
+            CopyType::Timestamptz => self.timestamptz(v),
+            CopyType::Float4 | CopyType::Float8 => self.float(ty, v as f64),
         }
-        self.buf.extend(8i32.to_be_bytes());
-        self.buf
-            .extend((unix_micros - PG_EPOCH_UNIX_MICROS).to_be_bytes());
+    }
+
+    pub fn float(&mut self, ty: CopyType, v: f64) {
+        match ty {
+            CopyType::Float4 => self.field(&(v as f32).to_be_bytes()),
+            CopyType::Float8 => self.field(&v.to_be_bytes()),
+            _ => self.int(ty, v.round() as i64),
+        }
+    }
+
+    /// A timestamptz given in Unix microseconds.
+    pub fn timestamptz(&mut self, unix_micros: i64) {
+        self.field(&(unix_micros - PG_EPOCH_UNIX_MICROS).to_be_bytes());
+    }
+
+    fn field(&mut self, bytes: &[u8]) {
+        self.buf.extend((bytes.len() as i32).to_be_bytes());
+        self.buf.extend(bytes);
+    }
+
+    /// One row of `int4` fields, then one timestamptz in Unix microseconds.
+    pub fn row(&mut self, ints: &[i32], unix_micros: i64) {
+        self.begin_row(ints.len() + 1);
+        for v in ints {
+            self.int(CopyType::Int4, (*v).into());
+        }
+        self.timestamptz(unix_micros);
     }
 
     pub fn finish(mut self) -> bytes::Bytes {

@@ -6,6 +6,7 @@
 
 use crate::config::ConfigError;
 use crate::db::DbError;
+use crate::ingest::IngestError;
 use crate::loss::LossError;
 use crate::migrate::MigrateError;
 use crate::reconcile::ReconcileError;
@@ -73,6 +74,8 @@ pub enum Error {
     Reconcile(#[from] ReconcileError),
     #[error(transparent)]
     Simulate(#[from] SimulateError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
     #[error("cannot set up logging in {dir}: {source}")]
@@ -95,6 +98,7 @@ impl Error {
             Error::Loss(e) => e.exit_code(),
             Error::Reconcile(e) => e.exit_code(),
             Error::Simulate(e) => e.exit_code(),
+            Error::Ingest(e) => e.exit_code(),
             Error::Output(_) => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
         }

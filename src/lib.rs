@@ -9,6 +9,7 @@ pub mod config;
 pub mod context;
 pub mod db;
 pub mod error;
+pub mod ingest;
 pub mod logging;
 pub mod loss;
 pub mod migrate;
@@ -64,13 +65,14 @@ pub enum Command {
     Loss(loss::LossArgs),
     Reconcile(reconcile::ReconcileArgs),
     Simulate(simulate::SimulateArgs),
+    Ingest(ingest::IngestArgs),
 }
 
 impl Command {
     /// Long-running commands stop cleanly on Ctrl-C/SIGTERM themselves;
     /// the others are cut short (and say so with exit code 130).
     fn handles_signals(&self) -> bool {
-        matches!(self, Command::Simulate(_))
+        matches!(self, Command::Simulate(_) | Command::Ingest(_))
     }
 }
 
@@ -145,6 +147,11 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
                 reconcile::Mode::Apply
             };
             let report = reconcile::execute(plan, ctx, mode).await;
+            emit(&report, ctx)
+        }
+        Command::Ingest(args) => {
+            let plan = ingest::plan(&args, ctx)?;
+            let report = ingest::execute(plan, ctx, shutdown_signal(), args.duration).await?;
             emit(&report, ctx)
         }
         Command::Simulate(args) => {

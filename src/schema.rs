@@ -96,6 +96,37 @@ pub fn device_filter(spec: &TableSpec, first: usize) -> String {
         .collect()
 }
 
+/// `INSERT INTO table (columns) SELECT … FROM stage s WHERE NOT EXISTS (same
+/// natural key) ON CONFLICT DO NOTHING RETURNING returning`: adds only rows
+/// the table lacks, whether or not it has a unique natural-key index, and
+/// never updates or deletes. `stage` is a temp table essops created.
+pub fn insert_absent_sql(spec: &TableSpec, columns: &[String], stage: &str, returning: &str) -> String {
+    use crate::db::{quote_ident, quote_list};
+    let prefixed = |alias: &str| {
+        columns
+            .iter()
+            .map(|c| format!("{alias}.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let same_key = spec
+        .key_columns()
+        .iter()
+        .map(|c| format!("t.{q} = s.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "INSERT INTO {table} ({cols})
+         SELECT {s_cols} FROM {stage} s
+          WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {same_key})
+         ON CONFLICT DO NOTHING
+         RETURNING {returning}",
+        table = quote_ident(spec.name),
+        cols = quote_list(columns),
+        s_cols = prefixed("s"),
+    )
+}
+
 /// A device id as people write it: `bank 2 / rack 5`, `pcs 1`, `site`.
 pub fn device_label(table: &TableSpec, device: &[i16]) -> String {
     if device.is_empty() {

@@ -47,6 +47,15 @@ impl Value {
     }
 }
 
+impl std::fmt::Display for DataType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DataType::Bits { bit, width } => write!(f, "bits {bit}..{}", bit + width),
+            other => f.write_str(&format!("{other:?}").to_lowercase()),
+        }
+    }
+}
+
 impl DataType {
     pub const NAMES: &str = "u16, i16, u32, i32, u64, i64, f32, f64, bits";
 

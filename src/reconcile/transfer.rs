@@ -13,7 +13,7 @@ use futures_util::{SinkExt, TryStreamExt, pin_mut};
 use tokio_postgres::Client;
 
 use crate::db::{BinaryCopyWriter, quote_ident, quote_list};
-use crate::schema::{DeviceId, TableSpec};
+use crate::schema::{DeviceId, TableSpec, insert_absent_sql};
 
 /// Key columns of the temp key table: d0, d1, … then t.
 fn key_table_columns(spec: &TableSpec) -> Vec<String> {
@@ -106,17 +106,6 @@ pub async fn copy_rows(
     }
     sink.finish().await?;
     tx.batch_execute("ANALYZE essops_stage").await?;
-    let not_exists = spec
-        .key_columns()
-        .iter()
-        .map(|c| format!("t.{q} = s.{q}", q = quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    let s_cols: String = columns
-        .iter()
-        .map(|c| format!("s.{}", quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
     let returning = match spec.device_columns.is_empty() {
         true => "1".to_string(),
         false => spec
@@ -127,16 +116,7 @@ pub async fn copy_rows(
             .join(", "),
     };
     let inserted = tx
-        .query(
-            &format!(
-                "INSERT INTO {table} ({cols})
-                 SELECT {s_cols} FROM essops_stage s
-                  WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {not_exists})
-                 ON CONFLICT DO NOTHING
-                 RETURNING {returning}",
-            ),
-            &[],
-        )
+        .query(&insert_absent_sql(spec, columns, "essops_stage", &returning), &[])
         .await?;
     tx.commit().await?;
     let n = spec.device_columns.len();
