@@ -17,7 +17,8 @@ PG_VERSION=15
 PG_BIN="/usr/lib/postgresql/$PG_VERSION/bin"
 PG_CONFIG="$PG_BIN/pg_config"
 # name:port pairs; sites.toml points at the same ports.
-PG_CLUSTERS=("local:55432" "gcp:55433")
+# "outage" serves only the ingest test that stops and restarts a server mid-run.
+PG_CLUSTERS=("local:55432" "gcp:55433" "outage:55434")
 REDIS_PORT=56379
 DB_USER=essops
 

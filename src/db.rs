@@ -180,8 +180,12 @@ impl BinaryCopyWriter {
     /// range; callers check ranges up front).
     pub fn int(&mut self, ty: CopyType, v: i64) {
         match ty {
-            CopyType::Int2 => self.field(&(v.clamp(i16::MIN.into(), i16::MAX.into()) as i16).to_be_bytes()),
-            CopyType::Int4 => self.field(&(v.clamp(i32::MIN.into(), i32::MAX.into()) as i32).to_be_bytes()),
+            CopyType::Int2 => {
+                self.field(&(v.clamp(i16::MIN.into(), i16::MAX.into()) as i16).to_be_bytes())
+            }
+            CopyType::Int4 => {
+                self.field(&(v.clamp(i32::MIN.into(), i32::MAX.into()) as i32).to_be_bytes())
+            }
             CopyType::Int8 => self.field(&v.to_be_bytes()),
             CopyType::Timestamptz => self.timestamptz(v),
             CopyType::Float4 | CopyType::Float8 => self.float(ty, v as f64),

@@ -100,7 +100,12 @@ pub fn device_filter(spec: &TableSpec, first: usize) -> String {
 /// natural key) ON CONFLICT DO NOTHING RETURNING returning`: adds only rows
 /// the table lacks, whether or not it has a unique natural-key index, and
 /// never updates or deletes. `stage` is a temp table essops created.
-pub fn insert_absent_sql(spec: &TableSpec, columns: &[String], stage: &str, returning: &str) -> String {
+pub fn insert_absent_sql(
+    spec: &TableSpec,
+    columns: &[String],
+    stage: &str,
+    returning: &str,
+) -> String {
     use crate::db::{quote_ident, quote_list};
     let prefixed = |alias: &str| {
         columns

@@ -16,7 +16,10 @@ fn cli_help_lists_only_working_commands() {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect();
-    assert_eq!(commands, ["migrate", "loss", "reconcile", "help"]);
+    assert_eq!(
+        commands,
+        ["migrate", "loss", "reconcile", "simulate", "ingest", "help"]
+    );
 }
 
 #[test]

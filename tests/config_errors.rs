@@ -38,7 +38,7 @@ fn config_unknown_top_level_key() {
     expect_config_error(
         "unknown_top",
         &format!("colour = \"red\"\n{SERVER}{SITE}"),
-        "1:1: key `colour`: unknown field `colour`, expected one of `log_dir`, `defaults`, `redis`, `servers`, `sites`",
+        "1:1: key `colour`: unknown field `colour`, expected one of `log_dir`, `spool_dir`, `modbus`, `defaults`, `redis`, `servers`, `sites`",
     );
 }
 
@@ -47,7 +47,7 @@ fn config_unknown_site_key() {
     expect_config_error(
         "unknown_site_key",
         &format!("{SERVER}{SITE}rackz = 3\n"),
-        "6:1: key `rackz`: unknown field `rackz`, expected one of `name`, `database`, `servers`, `timezone`, `sample_interval_secs`, `loss_warning_pct`, `loss_critical_pct`, `banks`, `pcs`",
+        "6:1: key `rackz`: unknown field `rackz`, expected one of `name`, `database`, `servers`, `timezone`, `sample_interval_secs`, `loss_warning_pct`, `loss_critical_pct`, `banks`, `pcs`, `modbus`, `register_map`",
     );
 }
 
@@ -225,5 +225,64 @@ fn config_missing_password_variable_names_server_and_variable() {
     assert_eq!(
         run.stderr().trim(),
         "essops: error: server `local`: password variable ESSOPS_IT_UNSET_PW is not set"
+    );
+}
+
+#[test]
+fn config_modbus_endpoint_must_be_host_and_port() {
+    expect_config_error(
+        "modbus_endpoint",
+        &format!("{SERVER}{SITE}modbus = {{ bms = \"bms.site-a\", pcs = \"127.0.0.1:502\" }}\n"),
+        "6:18: key `sites[0].modbus.bms`: `bms.site-a` is not HOST:PORT (for example 127.0.0.1:502)",
+    );
+}
+
+#[test]
+fn config_site_too_big_for_the_register_map_names_the_devices() {
+    // The built-in map gives a bank 2000 registers of racks, 100 each: 21 racks collide with bank 2.
+    expect_config_error(
+        "modbus_overlap",
+        &format!(
+            "{SERVER}[[sites]]\nname = \"A\"\nbanks = [{{ id = 1, racks = 21 }}, {{ id = 2, racks = 1 }}]\nmodbus = {{ bms = \"127.0.0.1:1502\", pcs = \"127.0.0.1:1503\" }}\n"
+        ),
+        "6:10: key `sites[0].modbus`: rack bank 1 / rack 21 (registers 3000..3022) and rack bank 2 / rack 1 (from 3000) overlap on 127.0.0.1:1502 unit 1: a stride is smaller than a device's block of 23 registers (register map maps/default.toml (built-in))",
+    );
+}
+
+#[test]
+fn config_register_map_file_errors_name_the_map_file_and_field() {
+    let scratch = Scratch::new("config_map_file");
+    let map = scratch.write(
+        "map.toml",
+        "[pcs]\nendpoint = \"pcs\"\nbase = 0\nfields = [\n  { column = \"AC_ACTIVE_POWER\", at = 0, type = \"f32\", word_order = \"middle\" },\n]\n",
+    );
+    let path = scratch.write(
+        "sites.toml",
+        &format!("[modbus]\nregister_map = \"map.toml\"\n{SERVER}{SITE}"),
+    );
+    let run = Cmd::new(Some(&path))
+        .args(["migrate", "--dry-run"])
+        .run()
+        .expect_code(3);
+    assert_eq!(
+        run.stderr().trim(),
+        format!(
+            "essops: error: {}:5:68: key `pcs.fields[0].word_order`: unknown word order `middle`; expected big (ABCD) or little (CDAB)",
+            map.display()
+        )
+    );
+    let missing = scratch.write(
+        "sites.toml",
+        &format!("[modbus]\nregister_map = \"nope.toml\"\n{SERVER}{SITE}"),
+    );
+    let run = Cmd::new(Some(&missing))
+        .args(["migrate", "--dry-run"])
+        .run()
+        .expect_code(3);
+    assert!(
+        run.stderr()
+            .contains("2:16: key `modbus.register_map`: no register map file at"),
+        "{}",
+        run.stderr()
     );
 }

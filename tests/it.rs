@@ -5,6 +5,7 @@ mod support;
 
 mod cli;
 mod config_errors;
+mod ingest;
 mod loss;
 mod migrate;
 mod reconcile;

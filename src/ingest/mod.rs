@@ -57,9 +57,13 @@ pub struct IngestArgs {
 pub enum IngestError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("site `{0}` has no Modbus endpoints; add `modbus = {{ bms = \"HOST:PORT\", pcs = \"HOST:PORT\" }}` to its [[sites]] entry")]
+    #[error(
+        "site `{0}` has no Modbus endpoints; add `modbus = {{ bms = \"HOST:PORT\", pcs = \"HOST:PORT\" }}` to its [[sites]] entry"
+    )]
     NoEndpoints(String),
-    #[error("another essops ingest of site `{site}` is running (it holds {lock}); one per site, so rows are spooled and counted once")]
+    #[error(
+        "another essops ingest of site `{site}` is running (it holds {lock}); one per site, so rows are spooled and counted once"
+    )]
     Locked { site: String, lock: PathBuf },
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -110,7 +114,11 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
             });
         }
     }
-    let spool_root = ctx.config.base_dir().join(&ctx.config.spool_dir).join(&site.name);
+    let spool_root = ctx
+        .config
+        .base_dir()
+        .join(&ctx.config.spool_dir)
+        .join(&site.name);
     Ok(Plan {
         site,
         servers,
@@ -139,10 +147,19 @@ fn lock(plan: &Plan) -> Result<File, IngestError> {
 }
 
 /// Devices split over connections: per endpoint address, round-robin.
-fn workers(plan: &Plan, ctx: &Context, rows: &mpsc::UnboundedSender<(usize, Row)>, stats: &Arc<Stats>) -> Vec<Worker> {
+fn workers(
+    plan: &Plan,
+    ctx: &Context,
+    rows: &mpsc::UnboundedSender<(usize, Row)>,
+    stats: &Arc<Stats>,
+) -> Vec<Worker> {
     let mut by_addr: BTreeMap<String, Vec<PollDevice>> = BTreeMap::new();
     for d in &plan.devices {
-        let addr = plan.site.endpoint(&d.table.endpoint).map(|e| e.addr.clone()).unwrap_or_default();
+        let addr = plan
+            .site
+            .endpoint(&d.table.endpoint)
+            .map(|e| e.addr.clone())
+            .unwrap_or_default();
         by_addr.entry(addr).or_default().push(d.clone());
     }
     let mut out = Vec::new();
@@ -260,7 +277,8 @@ pub async fn execute(
         let stats = stats.clone();
         tokio::spawn(async move {
             let mut last = Vec::new();
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
             loop {
                 tick.tick().await;
                 stats.log_health(&mut last);
@@ -312,7 +330,11 @@ pub struct IngestReport {
 impl IngestReport {
     fn new(plan: &Plan, stats: &Stats, elapsed: Duration) -> IngestReport {
         let ok: u64 = stats.devices.iter().map(|d| d.polls_ok.load(Relaxed)).sum();
-        let failed: u64 = stats.devices.iter().map(|d| d.polls_failed.load(Relaxed)).sum();
+        let failed: u64 = stats
+            .devices
+            .iter()
+            .map(|d| d.polls_failed.load(Relaxed))
+            .sum();
         let rows = stats
             .servers
             .iter()
@@ -339,7 +361,9 @@ impl IngestReport {
 
 impl Report for IngestReport {
     type Row = ServerRow;
-    const HEADER: &'static [&'static str] = &["SITE", "SERVER", "WRITTEN", "REPLAYED", "SPOOLED", "PENDING", "LOST", "P50 MS", "P99 MS"];
+    const HEADER: &'static [&'static str] = &[
+        "SITE", "SERVER", "WRITTEN", "REPLAYED", "SPOOLED", "PENDING", "LOST", "P50 MS", "P99 MS",
+    ];
     fn rows(&self) -> &[ServerRow] {
         &self.rows
     }
@@ -362,7 +386,11 @@ impl Report for IngestReport {
             return "no server to write to".into();
         };
         let total = r.polls_ok + r.polls_failed;
-        let pct = if total == 0 { 0.0 } else { 100.0 * r.polls_ok as f64 / total as f64 };
+        let pct = if total == 0 {
+            0.0
+        } else {
+            100.0 * r.polls_ok as f64 / total as f64
+        };
         format!(
             "{}: {} devices for {:.1} s; {} of {} polls answered ({pct:.2} %)",
             r.site, r.devices, r.seconds, r.polls_ok, total

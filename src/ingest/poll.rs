@@ -44,7 +44,9 @@ enum PollError {
 
 /// The next grid second after now, and how long until it.
 fn next_tick(interval: u64) -> (i64, Duration) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let next = (now.as_secs() / interval + 1) * interval;
     (next as i64, Duration::from_secs(next) - now)
 }
@@ -76,7 +78,8 @@ impl Worker {
             let round = Instant::now();
             for dev in &self.devices {
                 if round.elapsed() >= interval {
-                    self.stats.poll_failed(dev.index, "the poll round overran the sample interval");
+                    self.stats
+                        .poll_failed(dev.index, "the poll round overran the sample interval");
                     continue;
                 }
                 if client.is_none() && Instant::now() >= retry_at {
@@ -93,13 +96,16 @@ impl Worker {
                     }
                 }
                 let Some(c) = client.as_mut() else {
-                    self.stats.poll_failed(dev.index, &format!("cannot connect to {}", self.addr));
+                    self.stats
+                        .poll_failed(dev.index, &format!("cannot connect to {}", self.addr));
                     continue;
                 };
                 let polled = Instant::now();
                 match read_device(c, dev, self.timeout).await {
                     Ok(values) => {
-                        self.stats.devices[dev.index].polls_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.stats.devices[dev.index]
+                            .polls_ok
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let row = Row {
                             device: dev.device.clone(),
                             t,
@@ -122,29 +128,49 @@ impl Worker {
     }
 
     async fn connect(&self, unit: u8) -> Result<ModbusClient, String> {
-        let stream = tokio::time::timeout(self.timeout.max(Duration::from_secs(1)), tokio::net::TcpStream::connect(&self.addr))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
+        let stream = tokio::time::timeout(
+            self.timeout.max(Duration::from_secs(1)),
+            tokio::net::TcpStream::connect(&self.addr),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
         Ok(tokio_modbus::client::tcp::attach_slave(stream, Slave(unit)))
     }
 }
 
 /// Reads and decodes every field of one device; all or nothing.
-async fn read_device(c: &mut ModbusClient, dev: &PollDevice, timeout: Duration) -> Result<Vec<Option<Value>>, PollError> {
+async fn read_device(
+    c: &mut ModbusClient,
+    dev: &PollDevice,
+    timeout: Duration,
+) -> Result<Vec<Option<Value>>, PollError> {
     let fields = &dev.table.fields;
     let mut values = vec![None; fields.len()];
     c.set_slave(Slave(dev.unit));
     for r in &dev.requests {
         let answer = match r.kind {
-            RegisterKind::Holding => tokio::time::timeout(timeout, c.read_holding_registers(r.start, r.count)).await,
-            RegisterKind::Input => tokio::time::timeout(timeout, c.read_input_registers(r.start, r.count)).await,
+            RegisterKind::Holding => {
+                tokio::time::timeout(timeout, c.read_holding_registers(r.start, r.count)).await
+            }
+            RegisterKind::Input => {
+                tokio::time::timeout(timeout, c.read_input_registers(r.start, r.count)).await
+            }
         };
         let words = match answer {
-            Err(_) => return Err(PollError::Broken(format!("no answer within {} ms", timeout.as_millis()))),
+            Err(_) => {
+                return Err(PollError::Broken(format!(
+                    "no answer within {} ms",
+                    timeout.as_millis()
+                )));
+            }
             Ok(Err(e)) => return Err(PollError::Broken(format!("Modbus transport: {e}"))),
-            Ok(Ok(Err(exception))) => return Err(PollError::Exception(format!("Modbus exception: {exception}"))),
+            Ok(Ok(Err(exception))) => {
+                return Err(PollError::Exception(format!(
+                    "Modbus exception: {exception}"
+                )));
+            }
             Ok(Ok(Ok(words))) => words,
         };
         if words.len() != usize::from(r.count) {
@@ -157,7 +183,9 @@ async fn read_device(c: &mut ModbusClient, dev: &PollDevice, timeout: Duration) 
         for &i in &r.fields {
             let f = &fields[i];
             let from = usize::from(dev.block_start + f.at - r.start);
-            let raw = f.dtype.decode(&words[from..from + usize::from(f.dtype.words())], f.order);
+            let raw = f
+                .dtype
+                .decode(&words[from..from + usize::from(f.dtype.words())], f.order);
             values[i] = raw.map(|v| match f.is_scaled() {
                 true => Value::Float(v.as_f64() * f.scale + f.offset),
                 false => v,

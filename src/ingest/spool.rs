@@ -165,9 +165,15 @@ fn read_header(path: &Path) -> Result<Header, String> {
 fn read_batch(path: &Path) -> Result<Batch, String> {
     let file = BufReader::new(File::open(path).map_err(|e| e.to_string())?);
     let mut lines = file.lines();
-    let header: Header = serde_json::from_str(&lines.next().ok_or("empty file")?.map_err(|e| e.to_string())?)
-        .map_err(|e| format!("header: {e}"))?;
-    let spec = TableSpec::by_name(&header.table).ok_or_else(|| format!("unknown table `{}`", header.table))?;
+    let header: Header = serde_json::from_str(
+        &lines
+            .next()
+            .ok_or("empty file")?
+            .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("header: {e}"))?;
+    let spec = TableSpec::by_name(&header.table)
+        .ok_or_else(|| format!("unknown table `{}`", header.table))?;
     let rows = lines
         .map(|l| {
             let l = l.map_err(|e| e.to_string())?;
@@ -213,7 +219,10 @@ mod tests {
         assert_eq!(s.rows(), 2);
         assert!(!dir.join("x.tmp").exists());
         let first = s.front().unwrap().unwrap();
-        assert_eq!((first.rows[0].t, first.rows[0].values[1]), (10, Some(Value::Int(3))));
+        assert_eq!(
+            (first.rows[0].t, first.rows[0].values[1]),
+            (10, Some(Value::Int(3)))
+        );
         s.pop_front().unwrap();
         assert_eq!(s.front().unwrap().unwrap().rows[0].t, 11);
         s.pop_front().unwrap();

@@ -86,12 +86,18 @@ impl Stats {
 
     pub fn record_delay(&self, server: usize, delay: Duration) {
         let ms = (delay.as_millis() as usize).min(DELAY_BUCKETS - 1);
-        self.servers[server].delays.lock().unwrap_or_else(|p| p.into_inner())[ms] += 1;
+        self.servers[server]
+            .delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())[ms] += 1;
     }
 
     /// The `q` quantile of a server's poll-to-commit delay, in ms.
     pub fn delay_quantile_ms(&self, server: usize, q: f64) -> Option<u64> {
-        let h = self.servers[server].delays.lock().unwrap_or_else(|p| p.into_inner());
+        let h = self.servers[server]
+            .delays
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let total: u64 = h.iter().sum();
         if total == 0 {
             return None;

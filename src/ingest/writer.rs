@@ -53,7 +53,9 @@ impl Writer {
         stats: Arc<Stats>,
         devices: Arc<HashMap<(&'static str, DeviceId), usize>>,
     ) -> Writer {
-        stats.servers[index].spool_depth.store(spool.rows(), Relaxed);
+        stats.servers[index]
+            .spool_depth
+            .store(spool.rows(), Relaxed);
         Writer {
             index,
             server,
@@ -185,8 +187,12 @@ impl Writer {
                 tracing::error!(site = %self.stats.site, server = %self.server.name, error = %e, "cannot remove a replayed spool file");
                 return;
             }
-            self.stats.servers[self.index].replayed.fetch_add(batch.rows.len() as u64, Relaxed);
-            self.stats.servers[self.index].spool_depth.store(self.spool.rows(), Relaxed);
+            self.stats.servers[self.index]
+                .replayed
+                .fetch_add(batch.rows.len() as u64, Relaxed);
+            self.stats.servers[self.index]
+                .spool_depth
+                .store(self.spool.rows(), Relaxed);
             self.count_written(&batch, false);
         }
     }
@@ -200,7 +206,10 @@ impl Writer {
             newest = newest.max(row.t);
             let device = match row.polled {
                 Some(_) => Some(row.device_index),
-                None => self.devices.get(&(batch.spec.name, row.device.clone())).copied(),
+                None => self
+                    .devices
+                    .get(&(batch.spec.name, row.device.clone()))
+                    .copied(),
             };
             if let Some(d) = device {
                 self.stats.devices[d].written[self.index].fetch_add(1, Relaxed);
@@ -210,7 +219,8 @@ impl Writer {
             }
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
-        s.lag_ms.store((now_ms - newest * 1000).max(0) as u64, Relaxed);
+        s.lag_ms
+            .store((now_ms - newest * 1000).max(0) as u64, Relaxed);
     }
 
     /// COPYs a batch in. `replay` (or a direct COPY that hit rows already
@@ -220,7 +230,10 @@ impl Writer {
         let data = batch.encode(&types);
         let columns = batch.all_columns();
         let client = self.client.as_mut().ok_or("not connected")?;
-        let place = format!("server `{}`, database `{}`, table `{}`", self.server.name, self.database, batch.spec.name);
+        let place = format!(
+            "server `{}`, database `{}`, table `{}`",
+            self.server.name, self.database, batch.spec.name
+        );
         let attempt = async {
             if !replay {
                 match copy_direct(client, batch, &columns, data.clone()).await {
@@ -233,7 +246,10 @@ impl Writer {
         match tokio::time::timeout(WRITE_TIMEOUT, attempt).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("{place}: {}", db::describe(&e))),
-            Err(_) => Err(format!("{place}: no answer in {} s", WRITE_TIMEOUT.as_secs())),
+            Err(_) => Err(format!(
+                "{place}: no answer in {} s",
+                WRITE_TIMEOUT.as_secs()
+            )),
         }
     }
 
@@ -245,9 +261,15 @@ impl Writer {
             return Ok(t.clone());
         }
         let client = self.client.as_ref().ok_or("not connected")?;
-        let catalog = crate::schema::require_table(client, &self.server.name, &self.database, &batch.spec).await?;
-        let types = check_columns(&self.map, batch, &catalog)
-            .map_err(|m| format!("server `{}`, database `{}`: {m}", self.server.name, self.database))?;
+        let catalog =
+            crate::schema::require_table(client, &self.server.name, &self.database, &batch.spec)
+                .await?;
+        let types = check_columns(&self.map, batch, &catalog).map_err(|m| {
+            format!(
+                "server `{}`, database `{}`: {m}",
+                self.server.name, self.database
+            )
+        })?;
         self.types.insert(key, types.clone());
         Ok(types)
     }
@@ -255,21 +277,37 @@ impl Writer {
 
 /// Column types for a batch, refusing columns the table lacks, types essops
 /// cannot write, and map fields whose values the column cannot hold.
-pub fn check_columns(map: &RegisterMap, batch: &Batch, catalog: &[crate::schema::Column]) -> Result<Vec<CopyType>, String> {
+pub fn check_columns(
+    map: &RegisterMap,
+    batch: &Batch,
+    catalog: &[crate::schema::Column],
+) -> Result<Vec<CopyType>, String> {
     let table = batch.spec.name;
-    let fields = map.table(table).map(|t| t.fields.as_slice()).unwrap_or_default();
+    let fields = map
+        .table(table)
+        .map(|t| t.fields.as_slice())
+        .unwrap_or_default();
     batch
         .all_columns()
         .iter()
         .map(|name| {
-            let col = catalog
-                .iter()
-                .find(|c| &c.name == name)
-                .ok_or_else(|| format!("table `{table}` has no column `{name}` (register map or migration out of date)"))?;
-            let ty = CopyType::from_catalog(&col.data_type)
-                .ok_or_else(|| format!("column `{table}.{name}` is {}, which ingest cannot fill from registers", col.data_type))?;
-            if let (Some((lo, hi)), Some(f)) = (ty.int_range(), fields.iter().find(|f| &f.column == name)) {
-                let fits = !f.dtype.is_float() && !f.is_scaled() && f.dtype.int_range().is_some_and(|(a, b)| a >= lo && b <= hi);
+            let col = catalog.iter().find(|c| &c.name == name).ok_or_else(|| {
+                format!(
+                    "table `{table}` has no column `{name}` (register map or migration out of date)"
+                )
+            })?;
+            let ty = CopyType::from_catalog(&col.data_type).ok_or_else(|| {
+                format!(
+                    "column `{table}.{name}` is {}, which ingest cannot fill from registers",
+                    col.data_type
+                )
+            })?;
+            if let (Some((lo, hi)), Some(f)) =
+                (ty.int_range(), fields.iter().find(|f| &f.column == name))
+            {
+                let fits = !f.dtype.is_float()
+                    && !f.is_scaled()
+                    && f.dtype.int_range().is_some_and(|(a, b)| a >= lo && b <= hi);
                 if !fits {
                     return Err(format!(
                         "register map field `{table}.{name}` ({}{}) does not fit column type {}",
@@ -284,7 +322,12 @@ pub fn check_columns(map: &RegisterMap, batch: &Batch, catalog: &[crate::schema:
         .collect()
 }
 
-async fn copy_direct(client: &Client, batch: &Batch, columns: &[String], data: bytes::Bytes) -> Result<(), tokio_postgres::Error> {
+async fn copy_direct(
+    client: &Client,
+    batch: &Batch,
+    columns: &[String],
+    data: bytes::Bytes,
+) -> Result<(), tokio_postgres::Error> {
     let sql = format!(
         "COPY {} ({}) FROM STDIN (FORMAT binary)",
         quote_ident(batch.spec.name),
@@ -296,7 +339,12 @@ async fn copy_direct(client: &Client, batch: &Batch, columns: &[String], data: b
     sink.finish().await.map(|_| ())
 }
 
-async fn copy_absent(client: &mut Client, batch: &Batch, columns: &[String], data: bytes::Bytes) -> Result<(), tokio_postgres::Error> {
+async fn copy_absent(
+    client: &mut Client,
+    batch: &Batch,
+    columns: &[String],
+    data: bytes::Bytes,
+) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute(&format!(
         "CREATE TEMP TABLE essops_ingest_stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
@@ -305,11 +353,18 @@ async fn copy_absent(client: &mut Client, batch: &Batch, columns: &[String], dat
     ))
     .await?;
     let sink = tx
-        .copy_in(&format!("COPY essops_ingest_stage ({}) FROM STDIN (FORMAT binary)", quote_list(columns)))
+        .copy_in(&format!(
+            "COPY essops_ingest_stage ({}) FROM STDIN (FORMAT binary)",
+            quote_list(columns)
+        ))
         .await?;
     pin_mut!(sink);
     sink.send(data).await?;
     sink.finish().await?;
-    tx.execute(&insert_absent_sql(&batch.spec, columns, "essops_ingest_stage", "1"), &[]).await?;
+    tx.execute(
+        &insert_absent_sql(&batch.spec, columns, "essops_ingest_stage", "1"),
+        &[],
+    )
+    .await?;
     tx.commit().await
 }

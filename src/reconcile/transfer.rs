@@ -116,7 +116,10 @@ pub async fn copy_rows(
             .join(", "),
     };
     let inserted = tx
-        .query(&insert_absent_sql(spec, columns, "essops_stage", &returning), &[])
+        .query(
+            &insert_absent_sql(spec, columns, "essops_stage", &returning),
+            &[],
+        )
         .await?;
     tx.commit().await?;
     let n = spec.device_columns.len();

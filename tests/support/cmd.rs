@@ -95,3 +95,75 @@ impl Run {
             .collect()
     }
 }
+
+/// An `essops` running in the background (a simulator, a long ingest);
+/// killed when dropped so a failing test leaves nothing behind.
+pub struct Background {
+    pub child: std::process::Child,
+    pub shown: String,
+}
+
+impl Cmd {
+    pub fn spawn(mut self) -> Background {
+        self.command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Background {
+            child: self.command.spawn().expect("spawn essops"),
+            shown: self.shown,
+        }
+    }
+}
+
+impl Background {
+    /// Sends `signal` (TERM, KILL, …) and collects what the process wrote.
+    pub fn signal(self, signal: &str) -> Run {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+        self.finish()
+    }
+
+    /// Waits for the process to end by itself.
+    pub fn finish(mut self) -> Run {
+        let child = std::mem::replace(
+            &mut self.child,
+            Command::new("true").spawn().expect("spawn true"),
+        );
+        let output = child.wait_with_output().expect("wait for essops");
+        Run {
+            shown: std::mem::take(&mut self.shown),
+            output,
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port` (at most 20 s).
+pub fn wait_for_port(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on port {port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

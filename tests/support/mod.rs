@@ -11,7 +11,7 @@ pub mod pg;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use cmd::Cmd;
+pub use cmd::{Background, Cmd, free_port, wait_for_port};
 pub use pg::TestDb;
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -66,14 +66,35 @@ impl Drop for Scratch {
 
 /// The dev servers' `[servers]` tables, with absolute password-file paths.
 pub fn servers_toml() -> String {
+    server_toml("local", "local") + &server_toml("gcp", "gcp")
+}
+
+/// One `[servers.NAME]` table for the dev cluster `cluster` (local, gcp, outage).
+pub fn server_toml(name: &str, cluster: &str) -> String {
+    let port = match cluster {
+        "local" => 55432,
+        "gcp" => 55433,
+        "outage" => 55434,
+        other => panic!("no dev cluster `{other}`"),
+    };
     let secrets = Path::new(REPO).join(".services/secrets");
-    [("local", 55432), ("gcp", 55433)]
-        .iter()
-        .map(|(name, port)| {
-            format!(
-                "[servers.{name}]\nurl = \"postgres://essops@127.0.0.1:{port}\"\npassword_file = \"{}\"\n\n",
-                secrets.join(format!("{name}.password")).display()
-            )
-        })
-        .collect()
+    format!(
+        "[servers.{name}]\nurl = \"postgres://essops@127.0.0.1:{port}\"\npassword_file = \"{}\"\n\n",
+        secrets.join(format!("{cluster}.password")).display()
+    )
+}
+
+/// Runs `scripts/services.sh` with `args` (stop/start a cluster mid-test).
+pub fn services_script(args: &[&str]) {
+    let out = std::process::Command::new("bash")
+        .arg(Path::new(REPO).join("scripts/services.sh"))
+        .args(args)
+        .output()
+        .expect("run scripts/services.sh");
+    assert!(
+        out.status.success(),
+        "scripts/services.sh {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -16,8 +16,13 @@ impl TestDb {
     /// `count` database names derived from the test's name; any left over
     /// from an earlier run are dropped first.
     pub fn new(test: &str, count: usize) -> TestDb {
+        TestDb::on(test, count, &super::servers_toml())
+    }
+
+    /// Like [`new`](Self::new), on the servers `servers_toml` describes.
+    pub fn on(test: &str, count: usize, servers_toml: &str) -> TestDb {
         super::services();
-        let config = dev_config();
+        let config = config_for(servers_toml);
         let databases: Vec<String> = (1..=count).map(|i| format!("it_{test}_{i}")).collect();
         let db = TestDb { config, databases };
         db.drop_all();
@@ -81,10 +86,12 @@ impl Drop for TestDb {
 
 /// The dev servers only, for connecting from tests.
 pub fn dev_config() -> Config {
-    let text = format!(
-        "{}[[sites]]\nname = \"x\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
-        super::servers_toml()
-    );
+    config_for(&super::servers_toml())
+}
+
+fn config_for(servers_toml: &str) -> Config {
+    let text =
+        format!("{servers_toml}[[sites]]\nname = \"x\"\nbanks = [{{ id = 1, racks = 1 }}]\n");
     Config::parse(
         &text,
         ConfigSource::File(Path::new(super::REPO).join("it.toml")),
