@@ -7,6 +7,10 @@
 #                               ESS_Operating_Site2 at 1 Hz (bank + rack tables)
 #   scripts/bench.sh reconcile  one ESS_Operating_Site2 site-day on both servers:
 #                               1 % scattered loss per side, a re-run, a 2-hour outage
+#   scripts/bench.sh ingest     one essops ingest polling 2,000 to 12,000 simulated
+#                               rack-sized devices at 1 Hz into both servers, and
+#                               raw binary COPY rows/s into a hypertable
+#                               (SECS=N per size, default 60; SIZES="2000 4000 8000 12000")
 #
 # Data lives in its own database (bench_site2 on the local dev server) and is
 # loaded once; later runs reuse it. RUNS=N sets the repetitions (default 7).
@@ -129,9 +133,93 @@ bench_reconcile() {
     echo "  reproduce: scripts/bench.sh reconcile"
 }
 
+# A config for one ingest bench site: RACKS racks (50 per bank, each bank
+# its own Modbus unit) plus their banks, on both dev servers.
+ingest_config() {
+    local racks="$1" dir="$ROOT/.services/bench" banks i list=""
+    banks=$(( racks / 50 ))
+    for i in $(seq "$banks"); do list+="{ id = $i, racks = 50 }, "; done
+    mkdir -p "$dir"
+    cat > "$dir/ingest.toml" <<TOML
+log_dir = "logs"
+spool_dir = "spool"
+[modbus]
+register_map = "../../bench/ingest-map.toml"
+timeout_ms = 500
+connections = 128
+[servers.local]
+url = "postgres://essops@127.0.0.1:55432"
+password_file = "../secrets/local.password"
+[servers.gcp]
+url = "postgres://essops@127.0.0.1:55433"
+password_file = "../secrets/gcp.password"
+[[sites]]
+name = "BenchIngest"
+database = "bench_ingest"
+banks = [${list%, }]
+modbus = { bms = "127.0.0.1:15901", pcs = "127.0.0.1:15902" }
+TOML
+    echo "$dir/ingest.toml"
+}
+
+bench_ingest() {
+    local secs="${SECS:-60}" sizes="${SIZES:-2000 4000 8000 12000}" racks cfg sim srv
+    echo "ingest: one essops ingest (dev build) polling simulated racks + banks at 1 Hz over Modbus TCP into local and gcp, simulator on the same 2 cores, ${secs} s per size"
+    for racks in $sizes; do
+        cfg="$(ingest_config "$racks")"
+        "$ESSOPS" --config "$cfg" --quiet migrate --create-database
+        for srv in local gcp; do ipsql "$srv" "TRUNCATE rack; TRUNCATE bank"; done
+        "$ESSOPS" --config "$cfg" --quiet simulate --site BenchIngest --duration "$(( secs + 20 ))s" &
+        sim=$!
+        sleep 2
+        python3 - "$ESSOPS" "$cfg" "$secs" <<'PY'
+import json, resource, subprocess, sys, time
+essops, cfg, secs = sys.argv[1:4]
+t0 = time.time()
+p = subprocess.run([essops, "--config", cfg, "--json", "ingest", "--site", "BenchIngest", "--duration", secs + "s"],
+                   capture_output=True, text=True)
+wall = time.time() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+assert p.returncode == 0, p.stderr
+rows = [json.loads(l) for l in p.stdout.splitlines()]
+r = rows[0]
+polls = r["polls_ok"] + r["polls_failed"]
+print("  %5d devices: %.2f %% of polls answered; written %s; p50/p99 poll-to-commit %s; CPU %.1f s in %.0f s (%.0f %% of one core)" % (
+    r["devices"], 100.0 * r["polls_ok"] / max(polls, 1),
+    ", ".join("%s %d" % (x["server"], x["rows_written"]) for x in rows),
+    ", ".join("%s %s/%s ms" % (x["server"], x["delay_p50_ms"], x["delay_p99_ms"]) for x in rows),
+    ru.ru_utime + ru.ru_stime, wall, 100.0 * (ru.ru_utime + ru.ru_stime) / wall))
+PY
+        for srv in local gcp; do
+            echo "         stored on $srv: $(ipsql "$srv" "SELECT round(100.0 * count(*) / ($racks * (extract(epoch FROM max(\"TIMESTAMP\") - min(\"TIMESTAMP\")) + 1)), 3) || ' % of the rack samples in its window' FROM rack")"
+        done
+        kill "$sim" 2>/dev/null; wait "$sim" 2>/dev/null || true
+    done
+    # Raw binary COPY into a hypertable with its unique natural key, for scale.
+    local file="$ROOT/.services/bench/rack.copy" n t0 t1
+    ipsql local "\\copy (SELECT * FROM rack) TO '$file' (FORMAT binary)"
+    n="$(ipsql local "SELECT count(*) FROM rack")"
+    ipsql local "SET client_min_messages = warning; DROP TABLE IF EXISTS copy_probe; CREATE TABLE copy_probe (LIKE rack INCLUDING ALL); SELECT create_hypertable('copy_probe', by_range('TIMESTAMP', INTERVAL '1 day'))" >/dev/null
+    t0=$(date +%s%N)
+    ipsql local "\\copy copy_probe FROM '$file' (FORMAT binary)"
+    t1=$(date +%s%N)
+    ipsql local "DROP TABLE copy_probe"
+    rm -f "$file"
+    echo "  raw binary COPY into a rack hypertable (unique key, local): $n rows in $(( (t1 - t0) / 1000000 )) ms = $(( n * 1000000000 / (t1 - t0) )) rows/s"
+    echo "  reproduce: scripts/bench.sh ingest   (SECS=$secs SIZES=\"$sizes\")"
+}
+
+# psql against the ingest bench database on one server (local|gcp)
+ipsql() {
+    local port=55432 srv="$1"
+    [ "$srv" = gcp ] && port=55433
+    PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_ingest -c "$2"
+}
+
 case "${1:-all}" in
     loss) bench_loss ;;
     reconcile) bench_reconcile ;;
-    all) bench_loss; bench_reconcile ;;
-    *) echo "usage: $0 [all|loss|reconcile]" >&2; exit 2 ;;
+    ingest) bench_ingest ;;
+    all) bench_loss; bench_reconcile; bench_ingest ;;
+    *) echo "usage: $0 [all|loss|reconcile|ingest]" >&2; exit 2 ;;
 esac
