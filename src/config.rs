@@ -57,6 +57,7 @@ struct RawConfig {
     log_dir: Option<String>,
     spool_dir: Option<String>,
     modbus: Option<RawModbus>,
+    cache: Option<RawCache>,
     #[serde(default)]
     defaults: RawDefaults,
     redis: Option<RawRedis>,
@@ -81,6 +82,25 @@ struct RawModbus {
     register_map: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<u64>>,
     connections: Option<Spanned<u16>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    source: Option<Spanned<String>>,
+    recheck: Option<Spanned<String>>,
+    outlier_factor: Option<Spanned<f64>>,
+    periods: Option<Vec<RawPeriod>>,
+    limits: Option<BTreeMap<String, Spanned<[f64; 2]>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeriod {
+    name: Spanned<String>,
+    span: Spanned<String>,
+    bucket: Spanned<String>,
+    ttl: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +165,7 @@ pub struct Config {
     /// Where ingest keeps rows a server could not take yet.
     pub spool_dir: PathBuf,
     pub modbus: ModbusSettings,
+    pub cache: CacheSettings,
     pub redis_url: Option<Url>,
     pub servers: Vec<Server>,
     pub sites: Vec<Site>,
@@ -175,6 +196,64 @@ pub struct ModbusSettings {
     pub timeout: std::time::Duration,
     /// At most this many TCP connections per endpoint; devices share them.
     pub connections: usize,
+}
+
+/// What `essops cache warm` stores and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// The server read from (default: the first configured).
+    pub source: String,
+    /// Each warm re-reads at least this much recent data (seconds).
+    pub recheck_secs: i64,
+    /// A rack departing from its bank's other racks by more than this factor is an outlier.
+    pub outlier_factor: f64,
+    pub periods: Vec<CachePeriod>,
+    /// Allowed [min, max] per column; values outside are outliers.
+    pub limits: BTreeMap<String, (f64, f64)>,
+}
+
+/// A dashboard period: the last `span` seconds in buckets of `bucket` seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePeriod {
+    pub name: String,
+    pub span_secs: i64,
+    /// 86400 means local days (the site's time zone).
+    pub bucket_secs: i64,
+    pub ttl_secs: i64,
+}
+
+impl CachePeriod {
+    fn new(name: &str, span: i64, bucket: i64, ttl: i64) -> CachePeriod {
+        CachePeriod {
+            name: name.into(),
+            span_secs: span,
+            bucket_secs: bucket,
+            ttl_secs: ttl,
+        }
+    }
+
+    pub fn defaults() -> Vec<CachePeriod> {
+        vec![
+            CachePeriod::new("hour", 3600, 60, 600),
+            CachePeriod::new("day", 86_400, 300, 3600),
+            CachePeriod::new("week", 7 * 86_400, 3600, 6 * 3600),
+            CachePeriod::new("month", 30 * 86_400, 86_400, 86_400),
+        ]
+    }
+}
+
+/// Built-in outlier limits: typical LFP cell and rack bounds.
+pub fn default_limits() -> BTreeMap<String, (f64, f64)> {
+    [
+        ("SOC", (0.0, 100.0)),
+        ("MAX_CELL_VOLTAGE", (2.5, 3.65)),
+        ("MIN_CELL_VOLTAGE", (2.5, 3.65)),
+        ("MAX_CELL_TEMP", (-20.0, 45.0)),
+        ("MIN_CELL_TEMP", (-20.0, 45.0)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// A Modbus TCP endpoint of a site (its BMS, its PCS).
@@ -385,6 +464,7 @@ struct SiteDefaults {
 impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let defaults = self.defaults(&raw.defaults)?;
+        let cache = self.cache(raw.cache.as_ref(), &servers_first_name(&raw))?;
         let raw_modbus = raw.modbus.unwrap_or_default();
         let modbus = self.modbus(&raw_modbus)?;
         let default_map =
@@ -422,6 +502,22 @@ impl Validator<'_> {
             }
             sites.push(site);
         }
+        if !servers.iter().any(|s| s.name == cache.source) {
+            let at = raw
+                .cache
+                .as_ref()
+                .and_then(|c| c.source.as_ref())
+                .map_or(0, |s| s.span().start);
+            return Err(self.doc.error(
+                at,
+                "cache.source",
+                format!(
+                    "no server `{}` is configured (configured: {})",
+                    cache.source,
+                    join_names(servers.iter().map(|s| s.name.as_str()))
+                ),
+            ));
+        }
         let redis_url = raw
             .redis
             .as_ref()
@@ -432,9 +528,118 @@ impl Validator<'_> {
             log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
             spool_dir: PathBuf::from(raw.spool_dir.unwrap_or_else(|| "spool".into())),
             modbus,
+            cache,
             redis_url,
             servers,
             sites,
+        })
+    }
+
+    fn cache(
+        &self,
+        c: Option<&RawCache>,
+        first_server: &str,
+    ) -> Result<CacheSettings, ConfigError> {
+        let Some(c) = c else {
+            return Ok(CacheSettings {
+                source: first_server.to_string(),
+                recheck_secs: 7200,
+                outlier_factor: 1.5,
+                periods: CachePeriod::defaults(),
+                limits: default_limits(),
+            });
+        };
+        let secs = |v: &Spanned<String>, key: &str| -> Result<i64, ConfigError> {
+            crate::window::parse_duration(v.get_ref())
+                .map(|d| d.num_seconds())
+                .map_err(|e| self.doc.at(v, key, e))
+        };
+        let source = match &c.source {
+            Some(s) => s.get_ref().clone(),
+            None => first_server.to_string(),
+        };
+        let recheck_secs = match &c.recheck {
+            Some(v) => secs(v, "cache.recheck")?,
+            None => 7200,
+        };
+        let outlier_factor = match &c.outlier_factor {
+            Some(v) if !(*v.get_ref() > 1.0 && v.get_ref().is_finite()) => {
+                return Err(self.doc.at(
+                    v,
+                    "cache.outlier_factor",
+                    "a factor above 1 is expected (1.5: 50 % away from the others)",
+                ));
+            }
+            Some(v) => *v.get_ref(),
+            None => 1.5,
+        };
+        let periods = match &c.periods {
+            None => CachePeriod::defaults(),
+            Some(list) => {
+                let mut out: Vec<CachePeriod> = Vec::new();
+                for (i, p) in list.iter().enumerate() {
+                    let key = |k: &str| format!("cache.periods[{i}].{k}");
+                    let name = p.name.get_ref();
+                    if !is_plain_name(name) || out.iter().any(|o| &o.name == name) {
+                        return Err(self.doc.at(
+                            &p.name,
+                            key("name"),
+                            "period names are distinct and use only letters, digits, '_' and '-'",
+                        ));
+                    }
+                    let (span, bucket, ttl) = (
+                        secs(&p.span, &key("span"))?,
+                        secs(&p.bucket, &key("bucket"))?,
+                        secs(&p.ttl, &key("ttl"))?,
+                    );
+                    if bucket < 60
+                        || bucket % 60 != 0
+                        || (bucket < 86_400 && 86_400 % bucket != 0)
+                        || (bucket > 86_400)
+                    {
+                        return Err(self.doc.at(
+                            &p.bucket,
+                            key("bucket"),
+                            "a bucket is whole minutes that divide a day, or 1d",
+                        ));
+                    }
+                    if span < bucket || span % bucket != 0 {
+                        return Err(self.doc.at(
+                            &p.span,
+                            key("span"),
+                            "the span must be a whole number of buckets",
+                        ));
+                    }
+                    if ttl < 1 {
+                        return Err(self.doc.at(
+                            &p.ttl,
+                            key("ttl"),
+                            "a TTL of at least 1 s is expected",
+                        ));
+                    }
+                    out.push(CachePeriod::new(name, span, bucket, ttl));
+                }
+                out
+            }
+        };
+        let mut limits = default_limits();
+        for (col, v) in c.limits.iter().flatten() {
+            let [lo, hi] = *v.get_ref();
+            if !(lo < hi) {
+                return Err(self.doc.at(
+                    v,
+                    format!("cache.limits.{col}"),
+                    format!("[min, max] with min below max is expected, got [{lo}, {hi}]"),
+                ));
+            }
+            limits.insert(col.clone(), (lo, hi));
+        }
+        Ok(CacheSettings {
+            source,
+            recheck_secs,
+            outlier_factor,
+            periods,
+            limits,
         })
     }
 
@@ -887,6 +1092,15 @@ impl Validator<'_> {
         }
         Ok(ids.into_iter().collect())
     }
+}
+
+/// The first `[servers.NAME]` in file order (the cache's default source).
+fn servers_first_name(raw: &RawConfig) -> String {
+    raw.servers
+        .keys()
+        .min_by_key(|k| k.span().start)
+        .map(|k| k.get_ref().clone())
+        .unwrap_or_default()
 }
 
 fn is_plain_name(s: &str) -> bool {

@@ -4,6 +4,7 @@
 //! and says which exit code each kind maps to. The binary only calls
 //! [`Error::exit_code`] and [`Outcome::exit_code`]; nothing else picks codes.
 
+use crate::cache::CacheError;
 use crate::config::ConfigError;
 use crate::db::DbError;
 use crate::ingest::IngestError;
@@ -76,6 +77,8 @@ pub enum Error {
     Simulate(#[from] SimulateError),
     #[error(transparent)]
     Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
     #[error("cannot set up logging in {dir}: {source}")]
@@ -99,6 +102,7 @@ impl Error {
             Error::Reconcile(e) => e.exit_code(),
             Error::Simulate(e) => e.exit_code(),
             Error::Ingest(e) => e.exit_code(),
+            Error::Cache(e) => e.exit_code(),
             Error::Output(_) => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
         }

@@ -5,6 +5,7 @@
 //! report. Commands live in their own modules; the binary only maps the
 //! result to an exit code.
 
+pub mod cache;
 pub mod config;
 pub mod context;
 pub mod db;
@@ -66,6 +67,8 @@ pub enum Command {
     Reconcile(reconcile::ReconcileArgs),
     Simulate(simulate::SimulateArgs),
     Ingest(ingest::IngestArgs),
+    /// Dashboard caches in Redis.
+    Cache(cache::CacheArgs),
 }
 
 impl Command {
@@ -154,6 +157,12 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
             let report = ingest::execute(plan, ctx, shutdown_signal(), args.duration).await?;
             emit(&report, ctx)
         }
+        Command::Cache(args) => match args.command {
+            cache::CacheCommand::Warm(w) => {
+                let report = cache::warm(&w, ctx).await?;
+                emit(&report, ctx)
+            }
+        },
         Command::Simulate(args) => {
             let report = simulate::execute(&args, ctx, shutdown_signal()).await?;
             emit(&report, ctx)

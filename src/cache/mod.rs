@@ -1,0 +1,284 @@
+//! `essops cache warm`: precompute what dashboards read most and store it in
+//! Redis per site: the latest row per device, per-period aggregates, today's
+//! loss per server and table, and outliers. See [`keys`] for the key schema.
+
+pub mod keys;
+pub mod outliers;
+pub mod publish;
+pub mod series;
+pub mod source;
+pub mod warm;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::json;
+
+use self::keys::Keys;
+use crate::config::{CachePeriod, ConfigError, Site};
+use crate::context::Context;
+use crate::error::{Outcome, exit};
+use crate::output::Report;
+use crate::schema::TABLES;
+
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, clap::Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CacheCommand {
+    /// Precompute dashboard data (latest values, period aggregates, loss, outliers) into Redis.
+    Warm(WarmArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WarmArgs {
+    /// Only these sites (repeatable; default: all).
+    #[arg(long = "site", value_name = "NAME")]
+    pub sites: Vec<String>,
+    /// Only these periods (repeatable; default: all configured).
+    #[arg(long = "period", value_name = "NAME")]
+    pub periods: Vec<String>,
+    /// Re-read every period whole instead of only the recent data (after a
+    /// reconcile filled old holes, say).
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no [redis] url is configured")]
+    NoRedis,
+    #[error("unknown period `{name}` (configured: {known})")]
+    UnknownPeriod { name: String, known: String },
+    #[error("Redis at {addr} is unavailable: {reason}; nothing was written")]
+    Redis { addr: String, reason: String },
+}
+
+impl CacheError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CacheError::Redis { .. } => exit::UNAVAILABLE,
+            _ => exit::CONFIG,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteRow {
+    pub site: String,
+    /// `incremental`, `full`, or `kept` (the database failed; the previous cache stays).
+    pub mode: String,
+    pub keys: usize,
+    pub bytes: u64,
+    pub outliers: usize,
+    pub millis: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WarmReport {
+    pub rows: Vec<SiteRow>,
+}
+
+impl Report for WarmReport {
+    type Row = SiteRow;
+    const HEADER: &'static [&'static str] =
+        &["SITE", "MODE", "KEYS", "BYTES", "OUTLIERS", "MS", "NOTE"];
+    fn rows(&self) -> &[SiteRow] {
+        &self.rows
+    }
+    fn cells(r: &SiteRow) -> Vec<String> {
+        vec![
+            r.site.clone(),
+            r.mode.clone(),
+            r.keys.to_string(),
+            crate::output::human_bytes(r.bytes),
+            r.outliers.to_string(),
+            r.millis.to_string(),
+            r.error.clone().unwrap_or_default(),
+        ]
+    }
+    fn summary(&self) -> String {
+        let keys: usize = self.rows.iter().map(|r| r.keys).sum();
+        let kept = self.rows.iter().filter(|r| r.mode == "kept").count();
+        match kept {
+            0 => format!("{keys} keys written for {} sites", self.rows.len()),
+            n => format!(
+                "{keys} keys written; {n} sites kept their previous cache (database unavailable)"
+            ),
+        }
+    }
+    fn outcome(&self) -> Outcome {
+        match self.rows.iter().any(|r| r.error.is_some()) {
+            true => Outcome::Partial,
+            false => Outcome::Clean,
+        }
+    }
+}
+
+fn select_periods(ctx: &Context, names: &[String]) -> Result<Vec<CachePeriod>, CacheError> {
+    let all = &ctx.config.cache.periods;
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|p| &p.name == n)
+                .cloned()
+                .ok_or_else(|| CacheError::UnknownPeriod {
+                    name: n.clone(),
+                    known: all
+                        .iter()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|v| if v.is_empty() { all.clone() } else { v })
+}
+
+pub async fn warm(args: &WarmArgs, ctx: &Context) -> Result<WarmReport, CacheError> {
+    let sites: Vec<Site> = ctx
+        .config
+        .select_sites(&args.sites)?
+        .into_iter()
+        .cloned()
+        .collect();
+    let periods = select_periods(ctx, &args.periods)?;
+    let url = ctx.config.redis_url.clone().ok_or(CacheError::NoRedis)?;
+    let addr = format!(
+        "{}:{}",
+        url.host_str().unwrap_or(""),
+        url.port().unwrap_or(6379)
+    );
+    let redis_err = |e: String| CacheError::Redis {
+        addr: addr.clone(),
+        reason: e,
+    };
+    let client = redis::Client::open(url.as_str()).map_err(|e| redis_err(e.to_string()))?;
+    let con = tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| redis_err("no answer in 5 s".into()))?
+        .map_err(|e| redis_err(e.to_string()))?;
+    let now = chrono::Utc::now().timestamp();
+    let run = format!("{now}-{}", std::process::id());
+    let results = crate::tasks::run_in_order(
+        sites,
+        |site| {
+            let (ctx, periods, mut con, run) =
+                (ctx.clone(), periods.clone(), con.clone(), run.clone());
+            let full = args.full;
+            async move { warm_one(&ctx, &site, &periods, &mut con, &run, full, now).await }
+        },
+        || {},
+    )
+    .await;
+    let rows = results
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(redis_err)?;
+    Ok(WarmReport { rows })
+}
+
+/// Warms one site; a database failure keeps its previous cache (and is
+/// reported in the row), a Redis failure is the caller's error.
+async fn warm_one(
+    ctx: &Context,
+    site: &Site,
+    periods: &[CachePeriod],
+    con: &mut redis::aio::MultiplexedConnection,
+    run: &str,
+    full: bool,
+    now: i64,
+) -> Result<SiteRow, String> {
+    let started = Instant::now();
+    let keys = Keys::new(&site.name);
+    let settings = &ctx.config.cache;
+    let mut wanted: Vec<String> = periods
+        .iter()
+        .flat_map(|p| {
+            TABLES
+                .iter()
+                .map(|t| keys.agg(&p.name, t.name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    wanted.push(keys.loss());
+    let prev = publish::read_previous(con, &keys, &wanted)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut row = SiteRow {
+        site: site.name.clone(),
+        mode: String::new(),
+        keys: 0,
+        bytes: 0,
+        outliers: 0,
+        millis: 0,
+        error: None,
+    };
+    match warm::warm_site(&ctx.config, settings, site, periods, &prev, full, now).await {
+        Err(e) => {
+            tracing::warn!(site = %site.name, server = %settings.source, error = %e, "cache warm skipped: the previous cache is kept");
+            row.mode = "kept".into();
+            row.error = Some(format!("database unavailable, previous cache kept: {e}"));
+        }
+        Ok(cache) => {
+            let kept_periods: Vec<String> = ctx
+                .config
+                .cache
+                .periods
+                .iter()
+                .filter(|p| !periods.contains(p))
+                .flat_map(|p| {
+                    TABLES
+                        .iter()
+                        .map(|t| keys.agg(&p.name, t.name))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let keep: Vec<String> = publish::previous_keys(con, &keys)
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .filter(|k| kept_periods.contains(k))
+                .collect();
+            let meta = json!({
+                "version": keys::VERSION,
+                "site": site.name,
+                "warmed_at": now,
+                "source": settings.source,
+                "periods": periods.iter().map(|p| json!({"name": p.name, "span_secs": p.span_secs, "bucket_secs": p.bucket_secs, "ttl_secs": p.ttl_secs})).collect::<Vec<_>>(),
+            });
+            row.bytes = publish::publish(con, &keys, run, &cache.entries, &keep, meta)
+                .await
+                .map_err(|e| e.to_string())?;
+            row.mode = if cache.incremental {
+                "incremental"
+            } else {
+                "full"
+            }
+            .into();
+            row.keys = cache.entries.len() + 1;
+            row.outliers = cache.outliers.len();
+            if !cache.loss_failures.is_empty() {
+                row.error = Some(format!(
+                    "loss not measured on: {}",
+                    cache.loss_failures.join(", ")
+                ));
+            }
+            for o in &cache.outliers {
+                tracing::warn!(target: crate::logging::REPORT_TARGET, level = "warning", site = %site.name, table = %o.table, device = %o.device,
+                    measure = %o.measure, kind = o.kind, at = o.at, value = o.value, reference = o.reference, by = o.by, "outlier");
+            }
+        }
+    }
+    row.millis = started.elapsed().as_millis() as u64;
+    Ok(row)
+}

@@ -1,0 +1,173 @@
+//! Time buckets of per-device aggregates (count, avg, min, max per
+//! measure), how finer buckets roll up into coarser ones, and their compact
+//! JSON form in the cache.
+
+use std::collections::BTreeMap;
+
+use chrono::{TimeZone, Utc};
+use chrono_tz::Tz;
+use serde_json::{Value, json};
+
+/// Seconds in a bucket that means "local day".
+pub const DAY: i64 = 86_400;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bucket {
+    /// Unix seconds.
+    pub start: i64,
+    /// Rows aggregated.
+    pub n: u64,
+    /// Per measure; NaN when every value was NULL.
+    pub avg: Vec<f64>,
+    pub min: Vec<f64>,
+    pub max: Vec<f64>,
+}
+
+impl Bucket {
+    pub fn empty(start: i64, measures: usize) -> Bucket {
+        Bucket {
+            start,
+            n: 0,
+            avg: vec![f64::NAN; measures],
+            min: vec![f64::NAN; measures],
+            max: vec![f64::NAN; measures],
+        }
+    }
+
+    /// Folds `o` in: averages weighted by row counts.
+    pub fn merge(&mut self, o: &Bucket) {
+        let (a, b) = (self.n as f64, o.n as f64);
+        for i in 0..self.avg.len() {
+            self.avg[i] = match (self.avg[i].is_nan(), o.avg[i].is_nan()) {
+                (true, _) => o.avg[i],
+                (_, true) => self.avg[i],
+                _ => (self.avg[i] * a + o.avg[i] * b) / (a + b),
+            };
+            self.min[i] = self.min[i].min(o.min[i]);
+            self.max[i] = self.max[i].max(o.max[i]);
+        }
+        self.n += o.n;
+    }
+}
+
+/// Per device (label → buckets in time order).
+pub type Devices = BTreeMap<String, Vec<Bucket>>;
+
+/// The start of the bucket holding `t`: local midnight for day buckets.
+pub fn bucket_start(t: i64, bucket: i64, tz: Tz) -> i64 {
+    if bucket != DAY {
+        return t - t.rem_euclid(bucket);
+    }
+    let local = Utc
+        .timestamp_opt(t, 0)
+        .single()
+        .unwrap_or_default()
+        .with_timezone(&tz)
+        .date_naive();
+    crate::window::local_day(local, tz).start.timestamp()
+}
+
+/// Whether buckets of `fine` seconds tile buckets of `coarse` seconds in `tz`.
+pub fn tiles(fine: i64, coarse: i64, tz: Tz, at: i64) -> bool {
+    if coarse != DAY {
+        return coarse % fine == 0;
+    }
+    DAY % fine == 0 && bucket_start(at, DAY, tz).rem_euclid(fine) == 0
+}
+
+/// Rolls `src` buckets with start in `[from, to)` up into `bucket`-second buckets.
+pub fn rebucket(src: &Devices, bucket: i64, tz: Tz, from: i64, to: i64) -> Devices {
+    let mut out = Devices::new();
+    for (device, buckets) in src {
+        let mut rolled: Vec<Bucket> = Vec::new();
+        for b in buckets.iter().filter(|b| b.start >= from && b.start < to) {
+            let start = bucket_start(b.start, bucket, tz);
+            match rolled.last_mut() {
+                Some(last) if last.start == start => last.merge(b),
+                _ => {
+                    let mut fresh = b.clone();
+                    fresh.start = start;
+                    rolled.push(fresh);
+                }
+            }
+        }
+        if !rolled.is_empty() {
+            out.insert(device.clone(), rolled);
+        }
+    }
+    out
+}
+
+fn rounded(v: f64) -> Value {
+    match v.is_finite() {
+        true => json!((v * 10_000.0).round() / 10_000.0),
+        false => Value::Null,
+    }
+}
+
+/// `[start, n, [avg…], [min…], [max…]]`, values rounded to 4 decimals.
+pub fn bucket_json(b: &Bucket) -> Value {
+    let list = |v: &[f64]| Value::Array(v.iter().map(|x| rounded(*x)).collect());
+    json!([b.start, b.n, list(&b.avg), list(&b.min), list(&b.max)])
+}
+
+/// Reads back what [`bucket_json`] wrote.
+pub fn bucket_from_json(v: &Value) -> Option<Bucket> {
+    let a = v.as_array()?;
+    let list = |i: usize| -> Option<Vec<f64>> {
+        a.get(i)?
+            .as_array()?
+            .iter()
+            .map(|x| Some(x.as_f64().unwrap_or(f64::NAN)))
+            .collect()
+    };
+    Some(Bucket {
+        start: a.first()?.as_i64()?,
+        n: a.get(1)?.as_u64()?,
+        avg: list(2)?,
+        min: list(3)?,
+        max: list(4)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(start: i64, n: u64, v: f64) -> Bucket {
+        Bucket {
+            start,
+            n,
+            avg: vec![v],
+            min: vec![v - 1.0],
+            max: vec![v + 1.0],
+        }
+    }
+
+    #[test]
+    fn cache_rebucket_weights_averages_and_keeps_extremes() {
+        let src: Devices = [(
+            "1/1".to_string(),
+            vec![b(0, 60, 10.0), b(60, 30, 20.0), b(300, 60, 5.0)],
+        )]
+        .into();
+        let out = rebucket(&src, 300, chrono_tz::UTC, 0, 600);
+        let d = &out["1/1"];
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            (d[0].start, d[0].n, d[0].min[0], d[0].max[0]),
+            (0, 90, 9.0, 21.0)
+        );
+        assert!((d[0].avg[0] - (600.0 + 600.0) / 90.0).abs() < 1e-12);
+        assert_eq!(bucket_from_json(&bucket_json(&d[1])), Some(d[1].clone()));
+    }
+
+    #[test]
+    fn cache_day_buckets_are_local_days() {
+        let seoul = chrono_tz::Asia::Seoul;
+        // 2026-03-05 01:00 KST = 2026-03-04 16:00 UTC.
+        let t = 1_772_640_000;
+        assert_eq!(bucket_start(t, DAY, seoul), t - 3600);
+        assert!(tiles(3600, DAY, seoul, t) && !tiles(7 * 60, 3600, seoul, t));
+    }
+}
