@@ -1,0 +1,369 @@
+//! `essops cache warm` against real TimescaleDB and real Redis: values equal
+//! SQL aggregates, TTLs, planted outliers found (and nothing else),
+//! incremental equals full, atomic swaps, and both services failing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::Value;
+
+use crate::support::pg::block_on;
+use crate::support::{Cmd, Scratch, TestDb, free_port, servers_toml};
+
+const REDIS: &str = "redis://127.0.0.1:56379/0";
+const MEASURES: [&str; 8] = [
+    "SOC",
+    "DC_VOLTAGE",
+    "DC_CURRENT",
+    "DC_POWER",
+    "MAX_CELL_VOLTAGE",
+    "MIN_CELL_VOLTAGE",
+    "MAX_CELL_TEMP",
+    "MIN_CELL_TEMP",
+];
+
+struct Setup {
+    db: TestDb,
+    _scratch: Scratch,
+    config: PathBuf,
+    site: String,
+}
+
+/// A site (2 banks × 3 racks) with the last 3 hours of 1 Hz rack and bank rows.
+fn setup(test: &str, redis: &str, extra: &str) -> Setup {
+    let db = TestDb::new(test, 1);
+    let scratch = Scratch::new(test);
+    let site = format!("Cache_{test}");
+    let text = format!(
+        "log_dir = \"{}\"\n{extra}[redis]\nurl = \"{redis}\"\n{}[[sites]]\nname = \"{site}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 3 }}, {{ id = 2, racks = 3 }}]\n",
+        scratch.path.join("logs").display(),
+        servers_toml(),
+        db.databases[0]
+    );
+    let config = scratch.write("sites.toml", &text);
+    Cmd::new(Some(&config))
+        .args(["migrate", "--create-database"])
+        .run()
+        .expect_code(0);
+    let s = Setup {
+        db,
+        _scratch: scratch,
+        config,
+        site,
+    };
+    s.sql(
+        "INSERT INTO rack SELECT t, b, r, 50 + 10 * sin(extract(epoch FROM t) / 600) + r, 98, 800 + b, 100 * cos(extract(epoch FROM t) / 300),
+                80 * cos(extract(epoch FROM t) / 300), 3.30 + 0.001 * r, 3.29, 3.295, 1, 2, 30 + 0.1 * r + 0.5 * sin(extract(epoch FROM t) / 900), 25, 27, 3, 4, 1, 0, 0
+           FROM generate_series(date_trunc('minute', now()) - interval '3 hours', date_trunc('minute', now()) - interval '1 second', interval '1 second') t,
+                generate_series(1, 2) b, generate_series(1, 3) r;
+         INSERT INTO bank (\"TIMESTAMP\", \"BANK_ID\", \"SOC\", \"DC_VOLTAGE\", \"DC_CURRENT\", \"MAX_CELL_TEMP\")
+         SELECT t, b, 55, 800, 300, 31 FROM generate_series(date_trunc('minute', now()) - interval '3 hours', date_trunc('minute', now()) - interval '1 second', interval '1 second') t, generate_series(1, 2) b;
+         -- Planted: rack 1/2 runs hot for 5 minutes; rack 2/3's lowest cell sags for one minute.
+         UPDATE rack SET \"MAX_CELL_TEMP\" = 60 WHERE \"BANK_ID\" = 1 AND \"RACK_ID\" = 2
+            AND \"TIMESTAMP\" >= date_trunc('minute', now()) - interval '20 minutes' AND \"TIMESTAMP\" < date_trunc('minute', now()) - interval '15 minutes';
+         UPDATE rack SET \"MIN_CELL_VOLTAGE\" = 2.4 WHERE \"BANK_ID\" = 2 AND \"RACK_ID\" = 3
+            AND \"TIMESTAMP\" >= date_trunc('minute', now()) - interval '10 minutes' AND \"TIMESTAMP\" < date_trunc('minute', now()) - interval '9 minutes';
+         ANALYZE rack; ANALYZE bank;",
+    );
+    s
+}
+
+impl Setup {
+    fn sql(&self, sql: &str) {
+        block_on(async {
+            self.db
+                .client("local", &self.db.databases[0])
+                .await
+                .batch_execute(sql)
+                .await
+                .unwrap()
+        });
+    }
+
+    fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        block_on(async {
+            self.db
+                .client("local", &self.db.databases[0])
+                .await
+                .query(sql, &[])
+                .await
+                .unwrap()
+        })
+    }
+
+    fn warm(&self, args: &[&str], code: i32) -> Vec<Value> {
+        Cmd::new(Some(&self.config))
+            .args(["--json", "cache", "warm", "--site", &self.site])
+            .args(args)
+            .run()
+            .expect_code(code)
+            .json()
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("essops:v1:{{{}}}:{rest}", self.site)
+    }
+
+    fn get(&self, rest: &str) -> Value {
+        let mut con = redis::Client::open(REDIS)
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let v: Option<String> = redis::cmd("GET")
+            .arg(self.key(rest))
+            .query(&mut con)
+            .unwrap();
+        serde_json::from_str(&v.unwrap_or_else(|| panic!("no key {rest}"))).unwrap()
+    }
+
+    /// Checks every bucket of a cached rack period against SQL over the same rows.
+    fn assert_period_matches_sql(&self, period: &str) -> usize {
+        let cached = self.get(&format!("agg:{period}:rack"));
+        let bucket = cached["bucket_secs"].as_i64().unwrap();
+        let from = cached["from"].as_i64().unwrap();
+        let columns: Vec<String> = cached["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(columns, MEASURES);
+        let start = match bucket {
+            86_400 => "extract(epoch FROM (date_trunc('day', \"TIMESTAMP\" AT TIME ZONE 'Asia/Seoul') AT TIME ZONE 'Asia/Seoul'))::int8".to_string(),
+            b => format!("(extract(epoch FROM \"TIMESTAMP\")::int8 / {b}) * {b}"),
+        };
+        let aggs: Vec<String> = MEASURES
+            .iter()
+            .map(|m| format!("avg(\"{m}\")::float8, min(\"{m}\")::float8, max(\"{m}\")::float8"))
+            .collect();
+        let rows = self.query(&format!(
+            "SELECT \"BANK_ID\" || '/' || \"RACK_ID\", {start} AS s, count(*), {} FROM rack
+              WHERE \"TIMESTAMP\" >= to_timestamp({from}) GROUP BY 1, 2 ORDER BY 1, 2",
+            aggs.join(", ")
+        ));
+        let mut checked = 0;
+        for r in &rows {
+            let (device, s, n): (String, i64, i64) = (r.get(0), r.get(1), r.get(2));
+            let buckets = cached["devices"][&device]
+                .as_array()
+                .unwrap_or_else(|| panic!("{period}: no device {device}"));
+            let b = buckets
+                .iter()
+                .find(|b| b[0].as_i64() == Some(s))
+                .unwrap_or_else(|| panic!("{period} {device}: no bucket {s}"));
+            assert_eq!(b[1].as_i64(), Some(n), "{period} {device} {s}: rows");
+            for (m, name) in MEASURES.iter().enumerate() {
+                for (k, what) in ["avg", "min", "max"].iter().enumerate() {
+                    let want: f64 = r.get(3 + 3 * m + k);
+                    let got = b[2 + k][m].as_f64().unwrap();
+                    assert!(
+                        (got - want).abs() <= 5e-5 + 1e-9 * want.abs(),
+                        "{period} {device} {s} {name} {what}: cached {got}, SQL {want}"
+                    );
+                }
+            }
+            checked += 1;
+        }
+        let cached_buckets: usize = cached["devices"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_array().unwrap().len())
+            .sum();
+        assert_eq!(cached_buckets, rows.len(), "{period}: bucket count");
+        checked
+    }
+}
+
+#[test]
+fn cache_warm_values_equal_sql_aggregates_ttls_set_outliers_found() {
+    let s = setup("cache_values", REDIS, "");
+    let report = s.warm(&["--full"], 0);
+    assert_eq!(
+        (report[0]["mode"].as_str(), report[0]["outliers"].as_u64()),
+        (Some("full"), Some(4)),
+        "{report:?}"
+    );
+    assert_eq!(s.assert_period_matches_sql("hour"), 6 * 60);
+    assert!(s.assert_period_matches_sql("day") >= 6 * 36);
+    assert!(s.assert_period_matches_sql("week") >= 6 * 3);
+    assert!(s.assert_period_matches_sql("month") >= 6);
+
+    let mut con = redis::Client::open(REDIS)
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for (key, ttl) in [
+        ("agg:hour:rack", 600),
+        ("agg:day:rack", 3600),
+        ("agg:week:bank", 6 * 3600),
+        ("agg:month:rack", 86_400),
+        ("latest:rack", 600),
+        ("loss", 3600),
+    ] {
+        let left: i64 = redis::cmd("TTL").arg(s.key(key)).query(&mut con).unwrap();
+        assert!(left > 0 && left <= ttl, "{key}: TTL {left}");
+    }
+
+    let mut found: Vec<(String, String, String)> = s.get("outliers")["outliers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["device"].as_str().unwrap().into(),
+                o["measure"].as_str().unwrap().into(),
+                o["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    found.sort();
+    let want = [
+        ("1/2", "MAX_CELL_TEMP", "bank"),
+        ("1/2", "MAX_CELL_TEMP", "limit"),
+        ("2/3", "CELL_VOLTAGE_SPREAD", "bank"),
+        ("2/3", "MIN_CELL_VOLTAGE", "limit"),
+    ];
+    assert_eq!(
+        found,
+        want.map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    );
+
+    let latest = s.get("latest:rack");
+    let newest = s.query("SELECT max(\"TIMESTAMP\")::text FROM rack")[0].get::<_, String>(0);
+    assert_eq!(latest.as_object().unwrap().len(), 6);
+    assert!(
+        newest.starts_with(&latest["2/3"]["TIMESTAMP"].as_str().unwrap()[..19].replace('T', " ")),
+        "{newest} vs {}",
+        latest["2/3"]
+    );
+
+    let loss = s.get("loss");
+    let (day_start, end) = (
+        loss["day_start"].as_i64().unwrap(),
+        loss["window_end"].as_i64().unwrap(),
+    );
+    let observed: i64 = s.query(&format!(
+        "SELECT count(*) FROM rack WHERE \"TIMESTAMP\" >= to_timestamp({day_start}) AND \"TIMESTAMP\" < to_timestamp({end})"
+    ))[0]
+        .get(0);
+    assert_eq!(loss["local"]["rack"]["observed"].as_i64(), Some(observed));
+    assert_eq!(
+        loss["local"]["rack"]["expected"].as_i64(),
+        Some(6 * (end - day_start))
+    );
+}
+
+#[test]
+fn cache_warm_incremental_equals_full_and_readers_never_see_a_mix() {
+    let s = Arc::new(setup(
+        "cache_incremental",
+        REDIS,
+        "[cache]\nrecheck = \"1h\"\n",
+    ));
+    assert_eq!(
+        s.warm(&[], 0)[0]["mode"],
+        "full",
+        "no earlier cache: a full build"
+    );
+    let keys: Vec<String> = ["hour", "day", "week", "month"]
+        .iter()
+        .flat_map(|p| ["bank", "rack"].map(|t| s.key(&format!("agg:{p}:{t}"))))
+        .chain([s.key("meta")])
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (keys, stop) = (keys.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut con = redis::Client::open(REDIS)
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let values: Vec<Option<String>> =
+                    redis::cmd("MGET").arg(&keys).query(&mut con).unwrap();
+                let parsed: Vec<Value> = values
+                    .iter()
+                    .map(|v| serde_json::from_str(v.as_deref().expect("a key is missing")).unwrap())
+                    .collect();
+                let warmed = parsed.last().unwrap()["warmed_at"].as_i64().unwrap();
+                for v in &parsed[..parsed.len() - 1] {
+                    assert_eq!(
+                        v["to"].as_i64(),
+                        Some(warmed),
+                        "a reader saw values of two warms at once"
+                    );
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 0..4 {
+        // New rows for the current minute, then an incremental warm.
+        s.sql(&format!(
+            "INSERT INTO rack SELECT date_trunc('second', now()) - interval '{i} seconds' - interval '1 second' * g, b, r, 60, 98, 801, 5, 4, 3.31, 3.29, 3.3, 1, 2, 31, 25, 27, 3, 4, 1, 0, 0
+               FROM generate_series(0, 0) g, generate_series(1, 2) b, generate_series(1, 3) r ON CONFLICT DO NOTHING"
+        ));
+        assert_eq!(s.warm(&[], 0)[0]["mode"], "incremental");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 10, "the reader hardly ran");
+    for p in ["hour", "day", "week", "month"] {
+        s.assert_period_matches_sql(p);
+    }
+    let incremental: Vec<Value> = ["day", "week", "month"]
+        .iter()
+        .map(|p| s.get(&format!("agg:{p}:rack"))["devices"].clone())
+        .collect();
+    s.warm(&["--full"], 0);
+    let full: Vec<Value> = ["day", "week", "month"]
+        .iter()
+        .map(|p| s.get(&format!("agg:{p}:rack"))["devices"].clone())
+        .collect();
+    assert_eq!(incremental.len(), full.len());
+    for (a, b) in incremental.iter().zip(&full) {
+        assert_eq!(
+            a.as_object().unwrap().keys().collect::<Vec<_>>(),
+            b.as_object().unwrap().keys().collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn cache_warm_redis_down_and_database_down_keep_what_was_there() {
+    let dead = free_port();
+    let s = setup("cache_down", &format!("redis://127.0.0.1:{dead}/0"), "");
+    let run = Cmd::new(Some(&s.config))
+        .args(["cache", "warm"])
+        .run()
+        .expect_code(4);
+    assert!(
+        run.stderr()
+            .contains(&format!("Redis at 127.0.0.1:{dead} is unavailable")),
+        "{}",
+        run.stderr()
+    );
+
+    // A warm that works, then the source database goes away: the cache stays as it was.
+    let up = setup("cache_db_down", REDIS, "");
+    up.warm(&[], 0);
+    let before = up.get("agg:hour:rack");
+    let text = std::fs::read_to_string(&up.config)
+        .unwrap()
+        .replace("127.0.0.1:55432", &format!("127.0.0.1:{dead}"));
+    std::fs::write(&up.config, text).unwrap();
+    let report = up.warm(&[], 4);
+    assert_eq!(report[0]["mode"], "kept");
+    assert!(
+        report[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("previous cache kept"),
+        "{report:?}"
+    );
+    assert_eq!(up.get("agg:hour:rack"), before);
+}
