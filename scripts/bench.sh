@@ -11,6 +11,9 @@
 #                               rack-sized devices at 1 Hz into both servers, and
 #                               raw binary COPY rows/s into a hypertable
 #                               (SECS=N per size, default 60; SIZES="2000 4000 8000 12000")
+#   scripts/bench.sh cache      cache warm of the four default sites with the last
+#                               day of 1 Hz data: full and incremental (cron) runs,
+#                               keys/s next to redis-benchmark with pipelining
 #
 # Data lives in its own database (bench_site2 on the local dev server) and is
 # loaded once; later runs reuse it. RUNS=N sets the repetitions (default 7).
@@ -209,6 +212,42 @@ PY
     echo "  reproduce: scripts/bench.sh ingest   (SECS=$secs SIZES=\"$sizes\")"
 }
 
+bench_cache() {
+    local cfg=bench/cache.toml n db racks banks
+    "$ESSOPS" --config "$cfg" --quiet migrate --create-database
+    # The last 24 hours at 1 Hz, topped up to now on every run (periods are relative to now).
+    for n in 1 2 3 4; do
+        db="bench_cache_site$n"
+        case $n in 1) racks="(1,8)" ;; 2) racks="(1,9),(2,8)" ;; 3) racks="(1,11)" ;; 4) racks="(1,9)" ;; esac
+        PGPASSWORD="$(cat .services/secrets/local.password)" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U essops -d "$db" <<SQL
+CREATE TEMP TABLE span AS SELECT greatest(coalesce(max("TIMESTAMP") + interval '1 second', now() - interval '1 day'), now() - interval '1 day') AS f, date_trunc('second', now()) AS t FROM rack;
+INSERT INTO rack SELECT s, d.b, r, 50 + 20*sin(extract(epoch from s)/3600), 98.5, 820 + r, 100*cos(extract(epoch from s)/600), 80*cos(extract(epoch from s)/600), 3.30 + 0.001*r, 3.29, 3.295, 1, 2, 31.5 + 0.1*r, 27.0, 29, 3, 4, 1, 0, 0
+  FROM span, generate_series(span.f, span.t, interval '1 second') s, (VALUES $racks) d(b, n), generate_series(1, d.n) r;
+INSERT INTO bank ("TIMESTAMP","BANK_ID","SOC","DC_VOLTAGE","DC_CURRENT","MAX_CELL_TEMP")
+  SELECT s, d.b, 50, 820, 100, 31 FROM span, generate_series(span.f, span.t, interval '1 second') s, (VALUES $racks) d(b, n);
+INSERT INTO pcs ("TIMESTAMP","PCS_ID","AC_ACTIVE_POWER","AC_FREQUENCY","DC_VOLTAGE") SELECT s, 1, 500, 60, 820 FROM span, generate_series(span.f, span.t, interval '1 second') s;
+INSERT INTO etc ("TIMESTAMP","AMBIENT_TEMP","METER_ACTIVE_POWER") SELECT s, 20, 480 FROM span, generate_series(span.f, span.t, interval '1 second') s;
+DELETE FROM rack WHERE "TIMESTAMP" < now() - interval '1 day';
+ANALYZE rack;
+SQL
+    done
+    local rows
+    rows="$(for n in 1 2 3 4; do PGPASSWORD="$(cat .services/secrets/local.password)" psql -X -t -A -h 127.0.0.1 -p 55432 -U essops -d "bench_cache_site$n" -c 'SELECT count(*) FROM rack' ; done | awk '{s+=$1} END {print s}')"
+    echo "cache warm: the four default sites, the last day of 1 Hz data ($rows rack rows + banks, PCS, etc), local server, dev build"
+    local full_cmd=("$ESSOPS" --config "$cfg" cache warm --full --quiet)
+    local inc_cmd=("$ESSOPS" --config "$cfg" cache warm --quiet)
+    echo "  full rebuild (first run, or --full after a reconcile): $(timed "${full_cmd[@]}")"
+    echo "  incremental (cron every minute):                       $(timed "${inc_cmd[@]}")"
+    "$ESSOPS" --config "$cfg" --json cache warm | python3 -c '
+import json, sys, time
+rows = [json.loads(l) for l in sys.stdin]
+keys = sum(r["keys"] for r in rows); size = sum(r["bytes"] for r in rows); ms = max(r["millis"] for r in rows)
+print("  one incremental run: %d keys, %.1f MiB, slowest site %d ms -> %.0f keys/s, %.1f MiB/s end to end" % (keys, size / 2**20, ms, keys * 1000.0 / ms, size / 2**20 * 1000.0 / ms))'
+    echo "  redis-benchmark on the same Redis (SET, 3-byte values, pipeline 16): $(redis-benchmark -h 127.0.0.1 -p 56379 -t set -n 200000 -P 16 -q 2>/dev/null | tr -d '\r' | grep -o 'SET: [0-9.]* requests per second' | tail -1)"
+    echo "  redis-benchmark, 100 KiB values, pipeline 16:                        $(redis-benchmark -h 127.0.0.1 -p 56379 -t set -n 20000 -d 102400 -P 16 -q 2>/dev/null | tr -d '\r' | grep -o 'SET: [0-9.]* requests per second' | tail -1)"
+    echo "  reproduce: scripts/bench.sh cache"
+}
+
 # psql against the ingest bench database on one server (local|gcp)
 ipsql() {
     local port=55432 srv="$1"
@@ -220,6 +259,7 @@ case "${1:-all}" in
     loss) bench_loss ;;
     reconcile) bench_reconcile ;;
     ingest) bench_ingest ;;
-    all) bench_loss; bench_reconcile; bench_ingest ;;
-    *) echo "usage: $0 [all|loss|reconcile|ingest]" >&2; exit 2 ;;
+    cache) bench_cache ;;
+    all) bench_loss; bench_reconcile; bench_ingest; bench_cache ;;
+    *) echo "usage: $0 [all|loss|reconcile|ingest|cache]" >&2; exit 2 ;;
 esac

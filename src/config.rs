@@ -543,7 +543,7 @@ impl Validator<'_> {
         let Some(c) = c else {
             return Ok(CacheSettings {
                 source: first_server.to_string(),
-                recheck_secs: 7200,
+                recheck_secs: 900,
                 outlier_factor: 1.5,
                 periods: CachePeriod::defaults(),
                 limits: default_limits(),
@@ -560,7 +560,7 @@ impl Validator<'_> {
         };
         let recheck_secs = match &c.recheck {
             Some(v) => secs(v, "cache.recheck")?,
-            None => 7200,
+            None => 900,
         };
         let outlier_factor = match &c.outlier_factor {
             Some(v) if !(*v.get_ref() > 1.0 && v.get_ref().is_finite()) => {
@@ -1159,6 +1159,22 @@ mod tests {
             }
         );
         assert!(c.redis_url.is_some());
+        // The shipped file spells out the defaults, so it documents them truly.
+        assert_eq!(c.cache.periods, CachePeriod::defaults());
+        assert_eq!(c.cache.limits, default_limits());
+        assert_eq!(
+            (c.cache.recheck_secs, c.cache.source.as_str()),
+            (900, "local")
+        );
+        assert_eq!(c.modbus.timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.site("ESS_Operating_Site3")
+                .unwrap()
+                .endpoint("pcs")
+                .unwrap()
+                .addr,
+            "127.0.0.1:15042"
+        );
     }
 
     #[test]

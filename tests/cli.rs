@@ -18,7 +18,15 @@ fn cli_help_lists_only_working_commands() {
         .collect();
     assert_eq!(
         commands,
-        ["migrate", "loss", "reconcile", "simulate", "ingest", "help"]
+        [
+            "migrate",
+            "loss",
+            "reconcile",
+            "simulate",
+            "ingest",
+            "cache",
+            "help"
+        ]
     );
 }
 

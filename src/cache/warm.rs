@@ -69,10 +69,15 @@ pub async fn warm_site(
     )
     .await
     .map_err(|e| e.to_string())?;
+    // Full builds group days of rows; keep their sorts in memory.
+    client
+        .batch_execute("SET work_mem = '64MB'")
+        .await
+        .map_err(|e| db::describe(&e))?;
     let recheck_from = match (full, prev.warmed_at) {
         (false, Some(at)) => Some(bucket_start(
             at.min(now) - settings.recheck_secs,
-            3600,
+            60,
             site.timezone,
         )),
         _ => None,
@@ -331,7 +336,7 @@ async fn loss_summary(
                 .filter(|v| v["day_start"].as_i64() == Some(day_start))
                 .and_then(|v| v[name.as_str()][spec.name]["hours"].as_object());
             let from = match (recheck_from, old_hours) {
-                (Some(r), Some(_)) => r.max(day_start),
+                (Some(r), Some(_)) => bucket_start(r.max(day_start), 3600, site.timezone),
                 _ => day_start,
             };
             let mut hours: BTreeMap<i64, u64> = old_hours
