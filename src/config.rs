@@ -625,7 +625,7 @@ impl Validator<'_> {
         let mut limits = default_limits();
         for (col, v) in c.limits.iter().flatten() {
             let [lo, hi] = *v.get_ref();
-            if !(lo < hi) {
+            if lo >= hi || lo.is_nan() || hi.is_nan() {
                 return Err(self.doc.at(
                     v,
                     format!("cache.limits.{col}"),

@@ -187,6 +187,13 @@ pub async fn warm(args: &WarmArgs, ctx: &Context) -> Result<WarmReport, CacheErr
     Ok(WarmReport { rows })
 }
 
+/// The aggregate keys of `periods` for every table.
+fn agg_keys<'a>(keys: &Keys, periods: impl Iterator<Item = &'a CachePeriod>) -> Vec<String> {
+    periods
+        .flat_map(|p| TABLES.iter().map(|t| keys.agg(&p.name, t.name)))
+        .collect()
+}
+
 /// Warms one site; a database failure keeps its previous cache (and is
 /// reported in the row), a Redis failure is the caller's error.
 async fn warm_one(
@@ -201,15 +208,7 @@ async fn warm_one(
     let started = Instant::now();
     let keys = Keys::new(&site.name);
     let settings = &ctx.config.cache;
-    let mut wanted: Vec<String> = periods
-        .iter()
-        .flat_map(|p| {
-            TABLES
-                .iter()
-                .map(|t| keys.agg(&p.name, t.name))
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let mut wanted = agg_keys(&keys, periods.iter());
     wanted.push(keys.loss());
     let prev = publish::read_previous(con, &keys, &wanted)
         .await
@@ -230,19 +229,10 @@ async fn warm_one(
             row.error = Some(format!("database unavailable, previous cache kept: {e}"));
         }
         Ok(cache) => {
-            let kept_periods: Vec<String> = ctx
-                .config
-                .cache
-                .periods
-                .iter()
-                .filter(|p| !periods.contains(p))
-                .flat_map(|p| {
-                    TABLES
-                        .iter()
-                        .map(|t| keys.agg(&p.name, t.name))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let kept_periods = agg_keys(
+                &keys,
+                settings.periods.iter().filter(|p| !periods.contains(p)),
+            );
             let keep: Vec<String> = publish::previous_keys(con, &keys)
                 .await
                 .map_err(|e| e.to_string())?

@@ -111,7 +111,7 @@ impl Writer {
                 }
             }
         }
-        self.to_spool(batch);
+        self.spool_batch(batch);
     }
 
     /// Whether there is a usable connection, opening one when the backoff allows.
@@ -156,7 +156,7 @@ impl Writer {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    fn to_spool(&mut self, batch: &Batch) {
+    fn spool_batch(&mut self, batch: &Batch) {
         let s = &self.stats.servers[self.index];
         match self.spool.push(batch) {
             Ok(()) => {

@@ -72,10 +72,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Expiring<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if let Some(d) = self.deadline.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Ok(()));
-            }
+        if let Some(d) = self.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
