@@ -16,4 +16,9 @@ impl Context {
     pub fn log_dir(&self) -> std::path::PathBuf {
         self.config.base_dir().join(&self.config.log_dir)
     }
+
+    /// Run locks (see `lock`) live beside the logs.
+    pub fn lock_dir(&self) -> std::path::PathBuf {
+        self.log_dir().join("locks")
+    }
 }

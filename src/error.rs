@@ -79,6 +79,8 @@ pub enum Error {
     Ingest(#[from] IngestError),
     #[error(transparent)]
     Cache(#[from] CacheError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
     #[error("cannot set up logging in {dir}: {source}")]
@@ -87,6 +89,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("demo: {0}")]
+    Demo(String),
     #[error("interrupted")]
     Interrupted,
 }
@@ -103,8 +107,10 @@ impl Error {
             Error::Simulate(e) => e.exit_code(),
             Error::Ingest(e) => e.exit_code(),
             Error::Cache(e) => e.exit_code(),
+            Error::Lock(e) => e.exit_code(),
             Error::Output(_) => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
+            Error::Demo(_) => exit::UNAVAILABLE,
         }
     }
 

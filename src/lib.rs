@@ -9,8 +9,10 @@ pub mod cache;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod demo;
 pub mod error;
 pub mod ingest;
+pub mod lock;
 pub mod logging;
 pub mod loss;
 pub mod migrate;
@@ -69,6 +71,14 @@ pub enum Command {
     Ingest(ingest::IngestArgs),
     /// Dashboard caches in Redis.
     Cache(cache::CacheArgs),
+    Demo(demo::DemoArgs),
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 impl Command {
@@ -93,6 +103,22 @@ pub async fn shutdown_signal() {
 
 /// Runs one command line to the end and says how it went.
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
+    // Generated from the CLI definition; they need no config.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "essops", &mut std::io::stdout());
+            return Ok(Outcome::Clean);
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(Error::Output)?;
+            return Ok(Outcome::Clean);
+        }
+        _ => {}
+    }
     let config = Config::load(cli.global.config.as_deref())?;
     let ctx = Context {
         config: Arc::new(config),
@@ -144,6 +170,7 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         }
         Command::Reconcile(args) => {
             let plan = reconcile::plan(&args, ctx, chrono::Utc::now())?;
+            let _locks = lock::acquire_sites(ctx, "reconcile", plan.site_names())?;
             let mode = if args.dry_run {
                 reconcile::Mode::DryRun
             } else {
@@ -159,16 +186,25 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         }
         Command::Cache(args) => match args.command {
             cache::CacheCommand::Warm(w) => {
+                let sites = ctx.config.select_sites(&w.sites)?;
+                let _locks =
+                    lock::acquire_sites(ctx, "cache-warm", sites.iter().map(|s| s.name.as_str()))?;
                 let report = cache::warm(&w, ctx).await?;
                 emit(&report, ctx)
             }
         },
+        Command::Completions { .. } | Command::Man => Ok(Outcome::Clean),
+        Command::Demo(args) => {
+            let report = demo::execute(&args, ctx).await?;
+            emit(&report, ctx)
+        }
         Command::Simulate(args) => {
             let report = simulate::execute(&args, ctx, shutdown_signal()).await?;
             emit(&report, ctx)
         }
         Command::Loss(args) => {
             let plan = loss::plan(&args, ctx, chrono::Utc::now())?;
+            let _locks = lock::acquire_sites(ctx, "loss", plan.site_names())?;
             let report = loss::execute(plan, ctx).await?;
             emit(&report, ctx)
         }

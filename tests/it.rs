@@ -6,6 +6,8 @@ mod support;
 mod cache;
 mod cli;
 mod config_errors;
+mod demo;
+mod examples;
 mod ingest;
 mod loss;
 mod migrate;

@@ -13,7 +13,6 @@ pub mod stats;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -61,10 +60,8 @@ pub enum IngestError {
         "site `{0}` has no Modbus endpoints; add `modbus = {{ bms = \"HOST:PORT\", pcs = \"HOST:PORT\" }}` to its [[sites]] entry"
     )]
     NoEndpoints(String),
-    #[error(
-        "another essops ingest of site `{site}` is running (it holds {lock}); one per site, so rows are spooled and counted once"
-    )]
-    Locked { site: String, lock: PathBuf },
+    #[error(transparent)]
+    Locked(#[from] crate::lock::LockError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
 }
@@ -72,7 +69,7 @@ pub enum IngestError {
 impl IngestError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            IngestError::Locked { .. } => exit::LOCKED,
+            IngestError::Locked(e) => e.exit_code(),
             IngestError::Spool(_) => exit::INTERNAL,
             _ => exit::CONFIG,
         }
@@ -125,25 +122,6 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
         devices,
         spool_root,
     })
-}
-
-/// Holds the site's ingest lock while alive; the OS drops it if the process dies.
-fn lock(plan: &Plan) -> Result<File, IngestError> {
-    let spool_err = |source| SpoolError::Io {
-        path: plan.spool_root.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&plan.spool_root).map_err(spool_err)?;
-    let path = plan.spool_root.join(".ingest.lock");
-    let file = File::create(&path).map_err(spool_err)?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(IngestError::Locked {
-            site: plan.site.name.clone(),
-            lock: path,
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(spool_err(e).into()),
-    }
 }
 
 /// Devices split over connections: per endpoint address, round-robin.
@@ -222,7 +200,7 @@ pub async fn execute(
     shutdown: impl std::future::Future<Output = ()>,
     duration: Option<Duration>,
 ) -> Result<IngestReport, IngestError> {
-    let _lock = lock(&plan)?;
+    let _lock = crate::lock::acquire(&ctx.lock_dir(), "ingest", &plan.site.name)?;
     let server_names: Vec<String> = plan.servers.iter().map(|s| s.name.clone()).collect();
     let stats = Arc::new(Stats::new(
         &plan.site.name,

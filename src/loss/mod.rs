@@ -96,6 +96,15 @@ pub struct LossPlan {
     pub export: Option<export::ExportPath>,
 }
 
+impl LossPlan {
+    /// Each site once, in plan order (for run locks).
+    pub fn site_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.targets.iter().map(|t| t.site.name.as_str()).collect();
+        names.dedup();
+        names
+    }
+}
+
 pub fn plan(args: &LossArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error::Result<LossPlan> {
     let config = &ctx.config;
     let tables = schema::select_tables(&args.tables).map_err(LossError::from)?;

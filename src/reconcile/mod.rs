@@ -116,6 +116,15 @@ pub struct ReconcilePlan {
     pub targets: Vec<ReconcileTarget>,
 }
 
+impl ReconcilePlan {
+    /// Each site once, in plan order (for run locks).
+    pub fn site_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.targets.iter().map(|t| t.site.name.as_str()).collect();
+        names.dedup();
+        names
+    }
+}
+
 pub fn plan(
     args: &ReconcileArgs,
     ctx: &Context,

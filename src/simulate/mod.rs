@@ -282,25 +282,54 @@ impl Report for SimulateReport {
     }
 }
 
-/// Serves until `shutdown` resolves or `args.duration` passes.
-pub async fn execute(
-    args: &SimulateArgs,
-    ctx: &Context,
-    shutdown: impl Future<Output = ()>,
-) -> Result<SimulateReport, SimulateError> {
-    let site = ctx.config.site(&args.site)?.clone();
-    let plan = listeners(&site, args.listen.as_deref())?;
-    let bound = bind(&site, &plan).await?;
-    let model = Arc::new(Model::new(&site, args.seed));
-    let faults = Faults {
-        seed: args.seed,
-        drop_rate: args.drop_rate,
-        exception_rate: args.exception_rate,
-        disconnect_every: args.disconnect_every,
-        latency: args.latency,
+/// Simulators serving one site until stopped.
+pub struct Running {
+    site: String,
+    servers: tokio::task::JoinSet<()>,
+    stats: Vec<(Listener, usize, Arc<Counters>)>,
+}
+
+impl Running {
+    /// Stops serving and says what was served.
+    pub fn stop(mut self) -> SimulateReport {
+        self.servers.abort_all();
+        SimulateReport {
+            rows: self
+                .stats
+                .into_iter()
+                .map(|(l, devices, c)| EndpointRow {
+                    site: self.site.clone(),
+                    endpoints: l.endpoints.join("+"),
+                    addr: l.addr,
+                    devices,
+                    connections: c.connections.load(Relaxed),
+                    requests: c.requests.load(Relaxed),
+                    answered: c.answered.load(Relaxed),
+                    dropped: c.dropped.load(Relaxed),
+                    exceptions: c.exceptions.load(Relaxed),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Binds every listener of `site` and starts serving; fails before serving
+/// anything if one address cannot be bound.
+pub async fn start(
+    site: &Site,
+    listen: Option<&str>,
+    seed: u64,
+    faults: Faults,
+    announce: bool,
+) -> Result<Running, SimulateError> {
+    let plan = listeners(site, listen)?;
+    let bound = bind(site, &plan).await?;
+    let model = Arc::new(Model::new(site, seed));
+    let mut running = Running {
+        site: site.name.clone(),
+        servers: tokio::task::JoinSet::new(),
+        stats: Vec::new(),
     };
-    let mut servers = tokio::task::JoinSet::new();
-    let mut stats = Vec::new();
     for (l, socket, space) in bound {
         let counters = Arc::new(Counters::default());
         let service = SimService {
@@ -310,22 +339,46 @@ pub async fn execute(
             interval: i64::from(site.sample_interval_secs),
             counters: counters.clone(),
         };
-        if ctx.verbosity == Verbosity::Normal {
+        if announce {
             eprintln!(
-                "essops simulate: {} {} on {} ({} device blocks, seed {})",
+                "essops simulate: {} {} on {} ({} device blocks, seed {seed})",
                 site.name,
                 l.endpoints.join("+"),
                 socket
                     .local_addr()
                     .map_or(l.addr.clone(), |a| a.to_string()),
                 space.device_count(),
-                args.seed
             );
         }
         tracing::info!(site = %site.name, endpoint = %l.endpoints.join("+"), addr = %l.addr, "simulator listening");
-        stats.push((l, space.device_count(), counters));
-        servers.spawn(serve(socket, service));
+        running.stats.push((l, space.device_count(), counters));
+        running.servers.spawn(serve(socket, service));
     }
+    Ok(running)
+}
+
+/// Serves until `shutdown` resolves or `args.duration` passes.
+pub async fn execute(
+    args: &SimulateArgs,
+    ctx: &Context,
+    shutdown: impl Future<Output = ()>,
+) -> Result<SimulateReport, SimulateError> {
+    let site = ctx.config.site(&args.site)?.clone();
+    let faults = Faults {
+        seed: args.seed,
+        drop_rate: args.drop_rate,
+        exception_rate: args.exception_rate,
+        disconnect_every: args.disconnect_every,
+        latency: args.latency,
+    };
+    let running = start(
+        &site,
+        args.listen.as_deref(),
+        args.seed,
+        faults,
+        ctx.verbosity == Verbosity::Normal,
+    )
+    .await?;
     let stop = async {
         match args.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -336,23 +389,7 @@ pub async fn execute(
         _ = shutdown => {}
         _ = stop => {}
     }
-    servers.abort_all();
-    Ok(SimulateReport {
-        rows: stats
-            .into_iter()
-            .map(|(l, devices, c)| EndpointRow {
-                site: site.name.clone(),
-                endpoints: l.endpoints.join("+"),
-                addr: l.addr,
-                devices,
-                connections: c.connections.load(Relaxed),
-                requests: c.requests.load(Relaxed),
-                answered: c.answered.load(Relaxed),
-                dropped: c.dropped.load(Relaxed),
-                exceptions: c.exceptions.load(Relaxed),
-            })
-            .collect(),
-    })
+    Ok(running.stop())
 }
 
 async fn serve(socket: tokio::net::TcpListener, service: SimService) {

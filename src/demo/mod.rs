@@ -1,0 +1,380 @@
+//! `essops demo`: the whole loop on this machine, on the shipped config.
+//! Simulators for every site, migrate, ingest into every server while the
+//! link to the second server is cut for the last stretch and a share of
+//! Modbus requests go unanswered, then loss (the holes per server),
+//! reconcile (repairing them), loss again (the servers agree) and cache warm.
+
+pub mod proxy;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde::Serialize;
+
+use crate::cache;
+use crate::context::Context;
+use crate::error::{Error, Outcome};
+use crate::ingest;
+use crate::loss::{self, LossRow};
+use crate::migrate;
+use crate::output::{Report, Verbosity};
+use crate::reconcile::{self, ReconcileRow};
+use crate::simulate::{self, faults::Faults};
+use crate::window::{WindowArgs, parse_std_duration};
+
+/// Share of Modbus requests the demo's simulators leave unanswered.
+const DROP_RATE: f64 = 0.01;
+/// The link to the second server is cut for this last part of the ingest.
+const OUTAGE_SHARE: f64 = 0.4;
+
+/// Run the whole loop here: simulators, migrate, ingest with faults, loss, reconcile, loss, cache warm.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// How long to ingest (e.g. 30s, 2m).
+    #[arg(long, value_parser = parse_std_duration, default_value = "60s", value_name = "DURATION")]
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoRow {
+    pub site: String,
+    pub server: String,
+    pub expected: i64,
+    pub missing_before: i64,
+    pub repaired: u64,
+    pub missing_after: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DemoReport {
+    pub rows: Vec<DemoRow>,
+    pub seconds: u64,
+    pub outage_server: Option<String>,
+    pub outage_secs: u64,
+    pub polls_ok: u64,
+    pub polls_failed: u64,
+    pub spooled: u64,
+    pub cache_keys: usize,
+    pub log_dir: String,
+}
+
+impl Report for DemoReport {
+    type Row = DemoRow;
+    const HEADER: &'static [&'static str] = &[
+        "SITE",
+        "SERVER",
+        "EXPECTED",
+        "MISSING BEFORE",
+        "REPAIRED",
+        "MISSING AFTER",
+    ];
+    fn rows(&self) -> &[DemoRow] {
+        &self.rows
+    }
+    fn cells(r: &DemoRow) -> Vec<String> {
+        vec![
+            r.site.clone(),
+            r.server.clone(),
+            r.expected.to_string(),
+            r.missing_before.to_string(),
+            r.repaired.to_string(),
+            r.missing_after.to_string(),
+        ]
+    }
+    fn summary(&self) -> String {
+        let repaired: u64 = self.rows.iter().map(|r| r.repaired).sum();
+        let agree = self.servers_agree();
+        let outage = match &self.outage_server {
+            Some(s) => format!(
+                "`{s}` was unreachable for the last {} s ({} rows spooled for it)",
+                self.outage_secs, self.spooled
+            ),
+            None => "one server only: no outage injected".into(),
+        };
+        format!(
+            "demo: {} sites, {} s of 1 Hz polling into every server; {outage}; {} polls answered, {} unanswered (injected).\n\
+             reconcile copied {repaired} rows; {}.\n\
+             cache: {} keys in Redis.\n\
+             logs: {}",
+            self.rows
+                .iter()
+                .map(|r| &r.site)
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            self.seconds,
+            self.polls_ok,
+            self.polls_failed,
+            match agree {
+                true =>
+                    "the servers now agree (what is still missing on both is what the devices never answered)",
+                false => "the servers still differ: see the table",
+            },
+            self.cache_keys,
+            self.log_dir,
+        )
+    }
+    fn outcome(&self) -> Outcome {
+        match self.servers_agree() {
+            true => Outcome::Clean,
+            false => Outcome::Warning,
+        }
+    }
+}
+
+impl DemoReport {
+    fn servers_agree(&self) -> bool {
+        let mut by_site: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        for r in &self.rows {
+            by_site.entry(&r.site).or_default().push(r.missing_after);
+        }
+        by_site.values().all(|v| v.windows(2).all(|w| w[0] == w[1]))
+    }
+}
+
+fn rfc3339(t: i64) -> String {
+    Utc.timestamp_opt(t, 0)
+        .single()
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn window(from: i64, to: i64) -> WindowArgs {
+    WindowArgs {
+        date: None,
+        from: Some(rfc3339(from)),
+        to: Some(rfc3339(to)),
+    }
+}
+
+/// Missing samples per (site, server) from a loss report's table rows.
+fn missing(report: &loss::LossReport) -> Result<BTreeMap<(String, String), (i64, i64)>, Error> {
+    let mut out: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    for row in &report.rows {
+        match row {
+            LossRow::Table(t) => {
+                let e = out.entry((t.site.clone(), t.server.clone())).or_default();
+                e.0 += t.expected;
+                e.1 += t.expected - t.observed;
+            }
+            LossRow::Failure(f) => {
+                return Err(demo_error(format!(
+                    "loss failed on {} / {}: {}",
+                    f.site, f.server, f.error
+                )));
+            }
+            LossRow::Device(_) => {}
+        }
+    }
+    Ok(out)
+}
+
+fn demo_error(message: String) -> Error {
+    Error::Demo(message)
+}
+
+pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error> {
+    let _lock = crate::lock::acquire(&ctx.lock_dir(), "demo", "all")?;
+    let announce = ctx.verbosity == Verbosity::Normal;
+    let say = |m: String| {
+        if announce {
+            eprintln!("essops demo: {m}");
+        }
+    };
+    // The second server is reached through a relay the demo can cut.
+    let mut config = (*ctx.config).clone();
+    let relay = match config.servers.get(1) {
+        Some(s) => Some((
+            s.name.clone(),
+            proxy::Relay::start(format!("{}:{}", s.host, s.port))
+                .await
+                .map_err(|e| demo_error(format!("cannot start the relay: {e}")))?,
+        )),
+        None => None,
+    };
+    if let (Some((_, r)), Some(s)) = (&relay, config.servers.get_mut(1)) {
+        s.host = "127.0.0.1".into();
+        s.port = r.port;
+    }
+    let ctx = Context {
+        config: Arc::new(config),
+        format: ctx.format,
+        verbosity: Verbosity::Quiet,
+    };
+    let sites: Vec<_> = ctx
+        .config
+        .sites
+        .iter()
+        .filter(|s| !s.endpoints.is_empty())
+        .cloned()
+        .collect();
+
+    say("migrating every site database on every server".into());
+    let plan = migrate::plan(
+        &migrate::MigrateArgs {
+            sites: vec![],
+            servers: vec![],
+            create_database: true,
+            dry_run: false,
+        },
+        &ctx,
+    )?;
+    let migrated = migrate::execute(plan, &ctx).await?;
+    if migrated.outcome() != Outcome::Clean {
+        return Err(demo_error(
+            "migrate could not reach every server; run scripts/services.sh up".into(),
+        ));
+    }
+
+    let faults = Faults {
+        seed: 1,
+        drop_rate: DROP_RATE,
+        ..Faults::default()
+    };
+    let mut simulators = Vec::new();
+    for site in &sites {
+        simulators.push(simulate::start(site, None, 1, faults, false).await?);
+    }
+    let outage_secs = (args.duration.as_secs_f64() * OUTAGE_SHARE).round() as u64;
+    say(format!(
+        "simulating {} sites ({} % of requests unanswered), ingesting for {} s; {} will be unreachable for the last {outage_secs} s",
+        sites.len(),
+        DROP_RATE * 100.0,
+        args.duration.as_secs(),
+        relay
+            .as_ref()
+            .map_or("no server".into(), |(n, _)| format!("`{n}`")),
+    ));
+    let started = Utc::now();
+    let t0 = started.timestamp() + 1;
+    let mut ingests = tokio::task::JoinSet::new();
+    for site in &sites {
+        let plan = ingest::plan(
+            &ingest::IngestArgs {
+                site: site.name.clone(),
+                servers: vec![],
+                duration: Some(args.duration),
+            },
+            &ctx,
+        )?;
+        let (ctx, d) = (ctx.clone(), args.duration);
+        ingests.spawn(
+            async move { ingest::execute(plan, &ctx, std::future::pending(), Some(d)).await },
+        );
+    }
+    if let Some((_, r)) = &relay {
+        tokio::time::sleep(args.duration.mul_f64(1.0 - OUTAGE_SHARE)).await;
+        r.cut();
+    }
+    let (mut polls_ok, mut polls_failed, mut spooled) = (0, 0, 0);
+    while let Some(done) = ingests.join_next().await {
+        let report = done.map_err(|e| demo_error(format!("ingest task failed: {e}")))??;
+        if let Some(first) = report.rows.first() {
+            polls_ok += first.polls_ok;
+            polls_failed += first.polls_failed;
+        }
+        spooled += report.rows.iter().map(|r| r.spool_pending).sum::<u64>();
+    }
+    let t1 = Utc::now().timestamp();
+    for s in simulators {
+        s.stop();
+    }
+    if let Some((_, r)) = &relay {
+        r.restore();
+    }
+
+    say(format!(
+        "measuring loss for {} .. {}",
+        rfc3339(t0),
+        rfc3339(t1)
+    ));
+    let loss_args = || loss::LossArgs {
+        sites: vec![],
+        servers: vec![],
+        tables: vec![],
+        window: window(t0, t1),
+        output: None,
+    };
+    let now = || -> DateTime<Utc> { Utc::now() };
+    let before = missing(&loss::execute(loss::plan(&loss_args(), &ctx, now())?, &ctx).await?)?;
+
+    say("reconciling the servers".into());
+    let rec_args = reconcile::ReconcileArgs {
+        sites: vec![],
+        tables: vec![],
+        servers: vec![],
+        window: window(t0, t1),
+        direction: "both".into(),
+        min_age: "0".into(),
+        dry_run: false,
+    };
+    let rec = reconcile::execute(
+        reconcile::plan(&rec_args, &ctx, now())?,
+        &ctx,
+        reconcile::Mode::Apply,
+    )
+    .await;
+    let mut repaired: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for row in &rec.rows {
+        match row {
+            ReconcileRow::Table(t) => {
+                *repaired
+                    .entry((t.site.clone(), t.server_a.clone()))
+                    .or_default() += t.counts.copied_to_a;
+                *repaired
+                    .entry((t.site.clone(), t.server_b.clone()))
+                    .or_default() += t.counts.copied_to_b;
+            }
+            ReconcileRow::Failure(f) => {
+                return Err(demo_error(format!(
+                    "reconcile failed on {} / {}: {}",
+                    f.site, f.table, f.error
+                )));
+            }
+            ReconcileRow::Device(_) => {}
+        }
+    }
+    let after = missing(&loss::execute(loss::plan(&loss_args(), &ctx, now())?, &ctx).await?)?;
+
+    say("warming the dashboard cache".into());
+    let warmed = cache::warm(
+        &cache::WarmArgs {
+            sites: vec![],
+            periods: vec![],
+            full: false,
+        },
+        &ctx,
+    )
+    .await?;
+    let rows = before
+        .iter()
+        .map(|((site, server), (expected, miss))| DemoRow {
+            site: site.clone(),
+            server: server.clone(),
+            expected: *expected,
+            missing_before: *miss,
+            repaired: repaired
+                .get(&(site.clone(), server.clone()))
+                .copied()
+                .unwrap_or(0),
+            missing_after: after
+                .get(&(site.clone(), server.clone()))
+                .map_or(-1, |a| a.1),
+        })
+        .collect();
+    Ok(DemoReport {
+        rows,
+        seconds: args.duration.as_secs(),
+        outage_server: relay.as_ref().map(|(n, _)| n.clone()),
+        outage_secs,
+        polls_ok,
+        polls_failed,
+        spooled,
+        cache_keys: warmed.rows.iter().map(|r| r.keys).sum(),
+        log_dir: std::fs::canonicalize(ctx.log_dir())
+            .unwrap_or_else(|_| ctx.log_dir())
+            .display()
+            .to_string(),
+    })
+}

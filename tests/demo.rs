@@ -1,0 +1,148 @@
+//! `essops demo` end to end on the shipped configuration (its own databases
+//! and folders), and the run locks that keep cron jobs from overlapping.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::support::{Cmd, REPO, Scratch, TestDb};
+
+#[derive(Debug, Deserialize)]
+struct Row {
+    site: String,
+    server: String,
+    expected: i64,
+    missing_before: i64,
+    repaired: u64,
+    missing_after: i64,
+}
+
+/// The shipped sites.toml, pointed at this test's databases and folders.
+fn shipped_config(scratch: &Scratch, db: &TestDb) -> std::path::PathBuf {
+    let mut text = std::fs::read_to_string(Path::new(REPO).join("sites.toml"))
+        .unwrap()
+        .replace(
+            ".services/secrets",
+            &Path::new(REPO)
+                .join(".services/secrets")
+                .display()
+                .to_string(),
+        )
+        .replace(
+            "log_dir = \"logs\"",
+            &format!("log_dir = \"{}\"", scratch.path.join("logs").display()),
+        )
+        .replace(
+            "spool_dir = \"spool\"",
+            &format!("spool_dir = \"{}\"", scratch.path.join("spool").display()),
+        );
+    for (i, name) in db.databases.iter().enumerate() {
+        let site = format!("name = \"ESS_Operating_Site{}\"\n", i + 1);
+        text = text.replace(&site, &format!("{site}database = \"{name}\"\n"));
+    }
+    scratch.write("sites.toml", &text)
+}
+
+#[test]
+fn demo_finds_holes_repairs_them_and_the_servers_agree() {
+    let db = TestDb::new("demo", 4);
+    let scratch = Scratch::new("demo");
+    let config = shipped_config(&scratch, &db);
+    let run = Cmd::new(Some(&config))
+        .args(["--json", "demo", "--duration", "12s"])
+        .run()
+        .expect_code(0);
+    let rows: Vec<Row> = run.json();
+    assert_eq!(rows.len(), 8, "4 sites x 2 servers: {rows:?}");
+    for site in [
+        "ESS_Operating_Site1",
+        "ESS_Operating_Site2",
+        "ESS_Operating_Site3",
+        "ESS_Operating_Site4",
+    ] {
+        let get = |server: &str| {
+            rows.iter()
+                .find(|r| r.site == site && r.server == server)
+                .unwrap()
+        };
+        let (local, gcp) = (get("local"), get("gcp"));
+        assert!(
+            local.expected > 0 && local.expected == gcp.expected,
+            "{local:?} {gcp:?}"
+        );
+        assert!(
+            gcp.repaired > 0,
+            "the outage left nothing to repair on gcp: {gcp:?}"
+        );
+        for r in [local, gcp] {
+            assert_eq!(
+                r.missing_before - r.missing_after,
+                r.repaired as i64,
+                "holes found = holes repaired: {r:?}"
+            );
+        }
+        assert_eq!(
+            local.missing_after, gcp.missing_after,
+            "the servers agree afterwards"
+        );
+    }
+    let mut con = redis::Client::open("redis://127.0.0.1:56379/0")
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for key in ["meta", "agg:hour:rack", "latest:pcs", "loss", "outliers"] {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(format!("essops:v1:{{ESS_Operating_Site2}}:{key}"))
+            .query(&mut con)
+            .unwrap();
+        assert!(exists, "cache key {key} missing after the demo");
+    }
+    let logs: Vec<_> = std::fs::read_dir(scratch.path.join("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|f| f.to_string_lossy().starts_with("ESS_Operating_Site1.")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn locks_refuse_an_overlapping_run_and_free_when_the_holder_goes() {
+    let db = TestDb::new("locks", 1);
+    let scratch = Scratch::new("locks");
+    let text = format!(
+        "log_dir = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n{}[[sites]]\nname = \"Locks\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+        scratch.path.join("logs").display(),
+        crate::support::servers_toml(),
+        db.databases[0]
+    );
+    let config = scratch.write("sites.toml", &text);
+    Cmd::new(Some(&config))
+        .args(["migrate", "--create-database"])
+        .run()
+        .expect_code(0);
+    let locks = scratch.path.join("logs/locks");
+    for (command, args) in [
+        ("loss", vec!["loss", "--site", "Locks"]),
+        ("reconcile", vec!["reconcile", "--site", "Locks"]),
+        ("cache-warm", vec!["cache", "warm", "--site", "Locks"]),
+    ] {
+        let held = essops::lock::acquire(&locks, command, "Locks").unwrap();
+        let run = Cmd::new(Some(&config)).args(&args).run().expect_code(5);
+        let word = command.replace('-', " ");
+        assert!(
+            run.stderr()
+                .contains(&format!("another essops {word} of site `Locks` is running"))
+                || run.stderr().contains(&format!(
+                    "another essops {command} of site `Locks` is running"
+                )),
+            "{}",
+            run.stderr()
+        );
+        drop(held);
+        let code = Cmd::new(Some(&config)).args(&args).run().code();
+        assert_ne!(code, 5, "`{args:?}` still locked after the holder let go");
+    }
+}

@@ -1,0 +1,113 @@
+//! The shipped crontab and systemd unit: their commands run and succeed
+//! against the real services, with a test config in place of /etc/essops.
+
+use std::path::Path;
+use std::thread::sleep;
+use std::time::Duration;
+
+use crate::support::pg::block_on;
+use crate::support::{Cmd, Scratch, TestDb, free_port, servers_toml, wait_for_port};
+
+/// A site with yesterday (Asia/Seoul) complete on both servers, and simulator ports.
+fn setup(test: &str) -> (TestDb, Scratch, std::path::PathBuf, u16) {
+    let db = TestDb::new(test, 1);
+    let scratch = Scratch::new(test);
+    let (bms, pcs) = (free_port(), free_port());
+    let text = format!(
+        "log_dir = \"{}\"\nspool_dir = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n{}[[sites]]\nname = \"Examples_{test}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 2 }}]\nmodbus = {{ bms = \"127.0.0.1:{bms}\", pcs = \"127.0.0.1:{pcs}\" }}\n",
+        scratch.path.join("logs").display(),
+        scratch.path.join("spool").display(),
+        servers_toml(),
+        db.databases[0]
+    );
+    let config = scratch.write("sites.toml", &text);
+    Cmd::new(Some(&config))
+        .args(["migrate", "--create-database"])
+        .run()
+        .expect_code(0);
+    let day = "generate_series(date_trunc('day', now() AT TIME ZONE 'Asia/Seoul') AT TIME ZONE 'Asia/Seoul' - interval '1 day',
+                               date_trunc('day', now() AT TIME ZONE 'Asia/Seoul') AT TIME ZONE 'Asia/Seoul' - interval '1 second', interval '1 second') t";
+    for server in ["local", "gcp"] {
+        block_on(async {
+            db.client(server, &db.databases[0])
+                .await
+                .batch_execute(&format!(
+                    "INSERT INTO rack (\"TIMESTAMP\", \"BANK_ID\", \"RACK_ID\", \"SOC\") SELECT t, 1, r, 50 FROM {day}, generate_series(1, 2) r;
+                     INSERT INTO bank (\"TIMESTAMP\", \"BANK_ID\", \"SOC\") SELECT t, 1, 50 FROM {day};
+                     INSERT INTO pcs (\"TIMESTAMP\", \"PCS_ID\", \"AC_ACTIVE_POWER\") SELECT t, 1, 10 FROM {day};
+                     INSERT INTO etc (\"TIMESTAMP\", \"AMBIENT_TEMP\") SELECT t, 20 FROM {day};"
+                ))
+                .await
+                .unwrap()
+        });
+    }
+    (db, scratch, config, bms)
+}
+
+/// `essops …` split into arguments after the program name.
+fn essops_args(command: &str) -> Vec<String> {
+    let mut words = command.split_whitespace();
+    let program = words.next().unwrap();
+    assert!(
+        program.ends_with("essops"),
+        "not an essops command: {command}"
+    );
+    words.map(String::from).collect()
+}
+
+#[test]
+fn examples_crontab_commands_run_and_succeed() {
+    let (_db, _scratch, config, _) = setup("examples_cron");
+    let crontab =
+        std::fs::read_to_string(Path::new(crate::support::REPO).join("examples/crontab")).unwrap();
+    let commands: Vec<String> = crontab
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains('='))
+        .map(|l| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(commands.len(), 4, "{commands:?}");
+    for command in &commands {
+        let run = Cmd::new(Some(&config)).args(essops_args(command)).run();
+        assert_eq!(
+            run.code(),
+            0,
+            "`{command}` failed:\n{}{}",
+            run.stdout(),
+            run.stderr()
+        );
+    }
+}
+
+#[test]
+fn examples_systemd_unit_runs_ingest_and_stops_cleanly_on_sigterm() {
+    let (_db, _scratch, config, bms) = setup("examples_unit");
+    let unit = std::fs::read_to_string(
+        Path::new(crate::support::REPO).join("examples/essops-ingest@.service"),
+    )
+    .unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    assert_eq!(
+        unit.lines().find_map(|l| l.strip_prefix("KillSignal=")),
+        Some("SIGTERM")
+    );
+    let site = "Examples_examples_unit";
+    let sim = Cmd::new(Some(&config))
+        .args(["simulate", "--site", site, "--duration", "60s"])
+        .spawn();
+    wait_for_port(bms);
+    let args: Vec<String> = essops_args(&exec.replace("%i", site));
+    let ingest = Cmd::new(Some(&config)).args(args).spawn();
+    sleep(Duration::from_secs(4));
+    let run = ingest.signal("TERM");
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(
+        run.stdout().contains("local") && run.stdout().contains("gcp"),
+        "{}",
+        run.stdout()
+    );
+    drop(sim);
+}
