@@ -25,6 +25,9 @@ fn cli_help_lists_only_working_commands() {
             "simulate",
             "ingest",
             "cache",
+            "demo",
+            "completions",
+            "man",
             "help"
         ]
     );
