@@ -153,9 +153,12 @@ connections = 128
 [servers.local]
 url = "postgres://essops@127.0.0.1:55432"
 password_file = "../secrets/local.password"
+sslmode = "disable"
 [servers.gcp]
-url = "postgres://essops@127.0.0.1:55433"
+url = "postgres://essops@localhost:55433"
 password_file = "../secrets/gcp.password"
+sslmode = "verify-full"
+ca_file = "../tls/ca.crt"
 [[sites]]
 name = "BenchIngest"
 database = "bench_ingest"

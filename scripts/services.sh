@@ -19,7 +19,11 @@ PG_CONFIG="$PG_BIN/pg_config"
 # name:port pairs; sites.toml points at the same ports.
 # "outage" serves only the ingest test that stops and restarts a server mid-run.
 PG_CLUSTERS=("local:55432" "gcp:55433" "outage:55434")
+# Clusters that accept only TLS connections (the cloud stand-in), so the TLS
+# path is exercised every day. CA and certificates live in .services/tls.
+TLS_CLUSTERS=("gcp")
 REDIS_PORT=56379
+REDIS_TLS_PORT=56380
 DB_USER=essops
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -106,6 +110,51 @@ build_timescaledb() {
 
 # ---------------------------------------------------------------- servers --
 
+# A dev CA, a server certificate for "localhost" signed by it, and a second
+# CA that signed nothing (for tests of a wrong CA). Generated once.
+tls_material() {
+    local dir="$SVC/tls"
+    [ -s "$dir/server.crt" ] && return 0
+    mkdir -p "$dir"
+    log "generating a dev CA and a server certificate in $dir"
+    (
+        cd "$dir"
+        umask 077
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=essops dev CA" \
+            -keyout ca.key -out ca.crt 2>/dev/null
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=essops other CA" \
+            -keyout other-ca.key -out other-ca.crt 2>/dev/null
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+        printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n' > server.ext
+        openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+            -extfile server.ext -out server.crt 2>/dev/null
+        chmod 644 ca.crt other-ca.crt server.crt
+    )
+}
+
+# Turns TLS on for a cluster and refuses its plain-text host connections;
+# returns 0 when something changed (the caller reloads a running server).
+pg_tls() { # name data
+    local data="$2" changed=1
+    tls_material
+    if ! cmp -s "$SVC/tls/server.crt" "$data/server.crt"; then
+        as_root install -m 600 -o "$PG_OWNER" "$SVC/tls/server.key" "$data/server.key"
+        as_root install -m 644 -o "$PG_OWNER" "$SVC/tls/server.crt" "$data/server.crt"
+        changed=0
+    fi
+    if ! grep -q "^# essops tls" "$data/postgresql.conf"; then
+        printf "# essops tls\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" | as_pg tee -a "$data/postgresql.conf" >/dev/null
+        changed=0
+    fi
+    if ! grep -q "^hostnossl" "$data/pg_hba.conf"; then
+        { echo "hostnossl all all all reject"; cat "$data/pg_hba.conf"; } > "$SVC/pg/hba.tmp"
+        as_root install -m 600 -o "$PG_OWNER" "$SVC/pg/hba.tmp" "$data/pg_hba.conf"
+        rm -f "$SVC/pg/hba.tmp"
+        changed=0
+    fi
+    return $changed
+}
+
 pg_running() { # name port
     "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$2" -d postgres >/dev/null 2>&1
 }
@@ -138,9 +187,14 @@ max_locks_per_transaction = 256
 pg_stat_statements.track = all
 EOF
     fi
+    local tls_changed=1
+    if [[ " ${TLS_CLUSTERS[*]} " == *" $name "* ]] && pg_tls "$name" "$data"; then tls_changed=0; fi
     if pg_running "$name" "$port"; then
         # Reuse only our own server; never talk to one this script did not start.
-        [ -f "$data/postmaster.pid" ] && return 0
+        if [ -f "$data/postmaster.pid" ]; then
+            [ $tls_changed -eq 0 ] && as_pg "$PG_BIN/pg_ctl" -D "$data" reload >/dev/null
+            return 0
+        fi
         die "port $port is taken by a PostgreSQL server this script did not start (not $data); stop it or change the port"
     fi
     log "starting PostgreSQL '$name' on 127.0.0.1:$port"
@@ -160,14 +214,26 @@ redis_running() {
     redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG
 }
 
+redis_tls_running() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_TLS_PORT") 2>/dev/null
+}
+
 redis_up() {
     mkdir -p "$SVC/redis"
+    tls_material
     if redis_running; then
-        [ -f "$SVC/redis/redis.pid" ] && return 0
-        die "port $REDIS_PORT is taken by a Redis this script did not start; stop it or change the port"
+        if [ -f "$SVC/redis/redis.pid" ]; then
+            redis_tls_running && return 0
+            redis_down # started before the TLS port existed: restart with it
+            sleep 0.2
+        else
+            die "port $REDIS_PORT is taken by a Redis this script did not start; stop it or change the port"
+        fi
     fi
-    log "starting Redis on 127.0.0.1:$REDIS_PORT"
+    log "starting Redis on 127.0.0.1:$REDIS_PORT (TLS on $REDIS_TLS_PORT)"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save "" --appendonly no \
+        --tls-port "$REDIS_TLS_PORT" --tls-cert-file "$SVC/tls/server.crt" --tls-key-file "$SVC/tls/server.key" \
+        --tls-ca-cert-file "$SVC/tls/ca.crt" --tls-auth-clients no \
         --dir "$SVC/redis" --pidfile "$SVC/redis/redis.pid" --logfile "$SVC/redis/redis.log" 9>&- \
         || die "Redis did not start; see $SVC/redis/redis.log"
     local i

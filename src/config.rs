@@ -107,6 +107,7 @@ struct RawPeriod {
 #[serde(deny_unknown_fields)]
 struct RawRedis {
     url: Spanned<String>,
+    ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -115,6 +116,10 @@ struct RawServer {
     url: Spanned<String>,
     password_env: Option<Spanned<String>>,
     password_file: Option<Spanned<String>>,
+    sslmode: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +172,8 @@ pub struct Config {
     pub modbus: ModbusSettings,
     pub cache: CacheSettings,
     pub redis_url: Option<Url>,
+    /// PEM CA for `rediss://` (default: the system's roots).
+    pub redis_ca_file: Option<PathBuf>,
     pub servers: Vec<Server>,
     pub sites: Vec<Site>,
 }
@@ -178,6 +185,46 @@ pub struct Server {
     pub port: u16,
     pub user: String,
     pub password: PasswordSource,
+    pub tls: Tls,
+}
+
+/// libpq's sslmode values, with libpq's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain text only.
+    Disable,
+    /// TLS when the server offers it, without checking its certificate.
+    Prefer,
+    /// TLS always, without checking the certificate.
+    Require,
+    /// TLS; the certificate must chain to `ca_file`.
+    VerifyCa,
+    /// As verify-ca, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+/// How one server's connections are encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub mode: SslMode,
+    /// PEM CA certificates the server's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM), for servers that ask for one.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// How a server's password is found. The password itself is read only when connecting.
@@ -523,6 +570,11 @@ impl Validator<'_> {
             .as_ref()
             .map(|r| self.redis_url(&r.url))
             .transpose()?;
+        let redis_ca_file = raw
+            .redis
+            .as_ref()
+            .and_then(|r| r.ca_file.as_ref())
+            .map(|f| self.path(f));
         Ok(Config {
             source: self.source.clone(),
             log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
@@ -530,6 +582,7 @@ impl Validator<'_> {
             modbus,
             cache,
             redis_url,
+            redis_ca_file,
             servers,
             sites,
         })
@@ -873,7 +926,9 @@ impl Validator<'_> {
             (None, Some(file)) => PasswordSource::File(PathBuf::from(file.get_ref())),
             (None, None) => PasswordSource::Standard,
         };
+        let tls = self.tls(&key, s)?;
         Ok(Server {
+            tls,
             name: name.get_ref().clone(),
             host: url
                 .host_str()
@@ -884,6 +939,67 @@ impl Validator<'_> {
             user: url.username().to_string(),
             password,
         })
+    }
+
+    /// A path from the file, relative to the config's folder (read when used).
+    fn path(&self, v: &Spanned<String>) -> PathBuf {
+        let base = match self.source {
+            ConfigSource::File(f) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ConfigSource::Embedded => PathBuf::new(),
+        };
+        base.join(v.get_ref())
+    }
+
+    /// sslmode and certificates: from the file, else libpq's PGSSL* variables, else `prefer`.
+    fn tls(&self, key: &str, s: &RawServer) -> Result<Tls, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let mode = match (&s.sslmode, env("PGSSLMODE")) {
+            (Some(m), _) => SslMode::parse(m.get_ref()).ok_or_else(|| {
+                self.doc.at(
+                    m,
+                    format!("{key}.sslmode"),
+                    format!(
+                        "unknown sslmode `{}`; expected disable, prefer, require, verify-ca or verify-full",
+                        m.get_ref()
+                    ),
+                )
+            })?,
+            (None, Some(m)) => SslMode::parse(&m).ok_or_else(|| {
+                self.doc.error(0, format!("{key}.sslmode"), format!("PGSSLMODE=`{m}` is not an sslmode"))
+            })?,
+            (None, None) => SslMode::Prefer,
+        };
+        let file = |v: &Option<Spanned<String>>, var: &str| -> Option<PathBuf> {
+            match v {
+                Some(v) => Some(self.path(v)),
+                None => env(var).map(PathBuf::from),
+            }
+        };
+        let tls = Tls {
+            mode,
+            ca_file: file(&s.ca_file, "PGSSLROOTCERT"),
+            client_cert: file(&s.client_cert, "PGSSLCERT"),
+            client_key: file(&s.client_key, "PGSSLKEY"),
+        };
+        let at = s
+            .sslmode
+            .as_ref()
+            .map_or(s.url.span().start, |m| m.span().start);
+        if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && tls.ca_file.is_none() {
+            return Err(self.doc.error(
+                at,
+                format!("{key}.sslmode"),
+                "verify-ca and verify-full check the server's certificate against a CA: give ca_file (or PGSSLROOTCERT)",
+            ));
+        }
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            return Err(self.doc.error(
+                at,
+                format!("{key}.client_cert"),
+                "give client_cert and client_key together",
+            ));
+        }
+        Ok(tls)
     }
 
     fn redis_url(&self, url: &Spanned<String>) -> Result<Url, ConfigError> {

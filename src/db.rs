@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{Config, PasswordSource, Server};
+use crate::config::{Config, PasswordSource, Server, SslMode};
 use crate::error::exit;
 
 /// How long a connection attempt may take before the server counts as down.
@@ -33,6 +33,12 @@ pub enum DbError {
         addr: String,
         reason: String,
     },
+    #[error("server `{server}` ({addr}): {reason}")]
+    Tls {
+        server: String,
+        addr: String,
+        reason: String,
+    },
     #[error("server `{server}`, database `{database}`: {context}: {reason}")]
     Query {
         server: String,
@@ -46,7 +52,9 @@ pub enum DbError {
 impl DbError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            DbError::PasswordEnvMissing { .. } | DbError::PasswordFile { .. } => exit::CONFIG,
+            DbError::PasswordEnvMissing { .. }
+            | DbError::PasswordFile { .. }
+            | DbError::Tls { .. } => exit::CONFIG,
             DbError::Unreachable { .. } => exit::UNAVAILABLE,
             DbError::Query { sqlstate, .. }
                 if sqlstate.as_deref() == Some(INSUFFICIENT_PRIVILEGE) =>
@@ -392,10 +400,37 @@ pub async fn connect(
     if let Some(pw) = password(config, target.server, target.database)? {
         pg.password(pw);
     }
-    let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| connect_error(target, &e))?;
+    let tls = &target.server.tls;
+    match tls.mode {
+        SslMode::Disable => {
+            pg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            spawn_connection(pg.connect(tokio_postgres::NoTls).await, target)
+        }
+        mode => {
+            pg.ssl_mode(match mode {
+                SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            });
+            let rustls = crate::tls::client_config(tls).map_err(|reason| DbError::Tls {
+                server: target.server.name.clone(),
+                addr: target.addr(),
+                reason,
+            })?;
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls);
+            spawn_connection(pg.connect(connector).await, target)
+        }
+    }
+}
+
+/// Drives an opened connection on the runtime and hands back its client.
+fn spawn_connection<C>(
+    opened: Result<(tokio_postgres::Client, C), tokio_postgres::Error>,
+    target: Target<'_>,
+) -> Result<tokio_postgres::Client, DbError>
+where
+    C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    let (client, connection) = opened.map_err(|e| connect_error(target, &e))?;
     tokio::spawn(async move {
         // The connection ends when the client is dropped; errors surface on the client's next query.
         let _ = connection.await;
@@ -406,6 +441,13 @@ pub async fn connect(
 /// A failed connect is "unreachable" unless the server answered with an error
 /// of its own (no such database, bad password), which is reported as it said.
 fn connect_error(target: Target<'_>, e: &tokio_postgres::Error) -> DbError {
+    if let Some(reason) = crate::tls::explain(e, &target.server.tls, &target.server.host) {
+        return DbError::Tls {
+            server: target.server.name.clone(),
+            addr: target.addr(),
+            reason,
+        };
+    }
     match e.as_db_error() {
         Some(_) => DbError::query(&target.server.name, target.database, "cannot connect", e),
         None => DbError::Unreachable {
@@ -427,7 +469,20 @@ pub fn sqlx_options(
         .username(&target.server.user)
         .database(target.database)
         .application_name("essops")
-        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+        .ssl_mode(match target.server.tls.mode {
+            SslMode::Disable => sqlx::postgres::PgSslMode::Disable,
+            SslMode::Prefer => sqlx::postgres::PgSslMode::Prefer,
+            SslMode::Require => sqlx::postgres::PgSslMode::Require,
+            SslMode::VerifyCa => sqlx::postgres::PgSslMode::VerifyCa,
+            SslMode::VerifyFull => sqlx::postgres::PgSslMode::VerifyFull,
+        });
+    let tls = &target.server.tls;
+    if let Some(ca) = &tls.ca_file {
+        opts = opts.ssl_root_cert(ca);
+    }
+    if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+        opts = opts.ssl_client_cert(cert).ssl_client_key(key);
+    }
     if let Some(pw) = password(config, target.server, target.database)? {
         opts = opts.password(&pw);
     }

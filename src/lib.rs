@@ -22,6 +22,7 @@ pub mod reconcile;
 pub mod schema;
 pub mod simulate;
 pub mod tasks;
+pub mod tls;
 pub mod window;
 
 use std::path::PathBuf;

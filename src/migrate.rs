@@ -307,7 +307,17 @@ async fn apply_migrations(config: &Config, target: Target<'_>) -> Result<Vec<i64
                     database: target.database.to_string(),
                 });
             }
-            Ok(Err(e @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut))) => {
+            Ok(Err(e))
+                if crate::tls::explain(&e, &target.server.tls, &target.server.host).is_some() =>
+            {
+                return Err(MigrateError::Db(DbError::Tls {
+                    server: target.server.name.clone(),
+                    addr: target.addr(),
+                    reason: crate::tls::explain(&e, &target.server.tls, &target.server.host)
+                        .unwrap_or_default(),
+                }));
+            }
+            Ok(Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut))) => {
                 return Err(unreachable(target, &e.to_string()));
             }
             Ok(Err(e)) => return Err(sqlx_err(&e)),

@@ -22,11 +22,8 @@ fn shipped_config(scratch: &Scratch, db: &TestDb) -> std::path::PathBuf {
     let mut text = std::fs::read_to_string(Path::new(REPO).join("sites.toml"))
         .unwrap()
         .replace(
-            ".services/secrets",
-            &Path::new(REPO)
-                .join(".services/secrets")
-                .display()
-                .to_string(),
+            "\".services/",
+            &format!("\"{}/", Path::new(REPO).join(".services").display()),
         )
         .replace(
             "log_dir = \"logs\"",

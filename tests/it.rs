@@ -12,3 +12,4 @@ mod ingest;
 mod loss;
 mod migrate;
 mod reconcile;
+mod security;

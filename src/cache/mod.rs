@@ -162,7 +162,19 @@ pub async fn warm(args: &WarmArgs, ctx: &Context) -> Result<WarmReport, CacheErr
         addr: addr.clone(),
         reason: e,
     };
-    let client = redis::Client::open(url.as_str()).map_err(|e| redis_err(e.to_string()))?;
+    let client = match (url.scheme(), &ctx.config.redis_ca_file) {
+        ("rediss", Some(ca)) => {
+            let root = std::fs::read(ca)
+                .map_err(|e| redis_err(format!("cannot read the CA file {}: {e}", ca.display())))?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root),
+            };
+            redis::Client::build_with_tls(url.as_str(), certs)
+        }
+        _ => redis::Client::open(url.as_str()),
+    }
+    .map_err(|e| redis_err(e.to_string()))?;
     let con = tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
         .await
         .map_err(|_| redis_err("no answer in 5 s".into()))?

@@ -194,7 +194,8 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
         None => None,
     };
     if let (Some((_, r)), Some(s)) = (&relay, config.servers.get_mut(1)) {
-        s.host = "127.0.0.1".into();
+        // The relay listens on loopback; "localhost" keeps a verify-full host check meaningful.
+        s.host = "localhost".into();
         s.port = r.port;
     }
     let ctx = Context {

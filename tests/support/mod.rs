@@ -77,10 +77,23 @@ pub fn server_toml(name: &str, cluster: &str) -> String {
         "outage" => 55434,
         other => panic!("no dev cluster `{other}`"),
     };
-    let secrets = Path::new(REPO).join(".services/secrets");
+    let services = Path::new(REPO).join(".services");
+    // The gcp cluster takes only TLS; tests connect to it as the shipped config does.
+    let (host, tls) = match cluster {
+        "gcp" => (
+            "localhost",
+            format!(
+                "sslmode = \"verify-full\"\nca_file = \"{}\"\n",
+                services.join("tls/ca.crt").display()
+            ),
+        ),
+        _ => ("127.0.0.1", "sslmode = \"disable\"\n".to_string()),
+    };
     format!(
-        "[servers.{name}]\nurl = \"postgres://essops@127.0.0.1:{port}\"\npassword_file = \"{}\"\n\n",
-        secrets.join(format!("{cluster}.password")).display()
+        "[servers.{name}]\nurl = \"postgres://essops@{host}:{port}\"\npassword_file = \"{}\"\n{tls}\n",
+        services
+            .join(format!("secrets/{cluster}.password"))
+            .display()
     )
 }
 

@@ -1,0 +1,239 @@
+//! TLS to the cloud server (verify-full by default, a wrong CA or host name
+//! refused with a clear message), TLS to Redis, and passwords that never
+//! appear in any output or log.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::pg::block_on;
+use crate::support::{Cmd, REPO, Scratch, TestDb, server_toml, servers_toml};
+
+fn services(path: &str) -> PathBuf {
+    Path::new(REPO).join(".services").join(path)
+}
+
+/// A one-rack site on `servers` (TOML) in a migrated test database.
+fn setup(test: &str, servers: &str, redis: &str) -> (TestDb, Scratch, PathBuf) {
+    let db = TestDb::new(test, 1);
+    let scratch = Scratch::new(test);
+    let text = format!(
+        "log_dir = \"{}\"\n{redis}{servers}[[sites]]\nname = \"Sec_{test}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+        scratch.path.join("logs").display(),
+        db.databases[0]
+    );
+    let config = scratch.write("sites.toml", &text);
+    Cmd::new(Some(&config))
+        .args(["migrate", "--create-database"])
+        .run()
+        .expect_code(0);
+    (db, scratch, config)
+}
+
+/// The gcp server with other TLS settings (host, sslmode, CA).
+fn gcp_with(host: &str, sslmode: &str, ca: &str) -> String {
+    format!(
+        "[servers.gcp]\nurl = \"postgres://essops@{host}:55433\"\npassword_file = \"{}\"\nsslmode = \"{sslmode}\"\nca_file = \"{}\"\n\n",
+        services("secrets/gcp.password").display(),
+        services(ca).display()
+    )
+}
+
+fn loss_on(scratch: &Scratch, db: &TestDb, servers: &str) -> crate::support::cmd::Run {
+    let text = format!(
+        "log_dir = \"{}\"\n{servers}[[sites]]\nname = \"Sec\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+        scratch.path.join("logs").display(),
+        db.databases[0]
+    );
+    let config = scratch.write("variant.toml", &text);
+    Cmd::new(Some(&config))
+        .args(["loss", "--server", "gcp"])
+        .run()
+}
+
+#[test]
+fn security_gcp_is_tls_verified_and_a_wrong_ca_or_host_is_refused() {
+    let (db, scratch, _) = setup("sec_tls", &servers_toml(), "");
+    let ssl: bool = block_on(async {
+        let c = db.client("gcp", &db.databases[0]).await;
+        c.query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    });
+    assert!(ssl, "the connection to gcp is not encrypted");
+
+    let ran = |code: i32| [0, 10, 11].contains(&code);
+    let good = loss_on(
+        &scratch,
+        &db,
+        &gcp_with("localhost", "verify-full", "tls/ca.crt"),
+    );
+    assert!(ran(good.code()), "{}", good.stderr());
+
+    let wrong_ca = loss_on(
+        &scratch,
+        &db,
+        &gcp_with("localhost", "verify-full", "tls/other-ca.crt"),
+    );
+    // Loss reports each server it cannot reach as a failed row, and exits 4.
+    assert_eq!(wrong_ca.code(), 4, "{}", wrong_ca.stderr());
+    assert!(
+        wrong_ca
+            .stdout()
+            .contains("TLS: the server's certificate is not signed by the CA in ca_file"),
+        "{}",
+        wrong_ca.stdout()
+    );
+
+    let wrong_host = loss_on(
+        &scratch,
+        &db,
+        &gcp_with("127.0.0.1", "verify-full", "tls/ca.crt"),
+    );
+    assert_eq!(wrong_host.code(), 4, "{}", wrong_host.stderr());
+    assert!(
+        wrong_host
+            .stdout()
+            .contains("does not name host `127.0.0.1`"),
+        "{}",
+        wrong_host.stdout()
+    );
+
+    // verify-ca checks the chain only, so the same address is accepted.
+    let chain_only = loss_on(
+        &scratch,
+        &db,
+        &gcp_with("127.0.0.1", "verify-ca", "tls/ca.crt"),
+    );
+    assert!(ran(chain_only.code()), "{}", chain_only.stderr());
+
+    // The server itself refuses plain text.
+    let plain = loss_on(
+        &scratch,
+        &db,
+        &gcp_with("localhost", "disable", "tls/ca.crt"),
+    );
+    assert!(
+        !ran(plain.code()) && plain.stdout().contains("no encryption"),
+        "{}",
+        plain.stdout()
+    );
+
+    // Migrations (sqlx) take the same path and refuse the wrong CA too.
+    let text = std::fs::read_to_string(scratch.path.join("variant.toml"))
+        .unwrap()
+        .replace("tls/ca.crt", "tls/other-ca.crt")
+        .replace("\"disable\"", "\"verify-full\"");
+    let config = scratch.write("variant.toml", &text);
+    let migrate = Cmd::new(Some(&config))
+        .args(["migrate", "--server", "gcp"])
+        .run();
+    assert_ne!(migrate.code(), 0, "{}", migrate.stderr());
+    assert!(
+        migrate
+            .stderr()
+            .contains("TLS: the server's certificate is not signed by the CA in ca_file"),
+        "{}",
+        migrate.stderr()
+    );
+}
+
+#[test]
+fn security_rediss_uses_the_configured_ca() {
+    let redis = |ca: &str| {
+        format!(
+            "[redis]\nurl = \"rediss://localhost:56380/0\"\nca_file = \"{}\"\n",
+            services(ca).display()
+        )
+    };
+    let (_db, _scratch, config) = setup(
+        "sec_rediss",
+        &server_toml("local", "local"),
+        &redis("tls/ca.crt"),
+    );
+    Cmd::new(Some(&config))
+        .args(["cache", "warm"])
+        .run()
+        .expect_code(0);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("tls/ca.crt", "tls/other-ca.crt");
+    std::fs::write(&config, text).unwrap();
+    let run = Cmd::new(Some(&config))
+        .args(["cache", "warm"])
+        .run()
+        .expect_code(4);
+    assert!(
+        run.stderr()
+            .contains("Redis at localhost:56380 is unavailable"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn security_passwords_appear_in_no_output_and_no_log() {
+    let (db, scratch, config) = setup(
+        "sec_secrets",
+        &servers_toml(),
+        "[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n",
+    );
+    let secrets: Vec<String> = ["local", "gcp"]
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(services(&format!("secrets/{s}.password")))
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    // A config whose server is down, so connection errors are printed too.
+    let down = scratch.write(
+        "down.toml",
+        &std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("127.0.0.1:55432", "127.0.0.1:1"),
+    );
+    let mut outputs = Vec::new();
+    for (cfg, args) in [
+        (&config, vec!["--help"]),
+        (&config, vec!["migrate", "--dry-run", "--json"]),
+        (&config, vec!["--verbose", "migrate"]),
+        (&config, vec!["--json", "loss"]),
+        (&config, vec!["--json", "reconcile", "--min-age", "0"]),
+        (&config, vec!["--json", "cache", "warm"]),
+        (&down, vec!["--verbose", "--json", "loss"]),
+        (&down, vec!["--verbose", "migrate"]),
+    ] {
+        let run = Cmd::new(Some(cfg)).args(&args).run();
+        outputs.push((
+            format!("{args:?}"),
+            format!("{}{}", run.stdout(), run.stderr()),
+        ));
+    }
+    for entry in std::fs::read_dir(scratch.path.join("logs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            outputs.push((
+                path.display().to_string(),
+                std::fs::read_to_string(&path).unwrap(),
+            ));
+        }
+    }
+    assert!(outputs.len() > 8, "no log files were written");
+    assert!(
+        outputs.iter().any(|(_, o)| o.contains("unreachable")),
+        "the down server was not reported"
+    );
+    for (what, text) in &outputs {
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a password appears in {what}"
+            );
+        }
+    }
+    drop(db);
+}
