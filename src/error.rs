@@ -48,6 +48,8 @@ pub enum Outcome {
     Critical,
     /// Some targets (servers, sites) could not be reached; the rest were done.
     Partial,
+    /// The database role lacks a privilege the command needs; nothing was changed there.
+    Privilege,
 }
 
 impl Outcome {
@@ -57,6 +59,7 @@ impl Outcome {
             Outcome::Warning => exit::FOUND_WARNING,
             Outcome::Critical => exit::FOUND_CRITICAL,
             Outcome::Partial => exit::UNAVAILABLE,
+            Outcome::Privilege => exit::PRIVILEGE,
         }
     }
 }

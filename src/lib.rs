@@ -18,6 +18,7 @@ pub mod loss;
 pub mod migrate;
 pub mod modbus;
 pub mod output;
+pub mod privilege;
 pub mod reconcile;
 pub mod schema;
 pub mod simulate;

@@ -49,6 +49,10 @@ pub struct MigrateArgs {
     /// Show what would be migrated and stop.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also create the essops_writer and essops_reader roles on every server
+    /// and grant them on every site database (see README, "Roles").
+    #[arg(long)]
+    pub create_roles: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,7 @@ pub struct MigrateTarget {
 pub struct MigratePlan {
     pub targets: Vec<MigrateTarget>,
     pub missing_database: MissingDatabase,
+    pub create_roles: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,6 +120,8 @@ pub struct MigrateRow {
     pub database_created: bool,
     /// Versions applied by this run.
     pub applied: Vec<i64>,
+    /// essops_writer/essops_reader were (re)granted here (--create-roles).
+    pub roles: bool,
     pub error: Option<String>,
     pub duration_ms: u64,
 }
@@ -142,6 +149,7 @@ pub fn plan(args: &MigrateArgs, ctx: &Context) -> crate::error::Result<MigratePl
         false => MissingDatabase::Fail,
     };
     Ok(MigratePlan {
+        create_roles: args.create_roles,
         targets,
         missing_database,
     })
@@ -175,7 +183,40 @@ pub async fn execute(plan: MigratePlan, ctx: &Context) -> crate::error::Result<M
         || {},
     )
     .await;
+    let mut rows = rows;
+    if plan.create_roles {
+        grant_roles(&ctx.config, &mut rows).await;
+    }
     Ok(MigrateReport { rows })
+}
+
+/// Creates and grants the roles on every database that migrated, one at a
+/// time: roles are cluster-wide, and concurrent GRANTs on one catalog row collide.
+async fn grant_roles(config: &Config, rows: &mut [MigrateRow]) {
+    for row in rows.iter_mut().filter(|r| r.error.is_none()) {
+        let Ok(server) = config.server(&row.server) else {
+            continue;
+        };
+        let target = Target {
+            server,
+            database: &row.database,
+        };
+        let result = match db::connect(config, target).await {
+            Ok(client) => crate::privilege::create_roles(&client, &row.database)
+                .await
+                .map_err(|e| {
+                    DbError::query(&row.server, &row.database, "creating roles", &e).to_string()
+                }),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => row.roles = true,
+            Err(e) => {
+                row.status = MigrateStatus::Failed;
+                row.error = Some(e);
+            }
+        }
+    }
 }
 
 fn row(t: &MigrateTarget, status: MigrateStatus, started: Instant) -> MigrateRow {
@@ -186,6 +227,7 @@ fn row(t: &MigrateTarget, status: MigrateStatus, started: Instant) -> MigrateRow
         status,
         database_created: false,
         applied: Vec::new(),
+        roles: false,
         error: None,
         duration_ms: started.elapsed().as_millis() as u64,
     }

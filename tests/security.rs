@@ -237,3 +237,180 @@ fn security_passwords_appear_in_no_output_and_no_log() {
     }
     drop(db);
 }
+
+#[test]
+fn security_reader_role_reads_but_cannot_write() {
+    let (db, scratch, config) = setup(
+        "sec_roles",
+        &servers_toml(),
+        "[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n",
+    );
+    Cmd::new(Some(&config))
+        .args(["--json", "migrate", "--create-roles"])
+        .run()
+        .expect_code(0);
+    let reader_pw = "it-reader-pw-7f3a9c";
+    for server in ["local", "gcp"] {
+        block_on(async {
+            let c = db.client(server, &db.databases[0]).await;
+            c.batch_execute(&format!(
+                "DROP ROLE IF EXISTS it_reader_sec; CREATE ROLE it_reader_sec LOGIN PASSWORD '{reader_pw}' IN ROLE essops_reader"
+            ))
+            .await
+            .unwrap();
+        });
+    }
+    // Rows on local only: a reconcile would copy them to gcp.
+    block_on(async {
+        let c = db.client("local", &db.databases[0]).await;
+        c.batch_execute(
+            "INSERT INTO rack (\"TIMESTAMP\", \"BANK_ID\", \"RACK_ID\", \"SOC\")
+             SELECT t, 1, 1, 50 FROM generate_series(now() - interval '2 hours', now() - interval '1 hour', interval '1 second') t",
+        )
+        .await
+        .unwrap();
+    });
+    let as_reader = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("postgres://essops@", "postgres://it_reader_sec@")
+        .replace(
+            &format!(
+                "password_file = \"{}\"",
+                services("secrets/local.password").display()
+            ),
+            "password_env = \"IT_READER_PW\"",
+        )
+        .replace(
+            &format!(
+                "password_file = \"{}\"",
+                services("secrets/gcp.password").display()
+            ),
+            "password_env = \"IT_READER_PW\"",
+        )
+        .replace(
+            "banks = [",
+            "modbus = { bms = \"127.0.0.1:1\", pcs = \"127.0.0.1:2\" }\nbanks = [",
+        );
+    let reader = scratch.write("reader.toml", &as_reader);
+    let run = |args: &[&str]| {
+        Cmd::new(Some(&reader))
+            .env("IT_READER_PW", reader_pw)
+            .args(args)
+            .run()
+    };
+    let counts = || -> (i64, i64) {
+        let n = |server: &str| -> i64 {
+            block_on(async {
+                db.client(server, &db.databases[0])
+                    .await
+                    .query_one("SELECT count(*) FROM rack", &[])
+                    .await
+                    .unwrap()
+                    .get(0)
+            })
+        };
+        (n("local"), n("gcp"))
+    };
+    let before = counts();
+
+    let loss = run(&["loss", "--from", "2020-01-01", "--to", "2020-01-02"]);
+    assert!(
+        [0, 10, 11].contains(&loss.code()),
+        "loss as reader: {}{}",
+        loss.stdout(),
+        loss.stderr()
+    );
+    let cache = run(&["cache", "warm"]);
+    assert_eq!(
+        cache.code(),
+        0,
+        "cache warm as reader: {}{}",
+        cache.stdout(),
+        cache.stderr()
+    );
+
+    let site = "Sec_sec_roles";
+    let window = [
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "--min-age",
+        "0",
+    ];
+    let rec = run(&[&["reconcile"][..], &window[..]].concat());
+    assert_eq!(
+        rec.code(),
+        6,
+        "reconcile as reader: {}{}",
+        rec.stdout(),
+        rec.stderr()
+    );
+    assert!(
+        rec.stdout()
+            .contains("role `it_reader_sec` lacks INSERT on table `rack`"),
+        "{}",
+        rec.stdout()
+    );
+    assert!(
+        rec.stdout().contains("needs the essops_writer role"),
+        "{}",
+        rec.stdout()
+    );
+
+    let ingest = run(&["ingest", "--site", site, "--duration", "2s"]);
+    assert_eq!(
+        ingest.code(),
+        6,
+        "ingest as reader: {}{}",
+        ingest.stdout(),
+        ingest.stderr()
+    );
+    assert!(
+        ingest
+            .stderr()
+            .contains("role `it_reader_sec` lacks INSERT on table"),
+        "{}",
+        ingest.stderr()
+    );
+    assert_eq!(counts(), before, "a refused command changed rows");
+    assert!(before.0 > 0 && before.1 == 0);
+}
+
+#[test]
+fn security_any_identifier_reaches_sql_quoted_and_intact() {
+    let db = TestDb::new("sec_idents", 0);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let alphabet: Vec<char> = "aZ_0 \"';-()$\\/*.%\t\nÅ한🔋".chars().collect();
+    let names: Vec<String> = (0..300)
+        .map(|_| {
+            let len = 1 + (next() % 20) as usize;
+            (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect::<String>()
+        })
+        .filter(|n: &String| n.len() <= 63)
+        .collect();
+    block_on(async {
+        let c = db.client("local", "postgres").await;
+        for name in &names {
+            let sql = format!("SELECT 1 AS {}", essops::db::quote_ident(name));
+            let row = c
+                .query_one(&sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{name:?}: {e}"));
+            assert_eq!(
+                row.columns()[0].name(),
+                name.as_str(),
+                "identifier changed on its way through SQL"
+            );
+        }
+    });
+    assert!(names.len() > 250);
+}

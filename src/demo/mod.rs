@@ -218,6 +218,7 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
             servers: vec![],
             create_database: true,
             dry_run: false,
+            create_roles: false,
         },
         &ctx,
     )?;

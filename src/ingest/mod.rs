@@ -64,6 +64,8 @@ pub enum IngestError {
     Locked(#[from] crate::lock::LockError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("{0}")]
+    Privilege(String),
 }
 
 impl IngestError {
@@ -71,6 +73,7 @@ impl IngestError {
         match self {
             IngestError::Locked(e) => e.exit_code(),
             IngestError::Spool(_) => exit::INTERNAL,
+            IngestError::Privilege(_) => exit::PRIVILEGE,
             _ => exit::CONFIG,
         }
     }
@@ -194,6 +197,36 @@ async fn collect(
     flush(&mut pending);
 }
 
+/// Refuses to start when a reachable server's role cannot insert (or stage
+/// replays): better one clear message now than a spool that never drains.
+/// Servers that are down now are checked by their writer when they return.
+async fn check_privileges(plan: &Plan, ctx: &Context) -> Result<(), IngestError> {
+    let checks = plan.servers.iter().map(|server| async move {
+        let target = crate::db::Target {
+            server,
+            database: &plan.site.database,
+        };
+        let Ok(client) = crate::db::connect(&ctx.config, target).await else {
+            return Ok(());
+        };
+        for t in &plan.site.register_map.tables {
+            crate::privilege::require(
+                &client,
+                &server.name,
+                &plan.site.database,
+                "ingest",
+                t.spec.name,
+                &["SELECT", "INSERT"],
+                true,
+            )
+            .await
+            .map_err(IngestError::Privilege)?;
+        }
+        Ok(())
+    });
+    futures_util::future::try_join_all(checks).await.map(|_| ())
+}
+
 pub async fn execute(
     plan: Plan,
     ctx: &Context,
@@ -201,6 +234,7 @@ pub async fn execute(
     duration: Option<Duration>,
 ) -> Result<IngestReport, IngestError> {
     let _lock = crate::lock::acquire(&ctx.lock_dir(), "ingest", &plan.site.name)?;
+    check_privileges(&plan, ctx).await?;
     let server_names: Vec<String> = plan.servers.iter().map(|s| s.name.clone()).collect();
     let stats = Arc::new(Stats::new(
         &plan.site.name,

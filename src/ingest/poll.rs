@@ -140,6 +140,35 @@ impl Worker {
     }
 }
 
+/// Decodes one answer into `values`; an answer of the wrong length is refused
+/// before any field is read from it.
+fn decode_reply(
+    dev: &PollDevice,
+    r: &ReadRequest,
+    words: &[u16],
+    values: &mut [Option<Value>],
+) -> Result<(), PollError> {
+    if words.len() != usize::from(r.count) {
+        return Err(PollError::Broken(format!(
+            "answer has {} registers for a request of {}; discarded",
+            words.len(),
+            r.count
+        )));
+    }
+    for &i in &r.fields {
+        let f = &dev.table.fields[i];
+        let from = usize::from(dev.block_start + f.at - r.start);
+        let raw = f
+            .dtype
+            .decode(&words[from..from + usize::from(f.dtype.words())], f.order);
+        values[i] = raw.map(|v| match f.is_scaled() {
+            true => Value::Float(v.as_f64() * f.scale + f.offset),
+            false => v,
+        });
+    }
+    Ok(())
+}
+
 /// Reads and decodes every field of one device; all or nothing.
 async fn read_device(
     c: &mut ModbusClient,
@@ -173,24 +202,114 @@ async fn read_device(
             }
             Ok(Ok(Ok(words))) => words,
         };
-        if words.len() != usize::from(r.count) {
-            return Err(PollError::Broken(format!(
-                "answer has {} registers for a request of {}; discarded",
-                words.len(),
-                r.count
-            )));
-        }
-        for &i in &r.fields {
-            let f = &fields[i];
-            let from = usize::from(dev.block_start + f.at - r.start);
-            let raw = f
-                .dtype
-                .decode(&words[from..from + usize::from(f.dtype.words())], f.order);
-            values[i] = raw.map(|v| match f.is_scaled() {
-                true => Value::Float(v.as_f64() * f.scale + f.offset),
-                false => v,
-            });
-        }
+        decode_reply(dev, r, &words, &mut values)?;
     }
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modbus::map::RegisterMap;
+
+    fn rack() -> PollDevice {
+        let map = RegisterMap::builtin();
+        let t = map.table("rack").unwrap().clone();
+        let device = vec![2, 3];
+        PollDevice {
+            index: 0,
+            table_index: 0,
+            unit: 1,
+            block_start: t.block_start(&device) as u16,
+            requests: t.requests(&device),
+            table: Arc::new(t),
+            device,
+        }
+    }
+
+    #[test]
+    fn ingest_random_replies_are_decoded_or_refused_never_a_panic() {
+        let dev = rack();
+        let r = &dev.requests[0];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let len = match next() % 4 {
+                0 => usize::from(r.count),
+                _ => (next() % 260) as usize,
+            };
+            let words: Vec<u16> = (0..len).map(|_| next() as u16).collect();
+            let mut values = vec![None; dev.table.fields.len()];
+            match decode_reply(&dev, r, &words, &mut values) {
+                Ok(()) => {
+                    ok += 1;
+                    assert!(values.iter().flatten().all(|v| v.as_f64().is_finite()));
+                }
+                Err(_) => {
+                    refused += 1;
+                    assert_ne!(words.len(), usize::from(r.count));
+                }
+            }
+        }
+        assert!(
+            ok > 1000 && refused > 1000,
+            "{ok} decoded, {refused} refused"
+        );
+    }
+
+    /// A "device" that answers every request with random bytes over real TCP.
+    #[tokio::test]
+    async fn ingest_random_bytes_from_a_device_are_an_error_never_a_panic() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut seed = 0xDEAD_BEEF_u64;
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 260];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let len = (seed >> 33) as usize % 300;
+                    let mut reply: Vec<u8> = (0..len).map(|i| (seed >> (i % 57)) as u8).collect();
+                    // Half the time, a plausible MBAP header echoing the request.
+                    if seed & 1 == 0 && reply.len() >= 8 && n >= 8 {
+                        reply[..2].copy_from_slice(&buf[..2]);
+                        reply[2..4].fill(0);
+                        reply[6..8].copy_from_slice(&buf[6..8]);
+                    }
+                    if s.write_all(&reply).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let dev = rack();
+        let mut errors = 0;
+        for _ in 0..80 {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut client = tokio_modbus::client::tcp::attach_slave(stream, Slave(1));
+            if read_device(&mut client, &dev, Duration::from_millis(50))
+                .await
+                .is_err()
+            {
+                errors += 1;
+            }
+        }
+        assert!(
+            errors > 60,
+            "random bytes were accepted as answers {} times",
+            80 - errors
+        );
+    }
 }

@@ -224,6 +224,23 @@ pub struct FailureRow {
     pub site: String,
     pub table: String,
     pub error: String,
+    /// The role lacks a privilege reconcile needs (exit code 6).
+    pub privilege: bool,
+}
+
+/// Why a table could not be reconciled.
+struct Failure {
+    message: String,
+    privilege: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            message,
+            privilege: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -283,10 +300,11 @@ async fn reconcile_table(config: &Config, t: &ReconcileTarget, mode: Mode) -> Ve
     let result = reconcile_table_inner(config, t, mode, started).await;
     let rows = match result {
         Ok(rows) => rows,
-        Err(error) => vec![ReconcileRow::Failure(FailureRow {
+        Err(f) => vec![ReconcileRow::Failure(FailureRow {
             site: t.site.name.clone(),
             table: t.table.name.into(),
-            error,
+            error: f.message,
+            privilege: f.privilege,
         })],
     };
     for row in &rows {
@@ -351,10 +369,33 @@ async fn reconcile_table_inner(
     t: &ReconcileTarget,
     mode: Mode,
     started: Instant,
-) -> Result<Vec<ReconcileRow>, String> {
+) -> Result<Vec<ReconcileRow>, Failure> {
     let database = t.site.database.as_str();
     let spec = &t.table;
     let (mut a, mut b) = open_pair(config, t).await?;
+    if mode == Mode::Apply {
+        for (side, fills) in [(&a, t.direction.fills_a()), (&b, t.direction.fills_b())] {
+            let privileges: &[&str] = if fills {
+                &["SELECT", "INSERT"]
+            } else {
+                &["SELECT"]
+            };
+            crate::privilege::require(
+                &side.reader,
+                &side.server.name,
+                database,
+                "reconcile",
+                spec.name,
+                privileges,
+                true,
+            )
+            .await
+            .map_err(|message| Failure {
+                message,
+                privilege: true,
+            })?;
+        }
+    }
     let columns = shared_columns(&a, &b, database, spec).await?;
     let q =
         |side: &Side, what: &str, e: tokio_postgres::Error| side.error(database, spec, what, &e);
@@ -364,8 +405,8 @@ async fn reconcile_table_inner(
         diff::summary(&b.reader, spec, t.window)
     ) {
         (Ok(x), Ok(y)) => (x, y),
-        (Err(e), _) => return Err(q(&a, "summarising", e)),
-        (_, Err(e)) => return Err(q(&b, "summarising", e)),
+        (Err(e), _) => return Err(q(&a, "summarising", e).into()),
+        (_, Err(e)) => return Err(q(&b, "summarising", e).into()),
     };
     a.bytes_read += bytes_a;
     b.bytes_read += bytes_b;
@@ -702,6 +743,7 @@ impl Report for ReconcileReport {
         let mut outcome = Outcome::Clean;
         for row in &self.rows {
             let this = match row {
+                ReconcileRow::Failure(f) if f.privilege => Outcome::Privilege,
                 ReconcileRow::Failure(_) => Outcome::Partial,
                 ReconcileRow::Table(t) if t.verified == Some(false) => Outcome::Partial,
                 ReconcileRow::Table(t) if t.counts.missing_on_a + t.counts.missing_on_b > 0 => {

@@ -1,0 +1,94 @@
+//! Least privilege: the two roles `essops migrate --create-roles` makes on
+//! every server, what each command needs, and the check that turns a missing
+//! privilege into a message naming it (before anything is changed).
+//!
+//! | role | may | for |
+//! |---|---|---|
+//! | `essops_writer` | CONNECT, TEMP; SELECT, INSERT on the ESS tables | ingest, reconcile |
+//! | `essops_reader` | CONNECT; SELECT on the ESS tables | loss, cache warm |
+//!
+//! Both are NOLOGIN group roles: grant them to the login roles essops uses
+//! (`GRANT essops_reader TO dashboards;`).
+
+use tokio_postgres::Client;
+
+use crate::db::{DbError, quote_ident};
+
+pub const WRITER: &str = "essops_writer";
+pub const READER: &str = "essops_reader";
+
+/// Creates both roles if missing (cluster-wide) and grants them on this
+/// database and its tables, present and future. Safe to repeat.
+pub async fn create_roles(client: &Client, database: &str) -> Result<(), tokio_postgres::Error> {
+    for role in [WRITER, READER] {
+        // DO blocks cannot take parameters; the names are constants, quoted anyway.
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+            .await?
+            .is_some();
+        if !exists {
+            if let Err(e) = client
+                .batch_execute(&format!("CREATE ROLE {} NOLOGIN", quote_ident(role)))
+                .await
+            {
+                // Another database's grant made it a moment ago.
+                if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    let (db, w, r) = (
+        quote_ident(database),
+        quote_ident(WRITER),
+        quote_ident(READER),
+    );
+    client
+        .batch_execute(&format!(
+            "GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {w};
+             GRANT CONNECT ON DATABASE {db} TO {r};
+             GRANT USAGE ON SCHEMA public TO {w}, {r};
+             GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {w};
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO {r};
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT ON TABLES TO {w};
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {r};"
+        ))
+        .await
+}
+
+/// Checks that the connected role holds `privileges` on `table` (and TEMP on
+/// the database when `temp`); the error names the first one missing.
+pub async fn require(
+    client: &Client,
+    server: &str,
+    database: &str,
+    command: &str,
+    table: &str,
+    privileges: &[&str],
+    temp: bool,
+) -> Result<(), String> {
+    let row = client
+        .query_one(
+            "SELECT current_user::text,
+                    ARRAY(SELECT p FROM unnest($2::text[]) p WHERE NOT has_table_privilege(format('public.%I', $1::text), p)),
+                    has_database_privilege(current_database(), 'TEMPORARY')",
+            &[&table, &privileges.iter().map(|p| p.to_string()).collect::<Vec<_>>()],
+        )
+        .await
+        .map_err(|e| DbError::query(server, database, "checking privileges", &e).to_string())?;
+    let (role, missing, has_temp): (String, Vec<String>, bool) =
+        (row.get(0), row.get(1), row.get(2));
+    let lacking = match (missing.first(), temp && !has_temp) {
+        (Some(p), _) => format!("{p} on table `{table}`"),
+        (None, true) => format!("TEMPORARY on database `{database}`"),
+        (None, false) => return Ok(()),
+    };
+    let needs = if privileges.contains(&"INSERT") {
+        WRITER
+    } else {
+        READER
+    };
+    Err(format!(
+        "server `{server}`: role `{role}` lacks {lacking}; essops {command} needs the {needs} role (GRANT {needs} TO {role}; essops migrate --create-roles makes it)"
+    ))
+}
