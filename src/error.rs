@@ -84,6 +84,8 @@ pub enum Error {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
     #[error("cannot set up logging in {dir}: {source}")]
@@ -111,6 +113,7 @@ impl Error {
             Error::Ingest(e) => e.exit_code(),
             Error::Cache(e) => e.exit_code(),
             Error::Lock(e) => e.exit_code(),
+            Error::Index(e) => e.exit_code(),
             Error::Output(_) => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
             Error::Demo(_) => exit::UNAVAILABLE,

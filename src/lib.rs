@@ -11,6 +11,7 @@ pub mod context;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod index;
 pub mod ingest;
 pub mod lock;
 pub mod logging;
@@ -73,6 +74,8 @@ pub enum Command {
     Ingest(ingest::IngestArgs),
     /// Dashboard caches in Redis.
     Cache(cache::CacheArgs),
+    /// Indexes: list, columns, create, drop, recommend, and a wizard.
+    Index(index::IndexArgs),
     Demo(demo::DemoArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
@@ -148,7 +151,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
                 "cannot start the async runtime: {e}"
             )))
         })?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         if cli.command.handles_signals() {
             return dispatch(cli.command, &ctx).await;
         }
@@ -157,7 +160,10 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             // Ctrl-C is not success: open transactions roll back as connections drop.
             _ = shutdown_signal() => Err(Error::Interrupted),
         }
-    })
+    });
+    // A blocking read of the terminal (the wizard's) must not hold the exit.
+    runtime.shutdown_background();
+    result
 }
 
 async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
@@ -196,6 +202,17 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
             }
         },
         Command::Completions { .. } | Command::Man => Ok(Outcome::Clean),
+        Command::Index(args) => {
+            use index::IndexCommand as I;
+            match args.command {
+                Some(I::List(a)) => emit(&index::list(&a, ctx).await?, ctx),
+                Some(I::Columns(a)) => emit(&index::columns(&a, ctx).await?, ctx),
+                Some(I::Create(a)) => emit(&index::create(&a, ctx).await?, ctx),
+                Some(I::Drop(a)) => emit(&index::drop(&a, ctx).await?, ctx),
+                Some(I::Recommend(a)) => emit(&index::recommend(&a, ctx).await?, ctx),
+                Some(I::Wizard) | None => emit(&index::wizard::run(ctx).await?, ctx),
+            }
+        }
         Command::Demo(args) => {
             let report = demo::execute(&args, ctx).await?;
             emit(&report, ctx)

@@ -25,6 +25,7 @@ fn cli_help_lists_only_working_commands() {
             "simulate",
             "ingest",
             "cache",
+            "index",
             "demo",
             "completions",
             "man",

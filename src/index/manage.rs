@@ -1,0 +1,110 @@
+//! Creating and dropping indexes on every chosen site and server.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use super::catalog::{self, IndexInfo};
+use crate::db::quote_ident;
+
+/// The reference tool's name for an index: `{table}_{col}_{col}_idx`, lower case.
+pub fn default_name(table: &str, columns: &[String]) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| c.to_lowercase()).collect();
+    format!("{table}_{}_idx", cols.join("_"))
+}
+
+/// Index names are identifiers: PostgreSQL would silently cut one past 63 bytes.
+pub fn check_name(name: &str) -> Result<(), String> {
+    match name.len() {
+        0 => Err("an index name cannot be empty".into()),
+        n if n > 63 => Err(format!(
+            "index name `{name}` is {n} bytes; PostgreSQL allows 63 and would silently cut it, so give a shorter --name"
+        )),
+        _ if name.contains('\0') => Err("an index name cannot contain NUL".into()),
+        _ => Ok(()),
+    }
+}
+
+/// `CREATE INDEX "name" ON "table" ("A", "B")`, per chunk on a hypertable when asked.
+pub fn create_sql(table: &str, name: &str, columns: &[String], per_chunk: bool) -> String {
+    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let with = if per_chunk {
+        " WITH (timescaledb.transaction_per_chunk)"
+    } else {
+        ""
+    };
+    format!(
+        "CREATE INDEX {} ON {} ({}){with}",
+        quote_ident(name),
+        quote_ident(table),
+        cols.join(", ")
+    )
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeRow {
+    pub server: String,
+    pub site: String,
+    pub table: String,
+    pub index: String,
+    /// planned, created, exists, dropped, absent, refused, failed
+    pub status: String,
+    pub sql: String,
+    pub note: String,
+    pub duration_ms: u64,
+}
+
+/// What creating `columns` on `table` would do here: nothing when an index
+/// with the same columns exists, an error when the name is taken by another.
+pub fn plan_create(
+    indexes: &[IndexInfo],
+    table: &str,
+    name: &str,
+    columns: &[String],
+) -> Result<Option<String>, String> {
+    if let Some(same) = indexes.iter().find(|i| i.columns == columns) {
+        return Ok(Some(format!(
+            "index `{}` already has these columns; nothing to do",
+            same.name
+        )));
+    }
+    if let Some(taken) = indexes.iter().find(|i| i.name == name) {
+        return Err(format!(
+            "an index named `{name}` already exists on `{table}` with other columns ({}); choose another --name",
+            taken.columns.join(", ")
+        ));
+    }
+    Ok(None)
+}
+
+/// Runs a CREATE INDEX; on a per-chunk build `on_chunk(done)` is called as chunks finish.
+pub async fn create(
+    client: &Client,
+    watcher: Option<&Client>,
+    table: &str,
+    name: &str,
+    sql: &str,
+    mut on_chunk: impl FnMut(i64),
+) -> Result<Duration, tokio_postgres::Error> {
+    let started = Instant::now();
+    let build = client.batch_execute(sql);
+    tokio::pin!(build);
+    let Some(watcher) = watcher else {
+        build.await?;
+        return Ok(started.elapsed());
+    };
+    loop {
+        tokio::select! {
+            r = &mut build => {
+                r?;
+                return Ok(started.elapsed());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Ok(n) = catalog::chunk_indexes(watcher, table, name).await {
+                    on_chunk(n);
+                }
+            }
+        }
+    }
+}
