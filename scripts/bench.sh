@@ -11,6 +11,9 @@
 #                               rack-sized devices at 1 Hz into both servers, and
 #                               raw binary COPY rows/s into a hypertable
 #                               (SECS=N per size, default 60; SIZES="2000 4000 8000 12000")
+#   scripts/bench.sh index      a dashboard workload (pgbench) over the loss bench's
+#                               site-week, p50/p95 before and after
+#                               `essops index recommend --apply` (SECS=N per phase, default 20)
 #   scripts/bench.sh cache      cache warm of the four default sites with the last
 #                               day of 1 Hz data: full and incremental (cron) runs,
 #                               keys/s next to redis-benchmark with pipelining
@@ -251,6 +254,62 @@ print("  one incremental run: %d keys, %.1f MiB, slowest site %d ms -> %.0f keys
     echo "  reproduce: scripts/bench.sh cache"
 }
 
+# p50 and p95 latency (ms) per script of a pgbench run's transaction logs
+pgbench_percentiles() {
+    python3 - "$@" <<'PY'
+import glob, sys
+lat = {}
+for f in glob.glob(sys.argv[1] + "*"):
+    for line in open(f):
+        p = line.split()
+        lat.setdefault(int(p[3]), []).append(int(p[2]) / 1000.0)
+names = sys.argv[2:]
+out = []
+for k in sorted(lat):
+    v = sorted(lat[k]); n = len(v)
+    out.append("%s: p50 %.2f ms, p95 %.2f ms (%d runs)" % (names[k], v[n // 2], v[int(n * 0.95)], n))
+print("; ".join(out))
+PY
+}
+
+bench_index() {
+    local secs="${SECS:-20}" dir="$ROOT/.services/bench/index" cfg=bench/loss.toml
+    bench_loss >/dev/null   # the site-week in bench_site2
+    mkdir -p "$dir"
+    cat > "$dir/rack_hour.sql" <<'SQL'
+\set r random(1, 9)
+\set t random(1772377200, 1772982000 - 3600)
+\set t2 :t + 3600
+SELECT avg("SOC"), max("MAX_CELL_TEMP") FROM rack WHERE "RACK_ID" = :r AND "TIMESTAMP" >= to_timestamp(:t) AND "TIMESTAMP" < to_timestamp(:t2);
+SQL
+    cat > "$dir/bank_day.sql" <<'SQL'
+\set b random(1, 2)
+\set t random(1772377200, 1772982000 - 86400)
+\set t2 :t + 86400
+SELECT avg("SOC"), max("MAX_CELL_TEMP") FROM bank WHERE "BANK_ID" = :b AND "TIMESTAMP" >= to_timestamp(:t) AND "TIMESTAMP" < to_timestamp(:t2);
+SQL
+    local pg=(-h 127.0.0.1 -p 55432 -U essops)
+    run_workload() {
+        rm -f "$dir"/log.*
+        (cd "$dir" && pgbench "${pg[@]}" -n -M prepared -c 2 -T "$secs" -l --log-prefix=log \
+            -f rack_hour.sql@8 -f bank_day.sql@2 bench_site2 >/dev/null 2>&1)
+        pgbench_percentiles "$dir/log" "rack-hour (most frequent)" "bank-day"
+    }
+    "${PSQL[@]}" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "DROP INDEX IF EXISTS rack_rack_id_timestamp_idx" -c "SELECT pg_stat_statements_reset()" >/dev/null
+    echo "index: dashboard workload on bench_site2 (ESS_Operating_Site2 site-week, $("${PSQL[@]}" -c 'SELECT count(*) FROM rack') rack rows), pgbench -M prepared, 2 clients, ${secs} s per phase, 80 % rack-hour (one rack's average SOC and peak temperature over an hour) / 20 % bank-day"
+    echo "  before:  $(run_workload)"
+    local rec
+    rec="$("$ESSOPS" --config "$cfg" --json index recommend --min-calls 10 --apply || true)"
+    echo "  recommended: $(echo "$rec" | python3 -c '
+import json, sys
+rows = [json.loads(l) for l in sys.stdin if l.strip()]
+print("; ".join("%s (%s) on %s: planner cost %.0f -> %.0f per call over %d calls" % (r["index"], ", ".join(r["columns"]), r["table"], r["cost_before"], r["cost_after"], r["calls"]) for r in rows if r["kind"] == "create") or "nothing")')"
+    "${PSQL[@]}" -c "ANALYZE rack" >/dev/null
+    echo "  after:   $(run_workload)"
+    "${PSQL[@]}" -c "DROP INDEX IF EXISTS rack_rack_id_timestamp_idx" >/dev/null
+    echo "  reproduce: scripts/bench.sh index   (SECS=$secs)"
+}
+
 # psql against the ingest bench database on one server (local|gcp)
 ipsql() {
     local port=55432 srv="$1"
@@ -263,6 +322,7 @@ case "${1:-all}" in
     reconcile) bench_reconcile ;;
     ingest) bench_ingest ;;
     cache) bench_cache ;;
-    all) bench_loss; bench_reconcile; bench_ingest; bench_cache ;;
-    *) echo "usage: $0 [all|loss|reconcile|ingest|cache]" >&2; exit 2 ;;
+    index) bench_index ;;
+    all) bench_loss; bench_reconcile; bench_ingest; bench_cache; bench_index ;;
+    *) echo "usage: $0 [all|loss|reconcile|ingest|cache|index]" >&2; exit 2 ;;
 esac

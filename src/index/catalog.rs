@@ -20,7 +20,10 @@ pub struct TableInfo {
 pub struct IndexInfo {
     pub table: String,
     pub name: String,
+    /// Key columns, then INCLUDE columns.
     pub columns: Vec<String>,
+    /// How many of `columns` are key columns.
+    pub key_columns: usize,
     pub unique: bool,
     pub size_bytes: i64,
     pub scans: i64,
@@ -68,7 +71,7 @@ pub async fn indexes(
     let rows = client
         .query(
             "WITH idx AS (
-               SELECT i.indexrelid, ic.relname::text AS name, i.indisunique,
+               SELECT i.indexrelid, ic.relname::text AS name, i.indisunique, i.indnkeyatts::int4 AS nkey,
                       ARRAY(SELECT coalesce(a.attname::text, pg_get_indexdef(i.indexrelid, k.n, true))
                               FROM generate_subscripts(i.indkey, 1) AS k(n)
                               LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[k.n]
@@ -88,7 +91,7 @@ pub async fn indexes(
                  JOIN pg_stat_all_indexes s ON s.schemaname = c.schema_name AND s.indexrelname = ci.index_name
                 WHERE h.schema_name = 'public' AND h.table_name = $1
                 GROUP BY 1)
-             SELECT idx.name, idx.columns, idx.indisunique,
+             SELECT idx.name, idx.columns, idx.indisunique, idx.nkey,
                     coalesce(chunks.size, pg_relation_size(idx.indexrelid))::int8,
                     coalesce(chunks.scans, s.idx_scan, 0)::int8
                FROM idx
@@ -105,10 +108,31 @@ pub async fn indexes(
             name: r.get(0),
             columns: r.get(1),
             unique: r.get(2),
-            size_bytes: r.get(3),
-            scans: r.get(4),
+            key_columns: r.get::<_, i32>(3) as usize,
+            size_bytes: r.get(4),
+            scans: r.get(5),
         })
         .collect())
+}
+
+impl IndexInfo {
+    pub fn key(&self) -> &[String] {
+        &self.columns[..self.key_columns.min(self.columns.len())]
+    }
+
+    /// Whether this index leads with `key` and holds every `include` column.
+    pub fn covers(&self, key: &[String], include: &[String]) -> bool {
+        self.key().starts_with(key) && include.iter().all(|c| self.columns.contains(c))
+    }
+
+    /// Exactly these key columns and these INCLUDE columns (in any order).
+    pub fn same_as(&self, key: &[String], include: &[String]) -> bool {
+        let mut extra: Vec<&String> = self.columns[self.key().len()..].iter().collect();
+        let mut want: Vec<&String> = include.iter().collect();
+        extra.sort();
+        want.sort();
+        self.key() == key && extra == want
+    }
 }
 
 /// Chunk indexes built so far for `index` (progress of a per-chunk build).

@@ -26,19 +26,35 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// `CREATE INDEX "name" ON "table" ("A", "B")`, per chunk on a hypertable when asked.
-pub fn create_sql(table: &str, name: &str, columns: &[String], per_chunk: bool) -> String {
-    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+/// `CREATE INDEX "name" ON "table" ("A", "B") INCLUDE ("C")`, per chunk on a
+/// hypertable when asked.
+pub fn create_sql(
+    table: &str,
+    name: &str,
+    columns: &[String],
+    include: &[String],
+    per_chunk: bool,
+) -> String {
+    let list = |cols: &[String]| {
+        cols.iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let include = match include.is_empty() {
+        true => String::new(),
+        false => format!(" INCLUDE ({})", list(include)),
+    };
     let with = if per_chunk {
         " WITH (timescaledb.transaction_per_chunk)"
     } else {
         ""
     };
     format!(
-        "CREATE INDEX {} ON {} ({}){with}",
+        "CREATE INDEX {} ON {} ({}){include}{with}",
         quote_ident(name),
         quote_ident(table),
-        cols.join(", ")
+        list(columns)
     )
 }
 
@@ -55,15 +71,16 @@ pub struct ChangeRow {
     pub duration_ms: u64,
 }
 
-/// What creating `columns` on `table` would do here: nothing when an index
-/// with the same columns exists, an error when the name is taken by another.
+/// What creating `columns` (plus `include`) on `table` would do here: nothing
+/// when an index with the same columns exists, an error when the name is taken.
 pub fn plan_create(
     indexes: &[IndexInfo],
     table: &str,
     name: &str,
     columns: &[String],
+    include: &[String],
 ) -> Result<Option<String>, String> {
-    if let Some(same) = indexes.iter().find(|i| i.columns == columns) {
+    if let Some(same) = indexes.iter().find(|i| i.same_as(columns, include)) {
         return Ok(Some(format!(
             "index `{}` already has these columns; nothing to do",
             same.name

@@ -77,6 +77,10 @@ pub struct CreateArgs {
     /// Index name (default: {table}_{columns}_idx, as the reference tool names them).
     #[arg(long)]
     pub name: Option<String>,
+    /// Non-key columns stored in the index so queries reading them need no
+    /// table access (index-only scans); repeatable.
+    #[arg(long = "include", value_name = "COLUMN")]
+    pub include: Vec<String>,
     /// Build chunk by chunk, one transaction each (TimescaleDB), for big hypertables.
     #[arg(long)]
     pub per_chunk: bool,
@@ -430,6 +434,7 @@ pub async fn create_at(
     spec: &TableSpec,
     name: &str,
     columns: &[String],
+    include: &[String],
     per_chunk: bool,
     dry_run: bool,
 ) -> Result<ChangeRow, IndexError> {
@@ -438,7 +443,11 @@ pub async fn create_at(
     let cols = schema::require_table(&client, &p.server.name, &p.site.database, spec)
         .await
         .map_err(IndexError::Usage)?;
-    if let Some(bad) = columns.iter().find(|c| !cols.iter().any(|k| &k.name == *c)) {
+    if let Some(bad) = columns
+        .iter()
+        .chain(include)
+        .find(|c| !cols.iter().any(|k| &k.name == *c))
+    {
         let known: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
         return Err(IndexError::Usage(format!(
             "table `{}` has no column `{bad}` (columns: {})",
@@ -453,8 +462,8 @@ pub async fn create_at(
             &p.site.database,
             "reading indexes",
         ))?;
-    let sql = manage::create_sql(spec.name, name, columns, per_chunk);
-    match manage::plan_create(&indexes, spec.name, name, columns) {
+    let sql = manage::create_sql(spec.name, name, columns, include, per_chunk);
+    match manage::plan_create(&indexes, spec.name, name, columns, include) {
         Err(m) => return Ok(change(p, spec.name, name, "refused", &sql, m, started)),
         Ok(Some(note)) => return Ok(change(p, spec.name, name, "exists", &sql, note, started)),
         Ok(None) if dry_run => {
@@ -529,6 +538,7 @@ pub async fn create(args: &CreateArgs, ctx: &Context) -> Result<ChangeReport, In
                 &spec,
                 &name,
                 &args.columns,
+                &args.include,
                 args.per_chunk,
                 args.dry_run,
             )
@@ -628,6 +638,8 @@ pub struct RecommendRow {
     pub table: String,
     pub index: String,
     pub columns: Vec<String>,
+    /// INCLUDE columns (an index-only scan for the query).
+    pub include: Vec<String>,
     pub calls: i64,
     pub cost_before: Option<f64>,
     pub cost_after: Option<f64>,
@@ -711,6 +723,7 @@ pub async fn estimate(
     client: &Client,
     table: &str,
     columns: &[String],
+    include: &[String],
     statements: &[recommend::Statement],
 ) -> Option<(i64, f64, f64)> {
     let mut shapes = Vec::new();
@@ -731,12 +744,14 @@ pub async fn estimate(
     for (s, params) in &shapes {
         before.push(recommend::cost(client, &s.query, params).await.ok()?);
     }
-    let hypo = recommend::hypothetical(client, table, columns).await.ok()?;
+    let hypo = recommend::hypothetical(client, table, columns, include)
+        .await
+        .ok()?;
     let tx_started = !hypo
         && client
             .batch_execute(&format!(
                 "BEGIN; {}",
-                manage::create_sql(table, "essops_probe", columns, false)
+                manage::create_sql(table, "essops_probe", columns, include, false)
             ))
             .await
             .is_ok();
@@ -793,6 +808,7 @@ pub async fn recommend_at(
         table: table.into(),
         index: index.into(),
         columns,
+        include: Vec::new(),
         calls: 0,
         cost_before: None,
         cost_after: None,
@@ -812,15 +828,16 @@ pub async fn recommend_at(
                 continue;
             };
             let cols = shape.candidate();
+            let include = shape.include(&cols);
             if cols.is_empty()
                 || seen.contains(&cols)
-                || recommend::covered(&indexes, &cols).is_some()
+                || recommend::covered(&indexes, &cols, &include).is_some()
             {
                 continue;
             }
             seen.push(cols.clone());
             let Some((calls, before, after)) =
-                estimate(&client, spec.name, &cols, &statements).await
+                estimate(&client, spec.name, &cols, &include, &statements).await
             else {
                 continue;
             };
@@ -833,7 +850,8 @@ pub async fn recommend_at(
             r.cost_before = Some(before / calls.max(1) as f64);
             r.cost_after = Some(after / calls.max(1) as f64);
             r.weighted_gain = Some(before - after);
-            r.sql = manage::create_sql(spec.name, &name, &cols, true);
+            r.sql = manage::create_sql(spec.name, &name, &cols, &include, true);
+            r.include = include;
             if cols.first().map(String::as_str) != Some(crate::schema::TIME_COLUMN) {
                 r.note = format!(
                     "(equality columns first, time last: the reference tool would build ({}, …), which cannot seek one device's range)",
@@ -869,7 +887,12 @@ pub async fn recommend(args: &RecommendArgs, ctx: &Context) -> Result<RecommendR
         if args.apply {
             for r in found.iter().filter(|r| r.kind == "create") {
                 let spec = table(&r.table)?;
-                applied.push(create_at(ctx, &p, &spec, &r.index, &r.columns, true, false).await?);
+                applied.push(
+                    create_at(
+                        ctx, &p, &spec, &r.index, &r.columns, &r.include, true, false,
+                    )
+                    .await?,
+                );
             }
         }
         rows.extend(found);

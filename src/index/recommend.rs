@@ -30,6 +30,9 @@ pub struct Comparison {
 pub struct Shape {
     pub table: String,
     pub comparisons: Vec<Comparison>,
+    /// Columns the query reads (plain columns or simple aggregates of them);
+    /// empty when it reads anything else (`*`, expressions).
+    pub outputs: Vec<String>,
 }
 
 impl Shape {
@@ -54,6 +57,42 @@ impl Shape {
         }
         cols
     }
+
+    /// Columns to INCLUDE so the index alone answers the query (an
+    /// index-only scan): what it reads beyond the key, at most four.
+    pub fn include(&self, key: &[String]) -> Vec<String> {
+        let extra: Vec<String> = self
+            .outputs
+            .iter()
+            .filter(|c| !key.contains(c))
+            .cloned()
+            .collect();
+        if extra.len() > 4 { Vec::new() } else { extra }
+    }
+}
+
+/// The columns a SELECT list reads, if it reads only columns (or avg/min/max/sum/count of one).
+fn outputs(list: &str) -> Vec<String> {
+    let mut cols = Vec::new();
+    for item in list.split(',') {
+        let mut t = item.trim();
+        let lower = t.to_lowercase();
+        for f in ["avg(", "min(", "max(", "sum(", "count(", "first(", "last("] {
+            if lower.starts_with(f) && t.ends_with(')') {
+                t = t[f.len()..t.len() - 1]
+                    .split(',')
+                    .next()
+                    .unwrap_or("")
+                    .trim();
+            }
+        }
+        match ident(t) {
+            Some(c) if !cols.contains(&c) => cols.push(c),
+            Some(_) => {}
+            None => return Vec::new(),
+        }
+    }
+    cols
 }
 
 fn ident(token: &str) -> Option<String> {
@@ -70,6 +109,11 @@ fn ident(token: &str) -> Option<String> {
 pub fn parse(query: &str) -> Option<Shape> {
     let lower = query.to_lowercase();
     let from = lower.find(" from ")? + 6;
+    let select_list = lower
+        .find("select ")
+        .filter(|s| *s < from)
+        .map(|s| &query[s + 7..from - 6])
+        .unwrap_or("");
     let rest = &query[from..];
     let table_token = rest.split_whitespace().next()?;
     let table = ident(table_token.trim_end_matches([',', ';', ')']))?;
@@ -132,17 +176,25 @@ pub fn parse(query: &str) -> Option<Shape> {
             continue;
         };
         let rhs = p[at + op.len()..].trim();
-        let param = rhs
-            .trim_start_matches('(')
-            .strip_prefix('$')
-            .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok());
+        // The first parameter on the right side: `$2`, `($2)`, `to_timestamp($2)`.
+        let param = rhs.find('$').and_then(|i| {
+            rhs[i + 1..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        });
         comparisons.push(Comparison {
             column,
             op: op.trim().to_string(),
             param,
         });
     }
-    (!comparisons.is_empty()).then_some(Shape { table, comparisons })
+    (!comparisons.is_empty()).then_some(Shape {
+        table,
+        comparisons,
+        outputs: outputs(select_list),
+    })
 }
 
 /// Whether the text ends inside `x BETWEEN a` (whose AND is not a conjunction).
@@ -223,6 +275,19 @@ pub async fn sample_params(
                     t
                 })
             }
+            // A time compared through to_timestamp($n): epoch seconds.
+            Type::FLOAT8 | Type::INT8 | Type::NUMERIC if c.column == TIME_COLUMN => {
+                let t: DateTime<Utc> = v.as_str()?.parse().ok()?;
+                let secs = if lower_bound {
+                    t.timestamp() - 3600
+                } else {
+                    t.timestamp()
+                };
+                match *ty {
+                    Type::INT8 => Box::new(secs),
+                    _ => Box::new(secs as f64),
+                }
+            }
             Type::INT2 => Box::new(v.as_i64()? as i16),
             Type::INT4 => Box::new(v.as_i64()? as i32),
             Type::INT8 => Box::new(v.as_i64()?),
@@ -258,6 +323,7 @@ pub async fn hypothetical(
     client: &Client,
     table: &str,
     columns: &[String],
+    include: &[String],
 ) -> Result<bool, tokio_postgres::Error> {
     if client
         .batch_execute("CREATE EXTENSION IF NOT EXISTS hypopg")
@@ -266,7 +332,13 @@ pub async fn hypothetical(
     {
         return Ok(false);
     }
-    let cols: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let sql = |rel: &str| {
+        super::manage::create_sql("x", "x", columns, include, false).replacen(
+            "CREATE INDEX \"x\" ON \"x\"",
+            &format!("CREATE INDEX ON {rel}"),
+            1,
+        )
+    };
     let relations: Vec<String> = client
         .query(
             "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks
@@ -284,10 +356,7 @@ pub async fn hypothetical(
     };
     for rel in relations {
         client
-            .query(
-                "SELECT * FROM hypopg_create_index($1)",
-                &[&format!("CREATE INDEX ON {rel} ({})", cols.join(", "))],
-            )
+            .query("SELECT * FROM hypopg_create_index($1)", &[&sql(&rel)])
             .await?;
     }
     Ok(true)
@@ -302,9 +371,7 @@ pub fn redundant(indexes: &[IndexInfo]) -> Vec<(&IndexInfo, &IndexInfo)> {
     let mut out = Vec::new();
     for a in indexes.iter().filter(|i| !i.unique) {
         if let Some(b) = indexes.iter().find(|b| {
-            b.name != a.name
-                && b.columns.len() > a.columns.len()
-                && b.columns.starts_with(&a.columns)
+            b.name != a.name && b.key().len() > a.key().len() && b.key().starts_with(a.key())
         }) {
             out.push((a, b));
         }
@@ -312,11 +379,11 @@ pub fn redundant(indexes: &[IndexInfo]) -> Vec<(&IndexInfo, &IndexInfo)> {
     out
 }
 
-/// Whether some index already leads with `columns`.
-pub fn covered(indexes: &[IndexInfo], columns: &[String]) -> Option<String> {
+/// An index that already leads with `key` and holds `include`.
+pub fn covered(indexes: &[IndexInfo], key: &[String], include: &[String]) -> Option<String> {
     indexes
         .iter()
-        .find(|i| i.columns.starts_with(columns))
+        .find(|i| i.covers(key, include))
         .map(|i| i.name.clone())
 }
 
@@ -329,11 +396,21 @@ mod tests {
         let s = parse(r#"SELECT "TIMESTAMP", "SOC" FROM rack WHERE "RACK_ID" = $1 AND "TIMESTAMP" >= $2 AND "TIMESTAMP" < $3 ORDER BY "TIMESTAMP""#).unwrap();
         assert_eq!(s.table, "rack");
         assert_eq!(s.candidate(), ["RACK_ID", "TIMESTAMP"]);
+        assert_eq!(s.include(&s.candidate()), ["SOC"]);
         assert_eq!(s.comparisons[1].param, Some(2));
         let s = parse(r#"select avg("SOC") from public.bank where "TIMESTAMP" between $1 and $2 and "STATUS" = $3"#).unwrap();
         assert_eq!(s.candidate(), ["STATUS", "TIMESTAMP"]);
+        assert_eq!(s.outputs, ["SOC"]);
         assert_eq!(s.comparisons.len(), 2);
         assert!(parse("SELECT * FROM pg_class WHERE oid = $1").is_none());
+        let s = parse(r#"SELECT "SOC" FROM rack WHERE "RACK_ID" = $1 AND "TIMESTAMP" >= to_timestamp($2) AND "TIMESTAMP" < to_timestamp($3)"#).unwrap();
+        assert_eq!(
+            (s.candidate(), s.comparisons[2].param),
+            (
+                vec!["RACK_ID".to_string(), "TIMESTAMP".to_string()],
+                Some(3)
+            )
+        );
         assert!(parse(r#"SELECT * FROM rack WHERE "RACK_ID" = $1 OR "BANK_ID" = $2"#).is_none());
     }
 }

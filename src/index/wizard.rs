@@ -111,12 +111,12 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
         .map_err(IndexError::Usage)?;
     let indexes = catalog::indexes(&client, spec.name).await.map_err(&err)?;
     let statements = recommend::statements(&client, 1).await.unwrap_or_default();
-    let recommended: Option<Vec<String>> = statements
+    let recommended: Option<(Vec<String>, Vec<String>)> = statements
         .iter()
         .filter_map(|s| recommend::parse(&s.query))
         .filter(|sh| sh.table == spec.name)
-        .map(|sh| sh.candidate())
-        .find(|c| recommend::covered(&indexes, c).is_none());
+        .map(|sh| (sh.candidate(), sh.include(&sh.candidate())))
+        .find(|(c, i)| recommend::covered(&indexes, c, i).is_none());
     println!("Columns of {}:", spec.name);
     for (i, c) in columns.iter().enumerate() {
         let cover = covering(&indexes, &c.name);
@@ -127,7 +127,7 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
         };
         println!("  {}) {} {}{cover}", i + 1, c.name, c.data_type);
     }
-    let default = recommended.as_ref().map(|cols| {
+    let default = recommended.as_ref().map(|(cols, _)| {
         cols.iter()
             .filter_map(|c| {
                 columns
@@ -138,10 +138,15 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
             .collect::<Vec<_>>()
             .join(",")
     });
-    if let Some(cols) = &recommended {
+    if let Some((cols, include)) = &recommended {
         println!(
-            "Recommended from recorded queries: {} (equality columns first, the time range last)",
-            cols.join(", ")
+            "Recommended from recorded queries: {} (equality columns first, the time range last){}",
+            cols.join(", "),
+            if include.is_empty() {
+                String::new()
+            } else {
+                format!(", including {}", include.join(", "))
+            }
         );
     }
     let picked: Vec<String> = loop {
@@ -178,16 +183,21 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
             Err(e) => println!("  {e}"),
         }
     };
-    match manage::plan_create(&indexes, spec.name, &name, &picked) {
+    // The recommendation's INCLUDE columns come along when its key was taken as is.
+    let include: Vec<String> = match &recommended {
+        Some((cols, include)) if *cols == picked => include.clone(),
+        _ => Vec::new(),
+    };
+    match manage::plan_create(&indexes, spec.name, &name, &picked, &include) {
         Err(m) | Ok(Some(m)) => {
             println!("{m}");
             return Ok(ChangeReport { rows: Vec::new() });
         }
         Ok(None) => {}
     }
-    let sql = manage::create_sql(spec.name, &name, &picked, chosen.hypertable);
+    let sql = manage::create_sql(spec.name, &name, &picked, &include, chosen.hypertable);
     println!("\nSQL: {sql}");
-    match estimate(&client, spec.name, &picked, &statements).await {
+    match estimate(&client, spec.name, &picked, &include, &statements).await {
         Some((calls, before, after)) if calls > 0 => println!(
             "Estimated planner cost over {calls} recorded calls: {:.0} -> {:.0} per call ({:.0} % less)",
             before / calls as f64,
@@ -204,11 +214,25 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
         println!("Nothing changed.");
         return Ok(ChangeReport { rows: Vec::new() });
     }
-    let row = create_at(ctx, &place, &spec, &name, &picked, chosen.hypertable, false).await?;
+    let row = create_at(
+        ctx,
+        &place,
+        &spec,
+        &name,
+        &picked,
+        &include,
+        chosen.hypertable,
+        false,
+    )
+    .await?;
     println!(
-        "The same without the wizard: essops index create {} {} --name {name} --site {} --server {}{}",
+        "The same without the wizard: essops index create {} {} --name {name}{} --site {} --server {}{}",
         spec.name,
         picked.join(" "),
+        include
+            .iter()
+            .map(|c| format!(" --include {c}"))
+            .collect::<String>(),
         place.site.name,
         place.server.name,
         if chosen.hypertable {
