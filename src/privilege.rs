@@ -26,16 +26,14 @@ pub async fn create_roles(client: &Client, database: &str) -> Result<(), tokio_p
             .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
             .await?
             .is_some();
-        if !exists {
-            if let Err(e) = client
+        // Another database's grant may have made it a moment ago.
+        if !exists
+            && let Err(e) = client
                 .batch_execute(&format!("CREATE ROLE {} NOLOGIN", quote_ident(role)))
                 .await
-            {
-                // Another database's grant made it a moment ago.
-                if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
-                    return Err(e);
-                }
-            }
+            && e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT)
+        {
+            return Err(e);
         }
     }
     let (db, w, r) = (

@@ -149,8 +149,11 @@ fn window(from: i64, to: i64) -> WindowArgs {
 }
 
 /// Missing samples per (site, server) from a loss report's table rows.
-fn missing(report: &loss::LossReport) -> Result<BTreeMap<(String, String), (i64, i64)>, Error> {
-    let mut out: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+/// (expected, missing) samples per (site, server).
+type Missing = BTreeMap<(String, String), (i64, i64)>;
+
+fn missing(report: &loss::LossReport) -> Result<Missing, Error> {
+    let mut out = Missing::new();
     for row in &report.rows {
         match row {
             LossRow::Table(t) => {

@@ -427,17 +427,29 @@ fn change(
     }
 }
 
-/// Creates `columns` on `spec` at one place (or says why not).
+/// An index to build: its name, key columns in order, INCLUDE columns.
+pub struct NewIndex<'a> {
+    pub name: &'a str,
+    pub columns: &'a [String],
+    pub include: &'a [String],
+    /// One chunk per transaction (TimescaleDB), with progress.
+    pub per_chunk: bool,
+}
+
+/// Creates `new` on `spec` at one place (or says why not).
 pub async fn create_at(
     ctx: &Context,
     p: &Place,
     spec: &TableSpec,
-    name: &str,
-    columns: &[String],
-    include: &[String],
-    per_chunk: bool,
+    new: &NewIndex<'_>,
     dry_run: bool,
 ) -> Result<ChangeRow, IndexError> {
+    let NewIndex {
+        name,
+        columns,
+        include,
+        per_chunk,
+    } = *new;
     let started = Instant::now();
     let client = p.connect(ctx).await?;
     let cols = schema::require_table(&client, &p.server.name, &p.site.database, spec)
@@ -531,19 +543,13 @@ pub async fn create(args: &CreateArgs, ctx: &Context) -> Result<ChangeReport, In
     manage::check_name(&name).map_err(IndexError::Usage)?;
     let mut rows = Vec::new();
     for p in places(ctx, &args.at)? {
-        rows.push(
-            create_at(
-                ctx,
-                &p,
-                &spec,
-                &name,
-                &args.columns,
-                &args.include,
-                args.per_chunk,
-                args.dry_run,
-            )
-            .await?,
-        );
+        let new = NewIndex {
+            name: &name,
+            columns: &args.columns,
+            include: &args.include,
+            per_chunk: args.per_chunk,
+        };
+        rows.push(create_at(ctx, &p, &spec, &new, args.dry_run).await?);
     }
     Ok(ChangeReport { rows })
 }
@@ -887,12 +893,13 @@ pub async fn recommend(args: &RecommendArgs, ctx: &Context) -> Result<RecommendR
         if args.apply {
             for r in found.iter().filter(|r| r.kind == "create") {
                 let spec = table(&r.table)?;
-                applied.push(
-                    create_at(
-                        ctx, &p, &spec, &r.index, &r.columns, &r.include, true, false,
-                    )
-                    .await?,
-                );
+                let new = NewIndex {
+                    name: &r.index,
+                    columns: &r.columns,
+                    include: &r.include,
+                    per_chunk: true,
+                };
+                applied.push(create_at(ctx, &p, &spec, &new, false).await?);
             }
         }
         rows.extend(found);

@@ -35,15 +35,17 @@ pub struct Shape {
     pub outputs: Vec<String>,
 }
 
+impl Comparison {
+    fn is_equality(&self) -> bool {
+        self.op == "=" || self.op == "in"
+    }
+}
+
 impl Shape {
     /// Equality columns in order of appearance, then the first range column.
     pub fn candidate(&self) -> Vec<String> {
         let mut cols: Vec<String> = Vec::new();
-        for c in self
-            .comparisons
-            .iter()
-            .filter(|c| c.op == "=" || c.op == "in")
-        {
+        for c in self.comparisons.iter().filter(|c| c.is_equality()) {
             if !cols.contains(&c.column) {
                 cols.push(c.column.clone());
             }
@@ -51,7 +53,7 @@ impl Shape {
         if let Some(r) = self
             .comparisons
             .iter()
-            .find(|c| !(c.op == "=" || c.op == "in") && !cols.contains(&c.column))
+            .find(|c| !c.is_equality() && !cols.contains(&c.column))
         {
             cols.push(r.column.clone());
         }

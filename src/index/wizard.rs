@@ -9,7 +9,8 @@ use std::io::{IsTerminal, Write};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines, Stdin};
 
 use super::{
-    ChangeReport, IndexError, Place, catalog, covering, create_at, estimate, manage, recommend,
+    ChangeReport, IndexError, NewIndex, Place, catalog, covering, create_at, estimate, manage,
+    recommend,
 };
 use crate::context::Context;
 use crate::schema::{self, TABLES, TableSpec};
@@ -214,17 +215,13 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
         println!("Nothing changed.");
         return Ok(ChangeReport { rows: Vec::new() });
     }
-    let row = create_at(
-        ctx,
-        &place,
-        &spec,
-        &name,
-        &picked,
-        &include,
-        chosen.hypertable,
-        false,
-    )
-    .await?;
+    let new = NewIndex {
+        name: &name,
+        columns: &picked,
+        include: &include,
+        per_chunk: chosen.hypertable,
+    };
+    let row = create_at(ctx, &place, &spec, &new, false).await?;
     println!(
         "The same without the wizard: essops index create {} {} --name {name}{} --site {} --server {}{}",
         spec.name,
