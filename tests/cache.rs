@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
 
-use crate::support::pg::block_on;
 use crate::support::{Cmd, Scratch, TestDb, free_port, servers_toml};
 
 const REDIS: &str = "redis://127.0.0.1:56379/0";
@@ -83,25 +82,11 @@ fn setup(test: &str, redis: &str, extra: &str) -> Setup {
 
 impl Setup {
     fn sql(&self, sql: &str) {
-        block_on(async {
-            self.db
-                .client("local", &self.db.databases[0])
-                .await
-                .batch_execute(sql)
-                .await
-                .unwrap()
-        });
+        self.db.execute("local", sql);
     }
 
     fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
-        block_on(async {
-            self.db
-                .client("local", &self.db.databases[0])
-                .await
-                .query(sql, &[])
-                .await
-                .unwrap()
-        })
+        self.db.rows("local", sql)
     }
 
     fn warm(&self, args: &[&str], code: i32) -> Vec<Value> {

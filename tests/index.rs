@@ -53,26 +53,11 @@ fn setup(test: &str) -> Setup {
 
 impl Setup {
     fn sql(&self, sql: &str) {
-        block_on(async {
-            self.db
-                .client("local", &self.db.databases[0])
-                .await
-                .batch_execute(sql)
-                .await
-                .unwrap()
-        });
+        self.db.execute("local", sql);
     }
 
     fn scalar(&self, sql: &str) -> i64 {
-        block_on(async {
-            self.db
-                .client("local", &self.db.databases[0])
-                .await
-                .query_one(sql, &[])
-                .await
-                .unwrap()
-                .get(0)
-        })
+        self.db.scalar("local", sql)
     }
 
     fn index(&self, args: &[&str]) -> crate::support::cmd::Run {

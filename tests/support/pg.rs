@@ -60,6 +60,33 @@ impl TestDb {
             .unwrap()
     }
 
+    /// Runs SQL in this test's first database on `server`.
+    pub fn execute(&self, server: &str, sql: &str) {
+        block_on(async {
+            self.client(server, &self.databases[0])
+                .await
+                .batch_execute(sql)
+                .await
+                .unwrap()
+        });
+    }
+
+    /// The rows of a query in this test's first database on `server`.
+    pub fn rows(&self, server: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+        block_on(async {
+            self.client(server, &self.databases[0])
+                .await
+                .query(sql, &[])
+                .await
+                .unwrap()
+        })
+    }
+
+    /// The first column of the first row, as i64.
+    pub fn scalar(&self, server: &str, sql: &str) -> i64 {
+        self.rows(server, sql)[0].get(0)
+    }
+
     pub fn exists(&self, server: &str, database: &str) -> bool {
         block_on(async {
             let c = self.client(server, "postgres").await;
