@@ -413,6 +413,26 @@ impl Config {
         names.iter().map(|n| self.site(n)).collect()
     }
 
+    /// Every (site, server) pair to work on: the sites named (all when none
+    /// are), each on those of its servers that are named (all when none are).
+    pub fn site_servers(
+        &self,
+        sites: &[String],
+        servers: &[String],
+    ) -> Result<Vec<(&Site, &Server)>, ConfigError> {
+        let servers = self.select_servers(servers)?;
+        Ok(self
+            .select_sites(sites)?
+            .into_iter()
+            .flat_map(|site| {
+                servers
+                    .iter()
+                    .filter(|s| site.servers.contains(&s.name))
+                    .map(move |s| (site, *s))
+            })
+            .collect())
+    }
+
     /// The servers named (all when none are); unknown names are an error.
     pub fn select_servers(&self, names: &[String]) -> Result<Vec<&Server>, ConfigError> {
         if names.is_empty() {

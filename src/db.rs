@@ -438,15 +438,20 @@ where
     Ok(client)
 }
 
+/// The TLS failure among `e`'s causes, if any, worded for `target` (either driver).
+pub fn tls_failure(target: Target<'_>, e: &(dyn std::error::Error + 'static)) -> Option<DbError> {
+    crate::tls::explain(e, &target.server.tls, &target.server.host).map(|reason| DbError::Tls {
+        server: target.server.name.clone(),
+        addr: target.addr(),
+        reason,
+    })
+}
+
 /// A failed connect is "unreachable" unless the server answered with an error
 /// of its own (no such database, bad password), which is reported as it said.
 fn connect_error(target: Target<'_>, e: &tokio_postgres::Error) -> DbError {
-    if let Some(reason) = crate::tls::explain(e, &target.server.tls, &target.server.host) {
-        return DbError::Tls {
-            server: target.server.name.clone(),
-            addr: target.addr(),
-            reason,
-        };
+    if let Some(tls) = tls_failure(target, e) {
+        return tls;
     }
     match e.as_db_error() {
         Some(_) => DbError::query(&target.server.name, target.database, "cannot connect", e),

@@ -132,18 +132,16 @@ pub struct MigrateReport {
 }
 
 pub fn plan(args: &MigrateArgs, ctx: &Context) -> crate::error::Result<MigratePlan> {
-    let config = &ctx.config;
-    let servers = config.select_servers(&args.servers)?;
-    let mut targets = Vec::new();
-    for site in config.select_sites(&args.sites)? {
-        for server in servers.iter().filter(|s| site.servers.contains(&s.name)) {
-            targets.push(MigrateTarget {
-                server: server.name.clone(),
-                site: site.name.clone(),
-                database: site.database.clone(),
-            });
-        }
-    }
+    let targets = ctx
+        .config
+        .site_servers(&args.sites, &args.servers)?
+        .into_iter()
+        .map(|(site, server)| MigrateTarget {
+            server: server.name.clone(),
+            site: site.name.clone(),
+            database: site.database.clone(),
+        })
+        .collect();
     let missing_database = match args.create_database {
         true => MissingDatabase::Create,
         false => MissingDatabase::Fail,
@@ -349,20 +347,16 @@ async fn apply_migrations(config: &Config, target: Target<'_>) -> Result<Vec<i64
                     database: target.database.to_string(),
                 });
             }
-            Ok(Err(e))
-                if crate::tls::explain(&e, &target.server.tls, &target.server.host).is_some() =>
-            {
-                return Err(MigrateError::Db(DbError::Tls {
-                    server: target.server.name.clone(),
-                    addr: target.addr(),
-                    reason: crate::tls::explain(&e, &target.server.tls, &target.server.host)
-                        .unwrap_or_default(),
-                }));
+            Ok(Err(e)) => {
+                return Err(match (db::tls_failure(target, &e), &e) {
+                    (Some(tls), _) => MigrateError::Db(tls),
+                    (
+                        None,
+                        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut,
+                    ) => unreachable(target, &e.to_string()),
+                    (None, _) => sqlx_err(&e),
+                });
             }
-            Ok(Err(e @ (sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut))) => {
-                return Err(unreachable(target, &e.to_string()));
-            }
-            Ok(Err(e)) => return Err(sqlx_err(&e)),
             Ok(Ok(c)) => c,
         };
     let mut migrator = migrator();

@@ -34,17 +34,11 @@ fn setup(test: &str, redis: &str, extra: &str) -> Setup {
     let db = TestDb::new(test, 1);
     let scratch = Scratch::new(test);
     let site = format!("Cache_{test}");
-    let text = format!(
-        "log_dir = \"{}\"\n{extra}[redis]\nurl = \"{redis}\"\n{}[[sites]]\nname = \"{site}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 3 }}, {{ id = 2, racks = 3 }}]\n",
-        scratch.path.join("logs").display(),
-        servers_toml(),
-        db.databases[0]
+    let config = scratch.site_config(
+        &format!("{extra}[redis]\nurl = \"{redis}\"\n"),
+        &servers_toml(),
+        &format!("name = \"{site}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 3 }}, {{ id = 2, racks = 3 }}]\n", db.databases[0]),
     );
-    let config = scratch.write("sites.toml", &text);
-    Cmd::new(Some(&config))
-        .args(["migrate", "--create-database"])
-        .run()
-        .expect_code(0);
     // A clean slate in Redis: an earlier run of this test left its keys.
     let mut con = redis::Client::open(REDIS)
         .unwrap()

@@ -109,17 +109,14 @@ fn demo_finds_holes_repairs_them_and_the_servers_agree() {
 fn locks_refuse_an_overlapping_run_and_free_when_the_holder_goes() {
     let db = TestDb::new("locks", 1);
     let scratch = Scratch::new("locks");
-    let text = format!(
-        "log_dir = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n{}[[sites]]\nname = \"Locks\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
-        scratch.path.join("logs").display(),
-        crate::support::servers_toml(),
-        db.databases[0]
+    let config = scratch.site_config(
+        "[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n",
+        &crate::support::servers_toml(),
+        &format!(
+            "name = \"Locks\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+            db.databases[0]
+        ),
     );
-    let config = scratch.write("sites.toml", &text);
-    Cmd::new(Some(&config))
-        .args(["migrate", "--create-database"])
-        .run()
-        .expect_code(0);
     let locks = scratch.path.join("logs/locks");
     for (command, args) in [
         ("loss", vec!["loss", "--site", "Locks"]),

@@ -13,18 +13,14 @@ fn setup(test: &str) -> (TestDb, Scratch, std::path::PathBuf, u16) {
     let db = TestDb::new(test, 1);
     let scratch = Scratch::new(test);
     let (bms, pcs) = (free_port(), free_port());
-    let text = format!(
-        "log_dir = \"{}\"\nspool_dir = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n{}[[sites]]\nname = \"Examples_{test}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 2 }}]\nmodbus = {{ bms = \"127.0.0.1:{bms}\", pcs = \"127.0.0.1:{pcs}\" }}\n",
-        scratch.path.join("logs").display(),
-        scratch.path.join("spool").display(),
-        servers_toml(),
-        db.databases[0]
+    let config = scratch.site_config(
+        &format!("spool_dir = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n", scratch.path.join("spool").display()),
+        &servers_toml(),
+        &format!(
+            "name = \"Examples_{test}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 2 }}]\nmodbus = {{ bms = \"127.0.0.1:{bms}\", pcs = \"127.0.0.1:{pcs}\" }}\n",
+            db.databases[0]
+        ),
     );
-    let config = scratch.write("sites.toml", &text);
-    Cmd::new(Some(&config))
-        .args(["migrate", "--create-database"])
-        .run()
-        .expect_code(0);
     let day = "generate_series(date_trunc('day', now() AT TIME ZONE 'Asia/Seoul') AT TIME ZONE 'Asia/Seoul' - interval '1 day',
                                date_trunc('day', now() AT TIME ZONE 'Asia/Seoul') AT TIME ZONE 'Asia/Seoul' - interval '1 second', interval '1 second') t";
     for server in ["local", "gcp"] {

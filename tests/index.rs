@@ -24,17 +24,11 @@ fn setup(test: &str) -> Setup {
     let db = TestDb::on(test, 1, &server_toml("local", "local"));
     let scratch = Scratch::new(test);
     let site = format!("Idx_{test}");
-    let text = format!(
-        "log_dir = \"{}\"\n{}[[sites]]\nname = \"{site}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 10 }}, {{ id = 2, racks = 10 }}]\n",
-        scratch.path.join("logs").display(),
-        server_toml("local", "local"),
-        db.databases[0]
+    let config = scratch.site_config(
+        "",
+        &server_toml("local", "local"),
+        &format!("name = \"{site}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 10 }}, {{ id = 2, racks = 10 }}]\n", db.databases[0]),
     );
-    let config = scratch.write("sites.toml", &text);
-    Cmd::new(Some(&config))
-        .args(["migrate", "--create-database"])
-        .run()
-        .expect_code(0);
     let s = Setup {
         db,
         _scratch: scratch,

@@ -50,17 +50,14 @@ fn setup(test: &str, servers: &[(&str, &str)], modbus: &str) -> Setup {
     let db = TestDb::on(test, 1, &servers_toml);
     let scratch = Scratch::new(test);
     let (bms, pcs) = (free_port(), free_port());
-    let text = format!(
-        "log_dir = \"{logs}\"\nspool_dir = \"{spool}\"\n[modbus]\n{modbus}\n{servers_toml}[[sites]]\nname = \"Site1\"\ndatabase = \"{db}\"\nbanks = [{{ id = 1, racks = 3 }}, {{ id = 2, racks = 2 }}]\npcs = [1, 2]\nmodbus = {{ bms = \"127.0.0.1:{bms}\", pcs = \"127.0.0.1:{pcs}\" }}\n",
-        logs = scratch.path.join("logs").display(),
-        spool = scratch.path.join("spool").display(),
-        db = db.databases[0],
+    let config = scratch.site_config(
+        &format!("spool_dir = \"{}\"\n[modbus]\n{modbus}\n", scratch.path.join("spool").display()),
+        &servers_toml,
+        &format!(
+            "name = \"Site1\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 3 }}, {{ id = 2, racks = 2 }}]\npcs = [1, 2]\nmodbus = {{ bms = \"127.0.0.1:{bms}\", pcs = \"127.0.0.1:{pcs}\" }}\n",
+            db.databases[0]
+        ),
     );
-    let config = scratch.write("sites.toml", &text);
-    Cmd::new(Some(&config))
-        .args(["migrate", "--create-database"])
-        .run()
-        .expect_code(0);
     let site = Config::load(Some(&config))
         .unwrap()
         .site("Site1")

@@ -49,17 +49,14 @@ struct Setup {
 fn setup(test: &str, timezone: &str) -> Setup {
     let db = TestDb::new(test, 1);
     let scratch = Scratch::new(test);
-    let text = format!(
-        "log_dir = \"{}\"\n{}[[sites]]\nname = \"Site1\"\ndatabase = \"{}\"\ntimezone = \"{timezone}\"\nservers = [\"local\", \"gcp\"]\nbanks = [{{ id = 1, racks = 3 }}]\n",
-        scratch.path.join("logs").display(),
-        servers_toml(),
-        db.databases[0]
+    let config = scratch.site_config(
+        "",
+        &servers_toml(),
+        &format!(
+            "name = \"Site1\"\ndatabase = \"{}\"\ntimezone = \"{timezone}\"\nservers = [\"local\", \"gcp\"]\nbanks = [{{ id = 1, racks = 3 }}]\n",
+            db.databases[0]
+        ),
     );
-    let config = scratch.write("sites.toml", &text);
-    Cmd::new(Some(&config))
-        .args(["migrate", "--create-database"])
-        .run()
-        .expect_code(0);
     Setup {
         db,
         _scratch: scratch,

@@ -15,16 +15,14 @@ fn services(path: &str) -> PathBuf {
 fn setup(test: &str, servers: &str, redis: &str) -> (TestDb, Scratch, PathBuf) {
     let db = TestDb::new(test, 1);
     let scratch = Scratch::new(test);
-    let text = format!(
-        "log_dir = \"{}\"\n{redis}{servers}[[sites]]\nname = \"Sec_{test}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
-        scratch.path.join("logs").display(),
-        db.databases[0]
+    let config = scratch.site_config(
+        redis,
+        servers,
+        &format!(
+            "name = \"Sec_{test}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+            db.databases[0]
+        ),
     );
-    let config = scratch.write("sites.toml", &text);
-    Cmd::new(Some(&config))
-        .args(["migrate", "--create-database"])
-        .run()
-        .expect_code(0);
     (db, scratch, config)
 }
 

@@ -245,11 +245,11 @@ async fn warm_one(
                 &keys,
                 settings.periods.iter().filter(|p| !periods.contains(p)),
             );
-            let keep: Vec<String> = publish::previous_keys(con, &keys)
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
+            let keep: Vec<String> = prev
+                .keys
+                .iter()
                 .filter(|k| kept_periods.contains(k))
+                .cloned()
                 .collect();
             let meta = json!({
                 "version": keys::VERSION,
@@ -258,7 +258,7 @@ async fn warm_one(
                 "source": settings.source,
                 "periods": periods.iter().map(|p| json!({"name": p.name, "span_secs": p.span_secs, "bucket_secs": p.bucket_secs, "ttl_secs": p.ttl_secs})).collect::<Vec<_>>(),
             });
-            row.bytes = publish::publish(con, &keys, run, &cache.entries, &keep, meta)
+            row.bytes = publish::publish(con, &keys, run, &cache.entries, &prev.keys, &keep, meta)
                 .await
                 .map_err(|e| e.to_string())?;
             row.mode = if cache.incremental {

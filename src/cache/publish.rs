@@ -20,6 +20,14 @@ pub async fn read_previous(
         .unwrap_or(Value::Null);
     let mut prev = Previous {
         warmed_at: meta["warmed_at"].as_i64(),
+        keys: meta["keys"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|k| k.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
         ..Previous::default()
     };
     if wanted.is_empty() || prev.warmed_at.is_none() {
@@ -34,31 +42,15 @@ pub async fn read_previous(
     Ok(prev)
 }
 
-/// Keys the previous warm listed in its meta.
-pub async fn previous_keys(
-    con: &mut MultiplexedConnection,
-    keys: &Keys,
-) -> redis::RedisResult<Vec<String>> {
-    let meta: Option<String> = redis::cmd("GET").arg(keys.meta()).query_async(con).await?;
-    Ok(meta
-        .and_then(|m| serde_json::from_str::<Value>(&m).ok())
-        .and_then(|m| {
-            m["keys"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|k| k.as_str().map(String::from))
-                    .collect()
-            })
-        })
-        .unwrap_or_default())
-}
-
-/// Stages every entry, then swaps them in atomically. `keep` are keys of
-/// the site this run did not rebuild (other periods) and must not drop.
+/// Stages every entry, then swaps them in atomically. `previous` are the keys
+/// the last warm listed; of those, `keep` (other periods, not rebuilt now)
+/// stay and the rest not written again are dropped.
 pub async fn publish(
     con: &mut MultiplexedConnection,
     keys: &Keys,
     run: &str,
     entries: &[Entry],
+    previous: &[String],
     keep: &[String],
     meta: Value,
 ) -> redis::RedisResult<u64> {
@@ -77,10 +69,9 @@ pub async fn publish(
     }
     stage.query_async::<()>(con).await?;
     let written: Vec<&String> = entries.iter().map(|e| &e.key).collect();
-    let stale: Vec<String> = previous_keys(con, keys)
-        .await?
-        .into_iter()
-        .filter(|k| !written.contains(&k) && !keep.contains(k))
+    let stale: Vec<&String> = previous
+        .iter()
+        .filter(|k| !written.contains(k) && !keep.contains(k))
         .collect();
     let mut listed: Vec<String> = written
         .iter()

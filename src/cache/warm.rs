@@ -28,6 +28,8 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct Previous {
     pub warmed_at: Option<i64>,
+    /// The keys its meta listed.
+    pub keys: Vec<String>,
     /// Raw JSON by key (period aggregates and loss).
     pub values: BTreeMap<String, Value>,
 }

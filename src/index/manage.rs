@@ -26,6 +26,20 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// `("A", "B") INCLUDE ("C")`: an index's columns, quoted by the one helper.
+pub fn column_list(columns: &[String], include: &[String]) -> String {
+    let list = |cols: &[String]| {
+        cols.iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match include.is_empty() {
+        true => format!("({})", list(columns)),
+        false => format!("({}) INCLUDE ({})", list(columns), list(include)),
+    }
+}
+
 /// `CREATE INDEX "name" ON "table" ("A", "B") INCLUDE ("C")`, per chunk on a
 /// hypertable when asked.
 pub fn create_sql(
@@ -35,26 +49,16 @@ pub fn create_sql(
     include: &[String],
     per_chunk: bool,
 ) -> String {
-    let list = |cols: &[String]| {
-        cols.iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let include = match include.is_empty() {
-        true => String::new(),
-        false => format!(" INCLUDE ({})", list(include)),
-    };
     let with = if per_chunk {
         " WITH (timescaledb.transaction_per_chunk)"
     } else {
         ""
     };
     format!(
-        "CREATE INDEX {} ON {} ({}){include}{with}",
+        "CREATE INDEX {} ON {} {}{with}",
         quote_ident(name),
         quote_ident(table),
-        list(columns)
+        column_list(columns, include)
     )
 }
 

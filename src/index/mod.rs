@@ -160,17 +160,15 @@ impl Place {
 }
 
 pub fn places(ctx: &Context, at: &At) -> Result<Vec<Place>, IndexError> {
-    let servers = ctx.config.select_servers(&at.servers)?;
-    let mut out = Vec::new();
-    for site in ctx.config.select_sites(&at.sites)? {
-        for server in servers.iter().filter(|s| site.servers.contains(&s.name)) {
-            out.push(Place {
-                server: (*server).clone(),
-                site: site.clone(),
-            });
-        }
-    }
-    Ok(out)
+    Ok(ctx
+        .config
+        .site_servers(&at.sites, &at.servers)?
+        .into_iter()
+        .map(|(site, server)| Place {
+            server: server.clone(),
+            site: site.clone(),
+        })
+        .collect())
 }
 
 fn table(name: &str) -> Result<TableSpec, IndexError> {

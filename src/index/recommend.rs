@@ -334,11 +334,11 @@ pub async fn hypothetical(
     {
         return Ok(false);
     }
+    // `rel` is quoted: format('%I.%I') from the catalog, or quote_ident.
     let sql = |rel: &str| {
-        super::manage::create_sql("x", "x", columns, include, false).replacen(
-            "CREATE INDEX \"x\" ON \"x\"",
-            &format!("CREATE INDEX ON {rel}"),
-            1,
+        format!(
+            "CREATE INDEX ON {rel} {}",
+            super::manage::column_list(columns, include)
         )
     };
     let relations: Vec<String> = client

@@ -114,18 +114,15 @@ pub fn plan(args: &LossArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error:
         .as_deref()
         .map(export::ExportPath::new)
         .transpose()?;
-    let servers = config.select_servers(&args.servers)?;
     let mut targets = Vec::new();
-    for site in config.select_sites(&args.sites)? {
+    for (site, server) in config.site_servers(&args.sites, &args.servers)? {
         let window = spec.resolve(site.timezone, now).map_err(LossError::from)?;
-        for server in servers.iter().filter(|s| site.servers.contains(&s.name)) {
-            targets.push(LossTarget {
-                server: server.name.clone(),
-                site: site.clone(),
-                window,
-                counted: window.until(now),
-            });
-        }
+        targets.push(LossTarget {
+            server: server.name.clone(),
+            site: site.clone(),
+            window,
+            counted: window.until(now),
+        });
     }
     Ok(LossPlan {
         targets,

@@ -54,6 +54,25 @@ impl Scratch {
     }
 }
 
+impl Scratch {
+    /// Writes this test's `sites.toml` (logs in this folder, then `head`:
+    /// more top-level keys and tables, `servers`: `[servers.*]` tables, and
+    /// `site`: the keys of one `[[sites]]` entry), then creates and migrates
+    /// its databases.
+    pub fn site_config(&self, head: &str, servers: &str, site: &str) -> PathBuf {
+        let text = format!(
+            "log_dir = \"{}\"\n{head}{servers}[[sites]]\n{site}",
+            self.path.join("logs").display()
+        );
+        let config = self.write("sites.toml", &text);
+        Cmd::new(Some(&config))
+            .args(["migrate", "--create-database"])
+            .run()
+            .expect_code(0);
+        config
+    }
+}
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         if std::thread::panicking() {
