@@ -148,7 +148,9 @@ pub async fn warm_site(
             ttl: finest_ttl,
         });
     }
-    let (loss, loss_failures) = loss_summary(config, site, prev, &keys, recheck_from, now).await;
+    let source = (settings.source.as_str(), &client);
+    let (loss, loss_failures) =
+        loss_summary(config, site, source, prev, &keys, recheck_from, now).await;
     entries.push(Entry {
         key: keys.loss(),
         value: loss.to_string(),
@@ -302,6 +304,7 @@ fn period_json(b: &Built, measures: &[String], now: i64) -> Value {
 async fn loss_summary(
     config: &Config,
     site: &Site,
+    source: (&str, &tokio_postgres::Client),
     prev: &Previous,
     keys: &Keys,
     recheck_from: Option<i64>,
@@ -316,22 +319,27 @@ async fn loss_summary(
         let Ok(server) = config.server(name) else {
             continue;
         };
-        let client = match db::connect(
-            config,
-            Target {
-                server,
-                database: &site.database,
+        // The source server's connection is already open.
+        let opened = match name == source.0 {
+            true => None,
+            false => match db::connect(
+                config,
+                Target {
+                    server,
+                    database: &site.database,
+                },
+            )
+            .await
+            {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    out.insert(name.clone(), json!({ "error": e.to_string() }));
+                    failures.push(name.clone());
+                    continue;
+                }
             },
-        )
-        .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                out.insert(name.clone(), json!({ "error": e.to_string() }));
-                failures.push(name.clone());
-                continue;
-            }
         };
+        let client = opened.as_ref().unwrap_or(source.1);
         let mut tables = serde_json::Map::new();
         for spec in TABLES {
             let old_hours = before
@@ -347,7 +355,7 @@ async fn loss_summary(
                 .filter_map(|(h, n)| Some((h.parse::<i64>().ok()?, n.as_u64()?)))
                 .filter(|(h, _)| *h + 3600 <= from)
                 .collect();
-            match source::hourly_counts(&client, &spec, from, end).await {
+            match source::hourly_counts(client, &spec, from, end).await {
                 Ok(fresh) => hours.extend(fresh),
                 Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01") => continue,
                 Err(e) => {
