@@ -11,6 +11,12 @@
 #                               rack-sized devices at 1 Hz into both servers, and
 #                               raw binary COPY rows/s into a hypertable
 #                               (SECS=N per size, default 60; SIZES="2000 4000 8000 12000")
+#   scripts/bench.sh field      ingest in the field: 200 racks (4 banks of 50) behind one
+#                               BMS endpoint with 2 connections, 40 s each (SECS=N):
+#                               (a) 2 % of requests unanswered; (b) 5 dead racks;
+#                               (b') (b) through a gateway (one shared bus, 2.5 ms a request,
+#                               0x0B after 50 ms for a dead rack, 1 % of live requests
+#                               failing); prints stored share, per-device missing, p99
 #   scripts/bench.sh index      a dashboard workload (pgbench) over the loss bench's
 #                               site-week, p50/p95 before and after
 #                               `essops index recommend --apply` (SECS=N per phase, default 20)
@@ -218,6 +224,111 @@ PY
     echo "  reproduce: scripts/bench.sh ingest   (SECS=$secs SIZES=\"$sizes\")"
 }
 
+# The field bench's config: 200 racks in 4 banks of 50 behind one BMS
+# endpoint (each bank its own unit, as behind a gateway), 2 connections.
+field_config() {
+    local dir="$ROOT/.services/bench"
+    mkdir -p "$dir"
+    cat > "$dir/field.toml" <<TOML
+log_dir = "logs"
+spool_dir = "spool-field"
+[modbus]
+register_map = "../../bench/ingest-map.toml"
+timeout_ms = 500
+connections = 2
+[servers.local]
+url = "postgres://essops@127.0.0.1:55432"
+password_file = "../secrets/local.password"
+sslmode = "disable"
+[servers.gcp]
+url = "postgres://essops@localhost:55433"
+password_file = "../secrets/gcp.password"
+sslmode = "verify-full"
+ca_file = "../tls/ca.crt"
+[[sites]]
+name = "BenchField"
+database = "bench_field"
+banks = [{ id = 1, racks = 50 }, { id = 2, racks = 50 }, { id = 3, racks = 50 }, { id = 4, racks = 50 }]
+modbus = { bms = "127.0.0.1:15911", pcs = "127.0.0.1:15912" }
+TOML
+    echo "$dir/field.toml"
+}
+
+# One field scenario: $1 = label, the rest = essops simulate flags.
+field_scenario() {
+    local label="$1" secs="${SECS:-40}" cfg sim
+    shift
+    cfg="$(field_config)"
+    for srv in local gcp; do fpsql "$srv" "TRUNCATE rack; TRUNCATE bank; TRUNCATE pcs; TRUNCATE etc"; done
+    rm -rf "$ROOT/.services/bench/spool-field"
+    "$ESSOPS" --config "$cfg" --json simulate --site BenchField --duration "$(( secs + 30 ))s" "$@" > "$ROOT/.services/bench/field-sim.json" 2>/dev/null &
+    sim=$!
+    sleep 2
+    python3 - "$ESSOPS" "$cfg" "$secs" "$label" "$*" "$sim" <<'PY'
+import json, math, os, signal, subprocess, sys, time
+essops, cfg, secs, label, flags, sim = sys.argv[1:7]
+t0 = time.time()
+p = subprocess.run([essops, "--config", cfg, "--json", "ingest", "--site", "BenchField", "--duration", secs + "s"],
+                   capture_output=True, text=True)
+t1 = time.time()
+assert p.returncode in (0, 10, 11), p.stderr
+rows = [json.loads(l) for l in p.stdout.splitlines()]
+first, last = math.ceil(t0) + 1, math.floor(t1) - 1   # whole grid seconds inside the run
+dead = set()
+for f in flags.split("--dead")[1:]:
+    spec = f.split()[0].split(":")[1]
+    a, b = spec.split("-") if "-" in spec else (spec, spec)
+    (ba, ra), (bb, rb) = map(int, a.split(".")), map(int, b.split("."))
+    dead |= {(ba, r) for r in range(ra, rb + 1)}
+env = dict(os.environ, PGPASSWORD=open(".services/secrets/local.password").read().strip())
+q = ('SELECT "BANK_ID", "RACK_ID", count(*) FROM rack WHERE "TIMESTAMP" >= to_timestamp(%d) AND "TIMESTAMP" <= to_timestamp(%d) GROUP BY 1, 2' % (first, last))
+out = subprocess.run(["psql", "-X", "-q", "-t", "-A", "-F", " ", "-h", "127.0.0.1", "-p", "55432", "-U", "essops", "-d", "bench_field", "-c", q],
+                     capture_output=True, text=True, env=env, check=True).stdout
+have = {(int(b), int(r)): int(n) for b, r, n in (l.split() for l in out.split("\n") if l.strip())}
+grid = last - first + 1
+live = [(b, r) for b in range(1, 5) for r in range(1, 51) if (b, r) not in dead]
+missing = sorted(grid - have.get(d, 0) for d in live)
+stored = sum(have.get(d, 0) for d in live)
+r = rows[0]
+print("  (%s) %s" % (label, flags))
+print("      live racks stored: %.2f %% of %d grid samples (%d racks x %d s); per-rack missing: min %d, median %d, max %d; racks with no sample: %d" % (
+    100.0 * stored / (len(live) * grid), len(live) * grid, len(live), grid, missing[0], missing[len(missing) // 2], missing[-1],
+    sum(1 for d in live if have.get(d, 0) == 0)))
+print("      missed polls (all devices): %s; breaker openings %d; p99 poll-to-commit %s" % (
+    json.dumps(r["missed"]), r["breaker_openings"], ", ".join("%s %s ms" % (x["server"], x["delay_p99_ms"]) for x in rows)))
+os.kill(int(sim), signal.SIGTERM)
+for _ in range(50):
+    try:
+        os.kill(int(sim), 0)
+        time.sleep(0.1)
+    except OSError:
+        break
+for l in open(".services/bench/field-sim.json"):
+    e = json.loads(l)
+    if e.get("bus_busy_ms") is not None and "bms" in e["endpoints"]:
+        print("      gateway bus busy %.0f %% of the ingest's %s s (%d ms held)" % (e["bus_busy_ms"] / 10.0 / (t1 - t0), secs, e["bus_busy_ms"]))
+PY
+    kill "$sim" 2>/dev/null || true
+    wait "$sim" 2>/dev/null || true
+}
+
+bench_field() {
+    local cfg
+    cfg="$(field_config)"
+    "$ESSOPS" --config "$cfg" --quiet migrate --create-database
+    echo "field: 200 racks + 4 banks behind one BMS endpoint, 2 connections, timeout_ms 500, ${SECS:-40} s each, into local and gcp"
+    field_scenario a --drop-rate 0.02
+    field_scenario b --dead rack:1.1-1.5
+    field_scenario "b'" --gateway --gateway-connections 2 --bus-time 2500us --gateway-timeout 50ms --drop-rate 0.01 --dead rack:1.1-1.5
+    echo "  reproduce: scripts/bench.sh field   (SECS=${SECS:-40}); the 12k-device run: SIZES=12000 scripts/bench.sh ingest"
+}
+
+fpsql() {
+    local srv="$1" port=55432
+    [ "$srv" = gcp ] && port=55433
+    PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_field -c "$2"
+}
+
 bench_cache() {
     local cfg=bench/cache.toml n db racks banks
     "$ESSOPS" --config "$cfg" --quiet migrate --create-database
@@ -321,8 +432,9 @@ case "${1:-all}" in
     loss) bench_loss ;;
     reconcile) bench_reconcile ;;
     ingest) bench_ingest ;;
+    field) bench_field ;;
     cache) bench_cache ;;
     index) bench_index ;;
-    all) bench_loss; bench_reconcile; bench_ingest; bench_cache; bench_index ;;
-    *) echo "usage: $0 [all|loss|reconcile|ingest|cache|index]" >&2; exit 2 ;;
+    all) bench_loss; bench_reconcile; bench_ingest; bench_field; bench_cache; bench_index ;;
+    *) echo "usage: $0 [all|loss|reconcile|ingest|field|cache|index]" >&2; exit 2 ;;
 esac

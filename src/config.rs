@@ -56,6 +56,8 @@ pub enum ConfigError {
 struct RawConfig {
     log_dir: Option<String>,
     spool_dir: Option<String>,
+    spool_max_mb: Option<Spanned<u64>>,
+    spool_min_free_mb: Option<Spanned<u64>>,
     modbus: Option<RawModbus>,
     cache: Option<RawCache>,
     #[serde(default)]
@@ -82,6 +84,9 @@ struct RawModbus {
     register_map: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<u64>>,
     connections: Option<Spanned<u16>>,
+    pipeline: Option<Spanned<u16>>,
+    breaker_after: Option<Spanned<u32>>,
+    stale_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +174,8 @@ pub struct Config {
     pub log_dir: PathBuf,
     /// Where ingest keeps rows a server could not take yet.
     pub spool_dir: PathBuf,
+    /// Per server: the spool's cap and the free disk it leaves.
+    pub spool_limits: SpoolSettings,
     pub modbus: ModbusSettings,
     pub cache: CacheSettings,
     pub redis_url: Option<Url>,
@@ -243,6 +250,19 @@ pub struct ModbusSettings {
     pub timeout: std::time::Duration,
     /// At most this many TCP connections per endpoint; devices share them.
     pub connections: usize,
+    /// Requests in flight per connection (1: one at a time).
+    pub pipeline: usize,
+    /// Failures in a row after which a device is only probed.
+    pub breaker_after: u32,
+    /// Measured values unchanged this long flag a device as stale.
+    pub stale_after: std::time::Duration,
+}
+
+/// How much a server's spool may hold (bytes; 0 means no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolSettings {
+    pub max_bytes: u64,
+    pub min_free_bytes: u64,
 }
 
 /// What `essops cache warm` stores and for how long.
@@ -532,6 +552,13 @@ impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let defaults = self.defaults(&raw.defaults)?;
         let cache = self.cache(raw.cache.as_ref(), &servers_first_name(&raw))?;
+        let mib = |v: &Option<Spanned<u64>>, default: u64| -> u64 {
+            v.as_ref().map_or(default, |v| *v.get_ref()).saturating_mul(1 << 20)
+        };
+        let spool_limits = SpoolSettings {
+            max_bytes: mib(&raw.spool_max_mb, 10_240),
+            min_free_bytes: mib(&raw.spool_min_free_mb, 1_024),
+        };
         let raw_modbus = raw.modbus.unwrap_or_default();
         let modbus = self.modbus(&raw_modbus)?;
         let default_map =
@@ -599,6 +626,7 @@ impl Validator<'_> {
             source: self.source.clone(),
             log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
             spool_dir: PathBuf::from(raw.spool_dir.unwrap_or_else(|| "spool".into())),
+            spool_limits,
             modbus,
             cache,
             redis_url,
@@ -742,9 +770,35 @@ impl Validator<'_> {
             Some(v) => usize::from(*v.get_ref()),
             None => 8,
         };
+        let pipeline = match &m.pipeline {
+            Some(v) if !(1..=64).contains(v.get_ref()) => {
+                return Err(self.doc.at(
+                    v,
+                    "modbus.pipeline",
+                    format!("1 to 64 requests in flight per connection are expected, got {}", v.get_ref()),
+                ));
+            }
+            Some(v) => usize::from(*v.get_ref()),
+            None => 8,
+        };
+        let breaker_after = match &m.breaker_after {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(self.doc.at(v, "modbus.breaker_after", "at least 1 failure"));
+            }
+            Some(v) => *v.get_ref(),
+            None => 3,
+        };
+        let stale_after = match &m.stale_after {
+            Some(v) => crate::window::parse_std_duration(v.get_ref())
+                .map_err(|e| self.doc.at(v, "modbus.stale_after", e))?,
+            None => Duration::from_secs(600),
+        };
         Ok(ModbusSettings {
             timeout: Duration::from_millis(timeout_ms),
             connections,
+            pipeline,
+            breaker_after,
+            stale_after,
         })
     }
 

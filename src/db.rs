@@ -91,6 +91,36 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Whether a failed write may succeed when repeated as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The server or the link is the problem (it went away, ran out of
+    /// something, or chose another transaction to fail): keep the rows and retry.
+    Transient,
+    /// The rows or the schema are the problem: repeating it fails the same way.
+    Permanent,
+}
+
+/// The one place that splits write failures, by SQLSTATE class. No SQLSTATE
+/// (a closed connection, a timeout) is transient.
+pub fn classify(sqlstate: Option<&str>) -> Failure {
+    let Some(code) = sqlstate else {
+        return Failure::Transient;
+    };
+    match code.get(..2).unwrap_or("") {
+        // connection exception, transaction rollback (serialization failure,
+        // deadlock), insufficient resources, operator intervention (admin
+        // shutdown, cannot connect now), system error (I/O), internal error
+        "08" | "40" | "53" | "57" | "58" | "XX" => Failure::Transient,
+        // lock not available, object in use
+        "55" if code == "55P03" || code == "55006" => Failure::Transient,
+        // data exception, integrity violation, syntax or access rule
+        // (missing column or table, insufficient privilege), feature not
+        // supported, and everything else the server answered about the rows
+        _ => Failure::Permanent,
+    }
+}
+
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 
@@ -497,6 +527,32 @@ pub fn sqlx_options(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn db_write_failures_split_by_sqlstate_class() {
+        use Failure::*;
+        for (code, want) in [
+            (None, Transient),
+            (Some("08006"), Transient), // connection failure
+            (Some("40001"), Transient), // serialization failure
+            (Some("40P01"), Transient), // deadlock
+            (Some("53100"), Transient), // disk full
+            (Some("57P01"), Transient), // admin shutdown
+            (Some("58030"), Transient), // I/O error
+            (Some("XX000"), Transient), // internal error
+            (Some("55P03"), Transient), // lock not available
+            (Some("22003"), Permanent), // numeric value out of range
+            (Some("23514"), Permanent), // check violation
+            (Some("23502"), Permanent), // not null violation
+            (Some("42703"), Permanent), // undefined column
+            (Some("42501"), Permanent), // insufficient privilege
+            (Some("42P01"), Permanent), // undefined table
+            (Some("0A000"), Permanent), // feature not supported
+            (Some("55000"), Permanent), // object not in prerequisite state
+        ] {
+            assert_eq!(classify(code), want, "{code:?}");
+        }
+    }
 
     #[test]
     fn db_quote_ident_doubles_quotes_and_keeps_case() {

@@ -50,6 +50,8 @@ pub enum Outcome {
     Partial,
     /// The database role lacks a privilege the command needs; nothing was changed there.
     Privilege,
+    /// Ran, but part of the configuration (a register map, a schema) was found unusable.
+    BadConfig,
 }
 
 impl Outcome {
@@ -60,6 +62,7 @@ impl Outcome {
             Outcome::Critical => exit::FOUND_CRITICAL,
             Outcome::Partial => exit::UNAVAILABLE,
             Outcome::Privilege => exit::PRIVILEGE,
+            Outcome::BadConfig => exit::CONFIG,
         }
     }
 }

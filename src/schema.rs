@@ -146,6 +146,51 @@ pub fn device_label(table: &TableSpec, device: &[i16]) -> String {
         .join(" / ")
 }
 
+/// Devices of one table named on a command line: `rack:1.1-1.5` (bank 1,
+/// racks 1 to 5), `rack:2.3`, `bank:1-2`, `pcs:1`. A range covers every
+/// device between its ends in id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRange {
+    pub table: TableSpec,
+    pub from: DeviceId,
+    pub to: DeviceId,
+}
+
+impl DeviceRange {
+    pub fn parse(s: &str) -> Result<DeviceRange, String> {
+        let usage = || format!("`{s}` is not TABLE:IDS[-IDS] (e.g. rack:1.1-1.5, bank:2, pcs:1)");
+        let (table, ids) = s.split_once(':').ok_or_else(usage)?;
+        let table = TableSpec::by_name(table).ok_or_else(|| UnknownTable(table.into()).to_string())?;
+        let parse_ids = |x: &str| -> Result<DeviceId, String> {
+            let ids = x
+                .split('.')
+                .map(|p| p.trim().parse::<i16>().ok().filter(|v| *v >= 1).ok_or_else(usage))
+                .collect::<Result<DeviceId, String>>()?;
+            match ids.len() == table.device_columns.len() {
+                true => Ok(ids),
+                false => Err(format!(
+                    "`{x}`: a {} is named by {} ({})",
+                    table.name,
+                    table.device_columns.len(),
+                    table.device_columns.join(".")
+                )),
+            }
+        };
+        let (from, to) = match ids.split_once('-') {
+            Some((a, b)) => (parse_ids(a)?, parse_ids(b)?),
+            None => (parse_ids(ids)?, parse_ids(ids)?),
+        };
+        if from > to {
+            return Err(format!("`{s}`: the range runs backwards"));
+        }
+        Ok(DeviceRange { table, from, to })
+    }
+
+    pub fn contains(&self, table: &TableSpec, device: &[i16]) -> bool {
+        self.table == *table && self.from.as_slice() <= device && device <= self.to.as_slice()
+    }
+}
+
 /// A column as the catalog describes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Column {
@@ -237,5 +282,16 @@ mod tests {
         assert_eq!(ETC.devices(s2), vec![Vec::<i16>::new()]);
         assert_eq!(device_label(&RACK, &[2, 5]), "bank 2 / rack 5");
         assert_eq!(RACK.key_columns(), ["BANK_ID", "RACK_ID", "TIMESTAMP"]);
+    }
+
+    #[test]
+    fn schema_device_ranges_parse_and_match() {
+        let r = DeviceRange::parse("rack:1.2-2.1").unwrap();
+        assert!(r.contains(&RACK, &[1, 2]) && r.contains(&RACK, &[1, 9]) && r.contains(&RACK, &[2, 1]));
+        assert!(!r.contains(&RACK, &[1, 1]) && !r.contains(&RACK, &[2, 2]) && !r.contains(&BANK, &[1]));
+        assert!(DeviceRange::parse("bank:2").unwrap().contains(&BANK, &[2]));
+        for bad in ["rack:1", "rack", "tank:1", "bank:0", "bank:3-1", "rack:1.x"] {
+            assert!(DeviceRange::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -187,20 +187,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: i64 = digits
         .parse()
         .map_err(|_| format!("`{s}` is not a duration; use e.g. 500ms, 90s, 5m, 2h or 1d"))?;
-    let millis = match unit {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
+    let micros = match unit {
+        "us" => 1,
+        "ms" => 1000,
+        "" | "s" => 1_000_000,
+        "m" => 60_000_000,
+        "h" => 3_600_000_000,
+        "d" => 86_400_000_000,
         _ => {
             return Err(format!(
-                "`{s}` has an unknown unit `{unit}`; use ms, s, m, h or d"
+                "`{s}` has an unknown unit `{unit}`; use us, ms, s, m, h or d"
             ));
         }
     };
-    n.checked_mul(millis)
-        .map(Duration::milliseconds)
+    n.checked_mul(micros)
+        .map(Duration::microseconds)
         .ok_or_else(|| format!("`{s}` is too long"))
 }
 

@@ -239,7 +239,7 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
     };
     let mut simulators = Vec::new();
     for site in &sites {
-        simulators.push(simulate::start(site, None, 1, faults, false).await?);
+        simulators.push(simulate::start(site, None, 1, faults.clone(), false).await?);
     }
     let outage_secs = (args.duration.as_secs_f64() * OUTAGE_SHARE).round() as u64;
     say(format!(
@@ -256,11 +256,7 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
     let mut ingests = tokio::task::JoinSet::new();
     for site in &sites {
         let plan = ingest::plan(
-            &ingest::IngestArgs {
-                site: site.name.clone(),
-                servers: vec![],
-                duration: Some(args.duration),
-            },
+            &ingest::IngestArgs::for_site(&site.name, Some(args.duration)),
             &ctx,
         )?;
         let (ctx, d) = (ctx.clone(), args.duration);

@@ -48,8 +48,10 @@ impl Batch {
     }
 
     /// The rows as a binary COPY stream, typed as the target's catalog says
-    /// (`types` follows [`all_columns`](Self::all_columns)).
-    pub fn encode(&self, types: &[CopyType]) -> bytes::Bytes {
+    /// (`types` follows [`all_columns`](Self::all_columns)). A value its
+    /// column cannot hold is an error naming both: the server would refuse
+    /// it for good, so the batch is set aside rather than retried.
+    pub fn encode(&self, types: &[CopyType]) -> Result<bytes::Bytes, String> {
         let keys = self.spec.device_columns.len();
         let mut w = BinaryCopyWriter::new();
         for row in &self.rows {
@@ -58,14 +60,35 @@ impl Batch {
                 w.int(*ty, (*id).into());
             }
             w.timestamptz(row.t * 1_000_000);
-            for (v, ty) in row.values.iter().zip(&types[keys + 1..]) {
+            for (i, (v, ty)) in row.values.iter().zip(&types[keys + 1..]).enumerate() {
                 match v {
                     None => w.null(),
-                    Some(Value::Int(i)) => w.int(*ty, *i),
-                    Some(Value::Float(f)) => w.float(*ty, *f),
+                    Some(Value::Int(x)) => {
+                        if let Some((lo, hi)) = ty.int_range()
+                            && !(lo..=hi).contains(&i128::from(*x))
+                        {
+                            return Err(self.unfit(i, &x.to_string(), *ty));
+                        }
+                        w.int(*ty, *x)
+                    }
+                    Some(Value::Float(f)) => {
+                        if let Some((lo, hi)) = ty.int_range()
+                            && !(f.is_finite() && (lo as f64..=hi as f64).contains(&f.round()))
+                        {
+                            return Err(self.unfit(i, &f.to_string(), *ty));
+                        }
+                        w.float(*ty, *f)
+                    }
                 }
             }
         }
-        w.finish()
+        Ok(w.finish())
+    }
+
+    fn unfit(&self, column: usize, value: &str, ty: CopyType) -> String {
+        format!(
+            "value {value} of `{}.{}` does not fit its column type {ty:?}",
+            self.spec.name, self.columns[column]
+        )
     }
 }

@@ -2,12 +2,19 @@
 //! write the rows to every configured server, losing nothing when a server
 //! goes away (per-server spool, replayed in order) and storing nothing twice.
 //!
-//! Shape: pollers ([`poll`]) → one collector that cuts batches every
-//! [`FLUSH_EVERY`] → one writer per server ([`writer`]), each with its own
-//! spool ([`spool`]). Counters and health lines live in [`stats`].
+//! Shape: [`preflight`] (every map field against every reachable server's
+//! catalog) → lanes ([`poll`], a few pipelined connections per endpoint) →
+//! one collector that cuts batches every [`FLUSH_EVERY`] → per server a live
+//! writer and a replayer ([`writer`]) sharing its [`spool`]. The queue to
+//! each live writer is bounded: when a writer falls behind, batches go to
+//! its spool on disk, not to RAM. Counters and health lines live in
+//! [`stats`]; `--plan` ([`plan_check`]) says whether the polls fit.
 
 pub mod batch;
+pub mod breaker;
+pub mod plan_check;
 pub mod poll;
+pub mod preflight;
 pub mod spool;
 pub mod stats;
 pub mod writer;
@@ -22,10 +29,11 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use self::batch::{Batch, Row};
-use self::poll::{PollDevice, Worker};
-use self::spool::{Spool, SpoolError};
-use self::stats::Stats;
-use self::writer::Writer;
+use self::poll::{Lane, LaneSettings, PollDevice};
+use self::preflight::{Catalog, PreflightError};
+use self::spool::{Spool, SpoolError, SpoolLimits};
+use self::stats::{Misses, Stats, lock};
+use self::writer::Sink;
 use crate::config::{ConfigError, Site};
 use crate::context::Context;
 use crate::error::{Outcome, exit};
@@ -37,9 +45,11 @@ use crate::window::parse_std_duration;
 /// committed well within a second of its poll.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
 const HEALTH_EVERY: Duration = Duration::from_secs(60);
+/// Batches queued per live writer before new ones go to its spool (4 s of data).
+const WRITER_QUEUE: usize = 16;
 
 /// Poll a site's BMS and PCS over Modbus TCP and write every sample to every server.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct IngestArgs {
     /// The site to poll.
     #[arg(long)]
@@ -50,6 +60,25 @@ pub struct IngestArgs {
     /// Stop after this long (e.g. 90s, 1h); default: until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = parse_std_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
+    /// Do not poll: say per endpoint and connection whether the polls fit the interval.
+    #[arg(long)]
+    pub plan: bool,
+    /// With --plan: measure the devices' answer times for this long (e.g. 10s) instead of assuming timeout_ms.
+    #[arg(long, value_parser = parse_std_duration, value_name = "DURATION", requires = "plan")]
+    pub probe: Option<Duration>,
+}
+
+impl IngestArgs {
+    /// Polls `site` into its servers for `duration`.
+    pub fn for_site(site: &str, duration: Option<Duration>) -> IngestArgs {
+        IngestArgs {
+            site: site.to_string(),
+            servers: vec![],
+            duration,
+            plan: false,
+            probe: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +93,8 @@ pub enum IngestError {
     Locked(#[from] crate::lock::LockError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("{0}")]
-    Privilege(String),
+    #[error("nothing polled: {0}")]
+    Preflight(#[from] PreflightError),
 }
 
 impl IngestError {
@@ -73,8 +102,8 @@ impl IngestError {
         match self {
             IngestError::Locked(e) => e.exit_code(),
             IngestError::Spool(_) => exit::INTERNAL,
-            IngestError::Privilege(_) => exit::PRIVILEGE,
-            _ => exit::CONFIG,
+            IngestError::Preflight(e) => e.exit_code(),
+            IngestError::Config(_) | IngestError::NoEndpoints(_) => exit::CONFIG,
         }
     }
 }
@@ -114,11 +143,7 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
             });
         }
     }
-    let spool_root = ctx
-        .config
-        .base_dir()
-        .join(&ctx.config.spool_dir)
-        .join(&site.name);
+    let spool_root = spool_root(ctx, &site.name);
     Ok(Plan {
         site,
         servers,
@@ -127,13 +152,41 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
     })
 }
 
+/// Where a site's spools live: `<spool_dir>/<site>/<server>/`.
+pub fn spool_root(ctx: &Context, site: &str) -> PathBuf {
+    ctx.config.base_dir().join(&ctx.config.spool_dir).join(site)
+}
+
+pub fn spool_limits(ctx: &Context) -> SpoolLimits {
+    SpoolLimits {
+        max_bytes: ctx.config.spool_limits.max_bytes,
+        min_free_bytes: ctx.config.spool_limits.min_free_bytes,
+    }
+}
+
+pub fn lane_settings(plan: &Plan, ctx: &Context) -> LaneSettings {
+    let m = &ctx.config.modbus;
+    LaneSettings {
+        timeout: m.timeout,
+        interval_secs: plan.site.sample_interval_secs.into(),
+        pipeline: m.pipeline,
+        breaker_after: m.breaker_after,
+        stale_after: m.stale_after,
+    }
+}
+
+pub fn destination(plan: &Plan, ctx: &Context, server: &crate::config::Server) -> writer::Destination {
+    writer::Destination {
+        server: server.clone(),
+        database: plan.site.database.clone(),
+        config: ctx.config.clone(),
+        map: plan.site.register_map.clone(),
+    }
+}
+
 /// Devices split over connections: per endpoint address, round-robin.
-fn workers(
-    plan: &Plan,
-    ctx: &Context,
-    rows: &mpsc::UnboundedSender<(usize, Row)>,
-    stats: &Arc<Stats>,
-) -> Vec<Worker> {
+/// Returns (address, that address's shares).
+pub fn shares(plan: &Plan, ctx: &Context) -> Vec<(String, Vec<Vec<PollDevice>>)> {
     let mut by_addr: BTreeMap<String, Vec<PollDevice>> = BTreeMap::new();
     for d in &plan.devices {
         let addr = plan
@@ -143,34 +196,30 @@ fn workers(
             .unwrap_or_default();
         by_addr.entry(addr).or_default().push(d.clone());
     }
-    let mut out = Vec::new();
-    for (addr, devices) in by_addr {
-        let n = ctx.config.modbus.connections.min(devices.len());
-        let mut shares: Vec<Vec<PollDevice>> = vec![Vec::new(); n];
-        for (i, d) in devices.into_iter().enumerate() {
-            shares[i % n].push(d);
-        }
-        out.extend(shares.into_iter().map(|devices| Worker {
-            addr: addr.clone(),
-            devices,
-            timeout: ctx.config.modbus.timeout,
-            interval_secs: plan.site.sample_interval_secs.into(),
-            rows: rows.clone(),
-            stats: stats.clone(),
-        }));
-    }
-    out
+    by_addr
+        .into_iter()
+        .map(|(addr, devices)| {
+            let n = ctx.config.modbus.connections.min(devices.len()).max(1);
+            let mut shares: Vec<Vec<PollDevice>> = vec![Vec::new(); n];
+            for (i, d) in devices.into_iter().enumerate() {
+                shares[i % n].push(d);
+            }
+            (addr, shares)
+        })
+        .collect()
 }
 
-/// Cuts the polled rows into per-table batches and hands each to every writer.
+/// Cuts the polled rows into per-table batches and hands each to every
+/// server's live writer; a writer whose queue is full gets it in its spool.
 async fn collect(
-    mut rows: mpsc::UnboundedReceiver<(usize, Row)>,
+    mut rows: mpsc::Receiver<(usize, Row)>,
     tables: Vec<(crate::schema::TableSpec, Arc<Vec<String>>)>,
-    writers: Vec<mpsc::UnboundedSender<Arc<Batch>>>,
+    writers: Vec<(mpsc::Sender<Arc<Batch>>, Arc<Sink>)>,
 ) {
     let mut pending: Vec<Vec<Row>> = vec![Vec::new(); tables.len()];
     let mut tick = tokio::time::interval(FLUSH_EVERY);
-    let flush = |pending: &mut Vec<Vec<Row>>| {
+    let mut spooling = tokio::task::JoinSet::new();
+    let flush = |pending: &mut Vec<Vec<Row>>, spooling: &mut tokio::task::JoinSet<()>| {
         for (i, rows) in pending.iter_mut().enumerate() {
             if rows.is_empty() {
                 continue;
@@ -180,8 +229,11 @@ async fn collect(
                 columns: tables[i].1.clone(),
                 rows: std::mem::take(rows),
             });
-            for w in &writers {
-                let _ = w.send(batch.clone());
+            for (w, sink) in &writers {
+                if let Err(mpsc::error::TrySendError::Full(b)) = w.try_send(batch.clone()) {
+                    let sink = sink.clone();
+                    spooling.spawn(async move { sink.spool_batch(b).await });
+                }
             }
         }
     };
@@ -191,40 +243,56 @@ async fn collect(
                 Some((table, row)) => pending[table].push(row),
                 None => break,
             },
-            _ = tick.tick() => flush(&mut pending),
+            _ = tick.tick() => flush(&mut pending, &mut spooling),
+            Some(_) = spooling.join_next(), if !spooling.is_empty() => {}
         }
     }
-    flush(&mut pending);
+    flush(&mut pending, &mut spooling);
+    while spooling.join_next().await.is_some() {}
 }
 
-/// Refuses to start when a reachable server's role cannot insert (or stage
-/// replays): better one clear message now than a spool that never drains.
-/// Servers that are down now are checked by their writer when they return.
-async fn check_privileges(plan: &Plan, ctx: &Context) -> Result<(), IngestError> {
+/// The run's counters, and each device's index by (table, ids).
+pub fn counters(plan: &Plan) -> (Arc<Stats>, Arc<DeviceIndex>) {
+    let names: Vec<String> = plan.servers.iter().map(|s| s.name.clone()).collect();
+    let stats = Stats::new(
+        &plan.site.name,
+        plan.devices
+            .iter()
+            .map(|d| (d.table.spec.name, device_label(&d.table.spec, &d.device)))
+            .collect(),
+        &names,
+    );
+    let index = plan
+        .devices
+        .iter()
+        .map(|d| ((d.table.spec.name, d.device.clone()), d.index))
+        .collect();
+    (Arc::new(stats), Arc::new(index))
+}
+
+pub type DeviceIndex = HashMap<(&'static str, crate::schema::DeviceId), usize>;
+
+/// Preflight on every server reachable now (a refusal stops the run before
+/// anything is polled); a server that is down is checked by its writer
+/// when it comes back.
+async fn preflight_all(plan: &Plan, ctx: &Context) -> Result<Vec<Option<Catalog>>, PreflightError> {
     let checks = plan.servers.iter().map(|server| async move {
         let target = crate::db::Target {
             server,
             database: &plan.site.database,
         };
-        let Ok(client) = crate::db::connect(&ctx.config, target).await else {
-            return Ok(());
+        let client = match crate::db::connect(&ctx.config, target).await {
+            Ok(c) => c,
+            Err(e) if e.exit_code() == exit::UNAVAILABLE => return Ok(None),
+            Err(e) => return Err(PreflightError::Schema(e.to_string())),
         };
-        for t in &plan.site.register_map.tables {
-            crate::privilege::require(
-                &client,
-                &server.name,
-                &plan.site.database,
-                "ingest",
-                t.spec.name,
-                &["SELECT", "INSERT"],
-                true,
-            )
-            .await
-            .map_err(IngestError::Privilege)?;
+        match preflight::check_server(&client, &server.name, &plan.site.database, &plan.site.name, &plan.site.register_map).await {
+            Ok(c) => Ok(Some(c)),
+            Err(PreflightError::Unreachable(_)) => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(())
     });
-    futures_util::future::try_join_all(checks).await.map(|_| ())
+    futures_util::future::try_join_all(checks).await
 }
 
 pub async fn execute(
@@ -234,41 +302,29 @@ pub async fn execute(
     duration: Option<Duration>,
 ) -> Result<IngestReport, IngestError> {
     let _lock = crate::lock::acquire(&ctx.lock_dir(), "ingest", &plan.site.name)?;
-    check_privileges(&plan, ctx).await?;
+    let catalogs = preflight_all(&plan, ctx).await?;
     let server_names: Vec<String> = plan.servers.iter().map(|s| s.name.clone()).collect();
-    let stats = Arc::new(Stats::new(
-        &plan.site.name,
-        plan.devices
-            .iter()
-            .map(|d| (d.table.spec.name, device_label(&d.table.spec, &d.device)))
-            .collect(),
-        &server_names,
-    ));
-    let device_index: Arc<HashMap<_, _>> = Arc::new(
-        plan.devices
-            .iter()
-            .map(|d| ((d.table.spec.name, d.device.clone()), d.index))
-            .collect(),
-    );
-    let mut writer_txs = Vec::new();
-    let mut writer_tasks = tokio::task::JoinSet::new();
-    for (i, server) in plan.servers.iter().enumerate() {
-        let spool = Spool::open(&plan.spool_root.join(&server.name))?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        writer_txs.push(tx);
-        let w = Writer::new(
+    let (stats, device_index) = counters(&plan);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut writers = Vec::new();
+    let mut live_tasks = tokio::task::JoinSet::new();
+    let mut replay_tasks = tokio::task::JoinSet::new();
+    for ((i, server), catalog) in plan.servers.iter().enumerate().zip(catalogs) {
+        let spool = Spool::open(&plan.spool_root.join(&server.name), spool_limits(ctx))?;
+        let sink = Arc::new(Sink::new(
             i,
-            server.clone(),
-            plan.site.database.clone(),
-            ctx.config.clone(),
-            plan.site.register_map.clone(),
+            destination(&plan, ctx, server),
             spool,
             stats.clone(),
             device_index.clone(),
-        );
-        writer_tasks.spawn(w.run(rx));
+            catalog,
+        ));
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        writers.push((tx, sink.clone()));
+        live_tasks.spawn(writer::run_live(sink.clone(), rx));
+        replay_tasks.spawn(writer::run_replay(sink, stop_rx.clone(), Some(writer::DRAIN_AFTER_STOP)));
     }
-    let (row_tx, row_rx) = mpsc::unbounded_channel();
+    let (row_tx, row_rx) = mpsc::channel(plan.devices.len().max(1024) * 2);
     let tables = plan
         .site
         .register_map
@@ -276,11 +332,22 @@ pub async fn execute(
         .iter()
         .map(|t| (t.spec, Arc::new(t.value_columns())))
         .collect();
-    let collector = tokio::spawn(collect(row_rx, tables, writer_txs));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let collector = tokio::spawn(collect(row_rx, tables, writers));
+    let (poll_stop_tx, poll_stop_rx) = watch::channel(false);
     let mut pollers = tokio::task::JoinSet::new();
-    for w in workers(&plan, ctx, &row_tx, &stats) {
-        pollers.spawn(w.run(stop_rx.clone()));
+    let settings = lane_settings(&plan, ctx);
+    for (addr, shares) in shares(&plan, ctx) {
+        for (number, devices) in shares.into_iter().enumerate() {
+            let lane = Lane {
+                addr: addr.clone(),
+                number,
+                devices,
+                settings,
+                rows: row_tx.clone(),
+                stats: stats.clone(),
+            };
+            pollers.spawn(lane.run(poll_stop_rx.clone()));
+        }
     }
     drop(row_tx);
     tracing::info!(site = %plan.site.name, devices = plan.devices.len(), servers = %server_names.join(","), "ingest started");
@@ -307,10 +374,12 @@ pub async fn execute(
         _ = shutdown => tracing::info!(site = %plan.site.name, "stopping on signal: flushing"),
         _ = until => {}
     }
-    let _ = stop_tx.send(true);
+    let _ = poll_stop_tx.send(true);
     while pollers.join_next().await.is_some() {}
     let _ = collector.await;
-    while writer_tasks.join_next().await.is_some() {}
+    while live_tasks.join_next().await.is_some() {}
+    let _ = stop_tx.send(true);
+    while replay_tasks.join_next().await.is_some() {}
     health.abort();
     stats.log_health(&mut Vec::new());
     Ok(IngestReport::new(&plan, &stats, started.elapsed()))
@@ -322,16 +391,42 @@ pub struct ServerRow {
     pub server: String,
     pub devices: usize,
     pub seconds: f64,
+    /// Site-wide: polls answered, and missed (the sum of `missed`).
     pub polls_ok: u64,
     pub polls_failed: u64,
+    /// Site-wide missed polls by reason.
+    pub missed: Misses,
+    /// Devices whose breaker is open at the end, and how often breakers opened.
+    pub breakers_open: usize,
+    pub breaker_openings: u64,
+    /// Devices whose measured values stopped changing (`modbus.stale_after`).
+    pub stale_devices: usize,
     pub rows_written: u64,
     pub rows_replayed: u64,
     pub rows_spooled: u64,
-    /// Rows still in the spool at the end (replayed by the next run).
+    /// Rows the server already held (a clock stepped back, a replay of committed rows).
+    pub rows_duplicate: u64,
+    /// Rows set aside in the spool's `rejected/` because the server refused them for good.
+    pub rows_rejected: u64,
+    /// Rows still in the spool at the end (replayed by the next run), and their bytes.
     pub spool_pending: u64,
+    pub spool_bytes: u64,
     pub rows_lost: u64,
     pub delay_p50_ms: Option<u64>,
     pub delay_p99_ms: Option<u64>,
+    /// Why the server was set aside (its rows only spooled), if it was.
+    pub set_aside: Option<String>,
+    /// Refused batches: table, error, rows.
+    pub rejections: Vec<Rejection>,
+    #[serde(skip)]
+    set_aside_code: Option<u8>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejection {
+    pub table: String,
+    pub error: String,
+    pub rows: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -341,30 +436,45 @@ pub struct IngestReport {
 
 impl IngestReport {
     fn new(plan: &Plan, stats: &Stats, elapsed: Duration) -> IngestReport {
-        let ok: u64 = stats.devices.iter().map(|d| d.polls_ok.load(Relaxed)).sum();
-        let failed: u64 = stats
-            .devices
-            .iter()
-            .map(|d| d.polls_failed.load(Relaxed))
-            .sum();
+        let missed = stats.misses();
         let rows = stats
             .servers
             .iter()
             .enumerate()
-            .map(|(i, s)| ServerRow {
-                site: plan.site.name.clone(),
-                server: s.name.clone(),
-                devices: plan.devices.len(),
-                seconds: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
-                polls_ok: ok,
-                polls_failed: failed,
-                rows_written: s.written.load(Relaxed),
-                rows_replayed: s.replayed.load(Relaxed),
-                rows_spooled: s.spooled.load(Relaxed),
-                spool_pending: s.spool_depth.load(Relaxed),
-                rows_lost: s.lost.load(Relaxed),
-                delay_p50_ms: stats.delay_quantile_ms(i, 0.50),
-                delay_p99_ms: stats.delay_quantile_ms(i, 0.99),
+            .map(|(i, s)| {
+                let set_aside = lock(&s.set_aside).clone();
+                ServerRow {
+                    site: plan.site.name.clone(),
+                    server: s.name.clone(),
+                    devices: plan.devices.len(),
+                    seconds: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
+                    polls_ok: stats.polls_ok(),
+                    polls_failed: missed.total(),
+                    missed,
+                    breakers_open: stats.count_devices(|d| d.breaker_open.load(Relaxed)),
+                    breaker_openings: stats.devices.iter().map(|d| d.breaker_openings.load(Relaxed)).sum(),
+                    stale_devices: stats.count_devices(|d| d.stale.load(Relaxed)),
+                    rows_written: s.written.load(Relaxed),
+                    rows_replayed: s.replayed.load(Relaxed),
+                    rows_spooled: s.spooled.load(Relaxed),
+                    rows_duplicate: s.duplicates.load(Relaxed),
+                    rows_rejected: s.rejected.load(Relaxed),
+                    spool_pending: s.spool_depth.load(Relaxed),
+                    spool_bytes: s.spool_bytes.load(Relaxed),
+                    rows_lost: s.lost.load(Relaxed),
+                    delay_p50_ms: stats.delay_quantile_ms(i, 0.50),
+                    delay_p99_ms: stats.delay_quantile_ms(i, 0.99),
+                    set_aside_code: set_aside.as_ref().map(|(c, _)| *c),
+                    set_aside: set_aside.map(|(_, m)| m),
+                    rejections: lock(&s.rejections)
+                        .iter()
+                        .map(|(table, error, rows)| Rejection {
+                            table: table.clone(),
+                            error: error.clone(),
+                            rows: *rows,
+                        })
+                        .collect(),
+                }
             })
             .collect();
         IngestReport { rows }
@@ -374,7 +484,7 @@ impl IngestReport {
 impl Report for IngestReport {
     type Row = ServerRow;
     const HEADER: &'static [&'static str] = &[
-        "SITE", "SERVER", "WRITTEN", "REPLAYED", "SPOOLED", "PENDING", "LOST", "P50 MS", "P99 MS",
+        "SITE", "SERVER", "WRITTEN", "REPLAYED", "SPOOLED", "DUPLICATE", "REJECTED", "PENDING", "LOST", "P50 MS", "P99 MS",
     ];
     fn rows(&self) -> &[ServerRow] {
         &self.rows
@@ -387,6 +497,8 @@ impl Report for IngestReport {
             r.rows_written.to_string(),
             r.rows_replayed.to_string(),
             r.rows_spooled.to_string(),
+            r.rows_duplicate.to_string(),
+            r.rows_rejected.to_string(),
             r.spool_pending.to_string(),
             r.rows_lost.to_string(),
             ms(r.delay_p50_ms),
@@ -403,13 +515,36 @@ impl Report for IngestReport {
         } else {
             100.0 * r.polls_ok as f64 / total as f64
         };
-        format!(
-            "{}: {} devices for {:.1} s; {} of {} polls answered ({pct:.2} %)",
-            r.site, r.devices, r.seconds, r.polls_ok, total
-        )
+        let m = &r.missed;
+        let mut out = format!(
+            "{}: {} devices for {:.1} s; {} of {} polls answered ({pct:.2} %); missed: {} timeout, {} exception, {} connection, {} bad answer, {} late, {} breaker; \
+             {} breaker openings, {} open now; {} stale devices",
+            r.site, r.devices, r.seconds, r.polls_ok, total,
+            m.timeout, m.exception, m.connection, m.bad_answer, m.late, m.breaker,
+            r.breaker_openings, r.breakers_open, r.stale_devices,
+        );
+        for s in &self.rows {
+            if let Some(why) = &s.set_aside {
+                out.push_str(&format!("\nserver `{}` was set aside (its rows are in its spool): {why}", s.server));
+            }
+            for j in &s.rejections {
+                out.push_str(&format!(
+                    "\nserver `{}`: {} rows of `{}` refused and set aside in rejected/: {}",
+                    s.server, j.rows, j.table, j.error
+                ));
+            }
+        }
+        out
     }
     fn outcome(&self) -> Outcome {
-        match self.rows.iter().any(|r| r.rows_lost > 0) {
+        let code = self.rows.iter().filter_map(|r| r.set_aside_code).max();
+        match code {
+            Some(exit::PRIVILEGE) => return Outcome::Privilege,
+            Some(exit::CONFIG) => return Outcome::BadConfig,
+            Some(_) => return Outcome::Partial,
+            None => {}
+        }
+        match self.rows.iter().any(|r| r.rows_lost > 0 || r.rows_rejected > 0) {
             true => Outcome::Critical,
             false => Outcome::Clean,
         }

@@ -1,24 +1,41 @@
-//! Polling: each endpoint gets a few TCP connections; each connection polls
-//! its share of the devices once per sample interval, on the interval grid
-//! (a poll at 12:00:00.137 is the 12:00:00 sample). A request that times
-//! out, or an answer that does not match its request, costs that device
-//! that sample and the connection (reopened at once); a connection that
-//! cannot be opened is retried with backoff. Other connections never wait.
+//! Polling: each endpoint gets a few TCP connections ("lanes"); each lane
+//! polls its share of the devices once per sample interval, on the interval
+//! grid (a poll at 12:00:00.137 is the 12:00:00 sample).
+//!
+//! A fault costs only the device it touches:
+//! - several requests are in flight per lane ([`crate::modbus::client`]), so
+//!   a silent device holds one slot for its timeout, not the whole lane;
+//! - each round has a deadline (the next grid second); a device whose turn
+//!   did not come is counted `late`, and the next round serves it first, so
+//!   under overload the loss is spread instead of always hitting the tail;
+//! - devices that failed recently go last, and after a few failures in a
+//!   row a device's [`Breaker`] opens: it is only probed, at growing
+//!   intervals, until it answers again.
+//!
+//! Every grid second ends in one counter per device: answered, or missed with
+//! its [`Miss`] reason. A lane whose rounds keep running out of time warns
+//! once, with the numbers and what would fit.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{mpsc, watch};
-use tokio_modbus::client::{Context as ModbusClient, Reader};
-use tokio_modbus::prelude::{Slave, SlaveContext};
 
 use super::batch::Row;
-use super::stats::Stats;
-use crate::modbus::map::{ReadRequest, RegisterKind, TableMap};
+use super::breaker::{Breaker, Change};
+use super::stats::{Miss, Stats};
+use crate::modbus::client::{Connection, ReadError};
+use crate::modbus::map::{ReadRequest, TableMap};
 use crate::modbus::value::Value;
 use crate::schema::DeviceId;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Rounds looked back on for the overrun warning, and how many of them must have run late.
+const OVERRUN_WINDOW: u32 = 10;
+const OVERRUN_ROUNDS: u32 = 3;
 
 /// One device as the poller sees it.
 #[derive(Debug, Clone)]
@@ -33,13 +50,15 @@ pub struct PollDevice {
     pub requests: Vec<ReadRequest>,
 }
 
-/// Why a poll produced no sample.
-#[derive(Debug)]
-enum PollError {
-    /// The device answered with a Modbus exception; the connection is fine.
-    Exception(String),
-    /// Timeout, transport error or mismatched answer: reopen the connection.
-    Broken(String),
+/// How a lane polls (from `[modbus]`).
+#[derive(Debug, Clone, Copy)]
+pub struct LaneSettings {
+    pub timeout: Duration,
+    pub interval_secs: u64,
+    /// Requests in flight per connection (1: one at a time).
+    pub pipeline: usize,
+    pub breaker_after: u32,
+    pub stale_after: Duration,
 }
 
 /// The next grid second after now, and how long until it.
@@ -51,93 +70,394 @@ fn next_tick(interval: u64) -> (i64, Duration) {
     (next as i64, Duration::from_secs(next) - now)
 }
 
-pub struct Worker {
+/// Per-device state a lane keeps between rounds.
+#[derive(Debug, Clone, Default)]
+struct DeviceState {
+    breaker: Breaker,
+    /// Its turn did not come last round: it goes first this round.
+    late: bool,
+    /// A poll of it is in flight (at most one at a time).
+    busy: bool,
+    /// Hash of the measured values and when it last changed.
+    values: Option<(u64, Instant)>,
+    stale: bool,
+}
+
+pub struct Lane {
     pub addr: String,
+    /// Which of the endpoint's lanes this is (for messages).
+    pub number: usize,
     pub devices: Vec<PollDevice>,
-    pub timeout: Duration,
-    pub interval_secs: u64,
-    pub rows: mpsc::UnboundedSender<(usize, Row)>,
+    pub settings: LaneSettings,
+    pub rows: mpsc::Sender<(usize, Row)>,
     pub stats: Arc<Stats>,
 }
 
-impl Worker {
+/// What one poll gave.
+struct Polled {
+    slot: usize,
+    /// The grid second it samples.
+    t: i64,
+    started: Instant,
+    result: Result<Vec<Option<Value>>, ReadError>,
+}
+
+/// The lane's connection and how deep it may pipeline.
+struct Link {
+    conn: Option<Arc<Connection>>,
+    depth: usize,
+    retry_at: Instant,
+    backoff: Duration,
+    last_error: String,
+}
+
+/// The grid second being polled and the devices whose turn has not come.
+/// Requests keep their whole timeout even past the next second (their
+/// rows keep their own second); only turns that never came are late.
+#[derive(Default)]
+struct Round {
+    number: usize,
+    t: i64,
+    queue: std::collections::VecDeque<usize>,
+}
+
+impl Round {
+    fn begin(&mut self, t: i64, order: Vec<usize>) {
+        self.number += 1;
+        self.t = t;
+        self.queue = order.into();
+    }
+}
+
+/// How the lane's rounds went lately, for the overrun warning.
+#[derive(Default)]
+struct Load {
+    rounds: u32,
+    late_rounds: u32,
+    requests: u64,
+    answer_time: Duration,
+    answers: u64,
+    warned: bool,
+}
+
+impl Lane {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut client: Option<ModbusClient> = None;
-        let mut retry_at = Instant::now();
-        let mut backoff = Duration::from_secs(1);
-        let interval = Duration::from_secs(self.interval_secs);
+        let mut state = vec![DeviceState::default(); self.devices.len()];
+        let mut link = Link {
+            conn: None,
+            depth: self.settings.pipeline.max(1),
+            retry_at: Instant::now(),
+            backoff: Duration::from_secs(1),
+            last_error: String::new(),
+        };
+        let mut load = Load::default();
+        let mut round = Round::default();
+        let mut inflight = FuturesUnordered::new();
+        let mut stopping = false;
         loop {
-            let (t, wait) = next_tick(self.interval_secs);
+            let (t, wait) = next_tick(self.settings.interval_secs);
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => break,
-            }
-            if *stop.borrow() {
-                break;
-            }
-            let round = Instant::now();
-            for dev in &self.devices {
-                if round.elapsed() >= interval {
-                    self.stats
-                        .poll_failed(dev.index, "the poll round overran the sample interval");
-                    continue;
+                _ = tokio::time::sleep(wait), if !stopping => {
+                    self.close_round(&mut round, &mut state, &mut load);
+                    round.begin(t, self.order(&state, round.number));
+                    self.check_overrun(&mut load, &link);
                 }
-                if client.is_none() && Instant::now() >= retry_at {
-                    match self.connect(dev.unit).await {
-                        Ok(c) => {
-                            client = Some(c);
-                            backoff = Duration::from_secs(1);
-                        }
-                        Err(e) => {
-                            tracing::debug!(addr = %self.addr, error = %e, "cannot connect");
-                            retry_at = Instant::now() + backoff;
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                        }
+                Some(polled) = inflight.next(), if !inflight.is_empty() => {
+                    let polled: Polled = polled;
+                    state[polled.slot].busy = false;
+                    if !self.settle(polled, &mut state, &mut link, &mut load).await {
+                        return;
                     }
                 }
-                let Some(c) = client.as_mut() else {
+                _ = stop.changed(), if !stopping => {
+                    stopping = true;
+                    round.queue.clear();
+                }
+            }
+            if stopping && inflight.is_empty() {
+                return;
+            }
+            while inflight.len() < link.depth
+                && let Some(slot) = round.queue.pop_front()
+            {
+                let dev = &self.devices[slot];
+                let now = Instant::now();
+                state[slot].late = false;
+                if state[slot].busy {
+                    state[slot].late = true;
+                    self.stats.poll_missed(dev.index, Miss::Late, "its previous poll is still waiting for an answer");
+                    continue;
+                }
+                if state[slot].breaker.skips(now) {
                     self.stats
-                        .poll_failed(dev.index, &format!("cannot connect to {}", self.addr));
+                        .poll_missed(dev.index, Miss::Breaker, "breaker open: probing only");
+                    continue;
+                }
+                let Some(conn) = self.connected(&mut link, dev).await else {
+                    let why = format!("cannot connect to {}: {}", self.addr, link.last_error);
+                    self.stats.poll_missed(dev.index, Miss::Connection, &why);
                     continue;
                 };
-                let polled = Instant::now();
-                match read_device(c, dev, self.timeout).await {
-                    Ok(values) => {
-                        self.stats.devices[dev.index]
-                            .polls_ok
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let row = Row {
-                            device: dev.device.clone(),
-                            t,
-                            values,
-                            device_index: dev.index,
-                            polled: Some(polled),
-                        };
-                        if self.rows.send((dev.table_index, row)).is_err() {
-                            return;
-                        }
+                state[slot].busy = true;
+                load.requests += dev.requests.len() as u64;
+                let (t, timeout) = (round.t, self.settings.timeout);
+                inflight.push(async move {
+                    let started = Instant::now();
+                    Polled {
+                        slot,
+                        t,
+                        started,
+                        result: read_device(&conn, dev, timeout).await,
                     }
-                    Err(PollError::Exception(e)) => self.stats.poll_failed(dev.index, &e),
-                    Err(PollError::Broken(e)) => {
-                        self.stats.poll_failed(dev.index, &e);
-                        client = None;
-                    }
-                }
+                });
             }
         }
     }
 
-    async fn connect(&self, unit: u8) -> Result<ModbusClient, String> {
-        let stream = tokio::time::timeout(
-            self.timeout.max(Duration::from_secs(1)),
-            tokio::net::TcpStream::connect(&self.addr),
-        )
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        Ok(tokio_modbus::client::tcp::attach_slave(stream, Slave(unit)))
+    /// Devices whose turn did not come before the next grid second are late;
+    /// they go first in the next round.
+    fn close_round(&self, round: &mut Round, state: &mut [DeviceState], load: &mut Load) {
+        if round.number == 0 {
+            return;
+        }
+        let late = !round.queue.is_empty();
+        for slot in round.queue.drain(..) {
+            state[slot].late = true;
+            self.stats.poll_missed(
+                self.devices[slot].index,
+                Miss::Late,
+                "not polled in time: the round ran out of its interval",
+            );
+        }
+        load.rounds += 1;
+        load.late_rounds += u32::from(late);
     }
+
+    /// This round's order: devices that were late last round first, then the
+    /// healthy ones from a rotating start, then those failing lately.
+    fn order(&self, state: &[DeviceState], round_no: usize) -> Vec<usize> {
+        let n = self.devices.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        let start = round_no.wrapping_mul(7) % n.max(1);
+        order.sort_by_key(|&i| {
+            let s = &state[i];
+            let class = match (s.late, s.breaker.failures() > 0) {
+                (true, _) => 0,
+                (false, false) => 1,
+                (false, true) => 2,
+            };
+            (class, (i + n - start) % n.max(1))
+        });
+        order
+    }
+
+    /// Books one poll's result.
+    async fn settle(
+        &self,
+        p: Polled,
+        state: &mut [DeviceState],
+        link: &mut Link,
+        load: &mut Load,
+    ) -> bool {
+        let dev = &self.devices[p.slot];
+        let s = &mut state[p.slot];
+        let now = Instant::now();
+        let change = match p.result {
+            Ok(values) => {
+                load.answers += 1;
+                load.answer_time += now - p.started;
+                self.stats.devices[dev.index].polls_ok.fetch_add(1, Relaxed);
+                self.track_stale(dev, s, &values, now);
+                let row = Row {
+                    device: dev.device.clone(),
+                    t: p.t,
+                    values,
+                    device_index: dev.index,
+                    polled: Some(p.started),
+                };
+                if self.rows.send((dev.table_index, row)).await.is_err() {
+                    return false;
+                }
+                s.breaker.answered(now)
+            }
+            Err(e) => {
+                let (miss, counts) = classify(&e);
+                self.stats.poll_missed(dev.index, miss, &e.to_string());
+                if miss == Miss::Connection {
+                    link.last_error = e.to_string();
+                    link.conn = None;
+                }
+                match counts {
+                    true => s.breaker.failed(now, self.settings.breaker_after),
+                    false => None,
+                }
+            }
+        };
+        if let Some(change) = change {
+            self.log_breaker(dev, change, &state[p.slot]);
+        }
+        true
+    }
+
+    fn log_breaker(&self, dev: &PollDevice, change: Change, s: &DeviceState) {
+        let d = &self.stats.devices[dev.index];
+        d.breaker_open.store(s.breaker.is_open(), Relaxed);
+        let reason = super::stats::lock(&d.last_error).clone();
+        match change {
+            Change::Opened { failures } => {
+                d.breaker_openings.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    site = %self.stats.site, table = d.table, device = %d.label, failures, reason = %reason,
+                    "device breaker opened: probing it at growing intervals (up to 5 min) until it answers"
+                );
+            }
+            Change::Closed { open_for } => tracing::warn!(
+                site = %self.stats.site, table = d.table, device = %d.label, open_secs = open_for.as_secs(),
+                "device breaker closed: it answers again"
+            ),
+        }
+    }
+
+    /// Flags a device whose measured values have not changed for `stale_after`
+    /// (a gateway serving cached registers of a dead device).
+    fn track_stale(&self, dev: &PollDevice, s: &mut DeviceState, values: &[Option<Value>], now: Instant) {
+        let hash = measured_hash(&dev.table, values);
+        let since = match s.values {
+            Some((h, since)) if h == hash => since,
+            _ => now,
+        };
+        s.values = Some((hash, since));
+        let stale = now - since >= self.settings.stale_after;
+        if stale != s.stale {
+            s.stale = stale;
+            let d = &self.stats.devices[dev.index];
+            d.stale.store(stale, Relaxed);
+            match stale {
+                true => tracing::warn!(
+                    site = %self.stats.site, table = d.table, device = %d.label,
+                    unchanged_secs = (now - since).as_secs(),
+                    "device values frozen: the gateway may be serving a dead device's last registers"
+                ),
+                false => tracing::warn!(
+                    site = %self.stats.site, table = d.table, device = %d.label,
+                    "device values change again"
+                ),
+            }
+        }
+    }
+
+    /// The lane's connection, opening it (and probing for pipelining) when the backoff allows.
+    async fn connected(&self, link: &mut Link, dev: &PollDevice) -> Option<Arc<Connection>> {
+        if let Some(c) = &link.conn
+            && !c.is_closed()
+        {
+            return Some(c.clone());
+        }
+        link.conn = None;
+        if Instant::now() < link.retry_at {
+            return None;
+        }
+        let opened = Connection::open(&self.addr, self.settings.timeout.max(Duration::from_secs(1))).await;
+        match opened {
+            Ok(c) => {
+                let c = Arc::new(c);
+                link.backoff = Duration::from_secs(1);
+                if self.settings.pipeline > 1 {
+                    link.depth = match probe_pipelining(&c, dev, self.settings.timeout).await {
+                        Some(false) => {
+                            tracing::info!(addr = %self.addr, "the endpoint answers one request at a time; polling without pipelining");
+                            1
+                        }
+                        _ => self.settings.pipeline,
+                    };
+                }
+                if c.is_closed() {
+                    return None;
+                }
+                link.conn = Some(c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                tracing::debug!(addr = %self.addr, error = %e, "cannot connect");
+                link.last_error = e;
+                link.retry_at = Instant::now() + link.backoff;
+                link.backoff = (link.backoff * 2).min(MAX_BACKOFF);
+                None
+            }
+        }
+    }
+
+    /// Warns once when rounds keep running out of time, with what would fit.
+    fn check_overrun(&self, load: &mut Load, link: &Link) {
+        if load.rounds < OVERRUN_WINDOW {
+            return;
+        }
+        if load.late_rounds >= OVERRUN_ROUNDS && !load.warned {
+            load.warned = true;
+            let per_round = load.requests as f64 / f64::from(load.rounds);
+            let mean = load.answer_time.as_secs_f64() / load.answers.max(1) as f64;
+            let interval = self.settings.interval_secs as f64;
+            let need = per_round * mean / link.depth as f64;
+            tracing::warn!(
+                site = %self.stats.site, addr = %self.addr, lane = self.number,
+                requests_per_round = per_round.round() as u64,
+                mean_answer_ms = (mean * 1000.0).round() as u64,
+                in_flight = link.depth,
+                late_rounds = load.late_rounds,
+                "polls do not fit the {interval} s interval on this connection: {:.0} requests × {:.0} ms / {} in flight = {:.2} s; \
+                 what would fit: more connections (modbus.connections ≥ {} for this endpoint's share), \
+                 a sample interval of {} s, or fewer or merged reads (see essops ingest --plan --probe)",
+                per_round, mean * 1000.0, link.depth, need,
+                ((need / (interval * 0.8)).ceil() as usize).max(2),
+                (need / 0.8).ceil().max(interval + 1.0),
+            );
+        }
+        *load = Load {
+            warned: load.warned,
+            ..Load::default()
+        };
+    }
+}
+
+/// The miss reason, and whether the failure says something about the device
+/// (and so counts toward its breaker): a request that timed out while
+/// waiting in a gateway's queue says nothing about its device.
+fn classify(e: &ReadError) -> (Miss, bool) {
+    match e {
+        ReadError::Timeout { device_silent } => (Miss::Timeout, *device_silent),
+        // Busy and acknowledge mean "ask again"; the rest mean the device is not there.
+        ReadError::Exception(0x05 | 0x06) => (Miss::Exception, false),
+        ReadError::Exception(_) => (Miss::Exception, true),
+        ReadError::Closed(_) => (Miss::Connection, false),
+        ReadError::BadAnswer(_) => (Miss::BadAnswer, false),
+    }
+}
+
+/// Sends one device's first read twice at once: `Some(true)` when both are
+/// answered (the endpoint queues requests), `Some(false)` when only one is
+/// or the endpoint hangs up, `None` when neither says (the device is silent).
+pub async fn probe_pipelining(conn: &Connection, dev: &PollDevice, timeout: Duration) -> Option<bool> {
+    let r = dev.requests.first()?;
+    let read = || conn.read(dev.unit, r.kind, r.start, r.count, timeout);
+    let (a, b) = tokio::join!(read(), read());
+    let answered = |x: &Result<Vec<u16>, ReadError>| matches!(x, Ok(_) | Err(ReadError::Exception(_)));
+    match (answered(&a), answered(&b)) {
+        (true, true) => Some(true),
+        (true, false) | (false, true) => Some(false),
+        _ if conn.is_closed() => Some(false),
+        _ => None,
+    }
+}
+
+fn measured_hash(table: &TableMap, values: &[Option<Value>]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (f, v) in table.fields.iter().zip(values) {
+        if f.is_measure() {
+            v.map(|v| v.as_f64().to_bits()).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 /// Decodes one answer into `values`; an answer of the wrong length is refused
@@ -147,10 +467,10 @@ fn decode_reply(
     r: &ReadRequest,
     words: &[u16],
     values: &mut [Option<Value>],
-) -> Result<(), PollError> {
+) -> Result<(), ReadError> {
     if words.len() != usize::from(r.count) {
-        return Err(PollError::Broken(format!(
-            "answer has {} registers for a request of {}; discarded",
+        return Err(ReadError::BadAnswer(format!(
+            "{} registers for a request of {}",
             words.len(),
             r.count
         )));
@@ -170,38 +490,19 @@ fn decode_reply(
 }
 
 /// Reads and decodes every field of one device; all or nothing.
-async fn read_device(
-    c: &mut ModbusClient,
+pub async fn read_device(
+    c: &Connection,
     dev: &PollDevice,
     timeout: Duration,
-) -> Result<Vec<Option<Value>>, PollError> {
-    let fields = &dev.table.fields;
-    let mut values = vec![None; fields.len()];
-    c.set_slave(Slave(dev.unit));
+) -> Result<Vec<Option<Value>>, ReadError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut values = vec![None; dev.table.fields.len()];
     for r in &dev.requests {
-        let answer = match r.kind {
-            RegisterKind::Holding => {
-                tokio::time::timeout(timeout, c.read_holding_registers(r.start, r.count)).await
-            }
-            RegisterKind::Input => {
-                tokio::time::timeout(timeout, c.read_input_registers(r.start, r.count)).await
-            }
-        };
-        let words = match answer {
-            Err(_) => {
-                return Err(PollError::Broken(format!(
-                    "no answer within {} ms",
-                    timeout.as_millis()
-                )));
-            }
-            Ok(Err(e)) => return Err(PollError::Broken(format!("Modbus transport: {e}"))),
-            Ok(Ok(Err(exception))) => {
-                return Err(PollError::Exception(format!(
-                    "Modbus exception: {exception}"
-                )));
-            }
-            Ok(Ok(Ok(words))) => words,
-        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return Err(ReadError::Timeout { device_silent: true });
+        }
+        let words = c.read(dev.unit, r.kind, r.start, r.count, left).await?;
         decode_reply(dev, r, &words, &mut values)?;
     }
     Ok(values)
@@ -297,9 +598,10 @@ mod tests {
         let dev = rack();
         let mut errors = 0;
         for _ in 0..80 {
-            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let mut client = tokio_modbus::client::tcp::attach_slave(stream, Slave(1));
-            if read_device(&mut client, &dev, Duration::from_millis(50))
+            let client = Connection::open(&addr.to_string(), Duration::from_secs(1))
+                .await
+                .unwrap();
+            if read_device(&client, &dev, Duration::from_millis(50))
                 .await
                 .is_err()
             {
@@ -311,5 +613,34 @@ mod tests {
             "random bytes were accepted as answers {} times",
             80 - errors
         );
+    }
+
+    #[test]
+    fn ingest_order_serves_late_devices_first_and_failing_ones_last() {
+        let dev = rack();
+        let (tx, _rx) = mpsc::channel(1);
+        let lane = Lane {
+            addr: String::new(),
+            number: 0,
+            devices: vec![dev; 5],
+            settings: LaneSettings {
+                timeout: Duration::from_millis(100),
+                interval_secs: 1,
+                pipeline: 1,
+                breaker_after: 3,
+                stale_after: Duration::from_secs(600),
+            },
+            rows: tx,
+            stats: Arc::new(Stats::new("s", vec![], &[])),
+        };
+        let mut state = vec![DeviceState::default(); 5];
+        state[3].late = true;
+        state[1].breaker.failed(Instant::now(), 3);
+        assert_eq!(lane.order(&state, 0), vec![3, 0, 2, 4, 1]);
+        // Without faults the start rotates, so no device is always last.
+        let state = vec![DeviceState::default(); 5];
+        let lasts: std::collections::BTreeSet<usize> =
+            (0..5).map(|r| *lane.order(&state, r).last().unwrap()).collect();
+        assert_eq!(lasts.len(), 5);
     }
 }

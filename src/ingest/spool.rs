@@ -1,34 +1,71 @@
-//! The on-disk spool: batches a server could not take yet, one file each,
-//! replayed oldest first. A file appears whole or not at all (written to a
-//! temp name, synced, renamed, directory synced), so a crash or kill -9
-//! never leaves half a batch; a batch committed but not yet removed from
-//! the spool is harmless, since replay inserts only absent rows.
+//! The on-disk spool of one server: batches it could not take yet, one file
+//! each, replayed oldest first (many files merged into one COPY).
+//!
+//! A file appears whole or not at all (written to a temp name, synced,
+//! renamed, directory synced), so a crash or kill -9 never leaves half a
+//! batch; a batch committed but not yet removed is harmless, since replay
+//! inserts only absent rows. Rows are stored compactly (varints, f32 where
+//! exact), about a third of their JSON size. The spool is capped
+//! (`spool_max_mb`) and keeps a free-disk floor (`spool_min_free_mb`): at
+//! either, new rows are refused and counted as lost, never dropped silently.
+//! Batches a server refused for good go to `rejected/`, with the error beside.
 
 use std::collections::VecDeque;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::batch::{Batch, Row};
+use crate::modbus::value::Value;
 use crate::schema::TableSpec;
+
+/// A spool file of the current format.
+pub const EXTENSION: &str = "spool";
+/// Spool files of essops before the compact format (JSON lines); still replayed.
+const JSON_EXTENSION: &str = "batch";
+pub const REJECTED_DIR: &str = "rejected";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
     table: String,
     columns: Vec<String>,
     rows: u64,
+    #[serde(default)]
+    first_t: i64,
+    #[serde(default)]
+    last_t: i64,
+}
+
+/// One spool file as listed.
+#[derive(Debug, Clone)]
+pub struct SpoolFile {
+    pub path: PathBuf,
+    pub table: String,
+    pub rows: u64,
+    pub bytes: u64,
+    pub first_t: i64,
+    pub last_t: i64,
+}
+
+/// How much a spool may hold (0: no cap).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpoolLimits {
+    pub max_bytes: u64,
+    pub min_free_bytes: u64,
 }
 
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
-    /// Files in replay order, with their row counts.
-    files: VecDeque<(PathBuf, u64)>,
+    files: VecDeque<SpoolFile>,
     rows: u64,
+    bytes: u64,
     seq: u64,
+    limits: SpoolLimits,
+    warned_full: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +78,8 @@ pub enum SpoolError {
     },
     #[error("spool file {path} is unreadable ({reason}); moved aside to {path}.bad")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("spool {dir} is full: {why}; these rows are lost")]
+    Full { dir: PathBuf, why: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
@@ -52,33 +91,24 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 
 impl Spool {
     /// Opens (creating) a spool directory and lists what an earlier run left.
-    pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+    pub fn open(dir: &Path, limits: SpoolLimits) -> Result<Spool, SpoolError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
-        let mut names: Vec<PathBuf> = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io(dir))? {
-            let path = entry.map_err(io(dir))?.path();
-            match path.extension().and_then(|e| e.to_str()) {
-                Some("batch") => names.push(path),
-                // A write cut short by a crash: its rows were never acknowledged as spooled.
-                Some("tmp") => {
-                    let _ = fs::remove_file(&path);
-                }
-                _ => {}
-            }
-        }
-        names.sort();
         let mut spool = Spool {
             dir: dir.to_path_buf(),
-            files: VecDeque::new(),
+            files: list(dir)?.into(),
             rows: 0,
+            bytes: 0,
             seq: 0,
+            limits,
+            warned_full: false,
         };
-        for path in names {
-            let rows = read_header(&path).map(|h| h.rows).unwrap_or(0);
-            spool.rows += rows;
-            spool.files.push_back((path, rows));
-        }
+        spool.rows = spool.files.iter().map(|f| f.rows).sum();
+        spool.bytes = spool.files.iter().map(|f| f.bytes).sum();
         Ok(spool)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,68 +120,204 @@ impl Spool {
         self.rows
     }
 
-    /// Appends a batch durably.
+    /// Bytes on disk.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Appends a batch durably, unless the cap or the disk floor forbids it.
     pub fn push(&mut self, batch: &Batch) -> Result<(), SpoolError> {
+        let body = encode_rows(batch);
+        self.check_room(body.len() as u64)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         self.seq += 1;
-        let path = self.dir.join(format!("{nanos:020}-{:08}.batch", self.seq));
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut out = BufWriter::new(File::create(&tmp)?);
-            let header = Header {
-                table: batch.spec.name.to_string(),
-                columns: batch.columns.to_vec(),
-                rows: batch.rows.len() as u64,
-            };
-            serde_json::to_writer(&mut out, &header)?;
-            out.write_all(b"\n")?;
-            for row in &batch.rows {
-                serde_json::to_writer(&mut out, row)?;
-                out.write_all(b"\n")?;
-            }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            fs::rename(&tmp, &path)?;
-            File::open(&self.dir)?.sync_all()
+        let path = self
+            .dir
+            .join(format!("{nanos:020}-{:08}.{EXTENSION}", self.seq));
+        let (first_t, last_t) = span(&batch.rows);
+        let header = Header {
+            table: batch.spec.name.to_string(),
+            columns: batch.columns.to_vec(),
+            rows: batch.rows.len() as u64,
+            first_t,
+            last_t,
         };
-        write().map_err(|source| {
-            let _ = fs::remove_file(&tmp);
-            SpoolError::Io {
-                path: tmp.clone(),
-                source,
+        let bytes = write_file(&self.dir, &path, &header, &body)?;
+        self.rows += header.rows;
+        self.bytes += bytes;
+        self.files.push_back(SpoolFile {
+            path,
+            table: header.table,
+            rows: header.rows,
+            bytes,
+            first_t,
+            last_t,
+        });
+        Ok(())
+    }
+
+    fn check_room(&mut self, adding: u64) -> Result<(), SpoolError> {
+        let full = |why: String| SpoolError::Full {
+            dir: self.dir.clone(),
+            why,
+        };
+        let max = self.limits.max_bytes;
+        if max > 0 && self.bytes + adding > max {
+            return Err(full(format!("it holds {} B of its {max} B cap (spool_max_mb)", self.bytes)));
+        }
+        if max > 0 && !self.warned_full && (self.bytes + adding) * 10 >= max * 8 {
+            self.warned_full = true;
+            tracing::warn!(dir = %self.dir.display(), bytes = self.bytes, cap = max, "spool is at 80 % of its cap (spool_max_mb); at the cap new rows are lost");
+        }
+        if self.limits.min_free_bytes > 0
+            && let Some(free) = free_bytes(&self.dir)
+            && free < self.limits.min_free_bytes + adding
+        {
+            return Err(full(format!(
+                "{free} B free on its disk, under the {} B floor (spool_min_free_mb)",
+                self.limits.min_free_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// The oldest files, up to `max_rows` rows in all (at least one file).
+    pub fn front(&self, max_rows: u64) -> Vec<SpoolFile> {
+        let mut out = Vec::new();
+        let mut rows = 0;
+        for f in &self.files {
+            if !out.is_empty() && rows + f.rows > max_rows {
+                break;
             }
-        })?;
-        self.rows += batch.rows.len() as u64;
-        self.files.push_back((path, batch.rows.len() as u64));
-        Ok(())
+            rows += f.rows;
+            out.push(f.clone());
+        }
+        out
     }
 
-    /// The oldest batch, read back. A file that cannot be parsed is moved
-    /// aside (never deleted) and reported.
-    pub fn front(&mut self) -> Option<Result<Batch, SpoolError>> {
-        let (path, _) = self.files.front()?.clone();
-        Some(read_batch(&path).map_err(|reason| {
-            let _ = fs::rename(&path, path.with_extension("batch.bad"));
-            self.forget_front();
-            SpoolError::Corrupt { path, reason }
-        }))
-    }
-
-    /// Removes the oldest batch once it is committed.
-    pub fn pop_front(&mut self) -> Result<(), SpoolError> {
-        if let Some((path, _)) = self.files.front().cloned() {
-            fs::remove_file(&path).map_err(io(&path))?;
-            self.forget_front();
+    /// Removes files once their rows are committed (or set aside).
+    pub fn remove(&mut self, done: &[SpoolFile]) -> Result<(), SpoolError> {
+        for f in done {
+            match fs::remove_file(&f.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&f.path)(e)),
+            }
+            self.forget(&f.path);
         }
         Ok(())
     }
 
-    fn forget_front(&mut self) {
-        if let Some((_, rows)) = self.files.pop_front() {
-            self.rows -= rows;
+    fn forget(&mut self, path: &Path) {
+        if let Some(i) = self.files.iter().position(|f| f.path == path) {
+            let f = self.files.remove(i).expect("position is in range");
+            self.rows -= f.rows;
+            self.bytes -= f.bytes;
+        }
+        if self.limits.max_bytes > 0 && self.bytes * 10 < self.limits.max_bytes * 7 {
+            self.warned_full = false;
         }
     }
+
+    /// Moves a file the server refused for good to `rejected/`, with the error beside it.
+    pub fn reject(&mut self, file: &SpoolFile, error: &str) -> Result<PathBuf, SpoolError> {
+        let dir = self.dir.join(REJECTED_DIR);
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let name = file.path.file_name().unwrap_or_default();
+        let to = dir.join(name);
+        fs::rename(&file.path, &to).map_err(io(&file.path))?;
+        fs::write(to.with_extension("error"), format!("{error}\n")).map_err(io(&to))?;
+        self.forget(&file.path);
+        Ok(to)
+    }
+
+    /// Writes a batch straight to `rejected/` (it was never spooled).
+    pub fn reject_batch(&mut self, batch: &Batch, error: &str) -> Result<PathBuf, SpoolError> {
+        self.push(batch)?;
+        let file = self.files.back().cloned().expect("just pushed");
+        self.reject(&file, error)
+    }
+
+    /// A file moved aside because it cannot be read.
+    pub fn quarantine_unreadable(&mut self, file: &SpoolFile, reason: String) -> SpoolError {
+        let bad = file.path.with_extension(format!("{EXTENSION}.bad"));
+        let _ = fs::rename(&file.path, &bad);
+        self.forget(&file.path);
+        SpoolError::Corrupt {
+            path: file.path.clone(),
+            reason,
+        }
+    }
+}
+
+/// Every spool file in `dir`, oldest first; a temp file left by a crash is removed.
+pub fn list(dir: &Path) -> Result<Vec<SpoolFile>, SpoolError> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(EXTENSION | JSON_EXTENSION) => {
+                let bytes = fs::metadata(&path).map_or(0, |m| m.len());
+                let h = read_header(&path).unwrap_or(Header {
+                    table: String::new(),
+                    columns: vec![],
+                    rows: 0,
+                    first_t: 0,
+                    last_t: 0,
+                });
+                out.push(SpoolFile {
+                    path,
+                    table: h.table,
+                    rows: h.rows,
+                    bytes,
+                    first_t: h.first_t,
+                    last_t: h.last_t,
+                });
+            }
+            // A write cut short by a crash: its rows were never acknowledged as spooled.
+            Some("tmp") => {
+                let _ = fs::remove_file(&path);
+            }
+            _ => {}
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn span(rows: &[Row]) -> (i64, i64) {
+    let first = rows.iter().map(|r| r.t).min().unwrap_or(0);
+    let last = rows.iter().map(|r| r.t).max().unwrap_or(0);
+    (first, last)
+}
+
+fn write_file(dir: &Path, path: &Path, header: &Header, body: &[u8]) -> Result<u64, SpoolError> {
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<u64> {
+        let mut out = BufWriter::new(File::create(&tmp)?);
+        let mut head = serde_json::to_vec(header)?;
+        head.push(b'\n');
+        out.write_all(&head)?;
+        out.write_all(body)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()?;
+        Ok((head.len() + body.len()) as u64)
+    };
+    write().map_err(|source| {
+        let _ = fs::remove_file(&tmp);
+        SpoolError::Io {
+            path: tmp.clone(),
+            source,
+        }
+    })
 }
 
 fn read_header(path: &Path) -> Result<Header, String> {
@@ -162,24 +328,28 @@ fn read_header(path: &Path) -> Result<Header, String> {
     serde_json::from_str(&line).map_err(|e| e.to_string())
 }
 
-fn read_batch(path: &Path) -> Result<Batch, String> {
-    let file = BufReader::new(File::open(path).map_err(|e| e.to_string())?);
-    let mut lines = file.lines();
-    let header: Header = serde_json::from_str(
-        &lines
-            .next()
-            .ok_or("empty file")?
-            .map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| format!("header: {e}"))?;
+/// Reads a spool file back into its batch.
+pub fn read_batch(path: &Path) -> Result<Batch, String> {
+    let mut file = BufReader::new(File::open(path).map_err(|e| e.to_string())?);
+    let mut line = String::new();
+    file.read_line(&mut line).map_err(|e| e.to_string())?;
+    let header: Header = serde_json::from_str(&line).map_err(|e| format!("header: {e}"))?;
     let spec = TableSpec::by_name(&header.table)
         .ok_or_else(|| format!("unknown table `{}`", header.table))?;
-    let rows = lines
-        .map(|l| {
-            let l = l.map_err(|e| e.to_string())?;
-            serde_json::from_str::<Row>(&l).map_err(|e| e.to_string())
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let rows = match path.extension().and_then(|e| e.to_str()) {
+        Some(JSON_EXTENSION) => file
+            .lines()
+            .map(|l| {
+                let l = l.map_err(|e| e.to_string())?;
+                serde_json::from_str::<Row>(&l).map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => {
+            let mut body = Vec::new();
+            file.read_to_end(&mut body).map_err(|e| e.to_string())?;
+            decode_rows(&body, &header, spec.device_columns.len())?
+        }
+    };
     if rows.len() as u64 != header.rows {
         return Err(format!("{} rows, header says {}", rows.len(), header.rows));
     }
@@ -190,43 +360,209 @@ fn read_batch(path: &Path) -> Result<Batch, String> {
     })
 }
 
+const NULL: u8 = 0;
+const INT: u8 = 1;
+const F64: u8 = 2;
+const F32: u8 = 3;
+
+/// Rows as varints (ids, seconds after the batch's first, integers) and
+/// floats (4 bytes where f32 holds the value exactly, else 8).
+fn encode_rows(batch: &Batch) -> Vec<u8> {
+    let (first, _) = span(&batch.rows);
+    let mut out = Vec::with_capacity(batch.rows.len() * 64);
+    for row in &batch.rows {
+        for id in &row.device {
+            varint(&mut out, i64::from(*id));
+        }
+        varint(&mut out, row.t - first);
+        for v in &row.values {
+            match v {
+                None => out.push(NULL),
+                Some(Value::Int(i)) => {
+                    out.push(INT);
+                    varint(&mut out, *i);
+                }
+                Some(Value::Float(f)) if f64::from(*f as f32) == *f || f.is_nan() => {
+                    out.push(F32);
+                    out.extend((*f as f32).to_le_bytes());
+                }
+                Some(Value::Float(f)) => {
+                    out.push(F64);
+                    out.extend(f.to_le_bytes());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn decode_rows(body: &[u8], header: &Header, ids: usize) -> Result<Vec<Row>, String> {
+    let mut r = Reader { body, at: 0 };
+    let mut rows = Vec::with_capacity(header.rows as usize);
+    while r.at < body.len() {
+        let mut device = Vec::with_capacity(ids);
+        for _ in 0..ids {
+            device.push(i16::try_from(r.varint()?).map_err(|_| "device id out of range")?);
+        }
+        let t = header.first_t + r.varint()?;
+        let mut values = Vec::with_capacity(header.columns.len());
+        for _ in 0..header.columns.len() {
+            values.push(match r.byte()? {
+                NULL => None,
+                INT => Some(Value::Int(r.varint()?)),
+                F32 => Some(Value::Float(f64::from(f32::from_le_bytes(r.array()?)))),
+                F64 => Some(Value::Float(f64::from_le_bytes(r.array()?))),
+                tag => return Err(format!("unknown value tag {tag} at byte {}", r.at)),
+            });
+        }
+        rows.push(Row {
+            device,
+            t,
+            values,
+            device_index: 0,
+            polled: None,
+        });
+    }
+    Ok(rows)
+}
+
+fn varint(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+struct Reader<'a> {
+    body: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Result<u8, String> {
+        let b = *self.body.get(self.at).ok_or("truncated")?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let s = self.body.get(self.at..self.at + N).ok_or("truncated")?;
+        self.at += N;
+        Ok(s.try_into().expect("slice of N bytes"))
+    }
+
+    fn varint(&mut self) -> Result<i64, String> {
+        let mut z = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            z |= u64::from(b & 0x7F) << shift;
+            if b < 0x80 {
+                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            }
+        }
+        Err("varint too long".into())
+    }
+}
+
+/// Free bytes for unprivileged users on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a writable statvfs.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    (rc == 0).then(|| u64::from(s.f_bavail) * u64::from(s.f_frsize))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modbus::value::Value;
     use crate::schema::RACK;
 
-    #[test]
-    fn ingest_spool_keeps_batches_across_reopen_in_order() {
-        let dir = std::env::temp_dir().join(format!("essops-spool-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let batch = |t: i64| Batch {
+    fn batch(t: i64) -> Batch {
+        Batch {
             spec: RACK,
-            columns: Arc::new(vec!["SOC".into(), "STATUS".into()]),
+            columns: Arc::new(vec!["SOC".into(), "STATUS".into(), "V".into(), "X".into()]),
             rows: vec![Row {
                 device: vec![1, 2],
                 t,
-                values: vec![Some(Value::Float(55.5)), Some(Value::Int(3))],
+                values: vec![
+                    Some(Value::Float(55.5)),
+                    Some(Value::Int(-3)),
+                    Some(Value::Float(3.301)),
+                    None,
+                ],
                 device_index: 0,
                 polled: None,
             }],
-        };
-        let mut s = Spool::open(&dir).unwrap();
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("essops-spool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn ingest_spool_keeps_batches_across_reopen_in_order_and_values_exact() {
+        let dir = scratch("order");
+        let mut s = Spool::open(&dir, SpoolLimits::default()).unwrap();
         s.push(&batch(10)).unwrap();
         s.push(&batch(11)).unwrap();
         fs::write(dir.join("x.tmp"), "half").unwrap();
-        let mut s = Spool::open(&dir).unwrap();
+        let mut s = Spool::open(&dir, SpoolLimits::default()).unwrap();
         assert_eq!(s.rows(), 2);
         assert!(!dir.join("x.tmp").exists());
-        let first = s.front().unwrap().unwrap();
-        assert_eq!(
-            (first.rows[0].t, first.rows[0].values[1]),
-            (10, Some(Value::Int(3)))
-        );
-        s.pop_front().unwrap();
-        assert_eq!(s.front().unwrap().unwrap().rows[0].t, 11);
-        s.pop_front().unwrap();
-        assert!(s.is_empty() && s.front().is_none());
+        let front = s.front(1);
+        assert_eq!(front.len(), 1);
+        let first = read_batch(&front[0].path).unwrap();
+        assert_eq!(first.rows[0].t, 10);
+        assert_eq!(first.rows[0].values, batch(10).rows[0].values);
+        assert_eq!(first.rows[0].device, vec![1, 2]);
+        s.remove(&front).unwrap();
+        assert_eq!(s.front(100).len(), 1);
+        assert_eq!(read_batch(&s.front(100)[0].path).unwrap().rows[0].t, 11);
+        s.remove(&s.front(100)).unwrap();
+        assert!(s.is_empty() && s.front(100).is_empty());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ingest_spool_refuses_rows_past_its_cap_and_rejects_into_their_own_folder() {
+        let dir = scratch("cap");
+        let mut s = Spool::open(
+            &dir,
+            SpoolLimits {
+                max_bytes: 300,
+                min_free_bytes: 0,
+            },
+        )
+        .unwrap();
+        let mut pushed = 0;
+        let err = loop {
+            match s.push(&batch(pushed)) {
+                Ok(()) => pushed += 1,
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, SpoolError::Full { .. }), "{err}");
+        assert!(pushed >= 1 && s.bytes() <= 300);
+        let f = s.front(1)[0].clone();
+        let to = s.reject(&f, "22003: value out of range").unwrap();
+        assert!(to.exists() && to.with_extension("error").exists());
+        assert_eq!(s.rows(), pushed as u64 - 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ingest_spool_varints_round_trip() {
+        for v in [0, 1, -1, 63, -64, 64, 1 << 40, i64::MAX, i64::MIN] {
+            let mut out = Vec::new();
+            varint(&mut out, v);
+            assert_eq!(Reader { body: &out, at: 0 }.varint().unwrap(), v);
+        }
     }
 }

@@ -1,37 +1,139 @@
 //! Counters the pollers and writers share, the per-minute health lines, and
-//! the poll-to-commit delay histogram.
+//! the poll-to-commit delay histogram. Every grid second a device was due
+//! ends in exactly one counter: answered, or missed for one [`Miss`] reason.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use serde::Serialize;
+
 use crate::logging::REPORT_TARGET;
+
+/// Why a device has no sample for a grid second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// Asked, and no answer came within the timeout.
+    Timeout,
+    /// Answered with a Modbus exception.
+    Exception,
+    /// The connection could not be opened or was lost mid-request.
+    Connection,
+    /// An answer that did not fit its request (length, function, unit).
+    BadAnswer,
+    /// The round ran out of time before this device's turn.
+    Late,
+    /// The device's breaker is open and no probe was due.
+    Breaker,
+}
+
+impl Miss {
+    pub const ALL: [Miss; 6] = [
+        Miss::Timeout,
+        Miss::Exception,
+        Miss::Connection,
+        Miss::BadAnswer,
+        Miss::Late,
+        Miss::Breaker,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Miss::Timeout => "timeout",
+            Miss::Exception => "exception",
+            Miss::Connection => "connection",
+            Miss::BadAnswer => "bad_answer",
+            Miss::Late => "late",
+            Miss::Breaker => "breaker",
+        }
+    }
+}
+
+/// Missed polls by reason (field names are the reasons).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Misses {
+    pub timeout: u64,
+    pub exception: u64,
+    pub connection: u64,
+    pub bad_answer: u64,
+    pub late: u64,
+    pub breaker: u64,
+}
+
+impl Misses {
+    pub fn total(&self) -> u64 {
+        self.timeout + self.exception + self.connection + self.bad_answer + self.late + self.breaker
+    }
+
+    fn add(&mut self, miss: Miss, n: u64) {
+        *match miss {
+            Miss::Timeout => &mut self.timeout,
+            Miss::Exception => &mut self.exception,
+            Miss::Connection => &mut self.connection,
+            Miss::BadAnswer => &mut self.bad_answer,
+            Miss::Late => &mut self.late,
+            Miss::Breaker => &mut self.breaker,
+        } += n;
+    }
+
+    fn since(&self, earlier: &Misses) -> Misses {
+        let mut out = Misses::default();
+        for m in Miss::ALL {
+            out.add(m, self.get(m) - earlier.get(m));
+        }
+        out
+    }
+
+    fn get(&self, miss: Miss) -> u64 {
+        match miss {
+            Miss::Timeout => self.timeout,
+            Miss::Exception => self.exception,
+            Miss::Connection => self.connection,
+            Miss::BadAnswer => self.bad_answer,
+            Miss::Late => self.late,
+            Miss::Breaker => self.breaker,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct DeviceStats {
     pub table: &'static str,
     pub label: String,
     pub polls_ok: AtomicU64,
-    pub polls_failed: AtomicU64,
+    missed: [AtomicU64; 6],
     /// Rows committed, per server (plan order).
     pub written: Vec<AtomicU64>,
     pub last_error: Mutex<String>,
+    pub breaker_open: AtomicBool,
+    pub breaker_openings: AtomicU64,
+    /// Measured values unchanged for `stale_after`.
+    pub stale: AtomicBool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ServerStats {
     pub name: String,
     pub written: AtomicU64,
     pub replayed: AtomicU64,
     pub spooled: AtomicU64,
-    /// Rows waiting in the spool now.
+    /// Rows the server already held (a clock stepped back, a replay of committed rows).
+    pub duplicates: AtomicU64,
+    /// Rows set aside in `rejected/` because the server refused them for good.
+    pub rejected: AtomicU64,
+    /// Rows waiting in the spool now, and their bytes on disk.
     pub spool_depth: AtomicU64,
-    /// Rows that could be neither written nor spooled (disk full).
+    pub spool_bytes: AtomicU64,
+    /// Rows that could be neither written nor spooled (spool cap, disk full).
     pub lost: AtomicU64,
     /// Newest committed sample's age at commit, in ms.
     pub lag_ms: AtomicU64,
     /// Poll-to-commit delay of directly written rows, 1 ms buckets.
     pub delays: Mutex<Vec<u64>>,
+    /// Why this server was set aside (its rows only spooled), and the exit code that goes with it.
+    pub set_aside: Mutex<Option<(u8, String)>>,
+    /// Permanent refusals: (table, error, rows), for the summary.
+    pub rejections: Mutex<Vec<(String, String, u64)>>,
 }
 
 #[derive(Debug)]
@@ -42,6 +144,13 @@ pub struct Stats {
 }
 
 const DELAY_BUCKETS: usize = 60_000;
+
+/// A health line's per-device numbers, as of one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snapshot {
+    ok: u64,
+    missed: Misses,
+}
 
 impl Stats {
     pub fn new(site: &str, devices: Vec<(&'static str, String)>, servers: &[String]) -> Stats {
@@ -54,31 +163,29 @@ impl Stats {
                     table,
                     label,
                     polls_ok: AtomicU64::new(0),
-                    polls_failed: AtomicU64::new(0),
+                    missed: Default::default(),
                     written: counters(),
                     last_error: Mutex::new(String::new()),
+                    breaker_open: AtomicBool::new(false),
+                    breaker_openings: AtomicU64::new(0),
+                    stale: AtomicBool::new(false),
                 })
                 .collect(),
             servers: servers
                 .iter()
                 .map(|name| ServerStats {
                     name: name.clone(),
-                    written: AtomicU64::new(0),
-                    replayed: AtomicU64::new(0),
-                    spooled: AtomicU64::new(0),
-                    spool_depth: AtomicU64::new(0),
-                    lost: AtomicU64::new(0),
-                    lag_ms: AtomicU64::new(0),
                     delays: Mutex::new(vec![0; DELAY_BUCKETS]),
+                    ..ServerStats::default()
                 })
                 .collect(),
         }
     }
 
-    pub fn poll_failed(&self, device: usize, why: &str) {
+    pub fn poll_missed(&self, device: usize, miss: Miss, why: &str) {
         let d = &self.devices[device];
-        d.polls_failed.fetch_add(1, Relaxed);
-        let mut last = d.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        d.missed[miss as usize].fetch_add(1, Relaxed);
+        let mut last = lock(&d.last_error);
         if *last != why {
             *last = why.to_string();
         }
@@ -86,18 +193,12 @@ impl Stats {
 
     pub fn record_delay(&self, server: usize, delay: Duration) {
         let ms = (delay.as_millis() as usize).min(DELAY_BUCKETS - 1);
-        self.servers[server]
-            .delays
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())[ms] += 1;
+        lock(&self.servers[server].delays)[ms] += 1;
     }
 
     /// The `q` quantile of a server's poll-to-commit delay, in ms.
     pub fn delay_quantile_ms(&self, server: usize, q: f64) -> Option<u64> {
-        let h = self.servers[server]
-            .delays
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let h = lock(&self.servers[server].delays);
         let total: u64 = h.iter().sum();
         if total == 0 {
             return None;
@@ -110,43 +211,98 @@ impl Stats {
         })
     }
 
+    /// Missed polls of every device, by reason.
+    pub fn misses(&self) -> Misses {
+        let mut out = Misses::default();
+        for d in &self.devices {
+            out = sum(out, d.misses());
+        }
+        out
+    }
+
+    pub fn polls_ok(&self) -> u64 {
+        self.devices.iter().map(|d| d.polls_ok.load(Relaxed)).sum()
+    }
+
+    pub fn count_devices(&self, flag: impl Fn(&DeviceStats) -> bool) -> usize {
+        self.devices.iter().filter(|d| flag(d)).count()
+    }
+
     /// One JSON log line per device: counts since the last line, spool depth and lag per server.
-    pub fn log_health(&self, last: &mut Vec<(u64, u64)>) {
-        last.resize(self.devices.len(), (0, 0));
+    pub fn log_health(&self, last: &mut Vec<Snapshot>) {
+        last.resize(self.devices.len(), Snapshot::default());
+        let per_server = |f: &dyn Fn(&ServerStats) -> u64| -> String {
+            self.servers
+                .iter()
+                .map(|s| format!("{}={}", s.name, f(s)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let spool = per_server(&|s| s.spool_depth.load(Relaxed));
+        let lag = per_server(&|s| s.lag_ms.load(Relaxed));
         for (d, prev) in self.devices.iter().zip(last.iter_mut()) {
-            let (ok, failed) = (d.polls_ok.load(Relaxed), d.polls_failed.load(Relaxed));
+            let now = Snapshot {
+                ok: d.polls_ok.load(Relaxed),
+                missed: d.misses(),
+            };
+            let missed = now.missed.since(&prev.missed);
             let written: Vec<String> = self
                 .servers
                 .iter()
                 .zip(&d.written)
                 .map(|(s, w)| format!("{}={}", s.name, w.load(Relaxed)))
                 .collect();
-            let spool: Vec<String> = self
-                .servers
-                .iter()
-                .map(|s| format!("{}={}", s.name, s.spool_depth.load(Relaxed)))
-                .collect();
-            let lag: Vec<String> = self
-                .servers
-                .iter()
-                .map(|s| format!("{}={}", s.name, s.lag_ms.load(Relaxed)))
-                .collect();
-            let level = if failed > prev.1 { "warning" } else { "info" };
+            let (breaker, stale) = (d.breaker_open.load(Relaxed), d.stale.load(Relaxed));
+            let level = if missed.total() > 0 || breaker || stale {
+                "warning"
+            } else {
+                "info"
+            };
             tracing::info!(
                 target: REPORT_TARGET,
                 level,
                 site = %self.site,
                 table = d.table,
                 device = %d.label,
-                polls_ok = ok - prev.0,
-                polls_failed = failed - prev.1,
+                polls_ok = now.ok - prev.ok,
+                polls_failed = missed.total(),
+                missed_timeout = missed.timeout,
+                missed_exception = missed.exception,
+                missed_connection = missed.connection,
+                missed_bad_answer = missed.bad_answer,
+                missed_late = missed.late,
+                missed_breaker = missed.breaker,
+                breaker_open = breaker,
+                stale,
                 rows_written = %written.join(" "),
-                spool_rows = %spool.join(" "),
-                lag_ms = %lag.join(" "),
-                last_error = %d.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+                spool_rows = %spool,
+                lag_ms = %lag,
+                last_error = %lock(&d.last_error),
                 "device health"
             );
-            *prev = (ok, failed);
+            *prev = now;
         }
     }
+}
+
+impl DeviceStats {
+    pub fn misses(&self) -> Misses {
+        let mut out = Misses::default();
+        for m in Miss::ALL {
+            out.add(m, self.missed[m as usize].load(Relaxed));
+        }
+        out
+    }
+}
+
+fn sum(a: Misses, b: Misses) -> Misses {
+    let mut out = a;
+    for m in Miss::ALL {
+        out.add(m, b.get(m));
+    }
+    out
+}
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,21 +1,32 @@
-//! One writer per server: batches go in by binary COPY, or to the server's
-//! spool when it cannot take them; the spool is replayed, oldest first,
-//! as soon as the server is back. Servers never wait on each other.
+//! Two tasks per server, sharing one [`Sink`]:
+//! - the live writer COPYs each new batch in as it comes; when the server
+//!   cannot take it the batch goes to the spool;
+//! - the replayer drains the spool, oldest first, many files per COPY and
+//!   transaction, while live rows keep flowing on the other connection.
+//!
+//! Every failure is split once ([`db::classify`]): transient ones keep the
+//! rows (spool, retry with backoff); permanent ones (a value out of range, a
+//! missing column or privilege, a constraint) set that batch aside in
+//! `rejected/` with its error, and the other tables and later batches go on.
+//! A server that was down at start passes the same [`preflight`] before its
+//! first write; if it fails, the server is set aside: its rows are spooled,
+//! an error is logged every minute, and the run ends with the failure's code.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, pin_mut};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
 use super::batch::Batch;
-use super::spool::Spool;
-use super::stats::Stats;
+use super::preflight::{self, Catalog, PreflightError};
+use super::spool::{self, Spool, SpoolFile};
+use super::stats::{Stats, lock};
 use crate::config::{Config, Server};
-use crate::db::{self, CopyType, Target, quote_ident, quote_list};
+use crate::db::{self, Failure, Target, quote_ident, quote_list};
 use crate::modbus::map::RegisterMap;
 use crate::schema::{DeviceId, insert_absent_sql};
 
@@ -23,131 +34,299 @@ use crate::schema::{DeviceId, insert_absent_sql};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const UNIQUE_VIOLATION: &str = "23505";
+/// Rows merged into one replay transaction.
+const REPLAY_ROWS: u64 = 100_000;
+/// After the stop signal ingest's replayer drains for at most this long; the
+/// rest waits in the spool for the next run.
+pub const DRAIN_AFTER_STOP: Duration = Duration::from_secs(10);
+const SET_ASIDE_LOG_EVERY: Duration = Duration::from_secs(60);
 
-pub struct Writer {
+/// A failed write.
+#[derive(Debug)]
+struct WriteError {
+    failure: Failure,
+    message: String,
+}
+
+impl WriteError {
+    fn permanent(message: String) -> WriteError {
+        WriteError {
+            failure: Failure::Permanent,
+            message,
+        }
+    }
+    fn transient(message: String) -> WriteError {
+        WriteError {
+            failure: Failure::Transient,
+            message,
+        }
+    }
+}
+
+/// Where a sink writes.
+pub struct Destination {
+    pub server: Server,
+    pub database: String,
+    pub config: Arc<Config>,
+    pub map: Arc<RegisterMap>,
+}
+
+/// What a server's two tasks share.
+pub struct Sink {
     pub index: usize,
     pub server: Server,
     pub database: String,
     pub config: Arc<Config>,
     pub map: Arc<RegisterMap>,
-    pub spool: Spool,
+    pub spool: Mutex<Spool>,
     pub stats: Arc<Stats>,
     /// Device index by (table, ids), for counting replayed rows.
     pub devices: Arc<HashMap<(&'static str, DeviceId), usize>>,
-    client: Option<Client>,
-    /// Column types by (table, columns), for the current connection.
-    types: HashMap<(&'static str, Vec<String>), Vec<CopyType>>,
-    retry_at: Option<Instant>,
-    backoff: Duration,
+    /// The server's catalog once preflight passed on it (this run).
+    catalog: Mutex<Option<Catalog>>,
 }
 
-impl Writer {
-    #[allow(clippy::too_many_arguments)]
+impl Sink {
+    /// `catalog` is the server's, when preflight already read it.
     pub fn new(
         index: usize,
-        server: Server,
-        database: String,
-        config: Arc<Config>,
-        map: Arc<RegisterMap>,
+        to: Destination,
         spool: Spool,
         stats: Arc<Stats>,
         devices: Arc<HashMap<(&'static str, DeviceId), usize>>,
-    ) -> Writer {
-        stats.servers[index]
-            .spool_depth
-            .store(spool.rows(), Relaxed);
-        Writer {
+        catalog: Option<Catalog>,
+    ) -> Sink {
+        let s = &stats.servers[index];
+        s.spool_depth.store(spool.rows(), Relaxed);
+        s.spool_bytes.store(spool.bytes(), Relaxed);
+        Sink {
             index,
-            server,
-            database,
-            config,
-            map,
-            spool,
+            server: to.server,
+            database: to.database,
+            config: to.config,
+            map: to.map,
+            spool: Mutex::new(spool),
             stats,
             devices,
-            client: None,
-            types: HashMap::new(),
-            retry_at: None,
-            backoff: Duration::from_secs(1),
+            catalog: Mutex::new(catalog),
         }
     }
 
-    /// Writes every batch that arrives until the channel closes, then makes
-    /// one last attempt to empty the spool.
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Arc<Batch>>) {
-        if !self.spool.is_empty() && self.connected().await {
-            self.replay().await;
-        }
-        while let Some(batch) = rx.recv().await {
-            self.handle(&batch).await;
-        }
-        if !self.spool.is_empty() {
-            self.retry_at = None;
-            if self.connected().await {
-                self.replay().await;
-            }
-        }
-        if !self.spool.is_empty() {
-            tracing::warn!(
-                site = %self.stats.site, server = %self.server.name,
-                spool_rows = self.spool.rows(),
-                "rows stay in the spool; the next essops ingest replays them"
-            );
-        }
+    fn name(&self) -> &str {
+        &self.server.name
     }
 
-    async fn handle(&mut self, batch: &Batch) {
-        if self.connected().await {
-            if !self.spool.is_empty() {
-                self.replay().await;
-            }
-            if self.spool.is_empty() {
-                match self.write(batch, false).await {
-                    Ok(_) => {
-                        self.count_written(batch, true);
-                        return;
-                    }
-                    Err(e) => self.fail(&e),
-                }
-            }
-        }
-        self.spool_batch(batch);
+    fn set_aside(&self) -> bool {
+        lock(&self.stats.servers[self.index].set_aside).is_some()
     }
 
-    /// Whether there is a usable connection, opening one when the backoff allows.
-    async fn connected(&mut self) -> bool {
-        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
-            return true;
-        }
-        if self.retry_at.is_some_and(|at| Instant::now() < at) {
-            return false;
-        }
-        let target = Target {
-            server: &self.server,
-            database: &self.database,
-        };
-        match db::connect(&self.config, target).await {
-            Ok(c) => {
-                if self.retry_at.is_some() {
-                    tracing::info!(site = %self.stats.site, server = %self.server.name, "server is back; writing again");
-                }
-                self.client = Some(c);
-                self.types.clear();
-                self.retry_at = None;
-                self.backoff = Duration::from_secs(1);
-                true
+    fn publish_spool(&self, spool: &Spool) {
+        let s = &self.stats.servers[self.index];
+        s.spool_depth.store(spool.rows(), Relaxed);
+        s.spool_bytes.store(spool.bytes(), Relaxed);
+    }
+
+    /// Spools a batch off the async threads (the spool fsyncs).
+    pub async fn spool_batch(self: &Arc<Self>, batch: Arc<Batch>) {
+        let sink = self.clone();
+        let rows = batch.rows.len() as u64;
+        let pushed = tokio::task::spawn_blocking(move || {
+            let mut spool = lock(&sink.spool);
+            let r = spool.push(&batch);
+            sink.publish_spool(&spool);
+            r
+        })
+        .await;
+        let s = &self.stats.servers[self.index];
+        match pushed {
+            Ok(Ok(())) => {
+                s.spooled.fetch_add(rows, Relaxed);
+            }
+            Ok(Err(e)) => {
+                s.lost.fetch_add(rows, Relaxed);
+                tracing::error!(site = %self.stats.site, server = %self.name(), error = %e, rows, "rows lost: cannot spool");
             }
             Err(e) => {
-                self.fail(&e.to_string());
-                false
+                s.lost.fetch_add(rows, Relaxed);
+                tracing::error!(site = %self.stats.site, server = %self.name(), error = %e, rows, "rows lost: spool task failed");
             }
         }
     }
 
-    fn fail(&mut self, error: &str) {
+    /// Sets a batch (or spool file) aside for good, and says so once.
+    async fn reject(self: &Arc<Self>, what: Rejected, table: &str, rows: u64, error: &str) {
+        let sink = self.clone();
+        let error_text = error.to_string();
+        let moved = tokio::task::spawn_blocking(move || {
+            let mut spool = lock(&sink.spool);
+            let r = match &what {
+                Rejected::Batch(b) => spool.reject_batch(b, &error_text),
+                Rejected::File(f) => spool.reject(f, &error_text),
+            };
+            sink.publish_spool(&spool);
+            r
+        })
+        .await;
+        let s = &self.stats.servers[self.index];
+        match moved {
+            Ok(Ok(path)) => {
+                s.rejected.fetch_add(rows, Relaxed);
+                lock(&s.rejections).push((table.to_string(), error.to_string(), rows));
+                tracing::error!(
+                    site = %self.stats.site, server = %self.name(), table, rows, error,
+                    path = %path.display(),
+                    "batch refused for good; set aside in rejected/ (essops spool list shows it)"
+                );
+            }
+            Ok(Err(e)) => {
+                s.lost.fetch_add(rows, Relaxed);
+                tracing::error!(site = %self.stats.site, server = %self.name(), table, rows, error = %e, "rows lost: cannot set a refused batch aside");
+            }
+            Err(e) => {
+                s.lost.fetch_add(rows, Relaxed);
+                tracing::error!(site = %self.stats.site, server = %self.name(), error = %e, "rows lost: spool task failed");
+            }
+        }
+    }
+
+    fn count_written(&self, batch: &Batch, written: Written) {
+        let s = &self.stats.servers[self.index];
+        let rows = batch.rows.len() as u64;
+        let inserted = match &written {
+            Written::All => rows,
+            Written::Some(devices) => devices.len() as u64,
+        };
+        s.written.fetch_add(inserted, Relaxed);
+        s.duplicates.fetch_add(rows - inserted, Relaxed);
+        let now = Instant::now();
+        let mut newest = i64::MIN;
+        let device_of = |ids: &DeviceId, direct: Option<usize>| {
+            direct.or_else(|| self.devices.get(&(batch.spec.name, ids.clone())).copied())
+        };
+        match written {
+            Written::All => {
+                for row in &batch.rows {
+                    newest = newest.max(row.t);
+                    let direct = row.polled.map(|_| row.device_index);
+                    if let Some(d) = device_of(&row.device, direct) {
+                        self.stats.devices[d].written[self.index].fetch_add(1, Relaxed);
+                    }
+                    if let Some(polled) = row.polled {
+                        self.stats.record_delay(self.index, now - polled);
+                    }
+                }
+            }
+            Written::Some(devices) => {
+                newest = batch.rows.iter().map(|r| r.t).max().unwrap_or(i64::MIN);
+                for ids in devices {
+                    if let Some(d) = device_of(&ids, None) {
+                        self.stats.devices[d].written[self.index].fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        s.lag_ms
+            .store((now_ms - newest.saturating_mul(1000)).max(0) as u64, Relaxed);
+    }
+}
+
+enum Rejected {
+    Batch(Arc<Batch>),
+    File(SpoolFile),
+}
+
+/// Which rows a write added.
+enum Written {
+    /// Every row of the batch (a direct COPY).
+    All,
+    /// Only these devices' rows (one entry per row added); the rest were already there.
+    Some(Vec<DeviceId>),
+}
+
+/// One connection to a server, with backoff and the preflight that gates it.
+struct Link {
+    client: Option<Client>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    last_set_aside_log: Option<Instant>,
+}
+
+impl Link {
+    fn new() -> Link {
+        Link {
+            client: None,
+            retry_at: None,
+            backoff: Duration::from_secs(1),
+            last_set_aside_log: None,
+        }
+    }
+
+    /// A usable connection whose server passed preflight, opening one when the backoff allows.
+    async fn connected(&mut self, sink: &Sink) -> Option<&mut Client> {
+        if sink.set_aside() {
+            self.log_set_aside(sink);
+            return None;
+        }
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return self.client.as_mut();
+        }
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return None;
+        }
+        let target = Target {
+            server: &sink.server,
+            database: &sink.database,
+        };
+        let client = match db::connect(&sink.config, target).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail(sink, &e.to_string());
+                return None;
+            }
+        };
+        if lock(&sink.catalog).is_none() {
+            match preflight::check_server(&client, &sink.server.name, &sink.database, &sink.stats.site, &sink.map).await {
+                Ok(catalog) => *lock(&sink.catalog) = Some(catalog),
+                Err(PreflightError::Unreachable(e)) => {
+                    self.fail(sink, &e);
+                    return None;
+                }
+                Err(e) => {
+                    tracing::error!(site = %sink.stats.site, server = %sink.name(), error = %e,
+                        "server set aside: its rows are spooled until the problem is fixed and ingest restarted");
+                    *lock(&sink.stats.servers[sink.index].set_aside) = Some((e.exit_code(), e.to_string()));
+                    self.last_set_aside_log = Some(Instant::now());
+                    return None;
+                }
+            }
+        }
+        if self.retry_at.is_some() {
+            tracing::info!(site = %sink.stats.site, server = %sink.name(), "server is back; writing again");
+        }
+        self.client = Some(client);
+        self.retry_at = None;
+        self.backoff = Duration::from_secs(1);
+        self.client.as_mut()
+    }
+
+    fn log_set_aside(&mut self, sink: &Sink) {
+        if self
+            .last_set_aside_log
+            .is_some_and(|at| at.elapsed() < SET_ASIDE_LOG_EVERY)
+        {
+            return;
+        }
+        self.last_set_aside_log = Some(Instant::now());
+        if let Some((_, why)) = lock(&sink.stats.servers[sink.index].set_aside).as_ref() {
+            tracing::error!(site = %sink.stats.site, server = %sink.name(), error = %why, "server still set aside; its rows are spooled");
+        }
+    }
+
+    fn fail(&mut self, sink: &Sink, error: &str) {
         if self.retry_at.is_none() {
             tracing::warn!(
-                site = %self.stats.site, server = %self.server.name, error,
+                site = %sink.stats.site, server = %sink.name(), error,
                 "cannot write; spooling rows until the server is back"
             );
         }
@@ -155,171 +334,219 @@ impl Writer {
         self.retry_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
+}
 
-    fn spool_batch(&mut self, batch: &Batch) {
-        let s = &self.stats.servers[self.index];
-        match self.spool.push(batch) {
-            Ok(()) => {
-                s.spooled.fetch_add(batch.rows.len() as u64, Relaxed);
+/// The live writer: each batch goes in directly, or to the spool.
+pub async fn run_live(sink: Arc<Sink>, mut rx: mpsc::Receiver<Arc<Batch>>) {
+    let mut link = Link::new();
+    while let Some(batch) = rx.recv().await {
+        let Some(client) = link.connected(&sink).await else {
+            sink.spool_batch(batch).await;
+            continue;
+        };
+        match write(client, &sink, &batch, Mode::Direct).await {
+            Ok(written) => sink.count_written(&batch, written),
+            Err(e) if e.failure == Failure::Transient => {
+                link.fail(&sink, &e.message);
+                sink.spool_batch(batch).await;
             }
             Err(e) => {
-                s.lost.fetch_add(batch.rows.len() as u64, Relaxed);
-                tracing::error!(site = %self.stats.site, server = %self.server.name, error = %e, rows = batch.rows.len(), "rows lost: cannot spool");
+                let (table, rows) = (batch.spec.name, batch.rows.len() as u64);
+                sink.reject(Rejected::Batch(batch), table, rows, &e.message).await;
             }
         }
-        s.spool_depth.store(self.spool.rows(), Relaxed);
-    }
-
-    async fn replay(&mut self) {
-        while let Some(next) = self.spool.front() {
-            let batch = match next {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(site = %self.stats.site, server = %self.server.name, error = %e, "spool file skipped");
-                    continue;
-                }
-            };
-            if let Err(e) = self.write(&batch, true).await {
-                self.fail(&e);
-                return;
-            }
-            if let Err(e) = self.spool.pop_front() {
-                tracing::error!(site = %self.stats.site, server = %self.server.name, error = %e, "cannot remove a replayed spool file");
-                return;
-            }
-            self.stats.servers[self.index]
-                .replayed
-                .fetch_add(batch.rows.len() as u64, Relaxed);
-            self.stats.servers[self.index]
-                .spool_depth
-                .store(self.spool.rows(), Relaxed);
-            self.count_written(&batch, false);
-        }
-    }
-
-    fn count_written(&self, batch: &Batch, direct: bool) {
-        let s = &self.stats.servers[self.index];
-        s.written.fetch_add(batch.rows.len() as u64, Relaxed);
-        let now = Instant::now();
-        let mut newest = i64::MIN;
-        for row in &batch.rows {
-            newest = newest.max(row.t);
-            let device = match row.polled {
-                Some(_) => Some(row.device_index),
-                None => self
-                    .devices
-                    .get(&(batch.spec.name, row.device.clone()))
-                    .copied(),
-            };
-            if let Some(d) = device {
-                self.stats.devices[d].written[self.index].fetch_add(1, Relaxed);
-            }
-            if let (true, Some(polled)) = (direct, row.polled) {
-                self.stats.record_delay(self.index, now - polled);
-            }
-        }
-        let now_ms = chrono::Utc::now().timestamp_millis();
-        s.lag_ms
-            .store((now_ms - newest * 1000).max(0) as u64, Relaxed);
-    }
-
-    /// COPYs a batch in. `replay` (or a direct COPY that hit rows already
-    /// stored) goes through a staging table and inserts only absent rows.
-    async fn write(&mut self, batch: &Batch, replay: bool) -> Result<(), String> {
-        let types = self.types(batch).await?;
-        let data = batch.encode(&types);
-        let columns = batch.all_columns();
-        let client = self.client.as_mut().ok_or("not connected")?;
-        let place = format!(
-            "server `{}`, database `{}`, table `{}`",
-            self.server.name, self.database, batch.spec.name
-        );
-        let attempt = async {
-            if !replay {
-                match copy_direct(client, batch, &columns, data.clone()).await {
-                    Err(e) if e.code().is_some_and(|c| c.code() == UNIQUE_VIOLATION) => {}
-                    other => return other,
-                }
-            }
-            copy_absent(client, batch, &columns, data).await
-        };
-        match tokio::time::timeout(WRITE_TIMEOUT, attempt).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("{place}: {}", db::describe(&e))),
-            Err(_) => Err(format!(
-                "{place}: no answer in {} s",
-                WRITE_TIMEOUT.as_secs()
-            )),
-        }
-    }
-
-    /// The catalog types of the batch's columns on this server, checked
-    /// against the register map once per connection.
-    async fn types(&mut self, batch: &Batch) -> Result<Vec<CopyType>, String> {
-        let key = (batch.spec.name, batch.columns.to_vec());
-        if let Some(t) = self.types.get(&key) {
-            return Ok(t.clone());
-        }
-        let client = self.client.as_ref().ok_or("not connected")?;
-        let catalog =
-            crate::schema::require_table(client, &self.server.name, &self.database, &batch.spec)
-                .await?;
-        let types = check_columns(&self.map, batch, &catalog).map_err(|m| {
-            format!(
-                "server `{}`, database `{}`: {m}",
-                self.server.name, self.database
-            )
-        })?;
-        self.types.insert(key, types.clone());
-        Ok(types)
     }
 }
 
-/// Column types for a batch, refusing columns the table lacks, types essops
-/// cannot write, and map fields whose values the column cannot hold.
-pub fn check_columns(
-    map: &RegisterMap,
-    batch: &Batch,
-    catalog: &[crate::schema::Column],
-) -> Result<Vec<CopyType>, String> {
-    let table = batch.spec.name;
-    let fields = map
-        .table(table)
-        .map(|t| t.fields.as_slice())
-        .unwrap_or_default();
-    batch
-        .all_columns()
-        .iter()
-        .map(|name| {
-            let col = catalog.iter().find(|c| &c.name == name).ok_or_else(|| {
-                format!(
-                    "table `{table}` has no column `{name}` (register map or migration out of date)"
-                )
-            })?;
-            let ty = CopyType::from_catalog(&col.data_type).ok_or_else(|| {
-                format!(
-                    "column `{table}.{name}` is {}, which ingest cannot fill from registers",
-                    col.data_type
-                )
-            })?;
-            if let (Some((lo, hi)), Some(f)) =
-                (ty.int_range(), fields.iter().find(|f| &f.column == name))
-            {
-                let fits = !f.dtype.is_float()
-                    && !f.is_scaled()
-                    && f.dtype.int_range().is_some_and(|(a, b)| a >= lo && b <= hi);
-                if !fits {
-                    return Err(format!(
-                        "register map field `{table}.{name}` ({}{}) does not fit column type {}",
-                        f.dtype,
-                        if f.is_scaled() { ", scaled" } else { "" },
-                        col.data_type
-                    ));
+/// The replayer: drains the spool whenever the server takes writes, until
+/// `stop`; then for at most `drain` more (ingest passes
+/// [`DRAIN_AFTER_STOP`]; `essops spool replay` drains until empty or failed).
+pub async fn run_replay(sink: Arc<Sink>, mut stop: watch::Receiver<bool>, drain: Option<Duration>) {
+    let mut link = Link::new();
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        if stopped_at.is_none() && *stop.borrow() {
+            stopped_at = Some(Instant::now());
+            link.retry_at = None; // one more attempt now, whatever the backoff said
+        }
+        let empty = lock(&sink.spool).is_empty();
+        if let Some(at) = stopped_at
+            && (empty || drain.is_some_and(|d| at.elapsed() > d))
+        {
+            break;
+        }
+        if !empty && let Some(client) = link.connected(&sink).await {
+            match replay_some(client, &sink).await {
+                Ok(()) => continue,
+                Err(e) => link.fail(&sink, &e),
+            }
+        }
+        if stopped_at.is_some() {
+            if empty || link.client.is_none() {
+                break;
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+    let (rows, empty) = {
+        let s = lock(&sink.spool);
+        (s.rows(), s.is_empty())
+    };
+    if !empty {
+        tracing::warn!(
+            site = %sink.stats.site, server = %sink.name(), spool_rows = rows,
+            "rows stay in the spool; the next essops ingest (or essops spool replay) replays them"
+        );
+    }
+}
+
+/// Replays the oldest spool files, merged per table into one COPY and one
+/// transaction. `Err` is a transient failure (the files stay).
+async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), String> {
+    let files = lock(&sink.spool).front(REPLAY_ROWS);
+    let (readable, unreadable) = read_files(files).await;
+    for (file, reason) in unreadable {
+        let e = lock(&sink.spool).quarantine_unreadable(&file, reason);
+        tracing::error!(site = %sink.stats.site, server = %sink.name(), error = %e, "spool file skipped");
+    }
+    for group in group_by_table(readable) {
+        let merged = merge(&group);
+        match write(client, sink, &merged, Mode::Absent).await {
+            Ok(written) => sink.finish_replay(&group, &merged, written),
+            Err(e) if e.failure == Failure::Transient => return Err(e.message),
+            // Which file is bad? Try them one by one.
+            Err(_) if group.len() > 1 => {
+                for (file, batch) in group {
+                    let one = [(file, batch)];
+                    match write(client, sink, &one[0].1, Mode::Absent).await {
+                        Ok(written) => sink.finish_replay(&one, &one[0].1, written),
+                        Err(e) if e.failure == Failure::Transient => return Err(e.message),
+                        Err(e) => {
+                            let [(file, batch)] = one;
+                            sink.reject(Rejected::File(file), batch.spec.name, batch.rows.len() as u64, &e.message).await;
+                        }
+                    }
                 }
             }
-            Ok(ty)
-        })
-        .collect()
+            Err(e) => {
+                let (file, batch) = group.into_iter().next().expect("a group has a file");
+                sink.reject(Rejected::File(file), batch.spec.name, batch.rows.len() as u64, &e.message).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Sink {
+    fn finish_replay(&self, group: &[(SpoolFile, Batch)], merged: &Batch, written: Written) {
+        let files: Vec<SpoolFile> = group.iter().map(|(f, _)| f.clone()).collect();
+        let mut spool = lock(&self.spool);
+        if let Err(e) = spool.remove(&files) {
+            tracing::error!(site = %self.stats.site, server = %self.name(), error = %e, "cannot remove a replayed spool file");
+        }
+        self.publish_spool(&spool);
+        drop(spool);
+        self.stats.servers[self.index]
+            .replayed
+            .fetch_add(merged.rows.len() as u64, Relaxed);
+        self.count_written(merged, written);
+    }
+}
+
+async fn read_files(files: Vec<SpoolFile>) -> (Vec<(SpoolFile, Batch)>, Vec<(SpoolFile, String)>) {
+    tokio::task::spawn_blocking(move || {
+        let (mut ok, mut bad) = (Vec::new(), Vec::new());
+        for f in files {
+            match spool::read_batch(&f.path) {
+                Ok(b) => ok.push((f, b)),
+                Err(e) => bad.push((f, e)),
+            }
+        }
+        (ok, bad)
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Consecutive files of the same table and columns, in spool order.
+fn group_by_table(files: Vec<(SpoolFile, Batch)>) -> Vec<Vec<(SpoolFile, Batch)>> {
+    let mut groups: Vec<Vec<(SpoolFile, Batch)>> = Vec::new();
+    for (f, b) in files {
+        match groups.iter_mut().find(|g| {
+            let first = &g[0].1;
+            first.spec == b.spec && first.columns == b.columns
+        }) {
+            Some(g) => g.push((f, b)),
+            None => groups.push(vec![(f, b)]),
+        }
+    }
+    groups
+}
+
+fn merge(group: &[(SpoolFile, Batch)]) -> Batch {
+    let first = &group[0].1;
+    Batch {
+        spec: first.spec,
+        columns: first.columns.clone(),
+        rows: group.iter().flat_map(|(_, b)| b.rows.iter().cloned()).collect(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Plain COPY; if rows are already there, fall back to [`Mode::Absent`].
+    Direct,
+    /// Through a staging table, inserting only rows the table lacks.
+    Absent,
+}
+
+/// Writes one batch, typed by the server's catalog.
+async fn write(client: &mut Client, sink: &Sink, batch: &Batch, mode: Mode) -> Result<Written, WriteError> {
+    let place = format!(
+        "server `{}`, database `{}`, table `{}`",
+        sink.server.name, sink.database, batch.spec.name
+    );
+    let types = {
+        let catalog = lock(&sink.catalog);
+        let columns = catalog
+            .as_ref()
+            .and_then(|c| c.get(batch.spec.name))
+            .ok_or_else(|| WriteError::transient(format!("{place}: catalog not read yet")))?;
+        preflight::copy_types(&sink.map, batch, columns)
+            .map_err(|m| WriteError::permanent(format!("{place}: {m}")))?
+    };
+    let data = batch
+        .encode(&types)
+        .map_err(|m| WriteError::permanent(format!("{place}: {m}")))?;
+    let columns = batch.all_columns();
+    let attempt = async {
+        if mode == Mode::Direct {
+            match copy_direct(client, batch, &columns, data.clone()).await {
+                Err(e) if e.code().is_some_and(|c| c.code() == UNIQUE_VIOLATION) => {}
+                other => return other.map(|_| Written::All),
+            }
+        }
+        copy_absent(client, batch, &columns, data).await.map(Written::Some)
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, attempt).await {
+        Ok(Ok(w)) => Ok(w),
+        Ok(Err(e)) => Err(WriteError {
+            failure: db::classify(e.code().map(|c| c.code())),
+            message: format!(
+                "{place}: {}{}",
+                db::describe(&e),
+                e.code().map_or(String::new(), |c| format!(" (SQLSTATE {})", c.code()))
+            ),
+        }),
+        Err(_) => Err(WriteError::transient(format!(
+            "{place}: no answer in {} s",
+            WRITE_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 async fn copy_direct(
@@ -339,12 +566,13 @@ async fn copy_direct(
     sink.finish().await.map(|_| ())
 }
 
+/// Inserts the rows the table lacks; returns the device of each row added.
 async fn copy_absent(
     client: &mut Client,
     batch: &Batch,
     columns: &[String],
     data: bytes::Bytes,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<Vec<DeviceId>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute(&format!(
         "CREATE TEMP TABLE essops_ingest_stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
@@ -361,10 +589,24 @@ async fn copy_absent(
     pin_mut!(sink);
     sink.send(data).await?;
     sink.finish().await?;
-    tx.execute(
-        &insert_absent_sql(&batch.spec, columns, "essops_ingest_stage", "1"),
-        &[],
-    )
-    .await?;
-    tx.commit().await
+    let returning = match batch.spec.device_columns {
+        [] => "1".to_string(),
+        ids => ids
+            .iter()
+            .map(|c| format!("{}::int4", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let added = tx
+        .query(
+            &insert_absent_sql(&batch.spec, columns, "essops_ingest_stage", &returning),
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    let ids = batch.spec.device_columns.len();
+    Ok(added
+        .iter()
+        .map(|r| (0..ids).map(|i| r.get::<_, i32>(i) as i16).collect())
+        .collect())
 }

@@ -80,6 +80,11 @@ impl Field {
         self.scale != 1.0 || self.offset != 0.0
     }
 
+    /// A measured quantity (scaled or floating point), not a status or alarm word.
+    pub fn is_measure(&self) -> bool {
+        self.is_scaled() || self.dtype.is_float()
+    }
+
     /// Registers `[at, at + words)` inside the block.
     fn end(&self) -> u32 {
         u32::from(self.at) + u32::from(self.dtype.words())

@@ -1,9 +1,13 @@
 //! Fault injection: which requests the simulator leaves unanswered or
 //! refuses, decided by a hash of (seed, unit, kind, address, second) so a
-//! test can compute exactly which samples must be missing; and connections
-//! that the simulator drops after a while.
+//! test can compute exactly which samples must be missing; devices that are
+//! dead (never answer) or frozen (serve the same registers forever);
+//! connections that the simulator drops after a while; and a gateway mode
+//! in front of it all (one serial bus shared by a few TCP connections).
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -11,8 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::model::{mix, noise};
 use crate::modbus::map::RegisterKind;
+use crate::schema::{DeviceRange, TableSpec};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Faults {
     pub seed: u64,
     /// Share of requests never answered.
@@ -23,6 +28,54 @@ pub struct Faults {
     pub disconnect_every: Option<Duration>,
     /// Delay before every answer.
     pub latency: Duration,
+    /// Devices that never answer.
+    pub dead: Vec<DeviceRange>,
+    /// Devices whose registers stay as they were at the simulator's start.
+    pub frozen: Vec<DeviceRange>,
+    /// Serve as a Modbus gateway in front of a serial bus.
+    pub gateway: Option<Gateway>,
+}
+
+/// A Modbus TCP gateway in front of one serial bus: every request from any
+/// connection waits for the bus and holds it for `bus_time`; a device that
+/// does not answer holds it for the gateway's `timeout`, after which the
+/// gateway answers exception 0x0B (gateway target device failed to respond).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gateway {
+    /// TCP connections accepted at once; more are refused.
+    pub connections: usize,
+    pub bus_time: Duration,
+    pub timeout: Duration,
+}
+
+impl Faults {
+    pub fn is_dead(&self, table: &TableSpec, device: &[i16]) -> bool {
+        self.dead.iter().any(|r| r.contains(table, device))
+    }
+
+    pub fn is_frozen(&self, table: &TableSpec, device: &[i16]) -> bool {
+        self.frozen.iter().any(|r| r.contains(table, device))
+    }
+}
+
+/// Holds one of a gateway's connection slots until dropped.
+#[derive(Debug)]
+pub struct Slot(pub Arc<AtomicUsize>);
+
+impl Slot {
+    /// Takes a slot when fewer than `max` are taken.
+    pub fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        count
+            .fetch_update(Relaxed, Relaxed, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,13 +108,16 @@ impl Faults {
 pub struct Expiring<S> {
     inner: S,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A gateway's connection slot, freed when the connection ends.
+    _slot: Option<Slot>,
 }
 
 impl<S> Expiring<S> {
-    pub fn new(inner: S, after: Option<Duration>) -> Expiring<S> {
+    pub fn new(inner: S, after: Option<Duration>, slot: Option<Slot>) -> Expiring<S> {
         Expiring {
             inner,
             deadline: after.map(|d| Box::pin(tokio::time::sleep(d))),
+            _slot: slot,
         }
     }
 }

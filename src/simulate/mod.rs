@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
 
-use self::faults::{Expiring, Fate, Faults};
+use self::faults::{Expiring, Fate, Faults, Gateway, Slot};
 use self::model::Model;
 use self::space::Space;
 use crate::config::Site;
@@ -27,6 +27,7 @@ use crate::context::Context;
 use crate::error::{Outcome, exit};
 use crate::modbus::map::{MAX_READ, RegisterKind};
 use crate::output::{Report, Verbosity};
+use crate::schema::DeviceRange;
 use crate::window::parse_std_duration;
 
 /// Serve a site's BMS and PCS registers over Modbus TCP with plausible, seeded values.
@@ -56,6 +57,26 @@ pub struct SimulateArgs {
     /// Stop after this long (default: until Ctrl-C or SIGTERM).
     #[arg(long, value_parser = parse_std_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
+    /// Devices that never answer (repeatable), e.g. rack:1.1-1.5, bank:2, pcs:1.
+    #[arg(long, value_parser = DeviceRange::parse, value_name = "DEVICES")]
+    pub dead: Vec<DeviceRange>,
+    /// Devices whose registers stay as they were at start (repeatable), as --dead.
+    #[arg(long, value_parser = DeviceRange::parse, value_name = "DEVICES")]
+    pub frozen: Vec<DeviceRange>,
+    /// Behave like a Modbus TCP gateway: one serial bus shared by all
+    /// connections, --bus-time per request, --gateway-timeout then exception
+    /// 0x0B for a device that does not answer (dead or dropped).
+    #[arg(long)]
+    pub gateway: bool,
+    /// With --gateway: TCP connections accepted at once.
+    #[arg(long, default_value_t = 2, requires = "gateway")]
+    pub gateway_connections: usize,
+    /// With --gateway: how long one request holds the bus.
+    #[arg(long, value_parser = parse_std_duration, default_value = "3ms", value_name = "DURATION", requires = "gateway")]
+    pub bus_time: Duration,
+    /// With --gateway: how long the gateway waits for a device before answering 0x0B.
+    #[arg(long, value_parser = parse_std_duration, default_value = "100ms", value_name = "DURATION", requires = "gateway")]
+    pub gateway_timeout: Duration,
 }
 
 fn rate(s: &str) -> Result<f64, String> {
@@ -135,15 +156,21 @@ struct Counters {
     answered: AtomicU64,
     dropped: AtomicU64,
     exceptions: AtomicU64,
+    /// Microseconds a gateway's bus was held.
+    bus_busy_us: AtomicU64,
 }
 
 #[derive(Clone)]
 struct SimService {
     space: Arc<Space>,
     model: Arc<Model>,
-    faults: Faults,
+    faults: Arc<Faults>,
     interval: i64,
+    /// The second the simulator started: what frozen devices keep serving.
+    started: i64,
     counters: Arc<Counters>,
+    /// The gateway's serial bus (one per listener).
+    bus: Arc<tokio::sync::Mutex<()>>,
 }
 
 type Answer = Result<Option<Response>, ExceptionCode>;
@@ -171,6 +198,13 @@ impl SimService {
             .space
             .find(req.slave, kind, addr, count)
             .ok_or(ExceptionCode::IllegalDataAddress)?;
+        if self.faults.is_dead(&block.table.spec, &block.device) {
+            return Ok(None);
+        }
+        let t = match self.faults.is_frozen(&block.table.spec, &block.device) {
+            true => self.started - self.started.rem_euclid(self.interval),
+            false => t,
+        };
         let words = block.words(&self.model, kind, t);
         let from = usize::from(addr - block.start);
         let words = words[from..from + usize::from(count)].to_vec();
@@ -197,13 +231,37 @@ impl tokio_modbus::server::Service for SimService {
         };
         counter.fetch_add(1, Relaxed);
         let latency = self.faults.latency;
+        let gateway = self.faults.gateway.map(|g| (g, self.bus.clone()));
+        let counters = self.counters.clone();
         Box::pin(async move {
+            let answer = match gateway {
+                Some((g, bus)) => on_the_bus(g, &bus, answer, &counters).await,
+                None => answer,
+            };
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
             answer
         })
     }
+}
+
+/// A gateway's turn on its serial bus: a request holds the bus for the bus
+/// time, one the device leaves unanswered for the gateway's timeout, which
+/// then answers 0x0B. Sleeps off the async threads: the bus times are a few
+/// ms, below tokio's timer resolution.
+async fn on_the_bus(g: Gateway, bus: &tokio::sync::Mutex<()>, answer: Answer, counters: &Counters) -> Answer {
+    let _turn = bus.lock().await;
+    let held = std::time::Instant::now();
+    let (hold, answer) = match answer {
+        Ok(None) => (g.timeout, Err(ExceptionCode::GatewayTargetDevice)),
+        other => (g.bus_time, other),
+    };
+    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(hold)).await;
+    counters
+        .bus_busy_us
+        .fetch_add(held.elapsed().as_micros() as u64, Relaxed);
+    answer
 }
 
 /// Binds every listener of the plan; fails before serving anything if one cannot bind.
@@ -237,6 +295,9 @@ pub struct EndpointRow {
     pub answered: u64,
     pub dropped: u64,
     pub exceptions: u64,
+    /// Gateway mode: how long its bus was held, and that as a share of the time served.
+    pub bus_busy_ms: Option<u64>,
+    pub bus_busy_pct: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -256,6 +317,7 @@ impl Report for SimulateReport {
         "ANSWERED",
         "DROPPED",
         "EXCEPTIONS",
+        "BUS BUSY",
     ];
     fn rows(&self) -> &[EndpointRow] {
         &self.rows
@@ -271,6 +333,7 @@ impl Report for SimulateReport {
             r.answered.to_string(),
             r.dropped.to_string(),
             r.exceptions.to_string(),
+            r.bus_busy_pct.map_or("-".into(), |p| format!("{p:.1} %")),
         ]
     }
     fn summary(&self) -> String {
@@ -285,6 +348,8 @@ impl Report for SimulateReport {
 /// Simulators serving one site until stopped.
 pub struct Running {
     site: String,
+    started: std::time::Instant,
+    gateway: bool,
     servers: tokio::task::JoinSet<()>,
     stats: Vec<(Listener, usize, Arc<Counters>)>,
 }
@@ -307,6 +372,11 @@ impl Running {
                     answered: c.answered.load(Relaxed),
                     dropped: c.dropped.load(Relaxed),
                     exceptions: c.exceptions.load(Relaxed),
+                    bus_busy_ms: self.gateway.then(|| c.bus_busy_us.load(Relaxed) / 1000),
+                    bus_busy_pct: self.gateway.then(|| {
+                        let busy = c.bus_busy_us.load(Relaxed) as f64 / 1e6;
+                        (1000.0 * busy / self.started.elapsed().as_secs_f64()).round() / 10.0
+                    }),
                 })
                 .collect(),
         }
@@ -325,8 +395,14 @@ pub async fn start(
     let plan = listeners(site, listen)?;
     let bound = bind(site, &plan).await?;
     let model = Arc::new(Model::new(site, seed));
+    let faults = Arc::new(faults);
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
     let mut running = Running {
         site: site.name.clone(),
+        started: std::time::Instant::now(),
+        gateway: faults.gateway.is_some(),
         servers: tokio::task::JoinSet::new(),
         stats: Vec::new(),
     };
@@ -335,9 +411,11 @@ pub async fn start(
         let service = SimService {
             space: space.clone(),
             model: model.clone(),
-            faults,
+            faults: faults.clone(),
             interval: i64::from(site.sample_interval_secs),
+            started,
             counters: counters.clone(),
+            bus: Arc::default(),
         };
         if announce {
             eprintln!(
@@ -370,6 +448,13 @@ pub async fn execute(
         exception_rate: args.exception_rate,
         disconnect_every: args.disconnect_every,
         latency: args.latency,
+        dead: args.dead.clone(),
+        frozen: args.frozen.clone(),
+        gateway: args.gateway.then_some(Gateway {
+            connections: args.gateway_connections.max(1),
+            bus_time: args.bus_time,
+            timeout: args.gateway_timeout,
+        }),
     };
     let running = start(
         &site,
@@ -395,11 +480,22 @@ pub async fn execute(
 async fn serve(socket: tokio::net::TcpListener, service: SimService) {
     let server = tokio_modbus::server::tcp::Server::new(socket);
     let disconnect_every = service.faults.disconnect_every;
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let on_connected = move |stream: tokio::net::TcpStream, _addr| {
         let service = service.clone();
-        service.counters.connections.fetch_add(1, Relaxed);
-        let _ = stream.set_nodelay(true);
-        async move { Ok(Some((service, Expiring::new(stream, disconnect_every)))) }
+        let slot = service
+            .faults
+            .gateway
+            .map(|g| Slot::take(&open, g.connections));
+        let accepted = match slot {
+            Some(None) => None, // the gateway is at its connection limit
+            slot => {
+                service.counters.connections.fetch_add(1, Relaxed);
+                let _ = stream.set_nodelay(true);
+                Some((service, Expiring::new(stream, disconnect_every, slot.flatten())))
+            }
+        };
+        async move { Ok(accepted) }
     };
     let on_error = |e: std::io::Error| tracing::debug!(error = %e, "simulator connection ended");
     if let Err(e) = server.serve(&on_connected, on_error).await {

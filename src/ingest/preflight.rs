@@ -1,0 +1,147 @@
+//! Preflight: before the first poll (or, for a server that was down at
+//! start, before its first write), every register-map field is checked
+//! against each server's catalog: the table and column exist, the column's
+//! type can hold every value the field can take (u32 into `integer` cannot,
+//! nor a float into an integer column, nor u64 into `bigint`), and the role
+//! may insert. A refusal names the site, server, table, field, column and
+//! both types, and maps to exit 3 (map or schema) or 6 (privilege).
+
+use std::collections::HashMap;
+
+use tokio_postgres::Client;
+
+use super::batch::Batch;
+use crate::db::CopyType;
+use crate::error::exit;
+use crate::modbus::map::{RegisterMap, TableMap};
+use crate::schema::{self, Column};
+
+/// A server's columns per ESS table, as read at preflight.
+pub type Catalog = HashMap<&'static str, Vec<Column>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PreflightError {
+    /// The map and the table do not fit (exit 3).
+    #[error("{0}")]
+    Schema(String),
+    /// The role may not write (exit 6).
+    #[error("{0}")]
+    Privilege(String),
+    /// The server could not be asked; it is checked again when it is back.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl PreflightError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PreflightError::Schema(_) => exit::CONFIG,
+            PreflightError::Privilege(_) => exit::PRIVILEGE,
+            PreflightError::Unreachable(_) => exit::UNAVAILABLE,
+        }
+    }
+}
+
+/// Checks every table the map fills on one server; returns its catalog.
+pub async fn check_server(
+    client: &Client,
+    server: &str,
+    database: &str,
+    site: &str,
+    map: &RegisterMap,
+) -> Result<Catalog, PreflightError> {
+    let mut catalog = Catalog::new();
+    for t in &map.tables {
+        let place = format!("site `{site}`, server `{server}`, table `{}`", t.spec.name);
+        let columns = schema::columns(client, server, database, t.spec.name)
+            .await
+            .map_err(|e| PreflightError::Unreachable(e.to_string()))?;
+        if columns.is_empty() {
+            return Err(PreflightError::Schema(format!(
+                "{place}: the table does not exist in database `{database}` (run essops migrate)"
+            )));
+        }
+        for name in t.spec.key_columns().into_iter().map(String::from).chain(t.value_columns()) {
+            column_type(Some(t), &name, &columns).map_err(|m| PreflightError::Schema(format!("{place}: {m}")))?;
+        }
+        crate::privilege::require(client, server, database, "ingest", t.spec.name, &["SELECT", "INSERT"], true)
+            .await
+            .map_err(PreflightError::Privilege)?;
+        catalog.insert(t.spec.name, columns);
+    }
+    Ok(catalog)
+}
+
+/// The COPY types of a batch's columns (a replayed batch may predate the
+/// current map, so its own columns are checked, not the map's).
+pub fn copy_types(map: &RegisterMap, batch: &Batch, columns: &[Column]) -> Result<Vec<CopyType>, String> {
+    let table = map.table(batch.spec.name);
+    batch
+        .all_columns()
+        .iter()
+        .map(|name| column_type(table, name, columns))
+        .collect()
+}
+
+/// The type essops writes `name` as, refusing a column the table lacks, a
+/// type essops cannot fill, and a map field whose values the column cannot hold.
+fn column_type(table: Option<&TableMap>, name: &str, columns: &[Column]) -> Result<CopyType, String> {
+    let col = columns.iter().find(|c| c.name == name).ok_or_else(|| {
+        format!("register map field `{name}` has no column `{name}` in the table (register map or migration out of date)")
+    })?;
+    let ty = CopyType::from_catalog(&col.data_type).ok_or_else(|| {
+        format!(
+            "column `{name}` is {}, which ingest cannot fill from registers",
+            col.data_type
+        )
+    })?;
+    let field = table.and_then(|t| t.fields.iter().find(|f| f.column == name));
+    if let (Some((lo, hi)), Some(f)) = (ty.int_range(), field) {
+        let fits = !f.dtype.is_float()
+            && !f.is_scaled()
+            && f.dtype.int_range().is_some_and(|(a, b)| a >= lo && b <= hi);
+        if !fits {
+            return Err(format!(
+                "register map field `{name}` ({}{}) does not fit column `{name}` of type {}: \
+                 change the field's type or scale in the register map, or the column's type",
+                f.dtype,
+                if f.is_scaled() { ", scaled" } else { "" },
+                col.data_type
+            ));
+        }
+    }
+    Ok(ty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: &str) -> Column {
+        Column {
+            name: name.into(),
+            data_type: ty.into(),
+            nullable: true,
+        }
+    }
+
+    #[test]
+    fn ingest_preflight_refuses_fields_a_column_cannot_hold() {
+        let map = RegisterMap::builtin();
+        let bank = map.table("bank").unwrap();
+        let alarm = bank.fields.iter().find(|f| f.column == "ALARM").unwrap();
+        let mut wide = bank.clone();
+        wide.fields.iter_mut().find(|f| f.column == "ALARM").unwrap().dtype =
+            crate::modbus::value::DataType::U32;
+        let integer = [col("ALARM", "integer")];
+        let bigint = [col("ALARM", "bigint")];
+        assert!(column_type(Some(bank), "ALARM", &integer).is_ok(), "{:?}", alarm.dtype);
+        let err = column_type(Some(&wide), "ALARM", &integer).unwrap_err();
+        assert!(err.contains("`ALARM` (u32)") && err.contains("integer"), "{err}");
+        assert!(column_type(Some(&wide), "ALARM", &bigint).is_ok());
+        let soc = [col("SOC", "integer")];
+        assert!(column_type(Some(bank), "SOC", &soc).unwrap_err().contains("scaled"));
+        assert!(column_type(Some(bank), "SOC", &[]).unwrap_err().contains("no column"));
+        assert!(column_type(Some(bank), "SOC", &[col("SOC", "text")]).is_err());
+    }
+}

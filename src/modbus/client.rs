@@ -1,0 +1,337 @@
+//! A Modbus TCP client that keeps several requests in flight on one
+//! connection, matched to their answers by transaction id.
+//!
+//! Why not tokio-modbus's client: it sends one request and waits for its
+//! answer, so a device that never answers holds every device queued behind
+//! it on that connection for the whole timeout, and after a timeout the
+//! connection must be reopened (a late answer would be taken for the next
+//! request's). Here a late answer carries a transaction id nobody waits
+//! for and is dropped, so a silent device costs only its own request.
+//! Gateways that cannot queue requests are served one at a time (see
+//! [`Connection::supports_pipelining`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+
+use super::map::RegisterKind;
+
+/// Modbus exception 0x0B: the gateway's target device did not respond.
+pub const GATEWAY_TARGET_FAILED: u8 = 0x0B;
+/// Modbus exception 0x0A: the gateway has no path to the target.
+pub const GATEWAY_PATH_UNAVAILABLE: u8 = 0x0A;
+
+/// Why a read gave no registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    /// No answer within the time allowed; the connection stays usable.
+    /// `device_silent`: nothing sent earlier on this connection was still
+    /// waiting, or something sent later was answered meanwhile; so the
+    /// device, not a gateway's queue in front of it, is what stayed silent.
+    Timeout { device_silent: bool },
+    /// The device (or gateway) answered with a Modbus exception code.
+    Exception(u8),
+    /// The connection is gone (closed, reset, or a frame no device would send).
+    Closed(String),
+    /// An answer that does not fit its request (function, length); discarded.
+    BadAnswer(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Timeout { .. } => write!(f, "no answer in time"),
+            ReadError::Exception(code) => write!(f, "Modbus exception 0x{code:02X} ({})", exception_name(*code)),
+            ReadError::Closed(why) => write!(f, "connection lost: {why}"),
+            ReadError::BadAnswer(why) => write!(f, "answer discarded: {why}"),
+        }
+    }
+}
+
+/// The standard name of a Modbus exception code.
+pub fn exception_name(code: u8) -> &'static str {
+    match code {
+        0x01 => "illegal function",
+        0x02 => "illegal data address",
+        0x03 => "illegal data value",
+        0x04 => "server device failure",
+        0x05 => "acknowledge",
+        0x06 => "server device busy",
+        0x0A => "gateway path unavailable",
+        0x0B => "gateway target device failed to respond",
+        _ => "unknown exception",
+    }
+}
+
+struct Waiting {
+    /// Order of sending on this connection (transaction ids wrap; this does not).
+    seq: u64,
+    function: u8,
+    unit: u8,
+    count: u16,
+    answer: oneshot::Sender<Result<Vec<u16>, ReadError>>,
+}
+
+type Pending = Arc<Mutex<HashMap<u16, Waiting>>>;
+
+/// The highest sending order answered so far.
+type Answered = Arc<AtomicU64>;
+
+/// One open Modbus TCP connection.
+pub struct Connection {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_tid: AtomicU16,
+    sent: AtomicU64,
+    answered: Answered,
+    closed: Arc<AtomicBool>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Connection {
+    /// Opens a connection to `addr`, giving up after `timeout`.
+    pub async fn open(addr: &str, timeout: Duration) -> Result<Connection, String> {
+        let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connect to {addr} timed out"))?
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+        let answered = Answered::default();
+        let reader = tokio::spawn(read_answers(read, pending.clone(), answered.clone(), closed.clone()));
+        Ok(Connection {
+            writer: tokio::sync::Mutex::new(write),
+            pending,
+            next_tid: AtomicU16::new(1),
+            sent: AtomicU64::new(1),
+            answered,
+            closed,
+            reader,
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed)
+    }
+
+    /// Reads `count` registers from `start` on `unit`, waiting at most `timeout`.
+    pub async fn read(
+        &self,
+        unit: u8,
+        kind: RegisterKind,
+        start: u16,
+        count: u16,
+        timeout: Duration,
+    ) -> Result<Vec<u16>, ReadError> {
+        if self.is_closed() {
+            return Err(ReadError::Closed("closed by the device".into()));
+        }
+        let function = match kind {
+            RegisterKind::Holding => 0x03,
+            RegisterKind::Input => 0x04,
+        };
+        let tid = self.next_tid.fetch_add(1, Relaxed);
+        let seq = self.sent.fetch_add(1, Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.pending).insert(
+            tid,
+            Waiting {
+                seq,
+                function,
+                unit,
+                count,
+                answer: tx,
+            },
+        );
+        let frame = request_frame(tid, unit, function, start, count);
+        let sent = async {
+            let mut w = self.writer.lock().await;
+            w.write_all(&frame).await
+        };
+        let outcome = tokio::time::timeout(timeout, async {
+            sent.await
+                .map_err(|e| ReadError::Closed(e.to_string()))?;
+            rx.await
+                .unwrap_or_else(|_| Err(ReadError::Closed("connection closed".into())))
+        })
+        .await;
+        match outcome {
+            Ok(result) => {
+                if matches!(result, Err(ReadError::Closed(_))) {
+                    self.closed.store(true, Relaxed);
+                }
+                result
+            }
+            Err(_) => {
+                // The answer may still come; the reader drops it as unknown.
+                let mut pending = lock(&self.pending);
+                pending.remove(&tid);
+                let queued_behind = pending.values().any(|w| w.seq < seq);
+                Err(ReadError::Timeout {
+                    device_silent: self.answered.load(Relaxed) > seq || !queued_behind,
+                })
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// MBAP header (transaction, protocol 0, length, unit) and a read PDU.
+pub fn request_frame(tid: u16, unit: u8, function: u8, start: u16, count: u16) -> [u8; 12] {
+    let mut f = [0u8; 12];
+    f[0..2].copy_from_slice(&tid.to_be_bytes());
+    f[4..6].copy_from_slice(&6u16.to_be_bytes());
+    f[6] = unit;
+    f[7] = function;
+    f[8..10].copy_from_slice(&start.to_be_bytes());
+    f[10..12].copy_from_slice(&count.to_be_bytes());
+    f
+}
+
+/// Reads answers until the connection ends, handing each to its request.
+async fn read_answers(mut read: OwnedReadHalf, pending: Pending, answered: Answered, closed: Arc<AtomicBool>) {
+    let why = loop {
+        let mut header = [0u8; 7];
+        if let Err(e) = read.read_exact(&mut header).await {
+            break format!("read: {e}");
+        }
+        let tid = u16::from_be_bytes([header[0], header[1]]);
+        let protocol = u16::from_be_bytes([header[2], header[3]]);
+        let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+        // Length counts the unit byte and the PDU; a PDU is at most 253 bytes.
+        if protocol != 0 || !(2..=254).contains(&len) {
+            break format!("not a Modbus TCP frame (protocol {protocol}, length {len})");
+        }
+        let mut pdu = vec![0u8; len - 1];
+        if let Err(e) = read.read_exact(&mut pdu).await {
+            break format!("read: {e}");
+        }
+        let Some(w) = lock(&pending).remove(&tid) else {
+            continue; // a late answer to a request that timed out
+        };
+        answered.fetch_max(w.seq, Relaxed);
+        let answer = decode_answer(&w, header[6], &pdu);
+        let _ = w.answer.send(answer);
+    };
+    closed.store(true, Relaxed);
+    for (_, w) in lock(&pending).drain() {
+        let _ = w.answer.send(Err(ReadError::Closed(why.clone())));
+    }
+}
+
+fn decode_answer(w: &Waiting, unit: u8, pdu: &[u8]) -> Result<Vec<u16>, ReadError> {
+    let bad = |why: String| Err(ReadError::BadAnswer(why));
+    if unit != w.unit {
+        return bad(format!("from unit {unit}, asked unit {}", w.unit));
+    }
+    match pdu {
+        [f, code] if *f == w.function | 0x80 => Err(ReadError::Exception(*code)),
+        [f, n, data @ ..] if *f == w.function => {
+            let want = usize::from(w.count) * 2;
+            if usize::from(*n) != want || data.len() != want {
+                return bad(format!(
+                    "{} bytes for a request of {} registers",
+                    data.len(),
+                    w.count
+                ));
+            }
+            Ok(data
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect())
+        }
+        [f, ..] => bad(format!("function 0x{f:02X}, asked 0x{:02X}", w.function)),
+        [] => bad("an empty answer".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A device that answers requests out of order and never answers unit 9.
+    async fn device() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut held: Vec<[u8; 12]> = Vec::new();
+            loop {
+                let mut req = [0u8; 12];
+                if s.read_exact(&mut req).await.is_err() {
+                    return;
+                }
+                if req[6] == 9 {
+                    continue;
+                }
+                held.push(req);
+                if held.len() < 2 {
+                    continue;
+                }
+                for req in held.drain(..).rev() {
+                    let count = u16::from_be_bytes([req[10], req[11]]);
+                    let mut out = req[0..8].to_vec();
+                    out[4..6].copy_from_slice(&(3 + 2 * count).to_be_bytes());
+                    out.push((2 * count) as u8);
+                    for i in 0..count {
+                        out.extend((u16::from(req[6]) * 100 + i).to_be_bytes());
+                    }
+                    s.write_all(&out).await.unwrap();
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn modbus_pipelined_answers_are_matched_by_transaction_and_a_silent_unit_costs_only_itself()
+     {
+        let conn = Connection::open(&device().await, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let t = Duration::from_millis(300);
+        let silent = conn.read(9, RegisterKind::Input, 0, 2, t);
+        let a = conn.read(1, RegisterKind::Input, 0, 2, t);
+        let b = conn.read(2, RegisterKind::Holding, 0, 3, t);
+        let (silent, a, b) = tokio::join!(silent, a, b);
+        assert_eq!(silent, Err(ReadError::Timeout { device_silent: true }));
+        assert_eq!(a.unwrap(), vec![100, 101]);
+        assert_eq!(b.unwrap(), vec![200, 201, 202]);
+        assert!(!conn.is_closed());
+    }
+
+    #[test]
+    fn modbus_answers_that_do_not_fit_are_refused() {
+        let (tx, _rx) = oneshot::channel();
+        let w = Waiting {
+            seq: 1,
+            function: 4,
+            unit: 1,
+            count: 2,
+            answer: tx,
+        };
+        assert_eq!(decode_answer(&w, 1, &[0x84, 0x0B]), Err(ReadError::Exception(0x0B)));
+        assert!(matches!(decode_answer(&w, 1, &[4, 2, 0, 1]), Err(ReadError::BadAnswer(_))));
+        assert!(matches!(decode_answer(&w, 2, &[4, 4, 0, 1, 0, 2]), Err(ReadError::BadAnswer(_))));
+        assert!(matches!(decode_answer(&w, 1, &[3, 4, 0, 1, 0, 2]), Err(ReadError::BadAnswer(_))));
+        assert_eq!(decode_answer(&w, 1, &[4, 4, 0, 1, 0, 2]), Ok(vec![1, 2]));
+    }
+}
