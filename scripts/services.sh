@@ -283,8 +283,21 @@ status() {
 }
 
 # Stop or start one PostgreSQL cluster: fault tests take a server away mid-run.
-stop_one() { with_lock; local c; for c in "${PG_CLUSTERS[@]}"; do [ "${c%%:*}" = "$1" ] && pg_down "$1" "${c##*:}"; done; }
-start_one() { with_lock; local c; for c in "${PG_CLUSTERS[@]}"; do [ "${c%%:*}" = "$1" ] && pg_up "$1" "${c##*:}"; done; }
+# Runs "$1" (pg_up or pg_down) on the cluster named "$2"; an unknown name is an error.
+one_cluster() {
+    with_lock
+    local c
+    for c in "${PG_CLUSTERS[@]}"; do
+        if [ "${c%%:*}" = "$2" ]; then
+            "$1" "$2" "${c##*:}"
+            return
+        fi
+    done
+    echo "services: no cluster named '$2' (known: ${PG_CLUSTERS[*]%%:*})" >&2
+    return 2
+}
+stop_one() { one_cluster pg_down "$1"; }
+start_one() { one_cluster pg_up "$1"; }
 
 case "${1:-}" in
     up) up ;;

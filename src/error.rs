@@ -89,6 +89,8 @@ pub enum Error {
     Lock(#[from] crate::lock::LockError),
     #[error(transparent)]
     Index(#[from] crate::index::IndexError),
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolCmdError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
     #[error("cannot set up logging in {dir}: {source}")]
@@ -117,6 +119,7 @@ impl Error {
             Error::Cache(e) => e.exit_code(),
             Error::Lock(e) => e.exit_code(),
             Error::Index(e) => e.exit_code(),
+            Error::Spool(e) => e.exit_code(),
             Error::Output(_) => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
             Error::Demo(_) => exit::UNAVAILABLE,

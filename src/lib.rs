@@ -23,6 +23,7 @@ pub mod privilege;
 pub mod reconcile;
 pub mod schema;
 pub mod simulate;
+pub mod spool;
 pub mod tasks;
 pub mod tls;
 pub mod window;
@@ -77,6 +78,8 @@ pub enum Command {
     /// Indexes: list, columns, create, drop, recommend, and a wizard.
     Index(index::IndexArgs),
     Demo(demo::DemoArgs),
+    /// Batches ingest set aside per server: list, replay, discard.
+    Spool(spool::SpoolArgs),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
         #[arg(value_enum)]
@@ -220,6 +223,11 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
             let report = demo::execute(&args, ctx).await?;
             emit(&report, ctx)
         }
+        Command::Spool(args) => match args.command {
+            spool::SpoolCommand::List(a) => emit(&spool::list(&a, ctx)?, ctx),
+            spool::SpoolCommand::Replay(a) => emit(&spool::replay(&a, ctx).await?, ctx),
+            spool::SpoolCommand::Discard(a) => emit(&spool::discard(&a, ctx)?, ctx),
+        },
         Command::Simulate(args) => {
             let report = simulate::execute(&args, ctx, shutdown_signal()).await?;
             emit(&report, ctx)

@@ -27,6 +27,7 @@ fn cli_help_lists_only_working_commands() {
             "cache",
             "index",
             "demo",
+            "spool",
             "completions",
             "man",
             "help"

@@ -8,6 +8,7 @@ mod cli;
 mod config_errors;
 mod demo;
 mod examples;
+mod field;
 mod index;
 mod ingest;
 mod loss;

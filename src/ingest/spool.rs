@@ -128,7 +128,6 @@ impl Spool {
     /// Appends a batch durably, unless the cap or the disk floor forbids it.
     pub fn push(&mut self, batch: &Batch) -> Result<(), SpoolError> {
         let body = encode_rows(batch);
-        self.check_room(body.len() as u64)?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -144,7 +143,10 @@ impl Spool {
             first_t,
             last_t,
         };
-        let bytes = write_file(&self.dir, &path, &header, &body)?;
+        let mut head = serde_json::to_vec(&header).expect("a header serializes");
+        head.push(b'\n');
+        self.check_room((head.len() + body.len()) as u64)?;
+        let bytes = write_file(&self.dir, &path, &head, &body)?;
         self.rows += header.rows;
         self.bytes += bytes;
         self.files.push_back(SpoolFile {
@@ -298,13 +300,11 @@ fn span(rows: &[Row]) -> (i64, i64) {
     (first, last)
 }
 
-fn write_file(dir: &Path, path: &Path, header: &Header, body: &[u8]) -> Result<u64, SpoolError> {
+fn write_file(dir: &Path, path: &Path, head: &[u8], body: &[u8]) -> Result<u64, SpoolError> {
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<u64> {
         let mut out = BufWriter::new(File::create(&tmp)?);
-        let mut head = serde_json::to_vec(header)?;
-        head.push(b'\n');
-        out.write_all(&head)?;
+        out.write_all(head)?;
         out.write_all(body)?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         fs::rename(&tmp, path)?;

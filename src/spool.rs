@@ -1,0 +1,349 @@
+//! `essops spool list|replay|discard`: what ingest set aside for a server,
+//! per site and server: pending batches (the server could not take them
+//! yet) and rejected ones (the server refused them for good).
+//!
+//! `replay` drains the pending batches without polling, under the site's
+//! ingest lock, through the same replayer ingest uses. `discard` deletes
+//! rejected batches, or pending ones older than a time; it shows what it
+//! would delete with `--dry-run` and asks on a terminal unless `--yes`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::context::Context;
+use crate::error::{Outcome, exit};
+use crate::ingest::spool::{self, REJECTED_DIR, Spool, SpoolFile};
+use crate::ingest::{self, IngestArgs, IngestError};
+use crate::output::Report;
+
+/// Pending and rejected batches ingest set aside.
+#[derive(Debug, clap::Args)]
+pub struct SpoolArgs {
+    #[command(subcommand)]
+    pub command: SpoolCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SpoolCommand {
+    /// Per site and server: files, rows, oldest and newest sample, bytes, rejected batches.
+    List(SpoolSelect),
+    /// Replay the pending batches now, without polling (under the site's ingest lock).
+    Replay(SpoolSelect),
+    /// Delete rejected batches, or pending ones older than a time.
+    Discard(DiscardArgs),
+}
+
+/// Which spools.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpoolSelect {
+    /// Only these sites (repeatable; default: all).
+    #[arg(long = "site", value_name = "NAME")]
+    pub sites: Vec<String>,
+    /// Only these servers (repeatable; default: all of each site's).
+    #[arg(long = "server", value_name = "NAME")]
+    pub servers: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiscardArgs {
+    #[command(flatten)]
+    pub select: SpoolSelect,
+    /// Delete the rejected batches.
+    #[arg(long, required_unless_present = "before", conflicts_with = "before")]
+    pub rejected: bool,
+    /// Delete pending batches whose newest sample is older than this (RFC 3339 or `YYYY-MM-DD HH:MM:SS` in the site's zone).
+    #[arg(long, value_name = "TIME")]
+    pub before: Option<String>,
+    /// Only list what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolCmdError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    #[error("--before: {0}")]
+    Time(String),
+    #[error("refusing to delete without confirmation: not on a terminal; add --yes (or --dry-run to see what would go)")]
+    NeedsYes,
+    #[error("cannot delete {path}: {source}")]
+    Delete {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SpoolCmdError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SpoolCmdError::Ingest(e) => e.exit_code(),
+            SpoolCmdError::Time(_) | SpoolCmdError::NeedsYes => exit::USAGE,
+            SpoolCmdError::Config(_) => exit::CONFIG,
+            SpoolCmdError::Spool(_) | SpoolCmdError::Delete { .. } => exit::INTERNAL,
+        }
+    }
+}
+
+/// One spool (site, server, pending or rejected) as listed, or what a command did to it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpoolRow {
+    pub site: String,
+    pub server: String,
+    /// `pending` or `rejected`.
+    pub kind: &'static str,
+    pub files: usize,
+    pub rows: u64,
+    pub bytes: u64,
+    pub bytes_per_row: Option<f64>,
+    pub oldest: Option<DateTime<Utc>>,
+    pub newest: Option<DateTime<Utc>>,
+    /// replay: rows written, already there, refused; discard: files deleted.
+    pub replayed: Option<u64>,
+    pub duplicate: Option<u64>,
+    pub rejected: Option<u64>,
+    pub deleted: Option<usize>,
+    pub dir: PathBuf,
+    /// Why a replay stopped short (server down, set aside).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SpoolReport {
+    pub action: &'static str,
+    pub rows: Vec<SpoolRow>,
+}
+
+/// (site, server name, spool dir) for every selected spool.
+fn spools(select: &SpoolSelect, ctx: &Context) -> Result<Vec<(String, String, PathBuf)>, SpoolCmdError> {
+    let mut out = Vec::new();
+    let servers = ctx.config.select_servers(&select.servers)?;
+    for site in ctx.config.select_sites(&select.sites)? {
+        let root = ingest::spool_root(ctx, &site.name);
+        for server in &servers {
+            if site.servers.contains(&server.name) {
+                out.push((site.name.clone(), server.name.clone(), root.join(&server.name)));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn row(site: &str, server: &str, kind: &'static str, dir: PathBuf, files: &[SpoolFile]) -> SpoolRow {
+    let rows: u64 = files.iter().map(|f| f.rows).sum();
+    let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    let time = |t: Option<i64>| t.and_then(|t| DateTime::from_timestamp(t, 0));
+    SpoolRow {
+        site: site.into(),
+        server: server.into(),
+        kind,
+        files: files.len(),
+        rows,
+        bytes,
+        bytes_per_row: (rows > 0).then(|| (bytes as f64 / rows as f64 * 10.0).round() / 10.0),
+        oldest: time(files.iter().map(|f| f.first_t).filter(|t| *t > 0).min()),
+        newest: time(files.iter().map(|f| f.last_t).max()),
+        replayed: None,
+        duplicate: None,
+        rejected: None,
+        deleted: None,
+        dir,
+        error: None,
+    }
+}
+
+pub fn list(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, SpoolCmdError> {
+    let mut rows = Vec::new();
+    for (site, server, dir) in spools(select, ctx)? {
+        let rejected_dir = dir.join(REJECTED_DIR);
+        rows.push(row(&site, &server, "pending", dir.clone(), &spool::list(&dir)?));
+        rows.push(row(&site, &server, "rejected", rejected_dir.clone(), &spool::list(&rejected_dir)?));
+    }
+    Ok(SpoolReport { action: "list", rows })
+}
+
+/// Replays every selected pending spool, one site at a time under its ingest lock.
+pub async fn replay(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, SpoolCmdError> {
+    let mut rows = Vec::new();
+    for site in ctx.config.select_sites(&select.sites)? {
+        let args = IngestArgs {
+            servers: select.servers.clone(),
+            ..IngestArgs::for_site(&site.name, None)
+        };
+        let plan = ingest::plan(&args, ctx)?;
+        let _lock = crate::lock::acquire(&ctx.lock_dir(), "ingest", &site.name).map_err(IngestError::from)?;
+        let (stats, devices) = ingest::counters(&plan);
+        let (_stop_tx, stop) = watch::channel(true);
+        let mut tasks = Vec::new();
+        for (i, server) in plan.servers.iter().enumerate() {
+            let dir = plan.spool_root.join(&server.name);
+            let spool = Spool::open(&dir, ingest::spool_limits(ctx))?;
+            let sink = Arc::new(ingest::writer::Sink::new(
+                i,
+                ingest::destination(&plan, ctx, server),
+                spool,
+                stats.clone(),
+                devices.clone(),
+                None,
+            ));
+            tasks.push((dir, tokio::spawn(ingest::writer::run_replay(sink, stop.clone(), None))));
+        }
+        for (i, (dir, task)) in tasks.into_iter().enumerate() {
+            let _ = task.await;
+            let s = &stats.servers[i];
+            let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let mut r = row(&site.name, &s.name, "pending", dir.clone(), &spool::list(&dir)?);
+            r.replayed = Some(load(&s.written));
+            r.duplicate = Some(load(&s.duplicates));
+            r.rejected = Some(load(&s.rejected));
+            r.error = ingest::stats::lock(&s.set_aside).as_ref().map(|(_, m)| m.clone()).or_else(|| {
+                (r.files > 0).then(|| "the server did not take every batch; see the log lines above".to_string())
+            });
+            rows.push(r);
+        }
+    }
+    Ok(SpoolReport { action: "replay", rows })
+}
+
+pub fn discard(args: &DiscardArgs, ctx: &Context) -> Result<SpoolReport, SpoolCmdError> {
+    let mut chosen: Vec<(SpoolRow, Vec<SpoolFile>)> = Vec::new();
+    for (site, server, dir) in spools(&args.select, ctx)? {
+        let (kind, dir, files) = match &args.before {
+            Some(t) => {
+                let tz = ctx.config.site(&site)?.timezone;
+                let before = crate::window::parse_time(t, tz)
+                    .map_err(|e| SpoolCmdError::Time(e.to_string()))?
+                    .timestamp();
+                let files: Vec<SpoolFile> = spool::list(&dir)?
+                    .into_iter()
+                    .filter(|f| f.last_t < before)
+                    .collect();
+                ("pending", dir, files)
+            }
+            None => {
+                let dir = dir.join(REJECTED_DIR);
+                let files = spool::list(&dir)?;
+                ("rejected", dir, files)
+            }
+        };
+        chosen.push((row(&site, &server, kind, dir, &files), files));
+    }
+    let total: usize = chosen.iter().map(|(_, f)| f.len()).sum();
+    if !args.dry_run && total > 0 && !args.yes && !confirm(&chosen)? {
+        return Ok(SpoolReport {
+            action: "discard (cancelled)",
+            rows: chosen.into_iter().map(|(r, _)| r).collect(),
+        });
+    }
+    let mut rows = Vec::new();
+    for (mut r, files) in chosen {
+        if !args.dry_run {
+            for f in &files {
+                delete(&f.path)?;
+                let error = f.path.with_extension("error");
+                if error.exists() {
+                    delete(&error)?;
+                }
+            }
+            r.deleted = Some(files.len());
+        }
+        rows.push(r);
+    }
+    Ok(SpoolReport {
+        action: if args.dry_run { "discard (dry run)" } else { "discard" },
+        rows,
+    })
+}
+
+fn delete(path: &std::path::Path) -> Result<(), SpoolCmdError> {
+    std::fs::remove_file(path).map_err(|source| SpoolCmdError::Delete {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Asks on the terminal; refuses when there is none.
+fn confirm(chosen: &[(SpoolRow, Vec<SpoolFile>)]) -> Result<bool, SpoolCmdError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(SpoolCmdError::NeedsYes);
+    }
+    let (files, rows): (usize, u64) = chosen
+        .iter()
+        .fold((0, 0), |(f, r), (row, _)| (f + row.files, r + row.rows));
+    eprint!("delete {files} spool files ({rows} rows) for good? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+impl Report for SpoolReport {
+    type Row = SpoolRow;
+    const HEADER: &'static [&'static str] = &[
+        "SITE", "SERVER", "KIND", "FILES", "ROWS", "BYTES", "B/ROW", "OLDEST", "NEWEST", "DONE",
+    ];
+    fn rows(&self) -> &[SpoolRow] {
+        &self.rows
+    }
+    fn cells(r: &SpoolRow) -> Vec<String> {
+        let time = |t: Option<DateTime<Utc>>| t.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        let done = match (r.replayed, r.deleted) {
+            (Some(n), _) => format!(
+                "{n} written, {} already there, {} refused",
+                r.duplicate.unwrap_or(0),
+                r.rejected.unwrap_or(0)
+            ),
+            (None, Some(n)) => format!("{n} files deleted"),
+            _ => "-".into(),
+        };
+        vec![
+            r.site.clone(),
+            r.server.clone(),
+            r.kind.into(),
+            r.files.to_string(),
+            r.rows.to_string(),
+            crate::output::human_bytes(r.bytes),
+            r.bytes_per_row.map_or("-".into(), |b| format!("{b:.0}")),
+            time(r.oldest),
+            time(r.newest),
+            done,
+        ]
+    }
+    fn summary(&self) -> String {
+        let rows: u64 = self.rows.iter().map(|r| r.rows).sum();
+        let mut out = format!("spool {}: {rows} rows in {} spools", self.action, self.rows.len());
+        for r in self.rows.iter().filter(|r| r.error.is_some()) {
+            out.push_str(&format!(
+                "\n{} / {}: {}",
+                r.site,
+                r.server,
+                r.error.as_deref().unwrap_or_default()
+            ));
+        }
+        out
+    }
+    fn outcome(&self) -> Outcome {
+        let pending_left = self.action == "replay" && self.rows.iter().any(|r| r.files > 0);
+        let refused = self.rows.iter().any(|r| r.rejected.unwrap_or(0) > 0);
+        if refused {
+            Outcome::Critical
+        } else if pending_left {
+            Outcome::Partial
+        } else {
+            Outcome::Clean
+        }
+    }
+}
