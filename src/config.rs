@@ -553,7 +553,9 @@ impl Validator<'_> {
         let defaults = self.defaults(&raw.defaults)?;
         let cache = self.cache(raw.cache.as_ref(), &servers_first_name(&raw))?;
         let mib = |v: &Option<Spanned<u64>>, default: u64| -> u64 {
-            v.as_ref().map_or(default, |v| *v.get_ref()).saturating_mul(1 << 20)
+            v.as_ref()
+                .map_or(default, |v| *v.get_ref())
+                .saturating_mul(1 << 20)
         };
         let spool_limits = SpoolSettings {
             max_bytes: mib(&raw.spool_max_mb, 10_240),
@@ -775,7 +777,10 @@ impl Validator<'_> {
                 return Err(self.doc.at(
                     v,
                     "modbus.pipeline",
-                    format!("1 to 64 requests in flight per connection are expected, got {}", v.get_ref()),
+                    format!(
+                        "1 to 64 requests in flight per connection are expected, got {}",
+                        v.get_ref()
+                    ),
                 ));
             }
             Some(v) => usize::from(*v.get_ref()),

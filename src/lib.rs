@@ -193,7 +193,10 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         Command::Ingest(args) => {
             let plan = ingest::plan(&args, ctx)?;
             if args.plan {
-                return emit(&ingest::plan_check::check(&plan, ctx, args.probe).await?, ctx);
+                return emit(
+                    &ingest::plan_check::check(&plan, ctx, args.probe).await?,
+                    ctx,
+                );
             }
             let report = ingest::execute(plan, ctx, shutdown_signal(), args.duration).await?;
             emit(&report, ctx)

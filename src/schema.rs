@@ -160,11 +160,18 @@ impl DeviceRange {
     pub fn parse(s: &str) -> Result<DeviceRange, String> {
         let usage = || format!("`{s}` is not TABLE:IDS[-IDS] (e.g. rack:1.1-1.5, bank:2, pcs:1)");
         let (table, ids) = s.split_once(':').ok_or_else(usage)?;
-        let table = TableSpec::by_name(table).ok_or_else(|| UnknownTable(table.into()).to_string())?;
+        let table =
+            TableSpec::by_name(table).ok_or_else(|| UnknownTable(table.into()).to_string())?;
         let parse_ids = |x: &str| -> Result<DeviceId, String> {
             let ids = x
                 .split('.')
-                .map(|p| p.trim().parse::<i16>().ok().filter(|v| *v >= 1).ok_or_else(usage))
+                .map(|p| {
+                    p.trim()
+                        .parse::<i16>()
+                        .ok()
+                        .filter(|v| *v >= 1)
+                        .ok_or_else(usage)
+                })
                 .collect::<Result<DeviceId, String>>()?;
             match ids.len() == table.device_columns.len() {
                 true => Ok(ids),
@@ -287,8 +294,12 @@ mod tests {
     #[test]
     fn schema_device_ranges_parse_and_match() {
         let r = DeviceRange::parse("rack:1.2-2.1").unwrap();
-        assert!(r.contains(&RACK, &[1, 2]) && r.contains(&RACK, &[1, 9]) && r.contains(&RACK, &[2, 1]));
-        assert!(!r.contains(&RACK, &[1, 1]) && !r.contains(&RACK, &[2, 2]) && !r.contains(&BANK, &[1]));
+        assert!(
+            r.contains(&RACK, &[1, 2]) && r.contains(&RACK, &[1, 9]) && r.contains(&RACK, &[2, 1])
+        );
+        assert!(
+            !r.contains(&RACK, &[1, 1]) && !r.contains(&RACK, &[2, 2]) && !r.contains(&BANK, &[1])
+        );
         assert!(DeviceRange::parse("bank:2").unwrap().contains(&BANK, &[2]));
         for bad in ["rack:1", "rack", "tank:1", "bank:0", "bank:3-1", "rack:1.x"] {
             assert!(DeviceRange::parse(bad).is_err(), "{bad}");

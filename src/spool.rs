@@ -77,7 +77,9 @@ pub enum SpoolCmdError {
     Spool(#[from] spool::SpoolError),
     #[error("--before: {0}")]
     Time(String),
-    #[error("refusing to delete without confirmation: not on a terminal; add --yes (or --dry-run to see what would go)")]
+    #[error(
+        "refusing to delete without confirmation: not on a terminal; add --yes (or --dry-run to see what would go)"
+    )]
     NeedsYes,
     #[error("cannot delete {path}: {source}")]
     Delete {
@@ -128,21 +130,34 @@ pub struct SpoolReport {
 }
 
 /// (site, server name, spool dir) for every selected spool.
-fn spools(select: &SpoolSelect, ctx: &Context) -> Result<Vec<(String, String, PathBuf)>, SpoolCmdError> {
+fn spools(
+    select: &SpoolSelect,
+    ctx: &Context,
+) -> Result<Vec<(String, String, PathBuf)>, SpoolCmdError> {
     let mut out = Vec::new();
     let servers = ctx.config.select_servers(&select.servers)?;
     for site in ctx.config.select_sites(&select.sites)? {
         let root = ingest::spool_root(ctx, &site.name);
         for server in &servers {
             if site.servers.contains(&server.name) {
-                out.push((site.name.clone(), server.name.clone(), root.join(&server.name)));
+                out.push((
+                    site.name.clone(),
+                    server.name.clone(),
+                    root.join(&server.name),
+                ));
             }
         }
     }
     Ok(out)
 }
 
-fn row(site: &str, server: &str, kind: &'static str, dir: PathBuf, files: &[SpoolFile]) -> SpoolRow {
+fn row(
+    site: &str,
+    server: &str,
+    kind: &'static str,
+    dir: PathBuf,
+    files: &[SpoolFile],
+) -> SpoolRow {
     let rows: u64 = files.iter().map(|f| f.rows).sum();
     let bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let time = |t: Option<i64>| t.and_then(|t| DateTime::from_timestamp(t, 0));
@@ -169,10 +184,25 @@ pub fn list(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, SpoolCmd
     let mut rows = Vec::new();
     for (site, server, dir) in spools(select, ctx)? {
         let rejected_dir = dir.join(REJECTED_DIR);
-        rows.push(row(&site, &server, "pending", dir.clone(), &spool::list(&dir)?));
-        rows.push(row(&site, &server, "rejected", rejected_dir.clone(), &spool::list(&rejected_dir)?));
+        rows.push(row(
+            &site,
+            &server,
+            "pending",
+            dir.clone(),
+            &spool::list(&dir)?,
+        ));
+        rows.push(row(
+            &site,
+            &server,
+            "rejected",
+            rejected_dir.clone(),
+            &spool::list(&rejected_dir)?,
+        ));
     }
-    Ok(SpoolReport { action: "list", rows })
+    Ok(SpoolReport {
+        action: "list",
+        rows,
+    })
 }
 
 /// Replays every selected pending spool, one site at a time under its ingest lock.
@@ -184,7 +214,8 @@ pub async fn replay(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, 
             ..IngestArgs::for_site(&site.name, None)
         };
         let plan = ingest::plan(&args, ctx)?;
-        let _lock = crate::lock::acquire(&ctx.lock_dir(), "ingest", &site.name).map_err(IngestError::from)?;
+        let _lock = crate::lock::acquire(&ctx.lock_dir(), "ingest", &site.name)
+            .map_err(IngestError::from)?;
         let (stats, devices) = ingest::counters(&plan);
         let (_stop_tx, stop) = watch::channel(true);
         let mut tasks = Vec::new();
@@ -199,23 +230,41 @@ pub async fn replay(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, 
                 devices.clone(),
                 None,
             ));
-            tasks.push((dir, tokio::spawn(ingest::writer::run_replay(sink, stop.clone(), None))));
+            tasks.push((
+                dir,
+                tokio::spawn(ingest::writer::run_replay(sink, stop.clone(), None)),
+            ));
         }
         for (i, (dir, task)) in tasks.into_iter().enumerate() {
             let _ = task.await;
             let s = &stats.servers[i];
-            let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            let mut r = row(&site.name, &s.name, "pending", dir.clone(), &spool::list(&dir)?);
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let mut r = row(
+                &site.name,
+                &s.name,
+                "pending",
+                dir.clone(),
+                &spool::list(&dir)?,
+            );
             r.replayed = Some(load(&s.written));
             r.duplicate = Some(load(&s.duplicates));
             r.rejected = Some(load(&s.rejected));
-            r.error = ingest::stats::lock(&s.set_aside).as_ref().map(|(_, m)| m.clone()).or_else(|| {
-                (r.files > 0).then(|| "the server did not take every batch; see the log lines above".to_string())
-            });
+            r.error = ingest::stats::lock(&s.set_aside)
+                .as_ref()
+                .map(|(_, m)| m.clone())
+                .or_else(|| {
+                    (r.files > 0).then(|| {
+                        "the server did not take every batch; see the log lines above".to_string()
+                    })
+                });
             rows.push(r);
         }
     }
-    Ok(SpoolReport { action: "replay", rows })
+    Ok(SpoolReport {
+        action: "replay",
+        rows,
+    })
 }
 
 pub fn discard(args: &DiscardArgs, ctx: &Context) -> Result<SpoolReport, SpoolCmdError> {
@@ -263,7 +312,11 @@ pub fn discard(args: &DiscardArgs, ctx: &Context) -> Result<SpoolReport, SpoolCm
         rows.push(r);
     }
     Ok(SpoolReport {
-        action: if args.dry_run { "discard (dry run)" } else { "discard" },
+        action: if args.dry_run {
+            "discard (dry run)"
+        } else {
+            "discard"
+        },
         rows,
     })
 }
@@ -299,7 +352,9 @@ impl Report for SpoolReport {
         &self.rows
     }
     fn cells(r: &SpoolRow) -> Vec<String> {
-        let time = |t: Option<DateTime<Utc>>| t.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        let time = |t: Option<DateTime<Utc>>| {
+            t.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        };
         let done = match (r.replayed, r.deleted) {
             (Some(n), _) => format!(
                 "{n} written, {} already there, {} refused",
@@ -324,7 +379,11 @@ impl Report for SpoolReport {
     }
     fn summary(&self) -> String {
         let rows: u64 = self.rows.iter().map(|r| r.rows).sum();
-        let mut out = format!("spool {}: {rows} rows in {} spools", self.action, self.rows.len());
+        let mut out = format!(
+            "spool {}: {rows} rows in {} spools",
+            self.action,
+            self.rows.len()
+        );
         for r in self.rows.iter().filter(|r| r.error.is_some()) {
             out.push_str(&format!(
                 "\n{} / {}: {}",

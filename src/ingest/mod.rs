@@ -175,7 +175,11 @@ pub fn lane_settings(plan: &Plan, ctx: &Context) -> LaneSettings {
     }
 }
 
-pub fn destination(plan: &Plan, ctx: &Context, server: &crate::config::Server) -> writer::Destination {
+pub fn destination(
+    plan: &Plan,
+    ctx: &Context,
+    server: &crate::config::Server,
+) -> writer::Destination {
     writer::Destination {
         server: server.clone(),
         database: plan.site.database.clone(),
@@ -286,7 +290,15 @@ async fn preflight_all(plan: &Plan, ctx: &Context) -> Result<Vec<Option<Catalog>
             Err(e) if e.exit_code() == exit::UNAVAILABLE => return Ok(None),
             Err(e) => return Err(PreflightError::Schema(e.to_string())),
         };
-        match preflight::check_server(&client, &server.name, &plan.site.database, &plan.site.name, &plan.site.register_map).await {
+        match preflight::check_server(
+            &client,
+            &server.name,
+            &plan.site.database,
+            &plan.site.name,
+            &plan.site.register_map,
+        )
+        .await
+        {
             Ok(c) => Ok(Some(c)),
             Err(PreflightError::Unreachable(_)) => Ok(None),
             Err(e) => Err(e),
@@ -322,7 +334,11 @@ pub async fn execute(
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         writers.push((tx, sink.clone()));
         live_tasks.spawn(writer::run_live(sink.clone(), rx));
-        replay_tasks.spawn(writer::run_replay(sink, stop_rx.clone(), Some(writer::DRAIN_AFTER_STOP)));
+        replay_tasks.spawn(writer::run_replay(
+            sink,
+            stop_rx.clone(),
+            Some(writer::DRAIN_AFTER_STOP),
+        ));
     }
     let (row_tx, row_rx) = mpsc::channel(plan.devices.len().max(1024) * 2);
     let tables = plan
@@ -452,7 +468,11 @@ impl IngestReport {
                     polls_failed: missed.total(),
                     missed,
                     breakers_open: stats.count_devices(|d| d.breaker_open.load(Relaxed)),
-                    breaker_openings: stats.devices.iter().map(|d| d.breaker_openings.load(Relaxed)).sum(),
+                    breaker_openings: stats
+                        .devices
+                        .iter()
+                        .map(|d| d.breaker_openings.load(Relaxed))
+                        .sum(),
                     stale_devices: stats.count_devices(|d| d.stale.load(Relaxed)),
                     rows_written: s.written.load(Relaxed),
                     rows_replayed: s.replayed.load(Relaxed),
@@ -484,7 +504,17 @@ impl IngestReport {
 impl Report for IngestReport {
     type Row = ServerRow;
     const HEADER: &'static [&'static str] = &[
-        "SITE", "SERVER", "WRITTEN", "REPLAYED", "SPOOLED", "DUPLICATE", "REJECTED", "PENDING", "LOST", "P50 MS", "P99 MS",
+        "SITE",
+        "SERVER",
+        "WRITTEN",
+        "REPLAYED",
+        "SPOOLED",
+        "DUPLICATE",
+        "REJECTED",
+        "PENDING",
+        "LOST",
+        "P50 MS",
+        "P99 MS",
     ];
     fn rows(&self) -> &[ServerRow] {
         &self.rows
@@ -519,13 +549,27 @@ impl Report for IngestReport {
         let mut out = format!(
             "{}: {} devices for {:.1} s; {} of {} polls answered ({pct:.2} %); missed: {} timeout, {} exception, {} connection, {} bad answer, {} late, {} breaker; \
              {} breaker openings, {} open now; {} stale devices",
-            r.site, r.devices, r.seconds, r.polls_ok, total,
-            m.timeout, m.exception, m.connection, m.bad_answer, m.late, m.breaker,
-            r.breaker_openings, r.breakers_open, r.stale_devices,
+            r.site,
+            r.devices,
+            r.seconds,
+            r.polls_ok,
+            total,
+            m.timeout,
+            m.exception,
+            m.connection,
+            m.bad_answer,
+            m.late,
+            m.breaker,
+            r.breaker_openings,
+            r.breakers_open,
+            r.stale_devices,
         );
         for s in &self.rows {
             if let Some(why) = &s.set_aside {
-                out.push_str(&format!("\nserver `{}` was set aside (its rows are in its spool): {why}", s.server));
+                out.push_str(&format!(
+                    "\nserver `{}` was set aside (its rows are in its spool): {why}",
+                    s.server
+                ));
             }
             for j in &s.rejections {
                 out.push_str(&format!(
@@ -544,7 +588,11 @@ impl Report for IngestReport {
             Some(_) => return Outcome::Partial,
             None => {}
         }
-        match self.rows.iter().any(|r| r.rows_lost > 0 || r.rows_rejected > 0) {
+        match self
+            .rows
+            .iter()
+            .any(|r| r.rows_lost > 0 || r.rows_rejected > 0)
+        {
             true => Outcome::Critical,
             false => Outcome::Clean,
         }

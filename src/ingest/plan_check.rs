@@ -50,7 +50,11 @@ pub struct PlanReport {
     pub rows: Vec<PlanRow>,
 }
 
-pub async fn check(plan: &Plan, ctx: &Context, probe: Option<Duration>) -> Result<PlanReport, IngestError> {
+pub async fn check(
+    plan: &Plan,
+    ctx: &Context,
+    probe: Option<Duration>,
+) -> Result<PlanReport, IngestError> {
     let settings = lane_settings(plan, ctx);
     let mut rows = Vec::new();
     for (addr, lanes) in shares(plan, ctx) {
@@ -78,7 +82,12 @@ struct Measured {
     error: Option<String>,
 }
 
-async fn measure(addr: &str, devices: &[PollDevice], s: LaneSettings, probe: Option<Duration>) -> Option<Measured> {
+async fn measure(
+    addr: &str,
+    devices: &[PollDevice],
+    s: LaneSettings,
+    probe: Option<Duration>,
+) -> Option<Measured> {
     let probe = probe?;
     let mut m = Measured::default();
     let conn = match Connection::open(addr, s.timeout.max(Duration::from_secs(1))).await {
@@ -179,7 +188,10 @@ fn row(
     let fits = error.is_none() && round_ms <= budget_ms;
     let advice = match (&error, fits) {
         (Some(e), _) => format!("could not probe: {e}"),
-        (None, true) => format!("fits: {:.0} % of the interval", 100.0 * round_ms / (interval * 1000.0)),
+        (None, true) => format!(
+            "fits: {:.0} % of the interval",
+            100.0 * round_ms / (interval * 1000.0)
+        ),
         (None, false) => {
             let factor = round_ms / budget_ms;
             let reads = requests as f64 / devices.len().max(1) as f64;
@@ -193,7 +205,9 @@ fn row(
                 a.push_str(&format!(", or merged reads ({reads:.1} requests per device: raise max_gap in the register map)"));
             }
             if basis == "timeout_ms" {
-                a.push_str("; this assumes every request takes timeout_ms: measure with --probe 10s");
+                a.push_str(
+                    "; this assumes every request takes timeout_ms: measure with --probe 10s",
+                );
             }
             a
         }
@@ -220,7 +234,17 @@ fn row(
 impl Report for PlanReport {
     type Row = PlanRow;
     const HEADER: &'static [&'static str] = &[
-        "ENDPOINT", "CONN", "DEVICES", "REQ/S", "REG/S", "IN FLIGHT", "P50 MS", "P99 MS", "ROUND MS", "BUDGET MS", "VERDICT",
+        "ENDPOINT",
+        "CONN",
+        "DEVICES",
+        "REQ/S",
+        "REG/S",
+        "IN FLIGHT",
+        "P50 MS",
+        "P99 MS",
+        "ROUND MS",
+        "BUDGET MS",
+        "VERDICT",
     ];
     fn rows(&self) -> &[PlanRow] {
         &self.rows
@@ -238,7 +262,11 @@ impl Report for PlanReport {
             opt(r.answer_p99_ms),
             format!("{:.0}", r.round_ms),
             format!("{:.0}", r.budget_ms),
-            if r.fits { "fits".into() } else { "DOES NOT FIT".into() },
+            if r.fits {
+                "fits".into()
+            } else {
+                "DOES NOT FIT".into()
+            },
         ]
     }
     fn summary(&self) -> String {
@@ -248,11 +276,20 @@ impl Report for PlanReport {
             _ => "worst case: every request takes timeout_ms",
         });
         let mut out = match bad.len() {
-            0 => format!("the plan fits on all {} connections ({basis})", self.rows.len()),
-            n => format!("{n} of {} connections do not fit ({basis}):", self.rows.len()),
+            0 => format!(
+                "the plan fits on all {} connections ({basis})",
+                self.rows.len()
+            ),
+            n => format!(
+                "{n} of {} connections do not fit ({basis}):",
+                self.rows.len()
+            ),
         };
         for r in bad {
-            out.push_str(&format!("\n  {} connection {}: {}", r.endpoint, r.connection, r.advice));
+            out.push_str(&format!(
+                "\n  {} connection {}: {}",
+                r.endpoint, r.connection, r.advice
+            ));
         }
         out
     }

@@ -185,7 +185,11 @@ impl Lane {
                 state[slot].late = false;
                 if state[slot].busy {
                     state[slot].late = true;
-                    self.stats.poll_missed(dev.index, Miss::Late, "its previous poll is still waiting for an answer");
+                    self.stats.poll_missed(
+                        dev.index,
+                        Miss::Late,
+                        "its previous poll is still waiting for an answer",
+                    );
                     continue;
                 }
                 if state[slot].breaker.skips(now) {
@@ -320,7 +324,13 @@ impl Lane {
 
     /// Flags a device whose measured values have not changed for `stale_after`
     /// (a gateway serving cached registers of a dead device).
-    fn track_stale(&self, dev: &PollDevice, s: &mut DeviceState, values: &[Option<Value>], now: Instant) {
+    fn track_stale(
+        &self,
+        dev: &PollDevice,
+        s: &mut DeviceState,
+        values: &[Option<Value>],
+        now: Instant,
+    ) {
         let hash = measured_hash(&dev.table, values);
         let since = match s.values {
             Some((h, since)) if h == hash => since,
@@ -357,7 +367,11 @@ impl Lane {
         if Instant::now() < link.retry_at {
             return None;
         }
-        let opened = Connection::open(&self.addr, self.settings.timeout.max(Duration::from_secs(1))).await;
+        let opened = Connection::open(
+            &self.addr,
+            self.settings.timeout.max(Duration::from_secs(1)),
+        )
+        .await;
         match opened {
             Ok(c) => {
                 let c = Arc::new(c);
@@ -436,11 +450,16 @@ fn classify(e: &ReadError) -> (Miss, bool) {
 /// Sends one device's first read twice at once: `Some(true)` when both are
 /// answered (the endpoint queues requests), `Some(false)` when only one is
 /// or the endpoint hangs up, `None` when neither says (the device is silent).
-pub async fn probe_pipelining(conn: &Connection, dev: &PollDevice, timeout: Duration) -> Option<bool> {
+pub async fn probe_pipelining(
+    conn: &Connection,
+    dev: &PollDevice,
+    timeout: Duration,
+) -> Option<bool> {
     let r = dev.requests.first()?;
     let read = || conn.read(dev.unit, r.kind, r.start, r.count, timeout);
     let (a, b) = tokio::join!(read(), read());
-    let answered = |x: &Result<Vec<u16>, ReadError>| matches!(x, Ok(_) | Err(ReadError::Exception(_)));
+    let answered =
+        |x: &Result<Vec<u16>, ReadError>| matches!(x, Ok(_) | Err(ReadError::Exception(_)));
     match (answered(&a), answered(&b)) {
         (true, true) => Some(true),
         (true, false) | (false, true) => Some(false),
@@ -500,7 +519,9 @@ pub async fn read_device(
     for r in &dev.requests {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
-            return Err(ReadError::Timeout { device_silent: true });
+            return Err(ReadError::Timeout {
+                device_silent: true,
+            });
         }
         let words = c.read(dev.unit, r.kind, r.start, r.count, left).await?;
         decode_reply(dev, r, &words, &mut values)?;
@@ -639,8 +660,9 @@ mod tests {
         assert_eq!(lane.order(&state, 0), vec![3, 0, 2, 4, 1]);
         // Without faults the start rotates, so no device is always last.
         let state = vec![DeviceState::default(); 5];
-        let lasts: std::collections::BTreeSet<usize> =
-            (0..5).map(|r| *lane.order(&state, r).last().unwrap()).collect();
+        let lasts: std::collections::BTreeSet<usize> = (0..5)
+            .map(|r| *lane.order(&state, r).last().unwrap())
+            .collect();
         assert_eq!(lasts.len(), 5);
     }
 }

@@ -61,12 +61,27 @@ pub async fn check_server(
                 "{place}: the table does not exist in database `{database}` (run essops migrate)"
             )));
         }
-        for name in t.spec.key_columns().into_iter().map(String::from).chain(t.value_columns()) {
-            column_type(Some(t), &name, &columns).map_err(|m| PreflightError::Schema(format!("{place}: {m}")))?;
+        for name in t
+            .spec
+            .key_columns()
+            .into_iter()
+            .map(String::from)
+            .chain(t.value_columns())
+        {
+            column_type(Some(t), &name, &columns)
+                .map_err(|m| PreflightError::Schema(format!("{place}: {m}")))?;
         }
-        crate::privilege::require(client, server, database, "ingest", t.spec.name, &["SELECT", "INSERT"], true)
-            .await
-            .map_err(PreflightError::Privilege)?;
+        crate::privilege::require(
+            client,
+            server,
+            database,
+            "ingest",
+            t.spec.name,
+            &["SELECT", "INSERT"],
+            true,
+        )
+        .await
+        .map_err(PreflightError::Privilege)?;
         catalog.insert(t.spec.name, columns);
     }
     Ok(catalog)
@@ -74,7 +89,11 @@ pub async fn check_server(
 
 /// The COPY types of a batch's columns (a replayed batch may predate the
 /// current map, so its own columns are checked, not the map's).
-pub fn copy_types(map: &RegisterMap, batch: &Batch, columns: &[Column]) -> Result<Vec<CopyType>, String> {
+pub fn copy_types(
+    map: &RegisterMap,
+    batch: &Batch,
+    columns: &[Column],
+) -> Result<Vec<CopyType>, String> {
     let table = map.table(batch.spec.name);
     batch
         .all_columns()
@@ -85,7 +104,11 @@ pub fn copy_types(map: &RegisterMap, batch: &Batch, columns: &[Column]) -> Resul
 
 /// The type essops writes `name` as, refusing a column the table lacks, a
 /// type essops cannot fill, and a map field whose values the column cannot hold.
-fn column_type(table: Option<&TableMap>, name: &str, columns: &[Column]) -> Result<CopyType, String> {
+fn column_type(
+    table: Option<&TableMap>,
+    name: &str,
+    columns: &[Column],
+) -> Result<CopyType, String> {
     let col = columns.iter().find(|c| c.name == name).ok_or_else(|| {
         format!("register map field `{name}` has no column `{name}` in the table (register map or migration out of date)")
     })?;
@@ -131,17 +154,35 @@ mod tests {
         let bank = map.table("bank").unwrap();
         let alarm = bank.fields.iter().find(|f| f.column == "ALARM").unwrap();
         let mut wide = bank.clone();
-        wide.fields.iter_mut().find(|f| f.column == "ALARM").unwrap().dtype =
-            crate::modbus::value::DataType::U32;
+        wide.fields
+            .iter_mut()
+            .find(|f| f.column == "ALARM")
+            .unwrap()
+            .dtype = crate::modbus::value::DataType::U32;
         let integer = [col("ALARM", "integer")];
         let bigint = [col("ALARM", "bigint")];
-        assert!(column_type(Some(bank), "ALARM", &integer).is_ok(), "{:?}", alarm.dtype);
+        assert!(
+            column_type(Some(bank), "ALARM", &integer).is_ok(),
+            "{:?}",
+            alarm.dtype
+        );
         let err = column_type(Some(&wide), "ALARM", &integer).unwrap_err();
-        assert!(err.contains("`ALARM` (u32)") && err.contains("integer"), "{err}");
+        assert!(
+            err.contains("`ALARM` (u32)") && err.contains("integer"),
+            "{err}"
+        );
         assert!(column_type(Some(&wide), "ALARM", &bigint).is_ok());
         let soc = [col("SOC", "integer")];
-        assert!(column_type(Some(bank), "SOC", &soc).unwrap_err().contains("scaled"));
-        assert!(column_type(Some(bank), "SOC", &[]).unwrap_err().contains("no column"));
+        assert!(
+            column_type(Some(bank), "SOC", &soc)
+                .unwrap_err()
+                .contains("scaled")
+        );
+        assert!(
+            column_type(Some(bank), "SOC", &[])
+                .unwrap_err()
+                .contains("no column")
+        );
         assert!(column_type(Some(bank), "SOC", &[col("SOC", "text")]).is_err());
     }
 }

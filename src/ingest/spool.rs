@@ -167,7 +167,10 @@ impl Spool {
         };
         let max = self.limits.max_bytes;
         if max > 0 && self.bytes + adding > max {
-            return Err(full(format!("it holds {} B of its {max} B cap (spool_max_mb)", self.bytes)));
+            return Err(full(format!(
+                "it holds {} B of its {max} B cap (spool_max_mb)",
+                self.bytes
+            )));
         }
         if max > 0 && !self.warned_full && (self.bytes + adding) * 10 >= max * 8 {
             self.warned_full = true;
@@ -473,7 +476,7 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `s` a writable statvfs.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    (rc == 0).then(|| u64::from(s.f_bavail) * u64::from(s.f_frsize))
+    (rc == 0).then_some(s.f_bavail * s.f_frsize)
 }
 
 #[cfg(test)]

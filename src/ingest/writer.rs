@@ -226,8 +226,10 @@ impl Sink {
             }
         }
         let now_ms = chrono::Utc::now().timestamp_millis();
-        s.lag_ms
-            .store((now_ms - newest.saturating_mul(1000)).max(0) as u64, Relaxed);
+        s.lag_ms.store(
+            (now_ms - newest.saturating_mul(1000)).max(0) as u64,
+            Relaxed,
+        );
     }
 }
 
@@ -286,7 +288,15 @@ impl Link {
             }
         };
         if lock(&sink.catalog).is_none() {
-            match preflight::check_server(&client, &sink.server.name, &sink.database, &sink.stats.site, &sink.map).await {
+            match preflight::check_server(
+                &client,
+                &sink.server.name,
+                &sink.database,
+                &sink.stats.site,
+                &sink.map,
+            )
+            .await
+            {
                 Ok(catalog) => *lock(&sink.catalog) = Some(catalog),
                 Err(PreflightError::Unreachable(e)) => {
                     self.fail(sink, &e);
@@ -295,7 +305,8 @@ impl Link {
                 Err(e) => {
                     tracing::error!(site = %sink.stats.site, server = %sink.name(), error = %e,
                         "server set aside: its rows are spooled until the problem is fixed and ingest restarted");
-                    *lock(&sink.stats.servers[sink.index].set_aside) = Some((e.exit_code(), e.to_string()));
+                    *lock(&sink.stats.servers[sink.index].set_aside) =
+                        Some((e.exit_code(), e.to_string()));
                     self.last_set_aside_log = Some(Instant::now());
                     return None;
                 }
@@ -352,7 +363,8 @@ pub async fn run_live(sink: Arc<Sink>, mut rx: mpsc::Receiver<Arc<Batch>>) {
             }
             Err(e) => {
                 let (table, rows) = (batch.spec.name, batch.rows.len() as u64);
-                sink.reject(Rejected::Batch(batch), table, rows, &e.message).await;
+                sink.reject(Rejected::Batch(batch), table, rows, &e.message)
+                    .await;
             }
         }
     }
@@ -427,14 +439,26 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), String
                         Err(e) if e.failure == Failure::Transient => return Err(e.message),
                         Err(e) => {
                             let [(file, batch)] = one;
-                            sink.reject(Rejected::File(file), batch.spec.name, batch.rows.len() as u64, &e.message).await;
+                            sink.reject(
+                                Rejected::File(file),
+                                batch.spec.name,
+                                batch.rows.len() as u64,
+                                &e.message,
+                            )
+                            .await;
                         }
                     }
                 }
             }
             Err(e) => {
                 let (file, batch) = group.into_iter().next().expect("a group has a file");
-                sink.reject(Rejected::File(file), batch.spec.name, batch.rows.len() as u64, &e.message).await;
+                sink.reject(
+                    Rejected::File(file),
+                    batch.spec.name,
+                    batch.rows.len() as u64,
+                    &e.message,
+                )
+                .await;
             }
         }
     }
@@ -492,7 +516,10 @@ fn merge(group: &[(SpoolFile, Batch)]) -> Batch {
     Batch {
         spec: first.spec,
         columns: first.columns.clone(),
-        rows: group.iter().flat_map(|(_, b)| b.rows.iter().cloned()).collect(),
+        rows: group
+            .iter()
+            .flat_map(|(_, b)| b.rows.iter().cloned())
+            .collect(),
     }
 }
 
@@ -505,7 +532,12 @@ enum Mode {
 }
 
 /// Writes one batch, typed by the server's catalog.
-async fn write(client: &mut Client, sink: &Sink, batch: &Batch, mode: Mode) -> Result<Written, WriteError> {
+async fn write(
+    client: &mut Client,
+    sink: &Sink,
+    batch: &Batch,
+    mode: Mode,
+) -> Result<Written, WriteError> {
     let place = format!(
         "server `{}`, database `{}`, table `{}`",
         sink.server.name, sink.database, batch.spec.name
@@ -530,7 +562,9 @@ async fn write(client: &mut Client, sink: &Sink, batch: &Batch, mode: Mode) -> R
                 other => return other.map(|_| Written::All),
             }
         }
-        copy_absent(client, batch, &columns, data).await.map(Written::Some)
+        copy_absent(client, batch, &columns, data)
+            .await
+            .map(Written::Some)
     };
     match tokio::time::timeout(WRITE_TIMEOUT, attempt).await {
         Ok(Ok(w)) => Ok(w),
@@ -539,7 +573,8 @@ async fn write(client: &mut Client, sink: &Sink, batch: &Batch, mode: Mode) -> R
             message: format!(
                 "{place}: {}{}",
                 db::describe(&e),
-                e.code().map_or(String::new(), |c| format!(" (SQLSTATE {})", c.code()))
+                e.code()
+                    .map_or(String::new(), |c| format!(" (SQLSTATE {})", c.code()))
             ),
         }),
         Err(_) => Err(WriteError::transient(format!(

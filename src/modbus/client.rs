@@ -47,7 +47,11 @@ impl std::fmt::Display for ReadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReadError::Timeout { .. } => write!(f, "no answer in time"),
-            ReadError::Exception(code) => write!(f, "Modbus exception 0x{code:02X} ({})", exception_name(*code)),
+            ReadError::Exception(code) => write!(
+                f,
+                "Modbus exception 0x{code:02X} ({})",
+                exception_name(*code)
+            ),
             ReadError::Closed(why) => write!(f, "connection lost: {why}"),
             ReadError::BadAnswer(why) => write!(f, "answer discarded: {why}"),
         }
@@ -112,7 +116,12 @@ impl Connection {
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let answered = Answered::default();
-        let reader = tokio::spawn(read_answers(read, pending.clone(), answered.clone(), closed.clone()));
+        let reader = tokio::spawn(read_answers(
+            read,
+            pending.clone(),
+            answered.clone(),
+            closed.clone(),
+        ));
         Ok(Connection {
             writer: tokio::sync::Mutex::new(write),
             pending,
@@ -163,8 +172,7 @@ impl Connection {
             w.write_all(&frame).await
         };
         let outcome = tokio::time::timeout(timeout, async {
-            sent.await
-                .map_err(|e| ReadError::Closed(e.to_string()))?;
+            sent.await.map_err(|e| ReadError::Closed(e.to_string()))?;
             rx.await
                 .unwrap_or_else(|_| Err(ReadError::Closed("connection closed".into())))
         })
@@ -206,7 +214,12 @@ pub fn request_frame(tid: u16, unit: u8, function: u8, start: u16, count: u16) -
 }
 
 /// Reads answers until the connection ends, handing each to its request.
-async fn read_answers(mut read: OwnedReadHalf, pending: Pending, answered: Answered, closed: Arc<AtomicBool>) {
+async fn read_answers(
+    mut read: OwnedReadHalf,
+    pending: Pending,
+    answered: Answered,
+    closed: Arc<AtomicBool>,
+) {
     let why = loop {
         let mut header = [0u8; 7];
         if let Err(e) = read.read_exact(&mut header).await {
@@ -312,7 +325,12 @@ mod tests {
         let a = conn.read(1, RegisterKind::Input, 0, 2, t);
         let b = conn.read(2, RegisterKind::Holding, 0, 3, t);
         let (silent, a, b) = tokio::join!(silent, a, b);
-        assert_eq!(silent, Err(ReadError::Timeout { device_silent: true }));
+        assert_eq!(
+            silent,
+            Err(ReadError::Timeout {
+                device_silent: true
+            })
+        );
         assert_eq!(a.unwrap(), vec![100, 101]);
         assert_eq!(b.unwrap(), vec![200, 201, 202]);
         assert!(!conn.is_closed());
@@ -328,10 +346,22 @@ mod tests {
             count: 2,
             answer: tx,
         };
-        assert_eq!(decode_answer(&w, 1, &[0x84, 0x0B]), Err(ReadError::Exception(0x0B)));
-        assert!(matches!(decode_answer(&w, 1, &[4, 2, 0, 1]), Err(ReadError::BadAnswer(_))));
-        assert!(matches!(decode_answer(&w, 2, &[4, 4, 0, 1, 0, 2]), Err(ReadError::BadAnswer(_))));
-        assert!(matches!(decode_answer(&w, 1, &[3, 4, 0, 1, 0, 2]), Err(ReadError::BadAnswer(_))));
+        assert_eq!(
+            decode_answer(&w, 1, &[0x84, 0x0B]),
+            Err(ReadError::Exception(0x0B))
+        );
+        assert!(matches!(
+            decode_answer(&w, 1, &[4, 2, 0, 1]),
+            Err(ReadError::BadAnswer(_))
+        ));
+        assert!(matches!(
+            decode_answer(&w, 2, &[4, 4, 0, 1, 0, 2]),
+            Err(ReadError::BadAnswer(_))
+        ));
+        assert!(matches!(
+            decode_answer(&w, 1, &[3, 4, 0, 1, 0, 2]),
+            Err(ReadError::BadAnswer(_))
+        ));
         assert_eq!(decode_answer(&w, 1, &[4, 4, 0, 1, 0, 2]), Ok(vec![1, 2]));
     }
 }

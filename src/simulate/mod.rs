@@ -250,7 +250,12 @@ impl tokio_modbus::server::Service for SimService {
 /// time, one the device leaves unanswered for the gateway's timeout, which
 /// then answers 0x0B. Sleeps off the async threads: the bus times are a few
 /// ms, below tokio's timer resolution.
-async fn on_the_bus(g: Gateway, bus: &tokio::sync::Mutex<()>, answer: Answer, counters: &Counters) -> Answer {
+async fn on_the_bus(
+    g: Gateway,
+    bus: &tokio::sync::Mutex<()>,
+    answer: Answer,
+    counters: &Counters,
+) -> Answer {
     let _turn = bus.lock().await;
     let held = std::time::Instant::now();
     let (hold, answer) = match answer {
@@ -492,7 +497,10 @@ async fn serve(socket: tokio::net::TcpListener, service: SimService) {
             slot => {
                 service.counters.connections.fetch_add(1, Relaxed);
                 let _ = stream.set_nodelay(true);
-                Some((service, Expiring::new(stream, disconnect_every, slot.flatten())))
+                Some((
+                    service,
+                    Expiring::new(stream, disconnect_every, slot.flatten()),
+                ))
             }
         };
         async move { Ok(accepted) }
