@@ -17,6 +17,10 @@
 #                               (b') (b) through a gateway (one shared bus, 2.5 ms a request,
 #                               0x0B after 50 ms for a dead rack, 1 % of live requests
 #                               failing); prints stored share, per-device missing, p99
+#   scripts/bench.sh replay     a 60 s outage of gcp under 2,040 devices (SECS=N), then
+#                               ingest again: the spool replays (merged COPYs) while live
+#                               polling goes on; replay rows/s next to a raw binary COPY of
+#                               the same rows, live p99 poll-to-commit, spool bytes per row
 #   scripts/bench.sh index      a dashboard workload (pgbench) over the loss bench's
 #                               site-week, p50/p95 before and after
 #                               `essops index recommend --apply` (SECS=N per phase, default 20)
@@ -329,6 +333,81 @@ fpsql() {
     PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_field -c "$2"
 }
 
+# The replay bench's config: 2,040 devices; gcp on port $1 (a closed port: down).
+replay_config() {
+    local dir="$ROOT/.services/bench"
+    mkdir -p "$dir"
+    cat > "$dir/replay-$1.toml" <<TOML
+log_dir = "logs"
+spool_dir = "spool-replay"
+[modbus]
+register_map = "../../bench/ingest-map.toml"
+timeout_ms = 500
+connections = 32
+[servers.local]
+url = "postgres://essops@127.0.0.1:55432"
+password_file = "../secrets/local.password"
+sslmode = "disable"
+[servers.gcp]
+url = "postgres://essops@localhost:$1"
+password_file = "../secrets/gcp.password"
+sslmode = "verify-full"
+ca_file = "../tls/ca.crt"
+[[sites]]
+name = "BenchReplay"
+database = "bench_replay"
+banks = [$(for i in $(seq 40); do printf '{ id = %d, racks = 50 }, ' "$i"; done | sed 's/, $//')]
+modbus = { bms = "127.0.0.1:15921", pcs = "127.0.0.1:15922" }
+TOML
+    echo "$dir/replay-$1.toml"
+}
+
+bench_replay() {
+    local secs="${SECS:-60}" cfg sim
+    cfg="$(replay_config 55433)"
+    "$ESSOPS" --config "$cfg" --quiet migrate --create-database
+    for srv in local gcp; do rpl_psql "$srv" "TRUNCATE rack; TRUNCATE bank; TRUNCATE pcs; TRUNCATE etc"; done
+    rm -rf "$ROOT/.services/bench/spool-replay"
+    "$ESSOPS" --config "$cfg" --quiet simulate --site BenchReplay --duration "$(( secs + 60 ))s" &
+    sim=$!
+    sleep 2
+    echo "replay: 2,040 devices at 1 Hz; gcp unreachable for ${secs} s, then back while ingest goes on"
+    "$ESSOPS" --config "$(replay_config 55499)" --quiet ingest --site BenchReplay --duration "${secs}s" || true
+    "$ESSOPS" --config "$cfg" --json spool list --site BenchReplay --server gcp | python3 -c '
+import json, sys
+for l in sys.stdin:
+    r = json.loads(l)
+    if r["kind"] == "pending":
+        print("  spool after the outage: %d rows in %d files, %d bytes (%.0f bytes per row)" % (r["rows"], r["files"], r["bytes"], r["bytes_per_row"] or 0))'
+    "$ESSOPS" --config "$cfg" --json ingest --site BenchReplay --duration 30s | python3 -c '
+import json, sys
+for l in sys.stdin:
+    r = json.loads(l)
+    print("  %s: replayed %d rows at %s rows/s; written %d live; duplicates %d; live p50/p99 poll-to-commit %s/%s ms; pending after %d" % (
+        r["server"], r["rows_replayed"], r["replay_rows_per_sec"], r["rows_written"] - r["rows_replayed"], r["rows_duplicate"],
+        r["delay_p50_ms"], r["delay_p99_ms"], r["spool_pending"]))'
+    kill "$sim" 2>/dev/null || true
+    wait "$sim" 2>/dev/null || true
+    # Raw binary COPY of the same rows into a fresh rack hypertable on gcp, in the same run.
+    local file="$ROOT/.services/bench/replay.copy" n t0 t1
+    rpl_psql gcp "\\copy (SELECT * FROM rack) TO '$file' (FORMAT binary)"
+    n="$(rpl_psql gcp "SELECT count(*) FROM rack")"
+    rpl_psql gcp "SET client_min_messages = warning; DROP TABLE IF EXISTS copy_probe; CREATE TABLE copy_probe (LIKE rack INCLUDING ALL); SELECT create_hypertable('copy_probe', by_range('TIMESTAMP', INTERVAL '1 day'))" >/dev/null
+    t0=$(date +%s%N)
+    rpl_psql gcp "\\copy copy_probe FROM '$file' (FORMAT binary)"
+    t1=$(date +%s%N)
+    rpl_psql gcp "DROP TABLE copy_probe"
+    rm -f "$file"
+    echo "  raw binary COPY of gcp's $n rack rows into a fresh rack hypertable: $(( n * 1000000000 / (t1 - t0) )) rows/s"
+    echo "  reproduce: scripts/bench.sh replay   (SECS=$secs)"
+}
+
+rpl_psql() {
+    local srv="$1" port=55432
+    [ "$srv" = gcp ] && port=55433
+    PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_replay -c "$2"
+}
+
 bench_cache() {
     local cfg=bench/cache.toml n db racks banks
     "$ESSOPS" --config "$cfg" --quiet migrate --create-database
@@ -433,8 +512,9 @@ case "${1:-all}" in
     reconcile) bench_reconcile ;;
     ingest) bench_ingest ;;
     field) bench_field ;;
+    replay) bench_replay ;;
     cache) bench_cache ;;
     index) bench_index ;;
-    all) bench_loss; bench_reconcile; bench_ingest; bench_field; bench_cache; bench_index ;;
-    *) echo "usage: $0 [all|loss|reconcile|ingest|field|cache|index]" >&2; exit 2 ;;
+    all) bench_loss; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_index ;;
+    *) echo "usage: $0 [all|loss|reconcile|ingest|field|replay|cache|index]" >&2; exit 2 ;;
 esac

@@ -469,3 +469,45 @@ fn ingest_counts_seconds_a_server_already_holds_as_duplicates() {
     );
     assert_eq!(dup[0].get::<_, i64>(0), 0);
 }
+
+#[test]
+fn ingest_sets_aside_a_server_that_fails_preflight_when_it_comes_back() {
+    let _one = crate::ingest::OUTAGE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let s = setup(
+        "field_set_aside",
+        &[("local", "local"), ("gcp", "outage")],
+        "timeout_ms = 500",
+    );
+    // The returning server lacks a column the register map fills.
+    s.query("gcp", "ALTER TABLE bank DROP COLUMN \"ALARM\"");
+    let _sim = s.simulate(&[]);
+    crate::support::services_script(&["stop", "outage"]);
+    let ingest = s.ingest(&["--duration", "9s"]).spawn();
+    sleep(Duration::from_secs(3));
+    crate::support::services_script(&["start", "outage"]);
+    let run = ingest.finish().expect_code(3);
+    let rows = report(&run);
+    let gcp = rows.iter().find(|r| r.server == "gcp").unwrap();
+    let local = rows.iter().find(|r| r.server == "local").unwrap();
+    assert!(
+        gcp.rows_written == 0 && gcp.spool_pending > 0 && gcp.rows_lost == 0,
+        "{gcp:?}"
+    );
+    assert!(
+        local.rows_written > 0 && local.spool_pending == 0,
+        "{local:?}"
+    );
+    assert!(
+        run.stderr().contains("server set aside") && run.stderr().contains("ALARM"),
+        "{}",
+        run.stderr()
+    );
+    assert!(
+        run.stdout()
+            .contains("\"set_aside\":\"site `Site1`, server `gcp`, table `bank`"),
+        "{}",
+        run.stdout()
+    );
+}

@@ -19,7 +19,7 @@ use crate::support::{
 };
 
 /// The `outage` cluster is stopped and started by tests; one at a time.
-static OUTAGE: Mutex<()> = Mutex::new(());
+pub(crate) static OUTAGE: Mutex<()> = Mutex::new(());
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct ServerRow {

@@ -419,6 +419,8 @@ pub struct ServerRow {
     pub stale_devices: usize,
     pub rows_written: u64,
     pub rows_replayed: u64,
+    /// Replayed rows per second of replay transactions.
+    pub replay_rows_per_sec: Option<u64>,
     pub rows_spooled: u64,
     /// Rows the server already held (a clock stepped back, a replay of committed rows).
     pub rows_duplicate: u64,
@@ -476,6 +478,10 @@ impl IngestReport {
                     stale_devices: stats.count_devices(|d| d.stale.load(Relaxed)),
                     rows_written: s.written.load(Relaxed),
                     rows_replayed: s.replayed.load(Relaxed),
+                    replay_rows_per_sec: match s.replay_us.load(Relaxed) {
+                        0 => None,
+                        us => Some(s.replayed.load(Relaxed) * 1_000_000 / us),
+                    },
                     rows_spooled: s.spooled.load(Relaxed),
                     rows_duplicate: s.duplicates.load(Relaxed),
                     rows_rejected: s.rejected.load(Relaxed),

@@ -16,8 +16,18 @@ use crate::error::exit;
 use crate::modbus::map::{RegisterMap, TableMap};
 use crate::schema::{self, Column};
 
-/// A server's columns per ESS table, as read at preflight.
-pub type Catalog = HashMap<&'static str, Vec<Column>>;
+/// What preflight read of one table on one server.
+#[derive(Debug, Clone)]
+pub struct TableCatalog {
+    pub columns: Vec<Column>,
+    /// A valid unique index covers exactly the natural key: a plain COPY
+    /// can then never store a row twice (it fails instead, and the batch
+    /// goes through the insert-only-absent path).
+    pub unique_key: bool,
+}
+
+/// A server's ESS tables, as read at preflight.
+pub type Catalog = HashMap<&'static str, TableCatalog>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PreflightError {
@@ -82,9 +92,42 @@ pub async fn check_server(
         )
         .await
         .map_err(PreflightError::Privilege)?;
-        catalog.insert(t.spec.name, columns);
+        let unique_key = has_unique_key(client, &t.spec).await.map_err(|e| {
+            PreflightError::Unreachable(
+                crate::db::DbError::query(server, database, "reading indexes", &e).to_string(),
+            )
+        })?;
+        catalog.insert(
+            t.spec.name,
+            TableCatalog {
+                columns,
+                unique_key,
+            },
+        );
     }
     Ok(catalog)
+}
+
+async fn has_unique_key(
+    client: &Client,
+    spec: &schema::TableSpec,
+) -> Result<bool, tokio_postgres::Error> {
+    let key: Vec<String> = spec.key_columns().into_iter().map(String::from).collect();
+    let row = client
+        .query_one(
+            "SELECT EXISTS (
+               SELECT 1 FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = 'public' AND c.relname = $1 AND i.indisunique AND i.indisvalid
+                  AND i.indpred IS NULL AND i.indexprs IS NULL
+                  AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY (i.indkey))
+                      = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))",
+            &[&spec.name, &key],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// The COPY types of a batch's columns (a replayed batch may predate the

@@ -116,6 +116,8 @@ pub struct ServerStats {
     pub name: String,
     pub written: AtomicU64,
     pub replayed: AtomicU64,
+    /// Time spent in replay transactions, in µs (for the replay rate).
+    pub replay_us: AtomicU64,
     pub spooled: AtomicU64,
     /// Rows the server already held (a clock stepped back, a replay of committed rows).
     pub duplicates: AtomicU64,
