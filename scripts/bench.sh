@@ -309,6 +309,9 @@ for _ in range(50):
         break
 for l in open(".services/bench/field-sim.json"):
     e = json.loads(l)
+    if "bms" in e["endpoints"]:
+        print("      the simulator answered %.2f %% of the BMS requests it got (%d dropped, %d exceptions)" % (
+            100.0 * e["answered"] / max(e["requests"], 1), e["dropped"], e["exceptions"]))
     if e.get("bus_busy_ms") is not None and "bms" in e["endpoints"]:
         print("      gateway bus busy %.0f %% of the ingest's %s s (%d ms held)" % (e["bus_busy_ms"] / 10.0 / (t1 - t0), secs, e["bus_busy_ms"]))
 PY

@@ -511,3 +511,34 @@ fn ingest_sets_aside_a_server_that_fails_preflight_when_it_comes_back() {
         run.stdout()
     );
 }
+
+#[test]
+fn ingest_warns_once_when_the_polls_do_not_fit_the_interval() {
+    // 8 BMS devices on one connection through a gateway whose bus takes
+    // 200 ms a request: 1.6 s of bus per 1 s round.
+    let s = setup(
+        "field_overrun",
+        &[("local", "local")],
+        "timeout_ms = 2000\nconnections = 1",
+    );
+    let _sim = s.simulate(&[
+        "--gateway",
+        "--gateway-connections",
+        "1",
+        "--bus-time",
+        "200ms",
+    ]);
+    let run = s.ingest(&["--duration", "8s"]).run().expect_code(0);
+    let r = &report(&run)[0];
+    assert!(r.missed.late > 0, "{r:?}");
+    let warnings = run.stderr().matches("polls do not fit").count();
+    assert_eq!(warnings, 1, "{}", run.stderr());
+    assert!(
+        run.stderr().contains("modbus.connections"),
+        "{}",
+        run.stderr()
+    );
+    // Late seconds are spread: every BMS device still got samples.
+    let stored = seconds_by_device(&s.keys("local"));
+    assert_eq!(stored.len(), 10, "{stored:?}");
+}

@@ -34,7 +34,7 @@ use crate::schema::DeviceId;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Rounds looked back on for the overrun warning, and how many of them must have run late.
-const OVERRUN_WINDOW: u32 = 10;
+const OVERRUN_WINDOW: u32 = 5;
 const OVERRUN_ROUNDS: u32 = 3;
 
 /// One device as the poller sees it.
@@ -119,6 +119,8 @@ struct Round {
     number: usize,
     t: i64,
     queue: std::collections::VecDeque<usize>,
+    /// Devices skipped as late because their previous poll was still waiting.
+    late: u64,
 }
 
 impl Round {
@@ -126,6 +128,7 @@ impl Round {
         self.number += 1;
         self.t = t;
         self.queue = order.into();
+        self.late = 0;
     }
 }
 
@@ -134,6 +137,9 @@ impl Round {
 struct Load {
     rounds: u32,
     late_rounds: u32,
+    /// Polls due and polls late in the window.
+    due: u64,
+    late: u64,
     requests: u64,
     answer_time: Duration,
     answers: u64,
@@ -185,6 +191,7 @@ impl Lane {
                 state[slot].late = false;
                 if state[slot].busy {
                     state[slot].late = true;
+                    round.late += 1;
                     self.stats.poll_missed(
                         dev.index,
                         Miss::Late,
@@ -224,7 +231,9 @@ impl Lane {
         if round.number == 0 {
             return;
         }
-        let late = !round.queue.is_empty();
+        let late = !round.queue.is_empty() || round.late > 0;
+        load.due += self.devices.len() as u64;
+        load.late += round.late + round.queue.len() as u64;
         for slot in round.queue.drain(..) {
             state[slot].late = true;
             self.stats.poll_missed(
@@ -411,19 +420,23 @@ impl Lane {
             let per_round = load.requests as f64 / f64::from(load.rounds);
             let mean = load.answer_time.as_secs_f64() / load.answers.max(1) as f64;
             let interval = self.settings.interval_secs as f64;
-            let need = per_round * mean / link.depth as f64;
+            let late_share = load.late as f64 / load.due.max(1) as f64;
+            // Time the round needs against 80 % of the interval, judged both
+            // from the answers' times and from the share that did not fit.
+            let need =
+                (per_round * mean / link.depth as f64).max(interval / (1.0 - late_share).max(0.05));
+            let factor = need / (interval * 0.8);
             tracing::warn!(
                 site = %self.stats.site, addr = %self.addr, lane = self.number,
                 requests_per_round = per_round.round() as u64,
                 mean_answer_ms = (mean * 1000.0).round() as u64,
                 in_flight = link.depth,
-                late_rounds = load.late_rounds,
-                "polls do not fit the {interval} s interval on this connection: {:.0} requests × {:.0} ms / {} in flight = {:.2} s; \
-                 what would fit: more connections (modbus.connections ≥ {} for this endpoint's share), \
-                 a sample interval of {} s, or fewer or merged reads (see essops ingest --plan --probe)",
-                per_round, mean * 1000.0, link.depth, need,
-                ((need / (interval * 0.8)).ceil() as usize).max(2),
-                (need / 0.8).ceil().max(interval + 1.0),
+                late_pct = (late_share * 1000.0).round() / 10.0,
+                "polls do not fit the {interval} s interval on this connection: {:.0} % of its polls came too late \
+                 ({:.0} requests a round, {:.0} ms a mean answer, {} in flight); what would fit: about {:.1} × the connections \
+                 (modbus.connections), a sample interval of {} s, or fewer or merged reads (see essops ingest --plan --probe)",
+                late_share * 100.0, per_round, mean * 1000.0, link.depth, factor.max(1.1),
+                (interval * factor).ceil().max(interval + 1.0),
             );
         }
         *load = Load {
