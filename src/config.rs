@@ -20,7 +20,9 @@ use serde::Deserialize;
 use toml::Spanned;
 use url::Url;
 
+use crate::doc::{Doc, DocError};
 use crate::modbus::map::RegisterMap;
+use crate::schema::{DeviceId, TableSpec};
 
 /// The shipped `sites.toml`, used when neither `--config` nor `ESSOPS_CONFIG` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../sites.toml");
@@ -28,25 +30,38 @@ const EMBEDDED_LABEL: &str = "sites.toml (built-in default)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Points at one place in the file.
-    #[error("{file}:{line}:{column}: key `{key}`: {message}")]
-    Invalid {
-        file: String,
-        line: usize,
-        column: usize,
-        key: String,
-        message: String,
-    },
+    /// A file that cannot be read, or one place in it that is wrong.
+    #[error(transparent)]
+    Doc(#[from] DocError),
     #[error("unknown site `{name}` (configured: {known})")]
     UnknownSite { name: String, known: String },
     #[error("unknown server `{name}` (configured: {known})")]
     UnknownServer { name: String, known: String },
+}
+
+impl ConfigError {
+    pub fn exit_code(&self) -> u8 {
+        crate::exit::code::CONFIG
+    }
+}
+
+crate::into_error!(ConfigError);
+
+impl TableSpec {
+    /// Every device the config says this site has in this table, even those
+    /// that never sent anything.
+    pub fn devices(&self, site: &Site) -> Vec<DeviceId> {
+        match self.name {
+            "bank" => site.banks.iter().map(|b| vec![b.id as i16]).collect(),
+            "rack" => site
+                .banks
+                .iter()
+                .flat_map(|b| (1..=b.racks).map(move |r| vec![b.id as i16, r as i16]))
+                .collect(),
+            "pcs" => site.pcs.iter().map(|p| vec![*p as i16]).collect(),
+            _ => vec![vec![]],
+        }
+    }
 }
 
 // ------------------------------------------------------------------ raw file
@@ -374,7 +389,7 @@ impl Config {
         match path {
             None => Config::parse(EMBEDDED_DEFAULT, ConfigSource::Embedded),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                let text = std::fs::read_to_string(p).map_err(|source| DocError::Read {
                     path: p.to_path_buf(),
                     source,
                 })?;
@@ -389,12 +404,12 @@ impl Config {
             label: source.to_string(),
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
-        Validator {
+        Ok(Validator {
             doc: &doc,
             source: &source,
             maps: RefCell::default(),
         }
-        .config(raw)
+        .config(raw)?)
     }
 
     /// Folder that relative paths in the file are relative to.
@@ -468,73 +483,6 @@ fn join_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 
 // ---------------------------------------------------------------- validation
 
-/// The text being validated, for turning byte spans into lines and columns.
-pub(crate) struct Doc<'a> {
-    pub text: &'a str,
-    /// The file's name in messages.
-    pub label: String,
-}
-
-impl Doc<'_> {
-    pub(crate) fn error(
-        &self,
-        at: usize,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        let before = &self.text[..at.min(self.text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-        ConfigError::Invalid {
-            file: self.label.clone(),
-            line,
-            column,
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn at<T>(
-        &self,
-        value: &Spanned<T>,
-        key: impl Into<String>,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        self.error(value.span().start, key, message)
-    }
-
-    /// toml's own errors (syntax, unknown field, wrong type) carry a span but
-    /// not always the key; recover the key from the text around the span.
-    pub(crate) fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
-        let span = e.span().unwrap_or(0..0);
-        let message = e.message().trim().to_string();
-        self.error(span.start, key_near(self.text, span), message)
-    }
-}
-
-/// The bare key at or just before `span`: the span itself when it is a key
-/// (unknown field), else the `key =` that precedes the value.
-fn key_near(text: &str, span: std::ops::Range<usize>) -> String {
-    let is_key_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    let at = text.get(span.clone()).unwrap_or("");
-    if !at.is_empty()
-        && at.chars().all(is_key_char)
-        && text[span.end..].trim_start().starts_with('=')
-    {
-        return at.to_string();
-    }
-    let before = text[..span.start.min(text.len())].trim_end();
-    let Some(before) = before.strip_suffix('=') else {
-        return String::from("(document)");
-    };
-    let before = before.trim_end();
-    let start = before.rfind(|c: char| !is_key_char(c)).map_or(0, |i| i + 1);
-    match &before[start..] {
-        "" => String::from("(document)"),
-        key => key.to_string(),
-    }
-}
-
 struct Validator<'a> {
     doc: &'a Doc<'a>,
     source: &'a ConfigSource,
@@ -549,7 +497,7 @@ struct SiteDefaults {
 }
 
 impl Validator<'_> {
-    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+    fn config(&self, raw: RawConfig) -> Result<Config, DocError> {
         let defaults = self.defaults(&raw.defaults)?;
         let cache = self.cache(raw.cache.as_ref(), &servers_first_name(&raw))?;
         let mib = |v: &Option<Spanned<u64>>, default: u64| -> u64 {
@@ -638,11 +586,7 @@ impl Validator<'_> {
         })
     }
 
-    fn cache(
-        &self,
-        c: Option<&RawCache>,
-        first_server: &str,
-    ) -> Result<CacheSettings, ConfigError> {
+    fn cache(&self, c: Option<&RawCache>, first_server: &str) -> Result<CacheSettings, DocError> {
         let Some(c) = c else {
             return Ok(CacheSettings {
                 source: first_server.to_string(),
@@ -652,7 +596,7 @@ impl Validator<'_> {
                 limits: default_limits(),
             });
         };
-        let secs = |v: &Spanned<String>, key: &str| -> Result<i64, ConfigError> {
+        let secs = |v: &Spanned<String>, key: &str| -> Result<i64, DocError> {
             crate::window::parse_duration(v.get_ref())
                 .map(|d| d.num_seconds())
                 .map_err(|e| self.doc.at(v, key, e))
@@ -746,7 +690,7 @@ impl Validator<'_> {
         })
     }
 
-    fn modbus(&self, m: &RawModbus) -> Result<ModbusSettings, ConfigError> {
+    fn modbus(&self, m: &RawModbus) -> Result<ModbusSettings, DocError> {
         let timeout_ms = match &m.timeout_ms {
             Some(v) if !(10..=60_000).contains(v.get_ref()) => {
                 return Err(self.doc.at(
@@ -812,7 +756,7 @@ impl Validator<'_> {
         &self,
         path: Option<&Spanned<String>>,
         key: &str,
-    ) -> Result<Arc<RegisterMap>, ConfigError> {
+    ) -> Result<Arc<RegisterMap>, DocError> {
         let name = path.map_or(String::new(), |p| p.get_ref().clone());
         if let Some(m) = self.maps.borrow().get(&name) {
             return Ok(m.clone());
@@ -844,7 +788,7 @@ impl Validator<'_> {
         &self,
         i: usize,
         modbus: Option<&Spanned<BTreeMap<String, Spanned<String>>>>,
-    ) -> Result<Vec<Endpoint>, ConfigError> {
+    ) -> Result<Vec<Endpoint>, DocError> {
         let Some(modbus) = modbus else {
             return Ok(Vec::new());
         };
@@ -872,7 +816,7 @@ impl Validator<'_> {
         Ok(out)
     }
 
-    fn defaults(&self, d: &RawDefaults) -> Result<SiteDefaults, ConfigError> {
+    fn defaults(&self, d: &RawDefaults) -> Result<SiteDefaults, DocError> {
         let timezone = match &d.timezone {
             Some(tz) => self.timezone(tz, "defaults.timezone")?,
             None => chrono_tz::Asia::Seoul,
@@ -897,7 +841,7 @@ impl Validator<'_> {
         })
     }
 
-    fn timezone(&self, tz: &Spanned<String>, key: &str) -> Result<Tz, ConfigError> {
+    fn timezone(&self, tz: &Spanned<String>, key: &str) -> Result<Tz, DocError> {
         Tz::from_str(tz.get_ref()).map_err(|_| {
             self.doc.at(
                 tz,
@@ -910,7 +854,7 @@ impl Validator<'_> {
         })
     }
 
-    fn interval(&self, v: &Spanned<u32>, key: &str) -> Result<u32, ConfigError> {
+    fn interval(&self, v: &Spanned<u32>, key: &str) -> Result<u32, DocError> {
         match *v.get_ref() {
             0 => Err(self
                 .doc
@@ -930,21 +874,20 @@ impl Validator<'_> {
         warning: Option<&Spanned<f64>>,
         critical: Option<&Spanned<f64>>,
         scope: &str,
-    ) -> Result<LossThresholds, ConfigError> {
-        let pct =
-            |v: Option<&Spanned<f64>>, name: &str, fallback: f64| -> Result<f64, ConfigError> {
-                let Some(v) = v else { return Ok(fallback) };
-                let x = *v.get_ref();
-                if (0.0..=100.0).contains(&x) {
-                    Ok(x)
-                } else {
-                    Err(self.doc.at(
-                        v,
-                        format!("{scope}.{name}"),
-                        format!("a percentage between 0 and 100 is expected, got {x}"),
-                    ))
-                }
-            };
+    ) -> Result<LossThresholds, DocError> {
+        let pct = |v: Option<&Spanned<f64>>, name: &str, fallback: f64| -> Result<f64, DocError> {
+            let Some(v) = v else { return Ok(fallback) };
+            let x = *v.get_ref();
+            if (0.0..=100.0).contains(&x) {
+                Ok(x)
+            } else {
+                Err(self.doc.at(
+                    v,
+                    format!("{scope}.{name}"),
+                    format!("a percentage between 0 and 100 is expected, got {x}"),
+                ))
+            }
+        };
         let t = LossThresholds {
             warning_pct: pct(warning, "loss_warning_pct", base.warning_pct)?,
             critical_pct: pct(critical, "loss_critical_pct", base.critical_pct)?,
@@ -963,7 +906,7 @@ impl Validator<'_> {
         Ok(t)
     }
 
-    fn server(&self, name: &Spanned<String>, s: &RawServer) -> Result<Server, ConfigError> {
+    fn server(&self, name: &Spanned<String>, s: &RawServer) -> Result<Server, DocError> {
         let key = format!("servers.{}", name.get_ref());
         if !is_plain_name(name.get_ref()) {
             return Err(self.doc.at(
@@ -1030,7 +973,7 @@ impl Validator<'_> {
     }
 
     /// sslmode and certificates: from the file, else libpq's PGSSL* variables, else `prefer`.
-    fn tls(&self, key: &str, s: &RawServer) -> Result<Tls, ConfigError> {
+    fn tls(&self, key: &str, s: &RawServer) -> Result<Tls, DocError> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let mode = match (&s.sslmode, env("PGSSLMODE")) {
             (Some(m), _) => SslMode::parse(m.get_ref()).ok_or_else(|| {
@@ -1081,7 +1024,7 @@ impl Validator<'_> {
         Ok(tls)
     }
 
-    fn redis_url(&self, url: &Spanned<String>) -> Result<Url, ConfigError> {
+    fn redis_url(&self, url: &Spanned<String>) -> Result<Url, DocError> {
         self.url(
             url,
             "redis.url",
@@ -1097,7 +1040,7 @@ impl Validator<'_> {
         key: &str,
         schemes: &[&str],
         shape: &str,
-    ) -> Result<Url, ConfigError> {
+    ) -> Result<Url, DocError> {
         let url = Url::parse(raw.get_ref()).map_err(|e| {
             self.doc
                 .at(raw, key, format!("not a valid URL ({e}); expected {shape}"))
@@ -1139,7 +1082,7 @@ impl Validator<'_> {
         d: &SiteDefaults,
         servers: &[Server],
         default_map: &Arc<RegisterMap>,
-    ) -> Result<Site, ConfigError> {
+    ) -> Result<Site, DocError> {
         let key = |k: &str| format!("sites[{i}].{k}");
         let name = s.name.get_ref();
         if !is_plain_name(name) || name.len() > 63 {
@@ -1227,7 +1170,7 @@ impl Validator<'_> {
         Ok(site)
     }
 
-    fn banks(&self, i: usize, banks: &Spanned<Vec<RawBank>>) -> Result<Vec<Bank>, ConfigError> {
+    fn banks(&self, i: usize, banks: &Spanned<Vec<RawBank>>) -> Result<Vec<Bank>, DocError> {
         if banks.get_ref().is_empty() {
             return Err(self.doc.at(
                 banks,
@@ -1272,7 +1215,7 @@ impl Validator<'_> {
         &self,
         i: usize,
         pcs: Option<&Spanned<Vec<Spanned<u16>>>>,
-    ) -> Result<Vec<u16>, ConfigError> {
+    ) -> Result<Vec<u16>, DocError> {
         let Some(pcs) = pcs else { return Ok(vec![1]) };
         let mut ids = BTreeSet::new();
         for (j, p) in pcs.get_ref().iter().enumerate() {
@@ -1370,15 +1313,6 @@ mod tests {
                 .addr,
             "127.0.0.1:15042"
         );
-    }
-
-    #[test]
-    fn config_key_near_finds_the_key_before_a_value() {
-        let t = "a = 1\nracks = \"x\"\n";
-        let at = t.find('"').unwrap();
-        assert_eq!(key_near(t, at..at + 3), "racks");
-        let k = t.find("racks").unwrap();
-        assert_eq!(key_near(t, k..k + 5), "racks");
     }
 
     #[test]

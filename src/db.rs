@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{Config, PasswordSource, Server, SslMode};
-use crate::error::exit;
+use crate::exit::code as exit;
 
 /// How long a connection attempt may take before the server counts as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -83,6 +83,8 @@ impl DbError {
     }
 }
 
+crate::into_error!(DbError);
+
 /// A driver error as the server worded it (or the driver, when the server said nothing).
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -124,33 +126,7 @@ pub fn classify(sqlstate: Option<&str>) -> Failure {
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 
-/// Quotes an SQL identifier: wraps it in double quotes and doubles any inside.
-/// The only way essops puts a name into SQL text.
-pub fn quote_ident(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
-    for c in name.chars() {
-        if c == '"' {
-            out.push('"');
-        }
-        // NUL cannot appear in a PostgreSQL identifier; drop it rather than
-        // let it cut the statement short on the wire.
-        if c != '\0' {
-            out.push(c);
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A comma-separated list of quoted identifiers.
-pub fn quote_list<S: AsRef<str>>(names: &[S]) -> String {
-    names
-        .iter()
-        .map(|n| quote_ident(n.as_ref()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+pub use crate::sql::{quote_ident, quote_list};
 
 /// PostgreSQL counts timestamps from 2000-01-01; Unix from 1970-01-01.
 pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;

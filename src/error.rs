@@ -1,128 +1,58 @@
-//! The crate's error type and the one table of exit codes.
+//! The crate's top error: what a command could not do, with its exit code.
 //!
-//! Each command has its own error enum (in its module); this module wraps them
-//! and says which exit code each kind maps to. The binary only calls
+//! Each command has its own error enum (in its module) and converts it into
+//! [`Error`] where it is wired in (`impl From<…> for Error` beside the enum),
+//! so this module names no command. The binary only calls
 //! [`Error::exit_code`] and [`Outcome::exit_code`]; nothing else picks codes.
 
-use crate::cache::CacheError;
-use crate::config::ConfigError;
-use crate::db::DbError;
-use crate::ingest::IngestError;
-use crate::loss::LossError;
-use crate::migrate::MigrateError;
-use crate::reconcile::ReconcileError;
-use crate::simulate::SimulateError;
+pub use crate::exit::{Outcome, code as exit};
 
-/// Documented exit codes (README, "Exit codes"). Scripts depend on these numbers.
-pub mod exit {
-    /// Ran and found nothing to report.
-    pub const OK: u8 = 0;
-    /// A bug in essops: please report it.
-    pub const INTERNAL: u8 = 1;
-    /// Bad command line (clap's own code).
-    pub const USAGE: u8 = 2;
-    /// Bad configuration file or environment.
-    pub const CONFIG: u8 = 3;
-    /// A server could not be reached or failed; whatever else could be done was done.
-    pub const UNAVAILABLE: u8 = 4;
-    /// Another run of the same job holds the lock.
-    pub const LOCKED: u8 = 5;
-    /// The database role lacks a privilege the command needs.
-    pub const PRIVILEGE: u8 = 6;
-    /// Ran and found problems at warning level (or repaired something).
-    pub const FOUND_WARNING: u8 = 10;
-    /// Ran and found problems at critical level.
-    pub const FOUND_CRITICAL: u8 = 11;
-    /// Stopped by Ctrl-C before finishing.
-    pub const INTERRUPTED: u8 = 130;
+/// A command's failure (its message and exit code), a closed stdout, or Ctrl-C.
+#[derive(Debug)]
+pub enum Error {
+    /// A command's own error, with the exit code it maps to.
+    Command {
+        code: u8,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    Output(std::io::Error),
+    Interrupted,
 }
 
-/// How a command that ran to the end went, for the exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Outcome {
-    /// Everything done, nothing to report.
-    Clean,
-    /// Ran; found (or repaired) something worth a warning.
-    Warning,
-    /// Ran; found something critical.
-    Critical,
-    /// Some targets (servers, sites) could not be reached; the rest were done.
-    Partial,
-    /// The database role lacks a privilege the command needs; nothing was changed there.
-    Privilege,
-    /// Ran, but part of the configuration (a register map, a schema) was found unusable.
-    BadConfig,
-}
-
-impl Outcome {
-    pub fn exit_code(self) -> u8 {
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Outcome::Clean => exit::OK,
-            Outcome::Warning => exit::FOUND_WARNING,
-            Outcome::Critical => exit::FOUND_CRITICAL,
-            Outcome::Partial => exit::UNAVAILABLE,
-            Outcome::Privilege => exit::PRIVILEGE,
-            Outcome::BadConfig => exit::CONFIG,
+            Error::Command { source, .. } => source.fmt(f),
+            Error::Output(e) => write!(f, "cannot write output: {e}"),
+            Error::Interrupted => f.write_str("interrupted"),
         }
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error(transparent)]
-    Migrate(#[from] MigrateError),
-    #[error(transparent)]
-    Loss(#[from] LossError),
-    #[error(transparent)]
-    Reconcile(#[from] ReconcileError),
-    #[error(transparent)]
-    Simulate(#[from] SimulateError),
-    #[error(transparent)]
-    Ingest(#[from] IngestError),
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-    #[error(transparent)]
-    Lock(#[from] crate::lock::LockError),
-    #[error(transparent)]
-    Index(#[from] crate::index::IndexError),
-    #[error(transparent)]
-    Spool(#[from] crate::spool::SpoolCmdError),
-    #[error("cannot write output: {0}")]
-    Output(#[source] std::io::Error),
-    #[error("cannot set up logging in {dir}: {source}")]
-    Logging {
-        dir: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("demo: {0}")]
-    Demo(String),
-    #[error("interrupted")]
-    Interrupted,
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Command { source, .. } => source.source(),
+            Error::Output(e) => Some(e),
+            Error::Interrupted => None,
+        }
+    }
 }
 
 impl Error {
+    /// A command's error with the exit code it maps to.
+    pub fn command(code: u8, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::Command {
+            code,
+            source: Box::new(e),
+        }
+    }
+
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) => exit::CONFIG,
-            Error::Logging { .. } => exit::CONFIG,
-            Error::Db(e) => e.exit_code(),
-            Error::Migrate(e) => e.exit_code(),
-            Error::Loss(e) => e.exit_code(),
-            Error::Reconcile(e) => e.exit_code(),
-            Error::Simulate(e) => e.exit_code(),
-            Error::Ingest(e) => e.exit_code(),
-            Error::Cache(e) => e.exit_code(),
-            Error::Lock(e) => e.exit_code(),
-            Error::Index(e) => e.exit_code(),
-            Error::Spool(e) => e.exit_code(),
+            Error::Command { code, .. } => *code,
             Error::Output(_) => exit::INTERNAL,
             Error::Interrupted => exit::INTERRUPTED,
-            Error::Demo(_) => exit::UNAVAILABLE,
         }
     }
 
@@ -130,6 +60,19 @@ impl Error {
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
+}
+
+/// `impl From<$error> for Error` through the error's own `exit_code()`:
+/// how a command (or shared layer) wires its error into the top one.
+#[macro_export]
+macro_rules! into_error {
+    ($($ty:ty),+ $(,)?) => {$(
+        impl From<$ty> for $crate::error::Error {
+            fn from(e: $ty) -> Self {
+                $crate::error::Error::command(e.exit_code(), e)
+            }
+        }
+    )+};
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,11 +6,14 @@
 //! result to an exit code.
 
 pub mod cache;
+pub mod catalog;
 pub mod config;
 pub mod context;
 pub mod db;
 pub mod demo;
+pub mod doc;
 pub mod error;
+pub mod exit;
 pub mod index;
 pub mod ingest;
 pub mod lock;
@@ -24,6 +27,7 @@ pub mod reconcile;
 pub mod schema;
 pub mod simulate;
 pub mod spool;
+pub mod sql;
 pub mod tasks;
 pub mod tls;
 pub mod window;

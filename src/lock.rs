@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::context::Context;
-use crate::error::exit;
+use crate::exit::code as exit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -35,6 +35,8 @@ impl LockError {
         }
     }
 }
+
+crate::into_error!(LockError);
 
 /// Held while alive.
 #[derive(Debug)]

@@ -18,7 +18,24 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::error::Error;
+use crate::exit::code as exit;
+
+/// The log folder cannot be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up logging in {dir}: {source}")]
+pub struct LoggingError {
+    dir: String,
+    #[source]
+    source: std::io::Error,
+}
+
+impl LoggingError {
+    pub fn exit_code(&self) -> u8 {
+        exit::CONFIG
+    }
+}
+
+crate::into_error!(LoggingError);
 
 /// The field names every command uses, so log searches work across commands.
 pub mod fields {
@@ -52,8 +69,8 @@ fn only_ours(level: Level) -> Targets {
 }
 
 /// Installs the global subscriber. Call once, after the config is loaded.
-pub fn init(log_dir: &Path, stderr: StderrLevel) -> Result<(), Error> {
-    std::fs::create_dir_all(log_dir).map_err(|source| Error::Logging {
+pub fn init(log_dir: &Path, stderr: StderrLevel) -> Result<(), LoggingError> {
+    std::fs::create_dir_all(log_dir).map_err(|source| LoggingError {
         dir: log_dir.display().to_string(),
         source,
     })?;

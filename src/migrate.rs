@@ -18,7 +18,7 @@ use sqlx::migrate::{Migrate, Migration, MigrationType, Migrator};
 use crate::config::Config;
 use crate::context::Context;
 use crate::db::{self, DbError, Target};
-use crate::error::{Outcome, exit};
+use crate::exit::{Outcome, code as exit};
 use crate::output::Report;
 use crate::tasks;
 
@@ -79,6 +79,8 @@ impl MigrateError {
         }
     }
 }
+
+crate::into_error!(MigrateError);
 
 /// What to do when a site database is missing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,9 +5,6 @@
 //! that read (loss, reconcile, index, cache) ask the catalog for columns
 //! instead of hard-coding them, so they also work on older deployments.
 
-use crate::config::Site;
-use crate::db::DbError;
-
 /// The hypertables' time column.
 pub const TIME_COLUMN: &str = "TIMESTAMP";
 
@@ -55,21 +52,6 @@ impl TableSpec {
             .chain([TIME_COLUMN])
             .collect()
     }
-
-    /// Every device the config says this site has in this table, even those
-    /// that never sent anything.
-    pub fn devices(&self, site: &Site) -> Vec<DeviceId> {
-        match self.name {
-            "bank" => site.banks.iter().map(|b| vec![b.id as i16]).collect(),
-            "rack" => site
-                .banks
-                .iter()
-                .flat_map(|b| (1..=b.racks).map(move |r| vec![b.id as i16, r as i16]))
-                .collect(),
-            "pcs" => site.pcs.iter().map(|p| vec![*p as i16]).collect(),
-            _ => vec![vec![]],
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,51 +67,6 @@ pub fn select_tables(names: &[String]) -> Result<Vec<TableSpec>, UnknownTable> {
             .map(|t| TableSpec::by_name(t).ok_or_else(|| UnknownTable(t.clone())))
             .collect(),
     }
-}
-
-/// ` AND "BANK_ID" = $N::int4 AND …`: one device's ids bound from `$first` on.
-pub fn device_filter(spec: &TableSpec, first: usize) -> String {
-    spec.device_columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!(" AND {} = ${}::int4", crate::db::quote_ident(c), first + i))
-        .collect()
-}
-
-/// `INSERT INTO table (columns) SELECT … FROM stage s WHERE NOT EXISTS (same
-/// natural key) ON CONFLICT DO NOTHING RETURNING returning`: adds only rows
-/// the table lacks, whether or not it has a unique natural-key index, and
-/// never updates or deletes. `stage` is a temp table essops created.
-pub fn insert_absent_sql(
-    spec: &TableSpec,
-    columns: &[String],
-    stage: &str,
-    returning: &str,
-) -> String {
-    use crate::db::{quote_ident, quote_list};
-    let prefixed = |alias: &str| {
-        columns
-            .iter()
-            .map(|c| format!("{alias}.{}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let same_key = spec
-        .key_columns()
-        .iter()
-        .map(|c| format!("t.{q} = s.{q}", q = quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
-    format!(
-        "INSERT INTO {table} ({cols})
-         SELECT {s_cols} FROM {stage} s
-          WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {same_key})
-         ON CONFLICT DO NOTHING
-         RETURNING {returning}",
-        table = quote_ident(spec.name),
-        cols = quote_list(columns),
-        s_cols = prefixed("s"),
-    )
 }
 
 /// A device id as people write it: `bank 2 / rack 5`, `pcs 1`, `site`.
@@ -198,95 +135,12 @@ impl DeviceRange {
     }
 }
 
-/// A column as the catalog describes it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Column {
-    pub name: String,
-    pub data_type: String,
-    pub nullable: bool,
-}
-
-/// The columns of `public.<table>` in table order; empty when there is no such table.
-pub async fn columns(
-    client: &tokio_postgres::Client,
-    server: &str,
-    database: &str,
-    table: &str,
-) -> Result<Vec<Column>, DbError> {
-    let rows = client
-        .query(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull
-               FROM pg_attribute a
-               JOIN pg_class c ON c.oid = a.attrelid
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = 'public' AND c.relname = $1 AND a.attnum > 0 AND NOT a.attisdropped
-              ORDER BY a.attnum",
-            &[&table],
-        )
-        .await
-        .map_err(|e| {
-            DbError::query(
-                server,
-                database,
-                format!("reading the columns of `{table}`"),
-                &e,
-            )
-        })?;
-    Ok(rows
-        .iter()
-        .map(|r| Column {
-            name: r.get(0),
-            data_type: r.get(1),
-            nullable: r.get(2),
-        })
-        .collect())
-}
-
-/// The columns of an ESS table that exists with its natural-key columns, or
-/// a message naming what is missing (or what failed) and the fix.
-pub async fn require_table(
-    client: &tokio_postgres::Client,
-    server: &str,
-    database: &str,
-    spec: &TableSpec,
-) -> Result<Vec<Column>, String> {
-    let columns = columns(client, server, database, spec.name)
-        .await
-        .map_err(|e| e.to_string())?;
-    let place = format!(
-        "server `{server}`, database `{database}`: table `{}`",
-        spec.name
-    );
-    if columns.is_empty() {
-        return Err(format!("{place} does not exist (run essops migrate)"));
-    }
-    match spec
-        .key_columns()
-        .into_iter()
-        .find(|k| !columns.iter().any(|c| c.name == *k))
-    {
-        Some(k) => Err(format!("{place} has no column `{k}`")),
-        None => Ok(columns),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     #[test]
-    fn schema_devices_come_from_the_config() {
-        let c = Config::load(None).unwrap();
-        let s2 = c.site("ESS_Operating_Site2").unwrap();
-        assert_eq!(BANK.devices(s2), vec![vec![1], vec![2]]);
-        let racks = RACK.devices(s2);
-        assert_eq!(racks.len(), 17);
-        assert_eq!(
-            (racks[8].clone(), racks[9].clone()),
-            (vec![1, 9], vec![2, 1])
-        );
-        assert_eq!(ETC.devices(s2), vec![Vec::<i16>::new()]);
+    fn schema_labels_and_keys() {
         assert_eq!(device_label(&RACK, &[2, 5]), "bank 2 / rack 5");
         assert_eq!(RACK.key_columns(), ["BANK_ID", "RACK_ID", "TIMESTAMP"]);
     }

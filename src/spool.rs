@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::context::Context;
-use crate::error::{Outcome, exit};
+use crate::exit::{Outcome, code as exit};
 use crate::ingest::spool::{self, REJECTED_DIR, Spool, SpoolFile};
 use crate::ingest::{self, IngestArgs, IngestError};
 use crate::output::Report;
@@ -99,6 +99,8 @@ impl SpoolCmdError {
         }
     }
 }
+
+crate::into_error!(SpoolCmdError);
 
 /// One spool (site, server, pending or rejected) as listed, or what a command did to it.
 #[derive(Debug, Clone, Serialize)]

@@ -17,7 +17,7 @@ use serde_json::json;
 use self::keys::Keys;
 use crate::config::{CachePeriod, ConfigError, Site};
 use crate::context::Context;
-use crate::error::{Outcome, exit};
+use crate::exit::{Outcome, code as exit};
 use crate::output::Report;
 use crate::schema::TABLES;
 
@@ -69,6 +69,8 @@ impl CacheError {
         }
     }
 }
+
+crate::into_error!(CacheError);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SiteRow {

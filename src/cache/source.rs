@@ -175,7 +175,7 @@ pub async fn hourly_counts(
 }
 
 /// Measures of `spec` that exist with a numeric type in `columns`.
-pub fn measures(spec: &TableSpec, columns: &[crate::schema::Column]) -> Vec<String> {
+pub fn measures(spec: &TableSpec, columns: &[crate::catalog::Column]) -> Vec<String> {
     let numeric = [
         "real",
         "double precision",

@@ -14,7 +14,7 @@ use super::series::{
 use super::source;
 use crate::config::{CachePeriod, CacheSettings, Config, Site};
 use crate::db::{self, Target};
-use crate::schema::{self, TABLES, TableSpec};
+use crate::schema::{TABLES, TableSpec};
 
 /// One key to write: its value and TTL (seconds; 0 = none).
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ pub async fn warm_site(
         )
     };
     for spec in TABLES {
-        let columns = schema::columns(&client, &settings.source, &site.database, spec.name)
+        let columns = crate::catalog::columns(&client, &settings.source, &site.database, spec.name)
             .await
             .map_err(|e| e.to_string())?;
         if columns.is_empty() {

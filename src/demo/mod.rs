@@ -173,8 +173,21 @@ fn missing(report: &loss::LossReport) -> Result<Missing, Error> {
     Ok(out)
 }
 
+/// A step of the demo that could not run (the services are not up, a task failed).
+#[derive(Debug, thiserror::Error)]
+#[error("demo: {0}")]
+pub struct DemoError(String);
+
+impl DemoError {
+    pub fn exit_code(&self) -> u8 {
+        crate::exit::code::UNAVAILABLE
+    }
+}
+
+crate::into_error!(DemoError);
+
 fn demo_error(message: String) -> Error {
-    Error::Demo(message)
+    DemoError(message).into()
 }
 
 pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error> {

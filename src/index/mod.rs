@@ -17,7 +17,7 @@ use self::manage::ChangeRow;
 use crate::config::{ConfigError, Server, Site};
 use crate::context::Context;
 use crate::db::{self, Target};
-use crate::error::{Outcome, exit};
+use crate::exit::{Outcome, code as exit};
 use crate::output::{Progress, Report, human_bytes};
 use crate::schema::{self, TABLES, TableSpec};
 
@@ -139,6 +139,8 @@ impl IndexError {
         }
     }
 }
+
+crate::into_error!(IndexError);
 
 /// One database to work on.
 pub struct Place {
@@ -330,7 +332,7 @@ pub async fn columns(args: &ColumnsArgs, ctx: &Context) -> Result<ColumnsReport,
     let mut rows = Vec::new();
     for p in places(ctx, &args.at)? {
         let client = p.connect(ctx).await?;
-        let cols = schema::require_table(&client, &p.server.name, &p.site.database, &spec)
+        let cols = crate::catalog::require_table(&client, &p.server.name, &p.site.database, &spec)
             .await
             .map_err(IndexError::Usage)?;
         let indexes = catalog::indexes(&client, spec.name)
@@ -450,7 +452,7 @@ pub async fn create_at(
     } = *new;
     let started = Instant::now();
     let client = p.connect(ctx).await?;
-    let cols = schema::require_table(&client, &p.server.name, &p.site.database, spec)
+    let cols = crate::catalog::require_table(&client, &p.server.name, &p.site.database, spec)
         .await
         .map_err(IndexError::Usage)?;
     if let Some(bad) = columns

@@ -107,9 +107,10 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
     let chosen = &tables[p.choose("Table", &labels).await?];
     let spec: TableSpec = TableSpec::by_name(&chosen.table)
         .ok_or_else(|| schema::UnknownTable(chosen.table.clone()))?;
-    let columns = schema::require_table(&client, &place.server.name, &place.site.database, &spec)
-        .await
-        .map_err(IndexError::Usage)?;
+    let columns =
+        crate::catalog::require_table(&client, &place.server.name, &place.site.database, &spec)
+            .await
+            .map_err(IndexError::Usage)?;
     let indexes = catalog::indexes(&client, spec.name).await.map_err(&err)?;
     let statements = recommend::statements(&client, 1).await.unwrap_or_default();
     let recommended: Option<(Vec<String>, Vec<String>)> = statements

@@ -36,7 +36,7 @@ use self::stats::{Misses, Stats, lock};
 use self::writer::Sink;
 use crate::config::{ConfigError, Site};
 use crate::context::Context;
-use crate::error::{Outcome, exit};
+use crate::exit::{Outcome, code as exit};
 use crate::output::Report;
 use crate::schema::device_label;
 use crate::window::parse_std_duration;
@@ -107,6 +107,8 @@ impl IngestError {
         }
     }
 }
+
+crate::into_error!(IngestError);
 
 /// What will be polled and where it goes.
 pub struct Plan {

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::poll::{LaneSettings, PollDevice, probe_pipelining, read_device};
 use super::{IngestError, Plan, lane_settings, shares};
 use crate::context::Context;
-use crate::error::Outcome;
+use crate::exit::Outcome;
 use crate::modbus::client::Connection;
 use crate::output::Report;
 

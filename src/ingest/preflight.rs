@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use tokio_postgres::Client;
 
 use super::batch::Batch;
+use crate::catalog::Column;
 use crate::db::CopyType;
-use crate::error::exit;
+use crate::exit::code as exit;
 use crate::modbus::map::{RegisterMap, TableMap};
-use crate::schema::{self, Column};
 
 /// What preflight read of one table on one server.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub async fn check_server(
     let mut catalog = Catalog::new();
     for t in &map.tables {
         let place = format!("site `{site}`, server `{server}`, table `{}`", t.spec.name);
-        let columns = schema::columns(client, server, database, t.spec.name)
+        let columns = crate::catalog::columns(client, server, database, t.spec.name)
             .await
             .map_err(|e| PreflightError::Unreachable(e.to_string()))?;
         if columns.is_empty() {
@@ -110,7 +110,7 @@ pub async fn check_server(
 
 async fn has_unique_key(
     client: &Client,
-    spec: &schema::TableSpec,
+    spec: &crate::schema::TableSpec,
 ) -> Result<bool, tokio_postgres::Error> {
     let key: Vec<String> = spec.key_columns().into_iter().map(String::from).collect();
     let row = client

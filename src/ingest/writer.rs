@@ -28,7 +28,8 @@ use super::stats::{Stats, lock};
 use crate::config::{Config, Server};
 use crate::db::{self, Failure, Target, quote_ident, quote_list};
 use crate::modbus::map::RegisterMap;
-use crate::schema::{DeviceId, insert_absent_sql};
+use crate::schema::DeviceId;
+use crate::sql::insert_absent_sql;
 
 /// A statement that takes longer than this is treated as a failed server.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);

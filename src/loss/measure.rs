@@ -18,7 +18,7 @@ use tokio_postgres::types::ToSql;
 use crate::config::Config;
 use crate::db::{self, DbError, Target, UnixMicrosArray, quote_ident};
 use crate::loss::gaps::DeviceSamples;
-use crate::schema::{self, DeviceId, TIME_COLUMN, TableSpec};
+use crate::schema::{DeviceId, TIME_COLUMN, TableSpec};
 use crate::window::Window;
 
 /// Connections reading devices in parallel: one per core of the 2-core
@@ -64,7 +64,7 @@ fn devices_sql(spec: &TableSpec) -> String {
 /// (no sort). Device ids are bound from `$3` on.
 fn samples_sql(spec: &TableSpec) -> String {
     let ts = quote_ident(TIME_COLUMN);
-    let device_filter = schema::device_filter(spec, 3);
+    let device_filter = crate::sql::device_filter(spec, 3);
     format!(
         "SELECT coalesce(array_agg(t), '{{}}') FROM (SELECT {ts} AS t FROM {} WHERE {ts} >= $1 AND {ts} < $2{device_filter} ORDER BY {ts}) s",
         quote_ident(spec.name)

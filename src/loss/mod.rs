@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::config::{Config, Site};
 use crate::context::Context;
 use crate::db::{self, Target};
-use crate::error::{Outcome, exit};
+use crate::exit::{Outcome, code as exit};
 use crate::logging::REPORT_TARGET;
 use crate::output::{Report, human_bytes};
 use crate::schema::{self, DeviceId, TableSpec};
@@ -78,6 +78,8 @@ impl LossError {
         }
     }
 }
+
+crate::into_error!(LossError);
 
 /// One (server, site) to measure.
 #[derive(Debug, Clone)]
@@ -260,7 +262,7 @@ async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Vec<
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
-    if let Err(problem) = schema::require_table(&client, &t.server, database, &spec).await {
+    if let Err(problem) = crate::catalog::require_table(&client, &t.server, database, &spec).await {
         return fail(problem);
     }
     let target = Target { server, database };

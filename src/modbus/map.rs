@@ -13,7 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::value::{DataType, WordOrder};
-use crate::config::{ConfigError, Doc};
+use crate::doc::{Doc, DocError};
 use crate::schema::{DeviceId, TIME_COLUMN, TableSpec};
 
 /// The shipped register map.
@@ -288,15 +288,15 @@ impl RegisterMap {
         RegisterMap::parse(BUILTIN_MAP, BUILTIN_LABEL).expect("the built-in register map is valid")
     }
 
-    pub fn load(path: &Path) -> Result<RegisterMap, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    pub fn load(path: &Path) -> Result<RegisterMap, DocError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DocError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         RegisterMap::parse(&text, &path.display().to_string())
     }
 
-    pub fn parse(text: &str, label: &str) -> Result<RegisterMap, ConfigError> {
+    pub fn parse(text: &str, label: &str) -> Result<RegisterMap, DocError> {
         let doc = Doc {
             text,
             label: label.to_string(),
@@ -336,7 +336,7 @@ fn kind(
     v: Option<&Spanned<String>>,
     key: &str,
     default: RegisterKind,
-) -> Result<RegisterKind, ConfigError> {
+) -> Result<RegisterKind, DocError> {
     match v.map(|s| (s, s.get_ref().as_str())) {
         None => Ok(default),
         Some((_, "holding")) => Ok(RegisterKind::Holding),
@@ -354,7 +354,7 @@ fn word_order(
     v: Option<&Spanned<String>>,
     key: &str,
     default: WordOrder,
-) -> Result<WordOrder, ConfigError> {
+) -> Result<WordOrder, DocError> {
     match v.map(|s| (s, s.get_ref().as_str())) {
         None => Ok(default),
         Some((_, "big")) => Ok(WordOrder::Big),
@@ -372,7 +372,7 @@ fn strides(
     spec: &TableSpec,
     v: Option<&Spanned<BTreeMap<String, u32>>>,
     key: &str,
-) -> Result<Vec<u32>, ConfigError> {
+) -> Result<Vec<u32>, DocError> {
     let names: Vec<String> = spec
         .device_columns
         .iter()
@@ -402,7 +402,7 @@ fn strides(
         .collect())
 }
 
-fn table(doc: &Doc, spec: TableSpec, t: &RawTable) -> Result<TableMap, ConfigError> {
+fn table(doc: &Doc, spec: TableSpec, t: &RawTable) -> Result<TableMap, DocError> {
     let key = |k: &str| format!("{}.{k}", spec.name);
     let default_kind = kind(doc, t.kind.as_ref(), &key("kind"), RegisterKind::Holding)?;
     let default_order = word_order(
@@ -491,7 +491,7 @@ fn field(
     default_kind: RegisterKind,
     default_order: WordOrder,
     base: u32,
-) -> Result<Field, ConfigError> {
+) -> Result<Field, DocError> {
     let column = f.column.get_ref();
     if column.is_empty() || column.len() > 63 || column.contains('\0') {
         return Err(doc.at(&f.column, fkey("column"), "a column name is 1 to 63 bytes"));
@@ -561,7 +561,7 @@ fn field(
             format!("`{column}` ({name}) ends at register {last}, past 65535"),
         ));
     }
-    let num = |v: &Option<Spanned<f64>>, k: &str, default: f64| -> Result<f64, ConfigError> {
+    let num = |v: &Option<Spanned<f64>>, k: &str, default: f64| -> Result<f64, DocError> {
         match v {
             None => Ok(default),
             Some(s) if !s.get_ref().is_finite() || (k == "scale" && *s.get_ref() == 0.0) => {

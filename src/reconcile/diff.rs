@@ -111,7 +111,7 @@ pub fn differing_ranges(a: &Summary, b: &Summary) -> Vec<Range> {
 
 pub fn keys_sql(spec: &TableSpec) -> String {
     let ts = quote_ident(TIME_COLUMN);
-    let filter = crate::schema::device_filter(spec, 3);
+    let filter = crate::sql::device_filter(spec, 3);
     format!(
         "SELECT coalesce(array_agg(t), '{{}}') FROM (SELECT DISTINCT {ts} AS t FROM {} WHERE {ts} >= $1 AND {ts} < $2{filter} ORDER BY 1) s",
         quote_ident(spec.name)

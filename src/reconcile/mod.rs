@@ -22,7 +22,7 @@ use tokio_postgres::Client;
 use crate::config::{Config, Server, Site};
 use crate::context::Context;
 use crate::db::{self, DbError, Target};
-use crate::error::{Outcome, exit};
+use crate::exit::{Outcome, code as exit};
 use crate::output::{Progress, Report};
 use crate::schema::{self, DeviceId, TableSpec};
 use crate::tasks;
@@ -82,6 +82,8 @@ impl ReconcileError {
         }
     }
 }
+
+crate::into_error!(ReconcileError);
 
 /// Which server(s) receive rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -513,8 +515,8 @@ async fn shared_columns(
     spec: &TableSpec,
 ) -> Result<Vec<String>, String> {
     let (ca, cb) = tokio::join!(
-        schema::require_table(&a.reader, &a.server.name, database, spec),
-        schema::require_table(&b.reader, &b.server.name, database, spec)
+        crate::catalog::require_table(&a.reader, &a.server.name, database, spec),
+        crate::catalog::require_table(&b.reader, &b.server.name, database, spec)
     );
     let (ca, cb) = (ca?, cb?);
     let mut shared = Vec::new();

@@ -13,7 +13,8 @@ use futures_util::{SinkExt, TryStreamExt, pin_mut};
 use tokio_postgres::Client;
 
 use crate::db::{BinaryCopyWriter, quote_ident, quote_list};
-use crate::schema::{DeviceId, TableSpec, insert_absent_sql};
+use crate::schema::{DeviceId, TableSpec};
+use crate::sql::insert_absent_sql;
 
 /// Key columns of the temp key table: d0, d1, … then t.
 fn key_table_columns(spec: &TableSpec) -> Vec<String> {

@@ -24,7 +24,7 @@ use self::model::Model;
 use self::space::Space;
 use crate::config::Site;
 use crate::context::Context;
-use crate::error::{Outcome, exit};
+use crate::exit::{Outcome, code as exit};
 use crate::modbus::map::{MAX_READ, RegisterKind};
 use crate::output::{Report, Verbosity};
 use crate::schema::DeviceRange;
@@ -113,6 +113,8 @@ impl SimulateError {
         }
     }
 }
+
+crate::into_error!(SimulateError);
 
 /// One listener: an address and the endpoints it serves.
 #[derive(Debug, Clone)]

@@ -1,0 +1,77 @@
+//! SQL text: the one identifier-quoting helper and the statements built
+//! from table knowledge. Every SQL identifier essops writes goes through
+//! [`quote_ident`]; every value is a bound parameter, never text.
+
+use crate::schema::TableSpec;
+
+/// Quotes an SQL identifier: wraps it in double quotes and doubles any inside.
+/// The only way essops puts a name into SQL text.
+pub fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        // NUL cannot appear in a PostgreSQL identifier; drop it rather than
+        // let it cut the statement short on the wire.
+        if c != '\0' {
+            out.push(c);
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A comma-separated list of quoted identifiers.
+pub fn quote_list<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| quote_ident(n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// ` AND "BANK_ID" = $N::int4 AND …`: one device's ids bound from `$first` on.
+pub fn device_filter(spec: &TableSpec, first: usize) -> String {
+    spec.device_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!(" AND {} = ${}::int4", quote_ident(c), first + i))
+        .collect()
+}
+
+/// `INSERT INTO table (columns) SELECT … FROM stage s WHERE NOT EXISTS (same
+/// natural key) ON CONFLICT DO NOTHING RETURNING returning`: adds only rows
+/// the table lacks, whether or not it has a unique natural-key index, and
+/// never updates or deletes. `stage` is a temp table essops created.
+pub fn insert_absent_sql(
+    spec: &TableSpec,
+    columns: &[String],
+    stage: &str,
+    returning: &str,
+) -> String {
+    let prefixed = |alias: &str| {
+        columns
+            .iter()
+            .map(|c| format!("{alias}.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let same_key = spec
+        .key_columns()
+        .iter()
+        .map(|c| format!("t.{q} = s.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    format!(
+        "INSERT INTO {table} ({cols})
+         SELECT {s_cols} FROM {stage} s
+          WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {same_key})
+         ON CONFLICT DO NOTHING
+         RETURNING {returning}",
+        table = quote_ident(spec.name),
+        cols = quote_list(columns),
+        s_cols = prefixed("s"),
+    )
+}
