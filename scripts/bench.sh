@@ -149,6 +149,21 @@ bench_reconcile() {
     echo "  reproduce: scripts/bench.sh reconcile"
 }
 
+# The dev servers as a bench config (in .services/bench/) names them; gcp on port $1.
+bench_servers() {
+    cat <<TOML
+[servers.local]
+url = "postgres://essops@127.0.0.1:55432"
+password_file = "../secrets/local.password"
+sslmode = "disable"
+[servers.gcp]
+url = "postgres://essops@localhost:$1"
+password_file = "../secrets/gcp.password"
+sslmode = "verify-full"
+ca_file = "../tls/ca.crt"
+TOML
+}
+
 # A config for one ingest bench site: RACKS racks (50 per bank, each bank
 # its own Modbus unit) plus their banks, on both dev servers.
 ingest_config() {
@@ -163,15 +178,7 @@ spool_dir = "spool"
 register_map = "../../bench/ingest-map.toml"
 timeout_ms = 500
 connections = 128
-[servers.local]
-url = "postgres://essops@127.0.0.1:55432"
-password_file = "../secrets/local.password"
-sslmode = "disable"
-[servers.gcp]
-url = "postgres://essops@localhost:55433"
-password_file = "../secrets/gcp.password"
-sslmode = "verify-full"
-ca_file = "../tls/ca.crt"
+$(bench_servers 55433)
 [[sites]]
 name = "BenchIngest"
 database = "bench_ingest"
@@ -240,15 +247,7 @@ spool_dir = "spool-field"
 register_map = "../../bench/ingest-map.toml"
 timeout_ms = 500
 connections = 2
-[servers.local]
-url = "postgres://essops@127.0.0.1:55432"
-password_file = "../secrets/local.password"
-sslmode = "disable"
-[servers.gcp]
-url = "postgres://essops@localhost:55433"
-password_file = "../secrets/gcp.password"
-sslmode = "verify-full"
-ca_file = "../tls/ca.crt"
+$(bench_servers 55433)
 [[sites]]
 name = "BenchField"
 database = "bench_field"
@@ -330,11 +329,6 @@ bench_field() {
     echo "  reproduce: scripts/bench.sh field   (SECS=${SECS:-40}); the 12k-device run: SIZES=12000 scripts/bench.sh ingest"
 }
 
-fpsql() {
-    local srv="$1" port=55432
-    [ "$srv" = gcp ] && port=55433
-    PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_field -c "$2"
-}
 
 # The replay bench's config: 2,040 devices; gcp on port $1 (a closed port: down).
 replay_config() {
@@ -347,15 +341,7 @@ spool_dir = "spool-replay"
 register_map = "../../bench/ingest-map.toml"
 timeout_ms = 500
 connections = 32
-[servers.local]
-url = "postgres://essops@127.0.0.1:55432"
-password_file = "../secrets/local.password"
-sslmode = "disable"
-[servers.gcp]
-url = "postgres://essops@localhost:$1"
-password_file = "../secrets/gcp.password"
-sslmode = "verify-full"
-ca_file = "../tls/ca.crt"
+$(bench_servers "$1")
 [[sites]]
 name = "BenchReplay"
 database = "bench_replay"
@@ -405,11 +391,6 @@ for l in sys.stdin:
     echo "  reproduce: scripts/bench.sh replay   (SECS=$secs)"
 }
 
-rpl_psql() {
-    local srv="$1" port=55432
-    [ "$srv" = gcp ] && port=55433
-    PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_replay -c "$2"
-}
 
 bench_cache() {
     local cfg=bench/cache.toml n db racks banks
@@ -504,11 +485,15 @@ print("; ".join("%s (%s) on %s: planner cost %.0f -> %.0f per call over %d calls
 }
 
 # psql against the ingest bench database on one server (local|gcp)
-ipsql() {
+# psql against database $2 on dev server $1 (local|gcp), running $3
+dbpsql() {
     local port=55432 srv="$1"
     [ "$srv" = gcp ] && port=55433
-    PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_ingest -c "$2"
+    PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d "$2" -c "$3"
 }
+ipsql() { dbpsql "$1" bench_ingest "$2"; }
+fpsql() { dbpsql "$1" bench_field "$2"; }
+rpl_psql() { dbpsql "$1" bench_replay "$2"; }
 
 case "${1:-all}" in
     loss) bench_loss ;;

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod catalog;
+pub mod command;
 pub mod config;
 pub mod context;
 pub mod db;
@@ -40,7 +41,7 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 use crate::context::Context;
 use crate::error::{Error, Outcome};
-use crate::output::{Format, Report, Verbosity};
+use crate::output::{Format, Verbosity};
 
 /// Operations for battery energy storage fleets: TimescaleDB schema, Modbus
 /// ingest, local/cloud reconcile, loss rates, indexes and dashboard caches.
@@ -101,17 +102,7 @@ impl Command {
     }
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM (systemd, kill).
-pub async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
+pub use crate::command::shutdown_signal;
 
 /// Runs one command line to the end and says how it went.
 pub fn run(cli: Cli) -> Result<Outcome, Error> {
@@ -173,88 +164,19 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     result
 }
 
+/// One line per command; each goes plan → locks → execute → report (see `command`).
 async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
+    use crate::command::run;
     match command {
-        Command::Migrate(args) => {
-            let plan = migrate::plan(&args, ctx)?;
-            let report = match args.dry_run {
-                true => migrate::dry_run(&plan),
-                false => migrate::execute(plan, ctx).await?,
-            };
-            emit(&report, ctx)
-        }
-        Command::Reconcile(args) => {
-            let plan = reconcile::plan(&args, ctx, chrono::Utc::now())?;
-            let _locks = lock::acquire_sites(ctx, "reconcile", plan.site_names())?;
-            let mode = if args.dry_run {
-                reconcile::Mode::DryRun
-            } else {
-                reconcile::Mode::Apply
-            };
-            let report = reconcile::execute(plan, ctx, mode).await;
-            emit(&report, ctx)
-        }
-        Command::Ingest(args) => {
-            let plan = ingest::plan(&args, ctx)?;
-            if args.plan {
-                return emit(
-                    &ingest::plan_check::check(&plan, ctx, args.probe).await?,
-                    ctx,
-                );
-            }
-            let report = ingest::execute(plan, ctx, shutdown_signal(), args.duration).await?;
-            emit(&report, ctx)
-        }
-        Command::Cache(args) => match args.command {
-            cache::CacheCommand::Warm(w) => {
-                let sites = ctx.config.select_sites(&w.sites)?;
-                let _locks =
-                    lock::acquire_sites(ctx, "cache-warm", sites.iter().map(|s| s.name.as_str()))?;
-                let report = cache::warm(&w, ctx).await?;
-                emit(&report, ctx)
-            }
-        },
+        Command::Migrate(args) => run(args, ctx).await,
+        Command::Loss(args) => run(args, ctx).await,
+        Command::Reconcile(args) => run(args, ctx).await,
+        Command::Simulate(args) => run(args, ctx).await,
+        Command::Ingest(args) => ingest::run(args, ctx).await,
+        Command::Spool(args) => spool::run(args, ctx).await,
+        Command::Cache(args) => cache::run(args, ctx).await,
+        Command::Index(args) => index::run(args, ctx).await,
+        Command::Demo(args) => run(args, ctx).await,
         Command::Completions { .. } | Command::Man => Ok(Outcome::Clean),
-        Command::Index(args) => {
-            use index::IndexCommand as I;
-            match args.command {
-                Some(I::List(a)) => emit(&index::list(&a, ctx).await?, ctx),
-                Some(I::Columns(a)) => emit(&index::columns(&a, ctx).await?, ctx),
-                Some(I::Create(a)) => emit(&index::create(&a, ctx).await?, ctx),
-                Some(I::Drop(a)) => emit(&index::drop(&a, ctx).await?, ctx),
-                Some(I::Recommend(a)) => emit(&index::recommend(&a, ctx).await?, ctx),
-                Some(I::Wizard) | None => emit(&index::wizard::run(ctx).await?, ctx),
-            }
-        }
-        Command::Demo(args) => {
-            let report = demo::execute(&args, ctx).await?;
-            emit(&report, ctx)
-        }
-        Command::Spool(args) => match args.command {
-            spool::SpoolCommand::List(a) => emit(&spool::list(&a, ctx)?, ctx),
-            spool::SpoolCommand::Replay(a) => emit(&spool::replay(&a, ctx).await?, ctx),
-            spool::SpoolCommand::Discard(a) => emit(&spool::discard(&a, ctx)?, ctx),
-        },
-        Command::Simulate(args) => {
-            let report = simulate::execute(&args, ctx, shutdown_signal()).await?;
-            emit(&report, ctx)
-        }
-        Command::Loss(args) => {
-            let plan = loss::plan(&args, ctx, chrono::Utc::now())?;
-            let _locks = lock::acquire_sites(ctx, "loss", plan.site_names())?;
-            let report = loss::execute(plan, ctx).await?;
-            emit(&report, ctx)
-        }
     }
-}
-
-fn emit<R: Report>(report: &R, ctx: &Context) -> Result<Outcome, Error> {
-    output::render(
-        report,
-        ctx.format,
-        ctx.verbosity,
-        &mut std::io::stdout().lock(),
-    )
-    .map_err(Error::Output)?;
-    Ok(report.outcome())
 }

@@ -98,6 +98,8 @@ pub struct MigrateTarget {
 
 #[derive(Debug)]
 pub struct MigratePlan {
+    /// --dry-run: report the targets, touch nothing.
+    pub dry_run: bool,
     pub targets: Vec<MigrateTarget>,
     pub missing_database: MissingDatabase,
     pub create_roles: bool,
@@ -149,6 +151,7 @@ pub fn plan(args: &MigrateArgs, ctx: &Context) -> crate::error::Result<MigratePl
         false => MissingDatabase::Fail,
     };
     Ok(MigratePlan {
+        dry_run: args.dry_run,
         create_roles: args.create_roles,
         targets,
         missing_database,
@@ -456,6 +459,22 @@ impl Report for MigrateReport {
         match self.rows.iter().any(|r| r.status == MigrateStatus::Failed) {
             true => Outcome::Partial,
             false => Outcome::Clean,
+        }
+    }
+}
+
+impl crate::command::Plan for MigratePlan {}
+
+impl crate::command::Command for MigrateArgs {
+    type Plan = MigratePlan;
+    type Report = MigrateReport;
+    async fn plan(self, ctx: &Context) -> crate::error::Result<MigratePlan> {
+        plan(&self, ctx)
+    }
+    async fn execute(plan: MigratePlan, ctx: &Context) -> crate::error::Result<MigrateReport> {
+        match plan.dry_run {
+            true => Ok(dry_run(&plan)),
+            false => execute(plan, ctx).await,
         }
     }
 }

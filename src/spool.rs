@@ -216,8 +216,6 @@ pub async fn replay(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, 
             ..IngestArgs::for_site(&site.name, None)
         };
         let plan = ingest::plan(&args, ctx)?;
-        let _lock = crate::lock::acquire(&ctx.lock_dir(), "ingest", &site.name)
-            .map_err(IngestError::from)?;
         let (stats, devices) = ingest::counters(&plan);
         let (_stop_tx, stop) = watch::channel(true);
         let mut tasks = Vec::new();
@@ -406,5 +404,92 @@ impl Report for SpoolReport {
         } else {
             Outcome::Clean
         }
+    }
+}
+
+/// A spool command's plan: its arguments and, where it touches pending
+/// batches, the ingest lock of each site (an ingest replays them itself).
+pub struct SpoolPlan<A> {
+    args: A,
+    locked_sites: Vec<String>,
+}
+
+impl<A> crate::command::Plan for SpoolPlan<A> {
+    fn locks(&self) -> Vec<(&'static str, String)> {
+        self.locked_sites
+            .iter()
+            .map(|s| ("ingest", s.clone()))
+            .collect()
+    }
+}
+
+fn sites(ctx: &Context, names: &[String]) -> Result<Vec<String>, crate::error::Error> {
+    Ok(ctx
+        .config
+        .select_sites(names)?
+        .iter()
+        .map(|s| s.name.clone())
+        .collect())
+}
+
+/// `spool list`.
+pub struct ListSpools(pub SpoolSelect);
+/// `spool replay`.
+pub struct ReplaySpools(pub SpoolSelect);
+
+impl crate::command::Command for ListSpools {
+    type Plan = SpoolPlan<SpoolSelect>;
+    type Report = SpoolReport;
+    async fn plan(self, _ctx: &Context) -> Result<Self::Plan, crate::error::Error> {
+        Ok(SpoolPlan {
+            args: self.0,
+            locked_sites: vec![],
+        })
+    }
+    async fn execute(plan: Self::Plan, ctx: &Context) -> Result<SpoolReport, crate::error::Error> {
+        Ok(list(&plan.args, ctx)?)
+    }
+}
+
+impl crate::command::Command for ReplaySpools {
+    type Plan = SpoolPlan<SpoolSelect>;
+    type Report = SpoolReport;
+    async fn plan(self, ctx: &Context) -> Result<Self::Plan, crate::error::Error> {
+        let locked_sites = sites(ctx, &self.0.sites)?;
+        Ok(SpoolPlan {
+            args: self.0,
+            locked_sites,
+        })
+    }
+    async fn execute(plan: Self::Plan, ctx: &Context) -> Result<SpoolReport, crate::error::Error> {
+        Ok(replay(&plan.args, ctx).await?)
+    }
+}
+
+impl crate::command::Command for DiscardArgs {
+    type Plan = SpoolPlan<DiscardArgs>;
+    type Report = SpoolReport;
+    async fn plan(self, ctx: &Context) -> Result<Self::Plan, crate::error::Error> {
+        let locked_sites = match self.before.is_some() && !self.dry_run {
+            true => sites(ctx, &self.select.sites)?,
+            false => vec![],
+        };
+        Ok(SpoolPlan {
+            args: self,
+            locked_sites,
+        })
+    }
+    async fn execute(plan: Self::Plan, ctx: &Context) -> Result<SpoolReport, crate::error::Error> {
+        Ok(discard(&plan.args, ctx)?)
+    }
+}
+
+/// `essops spool …`: each subcommand through the one command shape.
+pub async fn run(args: SpoolArgs, ctx: &Context) -> Result<Outcome, crate::error::Error> {
+    use crate::command::run;
+    match args.command {
+        SpoolCommand::List(a) => run(ListSpools(a), ctx).await,
+        SpoolCommand::Replay(a) => run(ReplaySpools(a), ctx).await,
+        SpoolCommand::Discard(a) => run(a, ctx).await,
     }
 }

@@ -75,3 +75,16 @@ pub fn insert_absent_sql(
         s_cols = prefixed("s"),
     )
 }
+
+/// The table's device ids as `int4`, for `RETURNING` (a constant where the
+/// table has none): which devices' rows an insert added.
+pub fn device_ids_returning(spec: &TableSpec) -> String {
+    match spec.device_columns {
+        [] => "1".to_string(),
+        ids => ids
+            .iter()
+            .map(|c| format!("{}::int4", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}

@@ -286,3 +286,41 @@ async fn warm_one(
     row.millis = started.elapsed().as_millis() as u64;
     Ok(row)
 }
+
+/// `cache warm`'s plan: its arguments and the sites it locks.
+pub struct WarmPlan {
+    args: WarmArgs,
+    sites: Vec<String>,
+}
+
+impl crate::command::Plan for WarmPlan {
+    fn locks(&self) -> Vec<(&'static str, String)> {
+        self.sites
+            .iter()
+            .map(|s| ("cache-warm", s.clone()))
+            .collect()
+    }
+}
+
+impl crate::command::Command for WarmArgs {
+    type Plan = WarmPlan;
+    type Report = WarmReport;
+    async fn plan(self, ctx: &Context) -> Result<WarmPlan, crate::error::Error> {
+        let sites = ctx.config.select_sites(&self.sites)?;
+        let sites = sites.iter().map(|s| s.name.clone()).collect();
+        Ok(WarmPlan { args: self, sites })
+    }
+    async fn execute(plan: WarmPlan, ctx: &Context) -> Result<WarmReport, crate::error::Error> {
+        Ok(warm(&plan.args, ctx).await?)
+    }
+}
+
+/// `essops cache …`: each subcommand through the one command shape.
+pub async fn run(
+    args: CacheArgs,
+    ctx: &Context,
+) -> Result<crate::exit::Outcome, crate::error::Error> {
+    match args.command {
+        CacheCommand::Warm(w) => crate::command::run(w, ctx).await,
+    }
+}

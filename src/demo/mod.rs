@@ -191,7 +191,6 @@ fn demo_error(message: String) -> Error {
 }
 
 pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error> {
-    let _lock = crate::lock::acquire(&ctx.lock_dir(), "demo", "all")?;
     let announce = ctx.verbosity == Verbosity::Normal;
     let say = |m: String| {
         if announce {
@@ -391,4 +390,32 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
             .display()
             .to_string(),
     })
+}
+
+/// The demo's plan: its arguments, and the sites it ingests (each site's
+/// ingest lock is held, so no other ingest of them runs meanwhile).
+pub struct DemoPlan {
+    args: DemoArgs,
+    sites: Vec<String>,
+}
+
+impl crate::command::Plan for DemoPlan {
+    fn locks(&self) -> Vec<(&'static str, String)> {
+        let ingest = self.sites.iter().map(|s| ("ingest", s.clone()));
+        std::iter::once(("demo", "all".to_string()))
+            .chain(ingest)
+            .collect()
+    }
+}
+
+impl crate::command::Command for DemoArgs {
+    type Plan = DemoPlan;
+    type Report = DemoReport;
+    async fn plan(self, ctx: &Context) -> Result<DemoPlan, Error> {
+        let sites = ctx.config.sites.iter().map(|s| s.name.clone()).collect();
+        Ok(DemoPlan { args: self, sites })
+    }
+    async fn execute(plan: DemoPlan, ctx: &Context) -> Result<DemoReport, Error> {
+        execute(&plan.args, ctx).await
+    }
 }

@@ -906,3 +906,60 @@ pub async fn recommend(args: &RecommendArgs, ctx: &Context) -> Result<RecommendR
     }
     Ok(RecommendReport { rows, applied })
 }
+
+/// Index subcommands whose plan is their arguments and whose work is one call.
+macro_rules! index_command {
+    ($($args:ty => $report:ty = $f:path;)+) => {$(
+        impl crate::command::Command for $args {
+            type Plan = crate::command::Args<$args>;
+            type Report = $report;
+            async fn plan(self, _ctx: &Context) -> Result<Self::Plan, crate::error::Error> {
+                Ok(crate::command::Args(self))
+            }
+            async fn execute(plan: Self::Plan, ctx: &Context) -> Result<$report, crate::error::Error> {
+                Ok($f(&plan.0, ctx).await?)
+            }
+        }
+    )+};
+}
+
+index_command! {
+    ListArgs => ListReport = list;
+    ColumnsArgs => ColumnsReport = columns;
+    CreateArgs => ChangeReport = create;
+    DropArgs => ChangeReport = drop;
+    RecommendArgs => RecommendReport = recommend;
+}
+
+/// The wizard: it asks for what the flags would give.
+pub struct WizardArgs;
+
+impl crate::command::Command for WizardArgs {
+    type Plan = crate::command::Args<WizardArgs>;
+    type Report = ChangeReport;
+    async fn plan(self, _ctx: &Context) -> Result<Self::Plan, crate::error::Error> {
+        Ok(crate::command::Args(self))
+    }
+    async fn execute(
+        _plan: Self::Plan,
+        ctx: &Context,
+    ) -> Result<ChangeReport, crate::error::Error> {
+        Ok(wizard::run(ctx).await?)
+    }
+}
+
+/// `essops index …`: each subcommand through the one command shape.
+pub async fn run(
+    args: IndexArgs,
+    ctx: &Context,
+) -> Result<crate::exit::Outcome, crate::error::Error> {
+    use crate::command::run;
+    match args.command {
+        Some(IndexCommand::List(a)) => run(a, ctx).await,
+        Some(IndexCommand::Columns(a)) => run(a, ctx).await,
+        Some(IndexCommand::Create(a)) => run(a, ctx).await,
+        Some(IndexCommand::Drop(a)) => run(a, ctx).await,
+        Some(IndexCommand::Recommend(a)) => run(a, ctx).await,
+        Some(IndexCommand::Wizard) | None => run(WizardArgs, ctx).await,
+    }
+}

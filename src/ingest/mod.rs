@@ -113,6 +113,8 @@ crate::into_error!(IngestError);
 /// What will be polled and where it goes.
 pub struct Plan {
     pub site: Site,
+    /// Stop after this long (default: at Ctrl-C or SIGTERM).
+    pub duration: Option<Duration>,
     pub servers: Vec<crate::config::Server>,
     pub devices: Vec<PollDevice>,
     pub spool_root: PathBuf,
@@ -148,6 +150,7 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
     let spool_root = spool_root(ctx, &site.name);
     Ok(Plan {
         site,
+        duration: args.duration,
         servers,
         devices,
         spool_root,
@@ -315,7 +318,6 @@ pub async fn execute(
     shutdown: impl std::future::Future<Output = ()>,
     duration: Option<Duration>,
 ) -> Result<IngestReport, IngestError> {
-    let _lock = crate::lock::acquire(&ctx.lock_dir(), "ingest", &plan.site.name)?;
     let catalogs = preflight_all(&plan, ctx).await?;
     let server_names: Vec<String> = plan.servers.iter().map(|s| s.name.clone()).collect();
     let (stats, device_index) = counters(&plan);
@@ -604,5 +606,59 @@ impl Report for IngestReport {
             true => Outcome::Critical,
             false => Outcome::Clean,
         }
+    }
+}
+
+impl crate::command::Plan for Plan {
+    fn locks(&self) -> Vec<(&'static str, String)> {
+        vec![("ingest", self.site.name.clone())]
+    }
+}
+
+impl crate::command::Command for IngestArgs {
+    type Plan = Plan;
+    type Report = IngestReport;
+    async fn plan(self, ctx: &Context) -> Result<Plan, crate::error::Error> {
+        Ok(plan(&self, ctx)?)
+    }
+    async fn execute(plan: Plan, ctx: &Context) -> Result<IngestReport, crate::error::Error> {
+        let duration = plan.duration;
+        Ok(execute(plan, ctx, crate::command::shutdown_signal(), duration).await?)
+    }
+}
+
+/// `essops ingest --plan`: the same arguments, checked instead of polled.
+pub struct PlanCheck(pub IngestArgs);
+
+/// What `--plan` checks, and how long it probes.
+pub struct CheckPlan {
+    plan: Plan,
+    probe: Option<Duration>,
+}
+
+impl crate::command::Plan for CheckPlan {}
+
+impl crate::command::Command for PlanCheck {
+    type Plan = CheckPlan;
+    type Report = plan_check::PlanReport;
+    async fn plan(self, ctx: &Context) -> Result<CheckPlan, crate::error::Error> {
+        Ok(CheckPlan {
+            plan: plan(&self.0, ctx)?,
+            probe: self.0.probe,
+        })
+    }
+    async fn execute(
+        p: CheckPlan,
+        ctx: &Context,
+    ) -> Result<plan_check::PlanReport, crate::error::Error> {
+        Ok(plan_check::check(&p.plan, ctx, p.probe).await?)
+    }
+}
+
+/// `essops ingest`: polls, or with `--plan` checks whether the polls fit.
+pub async fn run(args: IngestArgs, ctx: &Context) -> Result<Outcome, crate::error::Error> {
+    match args.plan {
+        true => crate::command::run(PlanCheck(args), ctx).await,
+        false => crate::command::run(args, ctx).await,
     }
 }

@@ -29,7 +29,7 @@ use crate::config::{Config, Server};
 use crate::db::{self, Failure, Target, quote_ident, quote_list};
 use crate::modbus::map::RegisterMap;
 use crate::schema::DeviceId;
-use crate::sql::insert_absent_sql;
+use crate::sql::{device_ids_returning, insert_absent_sql};
 
 /// A statement that takes longer than this is treated as a failed server.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -452,26 +452,14 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), String
                         Err(e) if e.failure == Failure::Transient => return Err(e.message),
                         Err(e) => {
                             let [(file, batch)] = one;
-                            sink.reject(
-                                Rejected::File(file),
-                                batch.spec.name,
-                                batch.rows.len() as u64,
-                                &e.message,
-                            )
-                            .await;
+                            sink.reject_file(file, &batch, &e.message).await;
                         }
                     }
                 }
             }
             Err(e) => {
                 let (file, batch) = group.into_iter().next().expect("a group has a file");
-                sink.reject(
-                    Rejected::File(file),
-                    batch.spec.name,
-                    batch.rows.len() as u64,
-                    &e.message,
-                )
-                .await;
+                sink.reject_file(file, &batch, &e.message).await;
             }
         }
     }
@@ -479,6 +467,12 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), String
 }
 
 impl Sink {
+    async fn reject_file(self: &Arc<Self>, file: SpoolFile, batch: &Batch, error: &str) {
+        let rows = batch.rows.len() as u64;
+        self.reject(Rejected::File(file), batch.spec.name, rows, error)
+            .await;
+    }
+
     fn finish_replay(&self, group: &[(SpoolFile, Batch)], merged: &Batch, written: Written) {
         let files: Vec<SpoolFile> = group.iter().map(|(f, _)| f.clone()).collect();
         let mut spool = lock(&self.spool);
@@ -629,14 +623,7 @@ async fn copy_absent(
     pin_mut!(sink);
     sink.send(data).await?;
     sink.finish().await?;
-    let returning = match batch.spec.device_columns {
-        [] => "1".to_string(),
-        ids => ids
-            .iter()
-            .map(|c| format!("{}::int4", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
+    let returning = device_ids_returning(&batch.spec);
     let added = tx
         .query(
             &insert_absent_sql(&batch.spec, columns, "essops_ingest_stage", &returning),

@@ -525,3 +525,23 @@ fn describe_gap(g: &LocalGap) -> String {
         g.start.get(..19).unwrap_or(&g.start).replace('T', " ")
     )
 }
+
+impl crate::command::Plan for LossPlan {
+    fn locks(&self) -> Vec<(&'static str, String)> {
+        self.site_names()
+            .into_iter()
+            .map(|s| ("loss", s.to_string()))
+            .collect()
+    }
+}
+
+impl crate::command::Command for LossArgs {
+    type Plan = LossPlan;
+    type Report = LossReport;
+    async fn plan(self, ctx: &Context) -> crate::error::Result<LossPlan> {
+        plan(&self, ctx, Utc::now())
+    }
+    async fn execute(plan: LossPlan, ctx: &Context) -> crate::error::Result<LossReport> {
+        execute(plan, ctx).await
+    }
+}

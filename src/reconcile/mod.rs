@@ -116,6 +116,7 @@ pub struct ReconcileTarget {
 #[derive(Debug)]
 pub struct ReconcilePlan {
     pub targets: Vec<ReconcileTarget>,
+    pub mode: Mode,
 }
 
 impl ReconcilePlan {
@@ -161,7 +162,11 @@ pub fn plan(
             });
         }
     }
-    Ok(ReconcilePlan { targets })
+    let mode = match args.dry_run {
+        true => Mode::DryRun,
+        false => Mode::Apply,
+    };
+    Ok(ReconcilePlan { targets, mode })
 }
 
 fn pair(site: &Site, chosen: &[String]) -> Result<(String, String), ReconcileError> {
@@ -756,5 +761,26 @@ impl Report for ReconcileReport {
             outcome = outcome.max(this);
         }
         outcome
+    }
+}
+
+impl crate::command::Plan for ReconcilePlan {
+    fn locks(&self) -> Vec<(&'static str, String)> {
+        self.site_names()
+            .into_iter()
+            .map(|s| ("reconcile", s.to_string()))
+            .collect()
+    }
+}
+
+impl crate::command::Command for ReconcileArgs {
+    type Plan = ReconcilePlan;
+    type Report = ReconcileReport;
+    async fn plan(self, ctx: &Context) -> crate::error::Result<ReconcilePlan> {
+        plan(&self, ctx, Utc::now())
+    }
+    async fn execute(plan: ReconcilePlan, ctx: &Context) -> crate::error::Result<ReconcileReport> {
+        let mode = plan.mode;
+        Ok(execute(plan, ctx, mode).await)
     }
 }

@@ -107,15 +107,7 @@ pub async fn copy_rows(
     }
     sink.finish().await?;
     tx.batch_execute("ANALYZE essops_stage").await?;
-    let returning = match spec.device_columns.is_empty() {
-        true => "1".to_string(),
-        false => spec
-            .device_columns
-            .iter()
-            .map(|c| format!("{}::int4", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", "),
-    };
+    let returning = crate::sql::device_ids_returning(spec);
     let inserted = tx
         .query(
             &insert_absent_sql(spec, columns, "essops_stage", &returning),

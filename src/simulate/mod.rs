@@ -512,3 +512,17 @@ async fn serve(socket: tokio::net::TcpListener, service: SimService) {
         tracing::error!(error = %e, "simulator stopped accepting connections");
     }
 }
+
+impl crate::command::Command for SimulateArgs {
+    type Plan = crate::command::Args<SimulateArgs>;
+    type Report = SimulateReport;
+    async fn plan(self, _ctx: &Context) -> Result<Self::Plan, crate::error::Error> {
+        Ok(crate::command::Args(self))
+    }
+    async fn execute(
+        plan: Self::Plan,
+        ctx: &Context,
+    ) -> Result<SimulateReport, crate::error::Error> {
+        Ok(execute(&plan.0, ctx, crate::command::shutdown_signal()).await?)
+    }
+}
