@@ -26,6 +26,7 @@ pub mod output;
 pub mod privilege;
 pub mod reconcile;
 pub mod schema;
+pub mod select;
 pub mod simulate;
 pub mod spool;
 pub mod sql;

@@ -37,12 +37,8 @@ const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 /// in every site database on every server.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// Only this site (repeatable; default: all sites in the config).
-    #[arg(long = "site", value_name = "NAME")]
-    pub sites: Vec<String>,
-    /// Only this server (repeatable; default: every server of each site).
-    #[arg(long = "server", value_name = "NAME")]
-    pub servers: Vec<String>,
+    #[command(flatten)]
+    pub select: crate::select::Selection,
     /// Create a site database that does not exist yet (needs CREATEDB).
     #[arg(long)]
     pub create_database: bool,
@@ -138,7 +134,7 @@ pub struct MigrateReport {
 pub fn plan(args: &MigrateArgs, ctx: &Context) -> crate::error::Result<MigratePlan> {
     let targets = ctx
         .config
-        .site_servers(&args.sites, &args.servers)?
+        .site_servers(&args.select.sites, &args.select.servers)?
         .into_iter()
         .map(|(site, server)| MigrateTarget {
             server: server.name.clone(),

@@ -39,15 +39,7 @@ pub enum SpoolCommand {
 }
 
 /// Which spools.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SpoolSelect {
-    /// Only these sites (repeatable; default: all).
-    #[arg(long = "site", value_name = "NAME")]
-    pub sites: Vec<String>,
-    /// Only these servers (repeatable; default: all of each site's).
-    #[arg(long = "server", value_name = "NAME")]
-    pub servers: Vec<String>,
-}
+pub type SpoolSelect = crate::select::Selection;
 
 #[derive(Debug, clap::Args)]
 pub struct DiscardArgs {

@@ -19,8 +19,11 @@ pub struct Window {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WindowArgs {
     /// One local day in each site's time zone (default: yesterday).
-    #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["from", "to"])]
+    #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["from", "to", "days"])]
     pub date: Option<NaiveDate>,
+    /// The last N whole local days (today excluded).
+    #[arg(long, value_name = "N", conflicts_with_all = ["from", "to"], value_parser = clap::value_parser!(u32).range(1..=3660))]
+    pub days: Option<u32>,
     /// Window start: an RFC 3339 time, or a site-local `YYYY-MM-DD[ HH:MM[:SS]]`.
     #[arg(long, value_name = "TIME", requires = "to")]
     pub from: Option<String>,
@@ -31,6 +34,9 @@ pub struct WindowArgs {
 
 impl WindowArgs {
     pub fn spec(&self) -> WindowSpec {
+        if let Some(n) = self.days {
+            return WindowSpec::Days(n);
+        }
         match (&self.date, &self.from, &self.to) {
             (Some(d), _, _) => WindowSpec::Date(*d),
             (None, Some(from), Some(to)) => WindowSpec::Range {
@@ -49,6 +55,8 @@ pub enum WindowSpec {
     Yesterday,
     /// One local day.
     Date(NaiveDate),
+    /// The last N whole local days, up to today's local midnight.
+    Days(u32),
     /// From one instant to another; local times are in the site's zone.
     Range { from: String, to: String },
 }
@@ -115,6 +123,14 @@ impl WindowSpec {
                 tz,
             )),
             WindowSpec::Date(d) => Ok(local_day(*d, tz)),
+            WindowSpec::Days(n) => {
+                let today = now.with_timezone(&tz).date_naive();
+                let first = today - Duration::days(i64::from(*n));
+                Ok(Window {
+                    start: local_day(first, tz).start,
+                    end: local_day(today, tz).start,
+                })
+            }
             WindowSpec::Range { from, to } => {
                 let (start, end) = (parse_time(from, tz)?, parse_time(to, tz)?);
                 if start >= end {
@@ -215,6 +231,17 @@ pub fn parse_std_duration(s: &str) -> Result<std::time::Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_days_are_whole_local_days_before_today() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        // 2026-03-30 10:00 local: the last 2 days span the DST change (23 h + 24 h).
+        let now = utc("2026-03-30T08:00:00Z");
+        let w = WindowSpec::Days(2).resolve(tz, now).unwrap();
+        assert_eq!(w.start, utc("2026-03-27T23:00:00Z"));
+        assert_eq!(w.end, utc("2026-03-29T22:00:00Z"));
+        assert_eq!(w.seconds(), 47 * 3600);
+    }
 
     fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

@@ -143,6 +143,7 @@ fn rfc3339(t: i64) -> String {
 fn window(from: i64, to: i64) -> WindowArgs {
     WindowArgs {
         date: None,
+        days: None,
         from: Some(rfc3339(from)),
         to: Some(rfc3339(to)),
     }
@@ -229,8 +230,7 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
     say("migrating every site database on every server".into());
     let plan = migrate::plan(
         &migrate::MigrateArgs {
-            sites: vec![],
-            servers: vec![],
+            select: Default::default(),
             create_database: true,
             dry_run: false,
             create_roles: false,
@@ -303,9 +303,8 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
         rfc3339(t1)
     ));
     let loss_args = || loss::LossArgs {
-        sites: vec![],
-        servers: vec![],
-        tables: vec![],
+        select: Default::default(),
+        tables: Default::default(),
         window: window(t0, t1),
         output: None,
     };
@@ -314,9 +313,8 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
 
     say("reconciling the servers".into());
     let rec_args = reconcile::ReconcileArgs {
-        sites: vec![],
-        tables: vec![],
-        servers: vec![],
+        select: Default::default(),
+        tables: Default::default(),
         window: window(t0, t1),
         direction: "both".into(),
         min_age: "0".into(),

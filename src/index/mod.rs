@@ -45,20 +45,14 @@ pub enum IndexCommand {
 }
 
 /// Where: sites and servers (default: all of each site's servers).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct At {
-    #[arg(long = "site", value_name = "NAME")]
-    pub sites: Vec<String>,
-    #[arg(long = "server", value_name = "NAME")]
-    pub servers: Vec<String>,
-}
+pub type At = crate::select::Selection;
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     #[command(flatten)]
     pub at: At,
-    #[arg(long = "table", value_name = "TABLE")]
-    pub tables: Vec<String>,
+    #[command(flatten)]
+    pub tables: crate::select::Tables,
 }
 
 #[derive(Debug, clap::Args)]
@@ -245,7 +239,7 @@ impl Report for ListReport {
 }
 
 pub async fn list(args: &ListArgs, ctx: &Context) -> Result<ListReport, IndexError> {
-    let specs: Vec<TableSpec> = schema::select_tables(&args.tables)?;
+    let specs: Vec<TableSpec> = schema::select_tables(&args.tables.tables)?;
     let names: Vec<&str> = specs.iter().map(|t| t.name).collect();
     let mut rows = Vec::new();
     for p in places(ctx, &args.at)? {

@@ -40,15 +40,10 @@ const LONGEST_GAPS: usize = 5;
 /// critical one, 4 when a server or table could not be measured.
 #[derive(Debug, Args)]
 pub struct LossArgs {
-    /// Only this site (repeatable; default: all).
-    #[arg(long = "site", value_name = "NAME")]
-    pub sites: Vec<String>,
-    /// Only this server (repeatable; default: all of each site's servers).
-    #[arg(long = "server", value_name = "NAME")]
-    pub servers: Vec<String>,
-    /// Only this table: bank, rack, pcs or etc (repeatable; default: all).
-    #[arg(long = "table", value_name = "TABLE")]
-    pub tables: Vec<String>,
+    #[command(flatten)]
+    pub select: crate::select::Selection,
+    #[command(flatten)]
+    pub tables: crate::select::Tables,
     #[command(flatten)]
     pub window: WindowArgs,
     /// Also write the device and table rows to FILE.csv or FILE.parquet.
@@ -109,7 +104,7 @@ impl LossPlan {
 
 pub fn plan(args: &LossArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error::Result<LossPlan> {
     let config = &ctx.config;
-    let tables = schema::select_tables(&args.tables).map_err(LossError::from)?;
+    let tables = schema::select_tables(&args.tables.tables).map_err(LossError::from)?;
     let spec = args.window.spec();
     let export = args
         .output
@@ -117,7 +112,7 @@ pub fn plan(args: &LossArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error:
         .map(export::ExportPath::new)
         .transpose()?;
     let mut targets = Vec::new();
-    for (site, server) in config.site_servers(&args.sites, &args.servers)? {
+    for (site, server) in config.site_servers(&args.select.sites, &args.select.servers)? {
         let window = spec.resolve(site.timezone, now).map_err(LossError::from)?;
         targets.push(LossTarget {
             server: server.name.clone(),

@@ -36,15 +36,11 @@ use diff::{DeviceDiff, Range};
 /// (and, unless --dry-run, copied), 4 when something could not be reconciled.
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
-    /// Only this site (repeatable; default: all).
-    #[arg(long = "site", value_name = "NAME")]
-    pub sites: Vec<String>,
-    /// Only this table: bank, rack, pcs or etc (repeatable; default: all).
-    #[arg(long = "table", value_name = "TABLE")]
-    pub tables: Vec<String>,
-    /// The two servers to reconcile (give twice; default: the site's two servers).
-    #[arg(long = "server", value_name = "NAME")]
-    pub servers: Vec<String>,
+    /// `--server` twice names the two servers to reconcile (default: the site's two).
+    #[command(flatten)]
+    pub select: crate::select::Selection,
+    #[command(flatten)]
+    pub tables: crate::select::Tables,
     #[command(flatten)]
     pub window: WindowArgs,
     /// `both`, or `to-NAME` to fill only server NAME.
@@ -134,13 +130,13 @@ pub fn plan(
     now: DateTime<Utc>,
 ) -> crate::error::Result<ReconcilePlan> {
     let config = &ctx.config;
-    let tables = schema::select_tables(&args.tables).map_err(ReconcileError::from)?;
+    let tables = schema::select_tables(&args.tables.tables).map_err(ReconcileError::from)?;
     let spec = args.window.spec();
     let min_age = window::parse_duration(&args.min_age).map_err(ReconcileError::MinAge)?;
-    config.select_servers(&args.servers)?;
+    config.select_servers(&args.select.servers)?;
     let mut targets = Vec::new();
-    for site in config.select_sites(&args.sites)? {
-        let (a, b) = pair(site, &args.servers)?;
+    for site in config.select_sites(&args.select.sites)? {
+        let (a, b) = pair(site, &args.select.servers)?;
         let direction = match args.direction.as_str() {
             "both" => Direction::Both,
             d if d == format!("to-{a}") => Direction::ToA,

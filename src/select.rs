@@ -1,0 +1,22 @@
+//! The selection flags commands share, flattened into each command's
+//! arguments (as sqlx-cli does with its connect options): which sites and
+//! servers, and which tables. The window flags are `window::WindowArgs`.
+
+/// `--site NAME`… and `--server NAME`…
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Selection {
+    /// Only this site (repeatable; default: all).
+    #[arg(long = "site", value_name = "NAME")]
+    pub sites: Vec<String>,
+    /// Only this server (repeatable; default: all of each site's servers).
+    #[arg(long = "server", value_name = "NAME")]
+    pub servers: Vec<String>,
+}
+
+/// `--table TABLE`…
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Tables {
+    /// Only this table: bank, rack, pcs or etc (repeatable; default: all).
+    #[arg(long = "table", value_name = "TABLE")]
+    pub tables: Vec<String>,
+}
