@@ -23,7 +23,7 @@ use tokio_postgres::Client;
 
 use super::batch::Batch;
 use super::preflight::{self, Catalog, PreflightError};
-use super::spool::{self, Spool, SpoolFile};
+use crate::ingest::spool::{self, Spool, SpoolFile};
 use super::stats::{Stats, lock};
 use crate::config::{Config, Server};
 use crate::db::{self, Failure, Target, quote_ident, quote_list};
