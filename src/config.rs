@@ -599,7 +599,7 @@ impl Validator<'_> {
         let secs = |v: &Spanned<String>, key: &str| -> Result<i64, DocError> {
             crate::window::parse_duration(v.get_ref())
                 .map(|d| d.num_seconds())
-                .map_err(|e| self.doc.at(v, key, e))
+                .map_err(|e| self.doc.at(v, key, e.to_string()))
         };
         let source = match &c.source {
             Some(s) => s.get_ref().clone(),
@@ -739,7 +739,7 @@ impl Validator<'_> {
         };
         let stale_after = match &m.stale_after {
             Some(v) => crate::window::parse_std_duration(v.get_ref())
-                .map_err(|e| self.doc.at(v, "modbus.stale_after", e))?,
+                .map_err(|e| self.doc.at(v, "modbus.stale_after", e.to_string()))?,
             None => Duration::from_secs(600),
         };
         Ok(ModbusSettings {

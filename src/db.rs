@@ -321,10 +321,10 @@ pub fn password(
             let path = config.base_dir().join(rel);
             read_password_file(&path)
                 .map(Some)
-                .map_err(|reason| DbError::PasswordFile {
+                .map_err(|e| DbError::PasswordFile {
                     server: server.name.clone(),
                     path,
-                    reason,
+                    reason: e.to_string(),
                 })
         }
         PasswordSource::Standard => Ok(std::env::var("PGPASSWORD")
@@ -333,11 +333,20 @@ pub fn password(
     }
 }
 
-fn read_password_file(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+/// Why a password file gave no password.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordFileError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the file is empty")]
+    Empty,
+}
+
+fn read_password_file(path: &Path) -> Result<String, PasswordFileError> {
+    let text = std::fs::read_to_string(path)?;
     let pw = text.lines().next().unwrap_or("").to_string();
     if pw.is_empty() {
-        return Err("the file is empty".into());
+        return Err(PasswordFileError::Empty);
     }
     Ok(pw)
 }

@@ -54,6 +54,23 @@ pub async fn create_roles(client: &Client, database: &str) -> Result<(), tokio_p
         .await
 }
 
+/// A privilege the connected role lacks, or the check could not run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error(
+        "server `{server}`: role `{role}` lacks {lacking}; essops {command} needs the {needs} role (GRANT {needs} TO {role}; essops migrate --create-roles makes it)"
+    )]
+    Lacks {
+        server: String,
+        role: String,
+        lacking: String,
+        command: String,
+        needs: &'static str,
+    },
+    #[error("{0}")]
+    Check(String),
+}
+
 /// Checks that the connected role holds `privileges` on `table` (and TEMP on
 /// the database when `temp`); the error names the first one missing.
 pub async fn require(
@@ -64,7 +81,7 @@ pub async fn require(
     table: &str,
     privileges: &[&str],
     temp: bool,
-) -> Result<(), String> {
+) -> Result<(), PrivilegeError> {
     let row = client
         .query_one(
             "SELECT current_user::text,
@@ -73,20 +90,29 @@ pub async fn require(
             &[&table, &privileges.iter().map(|p| p.to_string()).collect::<Vec<_>>()],
         )
         .await
-        .map_err(|e| DbError::query(server, database, "checking privileges", &e).to_string())?;
+        .map_err(|e| {
+            PrivilegeError::Check(
+                DbError::query(server, database, "checking privileges", &e).to_string(),
+            )
+        })?;
     let (role, missing, has_temp): (String, Vec<String>, bool) =
         (row.get(0), row.get(1), row.get(2));
-    let lacking = match (missing.first(), temp && !has_temp) {
-        (Some(p), _) => format!("{p} on table `{table}`"),
-        (None, true) => format!("TEMPORARY on database `{database}`"),
+    // Only the writer role has TEMPORARY (staging tables) and INSERT.
+    let (lacking, needs) = match (missing.first(), temp && !has_temp) {
+        (Some(p), _) if p == "SELECT" => (format!("{p} on table `{table}`"), READER),
+        (Some(p), _) => (format!("{p} on table `{table}`"), WRITER),
+        (None, true) => (format!("TEMPORARY on database `{database}`"), WRITER),
         (None, false) => return Ok(()),
     };
-    let needs = if privileges.contains(&"INSERT") {
-        WRITER
-    } else {
-        READER
+    let needs = match privileges.contains(&"INSERT") {
+        true => WRITER,
+        false => needs,
     };
-    Err(format!(
-        "server `{server}`: role `{role}` lacks {lacking}; essops {command} needs the {needs} role (GRANT {needs} TO {role}; essops migrate --create-roles makes it)"
-    ))
+    Err(PrivilegeError::Lacks {
+        server: server.to_string(),
+        role,
+        lacking,
+        command: command.to_string(),
+        needs,
+    })
 }

@@ -54,7 +54,7 @@ impl TableSpec {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown table `{0}` (known: bank, rack, pcs, etc)")]
 pub struct UnknownTable(pub String);
 
@@ -93,13 +93,30 @@ pub struct DeviceRange {
     pub to: DeviceId,
 }
 
+/// A device range that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceRangeError {
+    #[error("`{0}` is not TABLE:IDS[-IDS] (e.g. rack:1.1-1.5, bank:2, pcs:1)")]
+    Syntax(String),
+    #[error(transparent)]
+    Table(#[from] UnknownTable),
+    #[error("`{ids}`: a {table} is named by {count} ({columns})")]
+    IdCount {
+        ids: String,
+        table: &'static str,
+        count: usize,
+        columns: String,
+    },
+    #[error("`{0}`: the range runs backwards")]
+    Backwards(String),
+}
+
 impl DeviceRange {
-    pub fn parse(s: &str) -> Result<DeviceRange, String> {
-        let usage = || format!("`{s}` is not TABLE:IDS[-IDS] (e.g. rack:1.1-1.5, bank:2, pcs:1)");
-        let (table, ids) = s.split_once(':').ok_or_else(usage)?;
-        let table =
-            TableSpec::by_name(table).ok_or_else(|| UnknownTable(table.into()).to_string())?;
-        let parse_ids = |x: &str| -> Result<DeviceId, String> {
+    pub fn parse(s: &str) -> Result<DeviceRange, DeviceRangeError> {
+        let syntax = || DeviceRangeError::Syntax(s.to_string());
+        let (table, ids) = s.split_once(':').ok_or_else(syntax)?;
+        let table = TableSpec::by_name(table).ok_or_else(|| UnknownTable(table.into()))?;
+        let parse_ids = |x: &str| -> Result<DeviceId, DeviceRangeError> {
             let ids = x
                 .split('.')
                 .map(|p| {
@@ -107,17 +124,17 @@ impl DeviceRange {
                         .parse::<i16>()
                         .ok()
                         .filter(|v| *v >= 1)
-                        .ok_or_else(usage)
+                        .ok_or_else(syntax)
                 })
-                .collect::<Result<DeviceId, String>>()?;
+                .collect::<Result<DeviceId, _>>()?;
             match ids.len() == table.device_columns.len() {
                 true => Ok(ids),
-                false => Err(format!(
-                    "`{x}`: a {} is named by {} ({})",
-                    table.name,
-                    table.device_columns.len(),
-                    table.device_columns.join(".")
-                )),
+                false => Err(DeviceRangeError::IdCount {
+                    ids: x.to_string(),
+                    table: table.name,
+                    count: table.device_columns.len(),
+                    columns: table.device_columns.join("."),
+                }),
             }
         };
         let (from, to) = match ids.split_once('-') {
@@ -125,7 +142,7 @@ impl DeviceRange {
             None => (parse_ids(ids)?, parse_ids(ids)?),
         };
         if from > to {
-            return Err(format!("`{s}`: the range runs backwards"));
+            return Err(DeviceRangeError::Backwards(s.to_string()));
         }
         Ok(DeviceRange { table, from, to })
     }

@@ -196,13 +196,26 @@ pub fn parse_time(s: &str, tz: Tz) -> Result<DateTime<Utc>, WindowError> {
     }
 }
 
+/// A duration that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("`{0}` is not a duration; use e.g. 500ms, 90s, 5m, 2h or 1d")]
+    NotADuration(String),
+    #[error("`{text}` has an unknown unit `{unit}`; use us, ms, s, m, h or d")]
+    UnknownUnit { text: String, unit: String },
+    #[error("`{0}` is too long")]
+    TooLong(String),
+    #[error("`{0}` is negative")]
+    Negative(String),
+}
+
 /// A duration as operators write it: `300`, `90s`, `5m`, `2h`, `1d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: i64 = digits
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration; use e.g. 500ms, 90s, 5m, 2h or 1d"))?;
+        .map_err(|_| DurationError::NotADuration(s.to_string()))?;
     let micros = match unit {
         "us" => 1,
         "ms" => 1000,
@@ -211,21 +224,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => 3_600_000_000,
         "d" => 86_400_000_000,
         _ => {
-            return Err(format!(
-                "`{s}` has an unknown unit `{unit}`; use us, ms, s, m, h or d"
-            ));
+            return Err(DurationError::UnknownUnit {
+                text: s.to_string(),
+                unit: unit.to_string(),
+            });
         }
     };
     n.checked_mul(micros)
         .map(Duration::microseconds)
-        .ok_or_else(|| format!("`{s}` is too long"))
+        .ok_or_else(|| DurationError::TooLong(s.to_string()))
 }
 
-/// [`parse_duration`] as a `std` duration, for timers (clap value parser).
-pub fn parse_std_duration(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_std_duration(s: &str) -> Result<std::time::Duration, DurationError> {
     parse_duration(s)?
         .to_std()
-        .map_err(|_| format!("`{s}` is negative"))
+        .map_err(|_| DurationError::Negative(s.to_string()))
 }
 
 #[cfg(test)]

@@ -14,14 +14,28 @@ pub fn default_name(table: &str, columns: &[String]) -> String {
     format!("{table}_{}_idx", cols.join("_"))
 }
 
+/// An index name PostgreSQL would refuse or change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexNameError {
+    #[error("an index name cannot be empty")]
+    Empty,
+    #[error(
+        "index name `{name}` is {bytes} bytes; PostgreSQL allows 63 and would silently cut it, so give a shorter --name"
+    )]
+    TooLong { name: String, bytes: usize },
+    #[error("an index name cannot contain NUL")]
+    Nul,
+}
+
 /// Index names are identifiers: PostgreSQL would silently cut one past 63 bytes.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), IndexNameError> {
     match name.len() {
-        0 => Err("an index name cannot be empty".into()),
-        n if n > 63 => Err(format!(
-            "index name `{name}` is {n} bytes; PostgreSQL allows 63 and would silently cut it, so give a shorter --name"
-        )),
-        _ if name.contains('\0') => Err("an index name cannot contain NUL".into()),
+        0 => Err(IndexNameError::Empty),
+        n if n > 63 => Err(IndexNameError::TooLong {
+            name: name.to_string(),
+            bytes: n,
+        }),
+        _ if name.contains('\0') => Err(IndexNameError::Nul),
         _ => Ok(()),
     }
 }

@@ -534,7 +534,7 @@ pub async fn create(args: &CreateArgs, ctx: &Context) -> Result<ChangeReport, In
         .name
         .clone()
         .unwrap_or_else(|| manage::default_name(spec.name, &args.columns));
-    manage::check_name(&name).map_err(IndexError::Usage)?;
+    manage::check_name(&name).map_err(|e| IndexError::Usage(e.to_string()))?;
     let mut rows = Vec::new();
     for p in places(ctx, &args.at)? {
         let new = NewIndex {
@@ -549,7 +549,7 @@ pub async fn create(args: &CreateArgs, ctx: &Context) -> Result<ChangeReport, In
 }
 
 pub async fn drop(args: &DropArgs, ctx: &Context) -> Result<ChangeReport, IndexError> {
-    manage::check_name(&args.name).map_err(IndexError::Usage)?;
+    manage::check_name(&args.name).map_err(|e| IndexError::Usage(e.to_string()))?;
     let mut rows = Vec::new();
     for p in places(ctx, &args.at)? {
         let started = Instant::now();

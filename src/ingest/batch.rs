@@ -28,6 +28,16 @@ pub struct Row {
     pub polled: Option<Instant>,
 }
 
+/// A value its column cannot hold (the server would refuse the batch for good).
+#[derive(Debug, thiserror::Error)]
+#[error("value {value} of `{table}.{column}` does not fit its column type {ty:?}")]
+pub struct EncodeError {
+    pub value: String,
+    pub table: &'static str,
+    pub column: String,
+    pub ty: CopyType,
+}
+
 /// Rows of one table with the same value columns: what one COPY writes.
 #[derive(Debug, Clone)]
 pub struct Batch {
@@ -51,7 +61,7 @@ impl Batch {
     /// (`types` follows [`all_columns`](Self::all_columns)). A value its
     /// column cannot hold is an error naming both: the server would refuse
     /// it for good, so the batch is set aside rather than retried.
-    pub fn encode(&self, types: &[CopyType]) -> Result<bytes::Bytes, String> {
+    pub fn encode(&self, types: &[CopyType]) -> Result<bytes::Bytes, EncodeError> {
         let keys = self.spec.device_columns.len();
         let mut w = BinaryCopyWriter::new();
         for row in &self.rows {
@@ -85,10 +95,12 @@ impl Batch {
         Ok(w.finish())
     }
 
-    fn unfit(&self, column: usize, value: &str, ty: CopyType) -> String {
-        format!(
-            "value {value} of `{}.{}` does not fit its column type {ty:?}",
-            self.spec.name, self.columns[column]
-        )
+    fn unfit(&self, column: usize, value: &str, ty: CopyType) -> EncodeError {
+        EncodeError {
+            value: value.to_string(),
+            table: self.spec.name,
+            column: self.columns[column].clone(),
+            ty,
+        }
     }
 }

@@ -93,7 +93,7 @@ async fn measure(
     let conn = match Connection::open(addr, s.timeout.max(Duration::from_secs(1))).await {
         Ok(c) => Arc::new(c),
         Err(e) => {
-            m.error = Some(e);
+            m.error = Some(e.to_string());
             return Some(m);
         }
     };

@@ -402,7 +402,7 @@ impl Lane {
             }
             Err(e) => {
                 tracing::debug!(addr = %self.addr, error = %e, "cannot connect");
-                link.last_error = e;
+                link.last_error = e.to_string();
                 link.retry_at = Instant::now() + link.backoff;
                 link.backoff = (link.backoff * 2).min(MAX_BACKOFF);
                 None

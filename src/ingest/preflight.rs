@@ -52,6 +52,26 @@ impl PreflightError {
     }
 }
 
+/// A map field and its column that do not fit together.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ColumnError {
+    #[error(
+        "register map field `{0}` has no column `{0}` in the table (register map or migration out of date)"
+    )]
+    Missing(String),
+    #[error("column `{name}` is {ty}, which ingest cannot fill from registers")]
+    Unsupported { name: String, ty: String },
+    #[error(
+        "register map field `{name}` ({field}) does not fit column `{name}` of type {ty}: \
+         change the field's type or scale in the register map, or the column's type"
+    )]
+    DoesNotFit {
+        name: String,
+        field: String,
+        ty: String,
+    },
+}
+
 /// Checks every table the map fills on one server; returns its catalog.
 pub async fn check_server(
     client: &Client,
@@ -91,7 +111,12 @@ pub async fn check_server(
             true,
         )
         .await
-        .map_err(PreflightError::Privilege)?;
+        .map_err(|e| match e {
+            crate::privilege::PrivilegeError::Lacks { .. } => {
+                PreflightError::Privilege(e.to_string())
+            }
+            crate::privilege::PrivilegeError::Check(m) => PreflightError::Unreachable(m),
+        })?;
         let unique_key = has_unique_key(client, &t.spec).await.map_err(|e| {
             PreflightError::Unreachable(
                 crate::db::DbError::query(server, database, "reading indexes", &e).to_string(),
@@ -136,7 +161,7 @@ pub fn copy_types(
     map: &RegisterMap,
     batch: &Batch,
     columns: &[Column],
-) -> Result<Vec<CopyType>, String> {
+) -> Result<Vec<CopyType>, ColumnError> {
     let table = map.table(batch.spec.name);
     batch
         .all_columns()
@@ -151,15 +176,14 @@ fn column_type(
     table: Option<&TableMap>,
     name: &str,
     columns: &[Column],
-) -> Result<CopyType, String> {
-    let col = columns.iter().find(|c| c.name == name).ok_or_else(|| {
-        format!("register map field `{name}` has no column `{name}` in the table (register map or migration out of date)")
-    })?;
-    let ty = CopyType::from_catalog(&col.data_type).ok_or_else(|| {
-        format!(
-            "column `{name}` is {}, which ingest cannot fill from registers",
-            col.data_type
-        )
+) -> Result<CopyType, ColumnError> {
+    let col = columns
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| ColumnError::Missing(name.to_string()))?;
+    let ty = CopyType::from_catalog(&col.data_type).ok_or_else(|| ColumnError::Unsupported {
+        name: name.to_string(),
+        ty: col.data_type.clone(),
     })?;
     let field = table.and_then(|t| t.fields.iter().find(|f| f.column == name));
     if let (Some((lo, hi)), Some(f)) = (ty.int_range(), field) {
@@ -167,13 +191,11 @@ fn column_type(
             && !f.is_scaled()
             && f.dtype.int_range().is_some_and(|(a, b)| a >= lo && b <= hi);
         if !fits {
-            return Err(format!(
-                "register map field `{name}` ({}{}) does not fit column `{name}` of type {}: \
-                 change the field's type or scale in the register map, or the column's type",
-                f.dtype,
-                if f.is_scaled() { ", scaled" } else { "" },
-                col.data_type
-            ));
+            return Err(ColumnError::DoesNotFit {
+                name: name.to_string(),
+                field: format!("{}{}", f.dtype, if f.is_scaled() { ", scaled" } else { "" }),
+                ty: col.data_type.clone(),
+            });
         }
     }
     Ok(ty)
@@ -209,7 +231,9 @@ mod tests {
             "{:?}",
             alarm.dtype
         );
-        let err = column_type(Some(&wide), "ALARM", &integer).unwrap_err();
+        let err = column_type(Some(&wide), "ALARM", &integer)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("`ALARM` (u32)") && err.contains("integer"),
             "{err}"
@@ -219,11 +243,13 @@ mod tests {
         assert!(
             column_type(Some(bank), "SOC", &soc)
                 .unwrap_err()
+                .to_string()
                 .contains("scaled")
         );
         assert!(
             column_type(Some(bank), "SOC", &[])
                 .unwrap_err()
+                .to_string()
                 .contains("no column")
         );
         assert!(column_type(Some(bank), "SOC", &[col("SOC", "text")]).is_err());

@@ -82,6 +82,29 @@ pub enum SpoolError {
     Full { dir: PathBuf, why: String },
 }
 
+/// A spool file that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("header: {0}")]
+    Header(serde_json::Error),
+    #[error("row: {0}")]
+    Row(serde_json::Error),
+    #[error("unknown table `{0}`")]
+    UnknownTable(String),
+    #[error("truncated")]
+    Truncated,
+    #[error("varint too long")]
+    LongVarint,
+    #[error("unknown value tag {tag} at byte {at}")]
+    Tag { tag: u8, at: usize },
+    #[error("device id out of range")]
+    DeviceId,
+    #[error("{found} rows, header says {header}")]
+    Count { found: usize, header: u64 },
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.to_path_buf(),
@@ -323,38 +346,36 @@ fn write_file(dir: &Path, path: &Path, head: &[u8], body: &[u8]) -> Result<u64, 
     })
 }
 
-fn read_header(path: &Path) -> Result<Header, String> {
+fn read_header(path: &Path) -> Result<Header, FormatError> {
     let mut line = String::new();
-    BufReader::new(File::open(path).map_err(|e| e.to_string())?)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    serde_json::from_str(&line).map_err(|e| e.to_string())
+    BufReader::new(File::open(path)?).read_line(&mut line)?;
+    serde_json::from_str(&line).map_err(FormatError::Header)
 }
 
 /// Reads a spool file back into its batch.
-pub fn read_batch(path: &Path) -> Result<Batch, String> {
-    let mut file = BufReader::new(File::open(path).map_err(|e| e.to_string())?);
+pub fn read_batch(path: &Path) -> Result<Batch, FormatError> {
+    let mut file = BufReader::new(File::open(path)?);
     let mut line = String::new();
-    file.read_line(&mut line).map_err(|e| e.to_string())?;
-    let header: Header = serde_json::from_str(&line).map_err(|e| format!("header: {e}"))?;
+    file.read_line(&mut line)?;
+    let header: Header = serde_json::from_str(&line).map_err(FormatError::Header)?;
     let spec = TableSpec::by_name(&header.table)
-        .ok_or_else(|| format!("unknown table `{}`", header.table))?;
+        .ok_or_else(|| FormatError::UnknownTable(header.table.clone()))?;
     let rows = match path.extension().and_then(|e| e.to_str()) {
         Some(JSON_EXTENSION) => file
             .lines()
-            .map(|l| {
-                let l = l.map_err(|e| e.to_string())?;
-                serde_json::from_str::<Row>(&l).map_err(|e| e.to_string())
-            })
+            .map(|l| serde_json::from_str::<Row>(&l?).map_err(FormatError::Row))
             .collect::<Result<Vec<_>, _>>()?,
         _ => {
             let mut body = Vec::new();
-            file.read_to_end(&mut body).map_err(|e| e.to_string())?;
+            file.read_to_end(&mut body)?;
             decode_rows(&body, &header, spec.device_columns.len())?
         }
     };
     if rows.len() as u64 != header.rows {
-        return Err(format!("{} rows, header says {}", rows.len(), header.rows));
+        return Err(FormatError::Count {
+            found: rows.len(),
+            header: header.rows,
+        });
     }
     Ok(Batch {
         spec,
@@ -399,13 +420,13 @@ fn encode_rows(batch: &Batch) -> Vec<u8> {
     out
 }
 
-fn decode_rows(body: &[u8], header: &Header, ids: usize) -> Result<Vec<Row>, String> {
+fn decode_rows(body: &[u8], header: &Header, ids: usize) -> Result<Vec<Row>, FormatError> {
     let mut r = Reader { body, at: 0 };
     let mut rows = Vec::with_capacity(header.rows as usize);
     while r.at < body.len() {
         let mut device = Vec::with_capacity(ids);
         for _ in 0..ids {
-            device.push(i16::try_from(r.varint()?).map_err(|_| "device id out of range")?);
+            device.push(i16::try_from(r.varint()?).map_err(|_| FormatError::DeviceId)?);
         }
         let t = header.first_t + r.varint()?;
         let mut values = Vec::with_capacity(header.columns.len());
@@ -415,7 +436,7 @@ fn decode_rows(body: &[u8], header: &Header, ids: usize) -> Result<Vec<Row>, Str
                 INT => Some(Value::Int(r.varint()?)),
                 F32 => Some(Value::Float(f64::from(f32::from_le_bytes(r.array()?)))),
                 F64 => Some(Value::Float(f64::from_le_bytes(r.array()?))),
-                tag => return Err(format!("unknown value tag {tag} at byte {}", r.at)),
+                tag => return Err(FormatError::Tag { tag, at: r.at }),
             });
         }
         rows.push(Row {
@@ -444,19 +465,22 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    fn byte(&mut self) -> Result<u8, String> {
-        let b = *self.body.get(self.at).ok_or("truncated")?;
+    fn byte(&mut self) -> Result<u8, FormatError> {
+        let b = *self.body.get(self.at).ok_or(FormatError::Truncated)?;
         self.at += 1;
         Ok(b)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let s = self.body.get(self.at..self.at + N).ok_or("truncated")?;
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FormatError> {
+        let s = self
+            .body
+            .get(self.at..self.at + N)
+            .ok_or(FormatError::Truncated)?;
         self.at += N;
         Ok(s.try_into().expect("slice of N bytes"))
     }
 
-    fn varint(&mut self) -> Result<i64, String> {
+    fn varint(&mut self) -> Result<i64, FormatError> {
         let mut z = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -465,7 +489,7 @@ impl Reader<'_> {
                 return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
             }
         }
-        Err("varint too long".into())
+        Err(FormatError::LongVarint)
     }
 }
 

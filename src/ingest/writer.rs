@@ -23,10 +23,10 @@ use tokio_postgres::Client;
 
 use super::batch::Batch;
 use super::preflight::{self, Catalog, PreflightError};
-use crate::ingest::spool::{self, Spool, SpoolFile};
 use super::stats::{Stats, lock};
 use crate::config::{Config, Server};
 use crate::db::{self, Failure, Target, quote_ident, quote_list};
+use crate::ingest::spool::{self, Spool, SpoolFile};
 use crate::modbus::map::RegisterMap;
 use crate::schema::DeviceId;
 use crate::sql::{device_ids_returning, insert_absent_sql};
@@ -396,7 +396,7 @@ pub async fn run_replay(sink: Arc<Sink>, mut stop: watch::Receiver<bool>, drain:
         if !empty && let Some(client) = link.connected(&sink).await {
             match replay_some(client, &sink).await {
                 Ok(()) => continue,
-                Err(e) => link.fail(&sink, &e),
+                Err(e) => link.fail(&sink, &e.message),
             }
         }
         if stopped_at.is_some() {
@@ -424,7 +424,7 @@ pub async fn run_replay(sink: Arc<Sink>, mut stop: watch::Receiver<bool>, drain:
 
 /// Replays the oldest spool files, merged per table into one COPY and one
 /// transaction. `Err` is a transient failure (the files stay).
-async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), String> {
+async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), WriteError> {
     let files = lock(&sink.spool).front(REPLAY_ROWS);
     let (readable, unreadable) = read_files(files).await;
     for (file, reason) in unreadable {
@@ -442,14 +442,14 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), String
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         match written {
             Ok(written) => sink.finish_replay(&group, &merged, written),
-            Err(e) if e.failure == Failure::Transient => return Err(e.message),
+            Err(e) if e.failure == Failure::Transient => return Err(e),
             // Which file is bad? Try them one by one.
             Err(_) if group.len() > 1 => {
                 for (file, batch) in group {
                     let one = [(file, batch)];
                     match write(client, sink, &one[0].1).await {
                         Ok(written) => sink.finish_replay(&one, &one[0].1, written),
-                        Err(e) if e.failure == Failure::Transient => return Err(e.message),
+                        Err(e) if e.failure == Failure::Transient => return Err(e),
                         Err(e) => {
                             let [(file, batch)] = one;
                             sink.reject_file(file, &batch, &e.message).await;
@@ -494,7 +494,7 @@ async fn read_files(files: Vec<SpoolFile>) -> (Vec<(SpoolFile, Batch)>, Vec<(Spo
         for f in files {
             match spool::read_batch(&f.path) {
                 Ok(b) => ok.push((f, b)),
-                Err(e) => bad.push((f, e)),
+                Err(e) => bad.push((f, e.to_string())),
             }
         }
         (ok, bad)

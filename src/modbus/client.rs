@@ -58,6 +58,19 @@ impl std::fmt::Display for ReadError {
     }
 }
 
+/// A connection that could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(String),
+    #[error("connect to {addr}: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The standard name of a Modbus exception code.
 pub fn exception_name(code: u8) -> &'static str {
     match code {
@@ -106,11 +119,14 @@ impl Drop for Connection {
 
 impl Connection {
     /// Opens a connection to `addr`, giving up after `timeout`.
-    pub async fn open(addr: &str, timeout: Duration) -> Result<Connection, String> {
+    pub async fn open(addr: &str, timeout: Duration) -> Result<Connection, ConnectError> {
         let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
             .await
-            .map_err(|_| format!("connect to {addr} timed out"))?
-            .map_err(|e| format!("connect to {addr}: {e}"))?;
+            .map_err(|_| ConnectError::Timeout(addr.to_string()))?
+            .map_err(|source| ConnectError::Io {
+                addr: addr.to_string(),
+                source,
+            })?;
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::default();

@@ -61,7 +61,7 @@ pub enum ReconcileError {
     #[error(transparent)]
     Window(#[from] WindowError),
     #[error("--min-age: {0}")]
-    MinAge(String),
+    MinAge(crate::window::DurationError),
     #[error("--direction `{0}`: use `both` or `to-SERVER` with one of the two servers ({1})")]
     Direction(String, String),
     #[error(
@@ -393,9 +393,9 @@ async fn reconcile_table_inner(
                 true,
             )
             .await
-            .map_err(|message| Failure {
-                message,
-                privilege: true,
+            .map_err(|e| Failure {
+                privilege: matches!(e, crate::privilege::PrivilegeError::Lacks { .. }),
+                message: e.to_string(),
             })?;
         }
     }

@@ -79,10 +79,15 @@ pub struct SimulateArgs {
     pub gateway_timeout: Duration,
 }
 
-fn rate(s: &str) -> Result<f64, String> {
+/// A share on the command line that is not between 0 and 1.
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not a share between 0 and 1")]
+pub struct RateError(String);
+
+fn rate(s: &str) -> Result<f64, RateError> {
     match s.parse::<f64>() {
         Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
-        _ => Err(format!("`{s}` is not a share between 0 and 1")),
+        _ => Err(RateError(s.to_string())),
     }
 }
 
