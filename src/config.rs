@@ -22,7 +22,7 @@ use url::Url;
 
 use crate::doc::{Doc, DocError};
 use crate::modbus::map::RegisterMap;
-use crate::schema::{DeviceId, TableSpec};
+use crate::schema::{DeviceId, Table, TableSpec};
 
 /// The shipped `sites.toml`, used when neither `--config` nor `ESSOPS_CONFIG` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../sites.toml");
@@ -51,15 +51,15 @@ impl TableSpec {
     /// Every device the config says this site has in this table, even those
     /// that never sent anything.
     pub fn devices(&self, site: &Site) -> Vec<DeviceId> {
-        match self.name {
-            "bank" => site.banks.iter().map(|b| vec![b.id as i16]).collect(),
-            "rack" => site
+        match self.table {
+            Table::Bank => site.banks.iter().map(|b| vec![b.id as i16]).collect(),
+            Table::Rack => site
                 .banks
                 .iter()
                 .flat_map(|b| (1..=b.racks).map(move |r| vec![b.id as i16, r as i16]))
                 .collect(),
-            "pcs" => site.pcs.iter().map(|p| vec![*p as i16]).collect(),
-            _ => vec![vec![]],
+            Table::Pcs => site.pcs.iter().map(|p| vec![*p as i16]).collect(),
+            Table::Etc => vec![vec![]],
         }
     }
 }

@@ -8,27 +8,92 @@
 /// The hypertables' time column.
 pub const TIME_COLUMN: &str = "TIMESTAMP";
 
+/// The ESS tables. This is the one place that knows them: every `match`
+/// on a `Table` is exhaustive, so a new table is a compile error wherever it
+/// needs handling (its spec here, the devices a site has in it, the measures
+/// the cache aggregates, whether racks are compared within their bank, and
+/// the simulator's model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Bank,
+    Rack,
+    Pcs,
+    Etc,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [Table::Bank, Table::Rack, Table::Pcs, Table::Etc];
+
+    pub fn spec(self) -> TableSpec {
+        match self {
+            Table::Bank => BANK,
+            Table::Rack => RACK,
+            Table::Pcs => PCS,
+            Table::Etc => ETC,
+        }
+    }
+
+    /// The main measurements dashboards plot (those a deployment's table lacks are skipped).
+    pub fn measures(self) -> &'static [&'static str] {
+        match self {
+            Table::Bank | Table::Rack => &[
+                "SOC",
+                "DC_VOLTAGE",
+                "DC_CURRENT",
+                "DC_POWER",
+                "MAX_CELL_VOLTAGE",
+                "MIN_CELL_VOLTAGE",
+                "MAX_CELL_TEMP",
+                "MIN_CELL_TEMP",
+            ],
+            Table::Pcs => &[
+                "AC_ACTIVE_POWER",
+                "AC_REACTIVE_POWER",
+                "AC_FREQUENCY",
+                "DC_VOLTAGE",
+                "DC_CURRENT",
+                "DC_POWER",
+                "INTERNAL_TEMP",
+            ],
+            Table::Etc => &["AMBIENT_TEMP", "AMBIENT_HUMIDITY", "METER_ACTIVE_POWER"],
+        }
+    }
+
+    /// Whether a device is judged against its bank's other devices (outliers).
+    pub fn has_bank_peers(self) -> bool {
+        match self {
+            Table::Rack => true,
+            Table::Bank | Table::Pcs | Table::Etc => false,
+        }
+    }
+}
+
 /// One ESS table: its name and the device-id columns that, with
 /// [`TIME_COLUMN`], make its natural key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableSpec {
+    pub table: Table,
     pub name: &'static str,
     pub device_columns: &'static [&'static str],
 }
 
 pub const BANK: TableSpec = TableSpec {
+    table: Table::Bank,
     name: "bank",
     device_columns: &["BANK_ID"],
 };
 pub const RACK: TableSpec = TableSpec {
+    table: Table::Rack,
     name: "rack",
     device_columns: &["BANK_ID", "RACK_ID"],
 };
 pub const PCS: TableSpec = TableSpec {
+    table: Table::Pcs,
     name: "pcs",
     device_columns: &["PCS_ID"],
 };
 pub const ETC: TableSpec = TableSpec {
+    table: Table::Etc,
     name: "etc",
     device_columns: &[],
 };

@@ -203,7 +203,7 @@ fn ingest_stores_exactly_what_the_simulator_served() {
             let sec: i64 = row.get(1);
             for (i, f) in t.fields.iter().enumerate() {
                 let stored: f64 = row.get(2 + i);
-                let want = model.value(name, &f.column, &device, sec);
+                let want = model.value(t.spec.table, &f.column, &device, sec);
                 let tolerance = f.scale.abs() / 2.0 + want.abs() * 1e-6 + 1e-9;
                 assert!(
                     (stored - want).abs() <= tolerance,

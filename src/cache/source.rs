@@ -11,32 +11,6 @@ use super::series::{Bucket, Devices};
 use crate::db::quote_ident;
 use crate::schema::{DeviceId, TIME_COLUMN, TableSpec};
 
-/// The main measurements dashboards plot, per table (those a table lacks are skipped).
-pub fn main_measures(table: &str) -> &'static [&'static str] {
-    match table {
-        "bank" | "rack" => &[
-            "SOC",
-            "DC_VOLTAGE",
-            "DC_CURRENT",
-            "DC_POWER",
-            "MAX_CELL_VOLTAGE",
-            "MIN_CELL_VOLTAGE",
-            "MAX_CELL_TEMP",
-            "MIN_CELL_TEMP",
-        ],
-        "pcs" => &[
-            "AC_ACTIVE_POWER",
-            "AC_REACTIVE_POWER",
-            "AC_FREQUENCY",
-            "DC_VOLTAGE",
-            "DC_CURRENT",
-            "DC_POWER",
-            "INTERNAL_TEMP",
-        ],
-        _ => &["AMBIENT_TEMP", "AMBIENT_HUMIDITY", "METER_ACTIVE_POWER"],
-    }
-}
-
 /// `1/2` for bank 1 rack 2, `1` for a bank or PCS, `site` for the etc table.
 pub fn device_key(ids: &[i16]) -> String {
     match ids.is_empty() {
@@ -184,7 +158,8 @@ pub fn measures(spec: &TableSpec, columns: &[crate::catalog::Column]) -> Vec<Str
         "bigint",
         "numeric",
     ];
-    main_measures(spec.name)
+    spec.table
+        .measures()
         .iter()
         .filter(|m| {
             columns

@@ -125,7 +125,7 @@ pub async fn warm_site(
             });
         }
         if let Some(finest) = built.first() {
-            if spec.name == "rack" {
+            if spec.table.has_bank_peers() {
                 found.extend(outliers::bank_outliers(
                     &finest.devices,
                     &measures,

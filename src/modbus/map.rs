@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use super::value::{DataType, WordOrder};
 use crate::doc::{Doc, DocError};
-use crate::schema::{DeviceId, TIME_COLUMN, TableSpec};
+use crate::schema::{DeviceId, TIME_COLUMN, Table, TableSpec};
 
 /// The shipped register map.
 pub const BUILTIN_MAP: &str = include_str!("../../maps/default.toml");
@@ -303,14 +303,15 @@ impl RegisterMap {
         };
         let raw: RawMap = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
         let mut tables = Vec::new();
-        for (spec, t) in [
-            (crate::schema::BANK, &raw.bank),
-            (crate::schema::RACK, &raw.rack),
-            (crate::schema::PCS, &raw.pcs),
-            (crate::schema::ETC, &raw.etc),
-        ] {
+        for which in Table::ALL {
+            let t = match which {
+                Table::Bank => &raw.bank,
+                Table::Rack => &raw.rack,
+                Table::Pcs => &raw.pcs,
+                Table::Etc => &raw.etc,
+            };
             if let Some(t) = t {
-                tables.push(table(&doc, spec, t)?);
+                tables.push(table(&doc, which.spec(), t)?);
             }
         }
         if tables.is_empty() {

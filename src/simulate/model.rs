@@ -10,6 +10,7 @@
 use std::f64::consts::TAU;
 
 use crate::config::Site;
+use crate::schema::Table;
 
 const CYCLE_SECS: f64 = 3600.0;
 const CELLS_PER_RACK: f64 = 240.0;
@@ -115,12 +116,12 @@ impl Model {
     }
 
     /// The physical value of `column` of `table` for `device` at second `t`.
-    pub fn value(&self, table: &str, column: &str, device: &[i16], t: i64) -> f64 {
+    pub fn value(&self, table: Table, column: &str, device: &[i16], t: i64) -> f64 {
         match table {
-            "rack" => self.rack_value(column, device, t),
-            "bank" => self.bank_value(column, device, t),
-            "pcs" => self.pcs_value(column, device, t),
-            _ => self.etc_value(column, t),
+            Table::Rack => self.rack_value(column, device, t),
+            Table::Bank => self.bank_value(column, device, t),
+            Table::Pcs => self.pcs_value(column, device, t),
+            Table::Etc => self.etc_value(column, t),
         }
     }
 
@@ -201,7 +202,7 @@ impl Model {
         let p = 0.97 * self.site_power_kw(t);
         let u = TAU * t as f64 / CYCLE_SECS;
         let lifetime = (t - 1_700_000_000).max(0) as f64 / 3600.0;
-        let vdc = self.value("bank", "DC_VOLTAGE", &[self.racks[0].0], t);
+        let vdc = self.value(Table::Bank, "DC_VOLTAGE", &[self.racks[0].0], t);
         match column {
             "AC_ACTIVE_POWER" => p,
             "AC_REACTIVE_POWER" => 0.05 * p.abs() * (u * 3.0).sin(),
@@ -253,29 +254,34 @@ mod tests {
         let m = Model::new(c.site("ESS_Operating_Site2").unwrap(), 7);
         let t = 1_763_000_000;
         assert_eq!(
-            m.value("rack", "SOC", &[2, 3], t),
-            m.value("rack", "SOC", &[2, 3], t)
+            m.value(Table::Rack, "SOC", &[2, 3], t),
+            m.value(Table::Rack, "SOC", &[2, 3], t)
         );
         assert_ne!(
-            m.value("rack", "SOC", &[2, 3], t),
-            Model::new(c.site("ESS_Operating_Site2").unwrap(), 8).value("rack", "SOC", &[2, 3], t)
+            m.value(Table::Rack, "SOC", &[2, 3], t),
+            Model::new(c.site("ESS_Operating_Site2").unwrap(), 8).value(
+                Table::Rack,
+                "SOC",
+                &[2, 3],
+                t
+            )
         );
         for s in 0..3600 {
-            let soc = m.value("rack", "SOC", &[1, 1], t + s);
-            let v = m.value("rack", "AVG_CELL_VOLTAGE", &[1, 1], t + s);
+            let soc = m.value(Table::Rack, "SOC", &[1, 1], t + s);
+            let v = m.value(Table::Rack, "AVG_CELL_VOLTAGE", &[1, 1], t + s);
             assert!(
                 (20.0..=90.0).contains(&soc) && (3.0..=3.5).contains(&v),
                 "{soc} {v}"
             );
             assert!(
-                m.value("rack", "MAX_CELL_VOLTAGE", &[1, 1], t + s)
-                    > m.value("rack", "MIN_CELL_VOLTAGE", &[1, 1], t + s)
+                m.value(Table::Rack, "MAX_CELL_VOLTAGE", &[1, 1], t + s)
+                    > m.value(Table::Rack, "MIN_CELL_VOLTAGE", &[1, 1], t + s)
             );
         }
         // SOC falls while the rack discharges (positive current).
         let (i, d) = (
-            m.value("rack", "DC_CURRENT", &[1, 1], t),
-            m.value("rack", "SOC", &[1, 1], t + 10) - m.value("rack", "SOC", &[1, 1], t),
+            m.value(Table::Rack, "DC_CURRENT", &[1, 1], t),
+            m.value(Table::Rack, "SOC", &[1, 1], t + 10) - m.value(Table::Rack, "SOC", &[1, 1], t),
         );
         assert!(i * d < 0.0, "current {i}, SOC change {d}");
     }

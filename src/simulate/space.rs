@@ -68,7 +68,7 @@ impl Block {
     pub fn words(&self, model: &Model, kind: RegisterKind, t: i64) -> Vec<u16> {
         let mut words = vec![0u16; self.len.into()];
         for f in self.table.fields.iter().filter(|f| f.kind == kind) {
-            let physical = model.value(self.table.spec.name, &f.column, &self.device, t);
+            let physical = model.value(self.table.spec.table, &f.column, &self.device, t);
             let raw = (physical - f.offset) / f.scale;
             let at = usize::from(f.at);
             f.dtype.encode(
