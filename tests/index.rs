@@ -35,7 +35,7 @@ fn setup(test: &str) -> Setup {
         config,
         site,
     };
-    s.sql(
+    s.db.execute("local", 
         "SELECT set_chunk_time_interval('rack', INTERVAL '1 hour');
          INSERT INTO rack (\"TIMESTAMP\", \"BANK_ID\", \"RACK_ID\", \"SOC\", \"MAX_CELL_TEMP\")
          SELECT t, b, r, 50 + r, 30 FROM generate_series(date_trunc('hour', now()) - interval '6 hours', date_trunc('hour', now()) - interval '1 second', interval '1 second') t,
@@ -46,10 +46,6 @@ fn setup(test: &str) -> Setup {
 }
 
 impl Setup {
-    fn sql(&self, sql: &str) {
-        self.db.execute("local", sql);
-    }
-
     fn scalar(&self, sql: &str) -> i64 {
         self.db.scalar("local", sql)
     }
@@ -237,7 +233,7 @@ fn index_recommend_finds_the_dashboard_index_and_its_gain_is_real() {
             "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'rack'"
         )
     );
-    s.sql("ANALYZE rack");
+    s.db.execute("local", "ANALYZE rack");
     let after = explain_rows(&s);
     assert!(
         after * 1.5 < before,

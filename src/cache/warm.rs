@@ -199,7 +199,10 @@ fn reusable(
 /// Every period of one table: reused buckets before the recheck point, and
 /// buckets from there on rebuilt from the finest source that covers them
 /// (minute aggregates read now, or an already rebuilt finer period).
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the period builder needs the site, table, measures, periods and the previous warm together; bundling them would only rename them"
+)]
 async fn build_periods(
     client: &tokio_postgres::Client,
     site: &Site,

@@ -3,7 +3,10 @@
 //!
 //! A missing service is a loud failure, never a silent skip.
 
-#![allow(dead_code)] // each test uses a different part of the support module
+#![allow(
+    dead_code,
+    reason = "each test uses a different part of the support module"
+)]
 
 pub mod cmd;
 pub mod pg;

@@ -1,0 +1,464 @@
+//! `sites.toml`: servers, sites, devices, thresholds; loading and strict validation.
+//!
+//! The raw structs mirror the file (unknown keys are an error) and keep the
+//! byte span of every value that validation may complain about, so each error
+//! names the file, the line, and the key. [`Config`] is the validated form the
+//! rest of essops uses; nothing outside this module sees TOML. Passwords are
+//! resolved at connect time by `db`, never stored here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use toml::Spanned;
+use url::Url;
+
+mod raw;
+mod validate;
+
+use crate::doc::{Doc, DocError};
+use crate::modbus::map::RegisterMap;
+use crate::schema::{DeviceId, Table, TableSpec};
+use raw::RawConfig;
+use validate::Validator;
+
+/// The shipped `sites.toml`, used when neither `--config` nor `ESSOPS_CONFIG` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../sites.toml");
+const EMBEDDED_LABEL: &str = "sites.toml (built-in default)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file that cannot be read, or one place in it that is wrong.
+    #[error(transparent)]
+    Doc(#[from] DocError),
+    #[error("unknown site `{name}` (configured: {known})")]
+    UnknownSite { name: String, known: String },
+    #[error("unknown server `{name}` (configured: {known})")]
+    UnknownServer { name: String, known: String },
+}
+
+impl ConfigError {
+    pub fn exit_code(&self) -> u8 {
+        crate::exit::code::CONFIG
+    }
+}
+
+crate::into_error!(ConfigError);
+
+impl TableSpec {
+    /// Every device the config says this site has in this table, even those
+    /// that never sent anything.
+    pub fn devices(&self, site: &Site) -> Vec<DeviceId> {
+        match self.table {
+            Table::Bank => site.banks.iter().map(|b| vec![b.id as i16]).collect(),
+            Table::Rack => site
+                .banks
+                .iter()
+                .flat_map(|b| (1..=b.racks).map(move |r| vec![b.id as i16, r as i16]))
+                .collect(),
+            Table::Pcs => site.pcs.iter().map(|p| vec![*p as i16]).collect(),
+            Table::Etc => vec![vec![]],
+        }
+    }
+}
+
+// ------------------------------------------------------------ validated form
+
+/// Where the configuration came from, for messages and relative paths.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    Embedded,
+    File(PathBuf),
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Embedded => f.write_str(EMBEDDED_LABEL),
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: ConfigSource,
+    pub log_dir: PathBuf,
+    /// Where ingest keeps rows a server could not take yet.
+    pub spool_dir: PathBuf,
+    /// Per server: the spool's cap and the free disk it leaves.
+    pub spool_limits: SpoolSettings,
+    pub modbus: ModbusSettings,
+    pub cache: CacheSettings,
+    pub redis_url: Option<Url>,
+    /// PEM CA for `rediss://` (default: the system's roots).
+    pub redis_ca_file: Option<PathBuf>,
+    pub servers: Vec<Server>,
+    pub sites: Vec<Site>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: PasswordSource,
+    pub tls: Tls,
+}
+
+/// libpq's sslmode values, with libpq's meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Plain text only.
+    Disable,
+    /// TLS when the server offers it, without checking its certificate.
+    Prefer,
+    /// TLS always, without checking the certificate.
+    Require,
+    /// TLS; the certificate must chain to `ca_file`.
+    VerifyCa,
+    /// As verify-ca, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+/// How one server's connections are encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub mode: SslMode,
+    /// PEM CA certificates the server's certificate must chain to.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM), for servers that ask for one.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// How a server's password is found. The password itself is read only when connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    Env(String),
+    File(PathBuf),
+    /// PGPASSWORD, then PGPASSFILE or ~/.pgpass, as libpq does.
+    Standard,
+}
+
+/// How ingest talks to devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModbusSettings {
+    /// Per request; a device that does not answer in time misses that sample.
+    pub timeout: std::time::Duration,
+    /// At most this many TCP connections per endpoint; devices share them.
+    pub connections: usize,
+    /// Requests in flight per connection (1: one at a time).
+    pub pipeline: usize,
+    /// Failures in a row after which a device is only probed.
+    pub breaker_after: u32,
+    /// Measured values unchanged this long flag a device as stale.
+    pub stale_after: std::time::Duration,
+}
+
+/// How much a server's spool may hold (bytes; 0 means no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolSettings {
+    pub max_bytes: u64,
+    pub min_free_bytes: u64,
+}
+
+/// What `essops cache warm` stores and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// The server read from (default: the first configured).
+    pub source: String,
+    /// Each warm re-reads at least this much recent data (seconds).
+    pub recheck_secs: i64,
+    /// A rack departing from its bank's other racks by more than this factor is an outlier.
+    pub outlier_factor: f64,
+    pub periods: Vec<CachePeriod>,
+    /// Allowed [min, max] per column; values outside are outliers.
+    pub limits: BTreeMap<String, (f64, f64)>,
+}
+
+/// A dashboard period: the last `span` seconds in buckets of `bucket` seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachePeriod {
+    pub name: String,
+    pub span_secs: i64,
+    /// 86400 means local days (the site's time zone).
+    pub bucket_secs: i64,
+    pub ttl_secs: i64,
+}
+
+impl CachePeriod {
+    fn new(name: &str, span: i64, bucket: i64, ttl: i64) -> CachePeriod {
+        CachePeriod {
+            name: name.into(),
+            span_secs: span,
+            bucket_secs: bucket,
+            ttl_secs: ttl,
+        }
+    }
+
+    pub fn defaults() -> Vec<CachePeriod> {
+        vec![
+            CachePeriod::new("hour", 3600, 60, 600),
+            CachePeriod::new("day", 86_400, 300, 3600),
+            CachePeriod::new("week", 7 * 86_400, 3600, 6 * 3600),
+            CachePeriod::new("month", 30 * 86_400, 86_400, 86_400),
+        ]
+    }
+}
+
+/// Built-in outlier limits: typical LFP cell and rack bounds.
+pub fn default_limits() -> BTreeMap<String, (f64, f64)> {
+    [
+        ("SOC", (0.0, 100.0)),
+        ("MAX_CELL_VOLTAGE", (2.5, 3.65)),
+        ("MIN_CELL_VOLTAGE", (2.5, 3.65)),
+        ("MAX_CELL_TEMP", (-20.0, 45.0)),
+        ("MIN_CELL_TEMP", (-20.0, 45.0)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A Modbus TCP endpoint of a site (its BMS, its PCS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub name: String,
+    /// `host:port`.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossThresholds {
+    pub warning_pct: f64,
+    pub critical_pct: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub name: String,
+    pub database: String,
+    pub servers: Vec<String>,
+    pub timezone: Tz,
+    pub sample_interval_secs: u32,
+    pub loss: LossThresholds,
+    pub banks: Vec<Bank>,
+    pub pcs: Vec<u16>,
+    /// Empty when the site has no `modbus` table (ingest and simulate need one).
+    pub endpoints: Vec<Endpoint>,
+    pub register_map: Arc<RegisterMap>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bank {
+    pub id: u16,
+    pub racks: u16,
+}
+
+impl Site {
+    pub fn rack_count(&self) -> usize {
+        self.banks.iter().map(|b| usize::from(b.racks)).sum()
+    }
+
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.name == name)
+    }
+}
+
+impl Config {
+    /// Loads `path`, or the built-in default when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::parse(EMBEDDED_DEFAULT, ConfigSource::Embedded),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| DocError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Config::parse(&text, ConfigSource::File(p.to_path_buf()))
+            }
+        }
+    }
+
+    pub fn parse(text: &str, source: ConfigSource) -> Result<Config, ConfigError> {
+        let doc = Doc {
+            text,
+            label: source.to_string(),
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
+        Ok(Validator {
+            doc: &doc,
+            source: &source,
+            maps: RefCell::default(),
+        }
+        .config(raw)?)
+    }
+
+    /// Folder that relative paths in the file are relative to.
+    pub fn base_dir(&self) -> PathBuf {
+        match &self.source {
+            ConfigSource::File(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
+            ConfigSource::Embedded => PathBuf::new(),
+        }
+    }
+
+    pub fn server(&self, name: &str) -> Result<&Server, ConfigError> {
+        self.servers
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ConfigError::UnknownServer {
+                name: name.to_string(),
+                known: join_names(self.servers.iter().map(|s| s.name.as_str())),
+            })
+    }
+
+    pub fn site(&self, name: &str) -> Result<&Site, ConfigError> {
+        self.sites
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| ConfigError::UnknownSite {
+                name: name.to_string(),
+                known: join_names(self.sites.iter().map(|s| s.name.as_str())),
+            })
+    }
+
+    /// The sites named (all when none are), in the order asked; unknown names are an error.
+    pub fn select_sites(&self, names: &[String]) -> Result<Vec<&Site>, ConfigError> {
+        if names.is_empty() {
+            return Ok(self.sites.iter().collect());
+        }
+        names.iter().map(|n| self.site(n)).collect()
+    }
+
+    /// Every (site, server) pair to work on: the sites named (all when none
+    /// are), each on those of its servers that are named (all when none are).
+    pub fn site_servers(
+        &self,
+        sites: &[String],
+        servers: &[String],
+    ) -> Result<Vec<(&Site, &Server)>, ConfigError> {
+        let servers = self.select_servers(servers)?;
+        Ok(self
+            .select_sites(sites)?
+            .into_iter()
+            .flat_map(|site| {
+                servers
+                    .iter()
+                    .filter(|s| site.servers.contains(&s.name))
+                    .map(move |s| (site, *s))
+            })
+            .collect())
+    }
+
+    /// The servers named (all when none are); unknown names are an error.
+    pub fn select_servers(&self, names: &[String]) -> Result<Vec<&Server>, ConfigError> {
+        if names.is_empty() {
+            return Ok(self.servers.iter().collect());
+        }
+        names.iter().map(|n| self.server(n)).collect()
+    }
+}
+
+fn join_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    names.collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, ConfigSource::File(PathBuf::from("t.toml")))
+    }
+
+    #[test]
+    fn config_embedded_default_is_the_reference_fleet() {
+        let c = Config::load(None).unwrap();
+        let shape: Vec<_> = c
+            .sites
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.banks.iter().map(|b| b.racks).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("ESS_Operating_Site1", vec![8]),
+                ("ESS_Operating_Site2", vec![9, 8]),
+                ("ESS_Operating_Site3", vec![11]),
+                ("ESS_Operating_Site4", vec![9]),
+            ]
+        );
+        assert_eq!(
+            c.servers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>(),
+            ["local", "gcp"]
+        );
+        let s2 = c.site("ESS_Operating_Site2").unwrap();
+        assert_eq!(
+            (s2.timezone, s2.sample_interval_secs, s2.rack_count()),
+            (chrono_tz::Asia::Seoul, 1, 17)
+        );
+        assert_eq!(
+            s2.loss,
+            LossThresholds {
+                warning_pct: 2.0,
+                critical_pct: 5.0
+            }
+        );
+        assert!(c.redis_url.is_some());
+        // The shipped file spells out the defaults, so it documents them truly.
+        assert_eq!(c.cache.periods, CachePeriod::defaults());
+        assert_eq!(c.cache.limits, default_limits());
+        assert_eq!(
+            (c.cache.recheck_secs, c.cache.source.as_str()),
+            (900, "local")
+        );
+        assert_eq!(c.modbus.timeout, Duration::from_millis(500));
+        assert_eq!(
+            c.site("ESS_Operating_Site3")
+                .unwrap()
+                .endpoint("pcs")
+                .unwrap()
+                .addr,
+            "127.0.0.1:15042"
+        );
+    }
+
+    #[test]
+    fn config_error_points_at_line_and_column() {
+        let text = "[servers.a]\nurl = \"postgres://u@h\"\n[[sites]]\nname = \"s\"\nbanks = [{ id = 1, racks = 0 }]\n";
+        let e = parse(text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.toml:5:28: key `sites[0].banks[0].racks`: a bank needs at least one rack, got 0"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! The file as written: structs that mirror `sites.toml` (unknown keys are
+//! an error) and keep the byte span of every value validation may complain
+//! about. Only `validate` reads them.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) log_dir: Option<String>,
+    pub(super) spool_dir: Option<String>,
+    pub(super) spool_max_mb: Option<Spanned<u64>>,
+    pub(super) spool_min_free_mb: Option<Spanned<u64>>,
+    pub(super) modbus: Option<RawModbus>,
+    pub(super) cache: Option<RawCache>,
+    #[serde(default)]
+    pub(super) defaults: RawDefaults,
+    pub(super) redis: Option<RawRedis>,
+    #[serde(default)]
+    pub(super) servers: BTreeMap<Spanned<String>, RawServer>,
+    #[serde(default)]
+    pub(super) sites: Vec<RawSite>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDefaults {
+    pub(super) timezone: Option<Spanned<String>>,
+    pub(super) sample_interval_secs: Option<Spanned<u32>>,
+    pub(super) loss_warning_pct: Option<Spanned<f64>>,
+    pub(super) loss_critical_pct: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModbus {
+    pub(super) register_map: Option<Spanned<String>>,
+    pub(super) timeout_ms: Option<Spanned<u64>>,
+    pub(super) connections: Option<Spanned<u16>>,
+    pub(super) pipeline: Option<Spanned<u16>>,
+    pub(super) breaker_after: Option<Spanned<u32>>,
+    pub(super) stale_after: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCache {
+    pub(super) source: Option<Spanned<String>>,
+    pub(super) recheck: Option<Spanned<String>>,
+    pub(super) outlier_factor: Option<Spanned<f64>>,
+    pub(super) periods: Option<Vec<RawPeriod>>,
+    pub(super) limits: Option<BTreeMap<String, Spanned<[f64; 2]>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeriod {
+    pub(super) name: Spanned<String>,
+    pub(super) span: Spanned<String>,
+    pub(super) bucket: Spanned<String>,
+    pub(super) ttl: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRedis {
+    pub(super) url: Spanned<String>,
+    pub(super) ca_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) url: Spanned<String>,
+    pub(super) password_env: Option<Spanned<String>>,
+    pub(super) password_file: Option<Spanned<String>>,
+    pub(super) sslmode: Option<Spanned<String>>,
+    pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) client_cert: Option<Spanned<String>>,
+    pub(super) client_key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSite {
+    pub(super) name: Spanned<String>,
+    pub(super) database: Option<Spanned<String>>,
+    pub(super) servers: Option<Vec<Spanned<String>>>,
+    pub(super) timezone: Option<Spanned<String>>,
+    pub(super) sample_interval_secs: Option<Spanned<u32>>,
+    pub(super) loss_warning_pct: Option<Spanned<f64>>,
+    pub(super) loss_critical_pct: Option<Spanned<f64>>,
+    pub(super) banks: Spanned<Vec<RawBank>>,
+    pub(super) pcs: Option<Spanned<Vec<Spanned<u16>>>>,
+    pub(super) modbus: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub(super) register_map: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBank {
+    pub(super) id: Spanned<u16>,
+    pub(super) racks: Spanned<u16>,
+}
