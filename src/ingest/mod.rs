@@ -312,6 +312,92 @@ async fn preflight_all(plan: &Plan, ctx: &Context) -> Result<Vec<Option<Catalog>
     futures_util::future::try_join_all(checks).await
 }
 
+/// Each server's live writer and replayer, sharing its sink.
+struct Writers {
+    queues: Vec<(mpsc::Sender<Arc<Batch>>, Arc<Sink>)>,
+    live: tokio::task::JoinSet<()>,
+    replay: tokio::task::JoinSet<()>,
+    stop_replay: watch::Sender<bool>,
+}
+
+fn start_writers(
+    plan: &Plan,
+    ctx: &Context,
+    catalogs: Vec<Option<Catalog>>,
+    stats: &Arc<Stats>,
+    device_index: &Arc<DeviceIndex>,
+) -> Result<Writers, IngestError> {
+    let (stop_replay, stop_rx) = watch::channel(false);
+    let mut w = Writers {
+        queues: Vec::new(),
+        live: tokio::task::JoinSet::new(),
+        replay: tokio::task::JoinSet::new(),
+        stop_replay,
+    };
+    for ((i, server), catalog) in plan.servers.iter().enumerate().zip(catalogs) {
+        let spool = Spool::open(&plan.spool_root.join(&server.name), spool_limits(ctx))?;
+        let to = destination(plan, ctx, server);
+        let sink = Arc::new(Sink::new(
+            i,
+            to,
+            spool,
+            stats.clone(),
+            device_index.clone(),
+            catalog,
+        ));
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        w.queues.push((tx, sink.clone()));
+        w.live.spawn(writer::run_live(sink.clone(), rx));
+        let drain = Some(writer::DRAIN_AFTER_STOP);
+        w.replay
+            .spawn(writer::run_replay(sink, stop_rx.clone(), drain));
+    }
+    Ok(w)
+}
+
+/// One lane per connection of every endpoint, sending rows to `rows`.
+fn start_lanes(
+    plan: &Plan,
+    ctx: &Context,
+    rows: &mpsc::Sender<(usize, Row)>,
+    stats: &Arc<Stats>,
+    stop: &watch::Receiver<bool>,
+) -> tokio::task::JoinSet<()> {
+    let mut pollers = tokio::task::JoinSet::new();
+    let settings = lane_settings(plan, ctx);
+    for (addr, shares) in shares(plan, ctx) {
+        for (number, devices) in shares.into_iter().enumerate() {
+            let lane = Lane {
+                addr: addr.clone(),
+                number,
+                devices,
+                settings,
+                rows: rows.clone(),
+                stats: stats.clone(),
+            };
+            pollers.spawn(lane.run(stop.clone()));
+        }
+    }
+    pollers
+}
+
+/// The per-device health lines, once a minute until aborted.
+fn start_health(stats: &Arc<Stats>) -> tokio::task::JoinHandle<()> {
+    let stats = stats.clone();
+    tokio::spawn(async move {
+        let mut last = Vec::new();
+        let first = tokio::time::Instant::now() + HEALTH_EVERY;
+        let mut tick = tokio::time::interval_at(first, HEALTH_EVERY);
+        loop {
+            tick.tick().await;
+            stats.log_health(&mut last);
+        }
+    })
+}
+
+/// Polls and writes until `shutdown` or `duration`, then stops in order:
+/// lanes (requests in flight finish), collector (last batches), live
+/// writers, replayers (a last drain).
 pub async fn execute(
     plan: Plan,
     ctx: &Context,
@@ -319,31 +405,8 @@ pub async fn execute(
     duration: Option<Duration>,
 ) -> Result<IngestReport, IngestError> {
     let catalogs = preflight_all(&plan, ctx).await?;
-    let server_names: Vec<String> = plan.servers.iter().map(|s| s.name.clone()).collect();
     let (stats, device_index) = counters(&plan);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut writers = Vec::new();
-    let mut live_tasks = tokio::task::JoinSet::new();
-    let mut replay_tasks = tokio::task::JoinSet::new();
-    for ((i, server), catalog) in plan.servers.iter().enumerate().zip(catalogs) {
-        let spool = Spool::open(&plan.spool_root.join(&server.name), spool_limits(ctx))?;
-        let sink = Arc::new(Sink::new(
-            i,
-            destination(&plan, ctx, server),
-            spool,
-            stats.clone(),
-            device_index.clone(),
-            catalog,
-        ));
-        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-        writers.push((tx, sink.clone()));
-        live_tasks.spawn(writer::run_live(sink.clone(), rx));
-        replay_tasks.spawn(writer::run_replay(
-            sink,
-            stop_rx.clone(),
-            Some(writer::DRAIN_AFTER_STOP),
-        ));
-    }
+    let mut writers = start_writers(&plan, ctx, catalogs, &stats, &device_index)?;
     let (row_tx, row_rx) = mpsc::channel(plan.devices.len().max(1024) * 2);
     let tables = plan
         .site
@@ -352,38 +415,14 @@ pub async fn execute(
         .iter()
         .map(|t| (t.spec, Arc::new(t.value_columns())))
         .collect();
-    let collector = tokio::spawn(collect(row_rx, tables, writers));
+    let collector = tokio::spawn(collect(row_rx, tables, std::mem::take(&mut writers.queues)));
     let (poll_stop_tx, poll_stop_rx) = watch::channel(false);
-    let mut pollers = tokio::task::JoinSet::new();
-    let settings = lane_settings(&plan, ctx);
-    for (addr, shares) in shares(&plan, ctx) {
-        for (number, devices) in shares.into_iter().enumerate() {
-            let lane = Lane {
-                addr: addr.clone(),
-                number,
-                devices,
-                settings,
-                rows: row_tx.clone(),
-                stats: stats.clone(),
-            };
-            pollers.spawn(lane.run(poll_stop_rx.clone()));
-        }
-    }
+    let mut pollers = start_lanes(&plan, ctx, &row_tx, &stats, &poll_stop_rx);
     drop(row_tx);
-    tracing::info!(site = %plan.site.name, devices = plan.devices.len(), servers = %server_names.join(","), "ingest started");
+    let servers: Vec<&str> = plan.servers.iter().map(|s| s.name.as_str()).collect();
+    tracing::info!(site = %plan.site.name, devices = plan.devices.len(), servers = %servers.join(","), "ingest started");
     let started = std::time::Instant::now();
-    let health = {
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let mut last = Vec::new();
-            let mut tick =
-                tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
-            loop {
-                tick.tick().await;
-                stats.log_health(&mut last);
-            }
-        })
-    };
+    let health = start_health(&stats);
     let until = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -397,9 +436,9 @@ pub async fn execute(
     let _ = poll_stop_tx.send(true);
     while pollers.join_next().await.is_some() {}
     let _ = collector.await;
-    while live_tasks.join_next().await.is_some() {}
-    let _ = stop_tx.send(true);
-    while replay_tasks.join_next().await.is_some() {}
+    while writers.live.join_next().await.is_some() {}
+    let _ = writers.stop_replay.send(true);
+    while writers.replay.join_next().await.is_some() {}
     health.abort();
     stats.log_health(&mut Vec::new());
     Ok(IngestReport::new(&plan, &stats, started.elapsed()))

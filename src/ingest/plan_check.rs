@@ -147,6 +147,72 @@ fn quantile(v: &[f64], q: f64) -> Option<f64> {
     v.get(i.min(v.len() - 1)).copied()
 }
 
+/// What one round needs, and on what basis.
+struct Need {
+    basis: &'static str,
+    in_flight: usize,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    round_ms: f64,
+    failed: u64,
+    error: Option<String>,
+}
+
+/// The worst case from `timeout_ms`, or the slowest probed round (p99).
+fn need(requests: usize, s: LaneSettings, m: Option<Measured>) -> Need {
+    let depth = s.pipeline.max(1);
+    match m {
+        None => Need {
+            basis: "timeout_ms",
+            in_flight: depth,
+            p50: None,
+            p99: None,
+            round_ms: requests as f64 * s.timeout.as_secs_f64() * 1000.0 / depth as f64,
+            failed: 0,
+            error: None,
+        },
+        Some(m) => Need {
+            basis: "probe",
+            in_flight: m.in_flight.unwrap_or(depth),
+            p50: quantile(&m.answers_ms, 0.5),
+            p99: quantile(&m.answers_ms, 0.99),
+            round_ms: quantile(&m.rounds_ms, 0.99).unwrap_or(f64::INFINITY),
+            failed: m.failed,
+            error: m.error,
+        },
+    }
+}
+
+/// What would make a connection that does not fit fit.
+fn advice(n: &Need, interval: f64, budget_ms: f64, lanes: usize, reads_per_device: f64) -> String {
+    let round_ms = n.round_ms;
+    if let Some(e) = &n.error {
+        return format!("could not probe: {e}");
+    }
+    if round_ms <= budget_ms {
+        return format!(
+            "fits: {:.0} % of the interval",
+            100.0 * round_ms / (interval * 1000.0)
+        );
+    }
+    let factor = round_ms / budget_ms;
+    let mut a = format!(
+        "does not fit ({round_ms:.0} ms needed, {budget_ms:.0} ms usable): modbus.connections = {} (now {lanes} for this endpoint), \
+         or sample_interval_secs = {}",
+        ((lanes as f64) * factor).ceil() as usize,
+        (interval * factor).ceil() as u64,
+    );
+    if reads_per_device > 1.0 {
+        a.push_str(&format!(
+            ", or merged reads ({reads_per_device:.1} requests per device: raise max_gap in the register map)"
+        ));
+    }
+    if n.basis == "timeout_ms" {
+        a.push_str("; this assumes every request takes timeout_ms: measure with --probe 10s");
+    }
+    a
+}
+
 fn row(
     plan: &Plan,
     addr: &str,
@@ -164,54 +230,8 @@ fn row(
         .map(|r| u64::from(r.count))
         .sum();
     let budget_ms = interval * 1000.0 * USABLE;
-    let timeout_ms = s.timeout.as_secs_f64() * 1000.0;
-    let (basis, in_flight, p50, p99, round_ms, failed, error) = match m {
-        None => {
-            let depth = s.pipeline.max(1);
-            let need = requests as f64 * timeout_ms / depth as f64;
-            ("timeout_ms", depth, None, None, need, 0, None)
-        }
-        Some(m) => {
-            let depth = m.in_flight.unwrap_or(s.pipeline.max(1));
-            let round = quantile(&m.rounds_ms, 0.99).unwrap_or(f64::INFINITY);
-            (
-                "probe",
-                depth,
-                quantile(&m.answers_ms, 0.5),
-                quantile(&m.answers_ms, 0.99),
-                round,
-                m.failed,
-                m.error,
-            )
-        }
-    };
-    let fits = error.is_none() && round_ms <= budget_ms;
-    let advice = match (&error, fits) {
-        (Some(e), _) => format!("could not probe: {e}"),
-        (None, true) => format!(
-            "fits: {:.0} % of the interval",
-            100.0 * round_ms / (interval * 1000.0)
-        ),
-        (None, false) => {
-            let factor = round_ms / budget_ms;
-            let reads = requests as f64 / devices.len().max(1) as f64;
-            let mut a = format!(
-                "does not fit ({round_ms:.0} ms needed, {budget_ms:.0} ms usable): modbus.connections = {} (now {lanes} for this endpoint), \
-                 or sample_interval_secs = {}",
-                ((lanes as f64) * factor).ceil() as usize,
-                (interval * factor).ceil() as u64,
-            );
-            if reads > 1.0 {
-                a.push_str(&format!(", or merged reads ({reads:.1} requests per device: raise max_gap in the register map)"));
-            }
-            if basis == "timeout_ms" {
-                a.push_str(
-                    "; this assumes every request takes timeout_ms: measure with --probe 10s",
-                );
-            }
-            a
-        }
-    };
+    let n = need(requests, s, m);
+    let reads = requests as f64 / devices.len().max(1) as f64;
     PlanRow {
         site: plan.site.name.clone(),
         endpoint: addr.to_string(),
@@ -219,15 +239,15 @@ fn row(
         devices: devices.len(),
         requests_per_sec: requests as f64 / interval,
         registers_per_sec: registers as f64 / interval,
-        in_flight,
-        basis,
-        answer_p50_ms: p50,
-        answer_p99_ms: p99,
-        failed,
-        round_ms: (round_ms * 10.0).round() / 10.0,
+        in_flight: n.in_flight,
+        basis: n.basis,
+        answer_p50_ms: n.p50,
+        answer_p99_ms: n.p99,
+        failed: n.failed,
+        round_ms: (n.round_ms * 10.0).round() / 10.0,
         budget_ms,
-        fits,
-        advice,
+        fits: n.error.is_none() && n.round_ms <= budget_ms,
+        advice: advice(&n, interval, budget_ms, lanes, reads),
     }
 }
 

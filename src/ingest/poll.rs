@@ -93,6 +93,9 @@ pub struct Lane {
     pub stats: Arc<Stats>,
 }
 
+/// One device's poll in flight.
+type Poll<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Polled> + Send + 'a>>;
+
 /// What one poll gave.
 struct Polled {
     slot: usize,
@@ -158,7 +161,7 @@ impl Lane {
         };
         let mut load = Load::default();
         let mut round = Round::default();
-        let mut inflight = FuturesUnordered::new();
+        let mut inflight: FuturesUnordered<Poll<'_>> = FuturesUnordered::new();
         let mut stopping = false;
         loop {
             let (t, wait) = next_tick(self.settings.interval_secs);
@@ -186,43 +189,59 @@ impl Lane {
             while inflight.len() < link.depth
                 && let Some(slot) = round.queue.pop_front()
             {
-                let dev = &self.devices[slot];
-                let now = Instant::now();
-                state[slot].late = false;
-                if state[slot].busy {
-                    state[slot].late = true;
-                    round.late += 1;
-                    self.stats.poll_missed(
-                        dev.index,
-                        Miss::Late,
-                        "its previous poll is still waiting for an answer",
-                    );
-                    continue;
+                if let Some(poll) = self
+                    .start(slot, &mut round, &mut state, &mut link, &mut load)
+                    .await
+                {
+                    inflight.push(poll);
                 }
-                if state[slot].breaker.skips(now) {
-                    self.stats
-                        .poll_missed(dev.index, Miss::Breaker, "breaker open: probing only");
-                    continue;
-                }
-                let Some(conn) = self.connected(&mut link, dev).await else {
-                    let why = format!("cannot connect to {}: {}", self.addr, link.last_error);
-                    self.stats.poll_missed(dev.index, Miss::Connection, &why);
-                    continue;
-                };
-                state[slot].busy = true;
-                load.requests += dev.requests.len() as u64;
-                let (t, timeout) = (round.t, self.settings.timeout);
-                inflight.push(async move {
-                    let started = Instant::now();
-                    Polled {
-                        slot,
-                        t,
-                        started,
-                        result: read_device(&conn, dev, timeout).await,
-                    }
-                });
             }
         }
+    }
+
+    /// Starts one device's poll for the round's second, or books why it
+    /// cannot be polled now (its last poll still waits, its breaker is open,
+    /// no connection).
+    async fn start<'a>(
+        &'a self,
+        slot: usize,
+        round: &mut Round,
+        state: &mut [DeviceState],
+        link: &mut Link,
+        load: &mut Load,
+    ) -> Option<Poll<'a>> {
+        let dev = &self.devices[slot];
+        let s = &mut state[slot];
+        s.late = false;
+        if s.busy {
+            s.late = true;
+            round.late += 1;
+            let why = "its previous poll is still waiting for an answer";
+            self.stats.poll_missed(dev.index, Miss::Late, why);
+            return None;
+        }
+        if s.breaker.skips(Instant::now()) {
+            let why = "breaker open: probing only";
+            self.stats.poll_missed(dev.index, Miss::Breaker, why);
+            return None;
+        }
+        let Some(conn) = self.connected(link, dev).await else {
+            let why = format!("cannot connect to {}: {}", self.addr, link.last_error);
+            self.stats.poll_missed(dev.index, Miss::Connection, &why);
+            return None;
+        };
+        state[slot].busy = true;
+        load.requests += dev.requests.len() as u64;
+        let (t, timeout) = (round.t, self.settings.timeout);
+        Some(Box::pin(async move {
+            let started = Instant::now();
+            Polled {
+                slot,
+                t,
+                started,
+                result: read_device(&conn, dev, timeout).await,
+            }
+        }))
     }
 
     /// Devices whose turn did not come before the next grid second are late;
