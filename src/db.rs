@@ -489,7 +489,7 @@ pub fn sqlx_options(
         .username(&target.server.user)
         .database(target.database)
         .application_name("essops")
-        .ssl_mode(match target.server.tls.mode {
+        .ssl_mode(match target.server.tls.effective_mode() {
             SslMode::Disable => sqlx::postgres::PgSslMode::Disable,
             SslMode::Prefer => sqlx::postgres::PgSslMode::Prefer,
             SslMode::Require => sqlx::postgres::PgSslMode::Require,

@@ -53,7 +53,7 @@ pub fn client_config(tls: &Tls) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let builder = match tls.mode {
+    let builder = match tls.effective_mode() {
         SslMode::VerifyFull => builder.with_root_certificates(roots(tls)?),
         SslMode::VerifyCa => {
             let inner = WebPkiServerVerifier::builder_with_provider(roots(tls)?, provider())

@@ -542,3 +542,61 @@ fn ingest_warns_once_when_the_polls_do_not_fit_the_interval() {
     let stored = seconds_by_device(&s.keys("local"));
     assert_eq!(stored.len(), 10, "{stored:?}");
 }
+
+#[test]
+fn spool_replay_into_a_table_without_a_unique_key_stores_nothing_twice() {
+    use essops::ingest::batch::{Batch, Row};
+    use essops::ingest::spool::{Spool, SpoolLimits};
+    let s = setup(
+        "field_replay_nokey",
+        &[("local", "local")],
+        "timeout_ms = 500",
+    );
+    // A deployment whose rack table has no unique natural key: a plain COPY
+    // of rows already there would double them.
+    s.query("local", "DROP INDEX rack_natural_key");
+    let _sim = s.simulate(&[]);
+    s.ingest(&["--duration", "3s"]).run().expect_code(0);
+    let before = s.keys("local");
+    let racks: Vec<(String, i64)> = before
+        .iter()
+        .filter(|k| k.0 == "rack")
+        .map(|k| (k.1.clone(), k.2))
+        .collect();
+    let rows = racks
+        .iter()
+        .map(|(d, t)| Row {
+            device: d.split('/').map(|x| x.parse().unwrap()).collect(),
+            t: *t,
+            values: vec![None],
+            device_index: 0,
+            polled: None,
+        })
+        .collect();
+    let batch = Batch {
+        spec: essops::schema::RACK,
+        columns: std::sync::Arc::new(vec!["SOC".into()]),
+        rows,
+    };
+    let dir = s.scratch.path.join("spool/Site1/local");
+    Spool::open(&dir, SpoolLimits::default())
+        .unwrap()
+        .push(&batch)
+        .unwrap();
+    let run = Cmd::new(Some(&s.config))
+        .args(["--json", "spool", "replay", "--site", "Site1"])
+        .run()
+        .expect_code(0);
+    let r: Vec<SpoolRow> = run.json();
+    assert_eq!(
+        (r[0].replayed, r[0].duplicate),
+        (Some(0), Some(racks.len() as u64)),
+        "{r:?}"
+    );
+    let rows = s.query("local", "SELECT count(*) FROM rack");
+    assert_eq!(
+        rows[0].get::<_, i64>(0) as usize,
+        racks.len(),
+        "rows were doubled"
+    );
+}

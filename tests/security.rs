@@ -107,6 +107,36 @@ fn security_gcp_is_tls_verified_and_a_wrong_ca_or_host_is_refused() {
     );
     assert!(ran(chain_only.code()), "{}", chain_only.stderr());
 
+    // require with a CA file verifies the chain, as libpq does: the wrong CA
+    // is refused, on both driver paths; the right one is accepted.
+    let require_wrong_ca = loss_on(
+        &scratch,
+        &db,
+        &gcp_with("127.0.0.1", "require", "tls/other-ca.crt"),
+    );
+    assert_eq!(require_wrong_ca.code(), 4, "{}", require_wrong_ca.stderr());
+    assert!(
+        require_wrong_ca
+            .stdout()
+            .contains("TLS: the server's certificate is not signed by the CA in ca_file"),
+        "{}",
+        require_wrong_ca.stdout()
+    );
+    let migrate_require = Cmd::new(Some(&scratch.path.join("variant.toml")))
+        .args(["migrate", "--server", "gcp"])
+        .run();
+    assert_ne!(migrate_require.code(), 0, "{}", migrate_require.stderr());
+    let require_right_ca = loss_on(
+        &scratch,
+        &db,
+        &gcp_with("127.0.0.1", "require", "tls/ca.crt"),
+    );
+    assert!(
+        ran(require_right_ca.code()),
+        "{}",
+        require_right_ca.stderr()
+    );
+
     // The server itself refuses plain text.
     let plain = loss_on(
         &scratch,

@@ -120,7 +120,8 @@ pub enum SslMode {
     Disable,
     /// TLS when the server offers it, without checking its certificate.
     Prefer,
-    /// TLS always, without checking the certificate.
+    /// TLS always, without checking the certificate; with a `ca_file`,
+    /// as verify-ca (libpq does the same when a root certificate is given).
     Require,
     /// TLS; the certificate must chain to `ca_file`.
     VerifyCa,
@@ -150,6 +151,16 @@ pub struct Tls {
     /// A client certificate and key (PEM), for servers that ask for one.
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+}
+
+impl Tls {
+    /// The mode as libpq applies it: `require` with a CA file verifies the chain.
+    pub fn effective_mode(&self) -> SslMode {
+        match self.mode {
+            SslMode::Require if self.ca_file.is_some() => SslMode::VerifyCa,
+            mode => mode,
+        }
+    }
 }
 
 /// How a server's password is found. The password itself is read only when connecting.
