@@ -222,16 +222,7 @@ PY
         kill "$sim" 2>/dev/null; wait "$sim" 2>/dev/null || true
     done
     # Raw binary COPY into a hypertable with its unique natural key, for scale.
-    local file="$ROOT/.services/bench/rack.copy" n t0 t1
-    ipsql local "\\copy (SELECT * FROM rack) TO '$file' (FORMAT binary)"
-    n="$(ipsql local "SELECT count(*) FROM rack")"
-    ipsql local "SET client_min_messages = warning; DROP TABLE IF EXISTS copy_probe; CREATE TABLE copy_probe (LIKE rack INCLUDING ALL); SELECT create_hypertable('copy_probe', by_range('TIMESTAMP', INTERVAL '1 day'))" >/dev/null
-    t0=$(date +%s%N)
-    ipsql local "\\copy copy_probe FROM '$file' (FORMAT binary)"
-    t1=$(date +%s%N)
-    ipsql local "DROP TABLE copy_probe"
-    rm -f "$file"
-    echo "  raw binary COPY into a rack hypertable (unique key, local): $n rows in $(( (t1 - t0) / 1000000 )) ms = $(( n * 1000000000 / (t1 - t0) )) rows/s"
+    echo "  raw binary COPY into a rack hypertable (unique key, local): $(raw_copy_rate local bench_ingest)"
     echo "  reproduce: scripts/bench.sh ingest   (SECS=$secs SIZES=\"$sizes\")"
 }
 
@@ -378,16 +369,7 @@ for l in sys.stdin:
     kill "$sim" 2>/dev/null || true
     wait "$sim" 2>/dev/null || true
     # Raw binary COPY of the same rows into a fresh rack hypertable on gcp, in the same run.
-    local file="$ROOT/.services/bench/replay.copy" n t0 t1
-    rpl_psql gcp "\\copy (SELECT * FROM rack) TO '$file' (FORMAT binary)"
-    n="$(rpl_psql gcp "SELECT count(*) FROM rack")"
-    rpl_psql gcp "SET client_min_messages = warning; DROP TABLE IF EXISTS copy_probe; CREATE TABLE copy_probe (LIKE rack INCLUDING ALL); SELECT create_hypertable('copy_probe', by_range('TIMESTAMP', INTERVAL '1 day'))" >/dev/null
-    t0=$(date +%s%N)
-    rpl_psql gcp "\\copy copy_probe FROM '$file' (FORMAT binary)"
-    t1=$(date +%s%N)
-    rpl_psql gcp "DROP TABLE copy_probe"
-    rm -f "$file"
-    echo "  raw binary COPY of gcp's $n rack rows into a fresh rack hypertable: $(( n * 1000000000 / (t1 - t0) )) rows/s"
+    echo "  raw binary COPY of gcp's rack rows into a fresh rack hypertable: $(raw_copy_rate gcp bench_replay)"
     echo "  reproduce: scripts/bench.sh replay   (SECS=$secs)"
 }
 
@@ -485,6 +467,21 @@ print("; ".join("%s (%s) on %s: planner cost %.0f -> %.0f per call over %d calls
 }
 
 # psql against the ingest bench database on one server (local|gcp)
+# The rack rows of database $2 on server $1, binary-COPYed out and into a fresh
+# rack hypertable (with its unique key): "N rows in T ms = R rows/s".
+raw_copy_rate() {
+    local srv="$1" db="$2" file="$ROOT/.services/bench/$2.copy" n t0 t1
+    dbpsql "$srv" "$db" "\\copy (SELECT * FROM rack) TO '$file' (FORMAT binary)"
+    n="$(dbpsql "$srv" "$db" "SELECT count(*) FROM rack")"
+    dbpsql "$srv" "$db" "SET client_min_messages = warning; DROP TABLE IF EXISTS copy_probe; CREATE TABLE copy_probe (LIKE rack INCLUDING ALL); SELECT create_hypertable('copy_probe', by_range('TIMESTAMP', INTERVAL '1 day'))" >/dev/null
+    t0=$(date +%s%N)
+    dbpsql "$srv" "$db" "\\copy copy_probe FROM '$file' (FORMAT binary)"
+    t1=$(date +%s%N)
+    dbpsql "$srv" "$db" "DROP TABLE copy_probe"
+    rm -f "$file"
+    echo "$n rows in $(( (t1 - t0) / 1000000 )) ms = $(( n * 1000000000 / (t1 - t0) )) rows/s"
+}
+
 # psql against database $2 on dev server $1 (local|gcp), running $3
 dbpsql() {
     local port=55432 srv="$1"

@@ -247,54 +247,23 @@ struct SpoolRow {
 
 #[test]
 fn spool_replay_of_committed_rows_counts_duplicates_and_stores_nothing_twice() {
-    use essops::ingest::batch::{Batch, Row};
-    use essops::ingest::spool::{Spool, SpoolLimits};
     let s = setup("field_replay", &[("local", "local")], "timeout_ms = 500");
     let _sim = s.simulate(&[]);
     s.ingest(&["--duration", "3s"]).run().expect_code(0);
     let before = s.keys("local");
-    let racks: Vec<(String, i64)> = before
-        .iter()
-        .filter(|k| k.0 == "rack")
-        .map(|k| (k.1.clone(), k.2))
-        .collect();
-    assert!(!racks.is_empty());
     // The committed rack rows again, plus one second nobody stored yet.
-    let newest = racks.iter().map(|r| r.1).max().unwrap();
-    let row = |device: &str, t: i64| {
-        let ids: Vec<i16> = device.split('/').map(|x| x.parse().unwrap()).collect();
-        Row {
-            device: ids,
-            t,
-            values: vec![None],
-            device_index: 0,
-            polled: None,
-        }
-    };
-    let mut rows: Vec<Row> = racks.iter().map(|(d, t)| row(d, *t)).collect();
-    rows.push(row("1/1", newest + 3600));
-    let batch = Batch {
-        spec: essops::schema::RACK,
-        columns: std::sync::Arc::new(vec!["SOC".into()]),
-        rows,
-    };
-    let dir = s.scratch.path.join("spool/Site1/local");
-    Spool::open(&dir, SpoolLimits::default())
-        .unwrap()
-        .push(&batch)
-        .unwrap();
-    let run = Cmd::new(Some(&s.config))
-        .args(["--json", "spool", "replay", "--site", "Site1"])
-        .run()
-        .expect_code(0);
-    let r: Vec<SpoolRow> = run.json();
+    let mut keys = rack_keys(&s);
+    assert!(!keys.is_empty());
+    let newest = keys.iter().map(|k| k.1).max().unwrap();
+    let committed = keys.len() as u64;
+    keys.push(("1/1".into(), newest + 3600));
+    let r = spool_and_replay(&s, &keys);
     assert_eq!(
-        (r[0].replayed, r[0].duplicate, r[0].files),
-        (Some(1), Some(racks.len() as u64), 0),
+        (r.replayed, r.duplicate, r.files),
+        (Some(1), Some(committed), 0),
         "{r:?}"
     );
-    let after = s.keys("local");
-    assert_eq!(after.len(), before.len() + 1);
+    assert_eq!(s.keys("local").len(), before.len() + 1);
     let dup = s.query(
         "local",
         "SELECT count(*) - count(DISTINCT (\"BANK_ID\", \"RACK_ID\", \"TIMESTAMP\")) FROM rack",
@@ -545,8 +514,6 @@ fn ingest_warns_once_when_the_polls_do_not_fit_the_interval() {
 
 #[test]
 fn spool_replay_into_a_table_without_a_unique_key_stores_nothing_twice() {
-    use essops::ingest::batch::{Batch, Row};
-    use essops::ingest::spool::{Spool, SpoolLimits};
     let s = setup(
         "field_replay_nokey",
         &[("local", "local")],
@@ -557,16 +524,30 @@ fn spool_replay_into_a_table_without_a_unique_key_stores_nothing_twice() {
     s.query("local", "DROP INDEX rack_natural_key");
     let _sim = s.simulate(&[]);
     s.ingest(&["--duration", "3s"]).run().expect_code(0);
-    let before = s.keys("local");
-    let racks: Vec<(String, i64)> = before
+    let keys = rack_keys(&s);
+    let r = spool_and_replay(&s, &keys);
+    assert_eq!(
+        (r.replayed, r.duplicate),
+        (Some(0), Some(keys.len() as u64)),
+        "{r:?}"
+    );
+    let rows = s.query("local", "SELECT count(*) FROM rack");
+    assert_eq!(
+        rows[0].get::<_, i64>(0) as usize,
+        keys.len(),
+        "rows were doubled"
+    );
+}
+
+/// Spools rack rows for `keys` (device label, second) on local, replays them
+/// with `essops spool replay`, and returns its report row.
+fn spool_and_replay(s: &crate::ingest::Setup, keys: &[(String, i64)]) -> SpoolRow {
+    use essops::ingest::batch::{Batch, Row};
+    use essops::ingest::spool::{Spool, SpoolLimits};
+    let rows = keys
         .iter()
-        .filter(|k| k.0 == "rack")
-        .map(|k| (k.1.clone(), k.2))
-        .collect();
-    let rows = racks
-        .iter()
-        .map(|(d, t)| Row {
-            device: d.split('/').map(|x| x.parse().unwrap()).collect(),
+        .map(|(device, t)| Row {
+            device: device.split('/').map(|x| x.parse().unwrap()).collect(),
             t: *t,
             values: vec![None],
             device_index: 0,
@@ -587,16 +568,14 @@ fn spool_replay_into_a_table_without_a_unique_key_stores_nothing_twice() {
         .args(["--json", "spool", "replay", "--site", "Site1"])
         .run()
         .expect_code(0);
-    let r: Vec<SpoolRow> = run.json();
-    assert_eq!(
-        (r[0].replayed, r[0].duplicate),
-        (Some(0), Some(racks.len() as u64)),
-        "{r:?}"
-    );
-    let rows = s.query("local", "SELECT count(*) FROM rack");
-    assert_eq!(
-        rows[0].get::<_, i64>(0) as usize,
-        racks.len(),
-        "rows were doubled"
-    );
+    run.json::<SpoolRow>().remove(0)
+}
+
+/// The (device, second) of every stored rack row on local.
+fn rack_keys(s: &crate::ingest::Setup) -> Vec<(String, i64)> {
+    s.keys("local")
+        .into_iter()
+        .filter(|k| k.0 == "rack")
+        .map(|k| (k.1, k.2))
+        .collect()
 }
