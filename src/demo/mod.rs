@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{SecondsFormat, TimeZone, Utc};
 use serde::Serialize;
 
 use crate::cache;
@@ -191,14 +191,9 @@ fn demo_error(message: String) -> Error {
     DemoError(message).into()
 }
 
-pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error> {
-    let announce = ctx.verbosity == Verbosity::Normal;
-    let say = |m: String| {
-        if announce {
-            eprintln!("essops demo: {m}");
-        }
-    };
-    // The second server is reached through a relay the demo can cut.
+/// The second server, reached through a relay the demo can cut: the
+/// context to run with (quiet, the relay in place of that server).
+async fn with_relay(ctx: &Context) -> Result<(Context, Option<(String, proxy::Relay)>), Error> {
     let mut config = (*ctx.config).clone();
     let relay = match config.servers.get(1) {
         Some(s) => Some((
@@ -219,100 +214,106 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
         format: ctx.format,
         verbosity: Verbosity::Quiet,
     };
-    let sites: Vec<_> = ctx
-        .config
-        .sites
-        .iter()
-        .filter(|s| !s.endpoints.is_empty())
-        .cloned()
-        .collect();
+    Ok((ctx, relay))
+}
 
-    say("migrating every site database on every server".into());
-    let plan = migrate::plan(
-        &migrate::MigrateArgs {
-            select: Default::default(),
-            create_database: true,
-            dry_run: false,
-            create_roles: false,
-        },
-        &ctx,
-    )?;
-    let migrated = migrate::execute(plan, &ctx).await?;
-    if migrated.outcome() != Outcome::Clean {
-        return Err(demo_error(
+async fn migrate_all(ctx: &Context) -> Result<(), Error> {
+    let args = migrate::MigrateArgs {
+        select: Default::default(),
+        create_database: true,
+        dry_run: false,
+        create_roles: false,
+    };
+    let migrated = migrate::execute(migrate::plan(&args, ctx)?, ctx).await?;
+    match migrated.outcome() {
+        Outcome::Clean => Ok(()),
+        _ => Err(demo_error(
             "migrate could not reach every server; run scripts/services.sh up".into(),
-        ));
+        )),
     }
+}
 
+/// What the ingest step did: its window (whole seconds) and totals.
+struct Ingested {
+    t0: i64,
+    t1: i64,
+    polls_ok: u64,
+    polls_failed: u64,
+    spooled: u64,
+}
+
+/// Simulators for every site, one ingest per site for `duration`, the relay
+/// cut for the last part of it.
+async fn ingest_with_cut(
+    ctx: &Context,
+    sites: &[crate::config::Site],
+    duration: Duration,
+    relay: Option<&proxy::Relay>,
+) -> Result<Ingested, Error> {
     let faults = Faults {
         seed: 1,
         drop_rate: DROP_RATE,
         ..Faults::default()
     };
     let mut simulators = Vec::new();
-    for site in &sites {
+    for site in sites {
         simulators.push(simulate::start(site, None, 1, faults.clone(), false).await?);
     }
-    let outage_secs = (args.duration.as_secs_f64() * OUTAGE_SHARE).round() as u64;
-    say(format!(
-        "simulating {} sites ({} % of requests unanswered), ingesting for {} s; {} will be unreachable for the last {outage_secs} s",
-        sites.len(),
-        DROP_RATE * 100.0,
-        args.duration.as_secs(),
-        relay
-            .as_ref()
-            .map_or("no server".into(), |(n, _)| format!("`{n}`")),
-    ));
-    let started = Utc::now();
-    let t0 = started.timestamp() + 1;
+    let t0 = Utc::now().timestamp() + 1;
     let mut ingests = tokio::task::JoinSet::new();
-    for site in &sites {
+    for site in sites {
         let plan = ingest::plan(
-            &ingest::IngestArgs::for_site(&site.name, Some(args.duration)),
-            &ctx,
+            &ingest::IngestArgs::for_site(&site.name, Some(duration)),
+            ctx,
         )?;
-        let (ctx, d) = (ctx.clone(), args.duration);
-        ingests.spawn(
-            async move { ingest::execute(plan, &ctx, std::future::pending(), Some(d)).await },
-        );
+        let ctx = ctx.clone();
+        ingests.spawn(async move {
+            ingest::execute(plan, &ctx, std::future::pending(), Some(duration)).await
+        });
     }
-    if let Some((_, r)) = &relay {
-        tokio::time::sleep(args.duration.mul_f64(1.0 - OUTAGE_SHARE)).await;
+    if let Some(r) = relay {
+        tokio::time::sleep(duration.mul_f64(1.0 - OUTAGE_SHARE)).await;
         r.cut();
     }
-    let (mut polls_ok, mut polls_failed, mut spooled) = (0, 0, 0);
-    while let Some(done) = ingests.join_next().await {
-        let report = done.map_err(|e| demo_error(format!("ingest task failed: {e}")))??;
+    let mut done = Ingested {
+        t0,
+        t1: 0,
+        polls_ok: 0,
+        polls_failed: 0,
+        spooled: 0,
+    };
+    while let Some(joined) = ingests.join_next().await {
+        let report = joined.map_err(|e| demo_error(format!("ingest task failed: {e}")))??;
         if let Some(first) = report.rows.first() {
-            polls_ok += first.polls_ok;
-            polls_failed += first.polls_failed;
+            done.polls_ok += first.polls_ok;
+            done.polls_failed += first.polls_failed;
         }
-        spooled += report.rows.iter().map(|r| r.spool_pending).sum::<u64>();
+        done.spooled += report.rows.iter().map(|r| r.spool_pending).sum::<u64>();
     }
-    let t1 = Utc::now().timestamp();
+    done.t1 = Utc::now().timestamp();
     for s in simulators {
         s.stop();
     }
-    if let Some((_, r)) = &relay {
+    if let Some(r) = relay {
         r.restore();
     }
+    Ok(done)
+}
 
-    say(format!(
-        "measuring loss for {} .. {}",
-        rfc3339(t0),
-        rfc3339(t1)
-    ));
-    let loss_args = || loss::LossArgs {
+/// Missing samples per (site, server) over the window.
+async fn measure(ctx: &Context, t0: i64, t1: i64) -> Result<Missing, Error> {
+    let args = loss::LossArgs {
         select: Default::default(),
         tables: Default::default(),
         window: window(t0, t1),
         output: None,
     };
-    let now = || -> DateTime<Utc> { Utc::now() };
-    let before = missing(&loss::execute(loss::plan(&loss_args(), &ctx, now())?, &ctx).await?)?;
+    missing(&loss::execute(loss::plan(&args, ctx, Utc::now())?, ctx).await?)
+}
 
-    say("reconciling the servers".into());
-    let rec_args = reconcile::ReconcileArgs {
+/// Reconciles the window; rows copied per (site, server).
+async fn repair(ctx: &Context, t0: i64, t1: i64) -> Result<BTreeMap<(String, String), u64>, Error> {
+    let args = reconcile::ReconcileArgs {
         select: Default::default(),
         tables: Default::default(),
         window: window(t0, t1),
@@ -320,12 +321,8 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
         min_age: "0".into(),
         dry_run: false,
     };
-    let rec = reconcile::execute(
-        reconcile::plan(&rec_args, &ctx, now())?,
-        &ctx,
-        reconcile::Mode::Apply,
-    )
-    .await;
+    let plan = reconcile::plan(&args, ctx, Utc::now())?;
+    let rec = reconcile::execute(plan, ctx, reconcile::Mode::Apply).await;
     let mut repaired: BTreeMap<(String, String), u64> = BTreeMap::new();
     for row in &rec.rows {
         match row {
@@ -346,42 +343,88 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
             ReconcileRow::Device(_) => {}
         }
     }
-    let after = missing(&loss::execute(loss::plan(&loss_args(), &ctx, now())?, &ctx).await?)?;
+    Ok(repaired)
+}
 
-    say("warming the dashboard cache".into());
-    let warmed = cache::warm(
-        &cache::WarmArgs {
-            sites: vec![],
-            periods: vec![],
-            full: false,
-        },
-        &ctx,
-    )
-    .await?;
-    let rows = before
+/// One row per (site, server): missing before, repaired, missing after.
+fn rows(
+    before: &Missing,
+    repaired: &BTreeMap<(String, String), u64>,
+    after: &Missing,
+) -> Vec<DemoRow> {
+    before
         .iter()
-        .map(|((site, server), (expected, miss))| DemoRow {
-            site: site.clone(),
-            server: server.clone(),
-            expected: *expected,
-            missing_before: *miss,
-            repaired: repaired
-                .get(&(site.clone(), server.clone()))
-                .copied()
-                .unwrap_or(0),
-            missing_after: after
-                .get(&(site.clone(), server.clone()))
-                .map_or(-1, |a| a.1),
+        .map(|((site, server), (expected, miss))| {
+            let key = (site.clone(), server.clone());
+            DemoRow {
+                site: site.clone(),
+                server: server.clone(),
+                expected: *expected,
+                missing_before: *miss,
+                repaired: repaired.get(&key).copied().unwrap_or(0),
+                missing_after: after.get(&key).map_or(-1, |a| a.1),
+            }
         })
+        .collect()
+}
+
+/// The whole loop, step by step: relay, migrate, simulate and ingest with a
+/// cut link, loss, reconcile, loss again, cache warm.
+pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error> {
+    let announce = ctx.verbosity == Verbosity::Normal;
+    let say = |m: String| {
+        if announce {
+            eprintln!("essops demo: {m}");
+        }
+    };
+    let (ctx, relay) = with_relay(ctx).await?;
+    let sites: Vec<_> = ctx
+        .config
+        .sites
+        .iter()
+        .filter(|s| !s.endpoints.is_empty())
+        .cloned()
         .collect();
+    say("migrating every site database on every server".into());
+    migrate_all(&ctx).await?;
+    let outage_secs = (args.duration.as_secs_f64() * OUTAGE_SHARE).round() as u64;
+    let outage_server = relay.as_ref().map(|(n, _)| n.clone());
+    say(format!(
+        "simulating {} sites ({} % of requests unanswered), ingesting for {} s; {} will be unreachable for the last {outage_secs} s",
+        sites.len(),
+        DROP_RATE * 100.0,
+        args.duration.as_secs(),
+        outage_server
+            .as_ref()
+            .map_or("no server".into(), |n| format!("`{n}`")),
+    ));
+    let ingested =
+        ingest_with_cut(&ctx, &sites, args.duration, relay.as_ref().map(|(_, r)| r)).await?;
+    let (t0, t1) = (ingested.t0, ingested.t1);
+    say(format!(
+        "measuring loss for {} .. {}",
+        rfc3339(t0),
+        rfc3339(t1)
+    ));
+    let before = measure(&ctx, t0, t1).await?;
+    say("reconciling the servers".into());
+    let repaired = repair(&ctx, t0, t1).await?;
+    let after = measure(&ctx, t0, t1).await?;
+    say("warming the dashboard cache".into());
+    let warm = cache::WarmArgs {
+        sites: vec![],
+        periods: vec![],
+        full: false,
+    };
+    let warmed = cache::warm(&warm, &ctx).await?;
     Ok(DemoReport {
-        rows,
+        rows: rows(&before, &repaired, &after),
         seconds: args.duration.as_secs(),
-        outage_server: relay.as_ref().map(|(n, _)| n.clone()),
+        outage_server,
         outage_secs,
-        polls_ok,
-        polls_failed,
-        spooled,
+        polls_ok: ingested.polls_ok,
+        polls_failed: ingested.polls_failed,
+        spooled: ingested.spooled,
         cache_keys: warmed.rows.iter().map(|r| r.keys).sum(),
         log_dir: std::fs::canonicalize(ctx.log_dir())
             .unwrap_or_else(|_| ctx.log_dir())
