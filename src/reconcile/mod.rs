@@ -367,6 +367,56 @@ async fn open_side<'a>(
     })
 }
 
+/// Before anything is copied: each side's role may read, and insert where
+/// the direction fills it (and make the staging temp table).
+async fn check_privileges(t: &ReconcileTarget, a: &Side<'_>, b: &Side<'_>) -> Result<(), Failure> {
+    for (side, fills) in [(a, t.direction.fills_a()), (b, t.direction.fills_b())] {
+        let privileges: &[&str] = match fills {
+            true => &["SELECT", "INSERT"],
+            false => &["SELECT"],
+        };
+        crate::privilege::require(
+            &side.reader,
+            &side.server.name,
+            &t.site.database,
+            "reconcile",
+            t.table.name,
+            privileges,
+            true,
+        )
+        .await
+        .map_err(|e| Failure {
+            privilege: matches!(e, crate::privilege::PrivilegeError::Lacks { .. }),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// One row per device with a difference, and their totals.
+fn device_rows(
+    t: &ReconcileTarget,
+    per_device: BTreeMap<DeviceId, Counts>,
+) -> (Vec<ReconcileRow>, Counts) {
+    let mut rows = Vec::new();
+    let mut total = Counts::default();
+    for (device, c) in per_device {
+        total.missing_on_a += c.missing_on_a;
+        total.missing_on_b += c.missing_on_b;
+        total.copied_to_a += c.copied_to_a;
+        total.copied_to_b += c.copied_to_b;
+        rows.push(ReconcileRow::Device(DeviceRow {
+            site: t.site.name.clone(),
+            table: t.table.name.into(),
+            device: schema::device_label(&t.table, &device),
+            server_a: t.a.clone(),
+            server_b: t.b.clone(),
+            counts: c,
+        }));
+    }
+    (rows, total)
+}
+
 async fn reconcile_table_inner(
     config: &Config,
     t: &ReconcileTarget,
@@ -377,27 +427,7 @@ async fn reconcile_table_inner(
     let spec = &t.table;
     let (mut a, mut b) = open_pair(config, t).await?;
     if mode == Mode::Apply {
-        for (side, fills) in [(&a, t.direction.fills_a()), (&b, t.direction.fills_b())] {
-            let privileges: &[&str] = if fills {
-                &["SELECT", "INSERT"]
-            } else {
-                &["SELECT"]
-            };
-            crate::privilege::require(
-                &side.reader,
-                &side.server.name,
-                database,
-                "reconcile",
-                spec.name,
-                privileges,
-                true,
-            )
-            .await
-            .map_err(|e| Failure {
-                privilege: matches!(e, crate::privilege::PrivilegeError::Lacks { .. }),
-                message: e.to_string(),
-            })?;
-        }
+        check_privileges(t, &a, &b).await?;
     }
     let columns = shared_columns(&a, &b, database, spec).await?;
     let q =
@@ -471,22 +501,7 @@ async fn reconcile_table_inner(
         b.reader.batch_execute("ROLLBACK")
     );
 
-    let mut rows = Vec::new();
-    let mut total = Counts::default();
-    for (device, c) in per_device {
-        total.missing_on_a += c.missing_on_a;
-        total.missing_on_b += c.missing_on_b;
-        total.copied_to_a += c.copied_to_a;
-        total.copied_to_b += c.copied_to_b;
-        rows.push(ReconcileRow::Device(DeviceRow {
-            site: t.site.name.clone(),
-            table: spec.name.into(),
-            device: schema::device_label(spec, &device),
-            server_a: t.a.clone(),
-            server_b: t.b.clone(),
-            counts: c,
-        }));
-    }
+    let (mut rows, total) = device_rows(t, per_device);
     let tz = t.site.timezone;
     rows.push(ReconcileRow::Table(TableRow {
         site: t.site.name.clone(),
