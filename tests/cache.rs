@@ -179,7 +179,11 @@ fn cache_warm_values_equal_sql_aggregates_ttls_set_outliers_found() {
         (Some("full"), Some(4)),
         "{report:?}"
     );
-    assert_eq!(s.assert_period_matches_sql("hour"), 6 * 60);
+    // The data ends at the last whole minute before setup; when a minute
+    // boundary passes before the warm, the hour's newest bucket has no rows
+    // yet. Every bucket present is still checked against SQL.
+    let hour = s.assert_period_matches_sql("hour");
+    assert!((6 * 59..=6 * 60).contains(&hour), "{hour} hour buckets");
     assert!(s.assert_period_matches_sql("day") >= 6 * 36);
     assert!(s.assert_period_matches_sql("week") >= 6 * 3);
     assert!(s.assert_period_matches_sql("month") >= 6);
