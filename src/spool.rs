@@ -213,7 +213,7 @@ pub async fn replay(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, 
         let mut tasks = Vec::new();
         for (i, server) in plan.servers.iter().enumerate() {
             let dir = plan.spool_root.join(&server.name);
-            let spool = Spool::open(&dir, ingest::spool_limits(ctx))?;
+            let spool = Spool::open(&dir, ctx.config.spool_limits)?;
             let sink = Arc::new(ingest::writer::Sink::new(
                 i,
                 ingest::destination(&plan, ctx, server),

@@ -6,6 +6,12 @@ use std::future::Future;
 
 use tokio::task::JoinSet;
 
+/// Locks a std mutex shared between tasks; a task that panicked while
+/// holding it left plain counters or maps behind, still usable.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Spawns one task per item and returns their outputs in the items' order.
 /// `on_done` runs as each finishes (a progress bar). A panicking task is a
 /// bug: it is re-raised here rather than turned into a missing row.

@@ -188,7 +188,7 @@ pub struct ModbusSettings {
 }
 
 /// How much a server's spool may hold (bytes; 0 means no limit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolSettings {
     pub max_bytes: u64,
     pub min_free_bytes: u64,

@@ -116,13 +116,7 @@ pub async fn create_at(
             known.join(", ")
         )));
     }
-    let indexes = catalog::indexes(&client, spec.name)
-        .await
-        .map_err(catalog::query_error(
-            &p.server.name,
-            &p.site.database,
-            "reading indexes",
-        ))?;
+    let indexes = p.indexes(&client, spec.name).await?;
     let sql = manage::create_sql(spec.name, name, columns, include, per_chunk);
     match manage::plan_create(&indexes, spec.name, name, columns, include) {
         Err(m) => return Ok(change(p, spec.name, name, "refused", &sql, m, started)),
@@ -212,14 +206,7 @@ pub async fn drop(args: &DropArgs, ctx: &Context) -> Result<ChangeReport, IndexE
         let sql = format!("DROP INDEX {}", db::quote_ident(&args.name));
         let mut found = None;
         for spec in TABLES {
-            let indexes =
-                catalog::indexes(&client, spec.name)
-                    .await
-                    .map_err(catalog::query_error(
-                        &p.server.name,
-                        &p.site.database,
-                        "reading indexes",
-                    ))?;
+            let indexes = p.indexes(&client, spec.name).await?;
             if let Some(i) = indexes.into_iter().find(|i| i.name == args.name) {
                 found = Some(i);
                 break;

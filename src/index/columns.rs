@@ -65,13 +65,7 @@ pub async fn columns(args: &ColumnsArgs, ctx: &Context) -> Result<ColumnsReport,
         let cols = crate::catalog::require_table(&client, &p.server.name, &p.site.database, &spec)
             .await
             .map_err(IndexError::Usage)?;
-        let indexes = catalog::indexes(&client, spec.name)
-            .await
-            .map_err(catalog::query_error(
-                &p.server.name,
-                &p.site.database,
-                "reading indexes",
-            ))?;
+        let indexes = p.indexes(&client, spec.name).await?;
         for c in cols {
             rows.push(ColumnRow {
                 server: p.server.name.clone(),

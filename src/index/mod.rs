@@ -159,6 +159,16 @@ impl Place {
         )
         .await
     }
+
+    /// The indexes on `table` at this place.
+    pub async fn indexes(
+        &self,
+        client: &Client,
+        table: &str,
+    ) -> Result<Vec<IndexInfo>, IndexError> {
+        let err = catalog::query_error(&self.server.name, &self.site.database, "reading indexes");
+        Ok(catalog::indexes(client, table).await.map_err(err)?)
+    }
 }
 
 pub fn places(ctx: &Context, at: &At) -> Result<Vec<Place>, IndexError> {

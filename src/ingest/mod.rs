@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, watch};
 use self::batch::{Batch, Row};
 use self::poll::{Lane, LaneSettings, PollDevice};
 use self::preflight::{Catalog, PreflightError};
-use self::spool::{Spool, SpoolError, SpoolLimits};
+use self::spool::{Spool, SpoolError};
 use self::stats::{Misses, Stats, lock};
 use self::writer::Sink;
 use crate::config::{ConfigError, Site};
@@ -90,8 +90,6 @@ pub enum IngestError {
     )]
     NoEndpoints(String),
     #[error(transparent)]
-    Locked(#[from] crate::lock::LockError),
-    #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("nothing polled: {0}")]
     Preflight(#[from] PreflightError),
@@ -100,7 +98,6 @@ pub enum IngestError {
 impl IngestError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            IngestError::Locked(e) => e.exit_code(),
             IngestError::Spool(_) => exit::INTERNAL,
             IngestError::Preflight(e) => e.exit_code(),
             IngestError::Config(_) | IngestError::NoEndpoints(_) => exit::CONFIG,
@@ -160,13 +157,6 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
 /// Where a site's spools live: `<spool_dir>/<site>/<server>/`.
 pub fn spool_root(ctx: &Context, site: &str) -> PathBuf {
     ctx.config.base_dir().join(&ctx.config.spool_dir).join(site)
-}
-
-pub fn spool_limits(ctx: &Context) -> SpoolLimits {
-    SpoolLimits {
-        max_bytes: ctx.config.spool_limits.max_bytes,
-        min_free_bytes: ctx.config.spool_limits.min_free_bytes,
-    }
 }
 
 pub fn lane_settings(plan: &Plan, ctx: &Context) -> LaneSettings {
@@ -335,7 +325,7 @@ fn start_writers(
         stop_replay,
     };
     for ((i, server), catalog) in plan.servers.iter().enumerate().zip(catalogs) {
-        let spool = Spool::open(&plan.spool_root.join(&server.name), spool_limits(ctx))?;
+        let spool = Spool::open(&plan.spool_root.join(&server.name), ctx.config.spool_limits)?;
         let to = destination(plan, ctx, server);
         let sink = Arc::new(Sink::new(
             i,

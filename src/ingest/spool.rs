@@ -28,7 +28,7 @@ pub const EXTENSION: &str = "spool";
 const JSON_EXTENSION: &str = "batch";
 pub const REJECTED_DIR: &str = "rejected";
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Header {
     table: String,
     columns: Vec<String>,
@@ -50,12 +50,8 @@ pub struct SpoolFile {
     pub last_t: i64,
 }
 
-/// How much a spool may hold (0: no cap).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SpoolLimits {
-    pub max_bytes: u64,
-    pub min_free_bytes: u64,
-}
+/// How much a spool may hold (0: no cap): `spool_max_mb` and `spool_min_free_mb`.
+pub type SpoolLimits = crate::config::SpoolSettings;
 
 #[derive(Debug)]
 pub struct Spool {
@@ -293,13 +289,7 @@ pub fn list(dir: &Path) -> Result<Vec<SpoolFile>, SpoolError> {
         match path.extension().and_then(|e| e.to_str()) {
             Some(EXTENSION | JSON_EXTENSION) => {
                 let bytes = fs::metadata(&path).map_or(0, |m| m.len());
-                let h = read_header(&path).unwrap_or(Header {
-                    table: String::new(),
-                    columns: vec![],
-                    rows: 0,
-                    first_t: 0,
-                    last_t: 0,
-                });
+                let h = read_header(&path).unwrap_or_default();
                 out.push(SpoolFile {
                     path,
                     table: h.table,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::logging::REPORT_TARGET;
+pub use crate::tasks::lock;
 
 /// Why a device has no sample for a grid second.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,8 +304,4 @@ fn sum(a: Misses, b: Misses) -> Misses {
         out.add(m, b.get(m));
     }
     out
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

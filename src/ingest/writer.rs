@@ -97,10 +97,7 @@ impl Sink {
         devices: Arc<HashMap<(&'static str, DeviceId), usize>>,
         catalog: Option<Catalog>,
     ) -> Sink {
-        let s = &stats.servers[index];
-        s.spool_depth.store(spool.rows(), Relaxed);
-        s.spool_bytes.store(spool.bytes(), Relaxed);
-        Sink {
+        let sink = Sink {
             index,
             server: to.server,
             database: to.database,
@@ -110,7 +107,9 @@ impl Sink {
             stats,
             devices,
             catalog: Mutex::new(catalog),
-        }
+        };
+        sink.publish_spool(&lock(&sink.spool));
+        sink
     }
 
     fn name(&self) -> &str {

@@ -21,6 +21,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
 use super::map::RegisterKind;
+use crate::tasks::lock;
 
 /// Modbus exception 0x0B: the gateway's target device did not respond.
 pub const GATEWAY_TARGET_FAILED: u8 = 0x0B;
@@ -211,10 +212,6 @@ impl Connection {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// MBAP header (transaction, protocol 0, length, unit) and a read PDU.
