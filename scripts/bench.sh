@@ -39,7 +39,7 @@ ESSOPS="$CARGO_TARGET_DIR/debug/essops"
 
 scripts/services.sh up
 cargo build --locked --quiet
-PSQL=(psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U essops -d bench_site2)
+PSQL=(psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 25432 -U essops -d bench_site2)
 export PGPASSWORD="$(cat .services/secrets/local.password)"
 
 # median, min and max of the wall times (ms) of RUNS runs of a command
@@ -89,8 +89,8 @@ SQL
 
 # psql against the reconcile bench database on one server (local|gcp)
 rpsql() {
-    local port=55432 srv="$1" args=() sql
-    [ "$srv" = gcp ] && port=55433
+    local port=25432 srv="$1" args=() sql
+    [ "$srv" = gcp ] && port=25433
     shift
     for sql in "$@"; do args+=(-c "$sql"); done
     PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_reconcile "${args[@]}"
@@ -153,7 +153,7 @@ bench_reconcile() {
 bench_servers() {
     cat <<TOML
 [servers.local]
-url = "postgres://essops@127.0.0.1:55432"
+url = "postgres://essops@127.0.0.1:25432"
 password_file = "../secrets/local.password"
 sslmode = "disable"
 [servers.gcp]
@@ -178,7 +178,7 @@ spool_dir = "spool"
 register_map = "../../bench/ingest-map.toml"
 timeout_ms = 500
 connections = 128
-$(bench_servers 55433)
+$(bench_servers 25433)
 [[sites]]
 name = "BenchIngest"
 database = "bench_ingest"
@@ -238,7 +238,7 @@ spool_dir = "spool-field"
 register_map = "../../bench/ingest-map.toml"
 timeout_ms = 500
 connections = 2
-$(bench_servers 55433)
+$(bench_servers 25433)
 [[sites]]
 name = "BenchField"
 database = "bench_field"
@@ -276,7 +276,7 @@ for f in flags.split("--dead")[1:]:
     dead |= {(ba, r) for r in range(ra, rb + 1)}
 env = dict(os.environ, PGPASSWORD=open(".services/secrets/local.password").read().strip())
 q = ('SELECT "BANK_ID", "RACK_ID", count(*) FROM rack WHERE "TIMESTAMP" >= to_timestamp(%d) AND "TIMESTAMP" <= to_timestamp(%d) GROUP BY 1, 2' % (first, last))
-out = subprocess.run(["psql", "-X", "-q", "-t", "-A", "-F", " ", "-h", "127.0.0.1", "-p", "55432", "-U", "essops", "-d", "bench_field", "-c", q],
+out = subprocess.run(["psql", "-X", "-q", "-t", "-A", "-F", " ", "-h", "127.0.0.1", "-p", "25432", "-U", "essops", "-d", "bench_field", "-c", q],
                      capture_output=True, text=True, env=env, check=True).stdout
 have = {(int(b), int(r)): int(n) for b, r, n in (l.split() for l in out.split("\n") if l.strip())}
 grid = last - first + 1
@@ -344,7 +344,7 @@ TOML
 
 bench_replay() {
     local secs="${SECS:-60}" cfg sim
-    cfg="$(replay_config 55433)"
+    cfg="$(replay_config 25433)"
     "$ESSOPS" --config "$cfg" --quiet migrate --create-database
     for srv in local gcp; do rpl_psql "$srv" "TRUNCATE rack; TRUNCATE bank; TRUNCATE pcs; TRUNCATE etc"; done
     rm -rf "$ROOT/.services/bench/spool-replay"
@@ -381,7 +381,7 @@ bench_cache() {
     for n in 1 2 3 4; do
         db="bench_cache_site$n"
         case $n in 1) racks="(1,8)" ;; 2) racks="(1,9),(2,8)" ;; 3) racks="(1,11)" ;; 4) racks="(1,9)" ;; esac
-        PGPASSWORD="$(cat .services/secrets/local.password)" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 55432 -U essops -d "$db" <<SQL
+        PGPASSWORD="$(cat .services/secrets/local.password)" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 25432 -U essops -d "$db" <<SQL
 CREATE TEMP TABLE span AS SELECT greatest(coalesce(max("TIMESTAMP") + interval '1 second', now() - interval '1 day'), now() - interval '1 day') AS f, date_trunc('second', now()) AS t FROM rack;
 INSERT INTO rack SELECT s, d.b, r, 50 + 20*sin(extract(epoch from s)/3600), 98.5, 820 + r, 100*cos(extract(epoch from s)/600), 80*cos(extract(epoch from s)/600), 3.30 + 0.001*r, 3.29, 3.295, 1, 2, 31.5 + 0.1*r, 27.0, 29, 3, 4, 1, 0, 0
   FROM span, generate_series(span.f, span.t, interval '1 second') s, (VALUES $racks) d(b, n), generate_series(1, d.n) r;
@@ -394,7 +394,7 @@ ANALYZE rack;
 SQL
     done
     local rows
-    rows="$(for n in 1 2 3 4; do PGPASSWORD="$(cat .services/secrets/local.password)" psql -X -t -A -h 127.0.0.1 -p 55432 -U essops -d "bench_cache_site$n" -c 'SELECT count(*) FROM rack' ; done | awk '{s+=$1} END {print s}')"
+    rows="$(for n in 1 2 3 4; do PGPASSWORD="$(cat .services/secrets/local.password)" psql -X -t -A -h 127.0.0.1 -p 25432 -U essops -d "bench_cache_site$n" -c 'SELECT count(*) FROM rack' ; done | awk '{s+=$1} END {print s}')"
     echo "cache warm: the four default sites, the last day of 1 Hz data ($rows rack rows + banks, PCS, etc), local server, dev build"
     local full_cmd=("$ESSOPS" --config "$cfg" cache warm --full --quiet)
     local inc_cmd=("$ESSOPS" --config "$cfg" cache warm --quiet)
@@ -405,8 +405,8 @@ import json, sys, time
 rows = [json.loads(l) for l in sys.stdin]
 keys = sum(r["keys"] for r in rows); size = sum(r["bytes"] for r in rows); ms = max(r["millis"] for r in rows)
 print("  one incremental run: %d keys, %.1f MiB, slowest site %d ms -> %.0f keys/s, %.1f MiB/s end to end" % (keys, size / 2**20, ms, keys * 1000.0 / ms, size / 2**20 * 1000.0 / ms))'
-    echo "  redis-benchmark on the same Redis (SET, 3-byte values, pipeline 16): $(redis-benchmark -h 127.0.0.1 -p 56379 -t set -n 200000 -P 16 -q 2>/dev/null | tr -d '\r' | grep -o 'SET: [0-9.]* requests per second' | tail -1)"
-    echo "  redis-benchmark, 100 KiB values, pipeline 16:                        $(redis-benchmark -h 127.0.0.1 -p 56379 -t set -n 20000 -d 102400 -P 16 -q 2>/dev/null | tr -d '\r' | grep -o 'SET: [0-9.]* requests per second' | tail -1)"
+    echo "  redis-benchmark on the same Redis (SET, 3-byte values, pipeline 16): $(redis-benchmark -h 127.0.0.1 -p 26379 -t set -n 200000 -P 16 -q 2>/dev/null | tr -d '\r' | grep -o 'SET: [0-9.]* requests per second' | tail -1)"
+    echo "  redis-benchmark, 100 KiB values, pipeline 16:                        $(redis-benchmark -h 127.0.0.1 -p 26379 -t set -n 20000 -d 102400 -P 16 -q 2>/dev/null | tr -d '\r' | grep -o 'SET: [0-9.]* requests per second' | tail -1)"
     echo "  reproduce: scripts/bench.sh cache"
 }
 
@@ -444,7 +444,7 @@ SQL
 \set t2 :t + 86400
 SELECT avg("SOC"), max("MAX_CELL_TEMP") FROM bank WHERE "BANK_ID" = :b AND "TIMESTAMP" >= to_timestamp(:t) AND "TIMESTAMP" < to_timestamp(:t2);
 SQL
-    local pg=(-h 127.0.0.1 -p 55432 -U essops)
+    local pg=(-h 127.0.0.1 -p 25432 -U essops)
     run_workload() {
         rm -f "$dir"/log.*
         (cd "$dir" && pgbench "${pg[@]}" -n -M prepared -c 2 -T "$secs" -l --log-prefix=log \
@@ -484,8 +484,8 @@ raw_copy_rate() {
 
 # psql against database $2 on dev server $1 (local|gcp), running $3
 dbpsql() {
-    local port=55432 srv="$1"
-    [ "$srv" = gcp ] && port=55433
+    local port=25432 srv="$1"
+    [ "$srv" = gcp ] && port=25433
     PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d "$2" -c "$3"
 }
 ipsql() { dbpsql "$1" bench_ingest "$2"; }

@@ -16,14 +16,16 @@ SVC="$ROOT/.services"
 PG_VERSION=15
 PG_BIN="/usr/lib/postgresql/$PG_VERSION/bin"
 PG_CONFIG="$PG_BIN/pg_config"
-# name:port pairs; sites.toml points at the same ports.
+# name:port pairs; sites.toml points at the same ports. They sit below
+# Linux's ephemeral range (32768-60999), so a client socket can never hold
+# a port a cluster restarts on.
 # "outage" serves only the ingest test that stops and restarts a server mid-run.
-PG_CLUSTERS=("local:55432" "gcp:55433" "outage:55434")
+PG_CLUSTERS=("local:25432" "gcp:25433" "outage:25434")
 # Clusters that accept only TLS connections (the cloud stand-in), so the TLS
 # path is exercised every day. CA and certificates live in .services/tls.
 TLS_CLUSTERS=("gcp")
-REDIS_PORT=56379
-REDIS_TLS_PORT=56380
+REDIS_PORT=26379
+REDIS_TLS_PORT=26380
 DB_USER=essops
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -199,7 +201,8 @@ EOF
     fi
     log "starting PostgreSQL '$name' on 127.0.0.1:$port"
     # 9>&- : the server must not inherit the flock descriptor, or it holds the lock forever.
-    as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$SVC/pg/$name.log" -w -t 60 start >/dev/null 9>&- \
+    # -p: the port is this script's, even for a cluster initialised with another.
+    as_pg "$PG_BIN/pg_ctl" -D "$data" -l "$SVC/pg/$name.log" -o "-p $port" -w -t 60 start >/dev/null 9>&- \
         || die "PostgreSQL '$name' did not start; see $SVC/pg/$name.log"
 }
 

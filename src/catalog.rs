@@ -48,30 +48,55 @@ pub async fn columns(
         .collect())
 }
 
-/// The columns of an ESS table that exists with its natural-key columns, or
-/// a message naming what is missing (or what failed) and the fix.
+/// Why an ESS table cannot be worked on.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(
+        "server `{server}`, database `{database}`: table `{table}` does not exist (run essops migrate)"
+    )]
+    Missing {
+        server: String,
+        database: String,
+        table: &'static str,
+    },
+    #[error("server `{server}`, database `{database}`: table `{table}` has no column `{column}`")]
+    NoKeyColumn {
+        server: String,
+        database: String,
+        table: &'static str,
+        column: &'static str,
+    },
+}
+
+/// The columns of an ESS table that exists with its natural-key columns.
 pub async fn require_table(
     client: &tokio_postgres::Client,
     server: &str,
     database: &str,
     spec: &TableSpec,
-) -> Result<Vec<Column>, String> {
-    let columns = columns(client, server, database, spec.name)
-        .await
-        .map_err(|e| e.to_string())?;
-    let place = format!(
-        "server `{server}`, database `{database}`: table `{}`",
-        spec.name
-    );
+) -> Result<Vec<Column>, TableError> {
+    let columns = columns(client, server, database, spec.name).await?;
+    let (server, database, table) = (server.to_string(), database.to_string(), spec.name);
     if columns.is_empty() {
-        return Err(format!("{place} does not exist (run essops migrate)"));
+        return Err(TableError::Missing {
+            server,
+            database,
+            table,
+        });
     }
     match spec
         .key_columns()
         .into_iter()
         .find(|k| !columns.iter().any(|c| c.name == *k))
     {
-        Some(k) => Err(format!("{place} has no column `{k}`")),
+        Some(column) => Err(TableError::NoKeyColumn {
+            server,
+            database,
+            table,
+            column,
+        }),
         None => Ok(columns),
     }
 }

@@ -37,6 +37,17 @@ pub trait Plan {
     }
 }
 
+/// The run locks of `job` on each of `sites`.
+pub fn site_locks<S: AsRef<str>>(
+    job: &'static str,
+    sites: impl IntoIterator<Item = S>,
+) -> Vec<(&'static str, String)> {
+    sites
+        .into_iter()
+        .map(|s| (job, s.as_ref().to_string()))
+        .collect()
+}
+
 /// Plans, takes the plan's locks, executes, renders; returns the outcome.
 pub async fn run<C: Command>(args: C, ctx: &Context) -> Result<Outcome, Error> {
     let plan = args.plan(ctx).await?;

@@ -426,10 +426,10 @@ pub async fn connect(
                 SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
                 _ => tokio_postgres::config::SslMode::Require,
             });
-            let rustls = crate::tls::client_config(tls).map_err(|reason| DbError::Tls {
+            let rustls = crate::tls::client_config(tls).map_err(|e| DbError::Tls {
                 server: target.server.name.clone(),
                 addr: target.addr(),
-                reason,
+                reason: e.to_string(),
             })?;
             let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls);
             spawn_connection(pg.connect(connector).await, target)

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod catalog;
 pub mod command;
 pub mod config;
+pub mod config_cmd;
 pub mod context;
 pub mod db;
 pub mod demo;
@@ -58,8 +59,10 @@ pub struct Cli {
 /// Flags every command takes.
 #[derive(Debug, clap::Args)]
 pub struct GlobalArgs {
-    /// Fleet configuration (default: the built-in sites.toml).
-    #[arg(long, global = true, env = "ESSOPS_CONFIG", value_name = "FILE")]
+    /// Fleet configuration. Without it: ESSOPS_CONFIG, ./sites.toml,
+    /// $XDG_CONFIG_HOME/essops/sites.toml, /etc/essops/sites.toml, then the
+    /// built-in demo config (`essops config path` says which and why).
+    #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// One JSON object per line on stdout, for scripts.
     #[arg(long, global = true)]
@@ -93,6 +96,9 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+    /// Which config file is used and why, what it says, and whether it is usable.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
 }
 
 impl Command {
@@ -123,19 +129,23 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         }
         _ => {}
     }
+    let format = match cli.global.json {
+        true => Format::Json,
+        false => Format::Table,
+    };
+    let verbosity = match cli.global.quiet {
+        true => Verbosity::Quiet,
+        false => Verbosity::Normal,
+    };
+    // Before the load: `config path` answers even when the file is broken.
+    if let Command::Config(command) = &cli.command {
+        return config_cmd::run(command, cli.global.config.as_deref(), format, verbosity);
+    }
     let config = Config::load(cli.global.config.as_deref())?;
     let ctx = Context {
         config: Arc::new(config),
-        format: if cli.global.json {
-            Format::Json
-        } else {
-            Format::Table
-        },
-        verbosity: if cli.global.quiet {
-            Verbosity::Quiet
-        } else {
-            Verbosity::Normal
-        },
+        format,
+        verbosity,
     };
     let stderr_level = match cli.global.verbose {
         true => logging::StderrLevel::Info,
@@ -178,6 +188,6 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         Command::Cache(args) => cache::run(args, ctx).await,
         Command::Index(args) => index::run(args, ctx).await,
         Command::Demo(args) => run(args, ctx).await,
-        Command::Completions { .. } | Command::Man => Ok(Outcome::Clean),
+        Command::Completions { .. } | Command::Man | Command::Config(_) => Ok(Outcome::Clean),
     }
 }

@@ -126,10 +126,7 @@ pub struct MigrateRow {
     pub duration_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct MigrateReport {
-    pub rows: Vec<MigrateRow>,
-}
+pub type MigrateReport = crate::output::Rows<MigrateRow>;
 
 pub fn plan(args: &MigrateArgs, ctx: &Context) -> crate::error::Result<MigratePlan> {
     let targets = ctx
@@ -401,12 +398,7 @@ fn unreachable(target: Target<'_>, reason: &str) -> MigrateError {
 
 impl Report for MigrateReport {
     type Row = MigrateRow;
-    const HEADER: &'static [&'static str] =
-        &["SERVER", "SITE", "DATABASE", "STATUS", "APPLIED", "ERROR"];
-
-    fn rows(&self) -> &[MigrateRow] {
-        &self.rows
-    }
+    const HEADER: &'static str = "SERVER|SITE|DATABASE|STATUS|APPLIED";
 
     fn cells(r: &MigrateRow) -> Vec<String> {
         let status = match r.status {
@@ -428,8 +420,11 @@ impl Report for MigrateReport {
             r.database.clone(),
             status.into(),
             applied,
-            r.error.clone().unwrap_or_default(),
         ]
+    }
+
+    fn problem(r: &MigrateRow) -> Option<String> {
+        r.error.clone()
     }
 
     fn summary(&self) -> String {
@@ -456,6 +451,9 @@ impl Report for MigrateReport {
             true => Outcome::Partial,
             false => Outcome::Clean,
         }
+    }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
     }
 }
 

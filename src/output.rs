@@ -5,6 +5,7 @@
 
 use std::io::{self, Write};
 
+use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
 use crate::exit::Outcome;
@@ -20,15 +21,26 @@ pub enum Format {
 /// What a command hands back for printing.
 pub trait Report {
     type Row: Serialize;
-    /// Column titles for the table form.
-    const HEADER: &'static [&'static str];
+    /// Column titles for the table form, separated by `|`.
+    const HEADER: &'static str;
     fn rows(&self) -> &[Self::Row];
-    /// One table line for `row`, in `HEADER` order.
+    /// One table line for `row`, in `HEADER` order; missing cells are blank.
     fn cells(row: &Self::Row) -> Vec<String>;
+    /// What went wrong with `row`, if anything. The table shows a reference
+    /// and the text goes below it, so a long error never stretches a column.
+    fn problem(_row: &Self::Row) -> Option<String> {
+        None
+    }
     /// A sentence a person reads after the table.
     fn summary(&self) -> String;
     /// How the run went, for the exit code.
     fn outcome(&self) -> Outcome;
+}
+
+/// A report that is only its rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rows<T> {
+    pub rows: Vec<T>,
 }
 
 /// Whether people (not scripts) get the table and summary.
@@ -53,70 +65,95 @@ pub fn render<R: Report>(
         }
         Format::Table if verbosity == Verbosity::Quiet => {}
         Format::Table => {
-            let rows: Vec<Vec<String>> = report.rows().iter().map(R::cells).collect();
-            write_table(R::HEADER, &rows, out)?;
+            write_table(report, terminal_width(), out)?;
             writeln!(out, "{}", report.summary())?;
         }
     }
     out.flush()
 }
 
-fn write_table(header: &[&str], rows: &[Vec<String>], out: &mut dyn Write) -> io::Result<()> {
-    if rows.is_empty() {
+/// The width to fit: the terminal's when stdout is one, else unbounded
+/// (a pipe or cron mail keeps whole lines for grep).
+fn terminal_width() -> Option<u16> {
+    console::Term::stdout().size_checked().map(|(_, cols)| cols)
+}
+
+fn write_table<R: Report>(report: &R, width: Option<u16>, out: &mut dyn Write) -> io::Result<()> {
+    if report.rows().is_empty() {
         return Ok(());
     }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut header: Vec<&str> = R::HEADER.split('|').collect();
+    let columns = header.len();
+    let problems: Vec<Option<String>> = report.rows().iter().map(R::problem).collect();
+    let any_problem = problems.iter().any(Option::is_some);
+    if any_problem {
+        header.push("PROBLEM");
     }
-    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
-        let padded: Vec<String> = cells
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        padded.join("  ").trim_end().to_string()
-    };
-    writeln!(out, "{}", line(&mut header.iter().copied()))?;
-    for row in rows {
-        writeln!(out, "{}", line(&mut row.iter().map(String::as_str)))?;
+    let mut table = Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_header(header);
+    if let Some(width) = width {
+        table
+            .set_width(width)
+            .set_content_arrangement(ContentArrangement::Dynamic);
+    }
+    // One cause is printed once: rows with the same problem share its number.
+    let mut numbered: Vec<String> = Vec::new();
+    for (row, problem) in report.rows().iter().zip(problems) {
+        let mut cells = R::cells(row);
+        cells.resize(columns, String::new());
+        if let Some(text) = problem {
+            let n = match numbered.iter().position(|t| *t == text) {
+                Some(i) => i + 1,
+                None => {
+                    numbered.push(text);
+                    numbered.len()
+                }
+            };
+            cells.push(format!("[{n}]"));
+        } else if any_problem {
+            cells.push(String::new());
+        }
+        table.add_row(cells);
+    }
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    for line in table.lines() {
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    for (n, text) in numbered.iter().enumerate() {
+        for cause in text.lines() {
+            writeln!(out, "[{}] {cause}", n + 1)?;
+        }
     }
     Ok(())
 }
 
-/// A one-line progress bar on stderr, drawn only when stderr is a terminal
-/// (never in cron mail or a script's capture).
-pub struct Progress {
-    total: usize,
-    done: usize,
-    label: &'static str,
-    visible: bool,
-}
+/// A progress bar on stderr. indicatif draws nothing when stderr is not a
+/// terminal (cron mail, a script's capture); `--quiet` hides it too.
+pub struct Progress(indicatif::ProgressBar);
 
 impl Progress {
     pub fn new(total: usize, label: &'static str, verbosity: Verbosity) -> Progress {
-        let visible = verbosity == Verbosity::Normal
-            && std::io::IsTerminal::is_terminal(&std::io::stderr())
-            && total > 0;
-        Progress {
-            total,
-            done: 0,
-            label,
-            visible,
-        }
+        let bar = match verbosity {
+            Verbosity::Normal => indicatif::ProgressBar::new(total as u64),
+            Verbosity::Quiet => indicatif::ProgressBar::hidden(),
+        };
+        let style = indicatif::ProgressStyle::with_template("[{bar:30}] {pos}/{len} {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(label);
+        Progress(bar)
     }
 
     pub fn tick(&mut self) {
-        self.done += 1;
-        if !self.visible {
-            return;
+        self.0.inc(1);
+        if self.0.position() >= self.0.length().unwrap_or(0) {
+            self.0.finish();
         }
-        const WIDTH: usize = 30;
-        let filled = WIDTH * self.done / self.total;
-        let bar = format!("{}{}", "=".repeat(filled), " ".repeat(WIDTH - filled));
-        let end = if self.done == self.total { "\n" } else { "" };
-        eprint!("\r[{bar}] {}/{} {}{end}", self.done, self.total, self.label);
     }
 }
 
@@ -139,18 +176,87 @@ pub fn human_bytes(bytes: u64) -> String {
 mod tests {
     use super::*;
 
+    struct Sample(Vec<(&'static str, &'static str, Option<&'static str>)>);
+
+    impl Report for Sample {
+        type Row = (&'static str, &'static str, Option<&'static str>);
+        const HEADER: &'static str = "SERVER|N";
+        fn rows(&self) -> &[Self::Row] {
+            &self.0
+        }
+        fn cells(r: &Self::Row) -> Vec<String> {
+            vec![r.0.into(), r.1.into()]
+        }
+        fn problem(r: &Self::Row) -> Option<String> {
+            r.2.map(String::from)
+        }
+        fn summary(&self) -> String {
+            String::new()
+        }
+        fn outcome(&self) -> Outcome {
+            Outcome::Clean
+        }
+    }
+
+    fn table(
+        rows: Vec<(&'static str, &'static str, Option<&'static str>)>,
+        width: Option<u16>,
+    ) -> String {
+        let mut out = Vec::new();
+        write_table(&Sample(rows), width, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn output_table_aligns_columns() {
-        let mut out = Vec::new();
-        let rows = vec![
-            vec!["local".to_string(), "1".to_string()],
-            vec!["gcp".into(), "22".into()],
-        ];
-        write_table(&["SERVER", "N"], &rows, &mut out).unwrap();
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "SERVER  N\nlocal   1\ngcp     22\n"
+        let text = table(vec![("local", "1", None), ("gcp", "22", None)], None);
+        assert_eq!(text, "SERVER  N\nlocal   1\ngcp     22\n");
+    }
+
+    #[test]
+    fn output_problems_go_below_the_table_not_into_a_cell() {
+        let long = "connection refused: the server at 127.0.0.1:25433 did not answer in 5 s and the run went on with the other servers";
+        let text = table(
+            vec![("local", "1", None), ("gcp", "22", Some(long))],
+            Some(60),
         );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "SERVER  N   PROBLEM");
+        assert_eq!(lines[2], "gcp     22  [1]");
+        assert_eq!(lines.last().unwrap(), &format!("[1] {long}"));
+        assert!(
+            lines[..lines.len() - 1]
+                .iter()
+                .all(|l| l.chars().count() <= 60)
+        );
+    }
+
+    #[test]
+    fn output_one_cause_is_printed_once() {
+        let cause = Some("server `local`: cannot read password file /x: not found");
+        let rows = vec![
+            ("a", "1", cause),
+            ("b", "2", cause),
+            ("c", "3", Some("other")),
+        ];
+        let text = table(rows, None);
+        assert_eq!(
+            text.matches("cannot read password file").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches("[1]").count(), 3, "{text}");
+        assert!(text.contains("c       3  [2]"), "{text}");
+    }
+
+    #[test]
+    fn output_table_wraps_long_cells_to_the_width() {
+        let text = table(
+            vec![("a-very-long-server-name-that-does-not-fit", "1", None)],
+            Some(20),
+        );
+        assert!(text.lines().all(|l| l.chars().count() <= 20), "{text}");
+        assert!(text.lines().count() > 2, "{text}");
     }
 
     #[test]

@@ -337,12 +337,7 @@ fn confirm(chosen: &[(SpoolRow, Vec<SpoolFile>)]) -> Result<bool, SpoolCmdError>
 
 impl Report for SpoolReport {
     type Row = SpoolRow;
-    const HEADER: &'static [&'static str] = &[
-        "SITE", "SERVER", "KIND", "FILES", "ROWS", "BYTES", "B/ROW", "OLDEST", "NEWEST", "DONE",
-    ];
-    fn rows(&self) -> &[SpoolRow] {
-        &self.rows
-    }
+    const HEADER: &'static str = "SITE|SERVER|KIND|FILES|ROWS|BYTES|B/ROW|OLDEST|NEWEST|DONE";
     fn cells(r: &SpoolRow) -> Vec<String> {
         let time = |t: Option<DateTime<Utc>>| {
             t.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
@@ -371,20 +366,14 @@ impl Report for SpoolReport {
     }
     fn summary(&self) -> String {
         let rows: u64 = self.rows.iter().map(|r| r.rows).sum();
-        let mut out = format!(
+        format!(
             "spool {}: {rows} rows in {} spools",
             self.action,
             self.rows.len()
-        );
-        for r in self.rows.iter().filter(|r| r.error.is_some()) {
-            out.push_str(&format!(
-                "\n{} / {}: {}",
-                r.site,
-                r.server,
-                r.error.as_deref().unwrap_or_default()
-            ));
-        }
-        out
+        )
+    }
+    fn problem(r: &SpoolRow) -> Option<String> {
+        r.error.clone()
     }
     fn outcome(&self) -> Outcome {
         let pending_left = self.action == "replay" && self.rows.iter().any(|r| r.files > 0);
@@ -397,6 +386,9 @@ impl Report for SpoolReport {
             Outcome::Clean
         }
     }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
+    }
 }
 
 /// A spool command's plan: its arguments and, where it touches pending
@@ -408,10 +400,7 @@ pub struct SpoolPlan<A> {
 
 impl<A> crate::command::Plan for SpoolPlan<A> {
     fn locks(&self) -> Vec<(&'static str, String)> {
-        self.locked_sites
-            .iter()
-            .map(|s| ("ingest", s.clone()))
-            .collect()
+        crate::command::site_locks("ingest", &self.locked_sites)
     }
 }
 

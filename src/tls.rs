@@ -6,7 +6,7 @@
 //! `verify-ca` checks the chain to `ca_file`; `verify-full` also checks that
 //! the certificate names the host connected to.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -24,57 +24,89 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Why a server's TLS settings cannot be used; each names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the {what} {}: {reason}", path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("the {what} {} holds no PEM certificate", path.display())]
+    NoCertificate { what: &'static str, path: PathBuf },
+    #[error("the CA file {} is not a usable CA: {reason}", path.display())]
+    BadCa { path: PathBuf, reason: String },
+    #[error("sslmode {0} needs ca_file")]
+    NoCaFile(&'static str),
+    #[error("{0}")]
+    Rustls(#[from] Error),
+    #[error("{0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+}
+
+fn read_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read the {what} {}: {e}", path.display()))?;
+        .map_err(|e| TlsError::Read {
+            what,
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
     match certs.is_empty() {
-        true => Err(format!(
-            "the {what} {} holds no PEM certificate",
-            path.display()
-        )),
+        true => Err(TlsError::NoCertificate {
+            what,
+            path: path.into(),
+        }),
         false => Ok(certs),
     }
 }
 
-fn roots(tls: &Tls) -> Result<Arc<RootCertStore>, String> {
-    let path = tls.ca_file.as_deref().ok_or("no ca_file")?;
+fn roots(tls: &Tls, mode: &'static str) -> Result<Arc<RootCertStore>, TlsError> {
+    let path = tls.ca_file.as_deref().ok_or(TlsError::NoCaFile(mode))?;
     let mut store = RootCertStore::empty();
     for c in read_certs(path, "CA file (ca_file)")? {
-        store
-            .add(c)
-            .map_err(|e| format!("the CA file {} is not a usable CA: {e}", path.display()))?;
+        store.add(c).map_err(|e| TlsError::BadCa {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
     }
     Ok(Arc::new(store))
 }
 
 /// The rustls client configuration for a server's `Tls` settings.
-pub fn client_config(tls: &Tls) -> Result<ClientConfig, String> {
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+pub fn client_config(tls: &Tls) -> Result<ClientConfig, TlsError> {
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
     let builder = match tls.effective_mode() {
-        SslMode::VerifyFull => builder.with_root_certificates(roots(tls)?),
+        SslMode::VerifyFull => builder.with_root_certificates(roots(tls, "verify-full")?),
         SslMode::VerifyCa => {
-            let inner = WebPkiServerVerifier::builder_with_provider(roots(tls)?, provider())
-                .build()
-                .map_err(|e| e.to_string())?;
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(roots(tls, "verify-ca")?, provider())
+                    .build()?;
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly(inner)))
+                .with_custom_certificate_verifier(Arc::new(Lenient {
+                    chain: Some(inner),
+                    provider: provider(),
+                }))
         }
         SslMode::Prefer | SslMode::Require | SslMode::Disable => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider()))),
+            .with_custom_certificate_verifier(Arc::new(Lenient {
+                chain: None,
+                provider: provider(),
+            })),
     };
     match (&tls.client_cert, &tls.client_key) {
         (Some(cert), Some(key)) => {
             let certs = read_certs(cert, "client certificate (client_cert)")?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| format!("cannot read the client key {}: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| e.to_string())
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Read {
+                what: "client key (client_key)",
+                path: key.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(builder.with_client_auth_cert(certs, key)?)
         }
         _ => Ok(builder.with_no_client_auth()),
     }
@@ -115,11 +147,18 @@ pub fn explain(e: &(dyn std::error::Error + 'static), tls: &Tls, host: &str) -> 
     None
 }
 
-/// verify-ca: the chain must lead to a configured CA; the name is not checked.
+/// The certificate check of the modes rustls does not have built in.
+/// verify-ca (`chain` set): the chain must lead to a configured CA; the name
+/// is not checked. prefer/require (`chain` unset): encrypted, certificate
+/// unchecked (libpq's meaning). Either way the handshake signatures are
+/// verified, so the session key is the peer's.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -128,10 +167,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -144,7 +183,7 @@ impl ServerCertVerifier for ChainOnly {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls12_signature(m, c, d)
+        verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -152,46 +191,11 @@ impl ServerCertVerifier for ChainOnly {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.0.verify_tls13_signature(m, c, d)
+        verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// prefer/require: encrypted, certificate unchecked (libpq's meaning). The
-/// handshake signatures are still verified, so the session key is the peer's.
-#[derive(Debug)]
-struct EncryptOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

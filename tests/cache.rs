@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::support::{Cmd, Scratch, TestDb, free_port, servers_toml};
 
-const REDIS: &str = "redis://127.0.0.1:56379/0";
+const REDIS: &str = "redis://127.0.0.1:26379/0";
 const MEASURES: [&str; 8] = [
     "SOC",
     "DC_VOLTAGE",
@@ -352,7 +352,7 @@ fn cache_warm_redis_down_and_database_down_keep_what_was_there() {
     let before = up.get("agg:hour:rack");
     let text = std::fs::read_to_string(&up.config)
         .unwrap()
-        .replace("127.0.0.1:55432", &format!("127.0.0.1:{dead}"));
+        .replace("127.0.0.1:25432", &format!("127.0.0.1:{dead}"));
     std::fs::write(&up.config, text).unwrap();
     let report = up.warm(&[], 4);
     assert_eq!(report[0]["mode"], "kept");

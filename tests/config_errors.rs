@@ -3,7 +3,7 @@
 
 use crate::support::{Cmd, Scratch};
 
-const SERVER: &str = "[servers.local]\nurl = \"postgres://essops@127.0.0.1:55432\"\n";
+const SERVER: &str = "[servers.local]\nurl = \"postgres://essops@127.0.0.1:25432\"\n";
 const SITE: &str = "[[sites]]\nname = \"A\"\nbanks = [{ id = 1, racks = 2 }]\n";
 
 /// Writes `text` as a config, runs `essops migrate --dry-run`, and checks
@@ -95,7 +95,7 @@ fn config_site_names_a_missing_server() {
 fn config_bad_url() {
     expect_config_error(
         "bad_url",
-        &format!("[servers.local]\nurl = \"127.0.0.1:55432\"\n{SITE}"),
+        &format!("[servers.local]\nurl = \"127.0.0.1:25432\"\n{SITE}"),
         "2:7: key `servers.local.url`: not a valid URL (relative URL without a base); expected postgres://USER@HOST:PORT",
     );
 }
@@ -104,7 +104,7 @@ fn config_bad_url() {
 fn config_unparsable_url() {
     expect_config_error(
         "unparsable_url",
-        &format!("[servers.local]\nurl = \"postgres://essops@[::1:55432\"\n{SITE}"),
+        &format!("[servers.local]\nurl = \"postgres://essops@[::1:25432\"\n{SITE}"),
         "2:7: key `servers.local.url`: not a valid URL (invalid IPv6 address); expected postgres://USER@HOST:PORT",
     );
 }
@@ -113,7 +113,7 @@ fn config_unparsable_url() {
 fn config_literal_password_is_refused() {
     expect_config_error(
         "literal_password",
-        &format!("[servers.local]\nurl = \"postgres://essops:hunter2@127.0.0.1:55432\"\n{SITE}"),
+        &format!("[servers.local]\nurl = \"postgres://essops:hunter2@127.0.0.1:25432\"\n{SITE}"),
         "2:7: key `servers.local.url`: a password in the config file is refused; put it in an environment variable (password_env) or a file (password_file)",
     );
 }

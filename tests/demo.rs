@@ -83,7 +83,7 @@ fn demo_finds_holes_repairs_them_and_the_servers_agree() {
             "the servers agree afterwards"
         );
     }
-    let mut con = redis::Client::open("redis://127.0.0.1:56379/0")
+    let mut con = redis::Client::open("redis://127.0.0.1:26379/0")
         .unwrap()
         .get_connection()
         .unwrap();
@@ -110,7 +110,7 @@ fn locks_refuse_an_overlapping_run_and_free_when_the_holder_goes() {
     let db = TestDb::new("locks", 1);
     let scratch = Scratch::new("locks");
     let config = scratch.site_config(
-        "[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n",
+        "[redis]\nurl = \"redis://127.0.0.1:26379/0\"\n",
         &crate::support::servers_toml(),
         &format!(
             "name = \"Locks\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 1 }}]\n",

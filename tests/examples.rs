@@ -14,7 +14,7 @@ fn setup(test: &str) -> (TestDb, Scratch, std::path::PathBuf, u16) {
     let scratch = Scratch::new(test);
     let (bms, pcs) = (free_port(), free_port());
     let config = scratch.site_config(
-        &format!("spool_dir = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n", scratch.path.join("spool").display()),
+        &format!("spool_dir = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:26379/0\"\n", scratch.path.join("spool").display()),
         &servers_toml(),
         &format!(
             "name = \"Examples_{test}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 2 }}]\nmodbus = {{ bms = \"127.0.0.1:{bms}\", pcs = \"127.0.0.1:{pcs}\" }}\n",

@@ -29,7 +29,7 @@ fn setup(test: &str, servers: &str, redis: &str) -> (TestDb, Scratch, PathBuf) {
 /// The gcp server with other TLS settings (host, sslmode, CA).
 fn gcp_with(host: &str, sslmode: &str, ca: &str) -> String {
     format!(
-        "[servers.gcp]\nurl = \"postgres://essops@{host}:55433\"\npassword_file = \"{}\"\nsslmode = \"{sslmode}\"\nca_file = \"{}\"\n\n",
+        "[servers.gcp]\nurl = \"postgres://essops@{host}:25433\"\npassword_file = \"{}\"\nsslmode = \"{sslmode}\"\nca_file = \"{}\"\n\n",
         services("secrets/gcp.password").display(),
         services(ca).display()
     )
@@ -172,7 +172,7 @@ fn security_gcp_is_tls_verified_and_a_wrong_ca_or_host_is_refused() {
 fn security_rediss_uses_the_configured_ca() {
     let redis = |ca: &str| {
         format!(
-            "[redis]\nurl = \"rediss://localhost:56380/0\"\nca_file = \"{}\"\n",
+            "[redis]\nurl = \"rediss://localhost:26380/0\"\nca_file = \"{}\"\n",
             services(ca).display()
         )
     };
@@ -195,7 +195,7 @@ fn security_rediss_uses_the_configured_ca() {
         .expect_code(4);
     assert!(
         run.stderr()
-            .contains("Redis at localhost:56380 is unavailable"),
+            .contains("Redis at localhost:26380 is unavailable"),
         "{}",
         run.stderr()
     );
@@ -206,7 +206,7 @@ fn security_passwords_appear_in_no_output_and_no_log() {
     let (db, scratch, config) = setup(
         "sec_secrets",
         &servers_toml(),
-        "[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n",
+        "[redis]\nurl = \"redis://127.0.0.1:26379/0\"\n",
     );
     let secrets: Vec<String> = ["local", "gcp"]
         .iter()
@@ -222,7 +222,7 @@ fn security_passwords_appear_in_no_output_and_no_log() {
         "down.toml",
         &std::fs::read_to_string(&config)
             .unwrap()
-            .replace("127.0.0.1:55432", "127.0.0.1:1"),
+            .replace("127.0.0.1:25432", "127.0.0.1:1"),
     );
     let mut outputs = Vec::new();
     for (cfg, args) in [
@@ -271,7 +271,7 @@ fn security_reader_role_reads_but_cannot_write() {
     let (db, scratch, config) = setup(
         "sec_roles",
         &servers_toml(),
-        "[redis]\nurl = \"redis://127.0.0.1:56379/0\"\n",
+        "[redis]\nurl = \"redis://127.0.0.1:26379/0\"\n",
     );
     Cmd::new(Some(&config))
         .args(["--json", "migrate", "--create-roles"])

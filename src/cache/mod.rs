@@ -72,30 +72,26 @@ impl CacheError {
 
 crate::into_error!(CacheError);
 
+pub type WarmReport = crate::output::Rows<SiteRow>;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SiteRow {
     pub site: String,
     /// `incremental`, `full`, or `kept` (the database failed; the previous cache stays).
     pub mode: String,
+    /// Keys written (the meta key included), and their bytes.
     pub keys: usize,
     pub bytes: u64,
+    /// Devices flagged as outliers in the finest period.
     pub outliers: usize,
     pub millis: u64,
+    /// Why the previous cache was kept, or what could not be measured.
     pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct WarmReport {
-    pub rows: Vec<SiteRow>,
 }
 
 impl Report for WarmReport {
     type Row = SiteRow;
-    const HEADER: &'static [&'static str] =
-        &["SITE", "MODE", "KEYS", "BYTES", "OUTLIERS", "MS", "NOTE"];
-    fn rows(&self) -> &[SiteRow] {
-        &self.rows
-    }
+    const HEADER: &'static str = "SITE|MODE|KEYS|BYTES|OUTLIERS|MS";
     fn cells(r: &SiteRow) -> Vec<String> {
         vec![
             r.site.clone(),
@@ -104,8 +100,10 @@ impl Report for WarmReport {
             crate::output::human_bytes(r.bytes),
             r.outliers.to_string(),
             r.millis.to_string(),
-            r.error.clone().unwrap_or_default(),
         ]
+    }
+    fn problem(r: &SiteRow) -> Option<String> {
+        r.error.clone()
     }
     fn summary(&self) -> String {
         let keys: usize = self.rows.iter().map(|r| r.keys).sum();
@@ -122,6 +120,9 @@ impl Report for WarmReport {
             true => Outcome::Partial,
             false => Outcome::Clean,
         }
+    }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
     }
 }
 
@@ -154,7 +155,8 @@ pub async fn warm(args: &WarmArgs, ctx: &Context) -> Result<WarmReport, CacheErr
         .cloned()
         .collect();
     let periods = select_periods(ctx, &args.periods)?;
-    let url = ctx.config.redis_url.clone().ok_or(CacheError::NoRedis)?;
+    let redis = ctx.config.redis.as_ref().ok_or(CacheError::NoRedis)?;
+    let url = &redis.url;
     let addr = format!(
         "{}:{}",
         url.host_str().unwrap_or(""),
@@ -164,7 +166,7 @@ pub async fn warm(args: &WarmArgs, ctx: &Context) -> Result<WarmReport, CacheErr
         addr: addr.clone(),
         reason: e,
     };
-    let client = match (url.scheme(), &ctx.config.redis_ca_file) {
+    let client = match (url.scheme(), &redis.ca_file) {
         ("rediss", Some(ca)) => {
             let root = std::fs::read(ca)
                 .map_err(|e| redis_err(format!("cannot read the CA file {}: {e}", ca.display())))?;
@@ -197,7 +199,7 @@ pub async fn warm(args: &WarmArgs, ctx: &Context) -> Result<WarmReport, CacheErr
     let rows = results
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
-        .map_err(redis_err)?;
+        .map_err(|e| redis_err(e.to_string()))?;
     Ok(WarmReport { rows })
 }
 
@@ -218,15 +220,13 @@ async fn warm_one(
     run: &str,
     full: bool,
     now: i64,
-) -> Result<SiteRow, String> {
+) -> redis::RedisResult<SiteRow> {
     let started = Instant::now();
     let keys = Keys::new(&site.name);
     let settings = &ctx.config.cache;
     let mut wanted = agg_keys(&keys, periods.iter());
     wanted.push(keys.loss());
-    let prev = publish::read_previous(con, &keys, &wanted)
-        .await
-        .map_err(|e| e.to_string())?;
+    let prev = publish::read_previous(con, &keys, &wanted).await?;
     let mut row = SiteRow {
         site: site.name.clone(),
         mode: String::new(),
@@ -243,30 +243,10 @@ async fn warm_one(
             row.error = Some(format!("database unavailable, previous cache kept: {e}"));
         }
         Ok(cache) => {
-            let kept_periods = agg_keys(
-                &keys,
-                settings.periods.iter().filter(|p| !periods.contains(p)),
-            );
-            let keep: Vec<String> = prev
-                .keys
-                .iter()
-                .filter(|k| kept_periods.contains(k))
-                .cloned()
-                .collect();
-            let meta = json!({
-                "version": keys::VERSION,
-                "site": site.name,
-                "warmed_at": now,
-                "source": settings.source,
-                "periods": periods.iter().map(|p| json!({"name": p.name, "span_secs": p.span_secs, "bucket_secs": p.bucket_secs, "ttl_secs": p.ttl_secs})).collect::<Vec<_>>(),
-            });
-            row.bytes = publish::publish(con, &keys, run, &cache.entries, &prev.keys, &keep, meta)
-                .await
-                .map_err(|e| e.to_string())?;
-            row.mode = if cache.incremental {
-                "incremental"
-            } else {
-                "full"
+            row.bytes = publish_site(ctx, site, periods, &prev, con, &cache, (run, now)).await?;
+            row.mode = match cache.incremental {
+                true => "incremental",
+                false => "full",
             }
             .into();
             row.keys = cache.entries.len() + 1;
@@ -287,6 +267,39 @@ async fn warm_one(
     Ok(row)
 }
 
+/// Publishes one site's new entries with its meta key; the keys of periods
+/// not warmed this run are kept. Returns the bytes written.
+async fn publish_site(
+    ctx: &Context,
+    site: &Site,
+    periods: &[CachePeriod],
+    prev: &warm::Previous,
+    con: &mut redis::aio::MultiplexedConnection,
+    cache: &warm::SiteCache,
+    (run, now): (&str, i64),
+) -> redis::RedisResult<u64> {
+    let settings = &ctx.config.cache;
+    let keys = Keys::new(&site.name);
+    let kept_periods = agg_keys(
+        &keys,
+        settings.periods.iter().filter(|p| !periods.contains(p)),
+    );
+    let keep: Vec<String> = prev
+        .keys
+        .iter()
+        .filter(|k| kept_periods.contains(k))
+        .cloned()
+        .collect();
+    let meta = json!({
+        "version": keys::VERSION,
+        "site": site.name,
+        "warmed_at": now,
+        "source": settings.source,
+        "periods": periods.iter().map(|p| json!({"name": p.name, "span_secs": p.span_secs, "bucket_secs": p.bucket_secs, "ttl_secs": p.ttl_secs})).collect::<Vec<_>>(),
+    });
+    publish::publish(con, &keys, run, &cache.entries, &prev.keys, &keep, meta).await
+}
+
 /// `cache warm`'s plan: its arguments and the sites it locks.
 pub struct WarmPlan {
     args: WarmArgs,
@@ -295,10 +308,7 @@ pub struct WarmPlan {
 
 impl crate::command::Plan for WarmPlan {
     fn locks(&self) -> Vec<(&'static str, String)> {
-        self.sites
-            .iter()
-            .map(|s| ("cache-warm", s.clone()))
-            .collect()
+        crate::command::site_locks("cache-warm", &self.sites)
     }
 }
 

@@ -12,8 +12,8 @@ use super::series::{
     self, Bucket, Devices, bucket_from_json, bucket_json, bucket_start, rebucket, tiles,
 };
 use super::source;
-use crate::config::{CachePeriod, CacheSettings, Config, Site};
-use crate::db::{self, Target};
+use crate::config::{CachePeriod, CacheSettings, Config, ConfigError, Site};
+use crate::db::{self, DbError, Target};
 use crate::schema::{TABLES, TableSpec};
 
 /// One key to write: its value and TTL (seconds; 0 = none).
@@ -51,6 +51,40 @@ struct Built {
     devices: Devices,
 }
 
+/// Why a site could not be warmed from its source server (its previous
+/// cache stays).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// What every table of one site's warm shares.
+struct Warm<'a> {
+    client: tokio_postgres::Client,
+    settings: &'a CacheSettings,
+    site: &'a Site,
+    /// Finest first.
+    periods: Vec<CachePeriod>,
+    prev: &'a Previous,
+    keys: Keys,
+    /// Where rebuilding starts; `None` rebuilds everything.
+    recheck_from: Option<i64>,
+    now: i64,
+}
+
+impl Warm<'_> {
+    fn query_error(&self, what: String, e: &tokio_postgres::Error) -> DbError {
+        DbError::query(&self.settings.source, &self.site.database, what, e)
+    }
+
+    fn finest_ttl(&self) -> i64 {
+        self.periods.first().map_or(600, |p| p.ttl_secs)
+    }
+}
+
 pub async fn warm_site(
     config: &Config,
     settings: &CacheSettings,
@@ -59,23 +93,20 @@ pub async fn warm_site(
     prev: &Previous,
     full: bool,
     now: i64,
-) -> Result<SiteCache, String> {
-    let keys = Keys::new(&site.name);
-    let source_server = config.server(&settings.source).map_err(|e| e.to_string())?;
-    let client = db::connect(
-        config,
-        Target {
-            server: source_server,
-            database: &site.database,
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+) -> Result<SiteCache, SourceError> {
+    let server = config.server(&settings.source)?;
+    let target = Target {
+        server,
+        database: &site.database,
+    };
+    let client = db::connect(config, target).await?;
     // Full builds group days of rows; keep their sorts in memory.
     client
         .batch_execute("SET work_mem = '64MB'")
         .await
-        .map_err(|e| db::describe(&e))?;
+        .map_err(|e| DbError::query(&server.name, &site.database, "setting work_mem", &e))?;
+    let mut sorted: Vec<CachePeriod> = periods.to_vec();
+    sorted.sort_by_key(|p| (p.bucket_secs, p.span_secs));
     let recheck_from = match (full, prev.warmed_at) {
         (false, Some(at)) => Some(bucket_start(
             at.min(now) - settings.recheck_secs,
@@ -84,83 +115,32 @@ pub async fn warm_site(
         )),
         _ => None,
     };
-    let mut sorted: Vec<CachePeriod> = periods.to_vec();
-    sorted.sort_by_key(|p| (p.bucket_secs, p.span_secs));
-    let finest_ttl = sorted.first().map_or(600, |p| p.ttl_secs);
+    let warm = Warm {
+        client,
+        settings,
+        site,
+        periods: sorted,
+        prev,
+        keys: Keys::new(&site.name),
+        recheck_from,
+        now,
+    };
     let mut entries = Vec::new();
     let mut found = Vec::new();
-    let fail = |what: &str, e: tokio_postgres::Error| {
-        format!(
-            "{what} on server `{}`: {}",
-            settings.source,
-            db::describe(&e)
-        )
-    };
     for spec in TABLES {
-        let columns = crate::catalog::columns(&client, &settings.source, &site.database, spec.name)
-            .await
-            .map_err(|e| e.to_string())?;
-        if columns.is_empty() {
-            continue;
-        }
-        let measures = source::measures(&spec, &columns);
-        let built = build_periods(
-            &client,
-            site,
-            &spec,
-            &measures,
-            &sorted,
-            prev,
-            &keys,
-            recheck_from,
-            now,
-        )
-        .await
-        .map_err(|e| fail(&format!("aggregating `{}`", spec.name), e))?;
-        for b in &built {
-            entries.push(Entry {
-                key: keys.agg(&b.period.name, spec.name),
-                value: period_json(b, &measures, now).to_string(),
-                ttl: b.period.ttl_secs,
-            });
-        }
-        if let Some(finest) = built.first() {
-            if spec.table.has_bank_peers() {
-                found.extend(outliers::bank_outliers(
-                    &finest.devices,
-                    &measures,
-                    settings.outlier_factor,
-                ));
-            }
-            found.extend(outliers::limit_outliers(
-                spec.name,
-                &finest.devices,
-                &measures,
-                &settings.limits,
-            ));
-        }
-        let latest = source::latest(&client, &spec, &spec.devices(site))
-            .await
-            .map_err(|e| fail(&format!("reading the latest `{}` rows", spec.name), e))?;
-        entries.push(Entry {
-            key: keys.latest(spec.name),
-            value: serde_json::to_string(&latest).unwrap_or_default(),
-            ttl: finest_ttl,
-        });
+        warm_table(&warm, &spec, &mut entries, &mut found).await?;
     }
-    let source = (settings.source.as_str(), &client);
-    let (loss, loss_failures) =
-        loss_summary(config, site, source, prev, &keys, recheck_from, now).await;
+    let (loss, loss_failures) = loss_summary(config, &warm).await;
     entries.push(Entry {
-        key: keys.loss(),
+        key: warm.keys.loss(),
         value: loss.to_string(),
         ttl: 3600,
     });
     entries.push(Entry {
-        key: keys.outliers(),
+        key: warm.keys.outliers(),
         value: json!({ "warmed_at": now, "factor": settings.outlier_factor, "outliers": found })
             .to_string(),
-        ttl: finest_ttl,
+        ttl: warm.finest_ttl(),
     });
     Ok(SiteCache {
         entries,
@@ -168,6 +148,62 @@ pub async fn warm_site(
         incremental: recheck_from.is_some(),
         loss_failures,
     })
+}
+
+/// One table's entries (every period's aggregates and its latest rows) and
+/// outliers; a table the server does not have is skipped.
+async fn warm_table(
+    warm: &Warm<'_>,
+    spec: &TableSpec,
+    entries: &mut Vec<Entry>,
+    found: &mut Vec<Outlier>,
+) -> Result<(), DbError> {
+    let (settings, keys) = (warm.settings, &warm.keys);
+    let columns = crate::catalog::columns(
+        &warm.client,
+        &settings.source,
+        &warm.site.database,
+        spec.name,
+    )
+    .await?;
+    if columns.is_empty() {
+        return Ok(());
+    }
+    let measures = source::measures(spec, &columns);
+    let built = build_periods(warm, spec, &measures)
+        .await
+        .map_err(|e| warm.query_error(format!("aggregating `{}`", spec.name), &e))?;
+    for b in &built {
+        entries.push(Entry {
+            key: keys.agg(&b.period.name, spec.name),
+            value: period_json(b, &measures, warm.now).to_string(),
+            ttl: b.period.ttl_secs,
+        });
+    }
+    if let Some(finest) = built.first() {
+        if spec.table.has_bank_peers() {
+            found.extend(outliers::bank_outliers(
+                &finest.devices,
+                &measures,
+                settings.outlier_factor,
+            ));
+        }
+        found.extend(outliers::limit_outliers(
+            spec.name,
+            &finest.devices,
+            &measures,
+            &settings.limits,
+        ));
+    }
+    let latest = source::latest(&warm.client, spec, &spec.devices(warm.site))
+        .await
+        .map_err(|e| warm.query_error(format!("reading the latest `{}` rows", spec.name), &e))?;
+    entries.push(Entry {
+        key: keys.latest(spec.name),
+        value: serde_json::to_string(&latest).unwrap_or_default(),
+        ttl: warm.finest_ttl(),
+    });
+    Ok(())
 }
 
 /// The previous value's buckets of one period, when it has the same shape.
@@ -199,48 +235,16 @@ fn reusable(
 /// Every period of one table: reused buckets before the recheck point, and
 /// buckets from there on rebuilt from the finest source that covers them
 /// (minute aggregates read now, or an already rebuilt finer period).
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the period builder needs the site, table, measures, periods and the previous warm together; bundling them would only rename them"
-)]
 async fn build_periods(
-    client: &tokio_postgres::Client,
-    site: &Site,
+    warm: &Warm<'_>,
     spec: &TableSpec,
     measures: &[String],
-    periods: &[CachePeriod],
-    prev: &Previous,
-    keys: &Keys,
-    recheck_from: Option<i64>,
-    now: i64,
 ) -> Result<Vec<Built>, tokio_postgres::Error> {
-    let tz = site.timezone;
-    // Per period: window start, rebuild start, reusable buckets.
-    let plans: Vec<(i64, i64, Option<Devices>)> = periods
-        .iter()
-        .map(|p| {
-            let window = bucket_start(now - p.span_secs + 1, p.bucket_secs, tz);
-            let reuse = recheck_from
-                .and_then(|_| reusable(prev, &keys.agg(&p.name, spec.name), p, measures));
-            let rebuild = match (&reuse, recheck_from) {
-                (Some(_), Some(r)) => bucket_start(r.max(window), p.bucket_secs, tz),
-                _ => window,
-            };
-            (window, rebuild, reuse)
-        })
-        .collect();
-    // Minute aggregates are read from the earliest point no finer period covers.
-    let mut minutes_from = now;
-    for (i, p) in periods.iter().enumerate() {
-        let (_, rebuild, _) = plans[i];
-        let covered = (0..i).any(|j| {
-            plans[j].0 <= rebuild && tiles(periods[j].bucket_secs, p.bucket_secs, tz, rebuild)
-        });
-        if !covered {
-            minutes_from = minutes_from.min(rebuild);
-        }
-    }
-    let minutes = source::minute_aggregates(client, spec, measures, minutes_from, now + 1).await?;
+    let (periods, now, tz) = (&warm.periods, warm.now, warm.site.timezone);
+    let plans = plan_periods(warm, spec, measures);
+    let minutes_from = minutes_from(&plans, periods, tz, now);
+    let minutes =
+        source::minute_aggregates(&warm.client, spec, measures, minutes_from, now + 1).await?;
     let mut built: Vec<Built> = Vec::new();
     for (i, p) in periods.iter().enumerate() {
         let (window, rebuild, reuse) = &plans[i];
@@ -251,22 +255,7 @@ async fn build_periods(
             })
             .map_or(&minutes, |b| &b.devices);
         let fresh = rebucket(src, p.bucket_secs, tz, *rebuild, i64::MAX);
-        let mut devices: Devices = reuse
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .map(|(d, bs)| {
-                        (
-                            d.clone(),
-                            bs.iter()
-                                .filter(|b| b.start >= *window && b.start < *rebuild)
-                                .cloned()
-                                .collect(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut devices = kept_buckets(reuse.as_ref(), *window, *rebuild);
         for (d, bs) in fresh {
             devices.entry(d).or_default().extend(bs);
         }
@@ -278,6 +267,65 @@ async fn build_periods(
         });
     }
     Ok(built)
+}
+
+/// Per period: its window start, where rebuilding starts, and the buckets
+/// the previous warm left that can be reused.
+fn plan_periods(
+    warm: &Warm<'_>,
+    spec: &TableSpec,
+    measures: &[String],
+) -> Vec<(i64, i64, Option<Devices>)> {
+    let tz = warm.site.timezone;
+    warm.periods
+        .iter()
+        .map(|p| {
+            let window = bucket_start(warm.now - p.span_secs + 1, p.bucket_secs, tz);
+            let key = warm.keys.agg(&p.name, spec.name);
+            let reuse = warm
+                .recheck_from
+                .and_then(|_| reusable(warm.prev, &key, p, measures));
+            let rebuild = match (&reuse, warm.recheck_from) {
+                (Some(_), Some(r)) => bucket_start(r.max(window), p.bucket_secs, tz),
+                _ => window,
+            };
+            (window, rebuild, reuse)
+        })
+        .collect()
+}
+
+/// Minute aggregates are read from the earliest point no finer period covers.
+fn minutes_from(
+    plans: &[(i64, i64, Option<Devices>)],
+    periods: &[CachePeriod],
+    tz: chrono_tz::Tz,
+    now: i64,
+) -> i64 {
+    let mut from = now;
+    for (i, p) in periods.iter().enumerate() {
+        let (_, rebuild, _) = plans[i];
+        let covered = (0..i).any(|j| {
+            plans[j].0 <= rebuild && tiles(periods[j].bucket_secs, p.bucket_secs, tz, rebuild)
+        });
+        if !covered {
+            from = from.min(rebuild);
+        }
+    }
+    from
+}
+
+/// The reused buckets from `window` up to where rebuilding starts.
+fn kept_buckets(reuse: Option<&Devices>, window: i64, rebuild: i64) -> Devices {
+    let Some(reuse) = reuse else {
+        return Devices::default();
+    };
+    reuse
+        .iter()
+        .map(|(d, bs)| {
+            let kept = bs.iter().filter(|b| b.start >= window && b.start < rebuild);
+            (d.clone(), kept.cloned().collect())
+        })
+        .collect()
 }
 
 fn period_json(b: &Built, measures: &[String], now: i64) -> Value {
@@ -304,91 +352,88 @@ fn period_json(b: &Built, measures: &[String], now: i64) -> Value {
 
 /// Today's (local day, up to the last whole minute) loss per server and
 /// table, from hourly row counts; hours before the recheck point are reused.
-async fn loss_summary(
-    config: &Config,
-    site: &Site,
-    source: (&str, &tokio_postgres::Client),
-    prev: &Previous,
-    keys: &Keys,
-    recheck_from: Option<i64>,
-    now: i64,
-) -> (Value, Vec<String>) {
-    let end = (now - 10) - (now - 10).rem_euclid(60);
-    let day_start = bucket_start(end, series::DAY, site.timezone);
-    let before = prev.values.get(&keys.loss());
-    let mut out = serde_json::Map::new();
+/// Returns the summary and the servers it could not reach.
+async fn loss_summary(config: &Config, warm: &Warm<'_>) -> (Value, Vec<String>) {
+    let end = (warm.now - 10) - (warm.now - 10).rem_euclid(60);
+    let day = (bucket_start(end, series::DAY, warm.site.timezone), end);
+    let mut out = json!({ "day_start": day.0, "window_end": end });
     let mut failures = Vec::new();
-    for name in &site.servers {
+    for name in &warm.site.servers {
         let Ok(server) = config.server(name) else {
             continue;
         };
         // The source server's connection is already open.
-        let opened = match name == source.0 {
+        let opened = match *name == warm.settings.source {
             true => None,
-            false => match db::connect(
-                config,
-                Target {
+            false => {
+                let target = Target {
                     server,
-                    database: &site.database,
-                },
-            )
-            .await
-            {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    out.insert(name.clone(), json!({ "error": e.to_string() }));
-                    failures.push(name.clone());
-                    continue;
-                }
-            },
-        };
-        let client = opened.as_ref().unwrap_or(source.1);
-        let mut tables = serde_json::Map::new();
-        for spec in TABLES {
-            let old_hours = before
-                .filter(|v| v["day_start"].as_i64() == Some(day_start))
-                .and_then(|v| v[name.as_str()][spec.name]["hours"].as_object());
-            let from = match (recheck_from, old_hours) {
-                (Some(r), Some(_)) => bucket_start(r.max(day_start), 3600, site.timezone),
-                _ => day_start,
-            };
-            let mut hours: BTreeMap<i64, u64> = old_hours
-                .into_iter()
-                .flatten()
-                .filter_map(|(h, n)| Some((h.parse::<i64>().ok()?, n.as_u64()?)))
-                .filter(|(h, _)| *h + 3600 <= from)
-                .collect();
-            match source::hourly_counts(client, &spec, from, end).await {
-                Ok(fresh) => hours.extend(fresh),
-                Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01") => continue,
-                Err(e) => {
-                    tables.insert(spec.name.into(), json!({ "error": db::describe(&e) }));
-                    continue;
+                    database: &warm.site.database,
+                };
+                match db::connect(config, target).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        out[name.as_str()] = json!({ "error": e.to_string() });
+                        failures.push(name.clone());
+                        continue;
+                    }
                 }
             }
-            let observed: u64 = hours.values().sum();
-            let devices = spec.devices(site).len() as u64;
-            let expected =
-                devices * ((end - day_start).max(0) as u64 / u64::from(site.sample_interval_secs));
-            let loss_pct = match expected {
-                0 => 0.0,
-                e => (100.0 * (1.0 - observed as f64 / e as f64)).max(0.0),
-            };
-            tables.insert(
-                spec.name.into(),
-                json!({
-                    "expected": expected,
-                    "observed": observed,
-                    "loss_pct": (loss_pct * 1000.0).round() / 1000.0,
-                    "hours": hours.iter().map(|(h, n)| (h.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-                }),
-            );
+        };
+        let client = opened.as_ref().unwrap_or(&warm.client);
+        let mut tables = serde_json::Map::new();
+        for spec in TABLES {
+            if let Some(v) = table_loss(warm, client, name, &spec, day).await {
+                tables.insert(spec.name.into(), v);
+            }
         }
-        out.insert(name.clone(), Value::Object(tables));
+        out[name.as_str()] = Value::Object(tables);
     }
-    let mut v = json!({ "day_start": day_start, "window_end": end });
-    if let Value::Object(m) = &mut v {
-        m.extend(out);
+    (out, failures)
+}
+
+/// One table's loss today on one server; `None` when the server has no such table.
+async fn table_loss(
+    warm: &Warm<'_>,
+    client: &tokio_postgres::Client,
+    server: &str,
+    spec: &TableSpec,
+    (day_start, end): (i64, i64),
+) -> Option<Value> {
+    let tz = warm.site.timezone;
+    let old_hours = warm
+        .prev
+        .values
+        .get(&warm.keys.loss())
+        .filter(|v| v["day_start"].as_i64() == Some(day_start))
+        .and_then(|v| v[server][spec.name]["hours"].as_object());
+    let from = match (warm.recheck_from, old_hours) {
+        (Some(r), Some(_)) => bucket_start(r.max(day_start), 3600, tz),
+        _ => day_start,
+    };
+    let mut hours: BTreeMap<i64, u64> = old_hours
+        .into_iter()
+        .flatten()
+        .filter_map(|(h, n)| Some((h.parse::<i64>().ok()?, n.as_u64()?)))
+        .filter(|(h, _)| *h + 3600 <= from)
+        .collect();
+    match source::hourly_counts(client, spec, from, end).await {
+        Ok(fresh) => hours.extend(fresh),
+        Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01") => return None,
+        Err(e) => return Some(json!({ "error": db::describe(&e) })),
     }
-    (v, failures)
+    let observed: u64 = hours.values().sum();
+    let devices = spec.devices(warm.site).len() as u64;
+    let expected =
+        devices * ((end - day_start).max(0) as u64 / u64::from(warm.site.sample_interval_secs));
+    let loss_pct = match expected {
+        0 => 0.0,
+        e => (100.0 * (1.0 - observed as f64 / e as f64)).max(0.0),
+    };
+    Some(json!({
+        "expected": expected,
+        "observed": observed,
+        "loss_pct": (loss_pct * 1000.0).round() / 1000.0,
+        "hours": hours.iter().map(|(h, n)| (h.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+    }))
 }

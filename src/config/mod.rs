@@ -19,8 +19,10 @@ use chrono_tz::Tz;
 use toml::Spanned;
 use url::Url;
 
+pub mod locate;
 mod raw;
 mod validate;
+pub mod view;
 
 use crate::doc::{Doc, DocError};
 use crate::modbus::map::RegisterMap;
@@ -41,6 +43,10 @@ pub enum ConfigError {
     UnknownSite { name: String, known: String },
     #[error("unknown server `{name}` (configured: {known})")]
     UnknownServer { name: String, known: String },
+    #[error(
+        "no config file found (looked at {looked}); the built-in demo config points into the repository essops was built from, {repo}, which is not on this machine. Write /etc/essops/sites.toml (the package installs an example) or name a file with --config"
+    )]
+    DemoWithoutRepository { looked: String, repo: String },
 }
 
 impl ConfigError {
@@ -86,19 +92,32 @@ impl fmt::Display for ConfigSource {
     }
 }
 
+/// Where the cache lives.
+#[derive(Debug, Clone)]
+pub struct Redis {
+    /// `redis://` or `rediss://`.
+    pub url: Url,
+    /// PEM CA for `rediss://` (none: the system's roots).
+    pub ca_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where the configuration was read from, for messages.
     pub source: ConfigSource,
+    /// Where the graded JSON logs go, and where ingest keeps rows a server
+    /// could not take yet.
     pub log_dir: PathBuf,
-    /// Where ingest keeps rows a server could not take yet.
     pub spool_dir: PathBuf,
     /// Per server: the spool's cap and the free disk it leaves.
     pub spool_limits: SpoolSettings,
+    /// How devices are polled: timeouts, pipelining, breakers.
     pub modbus: ModbusSettings,
+    /// What `cache warm` reads and writes.
     pub cache: CacheSettings,
-    pub redis_url: Option<Url>,
-    /// PEM CA for `rediss://` (default: the system's roots).
-    pub redis_ca_file: Option<PathBuf>,
+    /// None: the cache commands refuse to run.
+    pub redis: Option<Redis>,
+    /// In file order: the first two are a site's default reconcile pair.
     pub servers: Vec<Server>,
     pub sites: Vec<Site>,
 }
@@ -130,15 +149,27 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    const NAMES: [(&'static str, SslMode); 5] = [
+        ("disable", SslMode::Disable),
+        ("prefer", SslMode::Prefer),
+        ("require", SslMode::Require),
+        ("verify-ca", SslMode::VerifyCa),
+        ("verify-full", SslMode::VerifyFull),
+    ];
+
     fn parse(s: &str) -> Option<SslMode> {
-        Some(match s {
-            "disable" => SslMode::Disable,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            _ => return None,
-        })
+        SslMode::NAMES
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, m)| *m)
+    }
+
+    /// libpq's word for the mode.
+    pub fn name(self) -> &'static str {
+        SslMode::NAMES
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("?", |(n, _)| n)
     }
 }
 
@@ -298,11 +329,30 @@ impl Site {
 }
 
 impl Config {
-    /// Loads `path`, or the built-in default when there is none.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        match path {
-            None => Config::parse(EMBEDDED_DEFAULT, ConfigSource::Embedded),
-            Some(p) => {
+    /// Loads the config `locate` chooses for `flag` (`--config`).
+    pub fn load(flag: Option<&Path>) -> Result<Config, ConfigError> {
+        let located = locate::locate(flag);
+        match &located.source {
+            ConfigSource::Embedded if locate::embedded_base().is_none() => {
+                let looked: Vec<String> = located
+                    .looked
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect();
+                Err(ConfigError::DemoWithoutRepository {
+                    looked: looked.join(", "),
+                    repo: env!("CARGO_MANIFEST_DIR").into(),
+                })
+            }
+            source => Config::load_from(source),
+        }
+    }
+
+    /// Loads `source` (the built-in default or a file).
+    pub fn load_from(source: &ConfigSource) -> Result<Config, ConfigError> {
+        match source {
+            ConfigSource::Embedded => Config::parse(EMBEDDED_DEFAULT, ConfigSource::Embedded),
+            ConfigSource::File(p) => {
                 let text = std::fs::read_to_string(p).map_err(|source| DocError::Read {
                     path: p.to_path_buf(),
                     source,
@@ -330,7 +380,7 @@ impl Config {
     pub fn base_dir(&self) -> PathBuf {
         match &self.source {
             ConfigSource::File(p) => p.parent().map(Path::to_path_buf).unwrap_or_default(),
-            ConfigSource::Embedded => PathBuf::new(),
+            ConfigSource::Embedded => locate::embedded_base().unwrap_or_default(),
         }
     }
 
@@ -444,7 +494,7 @@ mod tests {
                 critical_pct: 5.0
             }
         );
-        assert!(c.redis_url.is_some());
+        assert!(c.redis.is_some());
         // The shipped file spells out the defaults, so it documents them truly.
         assert_eq!(c.cache.periods, CachePeriod::defaults());
         assert_eq!(c.cache.limits, default_limits());

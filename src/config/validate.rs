@@ -20,7 +20,7 @@ struct SiteDefaults {
 }
 
 impl Validator<'_> {
-    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, DocError> {
+    pub(super) fn config(&self, mut raw: RawConfig) -> Result<Config, DocError> {
         let defaults = self.defaults(&raw.defaults)?;
         let cache = self.cache(raw.cache.as_ref(), &servers_first_name(&raw))?;
         let mib = |v: &Option<Spanned<u64>>, default: u64| -> u64 {
@@ -32,43 +32,12 @@ impl Validator<'_> {
             max_bytes: mib(&raw.spool_max_mb, 10_240),
             min_free_bytes: mib(&raw.spool_min_free_mb, 1_024),
         };
-        let raw_modbus = raw.modbus.unwrap_or_default();
+        let raw_modbus = raw.modbus.take().unwrap_or_default();
         let modbus = self.modbus(&raw_modbus)?;
         let default_map =
             self.register_map(raw_modbus.register_map.as_ref(), "modbus.register_map")?;
-        // File order, not the map's sorted order: the first server named is
-        // the first of a reconcile pair.
-        let mut raw_servers: Vec<_> = raw.servers.iter().collect();
-        raw_servers.sort_by_key(|(name, _)| name.span().start);
-        let servers = raw_servers
-            .into_iter()
-            .map(|(name, s)| self.server(name, s))
-            .collect::<Result<Vec<_>, _>>()?;
-        if servers.is_empty() {
-            return Err(self.doc.error(
-                0,
-                "servers",
-                "at least one [servers.NAME] table is required",
-            ));
-        }
-        if raw.sites.is_empty() {
-            return Err(self
-                .doc
-                .error(0, "sites", "at least one [[sites]] entry is required"));
-        }
-        let mut seen = BTreeSet::new();
-        let mut sites = Vec::new();
-        for (i, s) in raw.sites.iter().enumerate() {
-            let site = self.site(i, s, &defaults, &servers, &default_map)?;
-            if !seen.insert(site.name.clone()) {
-                return Err(self.doc.at(
-                    &s.name,
-                    format!("sites[{i}].name"),
-                    format!("duplicate site name `{}`", site.name),
-                ));
-            }
-            sites.push(site);
-        }
+        let servers = self.servers(&raw)?;
+        let sites = self.sites(&raw, &defaults, &servers, &default_map)?;
         if !servers.iter().any(|s| s.name == cache.source) {
             let at = raw
                 .cache
@@ -85,16 +54,13 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let redis_url = raw
-            .redis
-            .as_ref()
-            .map(|r| self.redis_url(&r.url))
-            .transpose()?;
-        let redis_ca_file = raw
-            .redis
-            .as_ref()
-            .and_then(|r| r.ca_file.as_ref())
-            .map(|f| self.path(f));
+        let redis = match &raw.redis {
+            Some(r) => Some(Redis {
+                url: self.redis_url(&r.url)?,
+                ca_file: r.ca_file.as_ref().map(|f| self.path(f)),
+            }),
+            None => None,
+        };
         Ok(Config {
             source: self.source.clone(),
             log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
@@ -102,11 +68,58 @@ impl Validator<'_> {
             spool_limits,
             modbus,
             cache,
-            redis_url,
-            redis_ca_file,
+            redis,
             servers,
             sites,
         })
+    }
+
+    /// The `[servers.NAME]` tables in file order, not the map's sorted
+    /// order: the first server named is the first of a reconcile pair.
+    fn servers(&self, raw: &RawConfig) -> Result<Vec<Server>, DocError> {
+        let mut raw_servers: Vec<_> = raw.servers.iter().collect();
+        raw_servers.sort_by_key(|(name, _)| name.span().start);
+        let servers = raw_servers
+            .into_iter()
+            .map(|(name, s)| self.server(name, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        match servers.is_empty() {
+            true => Err(self.doc.error(
+                0,
+                "servers",
+                "at least one [servers.NAME] table is required",
+            )),
+            false => Ok(servers),
+        }
+    }
+
+    /// The `[[sites]]`, each name once.
+    fn sites(
+        &self,
+        raw: &RawConfig,
+        defaults: &SiteDefaults,
+        servers: &[Server],
+        default_map: &Arc<RegisterMap>,
+    ) -> Result<Vec<Site>, DocError> {
+        if raw.sites.is_empty() {
+            return Err(self
+                .doc
+                .error(0, "sites", "at least one [[sites]] entry is required"));
+        }
+        let mut seen = BTreeSet::new();
+        let mut sites = Vec::new();
+        for (i, s) in raw.sites.iter().enumerate() {
+            let site = self.site(i, s, defaults, servers, default_map)?;
+            if !seen.insert(site.name.clone()) {
+                return Err(self.doc.at(
+                    &s.name,
+                    format!("sites[{i}].name"),
+                    format!("duplicate site name `{}`", site.name),
+                ));
+            }
+            sites.push(site);
+        }
+        Ok(sites)
     }
 
     fn cache(&self, c: Option<&RawCache>, first_server: &str) -> Result<CacheSettings, DocError> {
@@ -119,17 +132,12 @@ impl Validator<'_> {
                 limits: default_limits(),
             });
         };
-        let secs = |v: &Spanned<String>, key: &str| -> Result<i64, DocError> {
-            crate::window::parse_duration(v.get_ref())
-                .map(|d| d.num_seconds())
-                .map_err(|e| self.doc.at(v, key, e.to_string()))
-        };
         let source = match &c.source {
             Some(s) => s.get_ref().clone(),
             None => first_server.to_string(),
         };
         let recheck_secs = match &c.recheck {
-            Some(v) => secs(v, "cache.recheck")?,
+            Some(v) => self.secs(v, "cache.recheck")?,
             None => 900,
         };
         let outlier_factor = match &c.outlier_factor {
@@ -148,50 +156,76 @@ impl Validator<'_> {
             Some(list) => {
                 let mut out: Vec<CachePeriod> = Vec::new();
                 for (i, p) in list.iter().enumerate() {
-                    let key = |k: &str| format!("cache.periods[{i}].{k}");
-                    let name = p.name.get_ref();
-                    if !is_plain_name(name) || out.iter().any(|o| &o.name == name) {
-                        return Err(self.doc.at(
-                            &p.name,
-                            key("name"),
-                            "period names are distinct and use only letters, digits, '_' and '-'",
-                        ));
-                    }
-                    let (span, bucket, ttl) = (
-                        secs(&p.span, &key("span"))?,
-                        secs(&p.bucket, &key("bucket"))?,
-                        secs(&p.ttl, &key("ttl"))?,
-                    );
-                    if bucket < 60
-                        || bucket % 60 != 0
-                        || (bucket < 86_400 && 86_400 % bucket != 0)
-                        || (bucket > 86_400)
-                    {
-                        return Err(self.doc.at(
-                            &p.bucket,
-                            key("bucket"),
-                            "a bucket is whole minutes that divide a day, or 1d",
-                        ));
-                    }
-                    if span < bucket || span % bucket != 0 {
-                        return Err(self.doc.at(
-                            &p.span,
-                            key("span"),
-                            "the span must be a whole number of buckets",
-                        ));
-                    }
-                    if ttl < 1 {
-                        return Err(self.doc.at(
-                            &p.ttl,
-                            key("ttl"),
-                            "a TTL of at least 1 s is expected",
-                        ));
-                    }
-                    out.push(CachePeriod::new(name, span, bucket, ttl));
+                    out.push(self.cache_period(i, p, &out)?);
                 }
                 out
             }
         };
+        Ok(CacheSettings {
+            source,
+            recheck_secs,
+            outlier_factor,
+            periods,
+            limits: self.cache_limits(c)?,
+        })
+    }
+
+    /// A duration such as `15m` in seconds.
+    fn secs(&self, v: &Spanned<String>, key: &str) -> Result<i64, DocError> {
+        crate::window::parse_duration(v.get_ref())
+            .map(|d| d.num_seconds())
+            .map_err(|e| self.doc.at(v, key, e.to_string()))
+    }
+
+    /// One `[[cache.periods]]` entry; `before` are the entries already read.
+    fn cache_period(
+        &self,
+        i: usize,
+        p: &RawPeriod,
+        before: &[CachePeriod],
+    ) -> Result<CachePeriod, DocError> {
+        let key = |k: &str| format!("cache.periods[{i}].{k}");
+        let name = p.name.get_ref();
+        if !is_plain_name(name) || before.iter().any(|o| &o.name == name) {
+            return Err(self.doc.at(
+                &p.name,
+                key("name"),
+                "period names are distinct and use only letters, digits, '_' and '-'",
+            ));
+        }
+        let (span, bucket, ttl) = (
+            self.secs(&p.span, &key("span"))?,
+            self.secs(&p.bucket, &key("bucket"))?,
+            self.secs(&p.ttl, &key("ttl"))?,
+        );
+        if bucket < 60
+            || bucket % 60 != 0
+            || (bucket < 86_400 && 86_400 % bucket != 0)
+            || (bucket > 86_400)
+        {
+            return Err(self.doc.at(
+                &p.bucket,
+                key("bucket"),
+                "a bucket is whole minutes that divide a day, or 1d",
+            ));
+        }
+        if span < bucket || span % bucket != 0 {
+            return Err(self.doc.at(
+                &p.span,
+                key("span"),
+                "the span must be a whole number of buckets",
+            ));
+        }
+        if ttl < 1 {
+            return Err(self
+                .doc
+                .at(&p.ttl, key("ttl"), "a TTL of at least 1 s is expected"));
+        }
+        Ok(CachePeriod::new(name, span, bucket, ttl))
+    }
+
+    /// The defaults, with `[cache.limits]` laid over them.
+    fn cache_limits(&self, c: &RawCache) -> Result<BTreeMap<String, (f64, f64)>, DocError> {
         let mut limits = default_limits();
         for (col, v) in c.limits.iter().flatten() {
             let [lo, hi] = *v.get_ref();
@@ -204,13 +238,7 @@ impl Validator<'_> {
             }
             limits.insert(col.clone(), (lo, hi));
         }
-        Ok(CacheSettings {
-            source,
-            recheck_secs,
-            outlier_factor,
-            periods,
-            limits,
-        })
+        Ok(limits)
     }
 
     fn modbus(&self, m: &RawModbus) -> Result<ModbusSettings, DocError> {
@@ -490,7 +518,7 @@ impl Validator<'_> {
     fn path(&self, v: &Spanned<String>) -> PathBuf {
         let base = match self.source {
             ConfigSource::File(f) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
-            ConfigSource::Embedded => PathBuf::new(),
+            ConfigSource::Embedded => super::locate::embedded_base().unwrap_or_default(),
         };
         base.join(v.get_ref())
     }
@@ -615,37 +643,8 @@ impl Validator<'_> {
                 "site names may use only letters, digits, '_' and '-', at most 63 bytes",
             ));
         }
-        let database = match &s.database {
-            Some(db)
-                if db.get_ref().is_empty()
-                    || db.get_ref().len() > 63
-                    || db.get_ref().contains('\0') =>
-            {
-                return Err(self
-                    .doc
-                    .at(db, key("database"), "a database name is 1 to 63 bytes"));
-            }
-            Some(db) => db.get_ref().clone(),
-            None => name.clone(),
-        };
-        let site_servers = match &s.servers {
-            None => servers.iter().map(|s| s.name.clone()).collect(),
-            Some(list) => list
-                .iter()
-                .map(|n| match servers.iter().any(|s| &s.name == n.get_ref()) {
-                    true => Ok(n.get_ref().clone()),
-                    false => Err(self.doc.at(
-                        n,
-                        key("servers"),
-                        format!(
-                            "no server `{}` is configured (configured: {})",
-                            n.get_ref(),
-                            join_names(servers.iter().map(|s| s.name.as_str()))
-                        ),
-                    )),
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        };
+        let database = self.database(s, &key("database"))?;
+        let site_servers = self.site_servers(s, servers, &key("servers"))?;
         let timezone = match &s.timezone {
             Some(tz) => self.timezone(tz, &key("timezone"))?,
             None => d.timezone,
@@ -691,6 +690,47 @@ impl Validator<'_> {
             })?;
         }
         Ok(site)
+    }
+
+    /// The site's database name; the site's name when not given.
+    fn database(&self, s: &RawSite, key: &str) -> Result<String, DocError> {
+        match &s.database {
+            Some(db)
+                if db.get_ref().is_empty()
+                    || db.get_ref().len() > 63
+                    || db.get_ref().contains('\0') =>
+            {
+                Err(self.doc.at(db, key, "a database name is 1 to 63 bytes"))
+            }
+            Some(db) => Ok(db.get_ref().clone()),
+            None => Ok(s.name.get_ref().clone()),
+        }
+    }
+
+    /// The servers that keep the site's data; every configured one when not given.
+    fn site_servers(
+        &self,
+        s: &RawSite,
+        servers: &[Server],
+        key: &str,
+    ) -> Result<Vec<String>, DocError> {
+        let Some(list) = &s.servers else {
+            return Ok(servers.iter().map(|s| s.name.clone()).collect());
+        };
+        list.iter()
+            .map(|n| match servers.iter().any(|s| &s.name == n.get_ref()) {
+                true => Ok(n.get_ref().clone()),
+                false => Err(self.doc.at(
+                    n,
+                    key,
+                    format!(
+                        "no server `{}` is configured (configured: {})",
+                        n.get_ref(),
+                        join_names(servers.iter().map(|s| s.name.as_str()))
+                    ),
+                )),
+            })
+            .collect()
     }
 
     fn banks(&self, i: usize, banks: &Spanned<Vec<RawBank>>) -> Result<Vec<Bank>, DocError> {

@@ -62,17 +62,7 @@ pub struct DemoReport {
 
 impl Report for DemoReport {
     type Row = DemoRow;
-    const HEADER: &'static [&'static str] = &[
-        "SITE",
-        "SERVER",
-        "EXPECTED",
-        "MISSING BEFORE",
-        "REPAIRED",
-        "MISSING AFTER",
-    ];
-    fn rows(&self) -> &[DemoRow] {
-        &self.rows
-    }
+    const HEADER: &'static str = "SITE|SERVER|EXPECTED|MISSING BEFORE|REPAIRED|MISSING AFTER";
     fn cells(r: &DemoRow) -> Vec<String> {
         vec![
             r.site.clone(),
@@ -120,6 +110,9 @@ impl Report for DemoReport {
             true => Outcome::Clean,
             false => Outcome::Warning,
         }
+    }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
     }
 }
 
@@ -442,10 +435,9 @@ pub struct DemoPlan {
 
 impl crate::command::Plan for DemoPlan {
     fn locks(&self) -> Vec<(&'static str, String)> {
-        let ingest = self.sites.iter().map(|s| ("ingest", s.clone()));
-        std::iter::once(("demo", "all".to_string()))
-            .chain(ingest)
-            .collect()
+        let mut locks = vec![("demo", "all".to_string())];
+        locks.extend(crate::command::site_locks("ingest", &self.sites));
+        locks
     }
 }
 

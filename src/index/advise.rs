@@ -36,20 +36,7 @@ pub struct RecommendReport {
 
 impl Report for RecommendReport {
     type Row = RecommendRow;
-    const HEADER: &'static [&'static str] = &[
-        "SERVER",
-        "SITE",
-        "KIND",
-        "TABLE",
-        "COLUMNS",
-        "CALLS",
-        "COST BEFORE",
-        "COST AFTER",
-        "NOTE",
-    ];
-    fn rows(&self) -> &[RecommendRow] {
-        &self.rows
-    }
+    const HEADER: &'static str = "SERVER|SITE|KIND|TABLE|COLUMNS|CALLS|COST BEFORE|COST AFTER|NOTE";
     fn cells(r: &RecommendRow) -> Vec<String> {
         let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         vec![
@@ -92,6 +79,9 @@ impl Report for RecommendReport {
             true => Outcome::Warning,
             false => Outcome::Clean,
         }
+    }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
     }
 }
 
@@ -179,7 +169,32 @@ pub async fn recommend_at(
     let statements = recommend::statements(&client, min_calls)
         .await
         .map_err(&err)?;
-    let row = |kind: &str, table: &str, index: &str, columns: Vec<String>| RecommendRow {
+    let mut rows = Vec::new();
+    for spec in TABLES {
+        let indexes = catalog::indexes(&client, spec.name).await.map_err(&err)?;
+        if indexes.is_empty() {
+            continue;
+        }
+        rows.extend(create_rows(&client, p, &spec, &indexes, &statements).await);
+        rows.extend(cleanup_rows(p, &spec, &indexes));
+    }
+    rows.sort_by(|a, b| {
+        b.weighted_gain
+            .partial_cmp(&a.weighted_gain)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    Ok(rows)
+}
+
+/// A row of `kind` for one index, with nothing measured yet.
+fn blank_row(
+    p: &Place,
+    kind: &str,
+    table: &str,
+    index: &str,
+    columns: Vec<String>,
+) -> RecommendRow {
+    RecommendRow {
         server: p.server.name.clone(),
         site: p.site.name.clone(),
         kind: kind.into(),
@@ -193,68 +208,74 @@ pub async fn recommend_at(
         weighted_gain: None,
         sql: String::new(),
         note: String::new(),
-    };
+    }
+}
+
+/// An index to create for each recorded query shape on `spec` that no index
+/// covers, when the planner's cost drops by more than a tenth.
+async fn create_rows(
+    client: &Client,
+    p: &Place,
+    spec: &TableSpec,
+    indexes: &[IndexInfo],
+    statements: &[recommend::Statement],
+) -> Vec<RecommendRow> {
     let mut rows = Vec::new();
-    for spec in TABLES {
-        let indexes = catalog::indexes(&client, spec.name).await.map_err(&err)?;
-        if indexes.is_empty() {
+    let mut seen: Vec<Vec<String>> = Vec::new();
+    for s in statements {
+        let Some(shape) = recommend::parse(&s.query).filter(|sh| sh.table == spec.name) else {
+            continue;
+        };
+        let cols = shape.candidate();
+        let include = shape.include(&cols);
+        if cols.is_empty()
+            || seen.contains(&cols)
+            || recommend::covered(indexes, &cols, &include).is_some()
+        {
             continue;
         }
-        let mut seen: Vec<Vec<String>> = Vec::new();
-        for s in &statements {
-            let Some(shape) = recommend::parse(&s.query).filter(|sh| sh.table == spec.name) else {
-                continue;
-            };
-            let cols = shape.candidate();
-            let include = shape.include(&cols);
-            if cols.is_empty()
-                || seen.contains(&cols)
-                || recommend::covered(&indexes, &cols, &include).is_some()
-            {
-                continue;
-            }
-            seen.push(cols.clone());
-            let Some((calls, before, after)) =
-                estimate(&client, spec.name, &cols, &include, &statements).await
-            else {
-                continue;
-            };
-            if after >= before * 0.9 {
-                continue; // the planner would not use it, or barely gains
-            }
-            let name = manage::default_name(spec.name, &cols);
-            let mut r = row("create", spec.name, &name, cols.clone());
-            r.calls = calls;
-            r.cost_before = Some(before / calls.max(1) as f64);
-            r.cost_after = Some(after / calls.max(1) as f64);
-            r.weighted_gain = Some(before - after);
-            r.sql = manage::create_sql(spec.name, &name, &cols, &include, true);
-            r.include = include;
-            if cols.first().map(String::as_str) != Some(crate::schema::TIME_COLUMN) {
-                r.note = format!(
-                    "(equality columns first, time last: the reference tool would build ({}, …), which cannot seek one device's range)",
-                    crate::schema::TIME_COLUMN
-                );
-            }
-            rows.push(r);
+        seen.push(cols.clone());
+        let Some((calls, before, after)) =
+            estimate(client, spec.name, &cols, &include, statements).await
+        else {
+            continue;
+        };
+        if after >= before * 0.9 {
+            continue; // the planner would not use it, or barely gains
         }
-        for i in indexes.iter().filter(|i| i.scans == 0 && !i.unique) {
-            let mut r = row("unused", spec.name, &i.name, i.columns.clone());
-            r.note = "0 scans over all chunks since statistics were last reset".into();
-            rows.push(r);
+        let name = manage::default_name(spec.name, &cols);
+        let mut r = blank_row(p, "create", spec.name, &name, cols.clone());
+        r.calls = calls;
+        r.cost_before = Some(before / calls.max(1) as f64);
+        r.cost_after = Some(after / calls.max(1) as f64);
+        r.weighted_gain = Some(before - after);
+        r.sql = manage::create_sql(spec.name, &name, &cols, &include, true);
+        r.include = include;
+        if cols.first().map(String::as_str) != Some(crate::schema::TIME_COLUMN) {
+            r.note = format!(
+                "(equality columns first, time last: the reference tool would build ({}, …), which cannot seek one device's range)",
+                crate::schema::TIME_COLUMN
+            );
         }
-        for (a, b) in recommend::redundant(&indexes) {
-            let mut r = row("redundant", spec.name, &a.name, a.columns.clone());
-            r.note = format!("its columns lead `{}` ({})", b.name, b.columns.join(", "));
-            rows.push(r);
-        }
+        rows.push(r);
     }
-    rows.sort_by(|a, b| {
-        b.weighted_gain
-            .partial_cmp(&a.weighted_gain)
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
-    Ok(rows)
+    rows
+}
+
+/// Indexes never scanned, and indexes whose columns lead another's.
+fn cleanup_rows(p: &Place, spec: &TableSpec, indexes: &[IndexInfo]) -> Vec<RecommendRow> {
+    let mut rows = Vec::new();
+    for i in indexes.iter().filter(|i| i.scans == 0 && !i.unique) {
+        let mut r = blank_row(p, "unused", spec.name, &i.name, i.columns.clone());
+        r.note = "0 scans over all chunks since statistics were last reset".into();
+        rows.push(r);
+    }
+    for (a, b) in recommend::redundant(indexes) {
+        let mut r = blank_row(p, "redundant", spec.name, &a.name, a.columns.clone());
+        r.note = format!("its columns lead `{}` ({})", b.name, b.columns.join(", "));
+        rows.push(r);
+    }
+    rows
 }
 
 pub async fn recommend(args: &RecommendArgs, ctx: &Context) -> Result<RecommendReport, IndexError> {

@@ -3,21 +3,13 @@
 
 use std::time::Instant;
 
-use serde::Serialize;
-
 use super::*;
 
-#[derive(Debug, Serialize)]
-pub struct ChangeReport {
-    pub rows: Vec<ChangeRow>,
-}
+pub type ChangeReport = crate::output::Rows<ChangeRow>;
 
 impl Report for ChangeReport {
     type Row = ChangeRow;
-    const HEADER: &'static [&'static str] = &["SERVER", "SITE", "INDEX", "STATUS", "NOTE"];
-    fn rows(&self) -> &[ChangeRow] {
-        &self.rows
-    }
+    const HEADER: &'static str = "SERVER|SITE|INDEX|STATUS|NOTE";
     fn cells(r: &ChangeRow) -> Vec<String> {
         let note = if r.note.is_empty() {
             r.sql.clone()
@@ -53,26 +45,33 @@ impl Report for ChangeReport {
             false => Outcome::Clean,
         }
     }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
+    }
 }
 
-fn change(
-    p: &Place,
-    table: &str,
-    index: &str,
-    status: &str,
-    sql: &str,
-    note: String,
+/// One index change under way: where, on what, and since when.
+struct Change<'a> {
+    p: &'a Place,
+    table: &'a str,
+    index: &'a str,
+    sql: &'a str,
     started: Instant,
-) -> ChangeRow {
-    ChangeRow {
-        server: p.server.name.clone(),
-        site: p.site.name.clone(),
-        table: table.into(),
-        index: index.into(),
-        status: status.into(),
-        sql: sql.into(),
-        note,
-        duration_ms: started.elapsed().as_millis() as u64,
+}
+
+impl Change<'_> {
+    /// The report row once the change ended with `status`.
+    fn row(&self, status: &str, note: impl Into<String>) -> ChangeRow {
+        ChangeRow {
+            server: self.p.server.name.clone(),
+            site: self.p.site.name.clone(),
+            table: self.table.into(),
+            index: self.index.into(),
+            status: status.into(),
+            sql: self.sql.into(),
+            note: note.into(),
+            duration_ms: self.started.elapsed().as_millis() as u64,
+        }
     }
 }
 
@@ -101,9 +100,8 @@ pub async fn create_at(
     } = *new;
     let started = Instant::now();
     let client = p.connect(ctx).await?;
-    let cols = crate::catalog::require_table(&client, &p.server.name, &p.site.database, spec)
-        .await
-        .map_err(IndexError::Usage)?;
+    let cols =
+        crate::catalog::require_table(&client, &p.server.name, &p.site.database, spec).await?;
     if let Some(bad) = columns
         .iter()
         .chain(include)
@@ -118,23 +116,41 @@ pub async fn create_at(
     }
     let indexes = p.indexes(&client, spec.name).await?;
     let sql = manage::create_sql(spec.name, name, columns, include, per_chunk);
+    let change = Change {
+        p,
+        table: spec.name,
+        index: name,
+        sql: &sql,
+        started,
+    };
     match manage::plan_create(&indexes, spec.name, name, columns, include) {
-        Err(m) => return Ok(change(p, spec.name, name, "refused", &sql, m, started)),
-        Ok(Some(note)) => return Ok(change(p, spec.name, name, "exists", &sql, note, started)),
-        Ok(None) if dry_run => {
-            return Ok(change(
-                p,
-                spec.name,
-                name,
-                "planned",
-                &sql,
-                String::new(),
-                started,
-            ));
-        }
+        Err(taken) => return Ok(change.row("refused", taken.to_string())),
+        Ok(Some(note)) => return Ok(change.row("exists", note)),
+        Ok(None) if dry_run => return Ok(change.row("planned", "")),
         Ok(None) => {}
     }
-    let chunks = catalog::tables(&client, &[spec.name])
+    let result = build_watched(ctx, p, &client, spec, name, &sql, per_chunk).await;
+    Ok(match result {
+        Ok(_) => {
+            tracing::info!(site = %p.site.name, server = %p.server.name, table = spec.name, index = name, "index created");
+            change.row("created", "")
+        }
+        Err(e) => change.row("failed", db::describe(&e)),
+    })
+}
+
+/// Runs the CREATE INDEX; a per-chunk build on a hypertable shows a progress
+/// bar fed from a second connection that watches the chunks get done.
+async fn build_watched(
+    ctx: &Context,
+    p: &Place,
+    client: &tokio_postgres::Client,
+    spec: &TableSpec,
+    name: &str,
+    sql: &str,
+    per_chunk: bool,
+) -> Result<std::time::Duration, tokio_postgres::Error> {
+    let chunks = catalog::tables(client, &[spec.name])
         .await
         .ok()
         .and_then(|t| t.first().map(|t| t.chunks))
@@ -145,36 +161,13 @@ pub async fn create_at(
     };
     let mut progress = Progress::new(chunks.max(0) as usize, "chunks indexed", ctx.verbosity);
     let mut shown = 0;
-    let result = manage::create(&client, watcher.as_ref(), spec.name, name, &sql, |done| {
+    manage::create(client, watcher.as_ref(), spec.name, name, sql, |done| {
         while shown < done.min(chunks) {
             progress.tick();
             shown += 1;
         }
     })
-    .await;
-    match result {
-        Ok(_) => {
-            tracing::info!(site = %p.site.name, server = %p.server.name, table = spec.name, index = name, "index created");
-            Ok(change(
-                p,
-                spec.name,
-                name,
-                "created",
-                &sql,
-                String::new(),
-                started,
-            ))
-        }
-        Err(e) => Ok(change(
-            p,
-            spec.name,
-            name,
-            "failed",
-            &sql,
-            db::describe(&e),
-            started,
-        )),
-    }
+    .await
 }
 
 pub async fn create(args: &CreateArgs, ctx: &Context) -> Result<ChangeReport, IndexError> {
@@ -212,56 +205,26 @@ pub async fn drop(args: &DropArgs, ctx: &Context) -> Result<ChangeReport, IndexE
                 break;
             }
         }
-        let row = match found {
-            None => change(
-                &p,
-                "",
-                &args.name,
-                "absent",
-                &sql,
-                "no such index on the ESS tables".into(),
-                started,
-            ),
-            Some(i) if i.unique && !args.force => change(
-                &p,
-                &i.table,
-                &args.name,
+        let change = Change {
+            p: &p,
+            table: found.as_ref().map_or("", |i| i.table.as_str()),
+            index: &args.name,
+            sql: &sql,
+            started,
+        };
+        let row = match &found {
+            None => change.row("absent", "no such index on the ESS tables"),
+            Some(i) if i.unique && !args.force => change.row(
                 "refused",
-                &sql,
                 format!(
                     "`{}` is the unique natural key of `{}`: without it a sample can be stored twice (--force to drop anyway)",
                     i.name, i.table
                 ),
-                started,
             ),
-            Some(i) if args.dry_run => change(
-                &p,
-                &i.table,
-                &args.name,
-                "planned",
-                &sql,
-                String::new(),
-                started,
-            ),
-            Some(i) => match client.batch_execute(&sql).await {
-                Ok(()) => change(
-                    &p,
-                    &i.table,
-                    &args.name,
-                    "dropped",
-                    &sql,
-                    String::new(),
-                    started,
-                ),
-                Err(e) => change(
-                    &p,
-                    &i.table,
-                    &args.name,
-                    "failed",
-                    &sql,
-                    db::describe(&e),
-                    started,
-                ),
+            Some(_) if args.dry_run => change.row("planned", ""),
+            Some(_) => match client.batch_execute(&sql).await {
+                Ok(()) => change.row("dropped", ""),
+                Err(e) => change.row("failed", db::describe(&e)),
             },
         };
         rows.push(row);

@@ -16,18 +16,11 @@ pub struct ColumnRow {
     pub indexes: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
-pub struct ColumnsReport {
-    pub rows: Vec<ColumnRow>,
-}
+pub type ColumnsReport = crate::output::Rows<ColumnRow>;
 
 impl Report for ColumnsReport {
     type Row = ColumnRow;
-    const HEADER: &'static [&'static str] =
-        &["SERVER", "SITE", "COLUMN", "TYPE", "INDEXES (POSITION)"];
-    fn rows(&self) -> &[ColumnRow] {
-        &self.rows
-    }
+    const HEADER: &'static str = "SERVER|SITE|COLUMN|TYPE|INDEXES (POSITION)";
     fn cells(r: &ColumnRow) -> Vec<String> {
         vec![
             r.server.clone(),
@@ -42,6 +35,9 @@ impl Report for ColumnsReport {
     }
     fn outcome(&self) -> Outcome {
         Outcome::Clean
+    }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
     }
 }
 
@@ -62,9 +58,8 @@ pub async fn columns(args: &ColumnsArgs, ctx: &Context) -> Result<ColumnsReport,
     let mut rows = Vec::new();
     for p in places(ctx, &args.at)? {
         let client = p.connect(ctx).await?;
-        let cols = crate::catalog::require_table(&client, &p.server.name, &p.site.database, &spec)
-            .await
-            .map_err(IndexError::Usage)?;
+        let cols =
+            crate::catalog::require_table(&client, &p.server.name, &p.site.database, &spec).await?;
         let indexes = p.indexes(&client, spec.name).await?;
         for c in cols {
             rows.push(ColumnRow {

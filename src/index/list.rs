@@ -22,28 +22,12 @@ pub struct ListRow {
     pub scans: i64,
 }
 
-#[derive(Debug, Serialize)]
-pub struct ListReport {
-    pub rows: Vec<ListRow>,
-}
+pub type ListReport = crate::output::Rows<ListRow>;
 
 impl Report for ListReport {
     type Row = ListRow;
-    const HEADER: &'static [&'static str] = &[
-        "SERVER",
-        "SITE",
-        "TABLE",
-        "CHUNKS",
-        "ROWS",
-        "SIZE",
-        "INDEX",
-        "COLUMNS",
-        "INDEX SIZE",
-        "SCANS",
-    ];
-    fn rows(&self) -> &[ListRow] {
-        &self.rows
-    }
+    const HEADER: &'static str =
+        "SERVER|SITE|TABLE|CHUNKS|ROWS|SIZE|INDEX|COLUMNS|INDEX SIZE|SCANS";
     fn cells(r: &ListRow) -> Vec<String> {
         vec![
             r.server.clone(),
@@ -67,6 +51,9 @@ impl Report for ListReport {
     }
     fn outcome(&self) -> Outcome {
         Outcome::Clean
+    }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
     }
 }
 

@@ -89,6 +89,17 @@ pub struct ChangeRow {
     pub duration_ms: u64,
 }
 
+/// An index of that name exists with other columns.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "an index named `{name}` already exists on `{table}` with other columns ({columns}); choose another --name"
+)]
+pub struct NameTaken {
+    name: String,
+    table: String,
+    columns: String,
+}
+
 /// What creating `columns` (plus `include`) on `table` would do here: nothing
 /// when an index with the same columns exists, an error when the name is taken.
 pub fn plan_create(
@@ -97,7 +108,7 @@ pub fn plan_create(
     name: &str,
     columns: &[String],
     include: &[String],
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, NameTaken> {
     if let Some(same) = indexes.iter().find(|i| i.same_as(columns, include)) {
         return Ok(Some(format!(
             "index `{}` already has these columns; nothing to do",
@@ -105,10 +116,11 @@ pub fn plan_create(
         )));
     }
     if let Some(taken) = indexes.iter().find(|i| i.name == name) {
-        return Err(format!(
-            "an index named `{name}` already exists on `{table}` with other columns ({}); choose another --name",
-            taken.columns.join(", ")
-        ));
+        return Err(NameTaken {
+            name: name.to_string(),
+            table: table.to_string(),
+            columns: taken.columns.join(", "),
+        });
     }
     Ok(None)
 }

@@ -124,6 +124,8 @@ pub enum IndexError {
     Usage(String),
     #[error(transparent)]
     Db(#[from] db::DbError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::TableError),
     #[error(
         "the wizard needs a terminal; use the index subcommands in scripts (essops index --help)"
     )]
@@ -134,7 +136,9 @@ impl IndexError {
     pub fn exit_code(&self) -> u8 {
         match self {
             IndexError::Config(_) => exit::CONFIG,
-            IndexError::Db(e) => e.exit_code(),
+            IndexError::Db(e) | IndexError::Catalog(crate::catalog::TableError::Db(e)) => {
+                e.exit_code()
+            }
             _ => exit::USAGE,
         }
     }

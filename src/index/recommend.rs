@@ -142,12 +142,24 @@ pub fn parse(query: &str) -> Option<Shape> {
     if lower_clause.contains(" or ") {
         return None; // OR'd predicates want a different index shape; leave them be.
     }
-    let mut comparisons = Vec::new();
+    let comparisons: Vec<Comparison> = conjuncts(clause)
+        .into_iter()
+        .filter_map(comparison)
+        .collect();
+    (!comparisons.is_empty()).then_some(Shape {
+        table,
+        comparisons,
+        outputs: outputs(select_list),
+    })
+}
+
+/// The WHERE clause split at its top-level ANDs (not a BETWEEN's AND).
+fn conjuncts(clause: &str) -> Vec<&str> {
+    let lower_clause = clause.to_lowercase();
     let mut pieces: Vec<&str> = Vec::new();
     let mut start = 0;
-    let bytes = lower_clause.as_bytes();
     let mut i = 0;
-    while i + 5 <= bytes.len() {
+    while i + 5 <= lower_clause.len() {
         if &lower_clause[i..i + 5] == " and "
             && !lower_clause[..i].trim_end().ends_with(" between")
             && !is_between_and(&lower_clause[..i])
@@ -160,42 +172,35 @@ pub fn parse(query: &str) -> Option<Shape> {
         i += 1;
     }
     pieces.push(&clause[start..]);
-    for piece in pieces {
-        let p = piece.trim().trim_matches(['(', ')']).trim();
-        let lp = p.to_lowercase();
-        let ops = [">=", "<=", "<>", "!=", "=", ">", "<", " between ", " in "];
-        let Some((at, op)) = ops
-            .iter()
-            .filter_map(|op| lp.find(op).map(|i| (i, *op)))
-            .min_by_key(|(i, _)| *i)
-        else {
-            continue;
-        };
-        if op == "<>" || op == "!=" {
-            continue;
-        }
-        let Some(column) = ident(&p[..at]) else {
-            continue;
-        };
-        let rhs = p[at + op.len()..].trim();
-        // The first parameter on the right side: `$2`, `($2)`, `to_timestamp($2)`.
-        let param = rhs.find('$').and_then(|i| {
-            rhs[i + 1..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        });
-        comparisons.push(Comparison {
-            column,
-            op: op.trim().to_string(),
-            param,
-        });
+    pieces
+}
+
+/// `column op $n` from one conjunct; `None` for `<>`/`!=` and what is not a column.
+fn comparison(piece: &str) -> Option<Comparison> {
+    let p = piece.trim().trim_matches(['(', ')']).trim();
+    let lp = p.to_lowercase();
+    let ops = [">=", "<=", "<>", "!=", "=", ">", "<", " between ", " in "];
+    let (at, op) = ops
+        .iter()
+        .filter_map(|op| lp.find(op).map(|i| (i, *op)))
+        .min_by_key(|(i, _)| *i)?;
+    if op == "<>" || op == "!=" {
+        return None;
     }
-    (!comparisons.is_empty()).then_some(Shape {
-        table,
-        comparisons,
-        outputs: outputs(select_list),
+    let column = ident(&p[..at])?;
+    let rhs = p[at + op.len()..].trim();
+    // The first parameter on the right side: `$2`, `($2)`, `to_timestamp($2)`.
+    let param = rhs.find('$').and_then(|i| {
+        rhs[i + 1..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    });
+    Some(Comparison {
+        column,
+        op: op.trim().to_string(),
+        param,
     })
 }
 

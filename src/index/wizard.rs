@@ -62,6 +62,19 @@ impl Prompt {
     }
 }
 
+/// The table the wizard works on, with what it learned about it.
+struct Chosen {
+    place: Place,
+    client: tokio_postgres::Client,
+    spec: TableSpec,
+    hypertable: bool,
+    columns: Vec<crate::catalog::Column>,
+    indexes: Vec<catalog::IndexInfo>,
+    statements: Vec<recommend::Statement>,
+    /// The recorded queries' best uncovered index: key columns and INCLUDE columns.
+    recommended: Option<(Vec<String>, Vec<String>)>,
+}
+
 pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
     if !std::io::stdin().is_terminal() {
         return Err(IndexError::NoTerminal);
@@ -72,6 +85,60 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
     println!(
         "essops index wizard: nothing changes until you confirm; Ctrl-C leaves at any step.\n"
     );
+    let t = choose_table(ctx, &mut p).await?;
+    show_columns(&t);
+    let picked = ask_columns(&t, &mut p).await?;
+    let name = ask_name(&t, &picked, &mut p).await?;
+    // The recommendation's INCLUDE columns come along when its key was taken as is.
+    let include: Vec<String> = match &t.recommended {
+        Some((cols, include)) if *cols == picked => include.clone(),
+        _ => Vec::new(),
+    };
+    let nothing = Ok(ChangeReport { rows: Vec::new() });
+    match manage::plan_create(&t.indexes, t.spec.name, &name, &picked, &include) {
+        Err(taken) => {
+            println!("{taken}");
+            return nothing;
+        }
+        Ok(Some(exists)) => {
+            println!("{exists}");
+            return nothing;
+        }
+        Ok(None) => {}
+    }
+    let sql = manage::create_sql(t.spec.name, &name, &picked, &include, t.hypertable);
+    println!("\nSQL: {sql}");
+    show_estimate(&t, &picked, &include).await;
+    let confirm = p.ask("Create it? (y/N)", Some("N")).await?;
+    if !confirm.eq_ignore_ascii_case("y") && !confirm.eq_ignore_ascii_case("yes") {
+        println!("Nothing changed.");
+        return nothing;
+    }
+    let new = NewIndex {
+        name: &name,
+        columns: &picked,
+        include: &include,
+        per_chunk: t.hypertable,
+    };
+    let row = create_at(ctx, &t.place, &t.spec, &new, false).await?;
+    println!(
+        "The same without the wizard: essops index create {} {} --name {name}{} --site {} --server {}{}",
+        t.spec.name,
+        picked.join(" "),
+        include
+            .iter()
+            .map(|c| format!(" --include {c}"))
+            .collect::<String>(),
+        t.place.site.name,
+        t.place.server.name,
+        if t.hypertable { " --per-chunk" } else { "" }
+    );
+    Ok(ChangeReport { rows: vec![row] })
+}
+
+/// Site, server and table from menus, then the table's columns, indexes and
+/// the recommendation from recorded queries.
+async fn choose_table(ctx: &Context, p: &mut Prompt) -> Result<Chosen, IndexError> {
     let sites: Vec<String> = ctx.config.sites.iter().map(|s| s.name.clone()).collect();
     let site = ctx.config.sites[p.choose("Site", &sites).await?].clone();
     let servers: Vec<String> = site.servers.clone();
@@ -81,17 +148,13 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
         .clone();
     let place = Place { server, site };
     let client = place.connect(ctx).await?;
-    let err = catalog::query_error(
-        &place.server.name,
-        &place.site.database,
-        "reading the catalog",
-    );
+    let (server_name, database) = (place.server.name.clone(), place.site.database.clone());
+    let err = catalog::query_error(&server_name, &database, "reading the catalog");
     let names: Vec<&str> = TABLES.iter().map(|t| t.name).collect();
     let tables = catalog::tables(&client, &names).await.map_err(&err)?;
     if tables.is_empty() {
         return Err(IndexError::Usage(format!(
-            "database `{}` has no ESS tables (run essops migrate)",
-            place.site.database
+            "database `{database}` has no ESS tables (run essops migrate)"
         )));
     }
     let labels: Vec<String> = tables
@@ -107,21 +170,32 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
     let chosen = &tables[p.choose("Table", &labels).await?];
     let spec: TableSpec = TableSpec::by_name(&chosen.table)
         .ok_or_else(|| schema::UnknownTable(chosen.table.clone()))?;
-    let columns =
-        crate::catalog::require_table(&client, &place.server.name, &place.site.database, &spec)
-            .await
-            .map_err(IndexError::Usage)?;
+    let columns = crate::catalog::require_table(&client, &server_name, &database, &spec).await?;
     let indexes = catalog::indexes(&client, spec.name).await.map_err(&err)?;
     let statements = recommend::statements(&client, 1).await.unwrap_or_default();
-    let recommended: Option<(Vec<String>, Vec<String>)> = statements
+    let recommended = statements
         .iter()
         .filter_map(|s| recommend::parse(&s.query))
         .filter(|sh| sh.table == spec.name)
         .map(|sh| (sh.candidate(), sh.include(&sh.candidate())))
         .find(|(c, i)| recommend::covered(&indexes, c, i).is_none());
-    println!("Columns of {}:", spec.name);
-    for (i, c) in columns.iter().enumerate() {
-        let cover = covering(&indexes, &c.name);
+    Ok(Chosen {
+        place,
+        client,
+        spec,
+        hypertable: chosen.hypertable,
+        columns,
+        indexes,
+        statements,
+        recommended,
+    })
+}
+
+/// The numbered columns, the indexes each is in, and the recommendation.
+fn show_columns(t: &Chosen) {
+    println!("Columns of {}:", t.spec.name);
+    for (i, c) in t.columns.iter().enumerate() {
+        let cover = covering(&t.indexes, &c.name);
         let cover = if cover.is_empty() {
             String::new()
         } else {
@@ -129,18 +203,7 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
         };
         println!("  {}) {} {}{cover}", i + 1, c.name, c.data_type);
     }
-    let default = recommended.as_ref().map(|(cols, _)| {
-        cols.iter()
-            .filter_map(|c| {
-                columns
-                    .iter()
-                    .position(|k| &k.name == c)
-                    .map(|i| (i + 1).to_string())
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    });
-    if let Some((cols, include)) = &recommended {
+    if let Some((cols, include)) = &t.recommended {
         println!(
             "Recommended from recorded queries: {} (equality columns first, the time range last){}",
             cols.join(", "),
@@ -151,7 +214,19 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
             }
         );
     }
-    let picked: Vec<String> = loop {
+}
+
+/// The index's columns by number, the recommendation's as the default.
+async fn ask_columns(t: &Chosen, p: &mut Prompt) -> Result<Vec<String>, IndexError> {
+    let number = |name: &String| {
+        let at = t.columns.iter().position(|k| &k.name == name);
+        at.map(|i| (i + 1).to_string())
+    };
+    let default = t.recommended.as_ref().map(|(cols, _)| {
+        let numbers: Vec<String> = cols.iter().filter_map(number).collect();
+        numbers.join(",")
+    });
+    loop {
         let answer = p
             .ask(
                 "Columns in index order (numbers, comma-separated)",
@@ -164,42 +239,31 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
                 n.trim()
                     .parse::<usize>()
                     .ok()
-                    .and_then(|n| columns.get(n.wrapping_sub(1)))
+                    .and_then(|n| t.columns.get(n.wrapping_sub(1)))
                     .map(|c| c.name.clone())
             })
             .collect();
         match picked {
-            Some(v) if !v.is_empty() => break v,
+            Some(v) if !v.is_empty() => return Ok(v),
             _ => println!("  give column numbers from the list, e.g. 3,1"),
         }
-    };
-    let name = loop {
-        let name = p
-            .ask(
-                "Index name",
-                Some(&manage::default_name(spec.name, &picked)),
-            )
-            .await?;
+    }
+}
+
+async fn ask_name(t: &Chosen, picked: &[String], p: &mut Prompt) -> Result<String, IndexError> {
+    let default = manage::default_name(t.spec.name, picked);
+    loop {
+        let name = p.ask("Index name", Some(&default)).await?;
         match manage::check_name(&name) {
-            Ok(()) => break name,
+            Ok(()) => return Ok(name),
             Err(e) => println!("  {e}"),
         }
-    };
-    // The recommendation's INCLUDE columns come along when its key was taken as is.
-    let include: Vec<String> = match &recommended {
-        Some((cols, include)) if *cols == picked => include.clone(),
-        _ => Vec::new(),
-    };
-    match manage::plan_create(&indexes, spec.name, &name, &picked, &include) {
-        Err(m) | Ok(Some(m)) => {
-            println!("{m}");
-            return Ok(ChangeReport { rows: Vec::new() });
-        }
-        Ok(None) => {}
     }
-    let sql = manage::create_sql(spec.name, &name, &picked, &include, chosen.hypertable);
-    println!("\nSQL: {sql}");
-    match estimate(&client, spec.name, &picked, &include, &statements).await {
+}
+
+/// The planner's cost of the recorded queries before and after the index.
+async fn show_estimate(t: &Chosen, picked: &[String], include: &[String]) {
+    match estimate(&t.client, t.spec.name, picked, include, &t.statements).await {
         Some((calls, before, after)) if calls > 0 => println!(
             "Estimated planner cost over {calls} recorded calls: {:.0} -> {:.0} per call ({:.0} % less)",
             before / calls as f64,
@@ -208,36 +272,7 @@ pub async fn run(ctx: &Context) -> Result<ChangeReport, IndexError> {
         ),
         _ => println!(
             "No recorded queries on `{}` to estimate the gain from.",
-            spec.name
+            t.spec.name
         ),
     }
-    let confirm = p.ask("Create it? (y/N)", Some("N")).await?;
-    if !confirm.eq_ignore_ascii_case("y") && !confirm.eq_ignore_ascii_case("yes") {
-        println!("Nothing changed.");
-        return Ok(ChangeReport { rows: Vec::new() });
-    }
-    let new = NewIndex {
-        name: &name,
-        columns: &picked,
-        include: &include,
-        per_chunk: chosen.hypertable,
-    };
-    let row = create_at(ctx, &place, &spec, &new, false).await?;
-    println!(
-        "The same without the wizard: essops index create {} {} --name {name}{} --site {} --server {}{}",
-        spec.name,
-        picked.join(" "),
-        include
-            .iter()
-            .map(|c| format!(" --include {c}"))
-            .collect::<String>(),
-        place.site.name,
-        place.server.name,
-        if chosen.hypertable {
-            " --per-chunk"
-        } else {
-            ""
-        }
-    );
-    Ok(ChangeReport { rows: vec![row] })
 }

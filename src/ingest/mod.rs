@@ -480,10 +480,7 @@ pub struct Rejection {
     pub rows: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct IngestReport {
-    pub rows: Vec<ServerRow>,
-}
+pub type IngestReport = crate::output::Rows<ServerRow>;
 
 impl IngestReport {
     fn new(plan: &Plan, stats: &Stats, elapsed: Duration) -> IngestReport {
@@ -542,37 +539,23 @@ impl IngestReport {
 
 impl Report for IngestReport {
     type Row = ServerRow;
-    const HEADER: &'static [&'static str] = &[
-        "SITE",
-        "SERVER",
-        "WRITTEN",
-        "REPLAYED",
-        "SPOOLED",
-        "DUPLICATE",
-        "REJECTED",
-        "PENDING",
-        "LOST",
-        "P50 MS",
-        "P99 MS",
-    ];
-    fn rows(&self) -> &[ServerRow] {
-        &self.rows
-    }
+    const HEADER: &'static str =
+        "SITE|SERVER|WRITTEN|REPLAYED|SPOOLED|DUPLICATE|REJECTED|PENDING|LOST|P50 MS|P99 MS";
     fn cells(r: &ServerRow) -> Vec<String> {
         let ms = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
-        vec![
-            r.site.clone(),
-            r.server.clone(),
-            r.rows_written.to_string(),
-            r.rows_replayed.to_string(),
-            r.rows_spooled.to_string(),
-            r.rows_duplicate.to_string(),
-            r.rows_rejected.to_string(),
-            r.spool_pending.to_string(),
-            r.rows_lost.to_string(),
-            ms(r.delay_p50_ms),
-            ms(r.delay_p99_ms),
-        ]
+        let counts = [
+            r.rows_written,
+            r.rows_replayed,
+            r.rows_spooled,
+            r.rows_duplicate,
+            r.rows_rejected,
+            r.spool_pending,
+            r.rows_lost,
+        ];
+        let mut cells = vec![r.site.clone(), r.server.clone()];
+        cells.extend(counts.map(|n| n.to_string()));
+        cells.extend([ms(r.delay_p50_ms), ms(r.delay_p99_ms)]);
+        cells
     }
     fn summary(&self) -> String {
         let Some(r) = self.rows.first() else {
@@ -635,6 +618,9 @@ impl Report for IngestReport {
             true => Outcome::Critical,
             false => Outcome::Clean,
         }
+    }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
     }
 }
 

@@ -45,10 +45,7 @@ pub struct PlanRow {
     pub advice: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct PlanReport {
-    pub rows: Vec<PlanRow>,
-}
+pub type PlanReport = crate::output::Rows<PlanRow>;
 
 pub async fn check(
     plan: &Plan,
@@ -253,22 +250,8 @@ fn row(
 
 impl Report for PlanReport {
     type Row = PlanRow;
-    const HEADER: &'static [&'static str] = &[
-        "ENDPOINT",
-        "CONN",
-        "DEVICES",
-        "REQ/S",
-        "REG/S",
-        "IN FLIGHT",
-        "P50 MS",
-        "P99 MS",
-        "ROUND MS",
-        "BUDGET MS",
-        "VERDICT",
-    ];
-    fn rows(&self) -> &[PlanRow] {
-        &self.rows
-    }
+    const HEADER: &'static str =
+        "ENDPOINT|CONN|DEVICES|REQ/S|REG/S|IN FLIGHT|P50 MS|P99 MS|ROUND MS|BUDGET MS|VERDICT";
     fn cells(r: &PlanRow) -> Vec<String> {
         let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
         vec![
@@ -318,5 +301,8 @@ impl Report for PlanReport {
             true => Outcome::Clean,
             false => Outcome::Warning,
         }
+    }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 
 use super::{LossError, LossReport, LossRow};
+use crate::window::Window;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -57,73 +58,82 @@ impl ExportPath {
     }
 }
 
+/// One exported line: a device's or a table's loss.
+struct Line<'a> {
+    kind: &'static str,
+    server: &'a str,
+    site: &'a str,
+    table: &'a str,
+    device: Option<&'a str>,
+    window: Window,
+    expected: i64,
+    observed: i64,
+    loss_pct: f64,
+    gaps: Option<i64>,
+    longest: Option<i64>,
+    level: &'static str,
+    size: Option<i64>,
+}
+
+fn line(row: &LossRow) -> Option<Line<'_>> {
+    Some(match row {
+        LossRow::Device(d) => Line {
+            kind: "device",
+            server: &d.server,
+            site: &d.site,
+            table: &d.table,
+            device: Some(&d.device),
+            window: d.window,
+            expected: d.expected,
+            observed: d.observed,
+            loss_pct: d.loss_pct,
+            gaps: Some(d.gap_count as i64),
+            longest: d.longest_gaps.first().map(|g| g.length_secs),
+            level: d.level.as_str(),
+            size: None,
+        },
+        LossRow::Table(t) => Line {
+            kind: "table",
+            server: &t.server,
+            site: &t.site,
+            table: &t.table,
+            device: None,
+            window: t.window,
+            expected: t.expected,
+            observed: t.observed,
+            loss_pct: t.loss_pct,
+            gaps: None,
+            longest: None,
+            level: t.level.as_str(),
+            size: Some(t.size_bytes),
+        },
+        LossRow::Failure(_) => return None,
+    })
+}
+
 /// One row per device and per table (kind = "device" | "table").
 fn frame(report: &LossReport) -> PolarsResult<DataFrame> {
-    let mut kind = Vec::new();
-    let (mut server, mut site, mut table, mut device) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut start, mut end) = (Vec::new(), Vec::new());
-    let (mut expected, mut observed, mut loss, mut gaps, mut longest, mut level) = (
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-        Vec::new(),
-    );
-    let mut size = Vec::new();
-    for row in &report.rows {
-        match row {
-            LossRow::Device(d) => {
-                kind.push("device");
-                server.push(d.server.clone());
-                site.push(d.site.clone());
-                table.push(d.table.clone());
-                device.push(Some(d.device.clone()));
-                start.push(d.window.start.timestamp_millis());
-                end.push(d.window.end.timestamp_millis());
-                expected.push(d.expected);
-                observed.push(d.observed);
-                loss.push(d.loss_pct);
-                gaps.push(Some(d.gap_count as i64));
-                longest.push(d.longest_gaps.first().map(|g| g.length_secs));
-                level.push(d.level.as_str());
-                size.push(None);
-            }
-            LossRow::Table(t) => {
-                kind.push("table");
-                server.push(t.server.clone());
-                site.push(t.site.clone());
-                table.push(t.table.clone());
-                device.push(None);
-                start.push(t.window.start.timestamp_millis());
-                end.push(t.window.end.timestamp_millis());
-                expected.push(t.expected);
-                observed.push(t.observed);
-                loss.push(t.loss_pct);
-                gaps.push(None);
-                longest.push(None);
-                level.push(t.level.as_str());
-                size.push(Some(t.size_bytes));
-            }
-            LossRow::Failure(_) => {}
-        }
+    let lines: Vec<Line> = report.rows.iter().filter_map(line).collect();
+    macro_rules! column {
+        ($name:literal, $get:expr) => {
+            Column::new($name.into(), lines.iter().map($get).collect::<Vec<_>>())
+        };
     }
     let utc_ms = DataType::Datetime(TimeUnit::Milliseconds, None);
     DataFrame::new_infer_height(vec![
-        Column::new("kind".into(), kind),
-        Column::new("server".into(), server),
-        Column::new("site".into(), site),
-        Column::new("table".into(), table),
-        Column::new("device".into(), device),
-        Column::new("window_start".into(), start).cast(&utc_ms)?,
-        Column::new("window_end".into(), end).cast(&utc_ms)?,
-        Column::new("expected".into(), expected),
-        Column::new("observed".into(), observed),
-        Column::new("loss_pct".into(), loss),
-        Column::new("gap_count".into(), gaps),
-        Column::new("longest_gap_secs".into(), longest),
-        Column::new("size_bytes".into(), size),
-        Column::new("level".into(), level),
+        column!("kind", |l| l.kind),
+        column!("server", |l| l.server),
+        column!("site", |l| l.site),
+        column!("table", |l| l.table),
+        column!("device", |l| l.device),
+        column!("window_start", |l| l.window.start.timestamp_millis()).cast(&utc_ms)?,
+        column!("window_end", |l| l.window.end.timestamp_millis()).cast(&utc_ms)?,
+        column!("expected", |l| l.expected),
+        column!("observed", |l| l.observed),
+        column!("loss_pct", |l| l.loss_pct),
+        column!("gap_count", |l| l.gaps),
+        column!("longest_gap_secs", |l| l.longest),
+        column!("size_bytes", |l| l.size),
+        column!("level", |l| l.level),
     ])
 }

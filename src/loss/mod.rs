@@ -210,10 +210,7 @@ pub enum LossRow {
     Failure(LossFailure),
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct LossReport {
-    pub rows: Vec<LossRow>,
-}
+pub type LossReport = crate::output::Rows<LossRow>;
 
 // ----------------------------------------------------------------- execute
 
@@ -258,7 +255,7 @@ async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Vec<
         Err(e) => return fail(e.to_string()),
     };
     if let Err(problem) = crate::catalog::require_table(&client, &t.server, database, &spec).await {
-        return fail(problem);
+        return fail(problem.to_string());
     }
     let target = Target { server, database };
     let configured = spec.devices(&t.site);
@@ -404,22 +401,8 @@ fn log_row(row: &LossRow) {
 
 impl Report for LossReport {
     type Row = LossRow;
-    const HEADER: &'static [&'static str] = &[
-        "SERVER",
-        "SITE",
-        "TABLE",
-        "DEVICE",
-        "EXPECTED",
-        "OBSERVED",
-        "LOSS %",
-        "GAPS",
-        "LONGEST GAP",
-        "LEVEL",
-    ];
-
-    fn rows(&self) -> &[LossRow] {
-        &self.rows
-    }
+    const HEADER: &'static str =
+        "SERVER|SITE|TABLE|DEVICE|EXPECTED|OBSERVED|LOSS %|GAPS|LONGEST GAP|LEVEL";
 
     fn cells(row: &LossRow) -> Vec<String> {
         match row {
@@ -451,7 +434,7 @@ impl Report for LossReport {
                 f.server.clone(),
                 f.site.clone(),
                 f.table.clone().unwrap_or_default(),
-                format!("FAILED: {}", f.error),
+                "FAILED".into(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -459,6 +442,13 @@ impl Report for LossReport {
                 String::new(),
                 "error".into(),
             ],
+        }
+    }
+
+    fn problem(row: &LossRow) -> Option<String> {
+        match row {
+            LossRow::Failure(f) => Some(f.error.to_string()),
+            _ => None,
         }
     }
 
@@ -497,6 +487,9 @@ impl Report for LossReport {
         }
         outcome
     }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
+    }
 }
 
 fn grade_outcome(grade: Grade) -> Outcome {
@@ -523,10 +516,7 @@ fn describe_gap(g: &LocalGap) -> String {
 
 impl crate::command::Plan for LossPlan {
     fn locks(&self) -> Vec<(&'static str, String)> {
-        self.site_names()
-            .into_iter()
-            .map(|s| ("loss", s.to_string()))
-            .collect()
+        crate::command::site_locks("loss", self.site_names())
     }
 }
 

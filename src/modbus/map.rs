@@ -161,6 +161,31 @@ pub struct Placement {
     pub label: String,
 }
 
+/// Why a site's devices do not fit the register map.
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    #[error(
+        "the register map's `{table}` table is served by endpoint `{endpoint}`, which the site does not configure"
+    )]
+    UnknownEndpoint {
+        table: &'static str,
+        endpoint: String,
+    },
+    #[error("{0}: unit id past 255 (unit_stride too large)")]
+    UnitPast255(String),
+    #[error("{label}: field `{field}` ends at register {end}, past 65535")]
+    PastEnd {
+        label: String,
+        field: String,
+        end: u64,
+    },
+    #[error(
+        "{} (registers {}..{}) and {} (from {}) overlap on {} unit {}: a stride is smaller than a device's block of {} registers",
+        .0.0.label, .0.0.start, .0.0.end - 1, .0.1.label, .0.1.start, .0.0.endpoint_addr, .0.0.unit, .0.0.end - .0.0.start
+    )]
+    Overlap(Box<(Placement, Placement)>),
+}
+
 /// Checks that every device of a site fits in the register space (≤ 65535,
 /// a unit id ≤ 255) and that no two devices' blocks overlap on an endpoint.
 /// `devices(spec)` lists a table's devices; `addr(endpoint)` resolves an
@@ -169,14 +194,14 @@ pub fn check_devices(
     map: &RegisterMap,
     devices: impl Fn(&TableSpec) -> Vec<DeviceId>,
     addr: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<Placement>, String> {
+) -> Result<Vec<Placement>, PlacementError> {
     let mut placed = Vec::new();
     for t in &map.tables {
         let Some(endpoint_addr) = addr(&t.endpoint) else {
-            return Err(format!(
-                "the register map's `{}` table is served by endpoint `{}`, which the site does not configure",
-                t.spec.name, t.endpoint
-            ));
+            return Err(PlacementError::UnknownEndpoint {
+                table: t.spec.name,
+                endpoint: t.endpoint.clone(),
+            });
         };
         let len = u64::from(t.block_len());
         for d in devices(&t.spec) {
@@ -187,7 +212,7 @@ pub fn check_devices(
             );
             let unit = t
                 .unit_of(&d)
-                .ok_or_else(|| format!("{label}: unit id past 255 (unit_stride too large)"))?;
+                .ok_or_else(|| PlacementError::UnitPast255(label.clone()))?;
             let start = t.block_start(&d);
             if start + len > 65_536 {
                 let last = t
@@ -195,11 +220,11 @@ pub fn check_devices(
                     .iter()
                     .max_by_key(|f| f.end())
                     .map(|f| f.column.as_str());
-                return Err(format!(
-                    "{label}: field `{}` ends at register {}, past 65535",
-                    last.unwrap_or("?"),
-                    start + len - 1
-                ));
+                return Err(PlacementError::PastEnd {
+                    label,
+                    field: last.unwrap_or("?").to_string(),
+                    end: start + len - 1,
+                });
             }
             let kinds: std::collections::BTreeSet<_> = t.fields.iter().map(|f| f.kind).collect();
             for kind in kinds {
@@ -222,25 +247,19 @@ pub fn check_devices(
             b.start,
         ))
     });
-    for w in placed.windows(2) {
-        let (a, b) = (&w[0], &w[1]);
-        if (&a.endpoint_addr, a.unit, a.kind) == (&b.endpoint_addr, b.unit, b.kind)
-            && b.start < a.end
-        {
-            return Err(format!(
-                "{} (registers {}..{}) and {} (from {}) overlap on {} unit {}: a stride is smaller than a device's block of {} registers",
-                a.label,
-                a.start,
-                a.end - 1,
-                b.label,
-                b.start,
-                a.endpoint_addr,
-                a.unit,
-                a.end - a.start
-            ));
-        }
+    match first_overlap(&placed) {
+        Some(pair) => Err(PlacementError::Overlap(Box::new(pair))),
+        None => Ok(placed),
     }
-    Ok(placed)
+}
+
+/// The first two blocks (sorted by place) that share a register.
+fn first_overlap(sorted: &[Placement]) -> Option<(Placement, Placement)> {
+    sorted.windows(2).find_map(|w| {
+        let (a, b) = (&w[0], &w[1]);
+        let same_space = (&a.endpoint_addr, a.unit, a.kind) == (&b.endpoint_addr, b.unit, b.kind);
+        (same_space && b.start < a.end).then(|| (a.clone(), b.clone()))
+    })
 }
 
 // ------------------------------------------------------------------ the file
@@ -338,16 +357,19 @@ fn kind(
     key: &str,
     default: RegisterKind,
 ) -> Result<RegisterKind, DocError> {
-    match v.map(|s| (s, s.get_ref().as_str())) {
-        None => Ok(default),
-        Some((_, "holding")) => Ok(RegisterKind::Holding),
-        Some((_, "input")) => Ok(RegisterKind::Input),
-        Some((s, other)) => Err(doc.at(
-            s,
-            key,
-            format!("unknown register kind `{other}`; expected holding or input"),
-        )),
-    }
+    let names = [
+        ("holding", RegisterKind::Holding),
+        ("input", RegisterKind::Input),
+    ];
+    choice(
+        doc,
+        v,
+        key,
+        default,
+        &names,
+        "register kind",
+        "holding or input",
+    )
 }
 
 fn word_order(
@@ -356,14 +378,31 @@ fn word_order(
     key: &str,
     default: WordOrder,
 ) -> Result<WordOrder, DocError> {
-    match v.map(|s| (s, s.get_ref().as_str())) {
-        None => Ok(default),
-        Some((_, "big")) => Ok(WordOrder::Big),
-        Some((_, "little")) => Ok(WordOrder::Little),
-        Some((s, other)) => Err(doc.at(
-            s,
+    let names = [("big", WordOrder::Big), ("little", WordOrder::Little)];
+    let expected = "big (ABCD) or little (CDAB)";
+    choice(doc, v, key, default, &names, "word order", expected)
+}
+
+/// One of `names` by its word; `default` when not given.
+fn choice<T: Copy>(
+    doc: &Doc,
+    v: Option<&Spanned<String>>,
+    key: &str,
+    default: T,
+    names: &[(&str, T)],
+    what: &str,
+    expected: &str,
+) -> Result<T, DocError> {
+    let Some(v) = v else {
+        return Ok(default);
+    };
+    let word = v.get_ref().as_str();
+    match names.iter().find(|(name, _)| *name == word) {
+        Some((_, value)) => Ok(*value),
+        None => Err(doc.at(
+            v,
             key,
-            format!("unknown word order `{other}`; expected big (ABCD) or little (CDAB)"),
+            format!("unknown {what} `{word}`; expected {expected}"),
         )),
     }
 }
@@ -422,12 +461,33 @@ fn table(doc: &Doc, spec: TableSpec, t: &RawTable) -> Result<TableMap, DocError>
     if t.fields.get_ref().is_empty() {
         return Err(doc.at(&t.fields, key("fields"), "a table needs at least one field"));
     }
+    let fields = fields(doc, &spec, t, default_kind, default_order)?;
+    Ok(TableMap {
+        spec,
+        endpoint: t.endpoint.get_ref().clone(),
+        unit: t.unit.as_ref().map_or(1, |u| *u.get_ref()),
+        unit_stride: strides(doc, &spec, t.unit_stride.as_ref(), &key("unit_stride"))?,
+        base: *t.base.get_ref(),
+        stride: strides(doc, &spec, t.stride.as_ref(), &key("stride"))?,
+        max_gap: t.max_gap.unwrap_or(MAX_READ),
+        fields,
+    })
+}
+
+/// The table's fields; each column once, and no two sharing a register.
+fn fields(
+    doc: &Doc,
+    spec: &TableSpec,
+    t: &RawTable,
+    default_kind: RegisterKind,
+    default_order: WordOrder,
+) -> Result<Vec<Field>, DocError> {
     let mut fields: Vec<(Field, &RawField)> = Vec::new();
     for (i, f) in t.fields.get_ref().iter().enumerate() {
         let fkey = |k: &str| format!("{}.fields[{i}].{k}", spec.name);
         let field = field(
             doc,
-            &spec,
+            spec,
             f,
             &fkey,
             default_kind,
@@ -458,16 +518,7 @@ fn table(doc: &Doc, spec: TableSpec, t: &RawTable) -> Result<TableMap, DocError>
         }
         fields.push((field, f));
     }
-    Ok(TableMap {
-        spec,
-        endpoint: t.endpoint.get_ref().clone(),
-        unit: t.unit.as_ref().map_or(1, |u| *u.get_ref()),
-        unit_stride: strides(doc, &spec, t.unit_stride.as_ref(), &key("unit_stride"))?,
-        base: *t.base.get_ref(),
-        stride: strides(doc, &spec, t.stride.as_ref(), &key("stride"))?,
-        max_gap: t.max_gap.unwrap_or(MAX_READ),
-        fields: fields.into_iter().map(|(f, _)| f).collect(),
-    })
+    Ok(fields.into_iter().map(|(f, _)| f).collect())
 }
 
 /// Two fields overlap when they share a register, unless both are bit
@@ -493,6 +544,49 @@ fn field(
     default_order: WordOrder,
     base: u32,
 ) -> Result<Field, DocError> {
+    let column = field_column(doc, spec, f, fkey)?;
+    let name = f.dtype.get_ref().as_str();
+    let dtype = field_type(doc, f, fkey)?;
+    if let (Some(o), 1) = (&f.word_order, dtype.words()) {
+        return Err(doc.at(
+            o,
+            fkey("word_order"),
+            format!("`{name}` is one register; word_order applies only to 32- and 64-bit types"),
+        ));
+    }
+    let order = word_order(
+        doc,
+        f.word_order.as_ref(),
+        &fkey("word_order"),
+        default_order,
+    )?;
+    let kind = kind(doc, f.kind.as_ref(), &fkey("kind"), default_kind)?;
+    let last = u64::from(base) + u64::from(*f.at.get_ref()) + u64::from(dtype.words()) - 1;
+    if last > 65_535 {
+        return Err(doc.at(
+            &f.at,
+            fkey("at"),
+            format!("`{column}` ({name}) ends at register {last}, past 65535"),
+        ));
+    }
+    Ok(Field {
+        column: column.clone(),
+        kind,
+        at: *f.at.get_ref() as u16,
+        dtype,
+        order,
+        scale: field_number(doc, &f.scale, &fkey("scale"), 1.0)?,
+        offset: field_number(doc, &f.offset, &fkey("offset"), 0.0)?,
+    })
+}
+
+/// The column a field fills: a valid name, and not a key column.
+fn field_column<'a>(
+    doc: &Doc,
+    spec: &TableSpec,
+    f: &'a RawField,
+    fkey: &dyn Fn(&str) -> String,
+) -> Result<&'a String, DocError> {
     let column = f.column.get_ref();
     if column.is_empty() || column.len() > 63 || column.contains('\0') {
         return Err(doc.at(&f.column, fkey("column"), "a column name is 1 to 63 bytes"));
@@ -506,6 +600,15 @@ fn field(
             ),
         ));
     }
+    Ok(column)
+}
+
+/// The field's type; `bit` and `width` belong to `bits` and must fit a register.
+fn field_type(
+    doc: &Doc,
+    f: &RawField,
+    fkey: &dyn Fn(&str) -> String,
+) -> Result<DataType, DocError> {
     let name = f.dtype.get_ref().as_str();
     let is_bits = name == "bits";
     for (v, k) in [(&f.bit, "bit"), (&f.width, "width")] {
@@ -540,61 +643,38 @@ fn field(
             ),
         ));
     }
-    if let (Some(o), 1) = (&f.word_order, dtype.words()) {
-        return Err(doc.at(
-            o,
-            fkey("word_order"),
-            format!("`{name}` is one register; word_order applies only to 32- and 64-bit types"),
-        ));
+    Ok(dtype)
+}
+
+/// `scale` (finite, non-zero) or `offset` (finite).
+fn field_number(
+    doc: &Doc,
+    v: &Option<Spanned<f64>>,
+    key: &str,
+    default: f64,
+) -> Result<f64, DocError> {
+    let scale = key.ends_with("scale");
+    match v {
+        None => Ok(default),
+        Some(s) if !s.get_ref().is_finite() || (scale && *s.get_ref() == 0.0) => Err(doc.at(
+            s,
+            key,
+            format!(
+                "`{}` must be a finite{} number",
+                key.rsplit('.').next().unwrap_or(key),
+                if scale { ", non-zero" } else { "" }
+            ),
+        )),
+        Some(s) => Ok(*s.get_ref()),
     }
-    let order = word_order(
-        doc,
-        f.word_order.as_ref(),
-        &fkey("word_order"),
-        default_order,
-    )?;
-    let kind = kind(doc, f.kind.as_ref(), &fkey("kind"), default_kind)?;
-    let last = u64::from(base) + u64::from(*f.at.get_ref()) + u64::from(dtype.words()) - 1;
-    if last > 65_535 {
-        return Err(doc.at(
-            &f.at,
-            fkey("at"),
-            format!("`{column}` ({name}) ends at register {last}, past 65535"),
-        ));
-    }
-    let num = |v: &Option<Spanned<f64>>, k: &str, default: f64| -> Result<f64, DocError> {
-        match v {
-            None => Ok(default),
-            Some(s) if !s.get_ref().is_finite() || (k == "scale" && *s.get_ref() == 0.0) => {
-                Err(doc.at(
-                    s,
-                    fkey(k),
-                    format!(
-                        "`{k}` must be a finite{} number",
-                        if k == "scale" { ", non-zero" } else { "" }
-                    ),
-                ))
-            }
-            Some(s) => Ok(*s.get_ref()),
-        }
-    };
-    Ok(Field {
-        column: column.clone(),
-        kind,
-        at: *f.at.get_ref() as u16,
-        dtype,
-        order,
-        scale: num(&f.scale, "scale", 1.0)?,
-        offset: num(&f.offset, "offset", 0.0)?,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<RegisterMap, String> {
-        RegisterMap::parse(text, "m.toml").map_err(|e| e.to_string())
+    fn parse(text: &str) -> Result<RegisterMap, DocError> {
+        RegisterMap::parse(text, "m.toml")
     }
 
     #[test]
@@ -651,17 +731,21 @@ fields = [
         );
         let placed = check_devices(&m, |_| vec![vec![1, 1], vec![1, 2]], |_| Some("x".into()));
         assert!(placed.is_ok(), "{placed:?}");
-        let err =
-            check_devices(&m, |_| vec![vec![1, 6], vec![2, 1]], |_| Some("x".into())).unwrap_err();
+        let err = check_devices(&m, |_| vec![vec![1, 6], vec![2, 1]], |_| Some("x".into()))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("overlap on x unit 1") && err.contains("bank 2 / rack 1"),
             "{err}"
         );
-        let err = check_devices(&m, |_| vec![vec![70, 1]], |_| Some("x".into())).unwrap_err();
+        let err = check_devices(&m, |_| vec![vec![70, 1]], |_| Some("x".into()))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("past 65535"), "{err}");
     }
 
     #[test]
+    // Over 60 lines because the cases are data: one bad field and its expected message each.
     fn modbus_map_rejects_bad_fields_by_name() {
         let table = |field: &str| {
             format!("[bank]\nendpoint = \"bms\"\nbase = 0\nfields = [\n  {field},\n]\n")
@@ -713,7 +797,7 @@ fields = [
             ),
         ];
         for (field, want) in cases {
-            let err = parse(&table(field)).unwrap_err();
+            let err = parse(&table(field)).unwrap_err().to_string();
             assert!(err.contains(want), "{field}\n got: {err}\nwant: {want}");
         }
         // Bit fields may share a register when their bits do not overlap.
@@ -724,8 +808,13 @@ fields = [
         let clash = table(
             r#"{ column = "A", at = 0, type = "bits", width = 4 }, { column = "B", at = 0, type = "bits", bit = 3 }"#,
         );
-        assert!(parse(&clash).unwrap_err().contains("overlaps `A`"));
-        let err = parse("[rack]\nendpoint = \"bms\"\nbase = 0\nstride = { pcs = 4 }\nfields = [{ column = \"A\", at = 0, type = \"u16\" }]\n").unwrap_err();
+        assert!(
+            parse(&clash)
+                .unwrap_err()
+                .to_string()
+                .contains("overlaps `A`")
+        );
+        let err = parse("[rack]\nendpoint = \"bms\"\nbase = 0\nstride = { pcs = 4 }\nfields = [{ column = \"A\", at = 0, type = \"u16\" }]\n").unwrap_err().to_string();
         assert!(
             err.contains("`pcs` is not a device id of table `rack` (expected: bank, rack)"),
             "{err}"

@@ -8,27 +8,22 @@
 //! verify. `--dry-run` stops after the diff.
 
 mod diff;
+mod table;
 mod transfer;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Serialize;
-use tokio_postgres::Client;
 
-use crate::config::{Config, Server, Site};
+use crate::config::Site;
 use crate::context::Context;
-use crate::db::{self, DbError, Target};
 use crate::exit::{Outcome, code as exit};
 use crate::output::{Progress, Report};
-use crate::schema::{self, DeviceId, TableSpec};
+use crate::schema::{self, TableSpec};
 use crate::tasks;
 use crate::window::{self, Window, WindowArgs, WindowError};
-
-use diff::{DeviceDiff, Range};
 
 /// Copy the samples one server lacks from the other, per site, table and device.
 ///
@@ -231,21 +226,6 @@ pub struct FailureRow {
     pub privilege: bool,
 }
 
-/// Why a table could not be reconciled.
-struct Failure {
-    message: String,
-    privilege: bool,
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Failure {
-        Failure {
-            message,
-            privilege: false,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ReconcileRow {
@@ -254,10 +234,7 @@ pub enum ReconcileRow {
     Failure(FailureRow),
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ReconcileReport {
-    pub rows: Vec<ReconcileRow>,
-}
+pub type ReconcileReport = crate::output::Rows<ReconcileRow>;
 
 /// Whether rows are copied after the diff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,7 +257,7 @@ pub async fn execute(plan: ReconcilePlan, ctx: &Context, mode: Mode) -> Reconcil
             let (config, permits) = (Arc::clone(&ctx.config), Arc::clone(&permits));
             async move {
                 let _permit = permits.acquire().await.expect("semaphore is never closed");
-                reconcile_table(&config, &target, mode).await
+                table::reconcile(&config, &target, mode).await
             }
         },
         || progress.tick(),
@@ -289,353 +266,6 @@ pub async fn execute(plan: ReconcilePlan, ctx: &Context, mode: Mode) -> Reconcil
     ReconcileReport {
         rows: results.into_iter().flatten().collect(),
     }
-}
-
-/// One side of the pair: its server and its snapshot connection.
-struct Side<'a> {
-    server: &'a Server,
-    reader: Client,
-    bytes_read: u64,
-}
-
-async fn reconcile_table(config: &Config, t: &ReconcileTarget, mode: Mode) -> Vec<ReconcileRow> {
-    let started = Instant::now();
-    let result = reconcile_table_inner(config, t, mode, started).await;
-    let rows = match result {
-        Ok(rows) => rows,
-        Err(f) => vec![ReconcileRow::Failure(FailureRow {
-            site: t.site.name.clone(),
-            table: t.table.name.into(),
-            error: f.message,
-            privilege: f.privilege,
-        })],
-    };
-    for row in &rows {
-        log_row(row);
-    }
-    rows
-}
-
-impl Side<'_> {
-    /// A query error on this side, as the report's message.
-    fn error(
-        &self,
-        database: &str,
-        spec: &TableSpec,
-        what: &str,
-        e: &tokio_postgres::Error,
-    ) -> String {
-        DbError::query(
-            &self.server.name,
-            database,
-            format!("{what} of table `{}`", spec.name),
-            e,
-        )
-        .to_string()
-    }
-}
-
-/// Both sides of the pair, each in its own fresh snapshot.
-async fn open_pair<'a>(
-    config: &'a Config,
-    t: &ReconcileTarget,
-) -> Result<(Side<'a>, Side<'a>), String> {
-    let database = t.site.database.as_str();
-    let (a, b) = tokio::join!(
-        open_side(config, &t.a, database),
-        open_side(config, &t.b, database)
-    );
-    Ok((a.map_err(|e| e.to_string())?, b.map_err(|e| e.to_string())?))
-}
-
-async fn open_side<'a>(
-    config: &'a Config,
-    name: &str,
-    database: &str,
-) -> Result<Side<'a>, DbError> {
-    let server = config.server(name).expect("planned servers exist");
-    let reader = db::connect(config, Target { server, database }).await?;
-    // One snapshot per server for every source read (summaries, keys, rows).
-    reader
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        .await
-        .map_err(|e| DbError::query(name, database, "starting a snapshot", &e))?;
-    Ok(Side {
-        server,
-        reader,
-        bytes_read: 0,
-    })
-}
-
-/// Before anything is copied: each side's role may read, and insert where
-/// the direction fills it (and make the staging temp table).
-async fn check_privileges(t: &ReconcileTarget, a: &Side<'_>, b: &Side<'_>) -> Result<(), Failure> {
-    for (side, fills) in [(a, t.direction.fills_a()), (b, t.direction.fills_b())] {
-        let privileges: &[&str] = match fills {
-            true => &["SELECT", "INSERT"],
-            false => &["SELECT"],
-        };
-        crate::privilege::require(
-            &side.reader,
-            &side.server.name,
-            &t.site.database,
-            "reconcile",
-            t.table.name,
-            privileges,
-            true,
-        )
-        .await
-        .map_err(|e| Failure {
-            privilege: matches!(e, crate::privilege::PrivilegeError::Lacks { .. }),
-            message: e.to_string(),
-        })?;
-    }
-    Ok(())
-}
-
-/// One row per device with a difference, and their totals.
-fn device_rows(
-    t: &ReconcileTarget,
-    per_device: BTreeMap<DeviceId, Counts>,
-) -> (Vec<ReconcileRow>, Counts) {
-    let mut rows = Vec::new();
-    let mut total = Counts::default();
-    for (device, c) in per_device {
-        total.missing_on_a += c.missing_on_a;
-        total.missing_on_b += c.missing_on_b;
-        total.copied_to_a += c.copied_to_a;
-        total.copied_to_b += c.copied_to_b;
-        rows.push(ReconcileRow::Device(DeviceRow {
-            site: t.site.name.clone(),
-            table: t.table.name.into(),
-            device: schema::device_label(&t.table, &device),
-            server_a: t.a.clone(),
-            server_b: t.b.clone(),
-            counts: c,
-        }));
-    }
-    (rows, total)
-}
-
-async fn reconcile_table_inner(
-    config: &Config,
-    t: &ReconcileTarget,
-    mode: Mode,
-    started: Instant,
-) -> Result<Vec<ReconcileRow>, Failure> {
-    let database = t.site.database.as_str();
-    let spec = &t.table;
-    let (mut a, mut b) = open_pair(config, t).await?;
-    if mode == Mode::Apply {
-        check_privileges(t, &a, &b).await?;
-    }
-    let columns = shared_columns(&a, &b, database, spec).await?;
-    let q =
-        |side: &Side, what: &str, e: tokio_postgres::Error| side.error(database, spec, what, &e);
-
-    let ((sum_a, bytes_a), (sum_b, bytes_b)) = match tokio::join!(
-        diff::summary(&a.reader, spec, t.window),
-        diff::summary(&b.reader, spec, t.window)
-    ) {
-        (Ok(x), Ok(y)) => (x, y),
-        (Err(e), _) => return Err(q(&a, "summarising", e).into()),
-        (_, Err(e)) => return Err(q(&b, "summarising", e).into()),
-    };
-    a.bytes_read += bytes_a;
-    b.bytes_read += bytes_b;
-    let buckets_compared = sum_a.len().max(sum_b.len());
-    let ranges = diff::differing_ranges(&sum_a, &sum_b);
-    let buckets_differing = ranges
-        .iter()
-        .map(|r| ((r.end - r.start) / (diff::BUCKET_SECS * 1_000_000)) as usize)
-        .sum();
-    let diffs = diff_ranges(&mut a, &mut b, spec, &ranges, t.window)
-        .await
-        .map_err(|(side, e)| q(if side { &a } else { &b }, "reading the keys", e))?;
-
-    let mut per_device: BTreeMap<DeviceId, Counts> = BTreeMap::new();
-    for (device, d) in &diffs {
-        let c = per_device.entry(device.clone()).or_default();
-        c.missing_on_b += d.only_a.len() as u64;
-        c.missing_on_a += d.only_b.len() as u64;
-    }
-    let mut bytes_moved = 0;
-    let mut verified = None;
-    if mode == Mode::Apply
-        && per_device
-            .values()
-            .any(|c| c.missing_on_a + c.missing_on_b > 0)
-    {
-        let keys = |pick: fn(&DeviceDiff) -> &Vec<i64>, wanted: bool| -> Vec<(DeviceId, i64)> {
-            match wanted {
-                true => diffs
-                    .iter()
-                    .flat_map(|(d, x)| pick(x).iter().map(move |m| (d.clone(), *m)))
-                    .collect(),
-                false => Vec::new(),
-            }
-        };
-        let (to_b, to_a) = (
-            keys(|x| &x.only_a, t.direction.fills_b()),
-            keys(|x| &x.only_b, t.direction.fills_a()),
-        );
-        // The two directions use disjoint connections (a's snapshot and b's
-        // writer, b's snapshot and a's writer), so they run at once.
-        let (into_b, into_a) = tokio::join!(
-            copy_to(config, &a, &b, database, spec, &columns, &to_b),
-            copy_to(config, &b, &a, database, spec, &columns, &to_a)
-        );
-        let ((moved_b, devices_b), (moved_a, devices_a)) = (into_b?, into_a?);
-        bytes_moved += moved_a + moved_b;
-        devices_b
-            .into_iter()
-            .for_each(|d| per_device.entry(d).or_default().copied_to_b += 1);
-        devices_a
-            .into_iter()
-            .for_each(|d| per_device.entry(d).or_default().copied_to_a += 1);
-        verified = Some(verify(config, t, &ranges).await?);
-    }
-    // The snapshots only read (and held temp tables); end them.
-    let _ = tokio::join!(
-        a.reader.batch_execute("ROLLBACK"),
-        b.reader.batch_execute("ROLLBACK")
-    );
-
-    let (mut rows, total) = device_rows(t, per_device);
-    let tz = t.site.timezone;
-    rows.push(ReconcileRow::Table(TableRow {
-        site: t.site.name.clone(),
-        table: spec.name.into(),
-        server_a: t.a.clone(),
-        server_b: t.b.clone(),
-        window_start: t.window.start.with_timezone(&tz).to_rfc3339(),
-        window_end: t.window.end.with_timezone(&tz).to_rfc3339(),
-        dry_run: mode == Mode::DryRun,
-        buckets_compared,
-        buckets_differing,
-        counts: total,
-        bytes_read_a: a.bytes_read,
-        bytes_read_b: b.bytes_read,
-        bytes_moved,
-        verified,
-        duration_ms: started.elapsed().as_millis() as u64,
-    }));
-    Ok(rows)
-}
-
-/// Columns both tables have, by name, in `a`'s order; a type that differs is an error.
-async fn shared_columns(
-    a: &Side<'_>,
-    b: &Side<'_>,
-    database: &str,
-    spec: &TableSpec,
-) -> Result<Vec<String>, String> {
-    let (ca, cb) = tokio::join!(
-        crate::catalog::require_table(&a.reader, &a.server.name, database, spec),
-        crate::catalog::require_table(&b.reader, &b.server.name, database, spec)
-    );
-    let (ca, cb) = (ca?, cb?);
-    let mut shared = Vec::new();
-    for col in &ca {
-        if let Some(other) = cb.iter().find(|c| c.name == col.name) {
-            if other.data_type != col.data_type {
-                return Err(format!(
-                    "table `{}`, column `{}`: type `{}` on server `{}` but `{}` on server `{}`; make them equal before reconciling",
-                    spec.name,
-                    col.name,
-                    col.data_type,
-                    a.server.name,
-                    other.data_type,
-                    b.server.name
-                ));
-            }
-            shared.push(col.name.clone());
-        }
-    }
-    Ok(shared)
-}
-
-/// Level 2 of the diff over every differing range; the error says which side (true = a) failed.
-async fn diff_ranges(
-    a: &mut Side<'_>,
-    b: &mut Side<'_>,
-    spec: &TableSpec,
-    ranges: &[Range],
-    window: Window,
-) -> Result<Vec<(DeviceId, DeviceDiff)>, (bool, tokio_postgres::Error)> {
-    let sql = diff::keys_sql(spec);
-    let (sa, sb) = tokio::join!(a.reader.prepare(&sql), b.reader.prepare(&sql));
-    let (sa, sb) = (sa.map_err(|e| (true, e))?, sb.map_err(|e| (false, e))?);
-    let mut out = Vec::new();
-    for range in ranges {
-        let (ka, kb) = tokio::join!(
-            diff::keys(&a.reader, &sa, range, window),
-            diff::keys(&b.reader, &sb, range, window)
-        );
-        let ((ka, bytes_a), (kb, bytes_b)) =
-            (ka.map_err(|e| (true, e))?, kb.map_err(|e| (false, e))?);
-        a.bytes_read += bytes_a;
-        b.bytes_read += bytes_b;
-        out.push((range.device.clone(), diff::merge(&ka, &kb)));
-    }
-    Ok(out)
-}
-
-/// Copies the rows `keys` names from `source` (its snapshot) to `target`.
-async fn copy_to(
-    config: &Config,
-    source: &Side<'_>,
-    target: &Side<'_>,
-    database: &str,
-    spec: &TableSpec,
-    columns: &[String],
-    keys: &[(DeviceId, i64)],
-) -> Result<(u64, Vec<DeviceId>), String> {
-    if keys.is_empty() {
-        return Ok((0, Vec::new()));
-    }
-    let err =
-        |side: &Side, what: &str, e: tokio_postgres::Error| side.error(database, spec, what, &e);
-    transfer::load_keys(&source.reader, spec, keys)
-        .await
-        .map_err(|e| err(source, "sending the missing keys", e))?;
-    let mut writer = db::connect(
-        config,
-        Target {
-            server: target.server,
-            database,
-        },
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    transfer::copy_rows(&source.reader, &mut writer, spec, columns)
-        .await
-        .map_err(|e| {
-            let privilege =
-                e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
-            err(
-                if privilege { target } else { source },
-                "copying the missing rows",
-                e,
-            )
-        })
-}
-
-/// A fresh diff of the ranges that differed: true when nothing the
-/// direction should have filled is still missing.
-async fn verify(config: &Config, t: &ReconcileTarget, ranges: &[Range]) -> Result<bool, String> {
-    let (mut a, mut b) = open_pair(config, t).await?;
-    let diffs = diff_ranges(&mut a, &mut b, &t.table, ranges, t.window)
-        .await
-        .map_err(|(_, e)| e.to_string())?;
-    let _ = tokio::join!(
-        a.reader.batch_execute("ROLLBACK"),
-        b.reader.batch_execute("ROLLBACK")
-    );
-    Ok(diffs.iter().all(|(_, d)| {
-        (!t.direction.fills_b() || d.only_a.is_empty())
-            && (!t.direction.fills_a() || d.only_b.is_empty())
-    }))
 }
 
 fn log_row(row: &ReconcileRow) {
@@ -657,21 +287,8 @@ fn log_row(row: &ReconcileRow) {
 
 impl Report for ReconcileReport {
     type Row = ReconcileRow;
-    const HEADER: &'static [&'static str] = &[
-        "SITE",
-        "TABLE",
-        "DEVICE",
-        "SERVERS A/B",
-        "MISSING ON A",
-        "MISSING ON B",
-        "COPIED TO A",
-        "COPIED TO B",
-        "NOTE",
-    ];
-
-    fn rows(&self) -> &[ReconcileRow] {
-        &self.rows
-    }
+    const HEADER: &'static str =
+        "SITE|TABLE|DEVICE|SERVERS A/B|MISSING ON A|MISSING ON B|COPIED TO A|COPIED TO B|NOTE";
 
     fn cells(row: &ReconcileRow) -> Vec<String> {
         let counts = |c: &Counts| {
@@ -720,19 +337,7 @@ impl Report for ReconcileReport {
                     note,
                 ]
             }
-            ReconcileRow::Failure(f) => {
-                vec![
-                    f.site.clone(),
-                    f.table.clone(),
-                    format!("FAILED: {}", f.error),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                    String::new(),
-                ]
-            }
+            ReconcileRow::Failure(f) => vec![f.site.clone(), f.table.clone(), "FAILED".into()],
         }
     }
 
@@ -773,14 +378,20 @@ impl Report for ReconcileReport {
         }
         outcome
     }
+    fn problem(row: &ReconcileRow) -> Option<String> {
+        match row {
+            ReconcileRow::Failure(f) => Some(f.error.clone()),
+            _ => None,
+        }
+    }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
+    }
 }
 
 impl crate::command::Plan for ReconcilePlan {
     fn locks(&self) -> Vec<(&'static str, String)> {
-        self.site_names()
-            .into_iter()
-            .map(|s| ("reconcile", s.to_string()))
-            .collect()
+        crate::command::site_locks("reconcile", self.site_names())
     }
 }
 

@@ -106,8 +106,11 @@ pub enum SimulateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the endpoints share {addr} but their register blocks collide: {message}")]
-    Overlap { addr: String, message: String },
+    #[error("the endpoints share {addr} but their register blocks collide: {source}")]
+    Overlap {
+        addr: String,
+        source: crate::modbus::map::PlacementError,
+    },
 }
 
 impl SimulateError {
@@ -145,9 +148,9 @@ pub fn listeners(site: &Site, listen: Option<&str>) -> Result<Vec<Listener>, Sim
             |s| s.devices(site),
             |_| Some(addr.to_string()),
         )
-        .map_err(|message| SimulateError::Overlap {
+        .map_err(|source| SimulateError::Overlap {
             addr: addr.to_string(),
-            message,
+            source,
         })?;
     }
     Ok(by_addr
@@ -312,41 +315,25 @@ pub struct EndpointRow {
     pub bus_busy_pct: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct SimulateReport {
-    pub rows: Vec<EndpointRow>,
-}
+pub type SimulateReport = crate::output::Rows<EndpointRow>;
 
 impl Report for SimulateReport {
     type Row = EndpointRow;
-    const HEADER: &'static [&'static str] = &[
-        "SITE",
-        "ENDPOINT",
-        "ADDRESS",
-        "DEVICES",
-        "CONNECTIONS",
-        "REQUESTS",
-        "ANSWERED",
-        "DROPPED",
-        "EXCEPTIONS",
-        "BUS BUSY",
-    ];
-    fn rows(&self) -> &[EndpointRow] {
-        &self.rows
-    }
+    const HEADER: &'static str =
+        "SITE|ENDPOINT|ADDRESS|DEVICES|CONNECTIONS|REQUESTS|ANSWERED|DROPPED|EXCEPTIONS|BUS BUSY";
     fn cells(r: &EndpointRow) -> Vec<String> {
-        vec![
-            r.site.clone(),
-            r.endpoints.clone(),
-            r.addr.clone(),
-            r.devices.to_string(),
-            r.connections.to_string(),
-            r.requests.to_string(),
-            r.answered.to_string(),
-            r.dropped.to_string(),
-            r.exceptions.to_string(),
-            r.bus_busy_pct.map_or("-".into(), |p| format!("{p:.1} %")),
-        ]
+        let counts = [
+            r.devices as u64,
+            r.connections,
+            r.requests,
+            r.answered,
+            r.dropped,
+            r.exceptions,
+        ];
+        let mut cells = vec![r.site.clone(), r.endpoints.clone(), r.addr.clone()];
+        cells.extend(counts.map(|n| n.to_string()));
+        cells.push(r.bus_busy_pct.map_or("-".into(), |p| format!("{p:.1} %")));
+        cells
     }
     fn summary(&self) -> String {
         let n: u64 = self.rows.iter().map(|r| r.requests).sum();
@@ -354,6 +341,9 @@ impl Report for SimulateReport {
     }
     fn outcome(&self) -> Outcome {
         Outcome::Clean
+    }
+    fn rows(&self) -> &[Self::Row] {
+        &self.rows
     }
 }
 

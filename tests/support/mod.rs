@@ -94,9 +94,9 @@ pub fn servers_toml() -> String {
 /// One `[servers.NAME]` table for the dev cluster `cluster` (local, gcp, outage).
 pub fn server_toml(name: &str, cluster: &str) -> String {
     let port = match cluster {
-        "local" => 55432,
-        "gcp" => 55433,
-        "outage" => 55434,
+        "local" => 25432,
+        "gcp" => 25433,
+        "outage" => 25434,
         other => panic!("no dev cluster `{other}`"),
     };
     let services = Path::new(REPO).join(".services");

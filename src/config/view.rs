@@ -1,0 +1,119 @@
+//! The effective config as `key = value` lines (`essops config show`):
+//! defaults filled in, paths resolved, secrets masked. The config holds no
+//! password (only where to find one); a password in the Redis URL is masked.
+
+use super::{Config, PasswordSource, Server, Site};
+use crate::output::human_bytes;
+
+/// Every setting, in file order, as (key, value).
+pub fn settings(config: &Config) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut set = |k: &str, v: String| out.push((k.to_string(), v));
+    let base = config.base_dir();
+    set("source", config.source.to_string());
+    set("log_dir", base.join(&config.log_dir).display().to_string());
+    set(
+        "spool_dir",
+        base.join(&config.spool_dir).display().to_string(),
+    );
+    set("spool_max", human_bytes(config.spool_limits.max_bytes));
+    set(
+        "spool_min_free",
+        human_bytes(config.spool_limits.min_free_bytes),
+    );
+    let m = &config.modbus;
+    set("modbus.timeout_ms", m.timeout.as_millis().to_string());
+    set("modbus.connections", m.connections.to_string());
+    set("modbus.pipeline", m.pipeline.to_string());
+    set("modbus.breaker_after", m.breaker_after.to_string());
+    set(
+        "modbus.stale_after",
+        format!("{} s", m.stale_after.as_secs()),
+    );
+    if let Some(redis) = &config.redis {
+        let mut url = redis.url.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some("****"));
+        }
+        set("redis.url", url.to_string());
+        let ca = redis.ca_file.as_ref().map(|p| p.display().to_string());
+        set(
+            "redis.ca_file",
+            ca.unwrap_or_else(|| "(system roots)".into()),
+        );
+    }
+    let c = &config.cache;
+    set("cache.source", c.source.clone());
+    set("cache.recheck", format!("{} s", c.recheck_secs));
+    set("cache.outlier_factor", c.outlier_factor.to_string());
+    for p in &c.periods {
+        let v = format!(
+            "span {} s, bucket {} s, ttl {} s",
+            p.span_secs, p.bucket_secs, p.ttl_secs
+        );
+        set(&format!("cache.periods.{}", p.name), v);
+    }
+    for (col, (lo, hi)) in &c.limits {
+        set(&format!("cache.limits.{col}"), format!("[{lo}, {hi}]"));
+    }
+    for server in &config.servers {
+        out.extend(server_settings(server));
+    }
+    for site in &config.sites {
+        out.extend(site_settings(site));
+    }
+    out
+}
+
+fn server_settings(s: &Server) -> Vec<(String, String)> {
+    let key = |k: &str| format!("servers.{}.{k}", s.name);
+    let password = match &s.password {
+        PasswordSource::Env(var) => format!("environment variable {var}"),
+        PasswordSource::File(path) => format!("file {}", path.display()),
+        PasswordSource::Standard => "PGPASSWORD or ~/.pgpass (as libpq)".into(),
+    };
+    let file =
+        |p: &Option<std::path::PathBuf>| p.as_ref().map_or("-".into(), |p| p.display().to_string());
+    vec![
+        (key("address"), format!("{}@{}:{}", s.user, s.host, s.port)),
+        (key("password"), password),
+        (key("sslmode"), s.tls.effective_mode().name().into()),
+        (key("ca_file"), file(&s.tls.ca_file)),
+        (key("client_cert"), file(&s.tls.client_cert)),
+    ]
+}
+
+fn site_settings(s: &Site) -> Vec<(String, String)> {
+    let key = |k: &str| format!("sites.{}.{k}", s.name);
+    let banks: Vec<String> = s
+        .banks
+        .iter()
+        .map(|b| format!("{} ({} racks)", b.id, b.racks))
+        .collect();
+    let endpoints: Vec<String> = s
+        .endpoints
+        .iter()
+        .map(|e| format!("{} = {}", e.name, e.addr))
+        .collect();
+    let pcs: Vec<String> = s.pcs.iter().map(u16::to_string).collect();
+    vec![
+        (key("database"), s.database.clone()),
+        (key("servers"), s.servers.join(", ")),
+        (key("timezone"), s.timezone.name().into()),
+        (
+            key("sample_interval_secs"),
+            s.sample_interval_secs.to_string(),
+        ),
+        (
+            key("loss"),
+            format!(
+                "warning above {} %, critical above {} %",
+                s.loss.warning_pct, s.loss.critical_pct
+            ),
+        ),
+        (key("banks"), banks.join(", ")),
+        (key("pcs"), pcs.join(", ")),
+        (key("modbus"), endpoints.join(", ")),
+        (key("register_map"), s.register_map.label.clone()),
+    ]
+}
