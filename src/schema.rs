@@ -24,6 +24,18 @@ pub enum Table {
 impl Table {
     pub const ALL: [Table; 4] = [Table::Bank, Table::Rack, Table::Pcs, Table::Etc];
 
+    /// Each table's place in `ALL`. A new variant fails to compile here, next
+    /// to `ALL`, so it is not forgotten there (an array's length would not
+    /// notice); the check below holds `ALL` to these places.
+    const fn in_all(self) -> usize {
+        match self {
+            Table::Bank => 0,
+            Table::Rack => 1,
+            Table::Pcs => 2,
+            Table::Etc => 3,
+        }
+    }
+
     pub fn spec(self) -> TableSpec {
         match self {
             Table::Bank => BANK,
@@ -67,6 +79,15 @@ impl Table {
         }
     }
 }
+
+// Holds `Table::ALL` to `in_all` at compile time.
+const _: () = {
+    let mut i = 0;
+    while i < Table::ALL.len() {
+        assert!(Table::ALL[i].in_all() == i, "Table::ALL is out of step with in_all");
+        i += 1;
+    }
+};
 
 /// One ESS table: its name and the device-id columns that, with
 /// [`TIME_COLUMN`], make its natural key.
