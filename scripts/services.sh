@@ -47,7 +47,8 @@ as_pg() {
 
 missing_packages() {
     local pkgs=(postgresql-$PG_VERSION postgresql-server-dev-$PG_VERSION postgresql-contrib
-                cmake gcc make dpkg-dev redis-server openssl util-linux)
+                cmake gcc make dpkg-dev redis-server openssl util-linux
+                lintian systemd adduser)
     local p
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine: installs and starts the
-# services (scripts/services.sh up), then runs every unit and integration test.
+# services (scripts/services.sh up), runs every unit and integration test,
+# then tests the Debian package built around the binary the tests built
+# (scripts/package-test.sh; cargo-deb is installed into ~/.cargo once).
 # Cargo's target directory lives outside the clone so a machine that has built
 # before only rebuilds what changed.
 set -euo pipefail
@@ -9,3 +11,4 @@ cd "$ROOT"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/essops/target}"
 scripts/services.sh up
 cargo test --locked "$@"
+scripts/package-test.sh

@@ -3,7 +3,7 @@
 //! server. Runs before (and without) the config load every other command
 //! needs, so `path` answers even for a file that does not parse.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::Subcommand;
 use serde::Serialize;
@@ -170,27 +170,14 @@ fn file_row(key: &str, path: &Path) -> SettingRow {
 /// A directory essops writes: it, or the nearest folder above that exists,
 /// must be writable by this user.
 fn dir_row(key: &str, path: &Path) -> SettingRow {
-    let existing: PathBuf = path
-        .ancestors()
-        .find(|p| p.exists())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let writable = tempfile_probe(&existing);
-    let problem = (!writable).then(|| {
+    let problem = (!crate::disk::writable(path)).then(|| {
         format!(
             "{key}: {} is not writable by this user (essops creates {} there)",
-            existing.display(),
+            crate::disk::nearest_existing(path).display(),
             path.display()
         )
     });
     row(key, path.display().to_string(), problem)
-}
-
-/// Whether a file can be created (and is removed again) in `dir`.
-fn tempfile_probe(dir: &Path) -> bool {
-    let probe = dir.join(format!(".essops-probe-{}", std::process::id()));
-    let ok = std::fs::File::create(&probe).is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
 }
 
 /// `p` from the filesystem root, so the line names the file wherever it is read.

@@ -7,12 +7,14 @@
 
 pub mod cache;
 pub mod catalog;
+pub mod check;
 pub mod command;
 pub mod config;
 pub mod config_cmd;
 pub mod context;
 pub mod db;
 pub mod demo;
+pub mod disk;
 pub mod doc;
 pub mod error;
 pub mod exit;
@@ -26,6 +28,7 @@ pub mod modbus;
 pub mod output;
 pub mod privilege;
 pub mod reconcile;
+pub mod redis_client;
 pub mod schema;
 pub mod select;
 pub mod simulate;
@@ -89,6 +92,10 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Batches ingest set aside per server: list, replay, discard.
     Spool(spool::SpoolArgs),
+    Check(check::CheckArgs),
+    /// Which config file is used and why, what it says, and whether it is usable.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     Completions {
         #[arg(value_enum)]
@@ -96,9 +103,6 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
-    /// Which config file is used and why, what it says, and whether it is usable.
-    #[command(subcommand)]
-    Config(config_cmd::ConfigCommand),
 }
 
 impl Command {
@@ -188,6 +192,7 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         Command::Cache(args) => cache::run(args, ctx).await,
         Command::Index(args) => index::run(args, ctx).await,
         Command::Demo(args) => run(args, ctx).await,
+        Command::Check(args) => run(args, ctx).await,
         Command::Completions { .. } | Command::Man | Command::Config(_) => Ok(Outcome::Clean),
     }
 }

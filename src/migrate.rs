@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[(
     include_str!("../migrations/0001_ess_tables.sql"),
 )];
 
+/// The newest schema version this binary knows.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.iter().map(|(v, _, _)| *v).max().unwrap_or(0)
+}
+
 /// sqlx's bookkeeping table in each site database.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 

@@ -84,7 +84,10 @@ impl Table {
 const _: () = {
     let mut i = 0;
     while i < Table::ALL.len() {
-        assert!(Table::ALL[i].in_all() == i, "Table::ALL is out of step with in_all");
+        assert!(
+            Table::ALL[i].in_all() == i,
+            "Table::ALL is out of step with in_all"
+        );
         i += 1;
     }
 };

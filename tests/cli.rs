@@ -28,6 +28,8 @@ fn cli_help_lists_only_working_commands() {
             "index",
             "demo",
             "spool",
+            "check",
+            "config",
             "completions",
             "man",
             "help"

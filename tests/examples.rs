@@ -1,4 +1,4 @@
-//! The shipped crontab and systemd unit: their commands run and succeed
+//! The shipped crontab and systemd units: their commands run and succeed
 //! against the real services, with a test config in place of /etc/essops.
 
 use std::path::Path;
@@ -41,14 +41,38 @@ fn setup(test: &str) -> (TestDb, Scratch, std::path::PathBuf, u16) {
 }
 
 /// `essops …` split into arguments after the program name.
+/// The arguments of an essops command line; a `--config FILE` in it gives
+/// way to the test's config (which `Cmd` passes).
 fn essops_args(command: &str) -> Vec<String> {
-    let mut words = command.split_whitespace();
+    let mut words = command.trim_start_matches('-').split_whitespace();
     let program = words.next().unwrap();
     assert!(
         program.ends_with("essops"),
         "not an essops command: {command}"
     );
-    words.map(String::from).collect()
+    let mut args = Vec::new();
+    while let Some(w) = words.next() {
+        match w {
+            "--config" => {
+                words.next();
+            }
+            _ => args.push(w.to_string()),
+        }
+    }
+    args
+}
+
+/// The `ExecStart=` lines of a unit in `packaging/systemd/`.
+fn exec_starts(unit: &str) -> Vec<String> {
+    let path = Path::new(crate::support::REPO)
+        .join("packaging/systemd")
+        .join(unit);
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecStart="))
+        .map(String::from)
+        .collect()
 }
 
 #[test]
@@ -56,13 +80,17 @@ fn examples_crontab_commands_run_and_succeed() {
     let (_db, _scratch, config, _) = setup("examples_cron");
     let crontab =
         std::fs::read_to_string(Path::new(crate::support::REPO).join("examples/crontab")).unwrap();
-    let commands: Vec<String> = crontab
+    let mut commands: Vec<String> = crontab
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains('='))
         .map(|l| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" "))
         .collect();
     assert_eq!(commands.len(), 4, "{commands:?}");
+    // The nightly unit runs the same steps as the crontab's nightly lines.
+    let nightly = exec_starts("essops-nightly.service");
+    assert_eq!(nightly.len(), 3, "{nightly:?}");
+    commands.extend(nightly);
     for command in &commands {
         let run = Cmd::new(Some(&config)).args(essops_args(command)).run();
         assert_eq!(
@@ -79,7 +107,7 @@ fn examples_crontab_commands_run_and_succeed() {
 fn examples_systemd_unit_runs_ingest_and_stops_cleanly_on_sigterm() {
     let (_db, _scratch, config, bms) = setup("examples_unit");
     let unit = std::fs::read_to_string(
-        Path::new(crate::support::REPO).join("examples/essops-ingest@.service"),
+        Path::new(crate::support::REPO).join("packaging/systemd/essops-ingest@.service"),
     )
     .unwrap();
     let exec = unit

@@ -9,7 +9,7 @@ pub mod series;
 pub mod source;
 pub mod warm;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde_json::json;
@@ -20,8 +20,6 @@ use crate::context::Context;
 use crate::exit::{Outcome, code as exit};
 use crate::output::Report;
 use crate::schema::TABLES;
-
-const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, clap::Args)]
 pub struct CacheArgs {
@@ -53,8 +51,8 @@ pub struct WarmArgs {
 pub enum CacheError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("no [redis] url is configured")]
-    NoRedis,
+    #[error("{0}; nothing was written")]
+    Connect(#[from] crate::redis_client::RedisError),
     #[error("unknown period `{name}` (configured: {known})")]
     UnknownPeriod { name: String, known: String },
     #[error("Redis at {addr} is unavailable: {reason}; nothing was written")]
@@ -64,7 +62,10 @@ pub enum CacheError {
 impl CacheError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CacheError::Redis { .. } => exit::UNAVAILABLE,
+            CacheError::Redis { .. }
+            | CacheError::Connect(crate::redis_client::RedisError::Unavailable { .. }) => {
+                exit::UNAVAILABLE
+            }
             _ => exit::CONFIG,
         }
     }
@@ -155,34 +156,12 @@ pub async fn warm(args: &WarmArgs, ctx: &Context) -> Result<WarmReport, CacheErr
         .cloned()
         .collect();
     let periods = select_periods(ctx, &args.periods)?;
-    let redis = ctx.config.redis.as_ref().ok_or(CacheError::NoRedis)?;
-    let url = &redis.url;
-    let addr = format!(
-        "{}:{}",
-        url.host_str().unwrap_or(""),
-        url.port().unwrap_or(6379)
-    );
-    let redis_err = |e: String| CacheError::Redis {
+    let con = crate::redis_client::connect(&ctx.config).await?;
+    let addr = crate::redis_client::addr(&ctx.config);
+    let redis_err = |reason: String| CacheError::Redis {
         addr: addr.clone(),
-        reason: e,
+        reason,
     };
-    let client = match (url.scheme(), &redis.ca_file) {
-        ("rediss", Some(ca)) => {
-            let root = std::fs::read(ca)
-                .map_err(|e| redis_err(format!("cannot read the CA file {}: {e}", ca.display())))?;
-            let certs = redis::TlsCertificates {
-                client_tls: None,
-                root_cert: Some(root),
-            };
-            redis::Client::build_with_tls(url.as_str(), certs)
-        }
-        _ => redis::Client::open(url.as_str()),
-    }
-    .map_err(|e| redis_err(e.to_string()))?;
-    let con = tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection())
-        .await
-        .map_err(|_| redis_err("no answer in 5 s".into()))?
-        .map_err(|e| redis_err(e.to_string()))?;
     let now = chrono::Utc::now().timestamp();
     let run = format!("{now}-{}", std::process::id());
     let results = crate::tasks::run_in_order(

@@ -196,7 +196,7 @@ impl Spool {
             tracing::warn!(dir = %self.dir.display(), bytes = self.bytes, cap = max, "spool is at 80 % of its cap (spool_max_mb); at the cap new rows are lost");
         }
         if self.limits.min_free_bytes > 0
-            && let Some(free) = free_bytes(&self.dir)
+            && let Some(free) = crate::disk::free_bytes(&self.dir)
             && free < self.limits.min_free_bytes + adding
         {
             return Err(full(format!(
@@ -481,16 +481,6 @@ impl Reader<'_> {
         }
         Err(FormatError::LongVarint)
     }
-}
-
-/// Free bytes for unprivileged users on the file system holding `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `s` a writable statvfs.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
-    (rc == 0).then_some(s.f_bavail * s.f_frsize)
 }
 
 #[cfg(test)]

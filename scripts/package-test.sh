@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# The Debian package, tested as an operator would use it (run by
+# scripts/test.sh after the test suite, against the services it started):
+#
+# - build the .deb around the binary the tests already built (no second
+#   compile), check its contents and conffiles with dpkg-deb, and lintian;
+# - verify the systemd units (systemd-analyze) against the unpacked root;
+# - unpack it into a temporary root and, from `/`, with an /etc-style config
+#   outside the repository: `essops config path` (by --config and by
+#   $XDG_CONFIG_HOME), the production walk-through of the README (migrate,
+#   check, the ingest unit's ExecStart for a few seconds), rows written, and a
+#   bad password file reported in exactly one line.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/essops/target}"
+
+say() { echo "package-test: $*" >&2; }
+fail() { say "FAIL: $*"; exit 1; }
+
+DEB="$(scripts/package.sh --profile dev | tail -n 1)"
+say "built $DEB"
+
+# Contents and conffiles.
+contents="$(dpkg-deb -c "$DEB" | awk '{print $6}')"
+for f in ./usr/bin/essops ./usr/share/man/man1/essops.1.gz \
+         ./usr/share/bash-completion/completions/essops \
+         ./usr/share/zsh/vendor-completions/_essops \
+         ./usr/share/fish/vendor_completions.d/essops.fish \
+         ./etc/essops/sites.toml \
+         ./lib/systemd/system/essops-ingest@.service \
+         ./lib/systemd/system/essops-nightly.service \
+         ./lib/systemd/system/essops-nightly.timer; do
+    grep -qxF "$f" <<<"$contents" || fail "$f is not in the package"
+done
+dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles | grep -qx /etc/essops/sites.toml \
+    || fail "/etc/essops/sites.toml is not a conffile"
+dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./postinst | grep -q "adduser --system" \
+    || fail "postinst does not create the essops user"
+say "contents and conffiles ok"
+
+if command -v lintian >/dev/null; then
+    errors="$(lintian --tag-display-limit 0 "$DEB" 2>/dev/null | grep '^E:' || true)"
+    [ -z "$errors" ] || fail "lintian errors:"$'\n'"$errors"
+    say "lintian: no errors"
+fi
+
+TMP="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$TMP"' EXIT
+PKG="$TMP/root"
+dpkg-deb -x "$DEB" "$PKG"
+ESSOPS="$PKG/usr/bin/essops"
+
+if command -v systemd-analyze >/dev/null; then
+    units=("$PKG"/lib/systemd/system/essops-ingest@.service "$PKG"/lib/systemd/system/essops-nightly.*)
+    # The units name /usr/bin/essops; verify them with it in place.
+    # A bare root has no sysinit.target and no man database; anything else
+    # (an unknown key, a bad value, a missing executable) is a failure.
+    out="$(systemd-analyze verify --root="$PKG" "${units[@]}" 2>&1 || true)"
+    problems="$(grep -vE 'sysinit.target not found|man essops\(1\)' <<<"$out" || true)"
+    [ -z "$problems" ] || fail "systemd-analyze verify:"$'\n'"$problems"
+    say "systemd units verified"
+fi
+
+# An /etc-style config in the unpacked root, for a site of its own.
+SITE=pkg_check_site
+SECRETS="$PKG/etc/essops/secrets"
+mkdir -p "$SECRETS" "$PKG/var/lib/essops" "$PKG/var/log/essops"
+cp .services/secrets/local.password "$SECRETS/local.password"
+chmod 600 "$SECRETS/local.password"
+write_config() { # file password_file
+    cat > "$1" <<TOML
+log_dir = "$PKG/var/log/essops"
+spool_dir = "$PKG/var/lib/essops/spool"
+
+[modbus]
+timeout_ms = 500
+connections = 2
+
+[redis]
+url = "redis://127.0.0.1:26379/0"
+
+[servers.local]
+url = "postgres://essops@127.0.0.1:25432"
+password_file = "$2"
+sslmode = "disable"
+
+[[sites]]
+name = "$SITE"
+modbus = { bms = "127.0.0.1:15091", pcs = "127.0.0.1:15092" }
+banks = [{ id = 1, racks = 2 }]
+pcs = [1]
+TOML
+}
+CONFIG="$PKG/etc/essops/sites.toml"
+write_config "$CONFIG" "secrets/local.password"
+
+cd /
+# Which file, and why.
+"$ESSOPS" --config "$CONFIG" config path | grep -q "named by --config" || fail "config path (--config)"
+XDG="$TMP/xdg"
+mkdir -p "$XDG/essops"
+cp "$CONFIG" "$XDG/essops/sites.toml"
+sed -i "s#\"secrets/local.password\"#\"$SECRETS/local.password\"#" "$XDG/essops/sites.toml"
+env -u ESSOPS_CONFIG XDG_CONFIG_HOME="$XDG" "$ESSOPS" config path | grep -q "$XDG/essops/sites.toml" \
+    || fail "config path did not find the file under \$XDG_CONFIG_HOME"
+say "config path ok (--config and \$XDG_CONFIG_HOME)"
+
+# The README's production walk-through, from /.
+"$ESSOPS" --config "$CONFIG" config check >/dev/null || fail "config check"
+"$ESSOPS" --config "$CONFIG" migrate --site "$SITE" --create-database --create-roles >/dev/null || fail "migrate"
+"$ESSOPS" --config "$CONFIG" simulate --site "$SITE" >/dev/null 2>&1 &
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/15091) 2>/dev/null && break; sleep 0.1; done
+check_passes() { # how the config is found, then essops's arguments
+    local how="$1" rc=0
+    shift
+    "$@" check --site "$SITE" > "$TMP/check.out" || rc=$?
+    cat "$TMP/check.out" >&2
+    case $rc in 0|10) ;; *) fail "essops check ($how) exited $rc" ;; esac
+    if grep -q "^FAIL" "$TMP/check.out"; then fail "essops check ($how) reported a failure"; fi
+    say "essops check passed (exit $rc), config $how"
+}
+check_passes "named by --config" "$ESSOPS" --config "$CONFIG"
+check_passes "found through \$XDG_CONFIG_HOME" env -u ESSOPS_CONFIG XDG_CONFIG_HOME="$XDG" "$ESSOPS"
+
+# The ingest unit's ExecStart, with the unpacked binary, for a few seconds.
+exec_start="$(sed -n 's/^ExecStart=//p' "$PKG/lib/systemd/system/essops-ingest@.service")"
+exec_start="${exec_start//%i/$SITE}"
+exec_start="${exec_start//\/usr\/bin\/essops/$ESSOPS}"
+exec_start="${exec_start//\/etc\/essops\/sites.toml/$CONFIG}"
+rc=0
+timeout --preserve-status -s TERM 6 $exec_start >/dev/null 2>&1 || rc=$?
+[ "$rc" -eq 0 ] || fail "the ingest unit's ExecStart exited $rc (SIGTERM must give 0)"
+rows="$(cd "$ROOT" && PGPASSWORD="$(cat .services/secrets/local.password)" psql -X -q -t -A \
+    -h 127.0.0.1 -p 25432 -U essops -d "$SITE" -c 'SELECT count(*) FROM rack')"
+[ "$rows" -gt 0 ] || fail "ingest wrote no rack rows"
+say "ingest from the unit's ExecStart wrote $rows rack rows"
+
+# A bad password file: one line names it, however many tables and servers.
+BAD="$TMP/bad.toml"
+write_config "$BAD" "/nonexistent/essops.password"
+out="$("$ESSOPS" --config "$BAD" loss --site "$SITE" 2>&1 || true)"
+n="$(grep -c "/nonexistent/essops.password" <<<"$out" || true)"
+[ "$n" -eq 1 ] || fail "a bad password file was reported in $n lines, not 1:"$'\n'"$out"
+say "a bad password file is reported in exactly one line"
+say "all package checks passed"
