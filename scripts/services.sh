@@ -26,6 +26,8 @@ PG_CLUSTERS=("local:25432" "gcp:25433" "outage:25434")
 TLS_CLUSTERS=("gcp")
 REDIS_PORT=26379
 REDIS_TLS_PORT=26380
+# A Redis Cluster of three masters (no replicas), for the cache's cluster mode.
+REDIS_CLUSTER_PORTS=(26391 26392 26393)
 DB_USER=essops
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -252,6 +254,49 @@ redis_down() {
     rm -f "$SVC/redis/redis.pid"
 }
 
+redis_cluster_up() {
+    local port dir
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        dir="$SVC/redis-cluster/$port"
+        mkdir -p "$dir"
+        if redis-cli -p "$port" ping >/dev/null 2>&1; then
+            [ -f "$dir/redis.pid" ] || die "port $port is taken by a Redis this script did not start"
+            continue
+        fi
+        log "starting Redis Cluster node on 127.0.0.1:$port"
+        redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --save "" --appendonly no \
+            --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" --cluster-node-timeout 2000 \
+            --dir "$dir" --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" 9>&- \
+            || die "Redis Cluster node $port did not start; see $dir/redis.log"
+    done
+    local i
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        for i in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    done
+    if ! redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q "cluster_state:ok"; then
+        log "creating the Redis Cluster (3 masters)"
+        local nodes=()
+        for port in "${REDIS_CLUSTER_PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
+        redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null \
+            || die "redis-cli --cluster create failed"
+        for i in $(seq 100); do
+            redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info | grep -q "cluster_state:ok" && break
+            sleep 0.1
+        done
+    fi
+    }
+
+redis_cluster_down() {
+    local port pidfile
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+        pidfile="$SVC/redis-cluster/$port/redis.pid"
+        [ -f "$pidfile" ] || continue
+        log "stopping Redis Cluster node $port"
+        kill "$(cat "$pidfile")" 2>/dev/null || true
+        rm -f "$pidfile"
+    done
+}
+
 # ------------------------------------------------------------------ verbs --
 
 with_lock() {
@@ -267,6 +312,7 @@ up() {
     local c
     for c in "${PG_CLUSTERS[@]}"; do pg_up "${c%%:*}" "${c##*:}"; done
     redis_up
+    redis_cluster_up
 }
 
 down() {
@@ -274,6 +320,7 @@ down() {
     local c
     for c in "${PG_CLUSTERS[@]}"; do pg_down "${c%%:*}" "${c##*:}"; done
     redis_down
+    redis_cluster_down
 }
 
 status() {
@@ -283,6 +330,9 @@ status() {
         else echo "postgres ${c%%:*} 127.0.0.1:${c##*:} down"; rc=1; fi
     done
     if redis_running; then echo "redis 127.0.0.1:$REDIS_PORT up"; else echo "redis 127.0.0.1:$REDIS_PORT down"; rc=1; fi
+    if redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q "cluster_state:ok"; then
+        echo "redis cluster 127.0.0.1:${REDIS_CLUSTER_PORTS[*]} up"
+    else echo "redis cluster 127.0.0.1:${REDIS_CLUSTER_PORTS[*]} down"; rc=1; fi
     return $rc
 }
 

@@ -399,7 +399,11 @@ async fn redis_checks(ctx: &Context) -> Vec<CheckRow> {
         "rediss" => "TLS",
         _ => "plain text",
     };
-    c.ok("reachable", tls);
+    let mode = match redis.cluster {
+        true => "a Redis Cluster",
+        false => "one Redis",
+    };
+    c.ok("reachable", format!("{mode}, {tls}"));
     let key = format!("essops:check:{}", std::process::id());
     let wrote: redis::RedisResult<()> = redis::pipe()
         .set_ex(&key, "ok", 10)

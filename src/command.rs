@@ -32,30 +32,26 @@ pub trait Command: Sized {
 pub trait Plan {
     /// Run locks as (job, site): a second run of the same job on the same
     /// site is refused (exit 5) while these are held.
-    fn locks(&self) -> Vec<(&'static str, String)> {
+    fn locks(&self) -> Vec<(String, String)> {
         Vec::new()
     }
 }
 
 /// The run locks of `job` on each of `sites`.
 pub fn site_locks<S: AsRef<str>>(
-    job: &'static str,
+    job: &str,
     sites: impl IntoIterator<Item = S>,
-) -> Vec<(&'static str, String)> {
+) -> Vec<(String, String)> {
     sites
         .into_iter()
-        .map(|s| (job, s.as_ref().to_string()))
+        .map(|s| (job.to_string(), s.as_ref().to_string()))
         .collect()
 }
 
 /// Plans, takes the plan's locks, executes, renders; returns the outcome.
 pub async fn run<C: Command>(args: C, ctx: &Context) -> Result<Outcome, Error> {
     let plan = args.plan(ctx).await?;
-    let _locks = plan
-        .locks()
-        .iter()
-        .map(|(job, site)| crate::lock::acquire(&ctx.lock_dir(), job, site))
-        .collect::<Result<Vec<_>, _>>()?;
+    let _locks = crate::lock::acquire_all(ctx, &plan.locks()).await?;
     let report = C::execute(plan, ctx).await?;
     emit(&report, ctx)
 }

@@ -12,6 +12,26 @@ use std::time::Duration;
 use crate::config::{Config, PasswordSource, Server, SslMode};
 use crate::exit::code as exit;
 
+static APPLICATION_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process's sessions `essops COMMAND HOST:PID` (in
+/// `pg_stat_activity`, and in a lock refusal on another host). Set once.
+pub fn set_application_name(command: &str) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let mut name = format!("essops {command} {host}:{}", std::process::id());
+    // PostgreSQL keeps 63 bytes.
+    while name.len() > 63 {
+        name.pop();
+    }
+    let _ = APPLICATION_NAME.set(name);
+}
+
+fn application_name() -> &'static str {
+    APPLICATION_NAME.get().map_or("essops", String::as_str)
+}
+
 /// How long a connection attempt may take before the server counts as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -404,7 +424,7 @@ pub async fn connect(
         .port(target.server.port)
         .user(&target.server.user)
         .dbname(target.database)
-        .application_name("essops")
+        .application_name(application_name())
         // essops runs short analytical scans over hours or days of rows;
         // JIT compilation costs more than it saves on those (measured: a
         // site-day count went from 1 s to 0.3 s with it off).
@@ -488,7 +508,7 @@ pub fn sqlx_options(
         .port(target.server.port)
         .username(&target.server.user)
         .database(target.database)
-        .application_name("essops")
+        .application_name(application_name())
         .ssl_mode(match target.server.tls.effective_mode() {
             SslMode::Disable => sqlx::postgres::PgSslMode::Disable,
             SslMode::Prefer => sqlx::postgres::PgSslMode::Prefer,

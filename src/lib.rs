@@ -106,6 +106,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// The subcommand's name, for the sessions' application name.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Migrate(_) => "migrate",
+            Command::Loss(_) => "loss",
+            Command::Reconcile(_) => "reconcile",
+            Command::Simulate(_) => "simulate",
+            Command::Ingest(_) => "ingest",
+            Command::Cache(_) => "cache",
+            Command::Index(_) => "index",
+            Command::Demo(_) => "demo",
+            Command::Spool(_) => "spool",
+            Command::Check(_) => "check",
+            Command::Config(_) => "config",
+            Command::Completions { .. } => "completions",
+            Command::Man => "man",
+        }
+    }
+
     /// Long-running commands stop cleanly on Ctrl-C/SIGTERM themselves;
     /// the others are cut short (and say so with exit code 130).
     fn handles_signals(&self) -> bool {
@@ -146,6 +165,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         return config_cmd::run(command, cli.global.config.as_deref(), format, verbosity);
     }
     let config = Config::load(cli.global.config.as_deref())?;
+    db::set_application_name(cli.command.name());
     let ctx = Context {
         config: Arc::new(config),
         format,

@@ -1,12 +1,24 @@
 //! Run locks: one run of a command per site at a time, so cron can start a
-//! job while the last one still runs without the two doubling work. The lock
-//! is an OS file lock (flock): a run that crashes or is killed releases it,
-//! so nothing is ever left stuck.
+//! job while the last one still runs without the two doubling work, on this
+//! host or on another.
+//!
+//! Two locks, both released by the system when a run crashes or is killed,
+//! so nothing is ever left stuck:
+//! - an OS file lock (flock) in `log_dir/locks/`, for this host;
+//! - a PostgreSQL advisory lock (session-level), keyed by command and site,
+//!   on the site's first configured server (the `postgres` database), for
+//!   every host that shares that server. When that server cannot be reached
+//!   the file lock alone holds, and the run goes on (its own connections
+//!   will say what is wrong).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use tokio_postgres::Client;
+
+use crate::config::{Config, Server};
 use crate::context::Context;
+use crate::db::{self, Target};
 use crate::exit::code as exit;
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +31,15 @@ pub enum LockError {
         site: String,
         path: PathBuf,
     },
+    #[error(
+        "another essops {command} of site `{site}` is running: {holder} holds its lock on server `{server}`; this run changed nothing"
+    )]
+    HeldElsewhere {
+        command: String,
+        site: String,
+        server: String,
+        holder: String,
+    },
     #[error("cannot open lock file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -30,7 +51,7 @@ pub enum LockError {
 impl LockError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            LockError::Held { .. } => exit::LOCKED,
+            LockError::Held { .. } | LockError::HeldElsewhere { .. } => exit::LOCKED,
             LockError::Io { .. } => exit::CONFIG,
         }
     }
@@ -38,15 +59,68 @@ impl LockError {
 
 crate::into_error!(LockError);
 
-/// Held while alive.
+/// Held while alive: the files, and the sessions that hold the advisory locks.
 #[derive(Debug)]
-pub struct RunLock {
-    _file: File,
+pub struct RunLocks {
+    _files: Vec<File>,
+    _sessions: Vec<Client>,
 }
 
-/// Takes the lock of `command` on `site` in `dir`, or says who holds it.
-pub fn acquire(dir: &Path, command: &str, site: &str) -> Result<RunLock, LockError> {
-    let path = dir.join(format!("{command}.{site}.lock"));
+/// The advisory lock's two keys for `command` on `site`, whose data lives in
+/// `database` (FNV-1a, so every essops version and host computes the same).
+/// The database is part of the key: two sites that share only a name (a test
+/// fleet beside a real one) do not lock each other out.
+pub fn advisory_key(command: &str, site: &str, database: &str) -> (i32, i32) {
+    let fnv = |text: &str| {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in text.bytes() {
+            h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        (h & 0x7fff_ffff) as i32
+    };
+    (fnv("essops"), fnv(&format!("{command}/{site}/{database}")))
+}
+
+/// Takes every (command, site) lock, all or none, or says who holds one.
+/// A lock's site may carry a suffix after `@` (an ingest device group) or
+/// `/` (one bank); its server and database are those of the site before it.
+pub async fn acquire_all(ctx: &Context, locks: &[(String, String)]) -> Result<RunLocks, LockError> {
+    let mut files = Vec::new();
+    for (command, site) in locks {
+        files.push(acquire_file(&ctx.lock_dir(), command, site)?);
+    }
+    // One session per server holds all of this run's advisory locks there.
+    let mut by_server: Vec<(&Server, Vec<(&str, &str)>)> = Vec::new();
+    for (command, site) in locks {
+        let Some(server) = lock_server(&ctx.config, site) else {
+            continue;
+        };
+        match by_server.iter_mut().find(|(s, _)| s.name == server.name) {
+            Some((_, keys)) => keys.push((command, site)),
+            None => by_server.push((server, vec![(command, site)])),
+        }
+    }
+    let mut sessions = Vec::new();
+    for (server, keys) in by_server {
+        if let Some(session) = acquire_advisory(&ctx.config, server, &keys).await? {
+            sessions.push(session);
+        }
+    }
+    Ok(RunLocks {
+        _files: files,
+        _sessions: sessions,
+    })
+}
+
+/// The configured site a lock name belongs to.
+fn site_of(lock_site: &str) -> &str {
+    lock_site.split(['@', '/']).next().unwrap_or(lock_site)
+}
+
+/// The file lock of `command` on `site` in `dir` (this host only).
+pub fn acquire_file(dir: &Path, command: &str, site: &str) -> Result<File, LockError> {
+    // A lock of one bank ("SITE/bank-3") stays one file name.
+    let path = dir.join(format!("{command}.{}.lock", site.replace('/', "#")));
     let io = |source| LockError::Io {
         path: path.clone(),
         source,
@@ -54,7 +128,7 @@ pub fn acquire(dir: &Path, command: &str, site: &str) -> Result<RunLock, LockErr
     std::fs::create_dir_all(dir).map_err(io)?;
     let file = File::create(&path).map_err(io)?;
     match file.try_lock() {
-        Ok(()) => Ok(RunLock { _file: file }),
+        Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Held {
             command: command.to_string(),
             site: site.to_string(),
@@ -64,14 +138,80 @@ pub fn acquire(dir: &Path, command: &str, site: &str) -> Result<RunLock, LockErr
     }
 }
 
-/// The locks of `command` for every site named, all or none.
-pub fn acquire_sites<'a>(
-    ctx: &Context,
-    command: &str,
-    sites: impl IntoIterator<Item = &'a str>,
-) -> Result<Vec<RunLock>, LockError> {
-    sites
-        .into_iter()
-        .map(|s| acquire(&ctx.lock_dir(), command, s))
-        .collect()
+/// Where a site's advisory lock lives: its first server (for a lock that
+/// is not a site's, the first configured server).
+fn lock_server<'a>(config: &'a Config, site: &str) -> Option<&'a Server> {
+    let first = config
+        .site(site_of(site))
+        .ok()
+        .and_then(|s| s.servers.first())
+        .and_then(|name| config.server(name).ok());
+    first.or_else(|| config.servers.first())
+}
+
+/// The advisory locks of `keys` (command, site) on `server`, held by one
+/// session; `None` when the server cannot be reached (the file locks then
+/// hold alone).
+async fn acquire_advisory(
+    config: &Config,
+    server: &Server,
+    keys: &[(&str, &str)],
+) -> Result<Option<Client>, LockError> {
+    let target = Target {
+        server,
+        database: "postgres",
+    };
+    let Ok(client) = db::connect(config, target).await else {
+        tracing::info!(server = %server.name, "the server of the cross-host locks is unreachable; the local locks hold alone");
+        return Ok(None);
+    };
+    for (command, site) in keys {
+        let database = config
+            .site(site_of(site))
+            .map_or("", |s| s.database.as_str());
+        let (k1, k2) = advisory_key(command, site, database);
+        let taken = client
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&k1, &k2])
+            .await
+            .map(|r| r.get::<_, bool>(0));
+        match taken {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(LockError::HeldElsewhere {
+                    command: command.to_string(),
+                    site: site.to_string(),
+                    server: server.name.clone(),
+                    holder: holder(&client, (k1, k2)).await,
+                });
+            }
+            Err(e) => {
+                tracing::info!(server = %server.name, error = %db::describe(&e), "the cross-host locks could not be taken; the local locks hold alone");
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(client))
+}
+
+/// Who holds the advisory lock: its session's application name (essops
+/// puts its command, host and pid there) and client address.
+async fn holder(client: &Client, (k1, k2): (i32, i32)) -> String {
+    let row = client
+        .query_opt(
+            "SELECT a.application_name, coalesce(host(a.client_addr), 'a local socket'), a.pid
+               FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                AND l.classid::int8 = $1 AND l.objid::int8 = $2",
+            &[&i64::from(k1), &i64::from(k2)],
+        )
+        .await;
+    match row {
+        Ok(Some(r)) => format!(
+            "`{}` (connected from {}, server pid {})",
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, i32>(2)
+        ),
+        _ => "another session".into(),
+    }
 }

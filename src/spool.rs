@@ -98,6 +98,9 @@ crate::into_error!(SpoolCmdError);
 #[derive(Debug, Clone, Serialize)]
 pub struct SpoolRow {
     pub site: String,
+    /// The ingest device group (`--devices`) whose spool this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub server: String,
     /// `pending` or `rejected`.
     pub kind: &'static str,
@@ -123,41 +126,61 @@ pub struct SpoolReport {
     pub rows: Vec<SpoolRow>,
 }
 
-/// (site, server name, spool dir) for every selected spool.
-fn spools(
-    select: &SpoolSelect,
-    ctx: &Context,
-) -> Result<Vec<(String, String, PathBuf)>, SpoolCmdError> {
+/// One spool folder: its site, device group, server and path.
+struct Place {
+    site: String,
+    group: Option<String>,
+    server: String,
+    dir: PathBuf,
+}
+
+/// The site's device groups that have spools (`@GROUP` folders), after the
+/// whole site (`None`): ingest processes that split a site each keep one.
+fn groups(ctx: &Context, site: &str) -> Vec<Option<String>> {
+    let mut out = vec![None];
+    let Ok(entries) = std::fs::read_dir(ingest::spool_root(ctx, site)) else {
+        return out;
+    };
+    let mut found: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|name| name.strip_prefix('@').map(String::from))
+        .collect();
+    found.sort();
+    out.extend(found.into_iter().map(Some));
+    out
+}
+
+/// Every selected spool folder.
+fn spools(select: &SpoolSelect, ctx: &Context) -> Result<Vec<Place>, SpoolCmdError> {
     let mut out = Vec::new();
     let servers = ctx.config.select_servers(&select.servers)?;
     for site in ctx.config.select_sites(&select.sites)? {
-        let root = ingest::spool_root(ctx, &site.name);
-        for server in &servers {
-            if site.servers.contains(&server.name) {
-                out.push((
-                    site.name.clone(),
-                    server.name.clone(),
-                    root.join(&server.name),
-                ));
+        for group in groups(ctx, &site.name) {
+            let root = match &group {
+                Some(g) => ingest::spool_root(ctx, &site.name).join(format!("@{g}")),
+                None => ingest::spool_root(ctx, &site.name),
+            };
+            for server in servers.iter().filter(|s| site.servers.contains(&s.name)) {
+                out.push(Place {
+                    site: site.name.clone(),
+                    group: group.clone(),
+                    server: server.name.clone(),
+                    dir: root.join(&server.name),
+                });
             }
         }
     }
     Ok(out)
 }
 
-fn row(
-    site: &str,
-    server: &str,
-    kind: &'static str,
-    dir: PathBuf,
-    files: &[SpoolFile],
-) -> SpoolRow {
+fn row(place: &Place, kind: &'static str, dir: PathBuf, files: &[SpoolFile]) -> SpoolRow {
     let rows: u64 = files.iter().map(|f| f.rows).sum();
     let bytes: u64 = files.iter().map(|f| f.bytes).sum();
     let time = |t: Option<i64>| t.and_then(|t| DateTime::from_timestamp(t, 0));
     SpoolRow {
-        site: site.into(),
-        server: server.into(),
+        site: place.site.clone(),
+        group: place.group.clone(),
+        server: place.server.clone(),
         kind,
         files: files.len(),
         rows,
@@ -176,22 +199,12 @@ fn row(
 
 pub fn list(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, SpoolCmdError> {
     let mut rows = Vec::new();
-    for (site, server, dir) in spools(select, ctx)? {
-        let rejected_dir = dir.join(REJECTED_DIR);
-        rows.push(row(
-            &site,
-            &server,
-            "pending",
-            dir.clone(),
-            &spool::list(&dir)?,
-        ));
-        rows.push(row(
-            &site,
-            &server,
-            "rejected",
-            rejected_dir.clone(),
-            &spool::list(&rejected_dir)?,
-        ));
+    for place in spools(select, ctx)? {
+        let rejected_dir = place.dir.join(REJECTED_DIR);
+        let pending = spool::list(&place.dir)?;
+        rows.push(row(&place, "pending", place.dir.clone(), &pending));
+        let rejected = spool::list(&rejected_dir)?;
+        rows.push(row(&place, "rejected", rejected_dir, &rejected));
     }
     Ok(SpoolReport {
         action: "list",
@@ -199,13 +212,34 @@ pub fn list(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, SpoolCmd
     })
 }
 
-/// Replays every selected pending spool, one site at a time under its ingest lock.
+/// Replays every selected pending spool (the site's and each device
+/// group's), one at a time under its ingest lock.
 pub async fn replay(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, SpoolCmdError> {
     let mut rows = Vec::new();
     for site in ctx.config.select_sites(&select.sites)? {
+        for group in groups(ctx, &site.name) {
+            rows.extend(replay_one(select, ctx, &site.name, group).await?);
+        }
+    }
+    Ok(SpoolReport {
+        action: "replay",
+        rows,
+    })
+}
+
+/// Replays one site's (or one device group's) spools into each server.
+async fn replay_one(
+    select: &SpoolSelect,
+    ctx: &Context,
+    site: &str,
+    group: Option<String>,
+) -> Result<Vec<SpoolRow>, SpoolCmdError> {
+    let mut rows = Vec::new();
+    {
         let args = IngestArgs {
             servers: select.servers.clone(),
-            ..IngestArgs::for_site(&site.name, None)
+            devices: group.clone(),
+            ..IngestArgs::for_site(site, None)
         };
         let plan = ingest::plan(&args, ctx)?;
         let (stats, devices) = ingest::counters(&plan);
@@ -232,13 +266,13 @@ pub async fn replay(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, 
             let s = &stats.servers[i];
             let load =
                 |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-            let mut r = row(
-                &site.name,
-                &s.name,
-                "pending",
-                dir.clone(),
-                &spool::list(&dir)?,
-            );
+            let place = Place {
+                site: site.to_string(),
+                group: group.clone(),
+                server: s.name.clone(),
+                dir: dir.clone(),
+            };
+            let mut r = row(&place, "pending", dir.clone(), &spool::list(&dir)?);
             r.replayed = Some(load(&s.written));
             r.duplicate = Some(load(&s.duplicates));
             r.rejected = Some(load(&s.rejected));
@@ -253,18 +287,16 @@ pub async fn replay(select: &SpoolSelect, ctx: &Context) -> Result<SpoolReport, 
             rows.push(r);
         }
     }
-    Ok(SpoolReport {
-        action: "replay",
-        rows,
-    })
+    Ok(rows)
 }
 
 pub fn discard(args: &DiscardArgs, ctx: &Context) -> Result<SpoolReport, SpoolCmdError> {
     let mut chosen: Vec<(SpoolRow, Vec<SpoolFile>)> = Vec::new();
-    for (site, server, dir) in spools(&args.select, ctx)? {
+    for place in spools(&args.select, ctx)? {
+        let dir = place.dir.clone();
         let (kind, dir, files) = match &args.before {
             Some(t) => {
-                let tz = ctx.config.site(&site)?.timezone;
+                let tz = ctx.config.site(&place.site)?.timezone;
                 let before = crate::window::parse_time(t, tz)
                     .map_err(|e| SpoolCmdError::Time(e.to_string()))?
                     .timestamp();
@@ -280,7 +312,7 @@ pub fn discard(args: &DiscardArgs, ctx: &Context) -> Result<SpoolReport, SpoolCm
                 ("rejected", dir, files)
             }
         };
-        chosen.push((row(&site, &server, kind, dir, &files), files));
+        chosen.push((row(&place, kind, dir, &files), files));
     }
     let total: usize = chosen.iter().map(|(_, f)| f.len()).sum();
     if !args.dry_run && total > 0 && !args.yes && !confirm(&chosen)? {
@@ -352,7 +384,10 @@ impl Report for SpoolReport {
             _ => "-".into(),
         };
         vec![
-            r.site.clone(),
+            match &r.group {
+                Some(g) => format!("{}@{g}", r.site),
+                None => r.site.clone(),
+            },
             r.server.clone(),
             r.kind.into(),
             r.files.to_string(),
@@ -399,18 +434,24 @@ pub struct SpoolPlan<A> {
 }
 
 impl<A> crate::command::Plan for SpoolPlan<A> {
-    fn locks(&self) -> Vec<(&'static str, String)> {
+    fn locks(&self) -> Vec<(String, String)> {
         crate::command::site_locks("ingest", &self.locked_sites)
     }
 }
 
+/// The ingest lock names of the selected sites and of their device groups
+/// with spools: what a running ingest of any of them would hold.
 fn sites(ctx: &Context, names: &[String]) -> Result<Vec<String>, crate::error::Error> {
-    Ok(ctx
-        .config
-        .select_sites(names)?
-        .iter()
-        .map(|s| s.name.clone())
-        .collect())
+    let mut out = Vec::new();
+    for site in ctx.config.select_sites(names)? {
+        for group in groups(ctx, &site.name) {
+            out.push(match group {
+                Some(g) => format!("{}@{g}", site.name),
+                None => site.name.clone(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// `spool list`.

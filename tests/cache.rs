@@ -11,6 +11,10 @@ use serde_json::Value;
 use crate::support::{Cmd, Scratch, TestDb, free_port, servers_toml};
 
 const REDIS: &str = "redis://127.0.0.1:26379/0";
+/// One node of the services' Redis Cluster (3 masters); essops discovers the others.
+const CLUSTER: &str = "redis://127.0.0.1:26391";
+/// Another node: readers there see the warm through the cluster's redirects.
+const CLUSTER_OTHER_NODE: &str = "redis://127.0.0.1:26393";
 const MEASURES: [&str; 8] = [
     "SOC",
     "DC_VOLTAGE",
@@ -23,6 +27,7 @@ const MEASURES: [&str; 8] = [
 ];
 
 struct Setup {
+    cluster: bool,
     db: TestDb,
     _scratch: Scratch,
     config: PathBuf,
@@ -34,8 +39,9 @@ fn setup(test: &str, redis: &str, extra: &str) -> Setup {
     let db = TestDb::new(test, 1);
     let scratch = Scratch::new(test);
     let site = format!("Cache_{test}");
+    let cluster = redis == CLUSTER;
     let config = scratch.site_config(
-        &format!("{extra}[redis]\nurl = \"{redis}\"\n"),
+        &format!("{extra}[redis]\nurl = \"{redis}\"\ncluster = {cluster}\n"),
         &servers_toml(),
         &format!("name = \"{site}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 3 }}, {{ id = 2, racks = 3 }}]\n", db.databases[0]),
     );
@@ -52,6 +58,7 @@ fn setup(test: &str, redis: &str, extra: &str) -> Setup {
         let _: () = redis::cmd("DEL").arg(&old).query(&mut con).unwrap();
     }
     let s = Setup {
+        cluster,
         db,
         _scratch: scratch,
         config,
@@ -97,14 +104,26 @@ impl Setup {
     }
 
     fn get(&self, rest: &str) -> Value {
-        let mut con = redis::Client::open(REDIS)
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        let v: Option<String> = redis::cmd("GET")
-            .arg(self.key(rest))
-            .query(&mut con)
-            .unwrap();
+        let v: Option<String> = match self.cluster {
+            true => {
+                let client = redis::cluster::ClusterClient::new(vec![CLUSTER_OTHER_NODE]).unwrap();
+                let mut con = client.get_connection().unwrap();
+                redis::cmd("GET")
+                    .arg(self.key(rest))
+                    .query(&mut con)
+                    .unwrap()
+            }
+            false => {
+                let mut con = redis::Client::open(REDIS)
+                    .unwrap()
+                    .get_connection()
+                    .unwrap();
+                redis::cmd("GET")
+                    .arg(self.key(rest))
+                    .query(&mut con)
+                    .unwrap()
+            }
+        };
         serde_json::from_str(&v.unwrap_or_else(|| panic!("no key {rest}"))).unwrap()
     }
 
@@ -364,4 +383,41 @@ fn cache_warm_redis_down_and_database_down_keep_what_was_there() {
         "{report:?}"
     );
     assert_eq!(up.get("agg:hour:rack"), before);
+}
+
+#[test]
+fn cache_warm_writes_a_whole_site_to_a_redis_cluster() {
+    let s = setup("cache_cluster", CLUSTER, "");
+    let rows = s.warm(&["--full"], 0);
+    assert_eq!(rows[0]["mode"], "full", "{rows:?}");
+    // Every key the meta lists, read through another node of the cluster.
+    let meta = s.get("meta");
+    let keys: Vec<&str> = meta["keys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("meta lists no keys: {meta}"))
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert!(keys.len() > 4, "{keys:?}");
+    let prefix = s.key("");
+    for key in &keys {
+        let rest = key.strip_prefix(&prefix).unwrap_or(key);
+        let _ = s.get(rest);
+    }
+    // One slot holds the whole site, so the swap is one transaction.
+    let client = redis::cluster::ClusterClient::new(vec![CLUSTER_OTHER_NODE]).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let slots: std::collections::BTreeSet<i64> = keys
+        .iter()
+        .map(|k| {
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(k)
+                .query(&mut con)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(slots.len(), 1, "{slots:?}");
+    // The values are the same as on a single Redis.
+    assert!(s.assert_period_matches_sql("hour") > 0);
 }

@@ -123,7 +123,7 @@ fn locks_refuse_an_overlapping_run_and_free_when_the_holder_goes() {
         ("reconcile", vec!["reconcile", "--site", "Locks"]),
         ("cache-warm", vec!["cache", "warm", "--site", "Locks"]),
     ] {
-        let held = essops::lock::acquire(&locks, command, "Locks").unwrap();
+        let held = essops::lock::acquire_file(&locks, command, "Locks").unwrap();
         let run = Cmd::new(Some(&config)).args(&args).run().expect_code(5);
         let word = command.replace('-', " ");
         assert!(
@@ -139,4 +139,70 @@ fn locks_refuse_an_overlapping_run_and_free_when_the_holder_goes() {
         let code = Cmd::new(Some(&config)).args(&args).run().code();
         assert_ne!(code, 5, "`{args:?}` still locked after the holder let go");
     }
+}
+
+#[test]
+fn locks_hold_across_hosts_and_name_the_holder() {
+    use std::time::Duration;
+    let db = TestDb::new("xhost", 1);
+    let (bms, pcs) = (crate::support::free_port(), crate::support::free_port());
+    let site = format!(
+        "name = \"XHost\"\ndatabase = \"{}\"\nmodbus = {{ bms = \"127.0.0.1:{bms}\", pcs = \"127.0.0.1:{pcs}\" }}\nbanks = [{{ id = 1, racks = 1 }}]\npcs = [1]\n",
+        db.databases[0]
+    );
+    // Two "hosts": separate configs, so separate lock directories.
+    let (host_a, host_b) = (Scratch::new("xhost_a"), Scratch::new("xhost_b"));
+    let servers = crate::support::servers_toml();
+    let config_a = host_a.site_config("", &servers, &site);
+    let config_b = host_b.site_config("", &servers, &site);
+
+    // Another host's reconcile holds the site's lock: a session named as
+    // essops names its own.
+    essops::db::set_application_name("reconcile");
+    let (k1, k2) = essops::lock::advisory_key("reconcile", "XHost", &db.databases[0]);
+    let reconcile = ["reconcile", "--site", "XHost"];
+    crate::support::pg::block_on(async {
+        let holder = db.client("local", "postgres").await;
+        let taken: bool = holder
+            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&k1, &k2])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(taken);
+        let run = Cmd::new(Some(&config_b))
+            .args(reconcile)
+            .run()
+            .expect_code(5);
+        let pid = std::process::id().to_string();
+        assert!(
+            run.stderr().contains("holds its lock on server `local`")
+                && run.stderr().contains("essops reconcile")
+                && run.stderr().contains(&pid),
+            "{}",
+            run.stderr()
+        );
+    });
+    // The holder's session ended: the lock is free.
+    let code = Cmd::new(Some(&config_b)).args(reconcile).run().code();
+    assert_ne!(
+        code, 5,
+        "reconcile still locked after the holder's session ended"
+    );
+
+    // Two ingest processes of one site on two "hosts": the second is refused.
+    let ingest = |config: &Path, secs: &str| {
+        Cmd::new(Some(config)).args(["ingest", "--site", "XHost", "--duration", secs])
+    };
+    let first = ingest(&config_a, "8s").spawn();
+    std::thread::sleep(Duration::from_secs(3));
+    let second = ingest(&config_b, "1s").run().expect_code(5);
+    assert!(
+        second
+            .stderr()
+            .contains("another essops ingest of site `XHost` is running")
+            && second.stderr().contains("essops ingest"),
+        "{}",
+        second.stderr()
+    );
+    first.finish();
 }

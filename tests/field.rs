@@ -579,3 +579,85 @@ fn rack_keys(s: &crate::ingest::Setup) -> Vec<(String, i64)> {
         .map(|k| (k.1, k.2))
         .collect()
 }
+
+#[test]
+fn ingest_splits_a_200_rack_site_across_two_processes() {
+    use crate::support::{Scratch, TestDb, free_port, server_toml, wait_for_port};
+    let servers = server_toml("local", "local");
+    let db = TestDb::on("split", 1, &servers);
+    let scratch = Scratch::new("split");
+    let (bms, pcs) = (free_port(), free_port());
+    let banks: Vec<String> = (1..=10)
+        .map(|b| format!("{{ id = {b}, racks = 20 }}"))
+        .collect();
+    let config = scratch.site_config(
+        &format!(
+            "spool_dir = \"{}\"\n[modbus]\nconnections = 4\n",
+            scratch.path.join("spool").display()
+        ),
+        &servers,
+        &format!(
+            "name = \"Split\"\ndatabase = \"{}\"\nbanks = [{}]\npcs = [1]\nmodbus = {{ bms = \"127.0.0.1:{bms}\", pcs = \"127.0.0.1:{pcs}\" }}\n",
+            db.databases[0],
+            banks.join(", ")
+        ),
+    );
+    let cmd = |args: &[&str]| Cmd::new(Some(&config)).args(args);
+    let sim = cmd(&["simulate", "--site", "Split", "--duration", "120s"]).spawn();
+    wait_for_port(bms);
+    wait_for_port(pcs);
+    let ingest = |devices: &str, secs: &str| {
+        cmd(&[
+            "ingest",
+            "--site",
+            "Split",
+            "--devices",
+            devices,
+            "--duration",
+            secs,
+        ])
+    };
+    let a = ingest("bank:1-5,pcs,etc", "15s").spawn();
+    let b = ingest("bank:6-10", "15s").spawn();
+    sleep(Duration::from_secs(4));
+    // A third process that claims a bank already polled is refused.
+    let third = ingest("bank:5-6", "1s").run().expect_code(5);
+    assert!(third.stderr().contains("bank-5"), "{}", third.stderr());
+    let (a, b) = (a.finish(), b.finish());
+    assert_eq!(a.code(), 0, "{}", a.stderr());
+    assert_eq!(b.code(), 0, "{}", b.stderr());
+    drop(sim);
+
+    // No doubles, and per group every rack holds every second the group ran.
+    let rows = db.rows(
+        "local",
+        "SELECT \"BANK_ID\", \"RACK_ID\", count(*), count(DISTINCT \"TIMESTAMP\"),
+                array_agg(extract(epoch FROM \"TIMESTAMP\")::int8)
+           FROM rack GROUP BY 1, 2",
+    );
+    assert_eq!(rows.len(), 200, "racks stored");
+    for half in [1..=5, 6..=10] {
+        let racks: Vec<_> = rows
+            .iter()
+            .filter(|r| half.contains(&r.get::<_, i16>(0)))
+            .collect();
+        let seconds: BTreeSet<i64> = racks.iter().flat_map(|r| r.get::<_, Vec<i64>>(4)).collect();
+        let stored: i64 = racks.iter().map(|r| r.get::<_, i64>(2)).sum();
+        let distinct: i64 = racks.iter().map(|r| r.get::<_, i64>(3)).sum();
+        assert_eq!(
+            stored, distinct,
+            "banks {half:?}: a rack second stored twice"
+        );
+        let expected = (racks.len() * seconds.len()) as f64;
+        let share = stored as f64 / expected;
+        assert!(
+            seconds.len() >= 8 && share >= 0.999,
+            "banks {half:?}: {stored} of {expected} rack-seconds ({:.3} %) over {} s",
+            100.0 * share,
+            seconds.len()
+        );
+    }
+    // pcs and etc were polled by the first group only, and stored.
+    assert!(db.scalar("local", "SELECT count(*) FROM pcs") > 0);
+    assert!(db.scalar("local", "SELECT count(*) FROM etc") > 0);
+}

@@ -195,7 +195,7 @@ async fn warm_one(
     ctx: &Context,
     site: &Site,
     periods: &[CachePeriod],
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut crate::redis_client::Connection,
     run: &str,
     full: bool,
     now: i64,
@@ -253,7 +253,7 @@ async fn publish_site(
     site: &Site,
     periods: &[CachePeriod],
     prev: &warm::Previous,
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut crate::redis_client::Connection,
     cache: &warm::SiteCache,
     (run, now): (&str, i64),
 ) -> redis::RedisResult<u64> {
@@ -286,7 +286,7 @@ pub struct WarmPlan {
 }
 
 impl crate::command::Plan for WarmPlan {
-    fn locks(&self) -> Vec<(&'static str, String)> {
+    fn locks(&self) -> Vec<(String, String)> {
         crate::command::site_locks("cache-warm", &self.sites)
     }
 }

@@ -3,14 +3,14 @@
 //! MULTI/EXEC renames them all into place, drops keys the site no longer
 //! has, and writes the meta key. All keys share the site's hash tag.
 
-use redis::aio::MultiplexedConnection;
+use crate::redis_client::Connection;
 use serde_json::{Value, json};
 
 use super::keys::Keys;
 use super::warm::{Entry, Previous};
 
 pub async fn read_previous(
-    con: &mut MultiplexedConnection,
+    con: &mut Connection,
     keys: &Keys,
     wanted: &[String],
 ) -> redis::RedisResult<Previous> {
@@ -46,7 +46,7 @@ pub async fn read_previous(
 /// the last warm listed; of those, `keep` (other periods, not rebuilt now)
 /// stay and the rest not written again are dropped.
 pub async fn publish(
-    con: &mut MultiplexedConnection,
+    con: &mut Connection,
     keys: &Keys,
     run: &str,
     entries: &[Entry],

@@ -99,6 +99,8 @@ pub struct Redis {
     pub url: Url,
     /// PEM CA for `rediss://` (none: the system's roots).
     pub ca_file: Option<PathBuf>,
+    /// `url` is one node of a Redis Cluster; the others are discovered.
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone)]

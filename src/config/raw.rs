@@ -69,6 +69,7 @@ pub(super) struct RawPeriod {
 pub(super) struct RawRedis {
     pub(super) url: Spanned<String>,
     pub(super) ca_file: Option<Spanned<String>>,
+    pub(super) cluster: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

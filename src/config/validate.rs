@@ -58,6 +58,7 @@ impl Validator<'_> {
             Some(r) => Some(Redis {
                 url: self.redis_url(&r.url)?,
                 ca_file: r.ca_file.as_ref().map(|f| self.path(f)),
+                cluster: r.cluster.unwrap_or(false),
             }),
             None => None,
         };

@@ -36,6 +36,7 @@ pub fn settings(config: &Config) -> Vec<(String, String)> {
             let _ = url.set_password(Some("****"));
         }
         set("redis.url", url.to_string());
+        set("redis.cluster", redis.cluster.to_string());
         let ca = redis.ca_file.as_ref().map(|p| p.display().to_string());
         set(
             "redis.ca_file",

@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod breaker;
+pub mod group;
 pub mod plan_check;
 pub mod poll;
 pub mod preflight;
@@ -60,6 +61,11 @@ pub struct IngestArgs {
     /// Stop after this long (e.g. 90s, 1h); default: until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = parse_std_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
+    /// Poll only part of the site, so one site can be split across hosts:
+    /// `bank:1-5,pcs,etc` (banks with their racks, PCS, the site's etc).
+    /// Each group has its own lock and spool; a device is never polled twice.
+    #[arg(long, value_name = "GROUP")]
+    pub devices: Option<String>,
     /// Do not poll: say per endpoint and connection whether the polls fit the interval.
     #[arg(long)]
     pub plan: bool,
@@ -75,6 +81,7 @@ impl IngestArgs {
             site: site.to_string(),
             servers: vec![],
             duration,
+            devices: None,
             plan: false,
             probe: None,
         }
@@ -91,6 +98,8 @@ pub enum IngestError {
     NoEndpoints(String),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Group(#[from] group::GroupError),
     #[error("nothing polled: {0}")]
     Preflight(#[from] PreflightError),
 }
@@ -101,6 +110,7 @@ impl IngestError {
             IngestError::Spool(_) => exit::INTERNAL,
             IngestError::Preflight(e) => e.exit_code(),
             IngestError::Config(_) | IngestError::NoEndpoints(_) => exit::CONFIG,
+            IngestError::Group(_) => exit::USAGE,
         }
     }
 }
@@ -114,6 +124,8 @@ pub struct Plan {
     pub duration: Option<Duration>,
     pub servers: Vec<crate::config::Server>,
     pub devices: Vec<PollDevice>,
+    /// Part of the site only (`--devices`); `None`: all of it.
+    pub group: Option<group::Group>,
     pub spool_root: PathBuf,
 }
 
@@ -129,10 +141,21 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
         .filter(|s| args.servers.contains(&s.name) || site.servers.contains(&s.name))
         .cloned()
         .collect();
+    let group = args
+        .devices
+        .as_deref()
+        .map(group::Group::parse)
+        .transpose()?;
+    if let Some(g) = &group {
+        g.check(&site)?;
+    }
     let mut devices = Vec::new();
     for (table_index, t) in site.register_map.tables.iter().enumerate() {
         let table = Arc::new(t.clone());
-        for device in t.spec.devices(&site) {
+        let devices_of_table = t.spec.devices(&site).into_iter();
+        for device in
+            devices_of_table.filter(|d| group.as_ref().is_none_or(|g| g.includes(t.spec.table, d)))
+        {
             devices.push(PollDevice {
                 index: devices.len(),
                 table_index,
@@ -144,17 +167,22 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
             });
         }
     }
-    let spool_root = spool_root(ctx, &site.name);
+    let spool_root = match &group {
+        Some(g) => spool_root(ctx, &site.name).join(format!("@{}", g.label)),
+        None => spool_root(ctx, &site.name),
+    };
     Ok(Plan {
         site,
         duration: args.duration,
         servers,
         devices,
+        group,
         spool_root,
     })
 }
 
-/// Where a site's spools live: `<spool_dir>/<site>/<server>/`.
+/// Where a site's spools live: `<spool_dir>/<site>/<server>/`, and a device
+/// group's under `<spool_dir>/<site>/@<group>/<server>/`.
 pub fn spool_root(ctx: &Context, site: &str) -> PathBuf {
     ctx.config.base_dir().join(&ctx.config.spool_dir).join(site)
 }
@@ -625,8 +653,22 @@ impl Report for IngestReport {
 }
 
 impl crate::command::Plan for Plan {
-    fn locks(&self) -> Vec<(&'static str, String)> {
-        vec![("ingest", self.site.name.clone())]
+    /// The site's (or the group's) lock, which guards its spool, and one per
+    /// bank, PCS and etc device polled, which no other process may poll.
+    fn locks(&self) -> Vec<(String, String)> {
+        let (own, devices) = match &self.group {
+            Some(g) => (
+                format!("{}@{}", self.site.name, g.label),
+                g.device_locks(&self.site),
+            ),
+            None => (
+                self.site.name.clone(),
+                group::device_locks(&self.site, |_, _| true),
+            ),
+        };
+        let mut locks = vec![("ingest".to_string(), own)];
+        locks.extend(crate::command::site_locks("ingest-devices", devices));
+        locks
     }
 }
 

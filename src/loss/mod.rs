@@ -515,7 +515,7 @@ fn describe_gap(g: &LocalGap) -> String {
 }
 
 impl crate::command::Plan for LossPlan {
-    fn locks(&self) -> Vec<(&'static str, String)> {
+    fn locks(&self) -> Vec<(String, String)> {
         crate::command::site_locks("loss", self.site_names())
     }
 }

@@ -390,7 +390,7 @@ impl Report for ReconcileReport {
 }
 
 impl crate::command::Plan for ReconcilePlan {
-    fn locks(&self) -> Vec<(&'static str, String)> {
+    fn locks(&self) -> Vec<(String, String)> {
         crate::command::site_locks("reconcile", self.site_names())
     }
 }
