@@ -570,3 +570,42 @@ fn loss_rejects_unknown_tables_and_bad_windows() {
         "essops: error: --output x.xlsx: the file name must end in .csv or .parquet"
     );
 }
+
+#[test]
+fn loss_reads_from_a_servers_read_replica() {
+    // `mirror`'s primary is unreachable; its read replica is the local
+    // cluster, which holds the rows. Loss only reads, so it measures there.
+    let password =
+        std::path::Path::new(crate::support::REPO).join(".services/secrets/local.password");
+    let mirror = format!(
+        "[servers.mirror]\nurl = \"postgres://essops@127.0.0.1:1\"\nread_url = \"postgres://essops@127.0.0.1:25432\"\npassword_file = \"{}\"\nsslmode = \"disable\"\n",
+        password.display()
+    );
+    let s = setup("loss_replica", "Asia/Seoul", &mirror);
+    s.racks(
+        "local",
+        "1, 2, 3",
+        "2026-03-10 00:00:00+09",
+        "2026-03-11 00:00:00+09",
+        &[],
+    );
+    let run = Cmd::new(Some(&s.config))
+        .args([
+            "loss",
+            "--json",
+            "--date",
+            "2026-03-10",
+            "--table",
+            "rack",
+            "--server",
+            "mirror",
+        ])
+        .run();
+    let rows: Vec<Row> = run.json();
+    assert_eq!(
+        devices(&rows, "rack", "mirror")["bank 1 / rack 3"],
+        (86_400, 86_400, 0.0, 0, "info".into()),
+        "{}",
+        run.stderr()
+    );
+}

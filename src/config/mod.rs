@@ -124,6 +124,13 @@ pub struct Config {
     pub sites: Vec<Site>,
 }
 
+/// A read replica's address (`read_url`): the same user, password and TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadReplica {
+    pub host: String,
+    pub port: u16,
+}
+
 #[derive(Debug, Clone)]
 pub struct Server {
     pub name: String,
@@ -132,6 +139,8 @@ pub struct Server {
     pub user: String,
     pub password: PasswordSource,
     pub tls: Tls,
+    /// Where read-only work (`loss`) goes; none: the server itself.
+    pub read: Option<ReadReplica>,
 }
 
 /// libpq's sslmode values, with libpq's meaning.
@@ -318,6 +327,20 @@ pub struct Site {
 pub struct Bank {
     pub id: u16,
     pub racks: u16,
+}
+
+impl Server {
+    /// The server as read-only work sees it: its read replica when it has one.
+    pub fn for_reading(&self) -> Server {
+        match &self.read {
+            Some(r) => Server {
+                host: r.host.clone(),
+                port: r.port,
+                ..self.clone()
+            },
+            None => self.clone(),
+        }
+    }
 }
 
 impl Site {

@@ -76,6 +76,7 @@ pub(super) struct RawRedis {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     pub(super) url: Spanned<String>,
+    pub(super) read_url: Option<Spanned<String>>,
     pub(super) password_env: Option<Spanned<String>>,
     pub(super) password_file: Option<Spanned<String>>,
     pub(super) sslmode: Option<Spanned<String>>,

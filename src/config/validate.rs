@@ -501,8 +501,36 @@ impl Validator<'_> {
             (None, None) => PasswordSource::Standard,
         };
         let tls = self.tls(&key, s)?;
+        let read = match &s.read_url {
+            Some(r) => {
+                let read_key = format!("{key}.read_url");
+                let replica = self.url(
+                    r,
+                    &read_key,
+                    &["postgres", "postgresql"],
+                    "postgres://USER@HOST:PORT",
+                )?;
+                if replica.username() != url.username() || replica.path().len() > 1 {
+                    return Err(self.doc.at(
+                        r,
+                        read_key,
+                        "a read replica takes the same user as url, and no database: postgres://USER@HOST:PORT",
+                    ));
+                }
+                Some(ReadReplica {
+                    host: replica
+                        .host_str()
+                        .unwrap_or_default()
+                        .trim_matches(['[', ']'])
+                        .to_string(),
+                    port: replica.port().unwrap_or(5432),
+                })
+            }
+            None => None,
+        };
         Ok(Server {
             tls,
+            read,
             name: name.get_ref().clone(),
             host: url
                 .host_str()

@@ -77,6 +77,12 @@ fn server_settings(s: &Server) -> Vec<(String, String)> {
         |p: &Option<std::path::PathBuf>| p.as_ref().map_or("-".into(), |p| p.display().to_string());
     vec![
         (key("address"), format!("{}@{}:{}", s.user, s.host, s.port)),
+        (
+            key("read_url"),
+            s.read
+                .as_ref()
+                .map_or("-".into(), |r| format!("{}@{}:{}", s.user, r.host, r.port)),
+        ),
         (key("password"), password),
         (key("sslmode"), s.tls.effective_mode().name().into()),
         (key("ca_file"), file(&s.tls.ca_file)),

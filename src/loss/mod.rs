@@ -248,7 +248,11 @@ async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Vec<
             error,
         })]
     };
-    let server = config.server(&t.server).expect("planned servers exist");
+    // Loss only reads: a read replica (`read_url`) takes it when there is one.
+    let server = &config
+        .server(&t.server)
+        .expect("planned servers exist")
+        .for_reading();
     let database = t.site.database.as_str();
     let client = match db::connect(config, Target { server, database }).await {
         Ok(c) => c,
