@@ -32,6 +32,30 @@ fn application_name() -> &'static str {
     APPLICATION_NAME.get().map_or("essops", String::as_str)
 }
 
+/// A device id a table holds that does not fit essops's smallint ids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a device id {0} is outside -32768..=32767 (essops keeps device ids as smallint); fix the row or the id column"
+)]
+pub struct IdOutOfRange(pub i64);
+
+/// The device of `row`'s first `n` columns (read as int8): `None` when one
+/// is NULL (the row cannot be keyed to a device), an error when one does not
+/// fit a smallint. Never wraps.
+pub fn device_id(
+    row: &tokio_postgres::Row,
+    n: usize,
+) -> Result<Option<crate::schema::DeviceId>, IdOutOfRange> {
+    let mut id = Vec::with_capacity(n);
+    for i in 0..n {
+        let Some(v) = row.get::<_, Option<i32>>(i) else {
+            return Ok(None);
+        };
+        id.push(i16::try_from(v).map_err(|_| IdOutOfRange(i64::from(v)))?);
+    }
+    Ok(Some(id))
+}
+
 /// How long a connection attempt may take before the server counts as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -82,6 +106,23 @@ impl DbError {
                 exit::PRIVILEGE
             }
             DbError::Query { .. } => exit::UNAVAILABLE,
+        }
+    }
+
+    /// A value the server returned that essops cannot use (say, a device id
+    /// outside smallint): named like a query error, without a SQLSTATE.
+    pub fn bad_value(
+        server: &str,
+        database: &str,
+        context: impl Into<String>,
+        reason: impl ToString,
+    ) -> DbError {
+        DbError::Query {
+            server: server.to_string(),
+            database: database.to_string(),
+            context: context.into(),
+            reason: reason.to_string(),
+            sqlstate: None,
         }
     }
 

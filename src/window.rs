@@ -203,7 +203,7 @@ pub enum DurationError {
     NotADuration(String),
     #[error("`{text}` has an unknown unit `{unit}`; use us, ms, s, m, h or d")]
     UnknownUnit { text: String, unit: String },
-    #[error("`{0}` is too long")]
+    #[error("`{0}` is too long (at most 36500d, about a century)")]
     TooLong(String),
     #[error("`{0}` is negative")]
     Negative(String),
@@ -230,7 +230,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
             });
         }
     };
+    // A century bounds every duration essops takes, so arithmetic on dates
+    // (now minus a duration) can never leave the calendar.
+    const MAX_MICROS: i64 = 36_500 * 86_400_000_000;
     n.checked_mul(micros)
+        .filter(|m| *m <= MAX_MICROS)
         .map(Duration::microseconds)
         .ok_or_else(|| DurationError::TooLong(s.to_string()))
 }
@@ -244,6 +248,22 @@ pub fn parse_std_duration(s: &str) -> Result<std::time::Duration, DurationError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn window_durations_are_bounded_so_date_arithmetic_cannot_overflow() {
+        assert!(parse_duration("36500d").is_ok());
+        for long in [
+            "36501d",
+            "99999999d",
+            "1000000000d",
+            "9223372036854775807us",
+        ] {
+            let e = parse_duration(long).unwrap_err().to_string();
+            assert!(e.contains("too long"), "{long}: {e}");
+        }
+        let now = chrono::Utc::now();
+        let _ = now - parse_duration("36500d").unwrap();
+    }
 
     #[test]
     fn window_days_are_whole_local_days_before_today() {

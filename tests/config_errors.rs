@@ -58,7 +58,7 @@ fn config_bank_with_zero_racks() {
         &format!(
             "{SERVER}[[sites]]\nname = \"A\"\nbanks = [{{ id = 1, racks = 4 }}, {{ id = 2, racks = 0 }}]\n"
         ),
-        "5:51: key `sites[0].banks[1].racks`: a bank needs at least one rack, got 0",
+        "5:51: key `sites[0].banks[1].racks`: a bank has 1 to 32767 racks (rack ids are smallint), got 0",
     );
 }
 

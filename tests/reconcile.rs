@@ -390,3 +390,61 @@ fn reconcile_rejects_bad_arguments() {
         run.stderr()
     );
 }
+
+#[test]
+fn reconcile_and_loss_survive_null_and_oversized_device_ids() {
+    // A schema essops did not create: nullable int4 ids, no unique key.
+    let s = setup("reconcile_odd_ids", "Asia/Seoul");
+    for server in ["local", "gcp"] {
+        s.sql(
+            server,
+            r#"DROP TABLE pcs;
+               CREATE TABLE pcs ("TIMESTAMP" timestamptz NOT NULL, "PCS_ID" integer, "AC_FREQUENCY" real);
+               INSERT INTO pcs SELECT t, 1, 60 FROM generate_series('2026-03-10 00:00:00+09'::timestamptz, '2026-03-10 00:09:59+09', interval '1 second') t;
+               INSERT INTO pcs SELECT t, NULL, 60 FROM generate_series('2026-03-10 01:00:00+09'::timestamptz, '2026-03-10 01:00:09+09', interval '1 second') t;"#,
+        );
+    }
+    s.sql(
+        "gcp",
+        r#"DELETE FROM pcs WHERE "TIMESTAMP" < '2026-03-10 00:00:05+09'"#,
+    );
+    // NULL ids: counted, neither compared nor copied; the rest is repaired.
+    let rows = s.reconcile(&["--date", "2026-03-10", "--table", "pcs"], 10);
+    let (counts, ..) = table_row(&rows, "pcs");
+    assert_eq!(counts.copied_to_b, 5, "{rows:?}");
+    let run = Cmd::new(Some(&s.config))
+        .args([
+            "--json",
+            "loss",
+            "--date",
+            "2026-03-10",
+            "--table",
+            "pcs",
+            "--server",
+            "local",
+        ])
+        .run();
+    assert!(
+        run.stderr().contains("NULL device id")
+            && run.stdout().contains("\"rows_without_device\":10"),
+        "{}\n{}",
+        run.stdout(),
+        run.stderr()
+    );
+    // An id outside smallint is refused by name, not wrapped.
+    s.sql(
+        "local",
+        r#"INSERT INTO pcs VALUES ('2026-03-10 02:00:00+09', 40000, 60)"#,
+    );
+    let rows = s.reconcile(&["--date", "2026-03-10", "--table", "pcs"], 4);
+    let error = rows.iter().find_map(|r| match r {
+        Row::Failure { error, .. } => Some(error.clone()),
+        _ => None,
+    });
+    assert!(
+        error
+            .as_deref()
+            .is_some_and(|e| e.contains("device id 40000 is outside")),
+        "{rows:?}"
+    );
+}

@@ -539,12 +539,30 @@ mod tests {
     }
 
     #[test]
+    fn config_device_ids_fit_smallint() {
+        let site = |banks: &str| {
+            format!(
+                "[servers.a]\nurl = \"postgres://u@h\"\n[[sites]]\nname = \"s\"\nbanks = [{banks}]\n"
+            )
+        };
+        let e = parse(&site("{ id = 40000, racks = 1 }"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bank ids are 1 to 32767"), "{e}");
+        let e = parse(&site("{ id = 1, racks = 40000 }"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 to 32767 racks"), "{e}");
+        assert!(parse(&site("{ id = 32767, racks = 2 }")).is_ok());
+    }
+
+    #[test]
     fn config_error_points_at_line_and_column() {
         let text = "[servers.a]\nurl = \"postgres://u@h\"\n[[sites]]\nname = \"s\"\nbanks = [{ id = 1, racks = 0 }]\n";
         let e = parse(text).unwrap_err().to_string();
         assert_eq!(
             e,
-            "t.toml:5:28: key `sites[0].banks[0].racks`: a bank needs at least one rack, got 0"
+            "t.toml:5:28: key `sites[0].banks[0].racks`: a bank has 1 to 32767 racks (rack ids are smallint), got 0"
         );
     }
 }

@@ -774,11 +774,13 @@ impl Validator<'_> {
         let mut out = Vec::new();
         for (j, b) in banks.get_ref().iter().enumerate() {
             let id = *b.id.get_ref();
-            if id == 0 {
+            if id == 0 || id > MAX_DEVICE_ID {
                 return Err(self.doc.at(
                     &b.id,
                     format!("sites[{i}].banks[{j}].id"),
-                    "bank ids start at 1",
+                    format!(
+                        "bank ids are 1 to {MAX_DEVICE_ID} (device ids are smallint), got {id}"
+                    ),
                 ));
             }
             if !ids.insert(id) {
@@ -788,11 +790,14 @@ impl Validator<'_> {
                     format!("duplicate bank id {id}"),
                 ));
             }
-            if *b.racks.get_ref() == 0 {
+            let racks = *b.racks.get_ref();
+            if racks == 0 || racks > MAX_DEVICE_ID {
                 return Err(self.doc.at(
                     &b.racks,
                     format!("sites[{i}].banks[{j}].racks"),
-                    "a bank needs at least one rack, got 0",
+                    format!(
+                        "a bank has 1 to {MAX_DEVICE_ID} racks (rack ids are smallint), got {racks}"
+                    ),
                 ));
             }
             out.push(Bank {
@@ -812,17 +817,20 @@ impl Validator<'_> {
         let mut ids = BTreeSet::new();
         for (j, p) in pcs.get_ref().iter().enumerate() {
             let id = *p.get_ref();
-            if id == 0 || !ids.insert(id) {
+            if id == 0 || id > MAX_DEVICE_ID || !ids.insert(id) {
                 return Err(self.doc.at(
                     p,
                     format!("sites[{i}].pcs[{j}]"),
-                    format!("PCS ids are distinct and start at 1, got {id}"),
+                    format!("PCS ids are distinct, 1 to {MAX_DEVICE_ID}, got {id}"),
                 ));
             }
         }
         Ok(ids.into_iter().collect())
     }
 }
+
+/// Device ids are stored as smallint: a larger one would wrap.
+const MAX_DEVICE_ID: u16 = i16::MAX as u16;
 
 /// The first `[servers.NAME]` in file order (the cache's default source).
 fn servers_first_name(raw: &RawConfig) -> String {

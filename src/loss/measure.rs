@@ -30,6 +30,23 @@ const LANES: usize = 2;
 pub struct TableSamples {
     pub devices: BTreeMap<DeviceId, DeviceSamples>,
     pub size_bytes: i64,
+    /// Rows in the window with a NULL device id: no device's, so not counted.
+    pub without_device: i64,
+}
+
+/// Rows in the window (`$1`, `$2`) whose device id is NULL.
+fn without_device_sql(spec: &TableSpec) -> String {
+    let ts = quote_ident(TIME_COLUMN);
+    let null: Vec<String> = spec
+        .device_columns
+        .iter()
+        .map(|c| format!("{} IS NULL", quote_ident(c)))
+        .collect();
+    format!(
+        "SELECT count(*) FROM {} WHERE {ts} >= $1 AND {ts} < $2 AND ({})",
+        quote_ident(spec.name),
+        null.join(" OR ")
+    )
 }
 
 /// All devices the table has ever held, by a loose index scan: each step
@@ -97,9 +114,14 @@ pub async fn measure(
             .map_err(|e| query_err("listing the devices", &e))?;
         let n = spec.device_columns.len();
         for row in rows {
-            let id: DeviceId = (0..n).map(|i| row.get::<_, i32>(i) as i16).collect();
-            if !devices.contains(&id) {
-                devices.push(id);
+            let listed = crate::db::device_id(&row, n).map_err(|e| {
+                let context = format!("listing the devices of table `{}`", spec.name);
+                DbError::bad_value(&target.server.name, target.database, context, e)
+            })?;
+            // A NULL id cannot be a device; `null_device_rows` counts those rows.
+            match listed {
+                Some(id) if !devices.contains(&id) => devices.push(id),
+                _ => {}
             }
         }
     }
@@ -126,7 +148,16 @@ pub async fn measure(
         .await
         .map_err(|e| query_err("reading the size", &e))?
         .get(0);
+    let without_device: i64 = match spec.device_columns.is_empty() {
+        true => 0,
+        false => client
+            .query_one(&without_device_sql(spec), &[&window.start, &window.end])
+            .await
+            .map_err(|e| query_err("counting rows without a device id", &e))?
+            .get(0),
+    };
     Ok(TableSamples {
+        without_device,
         devices: measured,
         size_bytes,
     })

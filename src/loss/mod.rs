@@ -189,6 +189,8 @@ pub struct TableLoss {
     pub loss_pct: f64,
     pub collection_pct: f64,
     pub size_bytes: i64,
+    /// Rows in the window with a NULL device id (no device's, not counted).
+    pub rows_without_device: i64,
     pub size: String,
     pub level: Grade,
 }
@@ -306,6 +308,10 @@ fn rows_for(t: &LossTarget, spec: TableSpec, mut samples: TableSamples) -> Vec<L
         rows.push(LossRow::Device(row));
     }
     let loss = gaps::loss_pct(sum_expected, sum_observed);
+    if samples.without_device > 0 {
+        tracing::warn!(site = %t.site.name, server = %t.server, table = spec.name, rows = samples.without_device,
+            "rows with a NULL device id belong to no device; loss does not count them");
+    }
     rows.push(LossRow::Table(TableLoss {
         server: t.server.clone(),
         site: t.site.name.clone(),
@@ -319,6 +325,7 @@ fn rows_for(t: &LossTarget, spec: TableSpec, mut samples: TableSamples) -> Vec<L
         loss_pct: loss,
         collection_pct: collection(loss, sum_expected),
         size_bytes: samples.size_bytes,
+        rows_without_device: samples.without_device,
         size: human_bytes(samples.size_bytes.max(0) as u64),
         level: Grade::of(loss, t.site.loss),
     }));

@@ -60,21 +60,41 @@ pub fn summary_sql(spec: &TableSpec) -> String {
     )
 }
 
+/// Why a side's summary could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    Db(tokio_postgres::Error),
+    Id(crate::db::IdOutOfRange),
+}
+
+/// A side's hour summaries, their wire size, and how many rows had a NULL
+/// device id (they cannot be keyed to a device, so they are not compared).
+pub struct Summaries {
+    pub summary: Summary,
+    pub bytes: u64,
+    pub without_device: u64,
+}
+
 pub async fn summary(
     client: &Client,
     spec: &TableSpec,
     window: Window,
-) -> Result<(Summary, u64), tokio_postgres::Error> {
+) -> Result<Summaries, ReadError> {
     let rows = client
         .query(
             &summary_sql(spec),
             &[&window.start, &window.end, &BUCKET_SECS],
         )
-        .await?;
+        .await
+        .map_err(ReadError::Db)?;
     let n = spec.device_columns.len();
     let mut out = Summary::new();
+    let mut without_device = 0;
     for row in &rows {
-        let device: DeviceId = (0..n).map(|i| row.get::<_, i32>(i) as i16).collect();
+        let Some(device) = crate::db::device_id(row, n).map_err(ReadError::Id)? else {
+            without_device += row.get::<_, i64>(n + 1) as u64;
+            continue;
+        };
         let bucket: chrono::DateTime<chrono::Utc> = row.get(n);
         out.insert(
             (device, bucket.timestamp_micros()),
@@ -83,7 +103,11 @@ pub async fn summary(
     }
     // Wire size: ids, a timestamp and two int8 per row, plus framing.
     let bytes = rows.len() as u64 * (4 * n as u64 + 8 + 8 + 8 + 20);
-    Ok((out, bytes))
+    Ok(Summaries {
+        summary: out,
+        bytes,
+        without_device,
+    })
 }
 
 /// Buckets whose summaries differ, merged into runs per device.

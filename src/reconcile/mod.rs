@@ -204,6 +204,9 @@ pub struct TableRow {
     pub window_start: String,
     pub window_end: String,
     pub dry_run: bool,
+    /// Rows with a NULL device id, on both sides: they cannot be keyed, so
+    /// they are neither compared nor copied (a warning names each side).
+    pub rows_without_device: u64,
     pub buckets_compared: usize,
     pub buckets_differing: usize,
     #[serde(flatten)]

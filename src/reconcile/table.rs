@@ -79,6 +79,8 @@ impl Side<'_> {
 
 /// What the diff of one table found.
 struct Found {
+    /// Rows on either side with a NULL device id (not compared).
+    without_device: u64,
     buckets_compared: usize,
     buckets_differing: usize,
     ranges: Vec<Range>,
@@ -155,6 +157,7 @@ async fn reconcile_steps(
         window_start: t.window.start.with_timezone(&tz).to_rfc3339(),
         window_end: t.window.end.with_timezone(&tz).to_rfc3339(),
         dry_run: mode == Mode::DryRun,
+        rows_without_device: found.without_device,
         buckets_compared: found.buckets_compared,
         buckets_differing: found.buckets_differing,
         counts: total,
@@ -259,19 +262,36 @@ async fn find_missing(
     b: &mut Side<'_>,
 ) -> Result<Found, DbError> {
     let (database, spec) = (t.site.database.as_str(), &t.table);
-    let ((sum_a, bytes_a), (sum_b, bytes_b)) = match tokio::join!(
+    let read = |side: &Side, e: diff::ReadError| match e {
+        diff::ReadError::Db(e) => side.error(database, spec, "summarising", &e),
+        diff::ReadError::Id(e) => DbError::bad_value(
+            &side.server.name,
+            database,
+            format!("summarising table `{}`", spec.name),
+            e,
+        ),
+    };
+    let (sa, sb) = match tokio::join!(
         diff::summary(&a.reader, spec, t.window),
         diff::summary(&b.reader, spec, t.window)
     ) {
         (Ok(x), Ok(y)) => (x, y),
-        (Err(e), _) => return Err(a.error(database, spec, "summarising", &e)),
-        (_, Err(e)) => return Err(b.error(database, spec, "summarising", &e)),
+        (Err(e), _) => return Err(read(a, e)),
+        (_, Err(e)) => return Err(read(b, e)),
     };
-    a.bytes_read += bytes_a;
-    b.bytes_read += bytes_b;
+    a.bytes_read += sa.bytes;
+    b.bytes_read += sb.bytes;
+    for (side, s) in [(&*a, &sa), (&*b, &sb)] {
+        if s.without_device > 0 {
+            tracing::warn!(site = %t.site.name, table = spec.name, server = %side.server.name, rows = s.without_device,
+                "rows with a NULL device id cannot be keyed to a device; they are not compared or copied");
+        }
+    }
+    let (sum_a, sum_b) = (sa.summary, sb.summary);
     let ranges = diff::differing_ranges(&sum_a, &sum_b);
     let diffs = diff_ranges(a, b, t, &ranges).await?;
     Ok(Found {
+        without_device: sa.without_device + sb.without_device,
         buckets_compared: sum_a.len().max(sum_b.len()),
         buckets_differing: ranges
             .iter()

@@ -118,7 +118,7 @@ pub async fn copy_rows(
     let n = spec.device_columns.len();
     let devices = inserted
         .iter()
-        .map(|r| (0..n).map(|i| r.get::<_, i32>(i) as i16).collect())
+        .filter_map(|r| crate::db::device_id(r, n).ok().flatten())
         .collect();
     Ok((moved, devices))
 }
