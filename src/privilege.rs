@@ -58,13 +58,15 @@ pub async fn create_roles(client: &Client, database: &str) -> Result<(), tokio_p
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PrivilegeError {
     #[error(
-        "server `{server}`: role `{role}` lacks {lacking}; essops {command} needs the {needs} role (GRANT {needs} TO {role}; essops migrate --create-roles makes it)"
+        "server `{server}`: role `{role}` lacks {lacking}, which essops {command} needs. Run `{grant}`, or make it a member of the role that holds it: `GRANT {needs} TO {role}` (essops migrate --create-roles makes {needs})"
     )]
     Lacks {
         server: String,
         role: String,
         lacking: String,
         command: String,
+        /// The exact statement that grants what is lacking.
+        grant: String,
         needs: &'static str,
     },
     #[error("{0}")]
@@ -97,11 +99,25 @@ pub async fn require(
         })?;
     let (role, missing, has_temp): (String, Vec<String>, bool) =
         (row.get(0), row.get(1), row.get(2));
-    // Only the writer role has TEMPORARY (staging tables) and INSERT.
-    let (lacking, needs) = match (missing.first(), temp && !has_temp) {
-        (Some(p), _) if p == "SELECT" => (format!("{p} on table `{table}`"), READER),
-        (Some(p), _) => (format!("{p} on table `{table}`"), WRITER),
-        (None, true) => (format!("TEMPORARY on database `{database}`"), WRITER),
+    // Of essops's roles, only the writer has TEMPORARY (staging tables) and INSERT.
+    let to = crate::sql::quote_ident(&role);
+    let (lacking, grant, needs) = match (missing.first(), temp && !has_temp) {
+        (Some(p), _) => (
+            format!("{p} on table `{table}`"),
+            format!(
+                "GRANT {p} ON TABLE public.{} TO {to}",
+                crate::sql::quote_ident(table)
+            ),
+            if p == "SELECT" { READER } else { WRITER },
+        ),
+        (None, true) => (
+            format!("TEMPORARY on database `{database}`"),
+            format!(
+                "GRANT TEMPORARY ON DATABASE {} TO {to}",
+                crate::sql::quote_ident(database)
+            ),
+            WRITER,
+        ),
         (None, false) => return Ok(()),
     };
     let needs = match privileges.contains(&"INSERT") {
@@ -113,6 +129,7 @@ pub async fn require(
         role,
         lacking,
         command: command.to_string(),
+        grant,
         needs,
     })
 }

@@ -661,3 +661,87 @@ fn ingest_splits_a_200_rack_site_across_two_processes() {
     assert!(db.scalar("local", "SELECT count(*) FROM pcs") > 0);
     assert!(db.scalar("local", "SELECT count(*) FROM etc") > 0);
 }
+
+#[test]
+fn index_recommend_without_hypopg_never_stalls_ingest_and_never_runs_what_it_collected() {
+    let s = setup("recommend_stall", &[("local", "local")], "timeout_ms = 500");
+    let _sim = s.simulate(&[]);
+    let database = &s.db.databases[0];
+    // A collected statement that would advance a sequence if it ever ran.
+    // (In a function, so pg_stat_statements keeps the call as written.)
+    s.db.execute(
+        "local",
+        "CREATE SEQUENCE essops_probe_seq;
+         CREATE FUNCTION essops_probe() RETURNS int8 VOLATILE LANGUAGE plpgsql AS $$ BEGIN RETURN nextval('essops_probe_seq'); END $$;",
+    );
+    crate::support::pg::block_on(async {
+        let c = s.db.client("local", database).await;
+        for i in 0..30 {
+            c.query(
+                "SELECT essops_probe(), \"SOC\" FROM rack WHERE \"RACK_ID\" = $1 AND \"TIMESTAMP\" > $2",
+                &[&((i % 3 + 1) as i16), &(chrono::Utc::now() - chrono::Duration::hours(1))],
+            )
+            .await
+            .unwrap();
+        }
+    });
+    let seq_before =
+        s.db.scalar("local", "SELECT last_value FROM essops_probe_seq");
+    let indexes_before = s.db.scalar("local", "SELECT count(*) FROM pg_indexes");
+    let ingest = s.ingest(&["--duration", "14s"]).spawn();
+    sleep(Duration::from_secs(5));
+    let recommend = Cmd::new(Some(&s.config))
+        .args([
+            "--json",
+            "index",
+            "recommend",
+            "--site",
+            "Site1",
+            "--min-calls",
+            "10",
+        ])
+        .run();
+    let rows: Vec<serde_json::Value> = recommend.json();
+    let run = ingest.finish();
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let create: Vec<_> = rows.iter().filter(|r| r["kind"] == "create").collect();
+    assert!(
+        !create.is_empty()
+            && create
+                .iter()
+                .all(|r| r["note"].as_str().unwrap().contains("unmeasured")),
+        "{rows:?}\n{}",
+        recommend.stderr()
+    );
+    assert_eq!(
+        s.db.scalar("local", "SELECT last_value FROM essops_probe_seq"),
+        seq_before,
+        "a collected statement was executed"
+    );
+    assert_eq!(
+        s.db.scalar(
+            "local",
+            "SELECT count(*) FROM pg_extension WHERE extname = 'hypopg'"
+        ),
+        0,
+        "recommend installed HypoPG"
+    );
+    // Chunks come and go with the live ingest; index count per chunk is what
+    // a probe build would change, so compare indexes that are not chunks'.
+    assert!(
+        s.db.scalar("local", "SELECT count(*) FROM pg_indexes") >= indexes_before,
+        "indexes disappeared"
+    );
+    assert_eq!(
+        s.db.scalar(
+            "local",
+            "SELECT count(*) FROM pg_indexes WHERE indexname LIKE '%probe%'"
+        ),
+        0
+    );
+    let delay = report(&run)[0].delay_p99_ms.unwrap_or(0);
+    assert!(
+        delay < 1000,
+        "ingest's p99 poll-to-commit was {delay} ms while recommend ran"
+    );
+}

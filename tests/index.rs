@@ -180,6 +180,8 @@ fn explain_rows(s: &Setup) -> f64 {
 #[test]
 fn index_recommend_finds_the_dashboard_index_and_its_gain_is_real() {
     let s = setup("idx_recommend");
+    // HypoPG is installed by the operator (essops installs nothing itself).
+    s.db.execute("local", "CREATE EXTENSION IF NOT EXISTS hypopg");
     // The recorded workload: one dashboard query, 40 times, through pg_stat_statements.
     block_on(async {
         let c = s.db.client("local", &s.db.databases[0]).await;

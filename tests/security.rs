@@ -381,7 +381,11 @@ fn security_reader_role_reads_but_cannot_write() {
         rec.stdout()
     );
     assert!(
-        rec.stdout().contains("needs the essops_writer role"),
+        rec.stdout()
+            .contains("Run `GRANT INSERT ON TABLE public.\"rack\" TO \"it_reader_sec\"`")
+            && rec
+                .stdout()
+                .contains("`GRANT essops_writer TO it_reader_sec`"),
         "{}",
         rec.stdout()
     );

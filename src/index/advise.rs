@@ -86,14 +86,17 @@ impl Report for RecommendReport {
 }
 
 /// The planner cost of every recorded statement on `table`, before and with
-/// a hypothetical index on `columns`, summed by calls: (calls, before, after).
+/// a hypothetical index on `columns`, summed by calls: (calls, before,
+/// after). `after` is `None` without HypoPG: essops never builds an index on
+/// a live table to measure (a build blocks ingest's writes), so the advice is
+/// then unmeasured.
 pub async fn estimate(
     client: &Client,
     table: &str,
     columns: &[String],
     include: &[String],
     statements: &[recommend::Statement],
-) -> Option<(i64, f64, f64)> {
+) -> Option<(i64, f64, Option<f64>)> {
     let mut shapes = Vec::new();
     for s in statements {
         if let Some(shape) = recommend::parse(&s.query).filter(|sh| sh.table == table) {
@@ -115,34 +118,24 @@ pub async fn estimate(
     let hypo = recommend::hypothetical(client, table, columns, include)
         .await
         .ok()?;
-    let tx_started = !hypo
-        && client
-            .batch_execute(&format!(
-                "BEGIN; {}",
-                manage::create_sql(table, "essops_probe", columns, include, false)
-            ))
-            .await
-            .is_ok();
-    if !hypo && !tx_started {
-        return None;
-    }
     let mut calls = 0;
     let (mut b, mut a) = (0.0, 0.0);
     for ((s, params), cost_before) in shapes.iter().zip(before) {
-        let Ok(after) = recommend::cost(client, &s.query, params).await else {
-            continue;
+        let after = match hypo {
+            true => match recommend::cost(client, &s.query, params).await {
+                Ok(after) => after,
+                Err(_) => continue,
+            },
+            false => cost_before,
         };
         calls += s.calls;
         b += cost_before * s.calls as f64;
         a += after * s.calls as f64;
     }
-    match hypo {
-        true => recommend::reset_hypothetical(client).await,
-        false => {
-            let _ = client.batch_execute("ROLLBACK").await;
-        }
+    if hypo {
+        recommend::reset_hypothetical(client).await;
     }
-    Some((calls, b, a))
+    Some((calls, b, hypo.then_some(a)))
 }
 
 pub async fn recommend_at(
@@ -240,22 +233,29 @@ async fn create_rows(
         else {
             continue;
         };
-        if after >= before * 0.9 {
+        if after.is_some_and(|after| after >= before * 0.9) {
             continue; // the planner would not use it, or barely gains
         }
         let name = manage::default_name(spec.name, &cols);
         let mut r = blank_row(p, "create", spec.name, &name, cols.clone());
         r.calls = calls;
         r.cost_before = Some(before / calls.max(1) as f64);
-        r.cost_after = Some(after / calls.max(1) as f64);
-        r.weighted_gain = Some(before - after);
+        r.cost_after = after.map(|a| a / calls.max(1) as f64);
+        r.weighted_gain = after.map(|a| before - a);
+        if after.is_none() {
+            r.note = "unmeasured: HypoPG is not installed here (CREATE EXTENSION hypopg, or essops migrate where it is available); essops never builds an index on a live table to measure".into();
+        }
         r.sql = manage::create_sql(spec.name, &name, &cols, &include, true);
         r.include = include;
         if cols.first().map(String::as_str) != Some(crate::schema::TIME_COLUMN) {
-            r.note = format!(
+            let why = format!(
                 "(equality columns first, time last: the reference tool would build ({}, …), which cannot seek one device's range)",
                 crate::schema::TIME_COLUMN
             );
+            r.note = [why, std::mem::take(&mut r.note)]
+                .join(" ")
+                .trim()
+                .to_string();
         }
         rows.push(r);
     }

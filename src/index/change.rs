@@ -131,16 +131,17 @@ pub async fn create_at(
     }
     let result = build_watched(ctx, p, &client, spec, name, &sql, per_chunk).await;
     Ok(match result {
-        Ok(_) => {
+        Ok(chunk_note) => {
             tracing::info!(site = %p.site.name, server = %p.server.name, table = spec.name, index = name, "index created");
-            change.row("created", "")
+            change.row("created", chunk_note.unwrap_or_default())
         }
         Err(e) => change.row("failed", db::describe(&e)),
     })
 }
 
 /// Runs the CREATE INDEX; a per-chunk build on a hypertable shows a progress
-/// bar fed from a second connection that watches the chunks get done.
+/// bar fed from a second connection that watches the chunks get done, and
+/// says how long the slowest chunk took (a chunk's writes wait that long).
 async fn build_watched(
     ctx: &Context,
     p: &Place,
@@ -149,7 +150,7 @@ async fn build_watched(
     name: &str,
     sql: &str,
     per_chunk: bool,
-) -> Result<std::time::Duration, tokio_postgres::Error> {
+) -> Result<Option<String>, tokio_postgres::Error> {
     let chunks = catalog::tables(client, &[spec.name])
         .await
         .ok()
@@ -160,14 +161,25 @@ async fn build_watched(
         false => None,
     };
     let mut progress = Progress::new(chunks.max(0) as usize, "chunks indexed", ctx.verbosity);
-    let mut shown = 0;
+    let (mut shown, mut last, mut longest) = (0, Instant::now(), std::time::Duration::ZERO);
     manage::create(client, watcher.as_ref(), spec.name, name, sql, |done| {
+        if done > shown {
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+        }
         while shown < done.min(chunks) {
             progress.tick();
             shown += 1;
         }
     })
-    .await
+    .await?;
+    Ok(watcher.is_some().then(|| {
+        let longest = longest.max(last.elapsed());
+        format!(
+            "built chunk by chunk ({chunks} chunks, one transaction each); the slowest chunk took about {} ms (sampled every 200 ms): writes into a chunk wait while it builds",
+            longest.as_millis()
+        )
+    }))
 }
 
 pub async fn create(args: &CreateArgs, ctx: &Context) -> Result<ChangeReport, IndexError> {

@@ -108,8 +108,15 @@ fn ident(token: &str) -> Option<String> {
 }
 
 /// Reads the table and the `column op $n` conjuncts of a normalised query.
+/// Only a single plain SELECT qualifies: essops never plans (let alone runs)
+/// anything else it collected.
 pub fn parse(query: &str) -> Option<Shape> {
     let lower = query.to_lowercase();
+    let single_select = lower.trim_start().starts_with("select ")
+        && !query.trim_end().trim_end_matches(';').contains(';');
+    if !single_select {
+        return None;
+    }
     let from = lower.find(" from ")? + 6;
     let select_list = lower
         .find("select ")
@@ -307,7 +314,9 @@ pub async fn sample_params(
     Some(out)
 }
 
-/// The planner's total cost of `query` with these parameters.
+/// The planner's total cost of `query` with these parameters: `EXPLAIN`
+/// only (never ANALYZE, so the statement is planned, not run), inside a
+/// READ ONLY transaction with a statement timeout.
 pub async fn cost(
     client: &Client,
     query: &str,
@@ -317,11 +326,24 @@ pub async fn cost(
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
+    client
+        .batch_execute("BEGIN READ ONLY; SET LOCAL statement_timeout = '5s'")
+        .await?;
     let row = client
         .query_one(&format!("EXPLAIN (FORMAT JSON) {query}"), &refs)
-        .await?;
-    let plan: serde_json::Value = row.get(0);
+        .await;
+    let _ = client.batch_execute("ROLLBACK").await;
+    let plan: serde_json::Value = row?.get(0);
     Ok(plan[0]["Plan"]["Total Cost"].as_f64().unwrap_or(f64::NAN))
+}
+
+/// Whether HypoPG is installed in this database. essops installs nothing
+/// itself: `CREATE EXTENSION hypopg` (or `essops migrate`) does.
+pub async fn has_hypopg(client: &Client) -> bool {
+    client
+        .query_opt("SELECT 1 FROM pg_extension WHERE extname = 'hypopg'", &[])
+        .await
+        .is_ok_and(|r| r.is_some())
 }
 
 /// Makes `columns` exist hypothetically for the planner (on every chunk of a
@@ -332,11 +354,7 @@ pub async fn hypothetical(
     columns: &[String],
     include: &[String],
 ) -> Result<bool, tokio_postgres::Error> {
-    if client
-        .batch_execute("CREATE EXTENSION IF NOT EXISTS hypopg")
-        .await
-        .is_err()
-    {
+    if !has_hypopg(client).await {
         return Ok(false);
     }
     // `rel` is quoted: format('%I.%I') from the catalog, or quote_ident.

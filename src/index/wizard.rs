@@ -264,11 +264,15 @@ async fn ask_name(t: &Chosen, picked: &[String], p: &mut Prompt) -> Result<Strin
 /// The planner's cost of the recorded queries before and after the index.
 async fn show_estimate(t: &Chosen, picked: &[String], include: &[String]) {
     match estimate(&t.client, t.spec.name, picked, include, &t.statements).await {
-        Some((calls, before, after)) if calls > 0 => println!(
+        Some((calls, before, Some(after))) if calls > 0 => println!(
             "Estimated planner cost over {calls} recorded calls: {:.0} -> {:.0} per call ({:.0} % less)",
             before / calls as f64,
             after / calls as f64,
             100.0 * (1.0 - after / before.max(f64::MIN_POSITIVE))
+        ),
+        Some((calls, before, None)) if calls > 0 => println!(
+            "Planner cost over {calls} recorded calls: {:.0} per call now; the gain is unmeasured without HypoPG (CREATE EXTENSION hypopg), and essops never builds an index on a live table to measure it.",
+            before / calls as f64
         ),
         _ => println!(
             "No recorded queries on `{}` to estimate the gain from.",
