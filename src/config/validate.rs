@@ -502,30 +502,7 @@ impl Validator<'_> {
         };
         let tls = self.tls(&key, s)?;
         let read = match &s.read_url {
-            Some(r) => {
-                let read_key = format!("{key}.read_url");
-                let replica = self.url(
-                    r,
-                    &read_key,
-                    &["postgres", "postgresql"],
-                    "postgres://USER@HOST:PORT",
-                )?;
-                if replica.username() != url.username() || replica.path().len() > 1 {
-                    return Err(self.doc.at(
-                        r,
-                        read_key,
-                        "a read replica takes the same user as url, and no database: postgres://USER@HOST:PORT",
-                    ));
-                }
-                Some(ReadReplica {
-                    host: replica
-                        .host_str()
-                        .unwrap_or_default()
-                        .trim_matches(['[', ']'])
-                        .to_string(),
-                    port: replica.port().unwrap_or(5432),
-                })
-            }
+            Some(r) => Some(self.read_replica(r, &format!("{key}.read_url"), url.username())?),
             None => None,
         };
         Ok(Server {
@@ -540,6 +517,36 @@ impl Validator<'_> {
             port: url.port().unwrap_or(5432),
             user: url.username().to_string(),
             password,
+        })
+    }
+
+    /// A server's `read_url`: the same user as its `url`, no database.
+    fn read_replica(
+        &self,
+        r: &Spanned<String>,
+        key: &str,
+        user: &str,
+    ) -> Result<ReadReplica, DocError> {
+        let replica = self.url(
+            r,
+            key,
+            &["postgres", "postgresql"],
+            "postgres://USER@HOST:PORT",
+        )?;
+        if replica.username() != user || replica.path().len() > 1 {
+            return Err(self.doc.at(
+                r,
+                key,
+                "a read replica takes the same user as url, and no database: postgres://USER@HOST:PORT",
+            ));
+        }
+        Ok(ReadReplica {
+            host: replica
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_string(),
+            port: replica.port().unwrap_or(5432),
         })
     }
 

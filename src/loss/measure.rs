@@ -88,6 +88,36 @@ fn samples_sql(spec: &TableSpec) -> String {
     )
 }
 
+/// The configured devices, then every other device the table holds. A NULL
+/// id is no device (`without_device_sql` counts those rows); an id outside
+/// smallint is refused.
+async fn list_devices(
+    target: Target<'_>,
+    client: &tokio_postgres::Client,
+    spec: &TableSpec,
+    configured: &[DeviceId],
+) -> Result<Vec<DeviceId>, DbError> {
+    let mut devices: Vec<DeviceId> = configured.to_vec();
+    if spec.device_columns.is_empty() {
+        return Ok(devices);
+    }
+    let context = format!("listing the devices of table `{}`", spec.name);
+    let (server, database) = (&target.server.name, target.database);
+    let rows = client
+        .query(&devices_sql(spec), &[])
+        .await
+        .map_err(|e| DbError::query(server, database, context.as_str(), &e))?;
+    for row in rows {
+        let listed = crate::db::device_id(&row, spec.device_columns.len())
+            .map_err(|e| DbError::bad_value(server, database, context.as_str(), e))?;
+        match listed {
+            Some(id) if !devices.contains(&id) => devices.push(id),
+            _ => {}
+        }
+    }
+    Ok(devices)
+}
+
 /// Samples per device (configured or found in the table) and the table's size.
 pub async fn measure(
     config: &Config,
@@ -106,25 +136,7 @@ pub async fn measure(
             e,
         )
     };
-    let mut devices: Vec<DeviceId> = configured.to_vec();
-    if !spec.device_columns.is_empty() {
-        let rows = client
-            .query(&devices_sql(spec), &[])
-            .await
-            .map_err(|e| query_err("listing the devices", &e))?;
-        let n = spec.device_columns.len();
-        for row in rows {
-            let listed = crate::db::device_id(&row, n).map_err(|e| {
-                let context = format!("listing the devices of table `{}`", spec.name);
-                DbError::bad_value(&target.server.name, target.database, context, e)
-            })?;
-            // A NULL id cannot be a device; `null_device_rows` counts those rows.
-            match listed {
-                Some(id) if !devices.contains(&id) => devices.push(id),
-                _ => {}
-            }
-        }
-    }
+    let devices = list_devices(target, client, spec, configured).await?;
     let mut extra = Vec::new();
     for _ in 1..LANES.min(devices.len()) {
         extra.push(db::connect(config, target).await?);
