@@ -391,4 +391,18 @@ mod tests {
             Err(WindowError::Empty { .. })
         ));
     }
+
+    proptest::proptest! {
+        /// Local days tile time exactly, through DST changes and half-hour
+        /// offsets: each day ends where the next begins and lasts 23, 24 or
+        /// 25 hours, so a window of N days covers every second once.
+        #[test]
+        fn window_days_tile_time_across_dst(days in 0i64..36_500, zone in 0usize..3) {
+            let tz = [chrono_tz::Europe::Berlin, chrono_tz::America::New_York, chrono_tz::Asia::Kolkata][zone];
+            let day = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap() + chrono::Days::new(days as u64);
+            let (this, next) = (local_day(day, tz), local_day(day.succ_opt().unwrap(), tz));
+            proptest::prop_assert_eq!(this.end, next.start);
+            proptest::prop_assert!([82_800, 86_400, 90_000].contains(&this.seconds()), "{day} in {tz}: {} s", this.seconds());
+        }
+    }
 }

@@ -238,13 +238,10 @@ async fn read_answers(
         if let Err(e) = read.read_exact(&mut header).await {
             break format!("read: {e}");
         }
-        let tid = u16::from_be_bytes([header[0], header[1]]);
-        let protocol = u16::from_be_bytes([header[2], header[3]]);
-        let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
-        // Length counts the unit byte and the PDU; a PDU is at most 253 bytes.
-        if protocol != 0 || !(2..=254).contains(&len) {
-            break format!("not a Modbus TCP frame (protocol {protocol}, length {len})");
-        }
+        let (tid, len) = match frame_header(&header) {
+            Ok(h) => h,
+            Err(why) => break why,
+        };
         let mut pdu = vec![0u8; len - 1];
         if let Err(e) = read.read_exact(&mut pdu).await {
             break format!("read: {e}");
@@ -253,7 +250,7 @@ async fn read_answers(
             continue; // a late answer to a request that timed out
         };
         answered.fetch_max(w.seq, Relaxed);
-        let answer = decode_answer(&w, header[6], &pdu);
+        let answer = decode_answer(w.expected(), header[6], &pdu);
         let _ = w.answer.send(answer);
     };
     closed.store(true, Relaxed);
@@ -262,7 +259,41 @@ async fn read_answers(
     }
 }
 
-fn decode_answer(w: &Waiting, unit: u8, pdu: &[u8]) -> Result<Vec<u16>, ReadError> {
+/// The transaction id and length of a Modbus TCP header (MBAP), or why it is
+/// not one. The length counts the unit byte and the PDU (at most 253 bytes).
+pub fn frame_header(header: &[u8; 7]) -> Result<(u16, usize), String> {
+    let tid = u16::from_be_bytes([header[0], header[1]]);
+    let protocol = u16::from_be_bytes([header[2], header[3]]);
+    let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
+    if protocol != 0 || !(2..=254).contains(&len) {
+        return Err(format!(
+            "not a Modbus TCP frame (protocol {protocol}, length {len})"
+        ));
+    }
+    Ok((tid, len))
+}
+
+/// What a request asked for, to check its answer against.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected {
+    pub unit: u8,
+    pub function: u8,
+    pub count: u16,
+}
+
+impl Waiting {
+    fn expected(&self) -> Expected {
+        Expected {
+            unit: self.unit,
+            function: self.function,
+            count: self.count,
+        }
+    }
+}
+
+/// The registers of an answer from `unit` with this PDU, or why it is not
+/// the answer that was asked for.
+pub fn decode_answer(w: Expected, unit: u8, pdu: &[u8]) -> Result<Vec<u16>, ReadError> {
     let bad = |why: String| Err(ReadError::BadAnswer(why));
     if unit != w.unit {
         return bad(format!("from unit {unit}, asked unit {}", w.unit));
@@ -351,30 +382,27 @@ mod tests {
 
     #[test]
     fn modbus_answers_that_do_not_fit_are_refused() {
-        let (tx, _rx) = oneshot::channel();
-        let w = Waiting {
-            seq: 1,
+        let w = Expected {
             function: 4,
             unit: 1,
             count: 2,
-            answer: tx,
         };
         assert_eq!(
-            decode_answer(&w, 1, &[0x84, 0x0B]),
+            decode_answer(w, 1, &[0x84, 0x0B]),
             Err(ReadError::Exception(0x0B))
         );
         assert!(matches!(
-            decode_answer(&w, 1, &[4, 2, 0, 1]),
+            decode_answer(w, 1, &[4, 2, 0, 1]),
             Err(ReadError::BadAnswer(_))
         ));
         assert!(matches!(
-            decode_answer(&w, 2, &[4, 4, 0, 1, 0, 2]),
+            decode_answer(w, 2, &[4, 4, 0, 1, 0, 2]),
             Err(ReadError::BadAnswer(_))
         ));
         assert!(matches!(
-            decode_answer(&w, 1, &[3, 4, 0, 1, 0, 2]),
+            decode_answer(w, 1, &[3, 4, 0, 1, 0, 2]),
             Err(ReadError::BadAnswer(_))
         ));
-        assert_eq!(decode_answer(&w, 1, &[4, 4, 0, 1, 0, 2]), Ok(vec![1, 2]));
+        assert_eq!(decode_answer(w, 1, &[4, 4, 0, 1, 0, 2]), Ok(vec![1, 2]));
     }
 }

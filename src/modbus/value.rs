@@ -274,4 +274,32 @@ mod tests {
             Some(Value::Float(u64::MAX as f64))
         );
     }
+
+    proptest::proptest! {
+        /// Decoding what was encoded gives it back, for every integer type
+        /// (any value in its range; 64-bit ones within f64's exact range,
+        /// which is what a raw f64 carries) and every float, in both orders.
+        #[test]
+        fn modbus_value_decode_inverts_encode(pick in 0usize..9, x in proptest::num::f64::ANY, unit in 0.0f64..1.0, big in proptest::bool::ANY) {
+            let order = if big { Big } else { Little };
+            let t = [
+                DataType::U16, DataType::I16, DataType::U32, DataType::I32, DataType::U64,
+                DataType::I64, DataType::F32, DataType::F64, DataType::Bits { bit: 3, width: 5 },
+            ][pick];
+            let exact = 9_007_199_254_740_992i128; // 2^53
+            let raw = match t.int_range() {
+                Some((lo, hi)) => {
+                    let (lo, hi) = (lo.max(-exact) as f64, hi.min(exact) as f64);
+                    (lo + (hi - lo) * unit).round()
+                }
+                None if t == DataType::F32 => f64::from(x as f32),
+                None => x,
+            };
+            let got = roundtrip(t, order, raw);
+            match raw.is_finite() {
+                true => proptest::prop_assert_eq!(got.map(Value::as_f64), Some(raw), "{:?} {:?}", t, order),
+                false => proptest::prop_assert_eq!(got, None),
+            }
+        }
+    }
 }

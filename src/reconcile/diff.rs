@@ -243,4 +243,25 @@ mod tests {
         );
         assert!(differing_ranges(&a, &a).is_empty());
     }
+
+    proptest::proptest! {
+        /// Reconcile of two random subsets of one key set: copying what each
+        /// side lacks gives both sides their union, and nothing else.
+        #[test]
+        fn reconcile_merge_gives_both_sides_the_union(keys in proptest::collection::btree_set(0i64..10_000, 0..300), mask in proptest::collection::vec(0u8..3, 300)) {
+            let keys: Vec<i64> = keys.into_iter().collect();
+            let (a, b): (Vec<i64>, Vec<i64>) = {
+                let side = |m: u8| keys.iter().zip(&mask).filter(|(_, k)| **k != m).map(|(x, _)| *x).collect::<Vec<_>>();
+                (side(1), side(2))
+            };
+            let d = merge(&a, &b);
+            let union: std::collections::BTreeSet<i64> = a.iter().chain(&b).copied().collect();
+            let filled_a: std::collections::BTreeSet<i64> = a.iter().chain(&d.only_b).copied().collect();
+            let filled_b: std::collections::BTreeSet<i64> = b.iter().chain(&d.only_a).copied().collect();
+            proptest::prop_assert_eq!(&filled_a, &union);
+            proptest::prop_assert_eq!(&filled_b, &union);
+            proptest::prop_assert_eq!(filled_a.len(), a.len() + d.only_b.len(), "a key copied that a held");
+            proptest::prop_assert_eq!(filled_b.len(), b.len() + d.only_a.len(), "a key copied that b held");
+        }
+    }
 }
