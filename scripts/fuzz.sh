@@ -19,6 +19,8 @@ TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(modbus_answer register_map config window)
 export CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/essops/fuzz-target}"
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+# Build first, with its output, so a build error is seen as one.
+cargo +nightly fuzz build >&2
 for t in "${TARGETS[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true

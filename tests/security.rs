@@ -224,7 +224,33 @@ fn security_passwords_appear_in_no_output_and_no_log() {
             .unwrap()
             .replace("127.0.0.1:25432", "127.0.0.1:1"),
     );
+    // Ingest needs Modbus endpoints: two where nothing answers.
+    let (bms, pcs) = (crate::support::free_port(), crate::support::free_port());
+    let with_modbus = |from: &std::path::Path, name: &str| {
+        let text = std::fs::read_to_string(from).unwrap().replace(
+            "banks = [",
+            &format!(
+                "modbus = {{ bms = \"127.0.0.1:{bms}\", pcs = \"127.0.0.1:{pcs}\" }}\nbanks = ["
+            ),
+        );
+        scratch.write(name, &text)
+    };
+    let (polled, polled_down) = (
+        with_modbus(&config, "polled.toml"),
+        with_modbus(&down, "polled-down.toml"),
+    );
+    let site = "Sec_sec_secrets";
+    let ingest = vec![
+        "--verbose",
+        "--json",
+        "ingest",
+        "--site",
+        site,
+        "--duration",
+        "2s",
+    ];
     let mut outputs = Vec::new();
+    // Every command that connects to a server or to Redis, up and down.
     for (cfg, args) in [
         (&config, vec!["--help"]),
         (&config, vec!["migrate", "--dry-run", "--json"]),
@@ -232,8 +258,19 @@ fn security_passwords_appear_in_no_output_and_no_log() {
         (&config, vec!["--json", "loss"]),
         (&config, vec!["--json", "reconcile", "--min-age", "0"]),
         (&config, vec!["--json", "cache", "warm"]),
+        (&config, vec!["--json", "index", "list"]),
+        (&config, vec!["--json", "index", "columns", "rack"]),
+        (&config, vec!["--json", "index", "recommend"]),
+        (&config, vec!["--json", "spool", "list"]),
+        (&config, vec!["--json", "check"]),
+        (&config, vec!["config", "show"]),
+        (&config, vec!["config", "check"]),
+        (&polled, ingest.clone()),
         (&down, vec!["--verbose", "--json", "loss"]),
         (&down, vec!["--verbose", "migrate"]),
+        (&down, vec!["--json", "index", "list"]),
+        (&down, vec!["--json", "check"]),
+        (&polled_down, ingest.clone()),
     ] {
         let run = Cmd::new(Some(cfg)).args(&args).run();
         outputs.push((
@@ -250,7 +287,7 @@ fn security_passwords_appear_in_no_output_and_no_log() {
             ));
         }
     }
-    assert!(outputs.len() > 8, "no log files were written");
+    assert!(outputs.len() > 19, "no log files were written");
     assert!(
         outputs.iter().any(|(_, o)| o.contains("unreachable")),
         "the down server was not reported"
