@@ -105,7 +105,11 @@ impl DataType {
     /// Decodes the raw value from exactly [`words`](Self::words) registers.
     /// Non-finite floats (a device's garbage) decode to `None`.
     pub fn decode(self, words: &[u16], order: WordOrder) -> Option<Value> {
-        debug_assert_eq!(words.len(), usize::from(self.words()));
+        // Another number of registers is not this type's value (found by
+        // fuzzing: a short slice indexed past its end).
+        if words.len() != usize::from(self.words()) {
+            return None;
+        }
         let wide = || -> u64 {
             let mut acc = 0u64;
             let mut fold = |w: &u16| acc = (acc << 16) | u64::from(*w);
@@ -273,6 +277,16 @@ mod tests {
             DataType::U64.decode(&[0xFFFF; 4], Big),
             Some(Value::Float(u64::MAX as f64))
         );
+    }
+
+    #[test]
+    fn modbus_value_wrong_register_count_is_no_value() {
+        // fuzz/seeds/modbus_answer/regression-short-slice: an answer of two
+        // registers decoded as every type.
+        assert_eq!(DataType::U16.decode(&[], Big), None);
+        assert_eq!(DataType::U32.decode(&[1], Little), None);
+        assert_eq!(DataType::F64.decode(&[1, 2], Big), None);
+        assert_eq!(DataType::U32.decode(&[0, 7], Big), Some(Value::Int(7)));
     }
 
     proptest::proptest! {
