@@ -427,6 +427,28 @@ fn security_reader_role_reads_but_cannot_write() {
         rec.stdout()
     );
 
+    // Filling only gcp, local is only read, but its staging table needs
+    // TEMPORARY; taken from PUBLIC (which has it by default), the reader
+    // lacks it, and the exact GRANT is given.
+    db.execute(
+        "local",
+        &format!(
+            "REVOKE TEMPORARY ON DATABASE \"{}\" FROM PUBLIC",
+            db.databases[0]
+        ),
+    );
+    let to_gcp = run(&[&["reconcile", "--direction", "to-gcp"][..], &window[..]].concat());
+    assert_eq!(to_gcp.code(), 6, "{}{}", to_gcp.stdout(), to_gcp.stderr());
+    assert!(
+        to_gcp.stdout().contains("lacks TEMPORARY on database")
+            && to_gcp
+                .stdout()
+                .contains("Run `GRANT TEMPORARY ON DATABASE \"")
+            && to_gcp.stdout().contains("TO \"it_reader_sec\"`"),
+        "{}",
+        to_gcp.stdout()
+    );
+
     let ingest = run(&["ingest", "--site", site, "--duration", "2s"]);
     assert_eq!(
         ingest.code(),
