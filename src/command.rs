@@ -32,7 +32,7 @@ pub trait Command: Sized {
 pub trait Plan {
     /// Run locks as (job, site): a second run of the same job on the same
     /// site is refused (exit 5) while these are held.
-    fn locks(&self) -> Vec<(String, String)> {
+    fn locks(&self) -> Vec<crate::lock::LockKey> {
         Vec::new()
     }
 }
@@ -41,10 +41,10 @@ pub trait Plan {
 pub fn site_locks<S: AsRef<str>>(
     job: &str,
     sites: impl IntoIterator<Item = S>,
-) -> Vec<(String, String)> {
+) -> Vec<crate::lock::LockKey> {
     sites
         .into_iter()
-        .map(|s| (job.to_string(), s.as_ref().to_string()))
+        .map(|s| crate::lock::LockKey::site(job, s.as_ref()))
         .collect()
 }
 

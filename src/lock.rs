@@ -59,6 +59,40 @@ impl LockError {
 
 crate::into_error!(LockError);
 
+/// One run lock: a job on a site, or on part of one (an ingest device
+/// group, one bank). Its server and database are the site's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockKey {
+    pub job: String,
+    pub site: String,
+    pub part: Option<String>,
+}
+
+impl LockKey {
+    pub fn site(job: &str, site: &str) -> LockKey {
+        LockKey {
+            job: job.to_string(),
+            site: site.to_string(),
+            part: None,
+        }
+    }
+
+    pub fn part(job: &str, site: &str, part: &str) -> LockKey {
+        LockKey {
+            part: Some(part.to_string()),
+            ..LockKey::site(job, site)
+        }
+    }
+
+    /// `SITE` or `SITE@PART`, as messages and lock files name it.
+    fn name(&self) -> String {
+        match &self.part {
+            Some(p) => format!("{}@{p}", self.site),
+            None => self.site.clone(),
+        }
+    }
+}
+
 /// Held while alive: the files, and the sessions that hold the advisory locks.
 #[derive(Debug)]
 pub struct RunLocks {
@@ -81,23 +115,21 @@ pub fn advisory_key(command: &str, site: &str, database: &str) -> (i32, i32) {
     (fnv("essops"), fnv(&format!("{command}/{site}/{database}")))
 }
 
-/// Takes every (command, site) lock, all or none, or says who holds one.
-/// A lock's site may carry a suffix after `@` (an ingest device group) or
-/// `/` (one bank); its server and database are those of the site before it.
-pub async fn acquire_all(ctx: &Context, locks: &[(String, String)]) -> Result<RunLocks, LockError> {
+/// Takes every lock, all or none, or says who holds one.
+pub async fn acquire_all(ctx: &Context, locks: &[LockKey]) -> Result<RunLocks, LockError> {
     let mut files = Vec::new();
-    for (command, site) in locks {
-        files.push(acquire_file(&ctx.lock_dir(), command, site)?);
+    for key in locks {
+        files.push(acquire_file(&ctx.lock_dir(), &key.job, &key.name())?);
     }
     // One session per server holds all of this run's advisory locks there.
-    let mut by_server: Vec<(&Server, Vec<(&str, &str)>)> = Vec::new();
-    for (command, site) in locks {
-        let Some(server) = lock_server(&ctx.config, site) else {
+    let mut by_server: Vec<(&Server, Vec<&LockKey>)> = Vec::new();
+    for key in locks {
+        let Some(server) = lock_server(&ctx.config, &key.site) else {
             continue;
         };
         match by_server.iter_mut().find(|(s, _)| s.name == server.name) {
-            Some((_, keys)) => keys.push((command, site)),
-            None => by_server.push((server, vec![(command, site)])),
+            Some((_, keys)) => keys.push(key),
+            None => by_server.push((server, vec![key])),
         }
     }
     let mut sessions = Vec::new();
@@ -112,15 +144,9 @@ pub async fn acquire_all(ctx: &Context, locks: &[(String, String)]) -> Result<Ru
     })
 }
 
-/// The configured site a lock name belongs to.
-fn site_of(lock_site: &str) -> &str {
-    lock_site.split(['@', '/']).next().unwrap_or(lock_site)
-}
-
 /// The file lock of `command` on `site` in `dir` (this host only).
 pub fn acquire_file(dir: &Path, command: &str, site: &str) -> Result<File, LockError> {
-    // A lock of one bank ("SITE/bank-3") stays one file name.
-    let path = dir.join(format!("{command}.{}.lock", site.replace('/', "#")));
+    let path = dir.join(format!("{command}.{site}.lock"));
     let io = |source| LockError::Io {
         path: path.clone(),
         source,
@@ -142,20 +168,19 @@ pub fn acquire_file(dir: &Path, command: &str, site: &str) -> Result<File, LockE
 /// is not a site's, the first configured server).
 fn lock_server<'a>(config: &'a Config, site: &str) -> Option<&'a Server> {
     let first = config
-        .site(site_of(site))
+        .site(site)
         .ok()
         .and_then(|s| s.servers.first())
         .and_then(|name| config.server(name).ok());
     first.or_else(|| config.servers.first())
 }
 
-/// The advisory locks of `keys` (command, site) on `server`, held by one
-/// session; `None` when the server cannot be reached (the file locks then
-/// hold alone).
+/// The advisory locks of `keys` on `server`, held by one session; `None`
+/// when the server cannot be reached (the file locks then hold alone).
 async fn acquire_advisory(
     config: &Config,
     server: &Server,
-    keys: &[(&str, &str)],
+    keys: &[&LockKey],
 ) -> Result<Option<Client>, LockError> {
     let target = Target {
         server,
@@ -165,11 +190,9 @@ async fn acquire_advisory(
         tracing::info!(server = %server.name, "the server of the cross-host locks is unreachable; the local locks hold alone");
         return Ok(None);
     };
-    for (command, site) in keys {
-        let database = config
-            .site(site_of(site))
-            .map_or("", |s| s.database.as_str());
-        let (k1, k2) = advisory_key(command, site, database);
+    for key in keys {
+        let database = config.site(&key.site).map_or("", |s| s.database.as_str());
+        let (k1, k2) = advisory_key(&key.job, &key.name(), database);
         let taken = client
             .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&k1, &k2])
             .await
@@ -178,8 +201,8 @@ async fn acquire_advisory(
             Ok(true) => {}
             Ok(false) => {
                 return Err(LockError::HeldElsewhere {
-                    command: command.to_string(),
-                    site: site.to_string(),
+                    command: key.job.clone(),
+                    site: key.name(),
                     server: server.name.clone(),
                     holder: holder(&client, (k1, k2)).await,
                 });

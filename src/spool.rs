@@ -19,6 +19,7 @@ use crate::context::Context;
 use crate::exit::{Outcome, code as exit};
 use crate::ingest::spool::{self, REJECTED_DIR, Spool, SpoolFile};
 use crate::ingest::{self, IngestArgs, IngestError};
+use crate::lock::LockKey;
 use crate::output::Report;
 
 /// Pending and rejected batches ingest set aside.
@@ -143,7 +144,10 @@ fn groups(ctx: &Context, site: &str) -> Vec<Option<String>> {
     };
     let mut found: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|name| name.strip_prefix('@').map(String::from))
+        .filter_map(|name| {
+            let group = name.strip_prefix(ingest::GROUP_FOLDER_PREFIX)?;
+            Some(group.to_string())
+        })
         .collect();
     found.sort();
     out.extend(found.into_iter().map(Some));
@@ -156,10 +160,7 @@ fn spools(select: &SpoolSelect, ctx: &Context) -> Result<Vec<Place>, SpoolCmdErr
     let servers = ctx.config.select_servers(&select.servers)?;
     for site in ctx.config.select_sites(&select.sites)? {
         for group in groups(ctx, &site.name) {
-            let root = match &group {
-                Some(g) => ingest::spool_root(ctx, &site.name).join(format!("@{g}")),
-                None => ingest::spool_root(ctx, &site.name),
-            };
+            let root = ingest::group_spool_root(ctx, &site.name, group.as_deref());
             for server in servers.iter().filter(|s| site.servers.contains(&s.name)) {
                 out.push(Place {
                     site: site.name.clone(),
@@ -430,24 +431,24 @@ impl Report for SpoolReport {
 /// batches, the ingest lock of each site (an ingest replays them itself).
 pub struct SpoolPlan<A> {
     args: A,
-    locked_sites: Vec<String>,
+    locks: Vec<LockKey>,
 }
 
 impl<A> crate::command::Plan for SpoolPlan<A> {
-    fn locks(&self) -> Vec<(String, String)> {
-        crate::command::site_locks("ingest", &self.locked_sites)
+    fn locks(&self) -> Vec<LockKey> {
+        self.locks.clone()
     }
 }
 
-/// The ingest lock names of the selected sites and of their device groups
-/// with spools: what a running ingest of any of them would hold.
-fn sites(ctx: &Context, names: &[String]) -> Result<Vec<String>, crate::error::Error> {
+/// The ingest locks of the selected sites and of their device groups with
+/// spools: what a running ingest of any of them would hold.
+fn ingest_locks(ctx: &Context, names: &[String]) -> Result<Vec<LockKey>, crate::error::Error> {
     let mut out = Vec::new();
     for site in ctx.config.select_sites(names)? {
         for group in groups(ctx, &site.name) {
             out.push(match group {
-                Some(g) => format!("{}@{g}", site.name),
-                None => site.name.clone(),
+                Some(g) => LockKey::part("ingest", &site.name, &g),
+                None => LockKey::site("ingest", &site.name),
             });
         }
     }
@@ -465,7 +466,7 @@ impl crate::command::Command for ListSpools {
     async fn plan(self, _ctx: &Context) -> Result<Self::Plan, crate::error::Error> {
         Ok(SpoolPlan {
             args: self.0,
-            locked_sites: vec![],
+            locks: vec![],
         })
     }
     async fn execute(plan: Self::Plan, ctx: &Context) -> Result<SpoolReport, crate::error::Error> {
@@ -477,10 +478,10 @@ impl crate::command::Command for ReplaySpools {
     type Plan = SpoolPlan<SpoolSelect>;
     type Report = SpoolReport;
     async fn plan(self, ctx: &Context) -> Result<Self::Plan, crate::error::Error> {
-        let locked_sites = sites(ctx, &self.0.sites)?;
+        let locks = ingest_locks(ctx, &self.0.sites)?;
         Ok(SpoolPlan {
             args: self.0,
-            locked_sites,
+            locks,
         })
     }
     async fn execute(plan: Self::Plan, ctx: &Context) -> Result<SpoolReport, crate::error::Error> {
@@ -492,14 +493,11 @@ impl crate::command::Command for DiscardArgs {
     type Plan = SpoolPlan<DiscardArgs>;
     type Report = SpoolReport;
     async fn plan(self, ctx: &Context) -> Result<Self::Plan, crate::error::Error> {
-        let locked_sites = match self.before.is_some() && !self.dry_run {
-            true => sites(ctx, &self.select.sites)?,
+        let locks = match self.before.is_some() && !self.dry_run {
+            true => ingest_locks(ctx, &self.select.sites)?,
             false => vec![],
         };
-        Ok(SpoolPlan {
-            args: self,
-            locked_sites,
-        })
+        Ok(SpoolPlan { args: self, locks })
     }
     async fn execute(plan: Self::Plan, ctx: &Context) -> Result<SpoolReport, crate::error::Error> {
         Ok(discard(&plan.args, ctx)?)

@@ -286,7 +286,7 @@ pub struct WarmPlan {
 }
 
 impl crate::command::Plan for WarmPlan {
-    fn locks(&self) -> Vec<(String, String)> {
+    fn locks(&self) -> Vec<crate::lock::LockKey> {
         crate::command::site_locks("cache-warm", &self.sites)
     }
 }

@@ -434,8 +434,8 @@ pub struct DemoPlan {
 }
 
 impl crate::command::Plan for DemoPlan {
-    fn locks(&self) -> Vec<(String, String)> {
-        let mut locks = vec![("demo".to_string(), "all".to_string())];
+    fn locks(&self) -> Vec<crate::lock::LockKey> {
+        let mut locks = vec![crate::lock::LockKey::site("demo", "all")];
         locks.extend(crate::command::site_locks("ingest", &self.sites));
         locks
     }

@@ -118,7 +118,7 @@ impl Group {
         }
     }
 
-    /// The device locks this group takes: one per bank, PCS and the site's etc.
+    /// The devices this group locks: one per bank, PCS and the site's etc.
     pub fn device_locks(&self, site: &Site) -> Vec<String> {
         device_locks(site, |table, id| {
             self.includes(table, &id.map_or_else(Vec::new, |i| vec![i as i16]))
@@ -126,8 +126,8 @@ impl Group {
     }
 }
 
-/// The device locks of `site` that `claims` (table, id) holds: one name per
-/// bank, PCS and the etc device, as `SITE/bank-N`.
+/// The devices of `site` that `claims` (table, id) locks, one per bank, PCS
+/// and the etc device, named `bank-N`, `pcs-N`, `etc`.
 pub fn device_locks(site: &Site, claims: impl Fn(Table, Option<u16>) -> bool) -> Vec<String> {
     let banks = site.banks.iter().map(|b| (Table::Bank, Some(b.id), "bank"));
     let pcs = site.pcs.iter().map(|p| (Table::Pcs, Some(*p), "pcs"));
@@ -136,8 +136,8 @@ pub fn device_locks(site: &Site, claims: impl Fn(Table, Option<u16>) -> bool) ->
         .chain([(Table::Etc, None, "etc")])
         .filter(|(table, id, _)| claims(*table, *id))
         .map(|(_, id, name)| match id {
-            Some(id) => format!("{}/{name}-{id}", site.name),
-            None => format!("{}/{name}", site.name),
+            Some(id) => format!("{name}-{id}"),
+            None => name.to_string(),
         })
         .collect()
 }

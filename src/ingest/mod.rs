@@ -38,6 +38,7 @@ use self::writer::Sink;
 use crate::config::{ConfigError, Site};
 use crate::context::Context;
 use crate::exit::{Outcome, code as exit};
+use crate::lock::LockKey;
 use crate::output::Report;
 use crate::schema::device_label;
 use crate::window::parse_std_duration;
@@ -168,7 +169,7 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
         }
     }
     let spool_root = match &group {
-        Some(g) => spool_root(ctx, &site.name).join(format!("@{}", g.label)),
+        Some(g) => group_spool_root(ctx, &site.name, Some(&g.label)),
         None => spool_root(ctx, &site.name),
     };
     Ok(Plan {
@@ -185,6 +186,17 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
 /// group's under `<spool_dir>/<site>/@<group>/<server>/`.
 pub fn spool_root(ctx: &Context, site: &str) -> PathBuf {
     ctx.config.base_dir().join(&ctx.config.spool_dir).join(site)
+}
+
+/// A device group's folder under its site's spool root is `@GROUP`.
+pub const GROUP_FOLDER_PREFIX: char = '@';
+
+/// Where a device group's spools live (the site's own for `None`).
+pub fn group_spool_root(ctx: &Context, site: &str, group: Option<&str>) -> PathBuf {
+    match group {
+        Some(g) => spool_root(ctx, site).join(format!("{GROUP_FOLDER_PREFIX}{g}")),
+        None => spool_root(ctx, site),
+    }
 }
 
 pub fn lane_settings(plan: &Plan, ctx: &Context) -> LaneSettings {
@@ -655,20 +667,22 @@ impl Report for IngestReport {
 impl crate::command::Plan for Plan {
     /// The site's (or the group's) lock, which guards its spool, and one per
     /// bank, PCS and etc device polled, which no other process may poll.
-    fn locks(&self) -> Vec<(String, String)> {
+    fn locks(&self) -> Vec<crate::lock::LockKey> {
+        let site = &self.site.name;
         let (own, devices) = match &self.group {
             Some(g) => (
-                format!("{}@{}", self.site.name, g.label),
+                LockKey::part("ingest", site, &g.label),
                 g.device_locks(&self.site),
             ),
             None => (
-                self.site.name.clone(),
+                LockKey::site("ingest", site),
                 group::device_locks(&self.site, |_, _| true),
             ),
         };
-        let mut locks = vec![("ingest".to_string(), own)];
-        locks.extend(crate::command::site_locks("ingest-devices", devices));
-        locks
+        let devices = devices
+            .iter()
+            .map(|d| LockKey::part("ingest-devices", site, d));
+        std::iter::once(own).chain(devices).collect()
     }
 }
 

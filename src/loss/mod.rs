@@ -526,7 +526,7 @@ fn describe_gap(g: &LocalGap) -> String {
 }
 
 impl crate::command::Plan for LossPlan {
-    fn locks(&self) -> Vec<(String, String)> {
+    fn locks(&self) -> Vec<crate::lock::LockKey> {
         crate::command::site_locks("loss", self.site_names())
     }
 }

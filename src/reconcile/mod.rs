@@ -393,7 +393,7 @@ impl Report for ReconcileReport {
 }
 
 impl crate::command::Plan for ReconcilePlan {
-    fn locks(&self) -> Vec<(String, String)> {
+    fn locks(&self) -> Vec<crate::lock::LockKey> {
         crate::command::site_locks("reconcile", self.site_names())
     }
 }
