@@ -20,10 +20,12 @@ PG_CONFIG="$PG_BIN/pg_config"
 # Linux's ephemeral range (32768-60999), so a client socket can never hold
 # a port a cluster restarts on.
 # "outage" serves only the ingest test that stops and restarts a server mid-run.
-PG_CLUSTERS=("local:25432" "gcp:25433" "outage:25434")
-# Clusters that accept only TLS connections (the cloud stand-in), so the TLS
-# path is exercised every day. CA and certificates live in .services/tls.
-TLS_CLUSTERS=("gcp")
+# "expired" serves only the TLS test of a certificate past its end date.
+PG_CLUSTERS=("local:25432" "gcp:25433" "outage:25434" "expired:25435")
+# Clusters that accept only TLS connections, with the certificate each shows:
+# gcp (the cloud stand-in) so the TLS path is exercised every day, expired so
+# a lapsed certificate is. CA and certificates live in .services/tls.
+TLS_CLUSTERS=("gcp:server" "expired:expired")
 REDIS_PORT=26379
 REDIS_TLS_PORT=26380
 # A Redis Cluster of three masters (no replicas), for the cache's cluster mode.
@@ -137,14 +139,35 @@ tls_material() {
     )
 }
 
+# The same name and CA as server.crt, valid only in January 2020 (openssl 3.0's
+# x509 cannot date a certificate in the past; its ca command can).
+expired_certificate() {
+    local dir="$SVC/tls"
+    [ -s "$dir/expired.crt" ] && return 0
+    (
+        cd "$dir"
+        umask 077
+        : > expired-index.txt
+        echo 01 > expired-serial
+        printf '[ca]\ndefault_ca = dev\n[dev]\ndatabase = expired-index.txt\nnew_certs_dir = .\nserial = expired-serial\ndefault_md = sha256\npolicy = any\nx509_extensions = ext\n[any]\ncommonName = supplied\n[ext]\n%s\n' \
+            "$(cat server.ext)" > expired-ca.cnf
+        openssl ca -batch -notext -config expired-ca.cnf -cert ca.crt -keyfile ca.key -in server.csr \
+            -startdate 20200101000000Z -enddate 20200201000000Z -out expired.crt 2>/dev/null
+        cp server.key expired.key
+        chmod 644 expired.crt
+        rm -f expired-index.txt* expired-serial* expired-ca.cnf ./*.pem
+    )
+}
+
 # Turns TLS on for a cluster and refuses its plain-text host connections;
 # returns 0 when something changed (the caller reloads a running server).
-pg_tls() { # name data
-    local data="$2" changed=1
+pg_tls() { # data certificate
+    local data="$1" cert="$2" changed=1
     tls_material
-    if ! cmp -s "$SVC/tls/server.crt" "$data/server.crt"; then
-        as_root install -m 600 -o "$PG_OWNER" "$SVC/tls/server.key" "$data/server.key"
-        as_root install -m 644 -o "$PG_OWNER" "$SVC/tls/server.crt" "$data/server.crt"
+    expired_certificate
+    if ! cmp -s "$SVC/tls/$cert.crt" "$data/server.crt"; then
+        as_root install -m 600 -o "$PG_OWNER" "$SVC/tls/$cert.key" "$data/server.key"
+        as_root install -m 644 -o "$PG_OWNER" "$SVC/tls/$cert.crt" "$data/server.crt"
         changed=0
     fi
     if ! grep -q "^# essops tls" "$data/postgresql.conf"; then
@@ -193,7 +216,10 @@ pg_stat_statements.track = all
 EOF
     fi
     local tls_changed=1
-    if [[ " ${TLS_CLUSTERS[*]} " == *" $name "* ]] && pg_tls "$name" "$data"; then tls_changed=0; fi
+    local t
+    for t in "${TLS_CLUSTERS[@]}"; do
+        if [ "${t%%:*}" = "$name" ] && pg_tls "$data" "${t##*:}"; then tls_changed=0; fi
+    done
     if pg_running "$name" "$port"; then
         # Reuse only our own server; never talk to one this script did not start.
         if [ -f "$data/postmaster.pid" ]; then
@@ -273,18 +299,21 @@ redis_cluster_up() {
     for port in "${REDIS_CLUSTER_PORTS[@]}"; do
         for i in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
     done
-    if ! redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q "cluster_state:ok"; then
+    # Nodes restarted from their nodes.conf already hold the slots; they only
+    # need a moment to find each other. Create the cluster only when none do.
+    if redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info 2>/dev/null | grep -q "cluster_slots_assigned:0"; then
         log "creating the Redis Cluster (3 masters)"
         local nodes=()
         for port in "${REDIS_CLUSTER_PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
         redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null \
             || die "redis-cli --cluster create failed"
-        for i in $(seq 100); do
-            redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info | grep -q "cluster_state:ok" && break
-            sleep 0.1
-        done
     fi
-    }
+    for i in $(seq 100); do
+        redis-cli -p "${REDIS_CLUSTER_PORTS[0]}" cluster info | grep -q "cluster_state:ok" && return 0
+        sleep 0.1
+    done
+    die "the Redis Cluster on ${REDIS_CLUSTER_PORTS[*]} did not reach cluster_state:ok; see $SVC/redis-cluster/*/redis.log"
+}
 
 redis_cluster_down() {
     local port pidfile

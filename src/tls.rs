@@ -113,6 +113,7 @@ pub fn client_config(tls: &Tls) -> Result<ClientConfig, TlsError> {
 }
 
 /// A TLS failure in words an operator can act on, if `e`'s causes hold one.
+/// It names the configured sslmode, since the mode decides what is checked.
 pub fn explain(e: &(dyn std::error::Error + 'static), tls: &Tls, host: &str) -> Option<String> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
@@ -122,29 +123,39 @@ pub fn explain(e: &(dyn std::error::Error + 'static), tls: &Tls, host: &str) -> 
             .and_then(|io| io.get_ref())
             .and_then(|i| i.downcast_ref::<Error>());
         if let Some(r) = c.downcast_ref::<Error>().or(inner) {
-            let ca = tls
-                .ca_file
-                .as_deref()
-                .map_or("(none)".into(), |p| p.display().to_string());
-            return Some(match r {
-                Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                    format!("TLS: the server's certificate is not signed by the CA in ca_file {ca}")
-                }
-                Error::InvalidCertificate(
-                    CertificateError::NotValidForName
-                    | CertificateError::NotValidForNameContext { .. },
-                ) => format!(
-                    "TLS: the server's certificate does not name host `{host}` (sslmode verify-full checks the host name; connect by a name the certificate lists)"
-                ),
-                Error::InvalidCertificate(
-                    CertificateError::Expired | CertificateError::ExpiredContext { .. },
-                ) => "TLS: the server's certificate has expired".into(),
-                other => format!("TLS handshake failed: {other}"),
-            });
+            return Some(format!(
+                "TLS (sslmode {}): {}",
+                tls.mode.name(),
+                reason(r, tls, host)
+            ));
         }
         cause = c.source();
     }
     None
+}
+
+fn reason(e: &Error, tls: &Tls, host: &str) -> String {
+    let ca = tls
+        .ca_file
+        .as_deref()
+        .map_or("(none)".into(), |p| p.display().to_string());
+    match e {
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            format!("the server's certificate is not signed by the CA in ca_file {ca}")
+        }
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => format!(
+            "the server's certificate does not name host `{host}` (verify-full checks the host name; connect by a name the certificate lists)"
+        ),
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "the server's certificate has expired (renew it on the server; the chain is checked because of this mode and ca_file)".into(),
+        Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "the server's certificate is not valid yet (check the clocks of both hosts)".into(),
+        other => format!("handshake failed: {other}"),
+    }
 }
 
 /// The certificate check of the modes rustls does not have built in.

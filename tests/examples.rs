@@ -2,13 +2,10 @@
 //! against the real services, with a test config in place of /etc/essops.
 
 use std::path::Path;
-use std::thread::sleep;
-use std::time::Duration;
 
-use crate::support::pg::block_on;
-use crate::support::{Cmd, Scratch, TestDb, free_port, servers_toml, wait_for_port};
+use crate::support::{Cmd, Scratch, TestDb, eventually, free_port, servers_toml, wait_for_port};
 
-/// A site with yesterday (Asia/Seoul) complete on both servers, and simulator ports.
+/// A two-rack site with simulator ports.
 fn setup(test: &str) -> (TestDb, Scratch, std::path::PathBuf, u16) {
     let db = TestDb::new(test, 1);
     let scratch = Scratch::new(test);
@@ -21,23 +18,28 @@ fn setup(test: &str) -> (TestDb, Scratch, std::path::PathBuf, u16) {
             db.databases[0]
         ),
     );
-    let day = "generate_series(date_trunc('day', now() AT TIME ZONE 'Asia/Seoul') AT TIME ZONE 'Asia/Seoul' - interval '1 day',
-                               date_trunc('day', now() AT TIME ZONE 'Asia/Seoul') AT TIME ZONE 'Asia/Seoul' - interval '1 second', interval '1 second') t";
-    for server in ["local", "gcp"] {
-        block_on(async {
-            db.client(server, &db.databases[0])
-                .await
-                .batch_execute(&format!(
-                    "INSERT INTO rack (\"TIMESTAMP\", \"BANK_ID\", \"RACK_ID\", \"SOC\") SELECT t, 1, r, 50 FROM {day}, generate_series(1, 2) r;
-                     INSERT INTO bank (\"TIMESTAMP\", \"BANK_ID\", \"SOC\") SELECT t, 1, 50 FROM {day};
-                     INSERT INTO pcs (\"TIMESTAMP\", \"PCS_ID\", \"AC_ACTIVE_POWER\") SELECT t, 1, 10 FROM {day};
-                     INSERT INTO etc (\"TIMESTAMP\", \"AMBIENT_TEMP\") SELECT t, 20 FROM {day};"
-                ))
-                .await
-                .unwrap()
-        });
-    }
     (db, scratch, config, bms)
+}
+
+/// Yesterday and today (Asia/Seoul) complete on both servers: the nightly
+/// commands judge "yesterday", and if midnight passes while the test runs,
+/// the new yesterday is complete too.
+fn fill_yesterday_and_today(db: &TestDb) {
+    let midnight = "date_trunc('day', now() AT TIME ZONE 'Asia/Seoul') AT TIME ZONE 'Asia/Seoul'";
+    let days = format!(
+        "generate_series({midnight} - interval '1 day', {midnight} + interval '1 day' - interval '1 second', interval '1 second') t"
+    );
+    for server in ["local", "gcp"] {
+        db.execute(
+            server,
+            &format!(
+                "INSERT INTO rack (\"TIMESTAMP\", \"BANK_ID\", \"RACK_ID\", \"SOC\") SELECT t, 1, r, 50 FROM {days}, generate_series(1, 2) r;
+                 INSERT INTO bank (\"TIMESTAMP\", \"BANK_ID\", \"SOC\") SELECT t, 1, 50 FROM {days};
+                 INSERT INTO pcs (\"TIMESTAMP\", \"PCS_ID\", \"AC_ACTIVE_POWER\") SELECT t, 1, 10 FROM {days};
+                 INSERT INTO etc (\"TIMESTAMP\", \"AMBIENT_TEMP\") SELECT t, 20 FROM {days};"
+            ),
+        );
+    }
 }
 
 /// `essops …` split into arguments after the program name.
@@ -77,7 +79,8 @@ fn exec_starts(unit: &str) -> Vec<String> {
 
 #[test]
 fn examples_crontab_commands_run_and_succeed() {
-    let (_db, _scratch, config, _) = setup("examples_cron");
+    let (db, _scratch, config, _) = setup("examples_cron");
+    fill_yesterday_and_today(&db);
     let crontab =
         std::fs::read_to_string(Path::new(crate::support::REPO).join("examples/crontab")).unwrap();
     let mut commands: Vec<String> = crontab
@@ -105,7 +108,7 @@ fn examples_crontab_commands_run_and_succeed() {
 
 #[test]
 fn examples_systemd_unit_runs_ingest_and_stops_cleanly_on_sigterm() {
-    let (_db, _scratch, config, bms) = setup("examples_unit");
+    let (db, _scratch, config, bms) = setup("examples_unit");
     let unit = std::fs::read_to_string(
         Path::new(crate::support::REPO).join("packaging/systemd/essops-ingest@.service"),
     )
@@ -125,7 +128,11 @@ fn examples_systemd_unit_runs_ingest_and_stops_cleanly_on_sigterm() {
     wait_for_port(bms);
     let args: Vec<String> = essops_args(&exec.replace("%i", site));
     let ingest = Cmd::new(Some(&config)).args(args).spawn();
-    sleep(Duration::from_secs(4));
+    eventually("ingest writes rack rows to both servers", 60, || {
+        ["local", "gcp"]
+            .iter()
+            .all(|s| db.scalar(s, "SELECT count(*) FROM rack") > 0)
+    });
     let run = ingest.signal("TERM");
     assert_eq!(run.code(), 0, "{}", run.stderr());
     assert!(

@@ -5,8 +5,6 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::thread::sleep;
-use std::time::Duration;
 
 use essops::config::{Config, Site};
 use essops::simulate::faults::{Fate, Faults};
@@ -15,7 +13,8 @@ use serde::Deserialize;
 
 use crate::support::pg::block_on;
 use crate::support::{
-    Background, Cmd, Scratch, TestDb, free_port, server_toml, services_script, wait_for_port,
+    Background, Cmd, Scratch, TestDb, eventually, free_port, server_toml, services_script,
+    wait_for_port,
 };
 
 /// The `outage` cluster is stopped and started by tests; one at a time.
@@ -129,6 +128,16 @@ impl Setup {
             }
         }
         out
+    }
+
+    pub fn rack_rows(&self, server: &str) -> i64 {
+        self.db.scalar(server, "SELECT count(*) FROM rack")
+    }
+
+    /// The files in this site's spool folder for `server` (none: 0).
+    pub fn spool_files(&self, server: &str) -> usize {
+        std::fs::read_dir(self.scratch.path.join("spool/Site1").join(server))
+            .map_or(0, |d| d.flatten().filter(|e| e.path().is_file()).count())
     }
 
     pub fn query(&self, server: &str, sql: &str) -> Vec<tokio_postgres::Row> {
@@ -285,7 +294,9 @@ fn ingest_spools_through_a_server_outage_and_stores_every_sample_once() {
     );
     let _sim = s.simulate(&["--seed", "3"]);
     let ingest = s.ingest(&[]).spawn();
-    sleep(Duration::from_secs(3));
+    eventually("ingest writes to both servers", 60, || {
+        s.servers.iter().all(|server| s.rack_rows(server) > 0)
+    });
     // A second ingest of the same site is refused while the first runs.
     let second = s.ingest(&["--duration", "1s"]).run().expect_code(5);
     assert!(
@@ -296,9 +307,16 @@ fn ingest_spools_through_a_server_outage_and_stores_every_sample_once() {
         second.stderr()
     );
     services_script(&["stop", "outage"]);
-    sleep(Duration::from_secs(4));
+    eventually("batches for the stopped server are spooled", 60, || {
+        s.spool_files("gcp") > 0
+    });
     services_script(&["start", "outage"]);
-    sleep(Duration::from_secs(5));
+    let before = s.rack_rows("gcp");
+    eventually(
+        "the spool is replayed and writes reach gcp again",
+        90,
+        || s.spool_files("gcp") == 0 && s.rack_rows("gcp") > before,
+    );
     let run = ingest.signal("TERM").expect_code(0);
     let rows = report(&run);
     let gcp = rows.iter().find(|r| r.server == "gcp").unwrap();
@@ -337,12 +355,10 @@ fn ingest_killed_while_spooling_replays_on_the_next_start() {
     let _sim = s.simulate(&["--seed", "5"]);
     services_script(&["stop", "outage"]);
     let first = s.ingest(&[]).spawn();
-    sleep(Duration::from_secs(4));
+    eventually("batches for the stopped server are spooled", 60, || {
+        s.spool_files("gcp") > 0 && s.rack_rows("local") > 0
+    });
     first.signal("KILL");
-    let spooled = std::fs::read_dir(s.scratch.path.join("spool/Site1/gcp"))
-        .unwrap()
-        .count();
-    assert!(spooled > 0, "nothing was spooled for the stopped server");
     services_script(&["start", "outage"]);
     let run = s.ingest(&["--duration", "2s"]).run().expect_code(0);
     let gcp = report(&run)

@@ -321,6 +321,7 @@ fn reconcile_ignores_rows_younger_than_min_age() {
         fmt(now - chrono::Duration::seconds(1)),
     );
     s.sql("local", &format!(r#"INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID") SELECT t, 1, 1 FROM generate_series('{from}'::timestamptz, '{to}'::timestamptz, interval '1 second') t"#));
+    let before = chrono::Utc::now();
     let rows = s.reconcile(
         &[
             "--from",
@@ -334,9 +335,26 @@ fn reconcile_ignores_rows_younger_than_min_age() {
         ],
         10,
     );
-    let copied = table_row(&rows, "rack").0.copied_to_b;
-    // 30 minutes of rows, of which the last 10 are too young; a few seconds pass while it runs.
-    assert!((1195..=1205).contains(&copied), "copied {copied}");
+    let after = chrono::Utc::now();
+    // The cut is 10 minutes before the moment reconcile started, which lies
+    // between `before` and `after` however slow the machine is.
+    let older_than = |t: chrono::DateTime<chrono::Utc>| {
+        s.scalar(
+            "local",
+            &format!(
+                r#"SELECT count(*) FROM rack WHERE "TIMESTAMP" < '{}'::timestamptz - interval '10 minutes'"#,
+                fmt(t)
+            ),
+        )
+    };
+    let copied = table_row(&rows, "rack").0.copied_to_b as i64;
+    let (least, most) = (older_than(before), older_than(after) + 1);
+    assert!(least >= 1190, "the window had too few old rows: {least}");
+    assert!(
+        (least..=most).contains(&copied),
+        "copied {copied}, expected {least}..={most}"
+    );
+    assert_eq!(s.scalar("gcp", "SELECT count(*) FROM rack"), copied);
 }
 
 #[test]

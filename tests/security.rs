@@ -78,9 +78,9 @@ fn security_gcp_is_tls_verified_and_a_wrong_ca_or_host_is_refused() {
     // Loss reports each server it cannot reach as a failed row, and exits 4.
     assert_eq!(wrong_ca.code(), 4, "{}", wrong_ca.stderr());
     assert!(
-        wrong_ca
-            .stdout()
-            .contains("TLS: the server's certificate is not signed by the CA in ca_file"),
+        wrong_ca.stdout().contains(
+            "TLS (sslmode verify-full): the server's certificate is not signed by the CA in ca_file"
+        ),
         "{}",
         wrong_ca.stdout()
     );
@@ -116,9 +116,9 @@ fn security_gcp_is_tls_verified_and_a_wrong_ca_or_host_is_refused() {
     );
     assert_eq!(require_wrong_ca.code(), 4, "{}", require_wrong_ca.stderr());
     assert!(
-        require_wrong_ca
-            .stdout()
-            .contains("TLS: the server's certificate is not signed by the CA in ca_file"),
+        require_wrong_ca.stdout().contains(
+            "TLS (sslmode require): the server's certificate is not signed by the CA in ca_file"
+        ),
         "{}",
         require_wrong_ca.stdout()
     );
@@ -160,12 +160,60 @@ fn security_gcp_is_tls_verified_and_a_wrong_ca_or_host_is_refused() {
         .run();
     assert_ne!(migrate.code(), 0, "{}", migrate.stderr());
     assert!(
-        migrate
-            .stderr()
-            .contains("TLS: the server's certificate is not signed by the CA in ca_file"),
+        migrate.stderr().contains(
+            "TLS (sslmode verify-full): the server's certificate is not signed by the CA in ca_file"
+        ),
         "{}",
         migrate.stderr()
     );
+}
+
+/// `essops check` on the `expired` cluster (TLS only, its certificate, signed
+/// by the dev CA, lapsed in 2020) with `sslmode` and an optional CA.
+fn check_expired(scratch: &Scratch, sslmode: &str, ca: Option<&str>) -> String {
+    let ca = ca.map_or(String::new(), |c| {
+        format!("ca_file = \"{}\"\n", services(c).display())
+    });
+    let text = format!(
+        "log_dir = \"{}\"\n[servers.expired]\nurl = \"postgres://essops@localhost:25435\"\npassword_file = \"{}\"\nsslmode = \"{sslmode}\"\n{ca}\n[[sites]]\nname = \"Sec\"\ndatabase = \"postgres\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+        scratch.path.join("logs").display(),
+        services("secrets/expired.password").display(),
+    );
+    let config = scratch.write(&format!("expired-{sslmode}.toml"), &text);
+    let run = Cmd::new(Some(&config))
+        .args(["check", "--site", "Sec"])
+        .run();
+    let refused = run.stdout().contains("FAIL    server");
+    assert_eq!(run.code() != 0, refused, "{}", run.stdout());
+    run.stdout()
+}
+
+/// Each of libpq's modes against a lapsed certificate: the modes that check
+/// the chain refuse it and say which mode checked; the others encrypt without
+/// checking, as libpq does; a server that takes only TLS refuses `disable`.
+#[test]
+fn security_each_sslmode_meets_an_expired_certificate_as_libpq_does() {
+    let scratch = Scratch::new("sec_expired");
+    let expired =
+        |mode: &str| format!("TLS (sslmode {mode}): the server's certificate has expired");
+    for (mode, ca) in [
+        ("verify-full", Some("tls/ca.crt")),
+        ("verify-ca", Some("tls/ca.crt")),
+        ("require", Some("tls/ca.crt")),
+    ] {
+        let out = check_expired(&scratch, mode, ca);
+        assert!(out.contains(&expired(mode)), "{mode}: {out}");
+    }
+    for mode in ["require", "prefer"] {
+        let out = check_expired(&scratch, mode, None);
+        assert!(
+            out.contains(&format!("encrypted (sslmode {mode})")),
+            "{mode}: {out}"
+        );
+        assert!(!out.contains("TLS ("), "{mode}: {out}");
+    }
+    let out = check_expired(&scratch, "disable", None);
+    assert!(out.contains("no encryption"), "disable: {out}");
 }
 
 #[test]

@@ -158,12 +158,21 @@ pub fn free_port() -> u16 {
 
 /// Waits until something accepts connections on `port` (at most 20 s).
 pub fn wait_for_port(port: u16) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    eventually(&format!("something listens on port {port}"), 20, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+/// Waits until `cond` holds, checking every 100 ms, and fails the test after
+/// `secs` seconds. The bound is generous: a loaded 2-core machine is slow,
+/// and a condition awaited is not a timing assertion.
+pub fn eventually(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
         assert!(
             std::time::Instant::now() < deadline,
-            "nothing listens on port {port}"
+            "not within {secs} s: {what}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

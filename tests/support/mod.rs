@@ -14,7 +14,7 @@ pub mod pg;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use cmd::{Background, Cmd, free_port, wait_for_port};
+pub use cmd::{Background, Cmd, eventually, free_port, wait_for_port};
 pub use pg::TestDb;
 
 pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
