@@ -24,6 +24,8 @@
 #   scripts/bench.sh index      a dashboard workload (pgbench) over the loss bench's
 #                               site-week, p50/p95 before and after
 #                               `essops index recommend --apply` (SECS=N per phase, default 20)
+#   scripts/bench.sh index-stall  a live ingest's longest poll-to-commit delay while
+#                               `index recommend` (no HypoPG) and `index create` run
 #   scripts/bench.sh cache      cache warm of the four default sites with the last
 #                               day of 1 Hz data: full and incremental (cron) runs,
 #                               keys/s next to redis-benchmark with pipelining
@@ -466,6 +468,74 @@ print("; ".join("%s (%s) on %s: planner cost %.0f -> %.0f per call over %d calls
     echo "  reproduce: scripts/bench.sh index   (SECS=$secs)"
 }
 
+# One live ingest of 50 racks (SECS=N, default 40) into bench_stall on local
+# while "$@" runs 10 s in (nothing: a baseline); prints the ingest's p99 and
+# longest poll-to-commit delay, and what the command printed on stderr.
+stall_run() {
+    local label="$1" secs="${SECS:-40}" cfg="$ROOT/.services/bench/stall.toml" sim ingest out
+    shift
+    out="$ROOT/.services/bench/stall-ingest.json"
+    "$ESSOPS" --config "$cfg" --quiet simulate --site BenchStall --duration "$(( secs + 20 ))s" >/dev/null 2>&1 &
+    sim=$!
+    sleep 2
+    "$ESSOPS" --config "$cfg" --json ingest --site BenchStall --duration "${secs}s" > "$out" 2>/dev/null &
+    ingest=$!
+    local took="-"
+    if [ $# -gt 0 ]; then
+        sleep 10
+        local t0 t1
+        t0=$(date +%s%N); "$@" >"$ROOT/.services/bench/stall-cmd.out" 2>&1 || true; t1=$(date +%s%N)
+        took="$(( (t1 - t0) / 1000000 )) ms"
+    fi
+    wait "$ingest" || true
+    kill "$sim" 2>/dev/null || true; wait "$sim" 2>/dev/null || true
+    python3 - "$out" "$label" "$took" <<'PY'
+import json, sys
+r = json.loads(open(sys.argv[1]).readline())
+print("  %-34s command took %-9s ingest poll-to-commit p99 %s ms, longest %s ms, rows written %d, lost %d" % (
+    sys.argv[2], sys.argv[3], r["delay_p99_ms"], r["delay_max_ms"], r["rows_written"], r["rows_lost"]))
+PY
+}
+
+# How long index work stalls a live ingest: baseline, `index recommend`
+# without HypoPG (explains only), and `index create --per-chunk` on a rack
+# hypertable holding two days of 50 racks at 1 Hz.
+bench_index_stall() {
+    local dir="$ROOT/.services/bench" cfg="$ROOT/.services/bench/stall.toml"
+    mkdir -p "$dir"
+    cat > "$cfg" <<TOML
+log_dir = "logs"
+spool_dir = "spool-stall"
+[modbus]
+register_map = "../../bench/ingest-map.toml"
+$(bench_servers 25433)
+[[sites]]
+name = "BenchStall"
+database = "bench_stall"
+servers = ["local"]
+banks = [{ id = 1, racks = 50 }]
+modbus = { bms = "127.0.0.1:15921", pcs = "127.0.0.1:15922" }
+TOML
+    "$ESSOPS" --config "$cfg" --quiet migrate --create-database
+    local want=$(( 2 * 86400 * 50 ))
+    if [ "$(dbpsql local bench_stall 'SELECT count(*) FROM rack WHERE "TIMESTAMP" < now() - interval '"'"'1 hour'"'"'')" -lt "$want" ]; then
+        dbpsql local bench_stall "TRUNCATE rack; INSERT INTO rack (\"TIMESTAMP\",\"BANK_ID\",\"RACK_ID\",\"SOC\",\"SOH\",\"DC_VOLTAGE\",\"DC_CURRENT\",\"MAX_CELL_VOLTAGE\",\"MIN_CELL_VOLTAGE\",\"MAX_CELL_TEMP\",\"MIN_CELL_TEMP\",\"STATUS\")
+            SELECT t, 1, r, 50, 98, 820, 10, 3.31, 3.29, 31, 27, 1
+              FROM generate_series(date_trunc('second', now()) - interval '2 days' - interval '1 hour', date_trunc('second', now()) - interval '1 hour 1 second', interval '1 second') t,
+                   generate_series(1, 50) r; ANALYZE rack"
+    fi
+    dbpsql local bench_stall "SET client_min_messages = warning; DROP INDEX IF EXISTS rack_rack_id_timestamp_idx"
+    echo "index stall: a live ingest of 50 racks at 1 Hz into local (bench_stall, $(dbpsql local bench_stall 'SELECT count(*) FROM rack') rack rows in $(dbpsql local bench_stall "SELECT count(*) FROM show_chunks('rack')") chunks), ${SECS:-40} s per run, the command started 10 s in"
+    stall_run "baseline (nothing else runs)"
+    stall_run "index recommend (no HypoPG)" "$ESSOPS" --config "$cfg" index recommend --min-calls 1
+    stall_run "index create --per-chunk" "$ESSOPS" --config "$cfg" index create --per-chunk rack RACK_ID TIMESTAMP
+    grep -ho "built chunk by chunk.*" "$dir/stall-cmd.out" | head -1 | sed 's/^/      create said: /' || true
+    dbpsql local bench_stall "SET client_min_messages = warning; DROP INDEX IF EXISTS rack_rack_id_timestamp_idx"
+    stall_run "index create (one transaction)" "$ESSOPS" --config "$cfg" index create rack RACK_ID TIMESTAMP
+    dbpsql local bench_stall "SET client_min_messages = warning; DROP INDEX IF EXISTS rack_rack_id_timestamp_idx"
+    echo "  reproduce: scripts/bench.sh index-stall   (SECS=${SECS:-40})"
+}
+
 # psql against the ingest bench database on one server (local|gcp)
 # The rack rows of database $2 on server $1, binary-COPYed out and into a fresh
 # rack hypertable (with its unique key): "N rows in T ms = R rows/s".
@@ -500,6 +570,7 @@ case "${1:-all}" in
     replay) bench_replay ;;
     cache) bench_cache ;;
     index) bench_index ;;
-    all) bench_loss; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_index ;;
-    *) echo "usage: $0 [all|loss|reconcile|ingest|field|replay|cache|index]" >&2; exit 2 ;;
+    index-stall) bench_index_stall ;;
+    all) bench_loss; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_index; bench_index_stall ;;
+    *) echo "usage: $0 [all|loss|reconcile|ingest|field|replay|cache|index|index-stall]" >&2; exit 2 ;;
 esac

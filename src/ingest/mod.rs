@@ -505,6 +505,8 @@ pub struct ServerRow {
     pub rows_lost: u64,
     pub delay_p50_ms: Option<u64>,
     pub delay_p99_ms: Option<u64>,
+    /// The longest poll-to-commit delay: how long writes stalled at worst.
+    pub delay_max_ms: Option<u64>,
     /// Why the server was set aside (its rows only spooled), if it was.
     pub set_aside: Option<String>,
     /// Refused batches: table, error, rows.
@@ -560,6 +562,7 @@ impl IngestReport {
                     rows_lost: s.lost.load(Relaxed),
                     delay_p50_ms: stats.delay_quantile_ms(i, 0.50),
                     delay_p99_ms: stats.delay_quantile_ms(i, 0.99),
+                    delay_max_ms: stats.delay_quantile_ms(i, 1.0),
                     set_aside_code: set_aside.as_ref().map(|(c, _)| *c),
                     set_aside: set_aside.map(|(_, m)| m),
                     rejections: lock(&s.rejections)
