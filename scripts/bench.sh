@@ -498,7 +498,8 @@ PY
 }
 
 # How long index work stalls a live ingest: baseline, `index recommend`
-# without HypoPG (explains only), and `index create --per-chunk` on a rack
+# without HypoPG (explains only), and `index create` (per chunk, and in one
+# transaction) on a rack
 # hypertable holding two days of 50 racks at 1 Hz.
 bench_index_stall() {
     local dir="$ROOT/.services/bench" cfg="$ROOT/.services/bench/stall.toml"
@@ -528,10 +529,10 @@ TOML
     echo "index stall: a live ingest of 50 racks at 1 Hz into local (bench_stall, $(dbpsql local bench_stall 'SELECT count(*) FROM rack') rack rows in $(dbpsql local bench_stall "SELECT count(*) FROM show_chunks('rack')") chunks), ${SECS:-40} s per run, the command started 10 s in"
     stall_run "baseline (nothing else runs)"
     stall_run "index recommend (no HypoPG)" "$ESSOPS" --config "$cfg" index recommend --min-calls 1
-    stall_run "index create --per-chunk" "$ESSOPS" --config "$cfg" index create --per-chunk rack RACK_ID TIMESTAMP
+    stall_run "index create (per chunk)" "$ESSOPS" --config "$cfg" index create rack RACK_ID TIMESTAMP
     grep -ho "built chunk by chunk.*" "$dir/stall-cmd.out" | head -1 | sed 's/^/      create said: /' || true
     dbpsql local bench_stall "SET client_min_messages = warning; DROP INDEX IF EXISTS rack_rack_id_timestamp_idx"
-    stall_run "index create (one transaction)" "$ESSOPS" --config "$cfg" index create rack RACK_ID TIMESTAMP
+    stall_run "index create --one-transaction" "$ESSOPS" --config "$cfg" index create --one-transaction rack RACK_ID TIMESTAMP
     dbpsql local bench_stall "SET client_min_messages = warning; DROP INDEX IF EXISTS rack_rack_id_timestamp_idx"
     echo "  reproduce: scripts/bench.sh index-stall   (SECS=${SECS:-40})"
 }

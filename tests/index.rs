@@ -75,7 +75,7 @@ fn index_create_and_drop_reach_every_chunk_and_hostile_names_stay_names() {
         "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'rack'",
     );
     assert!(chunks >= 6, "{chunks} chunks");
-    let run = s.index(&["create", "rack", "RACK_ID", "TIMESTAMP", "--per-chunk"]);
+    let run = s.index(&["create", "rack", "RACK_ID", "TIMESTAMP"]);
     assert_eq!(run.code(), 0, "{}", run.stderr());
     assert_eq!(run.json::<Value>()[0]["status"], "created");
     assert_eq!(s.chunk_indexes("rack_rack_id_timestamp_idx"), chunks);

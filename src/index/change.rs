@@ -195,7 +195,7 @@ pub async fn create(args: &CreateArgs, ctx: &Context) -> Result<ChangeReport, In
             name: &name,
             columns: &args.columns,
             include: &args.include,
-            per_chunk: args.per_chunk,
+            per_chunk: !args.one_transaction,
         };
         rows.push(create_at(ctx, &p, &spec, &new, args.dry_run).await?);
     }

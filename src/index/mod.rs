@@ -81,9 +81,10 @@ pub struct CreateArgs {
     /// table access (index-only scans); repeatable.
     #[arg(long = "include", value_name = "COLUMN")]
     pub include: Vec<String>,
-    /// Build chunk by chunk, one transaction each (TimescaleDB), for big hypertables.
+    /// Build the whole hypertable in one transaction instead of chunk by
+    /// chunk: ingest's writes into the table wait for the whole build.
     #[arg(long)]
-    pub per_chunk: bool,
+    pub one_transaction: bool,
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
