@@ -68,9 +68,29 @@ install_packages() {
     # shellcheck disable=SC2086
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     # Debian's postgresql package starts a default cluster on 5432; we never use it.
-    # Optional: hypothetical indexes for `essops index recommend` (falls back to a sample build).
+    # Optional: hypothetical indexes for `essops index recommend` (else its advice is "unmeasured").
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-$PG_VERSION-hypopg >/dev/null 2>&1 \
-        || log "postgresql-$PG_VERSION-hypopg not available; index recommend will use sample builds"
+        || log "postgresql-$PG_VERSION-hypopg not available; index recommend will give unmeasured advice"
+}
+
+# Prometheus (with promtool) for the monitoring tests. Its package would start
+# a system-wide server on every interface; a policy-rc.d keeps it stopped
+# (this script runs a private one on loopback), and its recommends stay out.
+install_prometheus() {
+    dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed" && return 0
+    log "installing Debian's prometheus (kept stopped; a private one runs on loopback)"
+    local policy=/usr/sbin/policy-rc.d placed=1
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        placed=0
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+        || { [ $placed -eq 0 ] && as_root rm -f "$policy"; die "apt-get install prometheus failed"; }
+    [ $placed -eq 0 ] && as_root rm -f "$policy"
+    if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
 }
 
 timescaledb_present() {
@@ -336,6 +356,7 @@ with_lock() {
 
 up() {
     install_packages
+    install_prometheus
     timescaledb_present || build_timescaledb
     with_lock
     local c

@@ -17,15 +17,19 @@ static APPLICATION_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new(
 /// Names this process's sessions `essops COMMAND HOST:PID` (in
 /// `pg_stat_activity`, and in a lock refusal on another host). Set once.
 pub fn set_application_name(command: &str) {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    let mut name = format!("essops {command} {host}:{}", std::process::id());
+    let mut name = format!("essops {command} {}:{}", hostname(), std::process::id());
     // PostgreSQL keeps 63 bytes.
     while name.len() > 63 {
         name.pop();
     }
     let _ = APPLICATION_NAME.set(name);
+}
+
+/// This machine's host name (history rows and lock holders name it).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 fn application_name() -> &'static str {

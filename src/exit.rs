@@ -41,6 +41,9 @@ pub enum Outcome {
     Privilege,
     /// Ran, but part of the configuration (a register map, a schema) was found unusable.
     BadConfig,
+    /// `status --nagios`: a monitoring plugin's own code (0 ok, 1 warning,
+    /// 2 critical, 3 unknown) instead of the table's.
+    Plugin(u8),
 }
 
 impl Outcome {
@@ -52,6 +55,7 @@ impl Outcome {
             Outcome::Partial => code::UNAVAILABLE,
             Outcome::Privilege => code::PRIVILEGE,
             Outcome::BadConfig => code::CONFIG,
+            Outcome::Plugin(code) => code,
         }
     }
 }

@@ -18,11 +18,13 @@ pub mod disk;
 pub mod doc;
 pub mod error;
 pub mod exit;
+pub mod history;
 pub mod index;
 pub mod ingest;
 pub mod lock;
 pub mod logging;
 pub mod loss;
+pub mod metrics;
 pub mod migrate;
 pub mod modbus;
 pub mod output;
@@ -34,6 +36,7 @@ pub mod select;
 pub mod simulate;
 pub mod spool;
 pub mod sql;
+pub mod status;
 pub mod tasks;
 pub mod tls;
 pub mod window;
@@ -93,6 +96,7 @@ pub enum Command {
     /// Batches ingest set aside per server: list, replay, discard.
     Spool(spool::SpoolArgs),
     Check(check::CheckArgs),
+    Status(status::StatusArgs),
     /// Which config file is used and why, what it says, and whether it is usable.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -119,6 +123,7 @@ impl Command {
             Command::Demo(_) => "demo",
             Command::Spool(_) => "spool",
             Command::Check(_) => "check",
+            Command::Status(_) => "status",
             Command::Config(_) => "config",
             Command::Completions { .. } => "completions",
             Command::Man => "man",
@@ -213,6 +218,7 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         Command::Index(args) => index::run(args, ctx).await,
         Command::Demo(args) => run(args, ctx).await,
         Command::Check(args) => run(args, ctx).await,
+        Command::Status(args) => status::run(args, ctx).await,
         Command::Completions { .. } | Command::Man | Command::Config(_) => Ok(Outcome::Clean),
     }
 }

@@ -24,11 +24,14 @@ use crate::tasks;
 
 /// The files of `migrations/`, built into the binary. A unit test checks
 /// that this list and the folder agree.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "ess tables",
-    include_str!("../migrations/0001_ess_tables.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "ess tables",
+        include_str!("../migrations/0001_ess_tables.sql"),
+    ),
+    (2, "history", include_str!("../migrations/0002_history.sql")),
+];
 
 /// The newest schema version this binary knows.
 pub fn latest_version() -> i64 {

@@ -4,8 +4,8 @@
 //!
 //! | role | may | for |
 //! |---|---|---|
-//! | `essops_writer` | CONNECT, TEMP; SELECT, INSERT on the ESS tables | ingest, reconcile |
-//! | `essops_reader` | CONNECT; SELECT on the ESS tables | loss, cache warm |
+//! | `essops_writer` | CONNECT, TEMP; SELECT, INSERT on the ESS tables; SELECT, INSERT, DELETE on the history (`essops.*`) | ingest, reconcile |
+//! | `essops_reader` | CONNECT; SELECT on the ESS tables and the history; INSERT, DELETE on `essops.loss_daily` only | loss, cache warm, status |
 //!
 //! Both are NOLOGIN group roles: grant them to the login roles essops uses
 //! (`GRANT essops_reader TO dashboards;`).
@@ -49,7 +49,13 @@ pub async fn create_roles(client: &Client, database: &str) -> Result<(), tokio_p
              GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {w};
              GRANT SELECT ON ALL TABLES IN SCHEMA public TO {r};
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT ON TABLES TO {w};
-             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {r};"
+             ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {r};
+             GRANT USAGE ON SCHEMA {h} TO {w}, {r};
+             GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA {h} TO {w};
+             GRANT SELECT ON ALL TABLES IN SCHEMA {h} TO {r};
+             GRANT INSERT, DELETE ON TABLE {h}.{loss} TO {r};",
+            h = quote_ident(crate::history::SCHEMA),
+            loss = quote_ident(crate::history::LOSS_TABLE),
         ))
         .await
 }

@@ -87,13 +87,39 @@ impl Window {
     /// Sample timestamps on the `interval_secs` grid inside the window.
     pub fn grid_points(&self, interval_secs: u32) -> i64 {
         let i = i64::from(interval_secs);
-        let first = ceil_to_grid(self.start.timestamp(), i);
+        // A fractional start (10:00:00.5) has its first grid point after it.
+        let first = ceil_to_grid(
+            self.start.timestamp() + i64::from(self.start.timestamp_subsec_nanos() > 0),
+            i,
+        );
         let end = self.end.timestamp() + i64::from(self.end.timestamp_subsec_nanos() > 0);
         if first >= end {
             0
         } else {
             (end - 1 - first) / i + 1
         }
+    }
+
+    /// The window cut at local midnights of `tz`: each piece with its local
+    /// date and whether it is that whole day.
+    pub fn local_days(&self, tz: Tz) -> Vec<(NaiveDate, Window, bool)> {
+        let mut out = Vec::new();
+        let mut date = self.start.with_timezone(&tz).date_naive();
+        while local_day(date, tz).start < self.end {
+            let day = local_day(date, tz);
+            let piece = Window {
+                start: day.start.max(self.start),
+                end: day.end.min(self.end),
+            };
+            if piece.start < piece.end {
+                out.push((date, piece, piece == day));
+            }
+            match date.succ_opt() {
+                Some(next) => date = next,
+                None => break,
+            }
+        }
+        out
     }
 
     /// The first grid point at or after the window's start.

@@ -119,6 +119,10 @@ pub struct Config {
     pub cache: CacheSettings,
     /// None: the cache commands refuse to run.
     pub redis: Option<Redis>,
+    /// How long the run history (`essops.*` tables) is kept.
+    pub history: HistorySettings,
+    /// When `essops status` warns and when it is critical.
+    pub status: StatusSettings,
     /// In file order: the first two are a site's default reconcile pair.
     pub servers: Vec<Server>,
     pub sites: Vec<Site>,
@@ -227,6 +231,50 @@ pub struct ModbusSettings {
     pub breaker_after: u32,
     /// Measured values unchanged this long flag a device as stale.
     pub stale_after: std::time::Duration,
+}
+
+/// `[history]`: rows older than `keep_days` are pruned by reconcile (None: kept).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistorySettings {
+    pub keep_days: Option<u32>,
+}
+
+/// A (warning, critical) pair of ages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgeLimits {
+    pub warning: std::time::Duration,
+    pub critical: std::time::Duration,
+}
+
+/// `[status]`: the ages past which `essops status` warns or is critical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusSettings {
+    /// Since the ingest's last minute in the history.
+    pub heartbeat: AgeLimits,
+    /// Since the newest sample of a table on a server.
+    pub sample_age: AgeLimits,
+    /// Since the last reconcile run.
+    pub reconcile: AgeLimits,
+    /// Since the last cache warm.
+    pub cache_age: AgeLimits,
+    /// A spool this big is critical (growing at all is a warning).
+    pub spool_critical_bytes: u64,
+}
+
+impl Default for StatusSettings {
+    fn default() -> StatusSettings {
+        let limits = |w: u64, c: u64| AgeLimits {
+            warning: std::time::Duration::from_secs(w),
+            critical: std::time::Duration::from_secs(c),
+        };
+        StatusSettings {
+            heartbeat: limits(180, 600),
+            sample_age: limits(120, 900),
+            reconcile: limits(26 * 3600, 50 * 3600),
+            cache_age: limits(300, 3600),
+            spool_critical_bytes: 1 << 30,
+        }
+    }
 }
 
 /// How much a server's spool may hold (bytes; 0 means no limit).

@@ -19,6 +19,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) defaults: RawDefaults,
     pub(super) redis: Option<RawRedis>,
+    pub(super) history: Option<RawHistory>,
+    pub(super) status: Option<RawStatus>,
     #[serde(default)]
     pub(super) servers: BTreeMap<Spanned<String>, RawServer>,
     #[serde(default)]
@@ -62,6 +64,27 @@ pub(super) struct RawPeriod {
     pub(super) span: Spanned<String>,
     pub(super) bucket: Spanned<String>,
     pub(super) ttl: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHistory {
+    pub(super) keep_days: Option<Spanned<u32>>,
+}
+
+/// `[status]`: each value a duration ("3m", "26h") or a size in MiB.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStatus {
+    pub(super) heartbeat_warning: Option<Spanned<String>>,
+    pub(super) heartbeat_critical: Option<Spanned<String>>,
+    pub(super) sample_age_warning: Option<Spanned<String>>,
+    pub(super) sample_age_critical: Option<Spanned<String>>,
+    pub(super) reconcile_warning: Option<Spanned<String>>,
+    pub(super) reconcile_critical: Option<Spanned<String>>,
+    pub(super) cache_age_warning: Option<Spanned<String>>,
+    pub(super) cache_age_critical: Option<Spanned<String>>,
+    pub(super) spool_critical_mb: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

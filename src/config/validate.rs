@@ -62,6 +62,14 @@ impl Validator<'_> {
             }),
             None => None,
         };
+        let history = HistorySettings {
+            keep_days: raw
+                .history
+                .as_ref()
+                .and_then(|h| h.keep_days.as_ref())
+                .map(|d| *d.get_ref()),
+        };
+        let status = self.status(raw.status.as_ref())?;
         Ok(Config {
             source: self.source.clone(),
             log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
@@ -70,8 +78,74 @@ impl Validator<'_> {
             modbus,
             cache,
             redis,
+            history,
+            status,
             servers,
             sites,
+        })
+    }
+
+    /// `[status]`, each limit defaulted alone; a warning past its critical is refused.
+    fn status(&self, raw: Option<&RawStatus>) -> Result<StatusSettings, DocError> {
+        let defaults = StatusSettings::default();
+        let Some(raw) = raw else {
+            return Ok(defaults);
+        };
+        let age = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
+            Some(v) => crate::window::parse_std_duration(v.get_ref())
+                .map_err(|e| self.doc.at(v, key, e.to_string())),
+            None => Ok(default),
+        };
+        let pair =
+            |w: &Option<Spanned<String>>, c: &Option<Spanned<String>>, name: &str, d: AgeLimits| {
+                let limits = AgeLimits {
+                    warning: age(w, &format!("status.{name}_warning"), d.warning)?,
+                    critical: age(c, &format!("status.{name}_critical"), d.critical)?,
+                };
+                match (limits.warning > limits.critical, w.as_ref().or(c.as_ref())) {
+                    (true, Some(at)) => Err(self.doc.at(
+                        at,
+                        format!("status.{name}_warning"),
+                        format!(
+                            "the warning age ({} s) is past the critical one ({} s)",
+                            limits.warning.as_secs(),
+                            limits.critical.as_secs()
+                        ),
+                    )),
+                    _ => Ok(limits),
+                }
+            };
+        Ok(StatusSettings {
+            heartbeat: pair(
+                &raw.heartbeat_warning,
+                &raw.heartbeat_critical,
+                "heartbeat",
+                defaults.heartbeat,
+            )?,
+            sample_age: pair(
+                &raw.sample_age_warning,
+                &raw.sample_age_critical,
+                "sample_age",
+                defaults.sample_age,
+            )?,
+            reconcile: pair(
+                &raw.reconcile_warning,
+                &raw.reconcile_critical,
+                "reconcile",
+                defaults.reconcile,
+            )?,
+            cache_age: pair(
+                &raw.cache_age_warning,
+                &raw.cache_age_critical,
+                "cache_age",
+                defaults.cache_age,
+            )?,
+            spool_critical_bytes: raw
+                .spool_critical_mb
+                .as_ref()
+                .map_or(defaults.spool_critical_bytes, |v| {
+                    v.get_ref().saturating_mul(1 << 20)
+                }),
         })
     }
 

@@ -30,6 +30,33 @@ pub fn settings(config: &Config) -> Vec<(String, String)> {
         "modbus.stale_after",
         format!("{} s", m.stale_after.as_secs()),
     );
+    set(
+        "history.keep_days",
+        config
+            .history
+            .keep_days
+            .map_or("forever".into(), |d| d.to_string()),
+    );
+    let st = &config.status;
+    for (name, limits) in [
+        ("heartbeat", st.heartbeat),
+        ("sample_age", st.sample_age),
+        ("reconcile", st.reconcile),
+        ("cache_age", st.cache_age),
+    ] {
+        set(
+            &format!("status.{name}"),
+            format!(
+                "warning after {} s, critical after {} s",
+                limits.warning.as_secs(),
+                limits.critical.as_secs()
+            ),
+        );
+    }
+    set(
+        "status.spool_critical",
+        human_bytes(st.spool_critical_bytes),
+    );
     if let Some(redis) = &config.redis {
         let mut url = redis.url.clone();
         if url.password().is_some() {

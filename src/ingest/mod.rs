@@ -10,9 +10,11 @@
 //! its spool on disk, not to RAM. Counters and health lines live in
 //! [`stats`]; `--plan` ([`plan_check`]) says whether the polls fit.
 
+mod alarm;
 pub mod batch;
 pub mod breaker;
 pub mod group;
+mod heartbeat;
 pub mod plan_check;
 pub mod poll;
 pub mod preflight;
@@ -73,6 +75,12 @@ pub struct IngestArgs {
     /// With --plan: measure the devices' answer times for this long (e.g. 10s) instead of assuming timeout_ms.
     #[arg(long, value_parser = parse_std_duration, value_name = "DURATION", requires = "plan")]
     pub probe: Option<Duration>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// With --metrics-listen: also a poll series per device (many series on a big site).
+    #[arg(long, requires = "metrics_listen")]
+    pub metrics_per_device: bool,
 }
 
 impl IngestArgs {
@@ -85,6 +93,8 @@ impl IngestArgs {
             devices: None,
             plan: false,
             probe: None,
+            metrics_listen: None,
+            metrics_per_device: false,
         }
     }
 }
@@ -103,6 +113,8 @@ pub enum IngestError {
     Group(#[from] group::GroupError),
     #[error("nothing polled: {0}")]
     Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 impl IngestError {
@@ -111,7 +123,7 @@ impl IngestError {
             IngestError::Spool(_) => exit::INTERNAL,
             IngestError::Preflight(e) => e.exit_code(),
             IngestError::Config(_) | IngestError::NoEndpoints(_) => exit::CONFIG,
-            IngestError::Group(_) => exit::USAGE,
+            IngestError::Group(_) | IngestError::Metrics(_) => exit::USAGE,
         }
     }
 }
@@ -128,6 +140,8 @@ pub struct Plan {
     /// Part of the site only (`--devices`); `None`: all of it.
     pub group: Option<group::Group>,
     pub spool_root: PathBuf,
+    /// `--metrics-listen`, and whether per-device series are served.
+    pub metrics: Option<(String, bool)>,
 }
 
 pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
@@ -179,6 +193,10 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
         devices,
         group,
         spool_root,
+        metrics: args
+            .metrics_listen
+            .clone()
+            .map(|addr| (addr, args.metrics_per_device)),
     })
 }
 
@@ -254,6 +272,7 @@ async fn collect(
     mut rows: mpsc::Receiver<(usize, Row)>,
     tables: Vec<(crate::schema::TableSpec, Arc<Vec<String>>)>,
     writers: Vec<(mpsc::Sender<Arc<Batch>>, Arc<Sink>)>,
+    (stats, alarms): (Arc<Stats>, alarm::AlarmRules),
 ) {
     let mut pending: Vec<Vec<Row>> = vec![Vec::new(); tables.len()];
     let mut tick = tokio::time::interval(FLUSH_EVERY);
@@ -279,7 +298,11 @@ async fn collect(
     loop {
         tokio::select! {
             row = rows.recv() => match row {
-                Some((table, row)) => pending[table].push(row),
+                Some((table, row)) => {
+                    let in_alarm = alarms.in_alarm(table, &row.values);
+                    stats.devices[row.device_index].alarm.store(in_alarm, Relaxed);
+                    pending[table].push(row)
+                }
                 None => break,
             },
             _ = tick.tick() => flush(&mut pending, &mut spooling),
@@ -425,6 +448,35 @@ fn start_health(stats: &Arc<Stats>) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// Starts the `/metrics` server when `--metrics-listen` asks for one.
+async fn serve_metrics(
+    plan: &Plan,
+    stats: &Arc<Stats>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, IngestError> {
+    let Some((addr, per_device)) = &plan.metrics else {
+        return Ok(None);
+    };
+    let listener = crate::metrics::bind(addr).await?;
+    let registry = prometheus::Registry::new();
+    let collector = Box::new(crate::metrics::IngestCollector {
+        stats: Arc::clone(stats),
+        spools: plan
+            .servers
+            .iter()
+            .map(|s| plan.spool_root.join(&s.name))
+            .collect(),
+        per_device: *per_device,
+    });
+    registry
+        .register(collector)
+        .expect("the only collector of a fresh registry");
+    tracing::info!(site = %plan.site.name, addr = %addr, "serving Prometheus metrics at /metrics");
+    Ok(Some(tokio::spawn(crate::metrics::serve(
+        listener,
+        Arc::new(registry),
+    ))))
+}
+
 /// Polls and writes until `shutdown` or `duration`, then stops in order:
 /// lanes (requests in flight finish), collector (last batches), live
 /// writers, replayers (a last drain).
@@ -438,14 +490,22 @@ pub async fn execute(
     let (stats, device_index) = counters(&plan);
     let mut writers = start_writers(&plan, ctx, catalogs, &stats, &device_index)?;
     let (row_tx, row_rx) = mpsc::channel(plan.devices.len().max(1024) * 2);
-    let tables = plan
+    let tables: Vec<(crate::schema::TableSpec, Arc<Vec<String>>)> = plan
         .site
         .register_map
         .tables
         .iter()
         .map(|t| (t.spec, Arc::new(t.value_columns())))
         .collect();
-    let collector = tokio::spawn(collect(row_rx, tables, std::mem::take(&mut writers.queues)));
+    let columns: Vec<&[String]> = tables.iter().map(|(_, c)| c.as_slice()).collect();
+    let alarms = alarm::AlarmRules::new(&columns, &ctx.config.cache.limits);
+    let metrics = serve_metrics(&plan, &stats).await?;
+    let collector = tokio::spawn(collect(
+        row_rx,
+        tables,
+        std::mem::take(&mut writers.queues),
+        (stats.clone(), alarms),
+    ));
     let (poll_stop_tx, poll_stop_rx) = watch::channel(false);
     let mut pollers = start_lanes(&plan, ctx, &row_tx, &stats, &poll_stop_rx);
     drop(row_tx);
@@ -453,6 +513,7 @@ pub async fn execute(
     tracing::info!(site = %plan.site.name, devices = plan.devices.len(), servers = %servers.join(","), "ingest started");
     let started = std::time::Instant::now();
     let health = start_health(&stats);
+    let heartbeat = heartbeat::Heartbeat::start(&plan, &ctx.config, &stats);
     let until = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -471,6 +532,10 @@ pub async fn execute(
     while writers.replay.join_next().await.is_some() {}
     health.abort();
     stats.log_health(&mut Vec::new());
+    heartbeat.finish().await;
+    if let Some(server) = metrics {
+        server.abort();
+    }
     Ok(IngestReport::new(&plan, &stats, started.elapsed()))
 }
 

@@ -298,7 +298,9 @@ impl Lane {
             Ok(values) => {
                 load.answers += 1;
                 load.answer_time += now - p.started;
-                self.stats.devices[dev.index].polls_ok.fetch_add(1, Relaxed);
+                let d = &self.stats.devices[dev.index];
+                d.polls_ok.fetch_add(1, Relaxed);
+                d.latency.observe((now - p.started).as_secs_f64());
                 self.track_stale(dev, s, &values, now);
                 let row = Row {
                     device: dev.device.clone(),

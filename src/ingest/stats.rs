@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use prometheus::{Histogram, HistogramVec};
 use serde::Serialize;
 
 use crate::logging::REPORT_TARGET;
@@ -77,7 +78,11 @@ impl Misses {
         } += n;
     }
 
-    fn since(&self, earlier: &Misses) -> Misses {
+    pub fn plus(&self, other: &Misses) -> Misses {
+        sum(*self, *other)
+    }
+
+    pub fn since(&self, earlier: &Misses) -> Misses {
         let mut out = Misses::default();
         for m in Miss::ALL {
             out.add(m, self.get(m) - earlier.get(m));
@@ -110,6 +115,10 @@ pub struct DeviceStats {
     pub breaker_openings: AtomicU64,
     /// Measured values unchanged for `stale_after`.
     pub stale: AtomicBool,
+    /// The last answer had an alarm or fault word set, or a value outside `cache.limits`.
+    pub alarm: AtomicBool,
+    /// Answer times of this device's table (shared by the table's devices).
+    pub latency: Histogram,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +142,8 @@ pub struct ServerStats {
     pub lag_ms: AtomicU64,
     /// Poll-to-commit delay of directly written rows, 1 ms buckets.
     pub delays: Mutex<Vec<u64>>,
+    /// The same for Prometheus (this server's child of `Stats::commit_delay`).
+    pub commit_delay: Option<Histogram>,
     /// Why this server was set aside (its rows only spooled), and the exit code that goes with it.
     pub set_aside: Mutex<Option<(u8, String)>>,
     /// Permanent refusals: (table, error, rows), for the summary.
@@ -144,6 +155,9 @@ pub struct Stats {
     pub site: String,
     pub devices: Vec<DeviceStats>,
     pub servers: Vec<ServerStats>,
+    /// Answer times per table, and poll-to-commit per server, for Prometheus.
+    pub poll_latency: HistogramVec,
+    pub commit_delay: HistogramVec,
 }
 
 const DELAY_BUCKETS: usize = 60_000;
@@ -158,11 +172,17 @@ pub struct Snapshot {
 impl Stats {
     pub fn new(site: &str, devices: Vec<(&'static str, String)>, servers: &[String]) -> Stats {
         let counters = || servers.iter().map(|_| AtomicU64::new(0)).collect();
+        let (poll_latency, commit_delay) = (
+            crate::metrics::poll_latency_histograms(),
+            crate::metrics::commit_delay_histograms(),
+        );
         Stats {
             site: site.to_string(),
             devices: devices
                 .into_iter()
                 .map(|(table, label)| DeviceStats {
+                    latency: poll_latency.with_label_values(&[site, table]),
+                    alarm: AtomicBool::new(false),
                     table,
                     label,
                     polls_ok: AtomicU64::new(0),
@@ -179,9 +199,12 @@ impl Stats {
                 .map(|name| ServerStats {
                     name: name.clone(),
                     delays: Mutex::new(vec![0; DELAY_BUCKETS]),
+                    commit_delay: Some(commit_delay.with_label_values(&[site, name.as_str()])),
                     ..ServerStats::default()
                 })
                 .collect(),
+            poll_latency,
+            commit_delay,
         }
     }
 
@@ -197,6 +220,9 @@ impl Stats {
     pub fn record_delay(&self, server: usize, delay: Duration) {
         let ms = (delay.as_millis() as usize).min(DELAY_BUCKETS - 1);
         lock(&self.servers[server].delays)[ms] += 1;
+        if let Some(h) = &self.servers[server].commit_delay {
+            h.observe(delay.as_secs_f64());
+        }
     }
 
     /// The `q` quantile of a server's poll-to-commit delay, in ms.

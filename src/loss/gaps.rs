@@ -53,6 +53,49 @@ pub fn gaps(window: Window, interval_secs: u32, s: &DeviceSamples) -> Vec<Gap> {
     leading.into_iter().chain(inner).chain(trailing).collect()
 }
 
+/// A device's loss within one piece of the window (a local day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PieceLoss {
+    pub expected: i64,
+    pub missing: i64,
+    /// Gaps that reach into the piece, and the longest part of one inside it.
+    pub gaps: usize,
+    pub longest_secs: i64,
+}
+
+impl PieceLoss {
+    /// The device sent something in the piece.
+    pub fn has_samples(&self) -> bool {
+        self.missing < self.expected
+    }
+}
+
+/// The part of `gaps` (of the whole window) that falls in `piece`.
+pub fn piece_loss(piece: Window, interval_secs: u32, gaps: &[Gap]) -> PieceLoss {
+    let mut out = PieceLoss {
+        expected: piece.grid_points(interval_secs),
+        missing: 0,
+        gaps: 0,
+        longest_secs: 0,
+    };
+    for g in gaps {
+        let inside = Window {
+            start: g.start.max(piece.start),
+            end: g.end.min(piece.end),
+        };
+        if inside.start >= inside.end {
+            continue;
+        }
+        let missing = inside.grid_points(interval_secs);
+        if missing > 0 {
+            out.missing += missing;
+            out.gaps += 1;
+            out.longest_secs = out.longest_secs.max(inside.seconds());
+        }
+    }
+    out
+}
+
 /// The `n` longest gaps, longest first (earlier first among equals).
 pub fn longest(mut gaps: Vec<Gap>, n: usize) -> Vec<Gap> {
     gaps.sort_by(|a, b| {
@@ -115,6 +158,41 @@ mod tests {
             start: t(0),
             end: t(3600),
         }
+    }
+
+    #[test]
+    fn loss_piece_takes_the_part_of_each_gap_inside_it() {
+        let s = DeviceSamples {
+            observed: 90 + 3300,
+            first: Some(t(10)),
+            last: Some(t(3499)),
+            holes: vec![(t(99), t(200))],
+        };
+        let g = gaps(hour(), 1, &s);
+        let first_half = Window {
+            start: t(0),
+            end: t(150),
+        };
+        let p = piece_loss(first_half, 1, &g);
+        assert_eq!(
+            (p.expected, p.missing, p.gaps, p.longest_secs),
+            (150, 60, 2, 50)
+        );
+        let second_half = Window {
+            start: t(150),
+            end: t(3600),
+        };
+        let q = piece_loss(second_half, 1, &g);
+        assert_eq!(p.missing + q.missing, hour().grid_points(1) - s.observed);
+        let quiet = piece_loss(
+            Window {
+                start: t(3500),
+                end: t(3600),
+            },
+            1,
+            &g,
+        );
+        assert!(!quiet.has_samples() && quiet.missing == 100);
     }
 
     #[test]

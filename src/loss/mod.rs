@@ -28,6 +28,7 @@ use crate::schema::{self, DeviceId, TableSpec};
 use crate::tasks;
 use crate::window::{Window, WindowArgs, WindowError};
 
+use crate::history::{self, LossDay};
 use gaps::{DeviceSamples, Gap, Grade};
 use measure::TableSamples;
 
@@ -221,7 +222,7 @@ pub async fn execute(plan: LossPlan, ctx: &Context) -> crate::error::Result<Loss
         .targets
         .iter()
         .flat_map(|t| plan.tables.iter().map(move |spec| (t.clone(), *spec)));
-    let results = tasks::run_in_order(
+    let measured = tasks::run_in_order(
         work,
         |(target, spec)| {
             let config = Arc::clone(&ctx.config);
@@ -230,7 +231,11 @@ pub async fn execute(plan: LossPlan, ctx: &Context) -> crate::error::Result<Loss
         || {},
     )
     .await;
-    let rows: Vec<LossRow> = results.into_iter().flatten().collect();
+    let per_target = plan.tables.len().max(1);
+    for (t, tables) in plan.targets.iter().zip(measured.chunks(per_target)) {
+        record_history(&ctx.config, t, tables).await;
+    }
+    let rows: Vec<LossRow> = measured.into_iter().flat_map(|m| m.rows).collect();
     rows.iter().for_each(log_row);
     let report = LossReport { rows };
     if let Some(path) = &plan.export {
@@ -239,16 +244,69 @@ pub async fn execute(plan: LossPlan, ctx: &Context) -> crate::error::Result<Loss
     Ok(report)
 }
 
+/// One table of one (server, site): its report rows, and its whole local
+/// days for the history (None: it could not be measured).
+struct Measured {
+    table: &'static str,
+    rows: Vec<LossRow>,
+    days: Option<Vec<LossDay>>,
+}
+
+/// Replaces the server's loss history for the whole local days of the
+/// window, for the tables that were measured. A partial window writes nothing.
+async fn record_history(config: &Config, t: &LossTarget, measured: &[Measured]) {
+    let days: Vec<chrono::NaiveDate> = t
+        .counted
+        .local_days(t.site.timezone)
+        .into_iter()
+        .filter_map(|(date, _, whole)| whole.then_some(date))
+        .collect();
+    let tables: Vec<String> = measured
+        .iter()
+        .filter(|m| m.days.is_some())
+        .map(|m| m.table.to_string())
+        .collect();
+    if days.is_empty() || tables.is_empty() {
+        return;
+    }
+    let rows: Vec<LossDay> = measured
+        .iter()
+        .filter_map(|m| m.days.clone())
+        .flatten()
+        .collect();
+    let server = config.server(&t.server).expect("planned servers exist");
+    let target = Target {
+        server,
+        database: &t.site.database,
+    };
+    let result = async {
+        let mut client = history::connect(config, target).await?;
+        history::record_loss(&mut client, target, &t.site.name, &tables, &days, &rows).await
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            tracing::info!(site = %t.site.name, server = %t.server, days = days.len(), rows = rows.len(), "loss history recorded")
+        }
+        Err(e) => history::warn_unrecorded(
+            &format!("loss of site `{}` on server `{}`", t.site.name, t.server),
+            &e,
+        ),
+    }
+}
+
 /// Measures one table of one (server, site): its device rows and its table
 /// row, or a failure row. Never fails the whole run.
-async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Vec<LossRow> {
-    let fail = |error: String| {
-        vec![LossRow::Failure(LossFailure {
+async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Measured {
+    let fail = |error: String| Measured {
+        table: spec.name,
+        rows: vec![LossRow::Failure(LossFailure {
             server: t.server.clone(),
             site: t.site.name.clone(),
             table: Some(spec.name.to_string()),
             error,
-        })]
+        })],
+        days: None,
     };
     // Loss only reads: a read replica (`read_url`) takes it when there is one.
     let server = &config
@@ -276,15 +334,26 @@ async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Vec<
     )
     .await
     {
-        Ok(samples) => rows_for(t, spec, samples),
+        Ok(samples) => {
+            let (rows, days) = rows_for(t, spec, samples);
+            Measured {
+                table: spec.name,
+                rows,
+                days: Some(days),
+            }
+        }
         Err(e) => fail(e.to_string()),
     }
 }
 
-fn rows_for(t: &LossTarget, spec: TableSpec, mut samples: TableSamples) -> Vec<LossRow> {
+/// The report rows of one table, and its whole local days for the history.
+fn rows_for(
+    t: &LossTarget,
+    spec: TableSpec,
+    mut samples: TableSamples,
+) -> (Vec<LossRow>, Vec<LossDay>) {
     let tz = t.site.timezone;
     let (start, end) = (local(t.window.start, tz), local(t.window.end, tz));
-    let expected = t.counted.grid_points(t.site.sample_interval_secs);
     let configured = spec.devices(&t.site);
     // Configured devices first (in config order), then any the data has that the config lacks.
     let extra: Vec<DeviceId> = samples
@@ -297,11 +366,14 @@ fn rows_for(t: &LossTarget, spec: TableSpec, mut samples: TableSamples) -> Vec<L
         .iter()
         .map(|d| (d.clone(), true))
         .chain(extra.into_iter().map(|d| (d, false)));
-    let mut rows = Vec::new();
+    let pieces = t.counted.local_days(tz);
+    let (mut rows, mut days) = (Vec::new(), Vec::new());
     let (mut sum_expected, mut sum_observed, mut count) = (0, 0, 0);
     for (id, is_configured) in devices {
         let s = samples.devices.remove(&id).unwrap_or_default();
-        let row = device_row(t, spec, &id, is_configured, expected, &s, (&start, &end));
+        let measured = DeviceMeasure::new(t, &s, &pieces, is_configured);
+        let row = device_row(t, spec, &id, is_configured, &measured, (&start, &end));
+        days.extend(measured.whole_days(t, &row));
         sum_expected += row.expected;
         sum_observed += row.observed;
         count += 1;
@@ -329,7 +401,87 @@ fn rows_for(t: &LossTarget, spec: TableSpec, mut samples: TableSamples) -> Vec<L
         size: human_bytes(samples.size_bytes.max(0) as u64),
         level: Grade::of(loss, t.site.loss),
     }));
-    rows
+    (rows, days)
+}
+
+/// One device over the counted window, cut into local days. A configured
+/// device counts every day; one the config no longer lists counts only the
+/// days on which it sent something (a decommissioned rack is not lost data).
+struct DeviceMeasure {
+    expected: i64,
+    observed: i64,
+    gaps: Vec<Gap>,
+    days: Vec<(chrono::NaiveDate, gaps::PieceLoss, bool)>,
+}
+
+impl DeviceMeasure {
+    fn new(
+        t: &LossTarget,
+        s: &DeviceSamples,
+        pieces: &[(chrono::NaiveDate, Window, bool)],
+        configured: bool,
+    ) -> DeviceMeasure {
+        let interval = t.site.sample_interval_secs;
+        let all_gaps = gaps::gaps(t.counted, interval, s);
+        let mut days: Vec<_> = pieces
+            .iter()
+            .map(|(date, piece, whole)| {
+                (
+                    *date,
+                    *piece,
+                    gaps::piece_loss(*piece, interval, &all_gaps),
+                    *whole,
+                )
+            })
+            .collect();
+        if !configured {
+            days.retain(|(_, _, loss, _)| loss.has_samples());
+        }
+        let expected = match configured {
+            true => t.counted.grid_points(interval),
+            false => days.iter().map(|(_, _, l, _)| l.expected).sum(),
+        };
+        let gaps = match configured {
+            true => all_gaps,
+            false => all_gaps
+                .into_iter()
+                .filter(|g| {
+                    days.iter()
+                        .any(|(_, p, _, _)| g.start < p.end && p.start < g.end)
+                })
+                .collect(),
+        };
+        DeviceMeasure {
+            expected,
+            observed: s.observed.min(expected),
+            gaps,
+            days: days.into_iter().map(|(d, _, l, w)| (d, l, w)).collect(),
+        }
+    }
+
+    /// The history rows: whole local days only.
+    fn whole_days(&self, t: &LossTarget, row: &DeviceLoss) -> Vec<LossDay> {
+        self.days
+            .iter()
+            .filter(|(_, _, whole)| *whole)
+            .map(|(day, l, _)| {
+                let pct = gaps::loss_pct(l.expected, l.expected - l.missing);
+                LossDay {
+                    table: row.table.clone(),
+                    device: row.device.clone(),
+                    device_ids: row.device_ids.clone(),
+                    day: *day,
+                    configured: row.configured,
+                    expected: l.expected,
+                    observed: l.expected - l.missing,
+                    gaps: l.gaps as i32,
+                    longest_gap_s: l.longest_secs,
+                    loss_pct: pct,
+                    grade: Grade::of(pct, t.site.loss).as_str(),
+                }
+            })
+            .collect()
+    }
 }
 
 fn device_row(
@@ -337,14 +489,10 @@ fn device_row(
     spec: TableSpec,
     id: &[i16],
     configured: bool,
-    expected: i64,
-    s: &DeviceSamples,
+    m: &DeviceMeasure,
     (start, end): (&str, &str),
 ) -> DeviceLoss {
-    let interval = t.site.sample_interval_secs;
-    let observed = s.observed.min(expected);
-    let all_gaps = gaps::gaps(t.counted, interval, s);
-    let loss = gaps::loss_pct(expected, observed);
+    let loss = gaps::loss_pct(m.expected, m.observed);
     DeviceLoss {
         server: t.server.clone(),
         site: t.site.name.clone(),
@@ -355,13 +503,13 @@ fn device_row(
         window: t.window,
         window_start: start.to_string(),
         window_end: end.to_string(),
-        expected,
-        observed,
-        missing: expected - observed,
+        expected: m.expected,
+        observed: m.observed,
+        missing: m.expected - m.observed,
         loss_pct: loss,
-        collection_pct: collection(loss, expected),
-        gap_count: all_gaps.len(),
-        longest_gaps: gaps::longest(all_gaps, LONGEST_GAPS)
+        collection_pct: collection(loss, m.expected),
+        gap_count: m.gaps.len(),
+        longest_gaps: gaps::longest(m.gaps.clone(), LONGEST_GAPS)
             .into_iter()
             .map(|g| LocalGap::new(g, t.site.timezone))
             .collect(),

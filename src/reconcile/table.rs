@@ -16,6 +16,7 @@ use crate::catalog::TableError;
 use crate::config::{Config, Server};
 use crate::db::{self, DbError, Target};
 use crate::exit::code as exit;
+use crate::history::{self, ReconcileRun};
 use crate::privilege::PrivilegeError;
 use crate::schema::{self, DeviceId, TableSpec};
 
@@ -113,7 +114,79 @@ pub(super) async fn reconcile(
     for row in &rows {
         log_row(row);
     }
+    if let Some(run) = history_run(t, mode, &rows, started) {
+        record_on_both(config, t, &run).await;
+    }
     rows
+}
+
+/// The history row of this table's run (devices are not recorded).
+fn history_run(
+    t: &ReconcileTarget,
+    mode: Mode,
+    rows: &[ReconcileRow],
+    started: Instant,
+) -> Option<ReconcileRun> {
+    let mut run = ReconcileRun {
+        site: t.site.name.clone(),
+        table: t.table.name.into(),
+        window_start: t.window.start,
+        window_end: t.window.end,
+        server_a: t.a.clone(),
+        server_b: t.b.clone(),
+        dry_run: mode == Mode::DryRun,
+        compared: 0,
+        differing: 0,
+        copied_to_a: 0,
+        copied_to_b: 0,
+        seconds: started.elapsed().as_secs_f64(),
+        error: None,
+    };
+    match rows.last()? {
+        ReconcileRow::Table(r) => {
+            run.compared = r.buckets_compared as i64;
+            run.differing = r.buckets_differing as i64;
+            run.copied_to_a = r.counts.copied_to_a as i64;
+            run.copied_to_b = r.counts.copied_to_b as i64;
+            if r.verified == Some(false) {
+                run.error = Some("copied rows, but a fresh diff still differs".into());
+            }
+        }
+        ReconcileRow::Failure(f) => run.error = Some(f.error.clone()),
+        ReconcileRow::Device(_) => return None,
+    }
+    Some(run)
+}
+
+/// A reconcile run is written to both servers of the pair.
+async fn record_on_both(config: &Config, t: &ReconcileTarget, run: &ReconcileRun) {
+    for name in [&t.a, &t.b] {
+        let Ok(server) = config.server(name) else {
+            continue;
+        };
+        let target = Target {
+            server,
+            database: &t.site.database,
+        };
+        let written = async {
+            let client = history::connect(config, target).await?;
+            history::record_reconcile(&client, target, run).await?;
+            if let Some(days) = config.history.keep_days {
+                history::prune(&client, target, days).await?;
+            }
+            Ok::<_, history::HistoryError>(())
+        }
+        .await;
+        if let Err(e) = written {
+            history::warn_unrecorded(
+                &format!(
+                    "reconcile of `{}` table `{}` on server `{name}`",
+                    run.site, run.table
+                ),
+                &e,
+            );
+        }
+    }
 }
 
 async fn reconcile_steps(
