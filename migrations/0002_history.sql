@@ -31,9 +31,9 @@ CREATE INDEX loss_daily_day ON essops.loss_daily (day);
 CREATE VIEW essops.loss_daily_tables AS
 SELECT site, server, table_name, day,
        count(*)                                                   AS devices,
-       sum(expected)                                              AS expected,
-       sum(observed)                                              AS observed,
-       sum(missing)                                               AS missing,
+       sum(expected)::int8                                        AS expected,
+       sum(observed)::int8                                        AS observed,
+       sum(missing)::int8                                         AS missing,
        round(100.0 * sum(missing) / nullif(sum(expected), 0), 2)  AS loss_pct,
        max(longest_gap_s)                                         AS longest_gap_s,
        count(*) FILTER (WHERE grade = 'critical')                 AS devices_critical,

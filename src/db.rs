@@ -475,7 +475,10 @@ pub async fn connect(
         // site-day count went from 1 s to 0.3 s with it off).
         // UTC sessions: timestamptz casts and hashes then need no zone lookups,
         // and nothing essops computes depends on the session's zone.
-        .options("-c jit=off -c TimeZone=UTC")
+        // search_path: see SEARCH_PATH.
+        .options(format!(
+            "-c jit=off -c TimeZone=UTC -c search_path={SEARCH_PATH}"
+        ))
         .connect_timeout(CONNECT_TIMEOUT);
     if let Some(pw) = password(config, target.server, target.database)? {
         pg.password(pw);
@@ -543,6 +546,12 @@ fn connect_error(target: Target<'_>, e: &tokio_postgres::Error) -> DbError {
     }
 }
 
+/// Every session resolves unqualified names in `public` only, where the ESS
+/// tables and sqlx's bookkeeping live. PostgreSQL's default path starts with
+/// `"$user"`: for a login role named `essops`, the history schema `essops`
+/// would come first, and a table created unqualified would land there.
+const SEARCH_PATH: &str = "public";
+
 /// sqlx options for the same target (migrations only).
 pub fn sqlx_options(
     config: &Config,
@@ -554,6 +563,7 @@ pub fn sqlx_options(
         .username(&target.server.user)
         .database(target.database)
         .application_name(application_name())
+        .options([("search_path", SEARCH_PATH)])
         .ssl_mode(match target.server.tls.effective_mode() {
             SslMode::Disable => sqlx::postgres::PgSslMode::Disable,
             SslMode::Prefer => sqlx::postgres::PgSslMode::Prefer,

@@ -276,6 +276,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn window_fractional_start_adds_no_phantom_sample() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let w = Window {
+            start: t("2026-03-05T10:00:00.5Z"),
+            end: t("2026-03-05T10:00:10Z"),
+        };
+        // 10:00:01 .. 10:00:09: 10:00:00 is before the start.
+        assert_eq!(w.grid_points(1), 9);
+        assert_eq!(w.first_grid_point(1), t("2026-03-05T10:00:01Z"));
+    }
+
+    #[test]
+    fn window_local_days_cut_at_local_midnight_and_mark_whole_days() {
+        let tz: Tz = "Asia/Kolkata".parse().unwrap();
+        let day = |d: u32| local_day(NaiveDate::from_ymd_opt(2026, 3, d).unwrap(), tz);
+        let w = Window {
+            start: day(4).start + Duration::hours(12),
+            end: day(6).end,
+        };
+        let pieces = w.local_days(tz);
+        let whole: Vec<bool> = pieces.iter().map(|p| p.2).collect();
+        assert_eq!(whole, [false, true, true]);
+        assert_eq!(pieces[1].1, day(5));
+        let covered: i64 = pieces.iter().map(|p| p.1.seconds()).sum();
+        assert_eq!(covered, w.seconds());
+    }
+
+    #[test]
     fn window_durations_are_bounded_so_date_arithmetic_cannot_overflow() {
         assert!(parse_duration("36500d").is_ok());
         for long in [

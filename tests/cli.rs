@@ -29,6 +29,7 @@ fn cli_help_lists_only_working_commands() {
             "demo",
             "spool",
             "check",
+            "status",
             "config",
             "completions",
             "man",

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{TimeZone, Utc};
+use chrono::{Offset, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
 
@@ -53,17 +53,20 @@ impl Bucket {
 /// Per device (label → buckets in time order).
 pub type Devices = BTreeMap<String, Vec<Bucket>>;
 
-/// The start of the bucket holding `t`: local midnight for day buckets.
+/// The start of the bucket holding `t`: local midnight for day buckets;
+/// other buckets are aligned to the local clock, so an hour in Asia/Kolkata
+/// (UTC+5:30) starts at :30 UTC.
 pub fn bucket_start(t: i64, bucket: i64, tz: Tz) -> i64 {
+    let utc = Utc.timestamp_opt(t, 0).single().unwrap_or_default();
     if bucket != DAY {
-        return t - t.rem_euclid(bucket);
+        let offset = i64::from(
+            tz.offset_from_utc_datetime(&utc.naive_utc())
+                .fix()
+                .local_minus_utc(),
+        );
+        return t - (t + offset).rem_euclid(bucket);
     }
-    let local = Utc
-        .timestamp_opt(t, 0)
-        .single()
-        .unwrap_or_default()
-        .with_timezone(&tz)
-        .date_naive();
+    let local = utc.with_timezone(&tz).date_naive();
     crate::window::local_day(local, tz).start.timestamp()
 }
 
@@ -72,7 +75,8 @@ pub fn tiles(fine: i64, coarse: i64, tz: Tz, at: i64) -> bool {
     if coarse != DAY {
         return coarse % fine == 0;
     }
-    DAY % fine == 0 && bucket_start(at, DAY, tz).rem_euclid(fine) == 0
+    let midnight = bucket_start(at, DAY, tz);
+    DAY % fine == 0 && bucket_start(midnight, fine, tz) == midnight
 }
 
 /// Rolls `src` buckets with start in `[from, to)` up into `bucket`-second buckets.
@@ -160,6 +164,21 @@ mod tests {
         );
         assert!((d[0].avg[0] - (600.0 + 600.0) / 90.0).abs() < 1e-12);
         assert_eq!(bucket_from_json(&bucket_json(&d[1])), Some(d[1].clone()));
+    }
+
+    #[test]
+    fn cache_hour_buckets_follow_a_half_hour_zone() {
+        let kolkata = chrono_tz::Asia::Kolkata;
+        // 2026-03-05 10:45 IST = 05:15 UTC: its local hour began at 10:00 IST = 04:30 UTC.
+        let t = 1_772_687_700;
+        assert_eq!(bucket_start(t, 3600, kolkata), t - 45 * 60);
+        assert_eq!(bucket_start(t, 60, kolkata), t);
+        // Local midnight is an hour boundary, so hours tile the day.
+        assert!(tiles(3600, DAY, kolkata, t));
+        assert_eq!(
+            bucket_start(bucket_start(t, DAY, kolkata), 3600, kolkata),
+            bucket_start(t, DAY, kolkata)
+        );
     }
 
     #[test]

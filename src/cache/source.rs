@@ -129,19 +129,49 @@ pub async fn latest(
     Ok(out)
 }
 
-/// Rows per hour (Unix seconds of the hour) in `[from, to)`.
+/// Samples per local hour (Unix seconds of its start; hours counted from
+/// `origin`, a local midnight) in `[from, to)`, as `essops loss` counts them:
+/// distinct (device, time) of the configured `devices` only, so a doubled
+/// row or a device the config does not list adds nothing.
 pub async fn hourly_counts(
     client: &Client,
     spec: &TableSpec,
-    from: i64,
-    to: i64,
+    devices: &[DeviceId],
+    (from, to): (i64, i64),
+    origin: i64,
 ) -> Result<BTreeMap<i64, u64>, tokio_postgres::Error> {
     let t = quote_ident(TIME_COLUMN);
+    let cols: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
+    let k = cols.len();
+    let (key, filter) = match k {
+        0 => (t.clone(), String::new()),
+        _ => {
+            let arrays: Vec<String> = (0..k).map(|i| format!("${}::int4[]", i + 4)).collect();
+            let tuple = format!("({})", cols.join(", "));
+            (
+                format!("({}, {t})", cols.join(", ")),
+                format!(
+                    " AND {tuple} IN (SELECT * FROM unnest({}))",
+                    arrays.join(", ")
+                ),
+            )
+        }
+    };
     let sql = format!(
-        "SELECT extract(epoch FROM time_bucket('1 hour', {t}))::int8, count(*) FROM {} WHERE {t} >= $1 AND {t} < $2 GROUP BY 1",
+        "SELECT extract(epoch FROM time_bucket('1 hour', {t}, $3::timestamptz))::int8, count(DISTINCT {key})
+           FROM {} WHERE {t} >= $1 AND {t} < $2{filter} GROUP BY 1",
         quote_ident(spec.name)
     );
-    let rows = client.query(&sql, &[&time(from), &time(to)]).await?;
+    let ids: Vec<Vec<i32>> = (0..k)
+        .map(|i| devices.iter().map(|d| i32::from(d[i])).collect())
+        .collect();
+    let (from, to, origin) = (time(from), time(to), time(origin));
+    let mut bind: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&from, &to, &origin];
+    bind.extend(
+        ids.iter()
+            .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)),
+    );
+    let rows = client.query(&sql, &bind).await?;
     Ok(rows
         .iter()
         .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1) as u64))

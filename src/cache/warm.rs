@@ -417,15 +417,15 @@ async fn table_loss(
         .filter_map(|(h, n)| Some((h.parse::<i64>().ok()?, n.as_u64()?)))
         .filter(|(h, _)| *h + 3600 <= from)
         .collect();
-    match source::hourly_counts(client, spec, from, end).await {
+    let devices = spec.devices(warm.site);
+    match source::hourly_counts(client, spec, &devices, (from, end), day_start).await {
         Ok(fresh) => hours.extend(fresh),
         Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01") => return None,
         Err(e) => return Some(json!({ "error": db::describe(&e) })),
     }
     let observed: u64 = hours.values().sum();
-    let devices = spec.devices(warm.site).len() as u64;
-    let expected =
-        devices * ((end - day_start).max(0) as u64 / u64::from(warm.site.sample_interval_secs));
+    let expected = devices.len() as u64
+        * ((end - day_start).max(0) as u64 / u64::from(warm.site.sample_interval_secs));
     let loss_pct = match expected {
         0 => 0.0,
         e => (100.0 * (1.0 - observed as f64 / e as f64)).max(0.0),
