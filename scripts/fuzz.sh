@@ -25,11 +25,14 @@ for t in "${TARGETS[@]}"; do
     mkdir -p "corpus/$t" "artifacts/$t"
     cp -n seeds/"$t"/* "corpus/$t/" 2>/dev/null || true
     echo "fuzz: $t for $SECS s" >&2
+    mkdir -p logs
+    # The whole run goes to logs/TARGET.log; the summary lines are shown.
     cargo +nightly fuzz run "$t" "corpus/$t" -- -max_total_time="$SECS" \
-        -artifact_prefix="artifacts/$t/" -print_final_stats=1 2>&1 \
-        | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::new_units_added|==[0-9]+== ERROR|SUMMARY|artifact_prefix|Test unit written)" || true
-    if ls "artifacts/$t"/crash-* >/dev/null 2>&1; then
-        echo "fuzz: $t CRASHED; inputs: $(ls artifacts/"$t"/crash-*)" >&2
+        -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"logs/$t.log" 2>&1 || true
+    grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::new_units_added|==[0-9]+== ERROR|SUMMARY|Test unit written)" "logs/$t.log" || true
+    found="$(find "artifacts/$t" -maxdepth 1 -type f \( -name 'crash-*' -o -name 'oom-*' -o -name 'timeout-*' \))"
+    if [ -n "$found" ]; then
+        echo "fuzz: $t FAILED; inputs: $found (log: fuzz/logs/$t.log)" >&2
         exit 1
     fi
 done

@@ -71,16 +71,28 @@ fn key_near(text: &str, span: std::ops::Range<usize>) -> String {
     let at = text.get(span.clone()).unwrap_or("");
     if !at.is_empty()
         && at.chars().all(is_key_char)
-        && text[span.end..].trim_start().starts_with('=')
+        && text
+            .get(span.end..)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
     {
         return at.to_string();
     }
-    let before = text[..span.start.min(text.len())].trim_end();
+    // Spans are byte offsets; one inside a character finds no key.
+    let before = text
+        .get(..span.start.min(text.len()))
+        .unwrap_or("")
+        .trim_end();
     let Some(before) = before.strip_suffix('=') else {
         return String::from("(document)");
     };
     let before = before.trim_end();
-    let start = before.rfind(|c: char| !is_key_char(c)).map_or(0, |i| i + 1);
+    // Where the key begins: after the last character that cannot be in one
+    // (which may be wider than a byte).
+    let start = before
+        .char_indices()
+        .rev()
+        .find(|(_, c)| !is_key_char(*c))
+        .map_or(0, |(i, c)| i + c.len_utf8());
     match &before[start..] {
         "" => String::from("(document)"),
         key => key.to_string(),

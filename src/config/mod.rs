@@ -522,6 +522,13 @@ fn join_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn config_fuzz_crash_quote_then_a_comment_with_a_wide_char() {
+        // fuzz/artifacts/config/crash-48882753…: `' #Ns\u{fffb}= `
+        let text = "' #Ns\u{fffb}= ";
+        assert!(Config::parse(text, ConfigSource::File("fuzz.toml".into())).is_err());
+    }
+
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, ConfigSource::File(PathBuf::from("t.toml")))
     }
