@@ -272,6 +272,32 @@ fn cache_warm_values_equal_sql_aggregates_ttls_set_outliers_found() {
     );
 }
 
+/// "Loss today" counts as `essops loss` does: samples of configured devices
+/// only, so a rack the config does not list adds nothing.
+#[test]
+fn cache_loss_today_counts_only_configured_devices() {
+    let s = setup("cache_loss_def", REDIS, "");
+    s.sql(
+        "INSERT INTO rack (\"TIMESTAMP\", \"BANK_ID\", \"RACK_ID\")
+         SELECT t, 1, 9 FROM generate_series(date_trunc('minute', now()) - interval '1 hour', date_trunc('minute', now()) - interval '1 second', interval '1 second') t",
+    );
+    s.warm(&["--full"], 0);
+    let loss = s.get("loss");
+    let (day_start, end) = (
+        loss["day_start"].as_i64().unwrap(),
+        loss["window_end"].as_i64().unwrap(),
+    );
+    let count = |filter: &str| -> i64 {
+        s.query(&format!(
+            "SELECT count(*) FROM rack WHERE \"TIMESTAMP\" >= to_timestamp({day_start}) AND \"TIMESTAMP\" < to_timestamp({end}){filter}"
+        ))[0]
+            .get(0)
+    };
+    let configured = count(" AND \"RACK_ID\" <= 3");
+    assert!(count("") > configured, "the unlisted rack has rows today");
+    assert_eq!(loss["local"]["rack"]["observed"].as_i64(), Some(configured));
+}
+
 #[test]
 fn cache_warm_incremental_equals_full_and_readers_never_see_a_mix() {
     let s = Arc::new(setup(

@@ -19,7 +19,7 @@ fn setup(test: &str) -> Setup {
     let db = TestDb::new(test, 1);
     let scratch = Scratch::new(test);
     let config = scratch.site_config(
-        "",
+        "[history]\nkeep_days = 30\n",
         &servers_toml(),
         &format!(
             "name = \"Hist\"\ndatabase = \"{}\"\ntimezone = \"Asia/Seoul\"\nbanks = [{{ id = 1, racks = 2 }}]\npcs = [1]\n",
@@ -176,6 +176,15 @@ fn history_loss_records_whole_local_days_and_a_rerun_replaces_them() {
 fn history_reconcile_run_is_recorded_on_both_servers() {
     let s = setup("hist_reconcile");
     s.racks("local", 1, "2026-03-09 00:00:00", "2026-03-09 02:00:00");
+    // History older than keep_days (30) is pruned by reconcile, on both servers.
+    for server in ["local", "gcp"] {
+        s.db.execute(
+            server,
+            "INSERT INTO essops.ingest_events (site, devices, host, at, event, detail)
+             VALUES ('Hist', 'all', 'h', now() - interval '31 days', 'breaker_opened', 'old'),
+                    ('Hist', 'all', 'h', now() - interval '29 days', 'breaker_opened', 'kept')",
+        );
+    }
     let run = s.essops(&["reconcile", "--date", "2026-03-09", "--table", "rack"]);
     assert_eq!(run.code(), 10, "{}", run.stderr());
     for server in ["local", "gcp"] {
@@ -211,6 +220,12 @@ fn history_reconcile_run_is_recorded_on_both_servers() {
             ),
             "{server}"
         );
+        let details: Vec<String> =
+            s.db.rows(server, "SELECT detail FROM essops.ingest_events")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        assert_eq!(details, ["kept"], "{server}");
     }
 }
 
