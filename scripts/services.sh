@@ -5,6 +5,9 @@
 #   scripts/services.sh down     stop what this script started (and nothing else)
 #   scripts/services.sh status   show what runs
 #   scripts/services.sh env      print the ports and paths as shell variables
+#   scripts/services.sh prometheus   also start a private Prometheus on 127.0.0.1:29090
+#                                that scrapes `essops ingest --metrics-listen 127.0.0.1:9464`
+#                                with examples/prometheus's rules (`down` stops it)
 #
 # Everything lives under .services/ in the repository (git-ignored). The servers
 # listen on loopback only, on the fixed ports that sites.toml uses. `up` is
@@ -28,6 +31,7 @@ PG_CLUSTERS=("local:25432" "gcp:25433" "outage:25434" "expired:25435")
 TLS_CLUSTERS=("gcp:server" "expired:expired")
 REDIS_PORT=26379
 REDIS_TLS_PORT=26380
+PROMETHEUS_PORT=29090
 # A Redis Cluster of three masters (no replicas), for the cache's cluster mode.
 REDIS_CLUSTER_PORTS=(26391 26392 26393)
 DB_USER=essops
@@ -348,6 +352,35 @@ redis_cluster_down() {
 
 # ------------------------------------------------------------------ verbs --
 
+# A private Prometheus under .services/prometheus, loopback only, with the
+# example scrape config and alert rules (tests start their own instances).
+prometheus_up() {
+    local dir="$SVC/prometheus"
+    mkdir -p "$dir/data"
+    if [ -f "$dir/prometheus.pid" ] && kill -0 "$(cat "$dir/prometheus.pid")" 2>/dev/null; then
+        return 0
+    fi
+    sed "s|alerts.yml|$ROOT/examples/prometheus/alerts.yml|" "$ROOT/examples/prometheus/prometheus.yml" > "$dir/prometheus.yml"
+    log "starting Prometheus on 127.0.0.1:$PROMETHEUS_PORT"
+    prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+        --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" >"$dir/prometheus.log" 2>&1 9>&- &
+    echo $! > "$dir/prometheus.pid"
+    local i
+    for i in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$PROMETHEUS_PORT") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "Prometheus did not start; see $dir/prometheus.log"
+}
+
+prometheus_down() {
+    local pidfile="$SVC/prometheus/prometheus.pid"
+    [ -f "$pidfile" ] || return 0
+    log "stopping Prometheus"
+    kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+}
+
 with_lock() {
     mkdir -p "$SVC"
     exec 9>"$SVC/.lock"
@@ -371,6 +404,7 @@ down() {
     for c in "${PG_CLUSTERS[@]}"; do pg_down "${c%%:*}" "${c##*:}"; done
     redis_down
     redis_cluster_down
+    prometheus_down
 }
 
 status() {
@@ -409,5 +443,6 @@ case "${1:-}" in
     status) status ;;
     stop) stop_one "${2:?server name}" ;;
     start) start_one "${2:?server name}" ;;
-    *) echo "usage: $0 up|down|status|stop NAME|start NAME" >&2; exit 2 ;;
+    prometheus) up; with_lock; prometheus_up ;;
+    *) echo "usage: $0 up|down|status|stop NAME|start NAME|prometheus" >&2; exit 2 ;;
 esac

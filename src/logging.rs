@@ -65,6 +65,9 @@ pub enum StderrLevel {
 fn only_ours(level: Level) -> Targets {
     Targets::new()
         .with_target("essops", level)
+        // sqlx warns of any statement over 1 s; a migration on a busy server
+        // is one. Noise to an operator: its errors still come through.
+        .with_target("sqlx::query", Level::ERROR)
         .with_default(Level::WARN)
 }
 

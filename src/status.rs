@@ -131,6 +131,28 @@ pub struct StatusRow {
     pub detail: String,
 }
 
+/// A judged figure: its state, the number it was judged on, and the words.
+type Judged = (State, Option<f64>, String);
+
+impl StatusRow {
+    fn new(
+        site: &Site,
+        check: &'static str,
+        target: impl Into<String>,
+        judged: Judged,
+    ) -> StatusRow {
+        let (state, value, detail) = judged;
+        StatusRow {
+            site: site.name.clone(),
+            check,
+            target: target.into(),
+            state,
+            value,
+            detail,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
     pub rows: Vec<StatusRow>,
@@ -200,13 +222,8 @@ pub async fn execute(plan: &StatusPlan, ctx: &Context) -> crate::error::Result<S
 async fn site_rows(config: &Config, site: &Site, now: DateTime<Utc>) -> Vec<StatusRow> {
     let limits = &config.status;
     let mut rows = Vec::new();
-    let row = |check, target: String, state, value: Option<f64>, detail: String| StatusRow {
-        site: site.name.clone(),
-        check,
-        target,
-        state,
-        value,
-        detail,
+    let row = |check, target: String, state, value: Option<f64>, detail: String| {
+        StatusRow::new(site, check, target, (state, value, detail))
     };
     let mut heartbeats: Vec<Heartbeat> = Vec::new();
     let mut reconcile: Option<read::LastReconcile> = None;
@@ -251,6 +268,14 @@ async fn site_rows(config: &Config, site: &Site, now: DateTime<Utc>) -> Vec<Stat
         }
     }
     if !site.endpoints.is_empty() {
+        // Every server holds every server's minutes: one of each is enough.
+        heartbeats.sort_by(|a, b| {
+            (&a.devices, &a.host, &a.server, a.minute)
+                .cmp(&(&b.devices, &b.host, &b.server, b.minute))
+        });
+        heartbeats.dedup_by(|a, b| {
+            (&a.devices, &a.host, &a.server, a.minute) == (&b.devices, &b.host, &b.server, b.minute)
+        });
         rows.extend(ingest_rows(site, &heartbeats, now, config));
     }
     rows.push(reconcile_row(site, reconcile, now, limits.reconcile));
@@ -296,14 +321,12 @@ async fn sample_rows(
             },
             Err(e) => (State::Unknown, None, db::describe(&e)),
         };
-        rows.push(StatusRow {
-            site: site.name.clone(),
-            check: "sample",
+        rows.push(StatusRow::new(
+            site,
+            "sample",
             target,
-            state,
-            value,
-            detail,
-        });
+            (state, value, detail),
+        ));
     }
     rows
 }
@@ -342,14 +365,7 @@ async fn loss_row(client: &Client, site: &Site, server: &str, day: chrono::Naive
         }
         Err(e) => (State::Unknown, None, history_error(&e)),
     };
-    StatusRow {
-        site: site.name.clone(),
-        check: "loss",
-        target: server.to_string(),
-        state,
-        value,
-        detail,
-    }
+    StatusRow::new(site, "loss", server, (state, value, detail))
 }
 
 /// Per ingest (device group and host): heartbeat, spool and breakers. The
@@ -362,13 +378,8 @@ fn ingest_rows(
     config: &Config,
 ) -> Vec<StatusRow> {
     let limits = &config.status;
-    let row = |check, target: String, state, value: Option<f64>, detail: String| StatusRow {
-        site: site.name.clone(),
-        check,
-        target,
-        state,
-        value,
-        detail,
+    let row = |check, target: String, state, value: Option<f64>, detail: String| {
+        StatusRow::new(site, check, target, (state, value, detail))
     };
     if beats.is_empty() {
         return vec![row(
@@ -488,14 +499,12 @@ fn reconcile_row(
             )
         }
     };
-    StatusRow {
-        site: site.name.clone(),
-        check: "reconcile",
-        target: site.servers.join("/"),
-        state,
-        value,
-        detail,
-    }
+    StatusRow::new(
+        site,
+        "reconcile",
+        site.servers.join("/"),
+        (state, value, detail),
+    )
 }
 
 /// The Redis cache's age per site (nothing when Redis is not configured).
@@ -503,13 +512,8 @@ async fn cache_rows(config: &Config, sites: &[Site], now: DateTime<Utc>) -> Vec<
     if config.redis.is_none() {
         return Vec::new();
     }
-    let row = |site: &Site, state, value, detail: String| StatusRow {
-        site: site.name.clone(),
-        check: "cache",
-        target: "redis".into(),
-        state,
-        value,
-        detail,
+    let row = |site: &Site, state, value, detail: String| {
+        StatusRow::new(site, "cache", "redis", (state, value, detail))
     };
     let mut con = match crate::redis_client::connect(config).await {
         Ok(c) => c,

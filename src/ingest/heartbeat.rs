@@ -1,8 +1,10 @@
 //! Once a minute, a running ingest appends what it did to the history of each
-//! server it writes (`essops.ingest_minutes`, the heartbeat `essops status`
-//! reads), with what changed meanwhile (`essops.ingest_events`). At the end it
-//! writes the last, partial minute. A server that is down misses its rows;
-//! the data itself is spooled as always.
+//! server it writes (`essops.ingest_minutes`: one row per server, the
+//! heartbeat `essops status` reads), with what changed meanwhile
+//! (`essops.ingest_events`). Every server gets all the rows, so a server that
+//! is down is still described by the others. At the end it writes the last,
+//! partial minute. A server that is down misses its rows; the data itself is
+//! spooled as always.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -228,28 +230,27 @@ struct Writer {
 }
 
 impl Writer {
+    /// Every server gets every server's row: the row about a server that is
+    /// down (its growing spool) must be readable from the others.
     async fn write(&mut self, minutes: &[IngestMinute], events: &[IngestEvent]) {
         self.clients.resize_with(self.servers.len(), || None);
         self.warned.resize(self.servers.len(), false);
-        for (i, m) in minutes.iter().enumerate() {
+        for i in 0..self.servers.len() {
             let server = &self.servers[i];
             let target = Target {
                 server,
                 database: &self.database,
             };
-            let mine: Vec<IngestEvent> = events
-                .iter()
-                .filter(|e| e.server.as_deref().is_none_or(|s| s == server.name))
-                .cloned()
-                .collect();
             let client = self.clients[i].take();
             let written = tokio::time::timeout(WRITE_TIMEOUT, async {
                 let client = match client {
                     Some(c) => c,
                     None => history::connect(&self.config, target).await?,
                 };
-                history::record_minute(&client, target, m).await?;
-                history::record_events(&client, target, &mine).await?;
+                for m in minutes {
+                    history::record_minute(&client, target, m).await?;
+                }
+                history::record_events(&client, target, events).await?;
                 Ok::<_, history::HistoryError>(client)
             })
             .await;

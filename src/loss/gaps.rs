@@ -160,14 +160,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn loss_piece_takes_the_part_of_each_gap_inside_it() {
-        let s = DeviceSamples {
+    /// Present: 10..=99 and 200..=3499 (missing 0..9, 100..199, 3500..3599).
+    fn three_holes() -> DeviceSamples {
+        DeviceSamples {
             observed: 90 + 3300,
             first: Some(t(10)),
             last: Some(t(3499)),
             holes: vec![(t(99), t(200))],
-        };
+        }
+    }
+
+    #[test]
+    fn loss_piece_takes_the_part_of_each_gap_inside_it() {
+        let s = three_holes();
         let g = gaps(hour(), 1, &s);
         let first_half = Window {
             start: t(0),
@@ -197,13 +202,7 @@ mod tests {
 
     #[test]
     fn loss_gaps_leading_inner_trailing() {
-        // present: 10..=99 and 200..=3499 (missing 0..9, 100..199, 3500..3599)
-        let s = DeviceSamples {
-            observed: 90 + 3300,
-            first: Some(t(10)),
-            last: Some(t(3499)),
-            holes: vec![(t(99), t(200))],
-        };
+        let s = three_holes();
         let g = gaps(hour(), 1, &s);
         let summary: Vec<(i64, i64)> = g
             .iter()
