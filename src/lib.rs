@@ -34,6 +34,7 @@ pub mod redis_client;
 pub mod schema;
 pub mod select;
 pub mod simulate;
+pub mod size;
 pub mod spool;
 pub mod sql;
 pub mod status;
@@ -97,6 +98,7 @@ pub enum Command {
     Spool(spool::SpoolArgs),
     Check(check::CheckArgs),
     Status(status::StatusArgs),
+    Size(size::SizeArgs),
     /// Which config file is used and why, what it says, and whether it is usable.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -124,6 +126,7 @@ impl Command {
             Command::Spool(_) => "spool",
             Command::Check(_) => "check",
             Command::Status(_) => "status",
+            Command::Size(_) => "size",
             Command::Config(_) => "config",
             Command::Completions { .. } => "completions",
             Command::Man => "man",
@@ -219,6 +222,7 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         Command::Demo(args) => run(args, ctx).await,
         Command::Check(args) => run(args, ctx).await,
         Command::Status(args) => status::run(args, ctx).await,
+        Command::Size(args) => run(args, ctx).await,
         Command::Completions { .. } | Command::Man | Command::Config(_) => Ok(Outcome::Clean),
     }
 }

@@ -17,3 +17,4 @@ mod migrate;
 mod monitoring;
 mod reconcile;
 mod security;
+mod size;
