@@ -329,6 +329,30 @@ async fn privileges(c: &mut Checks<'_>, client: &Client, server: &Server, databa
             Some(why) => c.warn(check, why),
         }
     }
+    match crate::history::missing_grants(client).await {
+        Ok(grants) if grants.is_empty() => c.ok(
+            "may record history",
+            format!("role {} may write every essops.* table", server.user),
+        ),
+        Ok(grants) => c.warn(
+            "may record history",
+            format!(
+                "role {} may not write all of the run history (status would miss it): {}",
+                server.user,
+                grants.join("; ")
+            ),
+        ),
+        Err(e)
+            if e.code()
+                .is_some_and(|c| c.code() == "3F000" || c.code() == "42P01") =>
+        {
+            c.warn(
+                "may record history",
+                "no history tables: run `essops migrate` (schema version 2 adds them)",
+            )
+        }
+        Err(e) => c.warn("may record history", db::describe(&e)),
+    }
 }
 
 async fn extensions(c: &mut Checks<'_>, client: &Client) {

@@ -433,6 +433,29 @@ fn security_reader_role_reads_but_cannot_write() {
         loss.stdout(),
         loss.stderr()
     );
+    // The reader may record loss history, and nothing else of it.
+    assert!(!loss.stderr().contains("not recorded"), "{}", loss.stderr());
+    let recorded: i64 = block_on(async {
+        db.client("local", &db.databases[0])
+            .await
+            .query_one(
+                "SELECT count(*) FROM essops.loss_daily WHERE day = '2020-01-01'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert!(recorded > 0, "the reader's loss left no history");
+    let check = run(&["check"]);
+    assert!(
+        check
+            .stdout()
+            .contains("GRANT INSERT ON TABLE \"essops\".\"reconcile_runs\" TO \"it_reader_sec\"")
+            && !check.stdout().contains("\"loss_daily\" TO"),
+        "{}",
+        check.stdout()
+    );
     let cache = run(&["cache", "warm"]);
     assert_eq!(
         cache.code(),

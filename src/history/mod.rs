@@ -373,6 +373,48 @@ pub async fn prune(
     Ok(deleted)
 }
 
+/// What each command writes to the history: (table, privileges).
+const WRITES: [(&str, &str); 4] = [
+    (LOSS_TABLE, "INSERT, DELETE"),
+    (RECONCILE_TABLE, "INSERT"),
+    (MINUTES_TABLE, "INSERT"),
+    (EVENTS_TABLE, "INSERT"),
+];
+
+/// The GRANTs the connected role would need to write every history table
+/// (empty: it may); an error when the history tables are missing.
+pub async fn missing_grants(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    let role: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await?
+        .get(0);
+    let mut out = Vec::new();
+    for (name, privileges) in WRITES {
+        let t = table(name);
+        let lacking: Vec<&str> = {
+            let mut v = Vec::new();
+            for p in privileges.split(", ") {
+                let has: bool = client
+                    .query_one("SELECT has_table_privilege($1::text, $2::text)", &[&t, &p])
+                    .await?
+                    .get(0);
+                if !has {
+                    v.push(p);
+                }
+            }
+            v
+        };
+        if !lacking.is_empty() {
+            out.push(format!(
+                "GRANT {} ON TABLE {t} TO {}",
+                lacking.join(", "),
+                quote_ident(&role)
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// Logs a history write that failed; the command's own result stands.
 pub fn warn_unrecorded(what: &str, e: &HistoryError) {
     tracing::warn!("{what} not recorded in the history: {e}");
