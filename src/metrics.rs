@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -28,36 +28,6 @@ pub fn counters(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 
 pub fn gauges(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric name and labels")
-}
-
-/// Poll answer times per site and table: 5 ms to 10 s.
-pub fn poll_latency_histograms() -> HistogramVec {
-    histograms(
-        "essops_poll_latency_seconds",
-        "Time from sending a device's requests to its whole answer.",
-        &["site", "table"],
-        prometheus::exponential_buckets(0.005, 2.0, 12),
-    )
-}
-
-/// Poll-to-commit delay per site and server: 50 ms to 100 s.
-pub fn commit_delay_histograms() -> HistogramVec {
-    histograms(
-        "essops_poll_to_commit_seconds",
-        "Time from a poll to the commit of its row on the server (live writes).",
-        &["site", "server"],
-        prometheus::exponential_buckets(0.05, 2.0, 12),
-    )
-}
-
-fn histograms(
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: prometheus::Result<Vec<f64>>,
-) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(buckets.expect("valid buckets"));
-    HistogramVec::new(opts, labels).expect("a valid metric name and labels")
 }
 
 /// A running ingest's counters, read at each scrape.

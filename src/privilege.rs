@@ -50,12 +50,8 @@ pub async fn create_roles(client: &Client, database: &str) -> Result<(), tokio_p
              GRANT SELECT ON ALL TABLES IN SCHEMA public TO {r};
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT ON TABLES TO {w};
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {r};
-             GRANT USAGE ON SCHEMA {h} TO {w}, {r};
-             GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA {h} TO {w};
-             GRANT SELECT ON ALL TABLES IN SCHEMA {h} TO {r};
-             GRANT INSERT, DELETE ON TABLE {h}.{loss} TO {r};",
-            h = quote_ident(crate::history::SCHEMA),
-            loss = quote_ident(crate::history::LOSS_TABLE),
+             {history}",
+            history = crate::history::grants_sql(&w, &r),
         ))
         .await
 }

@@ -384,16 +384,13 @@ fn ingest_rows(
     config: &Config,
 ) -> Vec<StatusRow> {
     let limits = &config.status;
-    let row = |check, target: String, state, value: Option<f64>, detail: String| {
-        StatusRow::new(site, check, target, (state, value, detail))
-    };
     if beats.is_empty() {
-        return vec![row(
+        let why = "no ingest heartbeat in the history: is `essops ingest` running for this site?";
+        return vec![StatusRow::new(
+            site,
             "ingest",
-            "-".into(),
-            State::Critical,
-            None,
-            "no ingest heartbeat in the history: is `essops ingest` running for this site?".into(),
+            "-",
+            (State::Critical, None, why.into()),
         )];
     }
     let mut newest: BTreeMap<(&str, &str), DateTime<Utc>> = BTreeMap::new();
@@ -401,79 +398,88 @@ fn ingest_rows(
         let e = newest.entry((&b.devices, &b.host)).or_insert(b.minute);
         *e = (*e).max(b.minute);
     }
-    let mut rows = Vec::new();
-    for ((devices, host), minute) in &newest {
-        // A minute's row is written when it ends.
-        let age = (now - (*minute + chrono::Duration::minutes(1)))
-            .to_std()
-            .unwrap_or_default();
-        let state = State::of_age(age, limits.heartbeat);
-        let detail = match state {
-            State::Ok => format!("alive: last minute recorded {} ago", ago(age)),
-            _ => format!(
-                "no minute recorded for {}: ingest is down or cannot reach any server",
-                ago(age)
-            ),
-        };
-        rows.push(row(
-            "ingest",
-            format!("{devices}@{host}"),
-            state,
-            Some(age.as_secs_f64()),
-            detail,
-        ));
-    }
-    for b in beats {
-        // Only the newest minute of each ingest speaks for the spool now.
-        if newest.get(&(b.devices.as_str(), b.host.as_str())) != Some(&b.minute) {
-            continue;
-        }
-        let growing = b
-            .spool_rows_before
-            .is_some_and(|before| b.spool_rows > before);
-        let state = match (
-            b.spool_bytes as u64 >= limits.spool_critical_bytes,
-            growing,
-            b.spool_rows > 0,
-        ) {
-            (true, _, _) => State::Critical,
-            (false, true, _) => State::Warning,
-            (false, false, true) => State::Ok,
-            _ => State::Ok,
-        };
-        let trend = match (growing, b.spool_rows_before) {
-            (true, Some(before)) => format!(", growing (was {before} rows 10 minutes before)"),
-            _ => String::new(),
-        };
-        rows.push(row(
-            "spool",
-            format!("{} {}@{}", b.server, b.devices, b.host),
-            state,
-            Some(b.spool_rows as f64),
-            format!(
-                "{} rows, {}{trend}",
-                b.spool_rows,
-                human_bytes(b.spool_bytes.max(0) as u64)
-            ),
-        ));
-    }
-    let open: i64 = newest
+    let mut rows: Vec<StatusRow> = newest
         .iter()
-        .filter_map(|(key, minute)| {
-            beats
-                .iter()
-                .find(|b| (b.devices.as_str(), b.host.as_str()) == *key && b.minute == *minute)
-                .map(|b| i64::from(b.breakers_open))
+        .map(|((devices, host), minute)| {
+            let target = format!("{devices}@{host}");
+            StatusRow::new(
+                site,
+                "ingest",
+                target,
+                heartbeat(*minute, now, limits.heartbeat),
+            )
         })
-        .sum();
-    rows.push(row(
+        .collect();
+    // Only the newest minute of each ingest speaks for its spool and breakers now.
+    let current: Vec<&Heartbeat> = beats
+        .iter()
+        .filter(|b| newest.get(&(b.devices.as_str(), b.host.as_str())) == Some(&b.minute))
+        .collect();
+    for b in &current {
+        let target = format!("{} {}@{}", b.server, b.devices, b.host);
+        rows.push(StatusRow::new(
+            site,
+            "spool",
+            target,
+            spool(b, limits.spool_critical_bytes),
+        ));
+    }
+    // Each ingest's breakers are the same on all its server rows: count one.
+    let mut open = 0;
+    for (key, minute) in &newest {
+        open += current
+            .iter()
+            .find(|b| (b.devices.as_str(), b.host.as_str()) == *key && b.minute == *minute)
+            .map_or(0, |b| i64::from(b.breakers_open));
+    }
+    let state = if open > 0 { State::Warning } else { State::Ok };
+    let detail = format!("{open} device(s) with an open breaker");
+    rows.push(StatusRow::new(
+        site,
         "breakers",
-        "-".into(),
-        if open > 0 { State::Warning } else { State::Ok },
-        Some(open as f64),
-        format!("{open} device(s) with an open breaker"),
+        "-",
+        (state, Some(open as f64), detail),
     ));
     rows
+}
+
+/// An ingest's newest minute, judged by its age (a minute is written when it ends).
+fn heartbeat(minute: DateTime<Utc>, now: DateTime<Utc>, limits: AgeLimits) -> Judged {
+    let age = (now - (minute + chrono::Duration::minutes(1)))
+        .to_std()
+        .unwrap_or_default();
+    let state = State::of_age(age, limits);
+    let detail = match state {
+        State::Ok => format!("alive: last minute recorded {} ago", ago(age)),
+        _ => format!(
+            "no minute recorded for {}: ingest is down or cannot reach any server",
+            ago(age)
+        ),
+    };
+    (state, Some(age.as_secs_f64()), detail)
+}
+
+/// A spool as of an ingest's newest minute: critical past the size limit,
+/// a warning while it grows.
+fn spool(b: &Heartbeat, critical_bytes: u64) -> Judged {
+    let growing = b
+        .spool_rows_before
+        .is_some_and(|before| b.spool_rows > before);
+    let state = match (b.spool_bytes.max(0) as u64 >= critical_bytes, growing) {
+        (true, _) => State::Critical,
+        (false, true) => State::Warning,
+        (false, false) => State::Ok,
+    };
+    let trend = match (growing, b.spool_rows_before) {
+        (true, Some(before)) => format!(", growing (was {before} rows 10 minutes before)"),
+        _ => String::new(),
+    };
+    let size = human_bytes(b.spool_bytes.max(0) as u64);
+    (
+        state,
+        Some(b.spool_rows as f64),
+        format!("{} rows, {size}{trend}", b.spool_rows),
+    )
 }
 
 fn reconcile_row(

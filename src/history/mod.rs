@@ -35,7 +35,7 @@ pub enum HistoryError {
     )]
     Missing { server: String, database: String },
     #[error(
-        "server `{server}`: role `{role}` may not write {what}; run `GRANT {privileges} ON TABLE {table} TO {role_quoted}` (or `essops migrate --create-roles`, which grants it to {grants_role})"
+        "server `{server}`: role `{role}` may not write {what}; run `GRANT {privileges} ON TABLE {table} TO {role_quoted}` (or `essops migrate --create-roles`, whose roles hold it)"
     )]
     Privilege {
         server: String,
@@ -44,7 +44,6 @@ pub enum HistoryError {
         what: &'static str,
         privileges: &'static str,
         table: String,
-        grants_role: &'static str,
     },
 }
 
@@ -74,11 +73,6 @@ async fn explain(
                 what: "run history",
                 privileges,
                 table: table(history_table),
-                grants_role: if history_table == LOSS_TABLE {
-                    crate::privilege::READER
-                } else {
-                    crate::privilege::WRITER
-                },
             }
         }
         _ => DbError::query(
@@ -371,6 +365,19 @@ pub async fn prune(
         }
     }
     Ok(deleted)
+}
+
+/// The grants of the history on this database: the writer (`w`) writes all
+/// of it, the reader (`r`) reads it and replaces loss days. Role names quoted.
+pub fn grants_sql(w: &str, r: &str) -> String {
+    let h = quote_ident(SCHEMA);
+    let loss = table(LOSS_TABLE);
+    format!(
+        "GRANT USAGE ON SCHEMA {h} TO {w}, {r};
+         GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA {h} TO {w};
+         GRANT SELECT ON ALL TABLES IN SCHEMA {h} TO {r};
+         GRANT INSERT, DELETE ON TABLE {loss} TO {r};"
+    )
 }
 
 /// What each command writes to the history: (table, privileges).

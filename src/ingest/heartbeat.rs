@@ -115,7 +115,9 @@ impl Heartbeat {
                     _ = stopped.wait_for(|s| *s) => true,
                 };
                 let now = Totals::take(&stats);
-                let (minutes, events) = rows(&source, &writer.servers, minute, &last, &now, &stats);
+                let span = (&last, &now);
+                let minutes = minute_rows(&source, &writer.servers, minute, span, &stats);
+                let events = events(&source, &writer.servers, span, &stats);
                 writer.write(&minutes, &events).await;
                 last = now;
                 minute = next;
@@ -134,18 +136,17 @@ impl Heartbeat {
     }
 }
 
-/// The minute rows (one per server) and events between `last` and `now`.
-fn rows(
+/// One row per server for the minute between `last` and `now`.
+fn minute_rows(
     source: &Source,
     servers: &[crate::config::Server],
     minute: DateTime<Utc>,
-    last: &Totals,
-    now: &Totals,
+    (last, now): (&Totals, &Totals),
     stats: &Stats,
-) -> (Vec<IngestMinute>, Vec<IngestEvent>) {
+) -> Vec<IngestMinute> {
     let misses = now.misses.since(&last.misses);
     let breakers_open = now.breaker_open.iter().filter(|o| **o).count() as i32;
-    let minutes = servers
+    servers
         .iter()
         .enumerate()
         .map(|(i, s)| {
@@ -170,53 +171,59 @@ fn rows(
                 breakers_open,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// What changed between `last` and `now`: breakers, quarantines, set-asides.
+fn events(
+    source: &Source,
+    servers: &[crate::config::Server],
+    (last, now): (&Totals, &Totals),
+    stats: &Stats,
+) -> Vec<IngestEvent> {
     let at = Utc::now();
-    let event =
-        |server: Option<String>, event, device: Option<String>, detail: String| IngestEvent {
-            site: source.site.clone(),
-            devices: source.devices.clone(),
-            host: source.host.clone(),
-            server,
-            at,
-            event,
-            device,
-            detail,
-        };
-    let mut events = Vec::new();
+    let event = |server: Option<&str>, event, device: Option<&str>, detail: String| IngestEvent {
+        site: source.site.clone(),
+        devices: source.devices.clone(),
+        host: source.host.clone(),
+        server: server.map(String::from),
+        at,
+        event,
+        device: device.map(String::from),
+        detail,
+    };
+    let mut out = Vec::new();
     for (i, d) in stats.devices.iter().enumerate() {
-        let (was, is) = (
-            last.breaker_open.get(i).copied().unwrap_or(false),
-            now.breaker_open[i],
-        );
-        if was != is {
-            let (kind, detail) = match is {
-                true => ("breaker_opened", crate::tasks::lock(&d.last_error).clone()),
-                false => ("breaker_closed", "answers again".to_string()),
-            };
-            events.push(event(None, kind, Some(d.label.clone()), detail));
+        let was = last.breaker_open.get(i).copied().unwrap_or(false);
+        match (was, now.breaker_open[i]) {
+            (false, true) => {
+                let why = crate::tasks::lock(&d.last_error).clone();
+                out.push(event(None, "breaker_opened", Some(&d.label), why));
+            }
+            (true, false) => {
+                out.push(event(
+                    None,
+                    "breaker_closed",
+                    Some(&d.label),
+                    "answers again".into(),
+                ));
+            }
+            _ => {}
         }
     }
     for (i, s) in servers.iter().enumerate() {
         let rejected = now.servers[i][3].saturating_sub(last.servers.get(i).map_or(0, |c| c[3]));
         if rejected > 0 {
-            events.push(event(
-                Some(s.name.clone()),
-                "batch_quarantined",
-                None,
-                format!("{rejected} row(s) the server refused for good were set aside in the spool's rejected/"),
-            ));
+            let detail = format!(
+                "{rejected} row(s) the server refused for good were set aside in the spool's rejected/"
+            );
+            out.push(event(Some(&s.name), "batch_quarantined", None, detail));
         }
         if let (None, Some(why)) = (last.set_aside.get(i).cloned().flatten(), &now.set_aside[i]) {
-            events.push(event(
-                Some(s.name.clone()),
-                "server_set_aside",
-                None,
-                why.clone(),
-            ));
+            out.push(event(Some(&s.name), "server_set_aside", None, why.clone()));
         }
     }
-    (minutes, events)
+    out
 }
 
 /// One connection per server, opened when needed and dropped on an error.

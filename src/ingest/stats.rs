@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramVec};
+use prometheus::{Histogram, HistogramOpts, HistogramVec};
 use serde::Serialize;
 
 use crate::logging::REPORT_TARGET;
@@ -172,10 +172,7 @@ pub struct Snapshot {
 impl Stats {
     pub fn new(site: &str, devices: Vec<(&'static str, String)>, servers: &[String]) -> Stats {
         let counters = || servers.iter().map(|_| AtomicU64::new(0)).collect();
-        let (poll_latency, commit_delay) = (
-            crate::metrics::poll_latency_histograms(),
-            crate::metrics::commit_delay_histograms(),
-        );
+        let (poll_latency, commit_delay) = (poll_latency_histograms(), commit_delay_histograms());
         Stats {
             site: site.to_string(),
             devices: devices
@@ -330,4 +327,34 @@ fn sum(a: Misses, b: Misses) -> Misses {
         out.add(m, b.get(m));
     }
     out
+}
+
+/// Poll answer times per site and table: 5 ms to 10 s.
+fn poll_latency_histograms() -> HistogramVec {
+    histograms(
+        "essops_poll_latency_seconds",
+        "Time from sending a device's requests to its whole answer.",
+        &["site", "table"],
+        prometheus::exponential_buckets(0.005, 2.0, 12),
+    )
+}
+
+/// Poll-to-commit delay per site and server: 50 ms to 100 s.
+fn commit_delay_histograms() -> HistogramVec {
+    histograms(
+        "essops_poll_to_commit_seconds",
+        "Time from a poll to the commit of its row on the server (live writes).",
+        &["site", "server"],
+        prometheus::exponential_buckets(0.05, 2.0, 12),
+    )
+}
+
+fn histograms(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: prometheus::Result<Vec<f64>>,
+) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.expect("valid buckets"));
+    HistogramVec::new(opts, labels).expect("a valid metric name and labels")
 }
