@@ -42,7 +42,7 @@ pub fn latest_version() -> i64 {
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
 /// Create or upgrade the ESS tables (TimescaleDB hypertables with unique natural keys)
-/// in every site database on every server.
+/// and the run history (schema essops) in every site database on every server.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     #[command(flatten)]
