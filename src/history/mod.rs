@@ -85,6 +85,20 @@ async fn explain(
     }
 }
 
+/// A history write's result, its error in an operator's words.
+async fn written<T>(
+    client: &Client,
+    target: Target<'_>,
+    history_table: &str,
+    privileges: &'static str,
+    result: Result<T, tokio_postgres::Error>,
+) -> Result<(), HistoryError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => Err(explain(client, target, history_table, privileges, &e).await),
+    }
+}
+
 /// Connects to the server's primary (never a read replica: history is written).
 pub async fn connect(config: &Config, target: Target<'_>) -> Result<Client, HistoryError> {
     Ok(db::connect(config, target).await?)
@@ -161,10 +175,7 @@ pub async fn record_loss(
         tx.commit().await
     }
     .await;
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => Err(explain(client, target, LOSS_TABLE, "INSERT, DELETE", &e).await),
-    }
+    written(client, target, LOSS_TABLE, "INSERT, DELETE", result).await
 }
 
 // --------------------------------------------------------------- reconcile
@@ -219,10 +230,7 @@ pub async fn record_reconcile(
             ],
         )
         .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) => Err(explain(client, target, RECONCILE_TABLE, "INSERT", &e).await),
-    }
+    written(client, target, RECONCILE_TABLE, "INSERT", result).await
 }
 
 // ------------------------------------------------------------------ ingest
@@ -278,10 +286,7 @@ pub async fn record_minute(
             ],
         )
         .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) => Err(explain(client, target, MINUTES_TABLE, "INSERT", &e).await),
-    }
+    written(client, target, MINUTES_TABLE, "INSERT", result).await
 }
 
 /// Something that changed while ingest ran.
@@ -327,10 +332,7 @@ pub async fn record_events(
             ],
         )
         .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) => Err(explain(client, target, EVENTS_TABLE, "INSERT", &e).await),
-    }
+    written(client, target, EVENTS_TABLE, "INSERT", result).await
 }
 
 // ------------------------------------------------------------------- prune
@@ -359,10 +361,11 @@ pub async fn prune(
             table(name),
             quote_ident(column)
         );
-        match client.execute(&sql, &[&(keep_days as i32)]).await {
-            Ok(n) => deleted += n,
-            Err(e) => return Err(explain(client, target, name, "DELETE", &e).await),
+        let result = client.execute(&sql, &[&(keep_days as i32)]).await;
+        if let Ok(n) = result {
+            deleted += n;
         }
+        written(client, target, name, "DELETE", result).await?;
     }
     Ok(deleted)
 }
