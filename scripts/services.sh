@@ -97,6 +97,15 @@ install_prometheus() {
     fi
 }
 
+# Headless Chromium for the report's browser test (no sandbox user needed:
+# the test runs it with --no-sandbox), with one small font family.
+install_chromium() {
+    dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q "install ok installed" && return 0
+    log "installing Debian's chromium (headless use only)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null \
+        || die "apt-get install chromium failed"
+}
+
 timescaledb_present() {
     [ -f "$("$PG_CONFIG" --sharedir)/extension/timescaledb.control" ]
 }
@@ -390,6 +399,7 @@ with_lock() {
 up() {
     install_packages
     install_prometheus
+    install_chromium
     timescaledb_present || build_timescaledb
     with_lock
     local c

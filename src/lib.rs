@@ -31,6 +31,7 @@ pub mod output;
 pub mod privilege;
 pub mod reconcile;
 pub mod redis_client;
+pub mod report;
 pub mod schema;
 pub mod select;
 pub mod simulate;
@@ -98,6 +99,7 @@ pub enum Command {
     Spool(spool::SpoolArgs),
     Check(check::CheckArgs),
     Status(status::StatusArgs),
+    Report(report::ReportArgs),
     Size(size::SizeArgs),
     /// Which config file is used and why, what it says, and whether it is usable.
     #[command(subcommand)]
@@ -126,6 +128,7 @@ impl Command {
             Command::Spool(_) => "spool",
             Command::Check(_) => "check",
             Command::Status(_) => "status",
+            Command::Report(_) => "report",
             Command::Size(_) => "size",
             Command::Config(_) => "config",
             Command::Completions { .. } => "completions",
@@ -222,6 +225,7 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         Command::Demo(args) => run(args, ctx).await,
         Command::Check(args) => run(args, ctx).await,
         Command::Status(args) => status::run(args, ctx).await,
+        Command::Report(args) => run(args, ctx).await,
         Command::Size(args) => run(args, ctx).await,
         Command::Completions { .. } | Command::Man | Command::Config(_) => Ok(Outcome::Clean),
     }

@@ -30,6 +30,7 @@ fn cli_help_lists_only_working_commands() {
             "spool",
             "check",
             "status",
+            "report",
             "size",
             "config",
             "completions",

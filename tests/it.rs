@@ -16,5 +16,6 @@ mod loss;
 mod migrate;
 mod monitoring;
 mod reconcile;
+mod report;
 mod security;
 mod size;

@@ -2,7 +2,8 @@
 //! Simulators for every site, migrate, ingest into every server while the
 //! link to the second server is cut for the last stretch and a share of
 //! Modbus requests go unanswered, then loss (the holes per server),
-//! reconcile (repairing them), loss again (the servers agree) and cache warm.
+//! reconcile (repairing them), loss again (the servers agree), cache warm,
+//! and a report page of it all.
 
 pub mod proxy;
 
@@ -21,6 +22,7 @@ use crate::loss::{self, LossRow};
 use crate::migrate;
 use crate::output::{Report, Verbosity};
 use crate::reconcile::{self, ReconcileRow};
+use crate::report;
 use crate::simulate::{self, faults::Faults};
 use crate::window::{WindowArgs, parse_std_duration};
 
@@ -58,6 +60,8 @@ pub struct DemoReport {
     pub spooled: u64,
     pub cache_keys: usize,
     pub log_dir: String,
+    /// The page `essops report` wrote for the demo's window.
+    pub report: String,
 }
 
 impl Report for DemoReport {
@@ -87,7 +91,8 @@ impl Report for DemoReport {
             "demo: {} sites, {} s of 1 Hz polling into every server; {outage}; {} polls answered, {} unanswered (injected).\n\
              reconcile copied {repaired} rows; {}.\n\
              cache: {} keys in Redis.\n\
-             logs: {}",
+             logs: {}\n\
+             report: {} (open it in a browser)",
             self.rows
                 .iter()
                 .map(|r| &r.site)
@@ -103,6 +108,7 @@ impl Report for DemoReport {
             },
             self.cache_keys,
             self.log_dir,
+            self.report,
         )
     }
     fn outcome(&self) -> Outcome {
@@ -410,6 +416,8 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
         full: false,
     };
     let warmed = cache::warm(&warm, &ctx).await?;
+    say("writing the report".into());
+    let report = write_report(&ctx, t0, t1).await?;
     Ok(DemoReport {
         rows: rows(&before, &repaired, &after),
         seconds: args.duration.as_secs(),
@@ -419,11 +427,30 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
         polls_failed: ingested.polls_failed,
         spooled: ingested.spooled,
         cache_keys: warmed.rows.iter().map(|r| r.keys).sum(),
-        log_dir: std::fs::canonicalize(ctx.log_dir())
-            .unwrap_or_else(|_| ctx.log_dir())
-            .display()
-            .to_string(),
+        log_dir: absolute(ctx.log_dir()),
+        report,
     })
+}
+
+fn absolute(path: std::path::PathBuf) -> String {
+    std::fs::canonicalize(&path)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// `essops report` over the demo's window, to `report.html` in the log folder.
+async fn write_report(ctx: &Context, t0: i64, t1: i64) -> Result<String, Error> {
+    use crate::command::Command;
+    let output = ctx.log_dir().join("report.html");
+    let args = report::ReportArgs {
+        sites: vec![],
+        window: window(t0, t1),
+        output: output.clone(),
+    };
+    let plan = args.plan(ctx).await?;
+    report::ReportArgs::execute(plan, ctx).await?;
+    Ok(absolute(output))
 }
 
 /// The demo's plan: its arguments, and the sites it ingests (each site's

@@ -1,5 +1,7 @@
-//! Reading the history back, for `essops status`: the newest ingest minute
+//! Reading the history back. For `essops status`: the newest ingest minute
 //! per device group and host, loss per table on a day, the last reconcile.
+//! For `essops report`: loss per device and day, reconcile runs, failed
+//! polls and spool depth per hour, breaker events.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::Client;
@@ -131,5 +133,187 @@ pub async fn events_since(
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect())
+}
+
+// ------------------------------------------------------------ for the report
+
+/// One device's recorded loss on one day.
+#[derive(Debug, Clone)]
+pub struct DeviceDay {
+    pub table: String,
+    pub device: String,
+    pub device_ids: Vec<i16>,
+    pub day: NaiveDate,
+    pub expected: i64,
+    pub missing: i64,
+    pub longest_gap_s: i64,
+    pub loss_pct: f64,
+    pub grade: String,
+}
+
+/// The loss this server recorded about itself for `site` on the days `from..=to`.
+pub async fn loss_days(
+    client: &Client,
+    site: &str,
+    server: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<DeviceDay>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT table_name, device, device_ids, day, expected, missing, longest_gap_s, loss_pct, grade
+           FROM {} WHERE site = $1 AND server = $2 AND day BETWEEN $3 AND $4",
+        table(LOSS_TABLE)
+    );
+    let rows = client.query(&sql, &[&site, &server, &from, &to]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| DeviceDay {
+            table: r.get(0),
+            device: r.get(1),
+            device_ids: r.get(2),
+            day: r.get(3),
+            expected: r.get(4),
+            missing: r.get(5),
+            longest_gap_s: r.get(6),
+            loss_pct: r.get(7),
+            grade: r.get(8),
+        })
+        .collect())
+}
+
+/// One table of one reconcile run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub at: DateTime<Utc>,
+    pub window_start: DateTime<Utc>,
+    pub table: String,
+    pub server_a: String,
+    pub server_b: String,
+    pub copied_to_a: i64,
+    pub copied_to_b: i64,
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// The runs (not dry runs) whose reconciled window overlaps `start..end`, oldest first.
+pub async fn runs_over(
+    client: &Client,
+    site: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<Run>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT at, window_start, table_name, server_a, server_b, copied_to_a, copied_to_b, outcome, error
+           FROM {} WHERE site = $1 AND NOT dry_run AND window_start < $3 AND window_end > $2
+          ORDER BY at, table_name",
+        table(RECONCILE_TABLE)
+    );
+    let rows = client.query(&sql, &[&site, &start, &end]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Run {
+            at: r.get(0),
+            window_start: r.get(1),
+            table: r.get(2),
+            server_a: r.get(3),
+            server_b: r.get(4),
+            copied_to_a: r.get(5),
+            copied_to_b: r.get(6),
+            outcome: r.get(7),
+            error: r.get(8),
+        })
+        .collect())
+}
+
+/// A figure per hour and name (a failure reason, a server).
+pub type Hourly = Vec<(DateTime<Utc>, String, i64)>;
+
+/// Failed polls per hour and reason. Every server holds every ingest's
+/// minutes, once per server it writes: one server's row per minute counts.
+pub async fn failed_polls_hourly(
+    client: &Client,
+    site: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Hourly, tokio_postgres::Error> {
+    let sql = format!(
+        "WITH m AS (SELECT DISTINCT ON (devices, host, minute) minute, failed_by_reason FROM {}
+                     WHERE site = $1 AND minute >= $2 AND minute < $3
+                     ORDER BY devices, host, minute, server)
+         SELECT date_trunc('hour', m.minute), r.key, sum(r.value::int8)::int8
+           FROM m, jsonb_each_text(m.failed_by_reason) r
+          WHERE r.value ~ '^[0-9]+$'
+          GROUP BY 1, 2 HAVING sum(r.value::int8) > 0 ORDER BY 1, 2",
+        table(MINUTES_TABLE)
+    );
+    hourly(client, &sql, site, start, end).await
+}
+
+/// The spool's depth (rows waiting) per hour and server: the hour's peak of
+/// the sum over the site's ingests.
+pub async fn spool_hourly(
+    client: &Client,
+    site: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Hourly, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT date_trunc('hour', minute), server, max(rows)::int8
+           FROM (SELECT minute, server, sum(spool_rows) AS rows FROM {}
+                  WHERE site = $1 AND minute >= $2 AND minute < $3 GROUP BY minute, server) s
+          GROUP BY 1, 2 ORDER BY 1, 2",
+        table(MINUTES_TABLE)
+    );
+    hourly(client, &sql, site, start, end).await
+}
+
+async fn hourly(
+    client: &Client,
+    sql: &str,
+    site: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Hourly, tokio_postgres::Error> {
+    let rows = client.query(sql, &[&site, &start, &end]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// A breaker opening or closing.
+#[derive(Debug, Clone)]
+pub struct BreakerEvent {
+    pub at: DateTime<Utc>,
+    pub opened: bool,
+    pub host: String,
+    pub device: String,
+    pub detail: String,
+}
+
+/// The breaker events of `start..end`, oldest first.
+pub async fn breaker_events(
+    client: &Client,
+    site: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<Vec<BreakerEvent>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT at, event = 'breaker_opened', host, coalesce(device, ''), detail FROM {}
+          WHERE site = $1 AND at >= $2 AND at < $3 AND event IN ('breaker_opened', 'breaker_closed')
+          ORDER BY at",
+        table(EVENTS_TABLE)
+    );
+    let rows = client.query(&sql, &[&site, &start, &end]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| BreakerEvent {
+            at: r.get(0),
+            opened: r.get(1),
+            host: r.get(2),
+            device: r.get(3),
+            detail: r.get(4),
+        })
         .collect())
 }

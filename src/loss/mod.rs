@@ -244,12 +244,33 @@ pub async fn execute(plan: LossPlan, ctx: &Context) -> crate::error::Result<Loss
     Ok(report)
 }
 
-/// One table of one (server, site): its report rows, and its whole local
-/// days for the history (None: it could not be measured).
+/// The local days of `target`'s counted window (whole, or the part of one
+/// it holds), per device, measured now and recorded nowhere (for `essops
+/// report`, where the history lacks them).
+pub async fn measure_days(config: &Config, target: &LossTarget) -> Result<Vec<LossDay>, String> {
+    let mut days = Vec::new();
+    for spec in schema::TABLES {
+        let measured = measure_table(config, target, spec).await;
+        match measured.days {
+            Some(d) => days.extend(d.into_iter().map(|(day, _)| day)),
+            None => {
+                let error = measured.rows.into_iter().find_map(|r| match r {
+                    LossRow::Failure(f) => Some(f.error),
+                    _ => None,
+                });
+                return Err(error.unwrap_or_else(|| "could not be measured".into()));
+            }
+        }
+    }
+    Ok(days)
+}
+
+/// One table of one (server, site): its report rows, and its local days,
+/// each flagged whole or not (None: it could not be measured).
 struct Measured {
     table: &'static str,
     rows: Vec<LossRow>,
-    days: Option<Vec<LossDay>>,
+    days: Option<Vec<(LossDay, bool)>>,
 }
 
 /// Replaces the server's loss history for the whole local days of the
@@ -273,6 +294,7 @@ async fn record_history(config: &Config, t: &LossTarget, measured: &[Measured]) 
         .iter()
         .filter_map(|m| m.days.clone())
         .flatten()
+        .filter_map(|(day, whole)| whole.then_some(day))
         .collect();
     let server = config.server(&t.server).expect("planned servers exist");
     let target = Target {
@@ -346,12 +368,12 @@ async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Meas
     }
 }
 
-/// The report rows of one table, and its whole local days for the history.
+/// The report rows of one table, and its local days (flagged whole or not).
 fn rows_for(
     t: &LossTarget,
     spec: TableSpec,
     mut samples: TableSamples,
-) -> (Vec<LossRow>, Vec<LossDay>) {
+) -> (Vec<LossRow>, Vec<(LossDay, bool)>) {
     let tz = t.site.timezone;
     let (start, end) = (local(t.window.start, tz), local(t.window.end, tz));
     let configured = spec.devices(&t.site);
@@ -373,7 +395,7 @@ fn rows_for(
         let s = samples.devices.remove(&id).unwrap_or_default();
         let measured = DeviceMeasure::new(t, &s, &pieces, is_configured);
         let row = device_row(t, spec, &id, is_configured, &measured, (&start, &end));
-        days.extend(measured.whole_days(t, &row));
+        days.extend(measured.days(t, &row));
         sum_expected += row.expected;
         sum_observed += row.observed;
         count += 1;
@@ -459,14 +481,14 @@ impl DeviceMeasure {
         }
     }
 
-    /// The history rows: whole local days only.
-    fn whole_days(&self, t: &LossTarget, row: &DeviceLoss) -> Vec<LossDay> {
+    /// Per local day (whole, or the part the window holds), its figures and
+    /// whether it is whole: the history keeps whole days only.
+    fn days(&self, t: &LossTarget, row: &DeviceLoss) -> Vec<(LossDay, bool)> {
         self.days
             .iter()
-            .filter(|(_, _, whole)| *whole)
-            .map(|(day, l, _)| {
+            .map(|(day, l, whole)| {
                 let pct = gaps::loss_pct(l.expected, l.expected - l.missing);
-                LossDay {
+                let day = LossDay {
                     table: row.table.clone(),
                     device: row.device.clone(),
                     device_ids: row.device_ids.clone(),
@@ -478,7 +500,8 @@ impl DeviceMeasure {
                     longest_gap_s: l.longest_secs,
                     loss_pct: pct,
                     grade: Grade::of(pct, t.site.loss).as_str(),
-                }
+                };
+                (day, *whole)
             })
             .collect()
     }
