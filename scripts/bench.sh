@@ -5,6 +5,9 @@
 #   scripts/bench.sh            every benchmark
 #   scripts/bench.sh loss       per-device loss, one site-day and one site-week of
 #                               ESS_Operating_Site2 at 1 Hz (bank + rack tables)
+#   scripts/bench.sh lifecycle  on the loss bench's site-week: bytes per rack row and per
+#                               index, the week's first rollup and a re-run, a retention
+#                               dry run
 #   scripts/bench.sh reconcile  one ESS_Operating_Site2 site-day on both servers:
 #                               1 % scattered loss per side, a re-run, a 2-hour outage
 #   scripts/bench.sh ingest     one essops ingest polling 2,000 to 12,000 simulated
@@ -54,9 +57,9 @@ timed() {
     printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median %d ms, min %d ms, max %d ms (%d runs)", a[int((NR+1)/2)], a[1], a[NR], NR}'
 }
 
-bench_loss() {
-    local cfg=bench/loss.toml
-    "$ESSOPS" --config "$cfg" --quiet migrate --create-database
+# One week of ESS_Operating_Site2 in bench_site2 (loaded once), migrated.
+site_week() {
+    "$ESSOPS" --config bench/loss.toml --quiet migrate --create-database
     # One week (2026-03-02 .. 03-08, Asia/Seoul) of 2 banks and 17 racks at 1 Hz,
     # with 0.5 % of samples missing, scattered (deterministic).
     local want=$(( 7 * 86400 * 17 ))
@@ -78,6 +81,11 @@ SELECT t, b, 50, 98.5, 820, 100, 1
 VACUUM ANALYZE rack; VACUUM ANALYZE bank;
 SQL
     fi
+}
+
+bench_loss() {
+    local cfg=bench/loss.toml
+    site_week
     local day_rows week_rows
     day_rows="$("${PSQL[@]}" -c "SELECT (SELECT count(*) FROM rack WHERE \"TIMESTAMP\" >= '2026-03-05 00:00+09' AND \"TIMESTAMP\" < '2026-03-06 00:00+09') + (SELECT count(*) FROM bank WHERE \"TIMESTAMP\" >= '2026-03-05 00:00+09' AND \"TIMESTAMP\" < '2026-03-06 00:00+09')")"
     week_rows="$("${PSQL[@]}" -c 'SELECT (SELECT count(*) FROM rack) + (SELECT count(*) FROM bank)')"
@@ -87,6 +95,32 @@ SQL
     echo "  site-day  ($day_rows rows): $(timed "${day_cmd[@]}")"
     echo "  site-week ($week_rows rows): $(timed "${week_cmd[@]}")"
     echo "  reproduce: scripts/bench.sh loss   (one run: ${day_cmd[*]#$ROOT/})"
+}
+
+# Keeping data on the loss bench's site-week: bytes per rack row and per
+# index, the first rollup of the week and a re-run, a retention dry run.
+bench_lifecycle() {
+    local cfg=bench/lifecycle.toml
+    site_week
+    "${PSQL[@]}" -c "DELETE FROM essops.rollup_marks; TRUNCATE rack_1m, rack_1h, bank_1m, bank_1h"
+    echo "keeping data: ESS_Operating_Site2 (2 banks, 17 racks), one week at 1 Hz, dev build"
+    "${PSQL[@]}" -F ' ' <<'SQL' | awk '{printf "  %s: %s rows; per row: table %.1f B, indexes %.1f B, total %.1f B\n", $1, $2, $3/$2, $4/$2, $5/$2}'
+SELECT t, (SELECT count(*) FROM rack), d.table_bytes + d.toast_bytes, d.index_bytes, d.total_bytes
+  FROM (VALUES ('rack')) v(t), hypertable_detailed_size('rack') d;
+SQL
+    "${PSQL[@]}" -F ' ' -c "SELECT i.indexname, hypertable_index_size(format('%I', i.indexname)::regclass), (SELECT count(*) FROM rack) FROM pg_indexes i WHERE i.schemaname = 'public' AND i.tablename = 'rack' ORDER BY 1" \
+        | awk '{printf "  index %s: %.1f B per rack row\n", $1, $2/$3}'
+    local rows t0 t1
+    rows="$("${PSQL[@]}" -c 'SELECT (SELECT count(*) FROM rack) + (SELECT count(*) FROM bank)')"
+    t0=$(date +%s%N)
+    "$ESSOPS" --config "$cfg" --quiet rollup --table rack --table bank >/dev/null
+    t1=$(date +%s%N)
+    echo "  first rollup of the week ($rows raw rows into 1 m and 1 h): $(( (t1 - t0) / 1000000 )) ms = $(( rows * 1000000000 / (t1 - t0) )) rows/s"
+    echo "  rollup re-run (nothing new): $(timed "$ESSOPS" --config "$cfg" --quiet rollup --table rack --table bank)"
+    "${PSQL[@]}" -F ' ' -c "SELECT (SELECT hypertable_size('rack_1m')), (SELECT hypertable_size('rack_1h')), (SELECT hypertable_size('rack'))" \
+        | awk '{printf "  rack_1m %.1f MB, rack_1h %.2f MB, raw rack %.1f MB for the week\n", $1/1048576, $2/1048576, $3/1048576}'
+    echo "  retention --dry-run (every raw chunk of rack and bank judged): $(timed "$ESSOPS" --config "$cfg" --quiet retention --dry-run --table rack --table bank)"
+    echo "  reproduce: scripts/bench.sh lifecycle"
 }
 
 # psql against the reconcile bench database on one server (local|gcp)
@@ -572,6 +606,7 @@ case "${1:-all}" in
     cache) bench_cache ;;
     index) bench_index ;;
     index-stall) bench_index_stall ;;
-    all) bench_loss; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_index; bench_index_stall ;;
-    *) echo "usage: $0 [all|loss|reconcile|ingest|field|replay|cache|index|index-stall]" >&2; exit 2 ;;
+    lifecycle) bench_lifecycle ;;
+    all) bench_loss; bench_lifecycle; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_index; bench_index_stall ;;
+    *) echo "usage: $0 [all|loss|lifecycle|reconcile|ingest|field|replay|cache|index|index-stall]" >&2; exit 2 ;;
 esac

@@ -100,3 +100,72 @@ pub async fn require_table(
         None => Ok(columns),
     }
 }
+
+/// TimescaleDB's edition on this server: `timescaledb.license`, `apache`
+/// (no compression, retention policies or continuous aggregates) or
+/// `timescale` (Community).
+pub async fn timescale_edition(
+    client: &tokio_postgres::Client,
+) -> Result<String, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(current_setting('timescaledb.license', true), 'unknown')",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// A hypertable's chunks that end at or before `until`, oldest first:
+/// (schema, name, range start, range end, bytes).
+pub async fn chunks_before(
+    client: &tokio_postgres::Client,
+    table: &str,
+    until: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Chunk>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT c.chunk_schema, c.chunk_name, c.range_start, c.range_end,
+                    pg_total_relation_size(format('%I.%I', c.chunk_schema, c.chunk_name)::regclass)
+               FROM timescaledb_information.chunks c
+              WHERE c.hypertable_schema = 'public' AND c.hypertable_name = $1 AND c.range_end <= $2
+              ORDER BY c.range_start",
+            &[&table, &until],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Chunk {
+            name: format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)),
+            start: r.get(2),
+            end: r.get(3),
+            bytes: r.get(4),
+        })
+        .collect())
+}
+
+/// One chunk of a hypertable.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Chunk {
+    /// `schema.name`
+    pub name: String,
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub end: chrono::DateTime<chrono::Utc>,
+    pub bytes: i64,
+}
+
+/// Drops exactly the chunk of `table` spanning `[start, end)` with
+/// `drop_chunks()`; returns the names it dropped.
+pub async fn drop_chunk(
+    client: &impl tokio_postgres::GenericClient,
+    table: &str,
+    chunk: &Chunk,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT drop_chunks(format('public.%I', $1::text)::regclass, older_than => $3::timestamptz, newer_than => $2::timestamptz)::text",
+            &[&table, &chunk.start, &chunk.end],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}

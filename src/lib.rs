@@ -32,6 +32,8 @@ pub mod privilege;
 pub mod reconcile;
 pub mod redis_client;
 pub mod report;
+pub mod retention;
+pub mod rollup;
 pub mod schema;
 pub mod select;
 pub mod simulate;
@@ -100,6 +102,8 @@ pub enum Command {
     Check(check::CheckArgs),
     Status(status::StatusArgs),
     Report(report::ReportArgs),
+    Rollup(rollup::RollupArgs),
+    Retention(retention::RetentionArgs),
     Size(size::SizeArgs),
     /// Which config file is used and why, what it says, and whether it is usable.
     #[command(subcommand)]
@@ -129,6 +133,8 @@ impl Command {
             Command::Check(_) => "check",
             Command::Status(_) => "status",
             Command::Report(_) => "report",
+            Command::Rollup(_) => "rollup",
+            Command::Retention(_) => "retention",
             Command::Size(_) => "size",
             Command::Config(_) => "config",
             Command::Completions { .. } => "completions",
@@ -226,6 +232,8 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         Command::Check(args) => run(args, ctx).await,
         Command::Status(args) => status::run(args, ctx).await,
         Command::Report(args) => run(args, ctx).await,
+        Command::Rollup(args) => run(args, ctx).await,
+        Command::Retention(args) => run(args, ctx).await,
         Command::Size(args) => run(args, ctx).await,
         Command::Completions { .. } | Command::Man | Command::Config(_) => Ok(Outcome::Clean),
     }

@@ -31,6 +31,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0001_ess_tables.sql"),
     ),
     (2, "history", include_str!("../migrations/0002_history.sql")),
+    (3, "rollups", include_str!("../migrations/0003_rollups.sql")),
 ];
 
 /// The newest schema version this binary knows.
@@ -57,6 +58,12 @@ pub struct MigrateArgs {
     /// and grant them on every site database (see README, "Roles").
     #[arg(long)]
     pub create_roles: bool,
+    /// Community edition of TimescaleDB only: also add native compression
+    /// (after 7 days) and, with [retention] raw_days, a retention policy on
+    /// the ESS tables. Native policies drop without essops's checks; see
+    /// README, "Keeping data". Refused on the Apache edition.
+    #[arg(long)]
+    pub timescale_policies: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +114,7 @@ pub struct MigratePlan {
     pub targets: Vec<MigrateTarget>,
     pub missing_database: MissingDatabase,
     pub create_roles: bool,
+    pub timescale_policies: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -154,6 +162,7 @@ pub fn plan(args: &MigrateArgs, ctx: &Context) -> crate::error::Result<MigratePl
     Ok(MigratePlan {
         dry_run: args.dry_run,
         create_roles: args.create_roles,
+        timescale_policies: args.timescale_policies,
         targets,
         missing_database,
     })
@@ -191,6 +200,9 @@ pub async fn execute(plan: MigratePlan, ctx: &Context) -> crate::error::Result<M
     if plan.create_roles {
         grant_roles(&ctx.config, &mut rows).await;
     }
+    if plan.timescale_policies {
+        add_policies(&ctx.config, &mut rows).await;
+    }
     Ok(MigrateReport { rows })
 }
 
@@ -221,6 +233,80 @@ async fn grant_roles(config: &Config, rows: &mut [MigrateRow]) {
             }
         }
     }
+}
+
+/// Native compression and retention policies on every database that
+/// migrated, where the server runs TimescaleDB's Community edition.
+async fn add_policies(config: &Config, rows: &mut [MigrateRow]) {
+    for row in rows.iter_mut().filter(|r| r.error.is_none()) {
+        let Ok(server) = config.server(&row.server) else {
+            continue;
+        };
+        let target = Target {
+            server,
+            database: &row.database,
+        };
+        let result = match db::connect(config, target).await {
+            Ok(client) => policies(&client, &row.server, config.retention.raw_days).await,
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            row.status = MigrateStatus::Failed;
+            row.error = Some(e);
+        }
+    }
+}
+
+async fn policies(
+    client: &tokio_postgres::Client,
+    server: &str,
+    raw_days: Option<u32>,
+) -> Result<(), String> {
+    let edition = crate::catalog::timescale_edition(client)
+        .await
+        .map_err(|e| db::describe(&e))?;
+    if edition != "timescale" {
+        return Err(format!(
+            "server `{server}` runs the {edition} edition of TimescaleDB (timescaledb.license = {edition}), which has no compression or retention policies; essops rollup and essops retention do that job there"
+        ));
+    }
+    for spec in crate::schema::TABLES {
+        let table = crate::sql::quote_ident(spec.name);
+        // Column names from the table knowledge, never input.
+        let segment: Vec<String> = spec
+            .device_columns
+            .iter()
+            .map(|c| crate::sql::quote_ident(c))
+            .collect();
+        let options = match segment.is_empty() {
+            true => "timescaledb.compress".to_string(),
+            false => format!(
+                "timescaledb.compress, timescaledb.compress_segmentby = '{}'",
+                segment.join(",")
+            ),
+        };
+        client
+            .execute(&format!("ALTER TABLE {table} SET ({options})"), &[])
+            .await
+            .map_err(|e| db::describe(&e))?;
+        client
+            .execute(
+                "SELECT add_compression_policy($1::text::regclass, INTERVAL '7 days', if_not_exists => true)",
+                &[&spec.name],
+            )
+            .await
+            .map_err(|e| db::describe(&e))?;
+        if let Some(days) = raw_days {
+            client
+                .execute(
+                    "SELECT add_retention_policy($1::text::regclass, make_interval(days => $2), if_not_exists => true)",
+                    &[&spec.name, &(days as i32)],
+                )
+                .await
+                .map_err(|e| db::describe(&e))?;
+        }
+    }
+    Ok(())
 }
 
 fn row(t: &MigrateTarget, status: MigrateStatus, started: Instant) -> MigrateRow {

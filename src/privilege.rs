@@ -50,10 +50,27 @@ pub async fn create_roles(client: &Client, database: &str) -> Result<(), tokio_p
              GRANT SELECT ON ALL TABLES IN SCHEMA public TO {r};
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT ON TABLES TO {w};
              ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {r};
+             GRANT DELETE ON TABLE {rollups} TO {w};
              {history}",
+            rollups = rollup_tables().join(", "),
             history = crate::history::grants_sql(&w, &r),
         ))
         .await
+}
+
+/// Every rollup table, qualified: the writer replaces their buckets.
+fn rollup_tables() -> Vec<String> {
+    crate::schema::TABLES
+        .iter()
+        .flat_map(|spec| {
+            crate::schema::ROLLUPS.iter().map(move |(suffix, _)| {
+                format!(
+                    "public.{}",
+                    quote_ident(&crate::schema::rollup_name(spec, suffix))
+                )
+            })
+        })
+        .collect()
 }
 
 /// A privilege the connected role lacks, or the check could not run.

@@ -124,6 +124,22 @@ pub const ETC: TableSpec = TableSpec {
 
 pub const TABLES: [TableSpec; 4] = [BANK, RACK, PCS, ETC];
 
+/// The rollups of each table (`essops rollup`): its name's suffix and its bucket.
+pub const ROLLUPS: [(&str, &str); 2] = [("1m", "1 minute"), ("1h", "1 hour")];
+/// A rollup's time column and its sample count.
+pub const BUCKET_COLUMN: &str = "BUCKET";
+pub const SAMPLES_COLUMN: &str = "SAMPLES";
+
+/// `rack_1m`.
+pub fn rollup_name(spec: &TableSpec, suffix: &str) -> String {
+    format!("{}_{suffix}", spec.name)
+}
+
+/// The rollup column of a measure and an aggregate: `SOC_AVG`.
+pub fn measure_column(measure: &str, agg: &str) -> String {
+    format!("{measure}_{agg}")
+}
+
 /// A device's ids, in the order of its table's `device_columns`
 /// (empty for the site-level `etc` table).
 pub type DeviceId = Vec<i16>;

@@ -98,9 +98,15 @@ fn demo_finds_holes_repairs_them_and_the_servers_agree() {
     let page = std::fs::read_to_string(scratch.path.join("logs/report.html"))
         .expect("the demo writes logs/report.html");
     for site in ["ESS_Operating_Site1", "ESS_Operating_Site4"] {
-        assert!(page.contains(&format!("<h2>{site} ")), "{site} not on the page");
+        assert!(
+            page.contains(&format!("<h2>{site} ")),
+            "{site} not on the page"
+        );
     }
-    assert!(page.contains("Measured on the spot"), "the demo's part of a day");
+    assert!(
+        page.contains("Measured on the spot"),
+        "the demo's part of a day"
+    );
     let logs: Vec<_> = std::fs::read_dir(scratch.path.join("logs"))
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -11,7 +11,7 @@ fn setup(test: &str) -> (TestDb, Scratch, std::path::PathBuf, u16) {
     let scratch = Scratch::new(test);
     let (bms, pcs) = (free_port(), free_port());
     let config = scratch.site_config(
-        &format!("spool_dir = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:26379/0\"\n", scratch.path.join("spool").display()),
+        &format!("spool_dir = \"{}\"\n[redis]\nurl = \"redis://127.0.0.1:26379/0\"\n[retention]\nraw_days = 30\n", scratch.path.join("spool").display()),
         &servers_toml(),
         &format!(
             "name = \"Examples_{test}\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 2 }}]\nmodbus = {{ bms = \"127.0.0.1:{bms}\", pcs = \"127.0.0.1:{pcs}\" }}\n",
@@ -89,10 +89,10 @@ fn examples_crontab_commands_run_and_succeed() {
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains('='))
         .map(|l| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" "))
         .collect();
-    assert_eq!(commands.len(), 4, "{commands:?}");
+    assert_eq!(commands.len(), 6, "{commands:?}");
     // The nightly unit runs the same steps as the crontab's nightly lines.
     let nightly = exec_starts("essops-nightly.service");
-    assert_eq!(nightly.len(), 3, "{nightly:?}");
+    assert_eq!(nightly.len(), 5, "{nightly:?}");
     commands.extend(nightly);
     for command in &commands {
         let run = Cmd::new(Some(&config)).args(essops_args(command)).run();

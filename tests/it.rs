@@ -12,6 +12,7 @@ mod field;
 mod history;
 mod index;
 mod ingest;
+mod lifecycle;
 mod loss;
 mod migrate;
 mod monitoring;

@@ -121,6 +121,8 @@ pub struct Config {
     pub redis: Option<Redis>,
     /// How long the run history (`essops.*` tables) is kept.
     pub history: HistorySettings,
+    /// How long raw rows and rollups are kept (`essops retention`).
+    pub retention: RetentionSettings,
     /// When `essops status` warns and when it is critical.
     pub status: StatusSettings,
     /// In file order: the first two are a site's default reconcile pair.
@@ -237,6 +239,15 @@ pub struct ModbusSettings {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HistorySettings {
     pub keep_days: Option<u32>,
+}
+
+/// `[retention]`: whole days of raw rows and of each rollup kept before
+/// today (None: kept forever).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionSettings {
+    pub raw_days: Option<u32>,
+    pub rollup_1m_days: Option<u32>,
+    pub rollup_1h_days: Option<u32>,
 }
 
 /// A (warning, critical) pair of ages.

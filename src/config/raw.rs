@@ -20,6 +20,7 @@ pub(super) struct RawConfig {
     pub(super) defaults: RawDefaults,
     pub(super) redis: Option<RawRedis>,
     pub(super) history: Option<RawHistory>,
+    pub(super) retention: Option<RawRetention>,
     pub(super) status: Option<RawStatus>,
     #[serde(default)]
     pub(super) servers: BTreeMap<Spanned<String>, RawServer>,
@@ -70,6 +71,15 @@ pub(super) struct RawPeriod {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHistory {
     pub(super) keep_days: Option<Spanned<u32>>,
+}
+
+/// `[retention]`: days of each kind of chunk kept (absent: kept forever).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetention {
+    pub(super) raw_days: Option<Spanned<u32>>,
+    pub(super) rollup_1m_days: Option<Spanned<u32>>,
+    pub(super) rollup_1h_days: Option<Spanned<u32>>,
 }
 
 /// `[status]`: each value a duration ("3m", "26h") or a size in MiB.

@@ -69,6 +69,7 @@ impl Validator<'_> {
                 .and_then(|h| h.keep_days.as_ref())
                 .map(|d| *d.get_ref()),
         };
+        let retention = self.retention(raw.retention.as_ref())?;
         let status = self.status(raw.status.as_ref())?;
         Ok(Config {
             source: self.source.clone(),
@@ -79,9 +80,31 @@ impl Validator<'_> {
             cache,
             redis,
             history,
+            retention,
             status,
             servers,
             sites,
+        })
+    }
+
+    /// `[retention]`: each a whole number of days, at least 1.
+    fn retention(&self, raw: Option<&RawRetention>) -> Result<RetentionSettings, DocError> {
+        let days = |v: Option<&Spanned<u32>>, key: &str| match v {
+            Some(d) if *d.get_ref() == 0 => {
+                Err(self
+                    .doc
+                    .at(d, key, "at least 1 day (leave it out to keep forever)"))
+            }
+            Some(d) => Ok(Some(*d.get_ref())),
+            None => Ok(None),
+        };
+        let Some(raw) = raw else {
+            return Ok(RetentionSettings::default());
+        };
+        Ok(RetentionSettings {
+            raw_days: days(raw.raw_days.as_ref(), "retention.raw_days")?,
+            rollup_1m_days: days(raw.rollup_1m_days.as_ref(), "retention.rollup_1m_days")?,
+            rollup_1h_days: days(raw.rollup_1h_days.as_ref(), "retention.rollup_1h_days")?,
         })
     }
 

@@ -37,6 +37,14 @@ pub fn settings(config: &Config) -> Vec<(String, String)> {
             .keep_days
             .map_or("forever".into(), |d| d.to_string()),
     );
+    let r = &config.retention;
+    for (key, days) in [
+        ("retention.raw_days", r.raw_days),
+        ("retention.rollup_1m_days", r.rollup_1m_days),
+        ("retention.rollup_1h_days", r.rollup_1h_days),
+    ] {
+        set(key, days.map_or("forever".into(), |d| d.to_string()));
+    }
     let st = &config.status;
     for (name, limits) in [
         ("heartbeat", st.heartbeat),

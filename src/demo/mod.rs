@@ -222,6 +222,7 @@ async fn migrate_all(ctx: &Context) -> Result<(), Error> {
         create_database: true,
         dry_run: false,
         create_roles: false,
+        timescale_policies: false,
     };
     let migrated = migrate::execute(migrate::plan(&args, ctx)?, ctx).await?;
     match migrated.outcome() {

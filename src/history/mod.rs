@@ -20,9 +20,10 @@ pub const LOSS_TABLE: &str = "loss_daily";
 const RECONCILE_TABLE: &str = "reconcile_runs";
 const MINUTES_TABLE: &str = "ingest_minutes";
 const EVENTS_TABLE: &str = "ingest_events";
+const DROPS_TABLE: &str = "retention_drops";
 
 /// `"essops"."table"`.
-fn table(name: &str) -> String {
+pub fn table(name: &str) -> String {
     format!("{}.{}", quote_ident(SCHEMA), quote_ident(name))
 }
 
@@ -231,6 +232,26 @@ pub async fn record_reconcile(
         )
         .await;
     written(client, target, RECONCILE_TABLE, "INSERT", result).await
+}
+
+// --------------------------------------------------------------- retention
+
+/// Records, in the caller's transaction (the one that drops the chunk), that
+/// `[start, end)` of `table_name` held `rows` rows when it was dropped here.
+pub async fn record_drop(
+    tx: &impl tokio_postgres::GenericClient,
+    table_name: &str,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+    rows: i64,
+) -> Result<(), tokio_postgres::Error> {
+    let sql = format!(
+        "INSERT INTO {} (table_name, range_start, range_end, rows) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (table_name, range_start) DO UPDATE SET range_end = $3, rows = $4, at = now()",
+        table(DROPS_TABLE)
+    );
+    tx.execute(&sql, &[&table_name, &start, &end, &rows])
+        .await?;
+    Ok(())
 }
 
 // ------------------------------------------------------------------ ingest

@@ -6,7 +6,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::Client;
 
-use super::{EVENTS_TABLE, LOSS_TABLE, MINUTES_TABLE, RECONCILE_TABLE, table};
+use super::{DROPS_TABLE, EVENTS_TABLE, LOSS_TABLE, MINUTES_TABLE, RECONCILE_TABLE, table};
 
 /// The newest minute of one ingest (site, device group, host) on one server,
 /// with its spool depth ten minutes before, to tell a growing spool.
@@ -316,4 +316,89 @@ pub async fn breaker_events(
             detail: r.get(4),
         })
         .collect())
+}
+
+/// The reconciled windows of `table` that runs after `since` copied rows
+/// into on `server`: (window start, window end, run time), oldest first.
+pub async fn copied_into(
+    client: &Client,
+    site: &str,
+    table_name: &str,
+    server: &str,
+    since: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>, DateTime<Utc>)>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT window_start, window_end, at FROM {}
+          WHERE site = $1 AND table_name = $2 AND NOT dry_run AND at > $3
+            AND ((server_a = $4 AND copied_to_a > 0) OR (server_b = $4 AND copied_to_b > 0))
+          ORDER BY at",
+        table(RECONCILE_TABLE)
+    );
+    let rows = client
+        .query(&sql, &[&site, &table_name, &since, &server])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Whether a clean reconcile run (not a dry run) of `table_name` between
+/// `server` and `other` covers `[start, end)`.
+pub async fn reconciled_over(
+    client: &Client,
+    site: &str,
+    table_name: &str,
+    (server, other): (&str, &str),
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<bool, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {}
+          WHERE site = $1 AND table_name = $2 AND NOT dry_run AND outcome = 'ok'
+            AND window_start <= $3 AND window_end >= $4
+            AND ((server_a = $5 AND server_b = $6) OR (server_a = $6 AND server_b = $5)))",
+        table(RECONCILE_TABLE)
+    );
+    Ok(client
+        .query_one(&sql, &[&site, &table_name, &start, &end, &server, &other])
+        .await?
+        .get(0))
+}
+
+/// The local days among `days` that have no loss rows of `table_name` recorded
+/// for `server`.
+pub async fn loss_unrecorded(
+    client: &Client,
+    site: &str,
+    server: &str,
+    table_name: &str,
+    days: &[NaiveDate],
+) -> Result<Vec<NaiveDate>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT d FROM unnest($4::date[]) d
+          WHERE NOT EXISTS (SELECT 1 FROM {} WHERE site = $1 AND server = $2 AND table_name = $3 AND day = d)
+          ORDER BY d",
+        table(LOSS_TABLE)
+    );
+    let rows = client
+        .query(&sql, &[&site, &server, &table_name, &days])
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The rows a retention run counted in `[start, end)` of `table_name` when
+/// it dropped that chunk on this server (None: not dropped by essops).
+pub async fn dropped_rows(
+    client: &Client,
+    table_name: &str,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT rows FROM {} WHERE table_name = $1 AND range_start = $2 AND range_end = $3",
+        table(DROPS_TABLE)
+    );
+    Ok(client
+        .query_opt(&sql, &[&table_name, &start, &end])
+        .await?
+        .map(|r| r.get(0)))
 }

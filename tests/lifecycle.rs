@@ -1,0 +1,323 @@
+//! Keeping data: rollups equal a direct aggregate of the raw rows, a
+//! reconcile into a rolled-up day re-rolls exactly that day, and retention
+//! drops the oldest raw chunks only once their rollups, the other server's
+//! copy and their loss history are in place.
+
+use std::path::PathBuf;
+
+use chrono::{NaiveDate, TimeDelta, Utc};
+use serde_json::Value;
+
+use crate::support::{Cmd, Scratch, TestDb, servers_toml};
+
+struct Setup {
+    db: TestDb,
+    config: PathBuf,
+    _scratch: Scratch,
+    /// Today (UTC, the site's zone) when the test began.
+    today: NaiveDate,
+}
+
+/// A site in UTC (its local days are the chunks' days) with one rack, on
+/// both servers, keeping 7 days of raw rows.
+fn setup(test: &str) -> Setup {
+    // A day boundary mid-test would move "the 3 oldest days": start after it.
+    let left = Utc::now()
+        .date_naive()
+        .succ_opt()
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        - Utc::now().naive_utc();
+    if left < TimeDelta::minutes(5) {
+        std::thread::sleep((left + TimeDelta::seconds(5)).to_std().unwrap());
+    }
+    let db = TestDb::new(test, 1);
+    let scratch = Scratch::new(test);
+    let config = scratch.site_config(
+        "[retention]\nraw_days = 7\n",
+        &servers_toml(),
+        &format!(
+            "name = \"Keep\"\ndatabase = \"{}\"\ntimezone = \"UTC\"\nbanks = [{{ id = 1, racks = 1 }}]\npcs = [1]\n",
+            db.databases[0]
+        ),
+    );
+    Setup {
+        db,
+        config,
+        _scratch: scratch,
+        today: Utc::now().date_naive(),
+    }
+}
+
+impl Setup {
+    fn essops(&self, args: &[&str]) -> crate::support::cmd::Run {
+        Cmd::new(Some(&self.config)).args(args).run()
+    }
+
+    fn day(&self, ago: i64) -> String {
+        (self.today - TimeDelta::days(ago)).to_string()
+    }
+
+    /// Rack 1 of bank 1 at 1 Hz on `server`, days `from_ago` back to yesterday.
+    fn rack_rows(&self, server: &str, from_ago: i64) {
+        self.db.execute(
+            server,
+            &format!(
+                r#"INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID", "SOC", "DC_VOLTAGE")
+                   SELECT t, 1, 1, (extract(epoch FROM t)::int8 % 97)::real, 700 + (extract(epoch FROM t)::int8 % 13)::real
+                     FROM generate_series('{}T00:00:00Z'::timestamptz, '{}T00:00:00Z'::timestamptz - interval '1 second', interval '1 second') t"#,
+                self.day(from_ago),
+                self.day(0)
+            ),
+        );
+    }
+
+    /// Deletes one hour (10:00-11:00) of day `ago` on `server`.
+    fn hole(&self, server: &str, ago: i64) {
+        let day = self.day(ago);
+        self.db.execute(
+            server,
+            &format!(
+                r#"DELETE FROM rack WHERE "TIMESTAMP" >= '{day}T10:00:00Z' AND "TIMESTAMP" < '{day}T11:00:00Z'"#
+            ),
+        );
+    }
+
+    /// The raw chunks' start days on `server`.
+    fn chunk_days(&self, server: &str) -> Vec<String> {
+        self.db
+            .rows(
+                server,
+                "SELECT (range_start AT TIME ZONE 'UTC')::date::text FROM timescaledb_information.chunks
+                  WHERE hypertable_name = 'rack' ORDER BY range_start",
+            )
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// Every rollup bucket against a direct aggregate of the raw rows:
+    /// (direct buckets, rollup buckets, buckets that agree in count, avg, min, max).
+    fn compare(&self, server: &str, bucket: &str, rollup: &str) -> (i64, i64, i64) {
+        let row = &self.db.rows(
+            server,
+            &format!(
+                r#"WITH d AS (SELECT time_bucket(INTERVAL '{bucket}', "TIMESTAMP") b, count(*) n,
+                                    avg("SOC") sa, min("SOC") sl, max("SOC") sh,
+                                    avg("DC_VOLTAGE") va, min("DC_VOLTAGE") vl, max("DC_VOLTAGE") vh
+                               FROM rack GROUP BY 1)
+                   SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM {rollup}),
+                          (SELECT count(*) FROM d JOIN {rollup} r ON r."BUCKET" = d.b AND r."BANK_ID" = 1 AND r."RACK_ID" = 1
+                            WHERE r."SAMPLES" = d.n AND abs(r."SOC_AVG" - d.sa) < 1e-9 AND r."SOC_MIN" = d.sl AND r."SOC_MAX" = d.sh
+                              AND abs(r."DC_VOLTAGE_AVG" - d.va) < 1e-9 AND r."DC_VOLTAGE_MIN" = d.vl AND r."DC_VOLTAGE_MAX" = d.vh
+                              AND r."DC_CURRENT_AVG" IS NULL)"#
+            ),
+        )[0];
+        (row.get(0), row.get(1), row.get(2))
+    }
+
+    fn assert_rollups_match(&self, when: &str) {
+        for server in ["local", "gcp"] {
+            for (bucket, rollup) in [("1 minute", "rack_1m"), ("1 hour", "rack_1h")] {
+                let (direct, rolled, agree) = self.compare(server, bucket, rollup);
+                assert!(
+                    direct > 0 && direct == rolled && rolled == agree,
+                    "{when}: {server} {rollup}: {direct} direct buckets, {rolled} rolled, {agree} agree"
+                );
+            }
+        }
+    }
+
+    fn retention(&self, extra: &[&str]) -> Vec<Value> {
+        let mut args = vec!["--json", "retention", "--table", "rack"];
+        args.extend(extra);
+        let run = self.essops(&args);
+        assert_eq!(run.code(), 0, "{}", run.stderr());
+        run.json()
+    }
+}
+
+/// (server, first day, verdict, reasons) of each judged rack chunk.
+fn verdicts(rows: &[Value]) -> Vec<(String, String, String, String)> {
+    rows.iter()
+        .filter(|r| r["kind"] == "chunk" && r["table"] == "rack")
+        .map(|r| {
+            (
+                r["server"].as_str().unwrap().to_string(),
+                r["range_start"].as_str().unwrap()[..10].to_string(),
+                r["verdict"].as_str().unwrap().to_string(),
+                r["reasons"].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn lifecycle_rollups_reroll_reconciled_days_and_retention_keeps_what_is_unsafe_to_drop() {
+    let s = setup("lifecycle");
+    for server in ["local", "gcp"] {
+        s.rack_rows(server, 10);
+    }
+    // local lacks an hour of day -5 until reconcile copies it in, after the rollup.
+    s.hole("local", 5);
+    let (ten_ago, today) = (s.day(10), s.day(0));
+    let window = ["--from", ten_ago.as_str(), "--to", today.as_str()];
+    let loss = s.essops(&[&["loss", "--table", "rack"][..], &window].concat());
+    assert!([0, 10, 11].contains(&loss.code()), "{}", loss.stderr());
+    let reconciled = s.essops(&[
+        "reconcile",
+        "--table",
+        "rack",
+        "--from",
+        &ten_ago,
+        "--to",
+        &s.day(6),
+    ]);
+    assert_eq!(reconciled.code(), 0, "{}", reconciled.stderr());
+
+    let run = s.essops(&["--json", "rollup", "--table", "rack"]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    let rows: Vec<Value> = run.json();
+    assert!(
+        rows.iter().all(|r| r["edition"] == "apache"),
+        "on the Apache edition essops keeps its own rollups: {rows:?}"
+    );
+    s.assert_rollups_match("first rollup");
+
+    // Reconcile copies local's missing hour of day -5 in; the next rollup
+    // re-rolls exactly that day on local, and nothing on gcp.
+    let five = s.essops(&["reconcile", "--table", "rack", "--date", &s.day(5)]);
+    assert_eq!(five.code(), 10, "rows copied: {}", five.stderr());
+    let rows: Vec<Value> = s.essops(&["--json", "rollup", "--table", "rack"]).json();
+    let rerolled = |server: &str| {
+        rows.iter()
+            .find(|r| r["server"] == server)
+            .map(|r| r["rerolled"].clone())
+            .unwrap()
+    };
+    let day5 = format!("{}T00:00:00Z", s.day(5));
+    let day4 = format!("{}T00:00:00Z", s.day(4));
+    assert_eq!(
+        rerolled("local"),
+        serde_json::json!([{ "start": day5, "end": day4 }]),
+        "{rows:?}"
+    );
+    assert_eq!(rerolled("gcp"), serde_json::json!([]), "{rows:?}");
+    s.assert_rollups_match("after the reconcile");
+
+    // gcp loses an hour of day -9 after the reconcile: that chunk must stay.
+    s.hole("gcp", 9);
+    let before = (s.chunk_days("local"), s.chunk_days("gcp"));
+    let dry = verdicts(&s.retention(&["--dry-run"]));
+    assert_eq!(
+        (s.chunk_days("local"), s.chunk_days("gcp")),
+        before,
+        "--dry-run changed the chunks"
+    );
+    let oldest: Vec<String> = [10, 9, 8].iter().map(|d| s.day(*d)).collect();
+    for (server, day, verdict, reasons) in &dry {
+        assert!(
+            oldest.contains(day),
+            "a chunk not old enough was judged: {dry:?}"
+        );
+        let want = match day == &s.day(9) {
+            true => "keep",
+            false => "drop",
+        };
+        assert_eq!(verdict, want, "{server} {day}: {reasons}");
+    }
+    assert_eq!(dry.len(), 6, "3 chunks on each server: {dry:?}");
+
+    let done = verdicts(&s.retention(&[]));
+    let kept: Vec<_> = done.iter().filter(|v| v.2 == "keep").collect();
+    assert_eq!(kept.len(), 2, "day -9 kept on both servers: {done:?}");
+    assert!(
+        kept.iter().any(|v| v.0 == "local"
+            && v.3
+                .contains("`gcp` holds 82800 rows of it, this server 86400")),
+        "local's reason names gcp's missing rows: {kept:?}"
+    );
+    // gcp's rollups counted the hour it then lost: re-rolled before judging.
+    assert!(
+        kept.iter().any(|v| v.0 == "gcp"
+            && v.3
+                .contains("`local` holds 86400 rows of it, this server 82800")),
+        "{kept:?}"
+    );
+    for server in ["local", "gcp"] {
+        assert_eq!(
+            s.chunk_days(server)[0],
+            s.day(9),
+            "{server}: {:?}",
+            s.chunk_days(server)
+        );
+        assert_eq!(
+            s.chunk_days(server).len(),
+            8,
+            "{server}: 10 days less 2 dropped"
+        );
+    }
+
+    // Reconciled again, day -9 goes too: exactly the 3 oldest days are gone,
+    // and gcp's rollups of it are re-rolled first.
+    let nine = s.essops(&["reconcile", "--table", "rack", "--date", &s.day(9)]);
+    assert_eq!(nine.code(), 10, "rows copied: {}", nine.stderr());
+    let last = verdicts(&s.retention(&[]));
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert!(
+        last.iter().all(|v| v.1 == s.day(9) && v.2 == "dropped"),
+        "{last:?}"
+    );
+    assert!(
+        last.iter()
+            .any(|v| v.0 == "gcp" && v.3.contains("re-rolled first")),
+        "{last:?}"
+    );
+    for server in ["local", "gcp"] {
+        assert_eq!(s.chunk_days(server)[0], s.day(7), "{server}");
+        assert_eq!(s.chunk_days(server).len(), 7, "{server}");
+    }
+}
+
+#[test]
+fn lifecycle_retention_without_raw_days_is_a_config_error() {
+    let db = TestDb::new("lifecycle_unset", 1);
+    let scratch = Scratch::new("lifecycle_unset");
+    let config = scratch.site_config(
+        "",
+        &servers_toml(),
+        &format!(
+            "name = \"Keep\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+            db.databases[0]
+        ),
+    );
+    let run = Cmd::new(Some(&config)).args(["retention"]).run();
+    assert_eq!(run.code(), 3, "{}", run.stderr());
+    assert!(run.stderr().contains("raw_days"), "{}", run.stderr());
+}
+
+#[test]
+fn lifecycle_native_policies_are_refused_on_the_apache_edition() {
+    let db = TestDb::new("lifecycle_edition", 1);
+    let scratch = Scratch::new("lifecycle_edition");
+    let config = scratch.site_config(
+        "[retention]\nraw_days = 30\n",
+        &servers_toml(),
+        &format!(
+            "name = \"Keep\"\ndatabase = \"{}\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+            db.databases[0]
+        ),
+    );
+    let run = Cmd::new(Some(&config))
+        .args(["migrate", "--timescale-policies"])
+        .run();
+    assert_eq!(run.code(), 4, "{}{}", run.stdout(), run.stderr());
+    assert!(
+        run.stdout().contains("Apache edition") || run.stdout().contains("apache edition"),
+        "{}",
+        run.stdout()
+    );
+    let policies = db.scalar("local", "SELECT count(*) FROM timescaledb_information.jobs WHERE proc_name IN ('policy_retention', 'policy_compression')");
+    assert_eq!(policies, 0);
+}
