@@ -43,6 +43,37 @@ pub struct Rows<T> {
     pub rows: Vec<T>,
 }
 
+/// A (server, site, maybe table) that could not be done: a report row of
+/// its own, with the error printed below the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub server: String,
+    pub site: String,
+    pub table: Option<String>,
+    pub error: String,
+}
+
+impl Failure {
+    pub fn new(server: &str, site: &str, table: Option<&str>, error: String) -> Failure {
+        Failure {
+            server: server.to_string(),
+            site: site.to_string(),
+            table: table.map(str::to_string),
+            error,
+        }
+    }
+
+    /// Its first table cells: server, site, table, FAILED.
+    pub fn cells(&self) -> Vec<String> {
+        vec![
+            self.server.clone(),
+            self.site.clone(),
+            self.table.clone().unwrap_or_default(),
+            "FAILED".into(),
+        ]
+    }
+}
+
 /// Whether people (not scripts) get the table and summary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verbosity {

@@ -23,7 +23,7 @@ use crate::context::Context;
 use crate::db::{self, Target};
 use crate::exit::{Outcome, code as exit};
 use crate::history::read;
-use crate::output::{Report, human_bytes};
+use crate::output::{Failure, Report, human_bytes};
 use crate::rollup::{self, Span};
 use crate::schema::{self, ROLLUPS, TIME_COLUMN, TableSpec};
 use crate::sql::quote_ident;
@@ -97,12 +97,7 @@ pub enum Verdict {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RetentionRow {
     Chunk(ChunkVerdict),
-    Failure {
-        server: String,
-        site: String,
-        table: Option<String>,
-        error: String,
-    },
+    Failure(Failure),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -180,11 +175,8 @@ async fn target_rows(
     dry_run: bool,
     now: DateTime<Utc>,
 ) -> Vec<RetentionRow> {
-    let fail = |table: Option<&str>, error: String| RetentionRow::Failure {
-        server: server.to_string(),
-        site: site.name.clone(),
-        table: table.map(str::to_string),
-        error,
+    let fail = |table: Option<&str>, error: String| {
+        RetentionRow::Failure(Failure::new(server, &site.name, table, error))
     };
     let target = Target {
         server: config.server(server).expect("planned servers exist"),
@@ -486,22 +478,12 @@ impl Report for RetentionReport {
                 .into(),
                 c.reasons.join("; "),
             ],
-            RetentionRow::Failure {
-                server,
-                site,
-                table,
-                ..
-            } => vec![
-                server.clone(),
-                site.clone(),
-                table.clone().unwrap_or_default(),
-                "FAILED".into(),
-            ],
+            RetentionRow::Failure(f) => f.cells(),
         }
     }
     fn problem(row: &RetentionRow) -> Option<String> {
         match row {
-            RetentionRow::Failure { error, .. } => Some(error.clone()),
+            RetentionRow::Failure(f) => Some(f.error.clone()),
             _ => None,
         }
     }
@@ -535,7 +517,7 @@ impl Report for RetentionReport {
         match self
             .rows
             .iter()
-            .any(|r| matches!(r, RetentionRow::Failure { .. }))
+            .any(|r| matches!(r, RetentionRow::Failure(_)))
         {
             true => Outcome::Partial,
             false => Outcome::Clean,

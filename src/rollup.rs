@@ -24,6 +24,7 @@ use crate::context::Context;
 use crate::db::{self, Target};
 use crate::exit::{Outcome, code as exit};
 use crate::history::table as qualified;
+use crate::output::Failure;
 use crate::schema::{
     self, BUCKET_COLUMN, ROLLUPS, SAMPLES_COLUMN, TIME_COLUMN, TableSpec, measure_column,
     rollup_name,
@@ -91,12 +92,7 @@ impl crate::command::Plan for RollupPlan {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RollupRow {
     Table(TableRollup),
-    Failure {
-        server: String,
-        site: String,
-        table: Option<String>,
-        error: String,
-    },
+    Failure(Failure),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -181,11 +177,8 @@ async fn target_rows(
     tables: &[TableSpec],
     now: DateTime<Utc>,
 ) -> Vec<RollupRow> {
-    let fail = |table: Option<&str>, error: String| RollupRow::Failure {
-        server: server.to_string(),
-        site: site.name.clone(),
-        table: table.map(str::to_string),
-        error,
+    let fail = |table: Option<&str>, error: String| {
+        RollupRow::Failure(Failure::new(server, &site.name, table, error))
     };
     let target = Target {
         server: config.server(server).expect("planned servers exist"),
@@ -538,22 +531,12 @@ impl crate::output::Report for RollupReport {
                 t.minutes.to_string(),
                 t.hours.to_string(),
             ],
-            RollupRow::Failure {
-                server,
-                site,
-                table,
-                ..
-            } => vec![
-                server.clone(),
-                site.clone(),
-                table.clone().unwrap_or_default(),
-                "FAILED".into(),
-            ],
+            RollupRow::Failure(f) => f.cells(),
         }
     }
     fn problem(row: &RollupRow) -> Option<String> {
         match row {
-            RollupRow::Failure { error, .. } => Some(error.clone()),
+            RollupRow::Failure(f) => Some(f.error.clone()),
             _ => None,
         }
     }
@@ -567,7 +550,7 @@ impl crate::output::Report for RollupReport {
                     hours += t.hours;
                     rerolled += t.rerolled.len();
                 }
-                RollupRow::Failure { .. } => failed += 1,
+                RollupRow::Failure(_) => failed += 1,
             }
         }
         format!(
@@ -579,11 +562,7 @@ impl crate::output::Report for RollupReport {
         )
     }
     fn outcome(&self) -> Outcome {
-        match self
-            .rows
-            .iter()
-            .any(|r| matches!(r, RollupRow::Failure { .. }))
-        {
+        match self.rows.iter().any(|r| matches!(r, RollupRow::Failure(_))) {
             true => Outcome::Partial,
             false => Outcome::Clean,
         }

@@ -31,6 +31,8 @@ fn cli_help_lists_only_working_commands() {
             "check",
             "status",
             "report",
+            "rollup",
+            "retention",
             "size",
             "config",
             "completions",

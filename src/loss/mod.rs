@@ -196,13 +196,7 @@ pub struct TableLoss {
     pub level: Grade,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct LossFailure {
-    pub server: String,
-    pub site: String,
-    pub table: Option<String>,
-    pub error: String,
-}
+pub type LossFailure = crate::output::Failure;
 
 /// One line of the report; `kind` tells them apart in JSON.
 #[derive(Debug, Clone, Serialize)]
