@@ -153,6 +153,35 @@ async fn table_size(
     }))
 }
 
+/// Every ESS table's figures on the connected server (status and report
+/// show them too).
+pub async fn tables(
+    client: &Client,
+    server: &str,
+    site: &str,
+) -> Result<Vec<TableSize>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for spec in TABLES {
+        if let Some([chunks, table, index, toast, total, estimated, growth]) =
+            table_size(client, spec.name).await?
+        {
+            out.push(TableSize {
+                server: server.to_string(),
+                site: site.to_string(),
+                table: spec.name.to_string(),
+                chunks,
+                table_bytes: table,
+                index_bytes: index,
+                toast_bytes: toast,
+                total_bytes: total,
+                estimated_rows: estimated.max(0),
+                growth_bytes_per_day: growth,
+            });
+        }
+    }
+    Ok(out)
+}
+
 async fn site_rows(config: &Config, server: &str, site: &crate::config::Site) -> Vec<SizeRow> {
     let fail = |error: String| {
         vec![SizeRow::Failure {
@@ -169,28 +198,10 @@ async fn site_rows(config: &Config, server: &str, site: &crate::config::Site) ->
         Ok(c) => c,
         Err(e) => return fail(e.to_string()),
     };
-    let mut rows = Vec::new();
-    for spec in TABLES {
-        match table_size(&client, spec.name).await {
-            Ok(Some([chunks, table, index, toast, total, estimated, growth])) => {
-                rows.push(SizeRow::Table(TableSize {
-                    server: server.to_string(),
-                    site: site.name.clone(),
-                    table: spec.name.to_string(),
-                    chunks,
-                    table_bytes: table,
-                    index_bytes: index,
-                    toast_bytes: toast,
-                    total_bytes: total,
-                    estimated_rows: estimated.max(0),
-                    growth_bytes_per_day: growth,
-                }))
-            }
-            Ok(None) => {}
-            Err(e) => return fail(db::describe(&e)),
-        }
+    match tables(&client, server, &site.name).await {
+        Ok(t) => t.into_iter().map(SizeRow::Table).collect(),
+        Err(e) => fail(db::describe(&e)),
     }
-    rows
 }
 
 /// Per server: the sum of its tables, and the days its disk lasts.

@@ -107,7 +107,7 @@ impl State {
 }
 
 /// The checks, in the order a site's lines are shown.
-const CHECKS: [&str; 8] = [
+const CHECKS: [&str; 9] = [
     "server",
     "ingest",
     "spool",
@@ -116,6 +116,7 @@ const CHECKS: [&str; 8] = [
     "loss",
     "reconcile",
     "cache",
+    "size",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -261,6 +262,7 @@ async fn site_rows(config: &Config, site: &Site, now: DateTime<Utc>) -> Vec<Stat
             )),
         }
         rows.push(loss_row(&client, site, name, yesterday).await);
+        rows.push(size_row(&client, site, name).await);
         if let Ok(Some(r)) = read::last_reconcile(&client, &site.name).await
             && reconcile.as_ref().is_none_or(|have| have.at < r.at)
         {
@@ -563,6 +565,28 @@ async fn cache_rows(config: &Config, sites: &[Site], now: DateTime<Utc>) -> Vec<
     rows
 }
 
+/// The ESS tables' bytes on a server and their growth per day (`essops
+/// size`; its --disk-free judges them, status only shows them).
+async fn size_row(client: &Client, site: &Site, server: &str) -> StatusRow {
+    let judged = match crate::size::tables(client, server, &site.name).await {
+        Ok(tables) => {
+            let total: i64 = tables.iter().map(|t| t.total_bytes).sum();
+            let growth: i64 = tables.iter().map(|t| t.growth_bytes_per_day).sum();
+            (
+                State::Ok,
+                Some(total as f64),
+                format!(
+                    "ESS tables {}, growing {}/day",
+                    human_bytes(total.max(0) as u64),
+                    human_bytes(growth.max(0) as u64)
+                ),
+            )
+        }
+        Err(e) => (State::Unknown, None, db::describe(&e)),
+    };
+    StatusRow::new(site, "size", server, judged)
+}
+
 /// Each line's state, and its figure under a name per check, in
 /// node_exporter's textfile format.
 fn write_prometheus(path: &std::path::Path, rows: &[StatusRow]) -> std::io::Result<()> {
@@ -572,7 +596,7 @@ fn write_prometheus(path: &std::path::Path, rows: &[StatusRow]) -> std::io::Resu
         "Each status line: 0 ok, 1 warning, 2 critical, 3 unknown (as --nagios).",
         &["site", "check", "target"],
     );
-    let figures: [(&str, &str, &str); 7] = [
+    let figures: [(&str, &str, &str); 8] = [
         (
             "ingest",
             "essops_status_heartbeat_age_seconds",
@@ -607,6 +631,11 @@ fn write_prometheus(path: &std::path::Path, rows: &[StatusRow]) -> std::io::Resu
             "cache",
             "essops_status_cache_age_seconds",
             "Age of the Redis cache's last warm.",
+        ),
+        (
+            "size",
+            "essops_status_ess_tables_bytes",
+            "Bytes of the ESS tables per server (hypertable_size()).",
         ),
     ];
     let gauges: Vec<(&str, prometheus::GaugeVec)> = figures

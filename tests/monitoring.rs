@@ -96,6 +96,12 @@ fn status_exit_code_is_the_worst_state() {
     let (code, rows) = f.status(&[]);
     assert_eq!(code, 0, "{rows:#?}");
     assert_eq!(line(&rows, "ingest")["state"], "ok");
+    // The ESS tables' size per server, as `essops size` counts it.
+    let size = line(&rows, "size");
+    assert!(
+        size["value"].as_f64().unwrap() > 0.0 && size["detail"].as_str().unwrap().contains("/day"),
+        "{size}"
+    );
 
     // The spool grew over the last 10 minutes: a warning.
     f.minute(12, 100);

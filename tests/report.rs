@@ -230,6 +230,8 @@ fn report_shows_a_planted_bad_night_in_a_real_browser() {
         text.contains(&bad_cell),
         "no critical cell for the bad night"
     );
+    // Each server's table sizes, as `essops size` gives them.
+    assert!(text.contains("<table class=\"sizes\">"), "no size table");
     // Its neighbours that night are fine.
     assert!(text.contains(&format!("<title>bank 1 / rack 1, {BAD_DAY}: info")));
     for line in log.lines() {

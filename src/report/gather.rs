@@ -38,6 +38,8 @@ pub struct SiteData {
     pub failed_polls: Hourly,
     pub spool: Hourly,
     pub breakers: Vec<BreakerEvent>,
+    /// Per server and table: bytes, rows, growth (as `essops size`).
+    pub sizes: Vec<crate::size::TableSize>,
     /// Sources that could not be read, in words.
     pub problems: Vec<String>,
 }
@@ -59,6 +61,7 @@ pub async fn site(config: &Config, site: &Site, span: Window, days: Vec<Day>) ->
         failed_polls: Vec::new(),
         spool: Vec::new(),
         breakers: Vec::new(),
+        sizes: Vec::new(),
         problems: Vec::new(),
     };
     let mut activity_read = false;
@@ -75,6 +78,13 @@ pub async fn site(config: &Config, site: &Site, span: Window, days: Vec<Day>) ->
             }
         };
         server_loss(config, &client, server, &mut data).await;
+        match crate::size::tables(&client, server, &site.name).await {
+            Ok(sizes) => data.sizes.extend(sizes),
+            Err(e) => data.problems.push(format!(
+                "server `{server}`: table sizes unreadable: {}",
+                db::describe(&e)
+            )),
+        }
         if !activity_read {
             match activity(&client, &site.name, span).await {
                 Ok((runs, failed_polls, spool, breakers)) => {

@@ -49,6 +49,7 @@ pub struct SiteView {
     pub polls_chart: Option<String>,
     pub spool_chart: Option<String>,
     pub episodes: Vec<Episode>,
+    pub sizes: Vec<SizeLine>,
     pub on_the_spot: Vec<String>,
     pub problems: Vec<String>,
 }
@@ -92,6 +93,16 @@ pub struct RunLine {
     pub copied: String,
     pub outcome: String,
     pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SizeLine {
+    pub server: String,
+    pub table: String,
+    pub total: String,
+    pub indexes: String,
+    pub rows: i64,
+    pub growth: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -188,6 +199,21 @@ pub fn site_view(data: &SiteData, tz: Tz, span_start: DateTime<Utc>) -> SiteView
             hourly_series(&data.spool, &x_of, |name| format!("for {name}")),
         ),
         episodes: episodes(&data.breakers, tz),
+        sizes: data
+            .sizes
+            .iter()
+            .map(|t| {
+                let b = |n: i64| crate::output::human_bytes(n.max(0) as u64);
+                SizeLine {
+                    server: t.server.clone(),
+                    table: t.table.clone(),
+                    total: b(t.total_bytes),
+                    indexes: b(t.index_bytes),
+                    rows: t.estimated_rows,
+                    growth: format!("{}/day", b(t.growth_bytes_per_day)),
+                }
+            })
+            .collect(),
         on_the_spot: data
             .on_the_spot
             .iter()
@@ -604,6 +630,7 @@ mod tests {
             failed_polls: Vec::new(),
             spool: Vec::new(),
             breakers: Vec::new(),
+            sizes: Vec::new(),
             problems: Vec::new(),
         }
     }
