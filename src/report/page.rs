@@ -339,7 +339,7 @@ fn device_row(
             let per_server: Vec<String> = match complete {
                 // Most cells: one short line keeps a month of a fleet small.
                 true => vec![format!(
-                    "{}: all {} samples",
+                    "{}: expected {}, missing 0, longest gap 0 s",
                     data.servers.join(", "),
                     figures.first().map_or(0, |(_, r)| r.expected)
                 )],
