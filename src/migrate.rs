@@ -209,35 +209,36 @@ pub async fn execute(plan: MigratePlan, ctx: &Context) -> crate::error::Result<M
 /// Creates and grants the roles on every database that migrated, one at a
 /// time: roles are cluster-wide, and concurrent GRANTs on one catalog row collide.
 async fn grant_roles(config: &Config, rows: &mut [MigrateRow]) {
+    on_each_migrated(config, rows, async |client, row| {
+        crate::privilege::create_roles(client, &row.database)
+            .await
+            .map_err(|e| {
+                DbError::query(&row.server, &row.database, "creating roles", &e).to_string()
+            })
+    })
+    .await;
     for row in rows.iter_mut().filter(|r| r.error.is_none()) {
-        let Ok(server) = config.server(&row.server) else {
-            continue;
-        };
-        let target = Target {
-            server,
-            database: &row.database,
-        };
-        let result = match db::connect(config, target).await {
-            Ok(client) => crate::privilege::create_roles(&client, &row.database)
-                .await
-                .map_err(|e| {
-                    DbError::query(&row.server, &row.database, "creating roles", &e).to_string()
-                }),
-            Err(e) => Err(e.to_string()),
-        };
-        match result {
-            Ok(()) => row.roles = true,
-            Err(e) => {
-                row.status = MigrateStatus::Failed;
-                row.error = Some(e);
-            }
-        }
+        row.roles = true;
     }
 }
 
 /// Native compression and retention policies on every database that
 /// migrated, where the server runs TimescaleDB's Community edition.
 async fn add_policies(config: &Config, rows: &mut [MigrateRow]) {
+    let raw_days = config.retention.raw_days;
+    on_each_migrated(config, rows, async |client, row| {
+        policies(client, &row.server, raw_days).await
+    })
+    .await;
+}
+
+/// Runs `step` on every database that migrated, one at a time; a step that
+/// fails marks its row failed with the reason.
+async fn on_each_migrated(
+    config: &Config,
+    rows: &mut [MigrateRow],
+    step: impl AsyncFn(&tokio_postgres::Client, &MigrateRow) -> Result<(), String>,
+) {
     for row in rows.iter_mut().filter(|r| r.error.is_none()) {
         let Ok(server) = config.server(&row.server) else {
             continue;
@@ -247,7 +248,7 @@ async fn add_policies(config: &Config, rows: &mut [MigrateRow]) {
             database: &row.database,
         };
         let result = match db::connect(config, target).await {
-            Ok(client) => policies(&client, &row.server, config.retention.raw_days).await,
+            Ok(client) => step(&client, row).await,
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = result {
