@@ -59,10 +59,13 @@ fn draw(
         .x_label_area_size(28)
         .y_label_area_size(64)
         .build_cartesian_2d(0f64..width, 0f64..y_max)?;
-    let label = |x: &f64| {
-        days.get(x.floor().max(0.0) as usize)
+    // A date at the start of its day only: ticks between days stay blank.
+    let label = |x: &f64| match x.fract().abs() < 1e-6 {
+        true => days
+            .get(x.max(0.0) as usize)
             .map(|d| d.format("%m-%d").to_string())
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        false => String::new(),
     };
     chart
         .configure_mesh()
@@ -114,6 +117,11 @@ mod tests {
         for text in ["Loss per day", "local", "11-02"] {
             assert!(svg.contains(text), "{text} missing from {svg}");
         }
+        assert_eq!(
+            svg.matches("\n11-01\n").count(),
+            1,
+            "one label per day: {svg}"
+        );
     }
 
     #[test]
