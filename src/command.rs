@@ -37,14 +37,20 @@ pub trait Plan {
     }
 }
 
-/// The run locks of `job` on each of `sites`.
+/// The run locks of `job` on each of `sites`, each site once (a plan lists
+/// a site once per server).
 pub fn site_locks<S: AsRef<str>>(
     job: &str,
     sites: impl IntoIterator<Item = S>,
 ) -> Vec<crate::lock::LockKey> {
-    sites
-        .into_iter()
-        .map(|s| crate::lock::LockKey::site(job, s.as_ref()))
+    let mut seen: Vec<String> = Vec::new();
+    for s in sites {
+        if !seen.iter().any(|n| n == s.as_ref()) {
+            seen.push(s.as_ref().to_string());
+        }
+    }
+    seen.iter()
+        .map(|s| crate::lock::LockKey::site(job, s))
         .collect()
 }
 

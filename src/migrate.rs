@@ -272,22 +272,19 @@ async fn policies(
         ));
     }
     for spec in crate::schema::TABLES {
-        let table = crate::sql::quote_ident(spec.name);
-        // Column names from the table knowledge, never input.
-        let segment: Vec<String> = spec
-            .device_columns
-            .iter()
-            .map(|c| crate::sql::quote_ident(c))
-            .collect();
-        let options = match segment.is_empty() {
-            true => "timescaledb.compress".to_string(),
-            false => format!(
-                "timescaledb.compress, timescaledb.compress_segmentby = '{}'",
-                segment.join(",")
-            ),
-        };
+        // DDL takes no parameters: the server quotes the table (%I) and the
+        // option's value (%L, the device columns as a quoted list) itself.
+        let ddl: String = client
+            .query_one(
+                "SELECT CASE WHEN $2 = '' THEN format('ALTER TABLE %I SET (timescaledb.compress)', $1::text)
+                             ELSE format('ALTER TABLE %I SET (timescaledb.compress, timescaledb.compress_segmentby = %L)', $1::text, $2::text) END",
+                &[&spec.name, &crate::sql::quote_list(spec.device_columns)],
+            )
+            .await
+            .map_err(|e| db::describe(&e))?
+            .get(0);
         client
-            .execute(&format!("ALTER TABLE {table} SET ({options})"), &[])
+            .execute(&ddl, &[])
             .await
             .map_err(|e| db::describe(&e))?;
         client

@@ -75,11 +75,10 @@ pub struct RetentionPlan {
 
 impl crate::command::Plan for RetentionPlan {
     fn locks(&self) -> Vec<crate::lock::LockKey> {
-        let mut sites: Vec<&str> = self.targets.iter().map(|(_, s)| s.name.as_str()).collect();
-        sites.dedup();
+        let sites = || self.targets.iter().map(|(_, s)| &s.name);
         // Not beside a rollup of the same site: it could be re-rolling a chunk being dropped.
-        let mut locks = crate::command::site_locks("retention", sites.clone());
-        locks.extend(crate::command::site_locks("rollup", sites));
+        let mut locks = crate::command::site_locks("retention", sites());
+        locks.extend(crate::command::site_locks("rollup", sites()));
         locks
     }
 }
@@ -126,12 +125,7 @@ impl crate::command::Command for RetentionArgs {
         if ctx.config.retention.raw_days.is_none() {
             return Err(RetentionError::NotConfigured(ctx.config.source.to_string()).into());
         }
-        let targets = ctx
-            .config
-            .site_servers(&self.select.sites, &self.select.servers)?
-            .into_iter()
-            .map(|(site, server)| (server.name.clone(), site.clone()))
-            .collect();
+        let targets = self.select.targets(&ctx.config)?;
         Ok(RetentionPlan {
             targets,
             tables,
@@ -193,6 +187,7 @@ async fn target_rows(
         server,
         site,
         dry_run,
+        peers: tokio::sync::OnceCell::new(),
     };
     let mut rows = Vec::new();
     for spec in tables {
@@ -227,6 +222,9 @@ struct Judge<'a> {
     server: &'a str,
     site: &'a Site,
     dry_run: bool,
+    /// The site's other servers, connected once on the first chunk that
+    /// needs them (or why not).
+    peers: tokio::sync::OnceCell<Vec<(String, Result<Client, String>)>>,
 }
 
 impl Judge<'_> {
@@ -327,7 +325,7 @@ impl Judge<'_> {
         if self.dry_run {
             return Ok((Vec::new(), vec![format!("{lag}: a run re-rolls it first")]));
         }
-        rollup::reroll_span(client, spec, span).await?;
+        rollup::reroll(client, spec, span).await?;
         let [raw, minutes, hours] = rollup::counts(client, spec, span).await?;
         match raw == minutes && raw == hours {
             true => Ok((Vec::new(), vec![format!("{lag}: re-rolled first")])),
@@ -379,13 +377,12 @@ impl Judge<'_> {
     /// The rows of the range on `server`: counted, or as its retention
     /// counted them when it dropped the chunk.
     async fn rows_on(&self, server: &str, spec: &TableSpec, span: Span) -> Result<i64, String> {
-        let target = Target {
-            server: self.config.server(server).map_err(|e| e.to_string())?,
-            database: &self.site.database,
+        let peers = self.peers.get_or_init(|| self.connect_peers()).await;
+        let client = match peers.iter().find(|(name, _)| name == server) {
+            Some((_, Ok(client))) => client,
+            Some((_, Err(e))) => return Err(e.clone()),
+            None => return Err(format!("`{server}` is not a server of this site")),
         };
-        let client = db::connect(self.config, target)
-            .await
-            .map_err(|e| e.to_string())?;
         let ts = quote_ident(TIME_COLUMN);
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {ts} >= $1 AND {ts} < $2",
@@ -398,7 +395,7 @@ impl Judge<'_> {
                 .get(0);
             match n {
                 0 => Ok(
-                    read::dropped_rows(&client, spec.name, (span.start, span.end))
+                    read::dropped_rows(client, spec.name, (span.start, span.end))
                         .await?
                         .unwrap_or(0),
                 ),
@@ -408,6 +405,26 @@ impl Judge<'_> {
         count
             .await
             .map_err(|e: tokio_postgres::Error| db::describe(&e))
+    }
+
+    async fn connect_peers(&self) -> Vec<(String, Result<Client, String>)> {
+        let mut peers = Vec::new();
+        for name in self.site.servers.iter().filter(|s| *s != self.server) {
+            let client = match self.config.server(name) {
+                Ok(server) => db::connect(
+                    self.config,
+                    Target {
+                        server,
+                        database: &self.site.database,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            peers.push((name.clone(), client));
+        }
+        peers
     }
 
     /// Reasons to keep for the loss history: every local day the chunk

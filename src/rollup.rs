@@ -78,13 +78,7 @@ pub struct RollupPlan {
 
 impl crate::command::Plan for RollupPlan {
     fn locks(&self) -> Vec<crate::lock::LockKey> {
-        let mut sites: Vec<&str> = self
-            .targets
-            .iter()
-            .map(|(_, s, _)| s.name.as_str())
-            .collect();
-        sites.dedup();
-        crate::command::site_locks("rollup", sites)
+        crate::command::site_locks("rollup", self.targets.iter().map(|(_, s, _)| &s.name))
     }
 }
 
@@ -114,6 +108,14 @@ pub struct TableRollup {
     pub seconds: f64,
 }
 
+impl TableRollup {
+    /// Adds buckets written (minute, hour).
+    fn count(&mut self, [minutes, hours]: [u64; 2]) {
+        self.minutes += minutes;
+        self.hours += hours;
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Span {
     pub start: DateTime<Utc>,
@@ -128,24 +130,18 @@ impl crate::command::Command for RollupArgs {
 
     async fn plan(self, ctx: &Context) -> crate::error::Result<RollupPlan> {
         let tables = schema::select_tables(&self.tables.tables).map_err(RollupError::from)?;
-        let given =
-            self.window.date.is_some() || self.window.days.is_some() || self.window.from.is_some();
+        let given = self.window.given();
         let now = Utc::now();
         let mut targets = Vec::new();
-        for (site, server) in ctx
-            .config
-            .site_servers(&self.select.sites, &self.select.servers)?
-        {
-            let window = match given {
-                true => Some(
-                    self.window
-                        .spec()
-                        .resolve(site.timezone, now)
+        for (server, site) in self.select.targets(&ctx.config)? {
+            let window = match &given {
+                Some(spec) => Some(
+                    spec.resolve(site.timezone, now)
                         .map_err(RollupError::from)?,
                 ),
-                false => None,
+                None => None,
             };
-            targets.push((server.name.clone(), site.clone(), window));
+            targets.push((server, site, window));
         }
         Ok(RollupPlan { targets, tables })
     }
@@ -208,7 +204,13 @@ async fn target_rows(
             seconds: 0.0,
         };
         let result = match window {
-            Some(w) => reroll(&mut client, spec, hours(w.start, w.end), &mut t).await,
+            Some(w) => {
+                let span = hours(w.start, w.end);
+                reroll(&mut client, spec, span).await.map(|written| {
+                    t.count(written);
+                    t.rerolled.push(span);
+                })
+            }
             None => roll_forward(&mut client, spec, server, site, now, &mut t).await,
         };
         t.seconds = started.elapsed().as_secs_f64();
@@ -220,17 +222,18 @@ async fn target_rows(
     rows
 }
 
+fn floor_hour(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.duration_trunc(TimeDelta::hours(1)).unwrap_or(t)
+}
+
 /// `[start, end)` widened to whole hours (the hourly rollup's buckets).
 pub fn hours(start: DateTime<Utc>, end: DateTime<Utc>) -> Span {
-    let hour = TimeDelta::hours(1);
-    let floor = |t: DateTime<Utc>| t.duration_trunc(hour).unwrap_or(t);
-    let end_floor = floor(end);
+    let end_floor = floor_hour(end);
     Span {
-        start: floor(start),
-        end: if end_floor < end {
-            end_floor + hour
-        } else {
-            end_floor
+        start: floor_hour(start),
+        end: match end_floor < end {
+            true => end_floor + TimeDelta::hours(1),
+            false => end_floor,
         },
     }
 }
@@ -286,7 +289,7 @@ async fn roll_forward(
     now: DateTime<Utc>,
     t: &mut TableRollup,
 ) -> Result<(), tokio_postgres::Error> {
-    let upper = hours(now - SETTLE, now - SETTLE).start;
+    let upper = floor_hour(now - SETTLE);
     let mark = match read_mark(client, spec).await? {
         Some(m) => m,
         None => match first_hour(client, spec).await? {
@@ -306,7 +309,7 @@ async fn roll_forward(
             end: span.end.min(mark.rolled_until),
         };
         if span.start < span.end {
-            roll_span(client, spec, span, None, t).await?;
+            t.count(reroll(client, spec, span).await?);
             t.rerolled.push(span);
         }
     }
@@ -325,7 +328,7 @@ async fn roll_forward(
             end: (mark.rolled_until + STEP).min(upper),
         };
         mark.rolled_until = span.end;
-        roll_span(client, spec, span, Some(mark), t).await?;
+        t.count(roll_span(client, spec, span, Some(mark)).await?);
     }
     t.rolled_until = Some(mark.rolled_until);
     Ok(())
@@ -342,7 +345,7 @@ async fn first_hour(
         quote_ident(spec.name)
     );
     let first: Option<DateTime<Utc>> = client.query_one(&sql, &[]).await?.get(0);
-    Ok(first.map(|f| hours(f, f).start))
+    Ok(first.map(floor_hour))
 }
 
 /// The windows (whole hours) that reconcile copied rows of `spec` into on
@@ -363,31 +366,25 @@ async fn reconciled_since(
     ))
 }
 
-/// Re-rolls a window without moving the mark.
-async fn reroll(
+/// Re-rolls a window a day per transaction, without moving the mark; the
+/// buckets written per rollup.
+pub async fn reroll(
     client: &mut Client,
     spec: &TableSpec,
     span: Span,
-    t: &mut TableRollup,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<[u64; 2], tokio_postgres::Error> {
+    let mut written = [0, 0];
     let mut from = span.start;
     while from < span.end {
-        let to = (from + STEP).min(span.end);
-        roll_span(
-            client,
-            spec,
-            Span {
-                start: from,
-                end: to,
-            },
-            None,
-            t,
-        )
-        .await?;
-        from = to;
+        let step = Span {
+            start: from,
+            end: (from + STEP).min(span.end),
+        };
+        let [m, h] = roll_span(client, spec, step, None).await?;
+        written = [written[0] + m, written[1] + h];
+        from = step.end;
     }
-    t.rerolled.push(span);
-    Ok(())
+    Ok(written)
 }
 
 /// Replaces both rollups' buckets of `span` from the raw rows, and moves the
@@ -397,9 +394,9 @@ async fn roll_span(
     spec: &TableSpec,
     span: Span,
     mark: Option<Mark>,
-    t: &mut TableRollup,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<[u64; 2], tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    let mut written = [0; 2];
     for (i, (suffix, bucket)) in ROLLUPS.iter().enumerate() {
         let table = quote_ident(&rollup_name(spec, suffix));
         let b = quote_ident(BUCKET_COLUMN);
@@ -408,18 +405,15 @@ async fn roll_span(
             &[&span.start, &span.end],
         )
         .await?;
-        let n = tx
+        written[i] = tx
             .execute(&insert_sql(spec, suffix, bucket), &[&span.start, &span.end])
             .await?;
-        match i {
-            0 => t.minutes += n,
-            _ => t.hours += n,
-        }
     }
     if let Some(mark) = mark {
         write_mark(&tx, spec, mark).await?;
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(written)
 }
 
 /// `INSERT INTO "rack_1m" (…) SELECT time_bucket(…), ids, count(*), avg/min/max …
@@ -480,28 +474,6 @@ pub async fn rolled_until(
     spec: &TableSpec,
 ) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
     Ok(read_mark(client, spec).await?.map(|m| m.rolled_until))
-}
-
-/// Re-rolls `span` of `spec` (for retention, before it drops a chunk whose
-/// rollups lag its raw rows).
-pub async fn reroll_span(
-    client: &mut Client,
-    spec: &TableSpec,
-    span: Span,
-) -> Result<(), tokio_postgres::Error> {
-    let mut t = TableRollup {
-        server: String::new(),
-        site: String::new(),
-        table: spec.name.to_string(),
-        edition: String::new(),
-        rolled_from: None,
-        rolled_until: None,
-        rerolled: Vec::new(),
-        minutes: 0,
-        hours: 0,
-        seconds: 0.0,
-    };
-    reroll(client, spec, span, &mut t).await
 }
 
 fn local(t: DateTime<Utc>) -> String {

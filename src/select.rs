@@ -13,6 +13,20 @@ pub struct Selection {
     pub servers: Vec<String>,
 }
 
+impl Selection {
+    /// The (server name, site) pairs selected, site by site in config order.
+    pub fn targets(
+        &self,
+        config: &crate::config::Config,
+    ) -> Result<Vec<(String, crate::config::Site)>, crate::config::ConfigError> {
+        Ok(config
+            .site_servers(&self.sites, &self.servers)?
+            .into_iter()
+            .map(|(site, server)| (server.name.clone(), site.clone()))
+            .collect())
+    }
+}
+
 /// `--table TABLE`…
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Tables {

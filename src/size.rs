@@ -328,12 +328,7 @@ impl crate::command::Command for SizeArgs {
     type Plan = SizePlan;
     type Report = SizeReport;
     async fn plan(self, ctx: &Context) -> crate::error::Result<SizePlan> {
-        let targets = ctx
-            .config
-            .site_servers(&self.select.sites, &self.select.servers)?
-            .into_iter()
-            .map(|(site, server)| (server.name.clone(), site.clone()))
-            .collect();
+        let targets = self.select.targets(&ctx.config)?;
         Ok(SizePlan {
             targets,
             disk_free: self.disk_free,

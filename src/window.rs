@@ -33,6 +33,12 @@ pub struct WindowArgs {
 }
 
 impl WindowArgs {
+    /// What the flags ask for, or None when no window flag was given (for
+    /// commands whose default is not "yesterday").
+    pub fn given(&self) -> Option<WindowSpec> {
+        (self.date.is_some() || self.days.is_some() || self.from.is_some()).then(|| self.spec())
+    }
+
     pub fn spec(&self) -> WindowSpec {
         if let Some(n) = self.days {
             return WindowSpec::Days(n);

@@ -119,12 +119,10 @@ impl crate::command::Command for ReportArgs {
 
     async fn plan(self, ctx: &Context) -> crate::error::Result<ReportPlan> {
         let output = html_path(&self.output)?;
-        let given =
-            self.window.date.is_some() || self.window.days.is_some() || self.window.from.is_some();
-        let spec = match given {
-            true => self.window.spec(),
-            false => WindowSpec::Days(DEFAULT_DAYS),
-        };
+        let spec = self
+            .window
+            .given()
+            .unwrap_or(WindowSpec::Days(DEFAULT_DAYS));
         let now = Utc::now();
         let mut sites = Vec::new();
         for site in ctx.config.select_sites(&self.sites)? {

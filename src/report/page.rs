@@ -324,8 +324,9 @@ fn device_row(
     days: &BTreeMap<NaiveDate, Vec<(&str, &DeviceDay)>>,
 ) -> HeatRow {
     let cells = data
-        .dates()
+        .days
         .iter()
+        .map(|d| &d.date)
         .enumerate()
         .map(|(i, day)| {
             let figures = days.get(day).map(Vec::as_slice).unwrap_or_default();
@@ -376,8 +377,9 @@ fn device_row(
 fn bank_row(data: &SiteData, bank: i16, keys: &[&DeviceKey], grid: &Grid<'_>) -> HeatRow {
     let label = format!("bank {bank}: {} racks", keys.len());
     let cells = data
-        .dates()
+        .days
         .iter()
+        .map(|d| &d.date)
         .enumerate()
         .map(|(i, day)| {
             let grades: Vec<&str> = keys
@@ -436,8 +438,9 @@ fn loss_series(data: &SiteData) -> Vec<Series> {
         .iter()
         .map(|(server, rows)| {
             let points = data
-                .dates()
+                .days
                 .iter()
+                .map(|d| &d.date)
                 .enumerate()
                 .filter_map(|(i, day)| {
                     let (expected, missing) = rows
