@@ -460,6 +460,19 @@ fn split_pgpass_line(line: &str) -> Vec<String> {
 ///
 /// No retry here: a server that is down must be reported quickly, and
 /// callers that poll (ingest) have their own backoff.
+/// Connects to `database` on the configured server named `server` (an
+/// unknown name is reported as a connection failure naming it).
+pub async fn connect_named(
+    config: &Config,
+    server: &str,
+    database: &str,
+) -> Result<tokio_postgres::Client, String> {
+    let server = config.server(server).map_err(|e| e.to_string())?;
+    connect(config, Target { server, database })
+        .await
+        .map_err(|e| e.to_string())
+}
+
 pub async fn connect(
     config: &Config,
     target: Target<'_>,

@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 use crate::catalog::{self, Chunk};
 use crate::config::{Config, Site};
 use crate::context::Context;
-use crate::db::{self, Target};
+use crate::db;
 use crate::exit::{Outcome, code as exit};
 use crate::history::read;
 use crate::output::{Failure, Report, human_bytes};
@@ -172,13 +172,9 @@ async fn target_rows(
     let fail = |table: Option<&str>, error: String| {
         RetentionRow::Failure(Failure::new(server, &site.name, table, error))
     };
-    let target = Target {
-        server: config.server(server).expect("planned servers exist"),
-        database: &site.database,
-    };
-    let mut client = match db::connect(config, target).await {
+    let mut client = match db::connect_named(config, server, &site.database).await {
         Ok(c) => c,
-        Err(e) => return vec![fail(None, e.to_string())],
+        Err(e) => return vec![fail(None, e)],
     };
     let settings = config.retention;
     let raw_days = settings.raw_days.expect("planned with raw_days");
@@ -410,18 +406,7 @@ impl Judge<'_> {
     async fn connect_peers(&self) -> Vec<(String, Result<Client, String>)> {
         let mut peers = Vec::new();
         for name in self.site.servers.iter().filter(|s| *s != self.server) {
-            let client = match self.config.server(name) {
-                Ok(server) => db::connect(
-                    self.config,
-                    Target {
-                        server,
-                        database: &self.site.database,
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let client = db::connect_named(self.config, name, &self.site.database).await;
             peers.push((name.clone(), client));
         }
         peers

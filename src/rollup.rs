@@ -21,7 +21,7 @@ use tokio_postgres::{Client, GenericClient};
 
 use crate::config::{Config, Site};
 use crate::context::Context;
-use crate::db::{self, Target};
+use crate::db;
 use crate::exit::{Outcome, code as exit};
 use crate::history::table as qualified;
 use crate::output::Failure;
@@ -176,13 +176,9 @@ async fn target_rows(
     let fail = |table: Option<&str>, error: String| {
         RollupRow::Failure(Failure::new(server, &site.name, table, error))
     };
-    let target = Target {
-        server: config.server(server).expect("planned servers exist"),
-        database: &site.database,
-    };
-    let mut client = match db::connect(config, target).await {
+    let mut client = match db::connect_named(config, server, &site.database).await {
         Ok(c) => c,
-        Err(e) => return vec![fail(None, e.to_string())],
+        Err(e) => return vec![fail(None, e)],
     };
     let edition = match crate::catalog::timescale_edition(&client).await {
         Ok(e) => e,

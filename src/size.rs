@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::context::Context;
-use crate::db::{self, Target};
+use crate::db;
 use crate::exit::Outcome;
 use crate::output::{Report, human_bytes};
 use crate::schema::TABLES;
@@ -190,13 +190,9 @@ async fn site_rows(config: &Config, server: &str, site: &crate::config::Site) ->
             error,
         }]
     };
-    let target = Target {
-        server: config.server(server).expect("planned servers exist"),
-        database: &site.database,
-    };
-    let client = match db::connect(config, target).await {
+    let client = match db::connect_named(config, server, &site.database).await {
         Ok(c) => c,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(e),
     };
     match tables(&client, server, &site.name).await {
         Ok(t) => t.into_iter().map(SizeRow::Table).collect(),

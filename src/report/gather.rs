@@ -8,7 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::Client;
 
 use crate::config::{Config, Site};
-use crate::db::{self, Target};
+use crate::db;
 use crate::history::read::{self, BreakerEvent, DeviceDay, Hourly, Run};
 use crate::loss::LossTarget;
 use crate::window::Window;
@@ -66,11 +66,7 @@ pub async fn site(config: &Config, site: &Site, span: Window, days: Vec<Day>) ->
     };
     let mut activity_read = false;
     for server in &site.servers {
-        let target = Target {
-            server: config.server(server).expect("a site's servers exist"),
-            database: &site.database,
-        };
-        let client = match db::connect(config, target).await {
+        let client = match db::connect_named(config, server, &site.database).await {
             Ok(c) => c,
             Err(e) => {
                 data.problems.push(format!("server `{server}`: {e}"));
