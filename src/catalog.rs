@@ -169,3 +169,26 @@ pub async fn drop_chunk(
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
+
+/// Whether `spec`'s table has a valid unique index on exactly its natural key.
+pub async fn has_unique_key(
+    client: &tokio_postgres::Client,
+    spec: &crate::schema::TableSpec,
+) -> Result<bool, tokio_postgres::Error> {
+    let key: Vec<String> = spec.key_columns().into_iter().map(String::from).collect();
+    let row = client
+        .query_one(
+            "SELECT EXISTS (
+               SELECT 1 FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = 'public' AND c.relname = $1 AND i.indisunique AND i.indisvalid
+                  AND i.indpred IS NULL AND i.indexprs IS NULL
+                  AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
+                         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY (i.indkey))
+                      = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))",
+            &[&spec.name.to_string(), &key],
+        )
+        .await?;
+    Ok(row.get(0))
+}

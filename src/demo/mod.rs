@@ -2,7 +2,7 @@
 //! Simulators for every site, migrate, ingest into every server while the
 //! link to the second server is cut for the last stretch and a share of
 //! Modbus requests go unanswered, then loss (the holes per server),
-//! reconcile (repairing them), loss again (the servers agree), cache warm,
+//! reconcile (repairing them), loss again (the servers agree on keys), cache warm,
 //! and a report page of it all.
 
 pub mod proxy;
@@ -103,7 +103,7 @@ impl Report for DemoReport {
             self.polls_failed,
             match agree {
                 true =>
-                    "the servers now agree (what is still missing on both is what the devices never answered)",
+                    "the servers now agree on keys (what is still missing on both is what the devices never answered)",
                 false => "the servers still differ: see the table",
             },
             self.cache_keys,
@@ -320,9 +320,12 @@ async fn repair(ctx: &Context, t0: i64, t1: i64) -> Result<BTreeMap<(String, Str
         direction: "both".into(),
         min_age: "0".into(),
         dry_run: false,
+        compare: reconcile::Compare::Keys,
+        prefer: None,
+        verify: reconcile::Verify::Inserts,
     };
     let plan = reconcile::plan(&args, ctx, Utc::now())?;
-    let rec = reconcile::execute(plan, ctx, reconcile::Mode::Apply).await;
+    let rec = reconcile::execute(plan, ctx).await;
     let mut repaired: BTreeMap<(String, String), u64> = BTreeMap::new();
     for row in &rec.rows {
         match row {

@@ -117,11 +117,13 @@ pub async fn check_server(
             }
             crate::privilege::PrivilegeError::Check(m) => PreflightError::Unreachable(m),
         })?;
-        let unique_key = has_unique_key(client, &t.spec).await.map_err(|e| {
-            PreflightError::Unreachable(
-                crate::db::DbError::query(server, database, "reading indexes", &e).to_string(),
-            )
-        })?;
+        let unique_key = crate::catalog::has_unique_key(client, &t.spec)
+            .await
+            .map_err(|e| {
+                PreflightError::Unreachable(
+                    crate::db::DbError::query(server, database, "reading indexes", &e).to_string(),
+                )
+            })?;
         catalog.insert(
             t.spec.name,
             TableCatalog {
@@ -131,28 +133,6 @@ pub async fn check_server(
         );
     }
     Ok(catalog)
-}
-
-async fn has_unique_key(
-    client: &Client,
-    spec: &crate::schema::TableSpec,
-) -> Result<bool, tokio_postgres::Error> {
-    let key: Vec<String> = spec.key_columns().into_iter().map(String::from).collect();
-    let row = client
-        .query_one(
-            "SELECT EXISTS (
-               SELECT 1 FROM pg_index i
-                 JOIN pg_class c ON c.oid = i.indrelid
-                 JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE n.nspname = 'public' AND c.relname = $1 AND i.indisunique AND i.indisvalid
-                  AND i.indpred IS NULL AND i.indexprs IS NULL
-                  AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text)
-                         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = ANY (i.indkey))
-                      = (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))",
-            &[&spec.name, &key],
-        )
-        .await?;
-    Ok(row.get(0))
 }
 
 /// The COPY types of a batch's columns (a replayed batch may predate the

@@ -560,7 +560,7 @@ async fn write(client: &mut Client, sink: &Sink, batch: &Batch) -> Result<Writte
                 other => return other.map(|_| Written::All),
             }
         }
-        copy_absent(client, batch, &columns, data)
+        copy_absent(client, batch, &columns, data, unique_key)
             .await
             .map(Written::Some)
     };
@@ -605,8 +605,12 @@ async fn copy_absent(
     batch: &Batch,
     columns: &[String],
     data: bytes::Bytes,
+    unique_key: bool,
 ) -> Result<Vec<DeviceId>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    if !unique_key {
+        db::lock_absent_insert(&tx, batch.spec.name).await?;
+    }
     tx.batch_execute(&format!(
         "CREATE TEMP TABLE essops_ingest_stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
         quote_list(columns),

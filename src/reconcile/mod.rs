@@ -1,15 +1,20 @@
 //! `essops reconcile`: make two servers' copies of a site whole again, by
 //! copying the samples each lacks from the other. It only ever inserts.
 //!
+//! It never updates or deletes unless `--prefer` is given.
+//!
 //! Per site and table: both servers are read in REPEATABLE READ snapshots;
-//! `diff` finds the missing timestamps per device (hour summaries first, then
-//! exact key sets only where they differ); `transfer` moves those rows whole
-//! by binary COPY; the differing ranges are then diffed again, fresh, to
-//! verify. `--dry-run` stops after the diff.
+//! `route` finds the missing keys per device by the cheaper route (hour
+//! hashes first, or every key streamed once per side); `transfer` moves
+//! those rows whole by binary COPY in batches and checks each batch by the
+//! keys its insert returns. `--dry-run` stops after the diff.
 
 mod diff;
+mod route;
+mod stream;
 mod table;
 mod transfer;
+mod values;
 
 use std::sync::Arc;
 
@@ -47,6 +52,54 @@ pub struct ReconcileArgs {
     /// Find and report what is missing; copy nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// `keys`: which samples each side has. `values`: also whether rows with
+    /// the same key hold the same values (a hash of every shared column).
+    #[arg(long, value_enum, default_value = "keys")]
+    pub compare: Compare,
+    /// With `--compare values`: overwrite the other server's differing rows
+    /// with this server's (one transaction per batch; needs UPDATE there).
+    #[arg(long, value_name = "SERVER", requires = "compare")]
+    pub prefer: Option<String>,
+    /// `inserts`: check each batch by the keys its insert returns, and diff
+    /// afresh only the buckets of keys it did not add. `full`: diff the
+    /// whole window afresh after copying.
+    #[arg(long, value_enum, default_value = "inserts")]
+    pub verify: Verify,
+}
+
+/// What two rows must share to count as the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compare {
+    Keys,
+    Values,
+}
+
+impl Compare {
+    fn agree(self) -> &'static str {
+        match self {
+            Compare::Keys => "keys agree",
+            Compare::Values => "values agree",
+        }
+    }
+}
+
+/// How copying is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verify {
+    Inserts,
+    Full,
+}
+
+/// How the whole run compares, copies and checks.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub mode: Mode,
+    pub compare: Compare,
+    pub verify: Verify,
+    /// The server whose values win where rows differ (`--prefer`).
+    pub prefer: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +116,8 @@ pub enum ReconcileError {
         "site `{site}`: reconcile needs exactly two servers, it has {count}; name them with --server A --server B"
     )]
     Pair { site: String, count: usize },
+    #[error("--prefer `{prefer}`: {why}")]
+    Prefer { prefer: String, why: String },
 }
 
 impl ReconcileError {
@@ -107,7 +162,7 @@ pub struct ReconcileTarget {
 #[derive(Debug)]
 pub struct ReconcilePlan {
     pub targets: Vec<ReconcileTarget>,
-    pub mode: Mode,
+    pub options: Options,
 }
 
 impl ReconcilePlan {
@@ -128,6 +183,13 @@ pub fn plan(
     let tables = schema::select_tables(&args.tables.tables).map_err(ReconcileError::from)?;
     let spec = args.window.spec();
     let min_age = window::parse_duration(&args.min_age).map_err(ReconcileError::MinAge)?;
+    if args.prefer.is_some() && args.compare != Compare::Values {
+        return Err(ReconcileError::Prefer {
+            prefer: args.prefer.clone().unwrap_or_default(),
+            why: "rows differ in value only with --compare values".into(),
+        }
+        .into());
+    }
     config.select_servers(&args.select.servers)?;
     let mut targets = Vec::new();
     for site in config.select_sites(&args.select.sites)? {
@@ -141,6 +203,7 @@ pub fn plan(
         let asked = spec
             .resolve(site.timezone, now)
             .map_err(ReconcileError::from)?;
+        check_prefer(args, &a, &b, direction)?;
         let window = asked.until(now - min_age);
         for table in &tables {
             targets.push(ReconcileTarget {
@@ -157,7 +220,35 @@ pub fn plan(
         true => Mode::DryRun,
         false => Mode::Apply,
     };
-    Ok(ReconcilePlan { targets, mode })
+    let options = Options {
+        mode,
+        compare: args.compare,
+        verify: args.verify,
+        prefer: args.prefer.clone(),
+    };
+    Ok(ReconcilePlan { targets, options })
+}
+
+/// `--prefer` names one of the pair, and the direction fills the other.
+fn check_prefer(
+    args: &ReconcileArgs,
+    a: &str,
+    b: &str,
+    direction: Direction,
+) -> Result<(), ReconcileError> {
+    let Some(prefer) = &args.prefer else {
+        return Ok(());
+    };
+    let why = match prefer.as_str() {
+        p if p == a && !direction.fills_b() => format!("--direction to-{a} never writes to `{b}`"),
+        p if p == b && !direction.fills_a() => format!("--direction to-{b} never writes to `{a}`"),
+        p if p == a || p == b => return Ok(()),
+        _ => format!("name one of the two servers ({a}, {b})"),
+    };
+    Err(ReconcileError::Prefer {
+        prefer: prefer.clone(),
+        why,
+    })
 }
 
 fn pair(site: &Site, chosen: &[String]) -> Result<(String, String), ReconcileError> {
@@ -204,18 +295,35 @@ pub struct TableRow {
     pub window_start: String,
     pub window_end: String,
     pub dry_run: bool,
+    /// What was compared: `keys`, or `values` too.
+    pub compared: Compare,
+    /// How the differences were found (`hashes` or `keys`; null when the
+    /// window was empty), and why that route.
+    pub route: Option<route::Route>,
+    pub route_reason: String,
     /// Rows with a NULL device id, on both sides: they cannot be keyed, so
     /// they are neither compared nor copied (a warning names each side).
     pub rows_without_device: u64,
-    pub buckets_compared: usize,
-    pub buckets_differing: usize,
+    pub buckets_compared: u64,
+    pub buckets_differing: u64,
     #[serde(flatten)]
     pub counts: Counts,
+    /// With `--compare values`: rows on both sides whose values differ, a
+    /// sample of their keys, the columns that differ, and how many rows
+    /// `--prefer` overwrote.
+    pub values_differing: u64,
+    pub values_sample: Vec<String>,
+    pub columns_differing: Vec<String>,
+    pub values_repaired: u64,
     pub bytes_read_a: u64,
     pub bytes_read_b: u64,
     pub bytes_moved: u64,
-    /// After copying, a fresh diff of the differing ranges found nothing left
-    /// (null on a dry run or when nothing differed).
+    /// How copying was checked (`inserts` or `full`).
+    pub verify: Verify,
+    /// Keys sent that their insert did not add (their buckets were diffed afresh).
+    pub unconfirmed: u64,
+    /// The check found nothing left to copy (null on a dry run, or when
+    /// nothing was written and no full check was asked for).
     pub verified: Option<bool>,
     pub duration_ms: u64,
 }
@@ -251,16 +359,18 @@ pub enum Mode {
 /// Tables reconciled at once; each holds four connections.
 const PARALLEL_TABLES: usize = 4;
 
-pub async fn execute(plan: ReconcilePlan, ctx: &Context, mode: Mode) -> ReconcileReport {
+pub async fn execute(plan: ReconcilePlan, ctx: &Context) -> ReconcileReport {
     let permits = Arc::new(tokio::sync::Semaphore::new(PARALLEL_TABLES));
+    let options = Arc::new(plan.options);
     let mut progress = Progress::new(plan.targets.len(), "tables reconciled", ctx.verbosity);
     let results = tasks::run_in_order(
         plan.targets,
         |target| {
             let (config, permits) = (Arc::clone(&ctx.config), Arc::clone(&permits));
+            let options = Arc::clone(&options);
             async move {
                 let _permit = permits.acquire().await.expect("semaphore is never closed");
-                table::reconcile(&config, &target, mode).await
+                table::reconcile(&config, &target, &options).await
             }
         },
         || progress.tick(),
@@ -314,20 +424,7 @@ impl Report for ReconcileReport {
             }
             ReconcileRow::Table(t) => {
                 let [ma, mb, ca, cb] = counts(&t.counts);
-                let note = match (t.dry_run, t.verified) {
-                    (true, _) => "dry run".to_string(),
-                    (false, Some(true)) => format!(
-                        "verified; {} buckets differed; {} KiB moved; {} ms",
-                        t.buckets_differing,
-                        t.bytes_moved / 1024,
-                        t.duration_ms
-                    ),
-                    (false, Some(false)) => "NOT VERIFIED: still differs".to_string(),
-                    (false, None) => format!(
-                        "in agreement ({} buckets); {} ms",
-                        t.buckets_compared, t.duration_ms
-                    ),
-                };
+                let note = table_note(t);
                 vec![
                     t.site.clone(),
                     t.table.clone(),
@@ -346,21 +443,32 @@ impl Report for ReconcileReport {
 
     fn summary(&self) -> String {
         let (mut found, mut copied, mut failed, mut tables) = (0, 0, 0, 0);
+        let (mut differ, mut repaired, mut compared) = (0, 0, Compare::Keys);
         for row in &self.rows {
             match row {
                 ReconcileRow::Table(t) => {
                     tables += 1;
                     found += t.counts.missing_on_a + t.counts.missing_on_b;
                     copied += t.counts.copied_to_a + t.counts.copied_to_b;
+                    differ += t.values_differing;
+                    repaired += t.values_repaired;
+                    compared = t.compared;
                 }
                 ReconcileRow::Failure(_) => failed += 1,
                 ReconcileRow::Device(_) => {}
             }
         }
-        match (found, failed) {
-            (0, 0) => format!("nothing to do: {tables} table(s) agree on both servers"),
+        let values = match compared {
+            Compare::Values => format!("; {differ} row(s) differ in value, {repaired} overwritten"),
+            Compare::Keys => String::new(),
+        };
+        match (found + differ, failed) {
+            (0, 0) => format!(
+                "nothing to do: {tables} table(s), {} on both servers",
+                compared.agree()
+            ),
             _ => format!(
-                "{tables} table(s) compared: {found} missing row(s) found, {copied} copied; {failed} table(s) failed"
+                "{tables} table(s) compared: {found} missing row(s) found, {copied} copied{values}; {failed} table(s) failed"
             ),
         }
     }
@@ -372,7 +480,9 @@ impl Report for ReconcileReport {
                 ReconcileRow::Failure(f) if f.privilege => Outcome::Privilege,
                 ReconcileRow::Failure(_) => Outcome::Partial,
                 ReconcileRow::Table(t) if t.verified == Some(false) => Outcome::Partial,
-                ReconcileRow::Table(t) if t.counts.missing_on_a + t.counts.missing_on_b > 0 => {
+                ReconcileRow::Table(t)
+                    if t.counts.missing_on_a + t.counts.missing_on_b + t.values_differing > 0 =>
+                {
                     Outcome::Warning
                 }
                 _ => Outcome::Clean,
@@ -392,6 +502,34 @@ impl Report for ReconcileReport {
     }
 }
 
+/// The table row's NOTE: what was compared, by which route, and the check.
+fn table_note(t: &TableRow) -> String {
+    let route = match t.route {
+        Some(route::Route::Hashes) => "by hashes",
+        Some(route::Route::Keys) => "by keys",
+        None => "empty window",
+    };
+    let values = match t.values_differing {
+        0 => String::new(),
+        n => format!(
+            "; {n} row(s) differ in value ({}), {} overwritten",
+            t.columns_differing.join(", "),
+            t.values_repaired
+        ),
+    };
+    let check = match (t.dry_run, t.verified) {
+        (true, _) => "dry run".to_string(),
+        (false, Some(true)) => format!("verified; {} KiB moved", t.bytes_moved / 1024),
+        (false, Some(false)) => "NOT VERIFIED: still differs".to_string(),
+        (false, None) if t.values_differing == 0 => t.compared.agree().to_string(),
+        (false, None) => "nothing overwritten".to_string(),
+    };
+    format!(
+        "{check}{values}; {} of {} buckets differed, {route}; {} ms",
+        t.buckets_differing, t.buckets_compared, t.duration_ms
+    )
+}
+
 impl crate::command::Plan for ReconcilePlan {
     fn locks(&self) -> Vec<crate::lock::LockKey> {
         crate::command::site_locks("reconcile", self.site_names())
@@ -405,7 +543,6 @@ impl crate::command::Command for ReconcileArgs {
         plan(&self, ctx, Utc::now())
     }
     async fn execute(plan: ReconcilePlan, ctx: &Context) -> crate::error::Result<ReconcileReport> {
-        let mode = plan.mode;
-        Ok(execute(plan, ctx, mode).await)
+        Ok(execute(plan, ctx).await)
     }
 }

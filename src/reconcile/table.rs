@@ -1,16 +1,19 @@
 //! One table's reconcile, as named steps: open both snapshots, check the
-//! roles' privileges, agree on the columns, diff (summaries, then keys where
-//! they differ), copy what each side lacks, and verify with a fresh diff.
+//! roles' privileges, agree on the columns, find what differs (by the
+//! cheapest route), move it in batches, and verify what the batches did.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use tokio_postgres::Client;
 
-use super::diff::{self, DeviceDiff, Range};
-use super::transfer;
+use super::diff::{self, Range};
+use super::route::{self, CompareColumns, Found, Readers, RouteError};
+use super::stream::unpack;
+use super::transfer::{End, Mover, Tally};
 use super::{
-    Counts, DeviceRow, FailureRow, Mode, ReconcileRow, ReconcileTarget, TableRow, log_row,
+    Compare, Counts, DeviceRow, FailureRow, Mode, Options, ReconcileRow, ReconcileTarget, TableRow,
+    Verify, log_row,
 };
 use crate::catalog::TableError;
 use crate::config::{Config, Server};
@@ -57,7 +60,8 @@ impl Failure {
 struct Side<'a> {
     server: &'a Server,
     reader: Client,
-    bytes_read: u64,
+    /// Exported when rows may be copied, so the copy reads what the diff saw.
+    snapshot: Option<String>,
 }
 
 impl Side<'_> {
@@ -78,31 +82,14 @@ impl Side<'_> {
     }
 }
 
-/// What the diff of one table found.
-struct Found {
-    /// Rows on either side with a NULL device id (not compared).
-    without_device: u64,
-    buckets_compared: usize,
-    buckets_differing: usize,
-    ranges: Vec<Range>,
-    diffs: Vec<(DeviceId, DeviceDiff)>,
-}
-
-/// What copying moved, and whether the fresh diff agreed afterwards.
-#[derive(Default)]
-struct Repaired {
-    bytes_moved: u64,
-    verified: Option<bool>,
-}
-
 /// Reconciles one table; a failure becomes the table's row.
 pub(super) async fn reconcile(
     config: &Config,
     t: &ReconcileTarget,
-    mode: Mode,
+    options: &Options,
 ) -> Vec<ReconcileRow> {
     let started = Instant::now();
-    let rows = match reconcile_steps(config, t, mode, started).await {
+    let rows = match reconcile_steps(config, t, options, started).await {
         Ok(rows) => rows,
         Err(f) => vec![ReconcileRow::Failure(FailureRow {
             site: t.site.name.clone(),
@@ -114,12 +101,11 @@ pub(super) async fn reconcile(
     for row in &rows {
         log_row(row);
     }
-    if let Some(run) = history_run(t, mode, &rows, started) {
+    if let Some(run) = history_run(t, options.mode, &rows, started) {
         record_on_both(config, t, &run).await;
     }
     rows
 }
-
 /// The history row of this table's run (devices are not recorded).
 fn history_run(
     t: &ReconcileTarget,
@@ -192,66 +178,162 @@ async fn record_on_both(config: &Config, t: &ReconcileTarget, run: &ReconcileRun
 async fn reconcile_steps(
     config: &Config,
     t: &ReconcileTarget,
-    mode: Mode,
+    options: &Options,
     started: Instant,
 ) -> Result<Vec<ReconcileRow>, Failure> {
-    let database = t.site.database.as_str();
-    let (mut a, mut b) = open_pair(config, t).await?;
-    if mode == Mode::Apply {
-        check_privileges(t, &a, &b).await?;
+    let apply = options.mode == Mode::Apply;
+    let (database, spec) = (t.site.database.as_str(), &t.table);
+    let (a, b) = open_pair(config, t, apply).await?;
+    let updated = updated_side(t, options);
+    if apply {
+        check_privileges(t, &a, &b, updated).await?;
     }
-    let columns = shared_columns(&a, &b, database, &t.table).await?;
-    let found = find_missing(t, &mut a, &mut b).await?;
-    let mut per_device: BTreeMap<DeviceId, Counts> = BTreeMap::new();
-    for (device, d) in &found.diffs {
-        let c = per_device.entry(device.clone()).or_default();
-        c.missing_on_b += d.only_a.len() as u64;
-        c.missing_on_a += d.only_b.len() as u64;
-    }
-    let anything_missing = per_device
-        .values()
-        .any(|c| c.missing_on_a + c.missing_on_b > 0);
-    let repaired = match mode == Mode::Apply && anything_missing {
-        true => repair(config, t, (&a, &b), &columns, &found, &mut per_device).await?,
-        false => Repaired::default(),
+    let columns = shared_columns(&a, &b, database, spec).await?;
+    let values: Vec<String> = columns
+        .iter()
+        .filter(|c| !spec.key_columns().contains(&c.as_str()))
+        .cloned()
+        .collect();
+    let compare = CompareColumns {
+        values: (options.compare == Compare::Values).then_some(values.as_slice()),
+    };
+    let ends = [
+        End::new(
+            b.server,
+            a.server,
+            b.snapshot.clone(),
+            apply && t.direction.fills_a(),
+            apply && updated == Some(0),
+        ),
+        End::new(
+            a.server,
+            b.server,
+            a.snapshot.clone(),
+            apply && t.direction.fills_b(),
+            apply && updated == Some(1),
+        ),
+    ];
+    let mut mover = Mover::new(config, database, spec, &columns, ends);
+    let readers = Readers {
+        a: &a.reader,
+        b: &b.reader,
+    };
+    let found = route::find(readers, spec, t.window, &compare, &mut mover)
+        .await
+        .map_err(|e| route_failure(e, [&a, &b], database, spec))?;
+    tracing::debug!(site = %t.site.name, table = spec.name, route = ?found.route, why = %found.why, "reconcile route");
+    mover.flush().await?;
+    let columns_differing = match found.value_sample.is_empty() {
+        true => Vec::new(),
+        false => super::values::columns_differing(
+            [&a.reader, &b.reader],
+            spec,
+            &values,
+            &found.value_sample,
+        )
+        .await
+        .map_err(|(i, e)| [&a, &b][i].error(database, spec, "comparing the values", &e))?,
     };
     // The snapshots only read (and held temp tables); end them.
     let _ = tokio::join!(
         a.reader.batch_execute("ROLLBACK"),
         b.reader.batch_execute("ROLLBACK")
     );
-    let (mut rows, total) = device_rows(t, per_device);
+    let tally = std::mem::take(&mut mover.tally);
+    drop(mover);
+    let verified = match apply {
+        true => verify(config, t, options, &tally, &compare).await?,
+        false => None,
+    };
+    let (mut rows, total) = device_rows(t, &tally);
     let tz = t.site.timezone;
+    let label = |(device, ts): &(u64, i64)| {
+        format!(
+            "{} at {}",
+            schema::device_label(spec, &unpack(*device, spec.device_columns.len())),
+            diff::micros_to_time(*ts).with_timezone(&tz).to_rfc3339()
+        )
+    };
     rows.push(ReconcileRow::Table(TableRow {
         site: t.site.name.clone(),
-        table: t.table.name.into(),
+        table: spec.name.into(),
         server_a: t.a.clone(),
         server_b: t.b.clone(),
         window_start: t.window.start.with_timezone(&tz).to_rfc3339(),
         window_end: t.window.end.with_timezone(&tz).to_rfc3339(),
-        dry_run: mode == Mode::DryRun,
+        dry_run: !apply,
+        compared: options.compare,
+        route: found.route,
+        route_reason: found.why,
         rows_without_device: found.without_device,
         buckets_compared: found.buckets_compared,
         buckets_differing: found.buckets_differing,
         counts: total,
-        bytes_read_a: a.bytes_read,
-        bytes_read_b: b.bytes_read,
-        bytes_moved: repaired.bytes_moved,
-        verified: repaired.verified,
+        values_differing: found.values_differing,
+        values_sample: found.value_sample.iter().take(10).map(label).collect(),
+        columns_differing,
+        values_repaired: tally.repaired.iter().sum(),
+        bytes_read_a: found.bytes_read[0],
+        bytes_read_b: found.bytes_read[1],
+        bytes_moved: tally.bytes_moved,
+        verify: options.verify,
+        unconfirmed: tally.unconfirmed.len() as u64,
+        verified,
         duration_ms: started.elapsed().as_millis() as u64,
     }));
     Ok(rows)
+}
+
+/// With `--prefer SERVER`, the other side (0: a, 1: b) takes its values.
+fn updated_side(t: &ReconcileTarget, options: &Options) -> Option<usize> {
+    match options.prefer.as_deref() {
+        Some(p) if p == t.a => Some(1),
+        Some(p) if p == t.b => Some(0),
+        _ => None,
+    }
+}
+
+fn route_failure(
+    e: RouteError,
+    sides: [&Side<'_>; 2],
+    database: &str,
+    spec: &TableSpec,
+) -> Failure {
+    use super::stream::StreamError;
+    match e {
+        RouteError::Move(e) => e.into(),
+        RouteError::Side(route::SideError(i, e)) => {
+            let side = sides[i];
+            match e {
+                StreamError::Db(e) => side.error(database, spec, "reading the keys", &e),
+                StreamError::Id(e) => DbError::bad_value(
+                    &side.server.name,
+                    database,
+                    format!("reading the keys of table `{}`", spec.name),
+                    e,
+                ),
+                StreamError::Format(m) => DbError::bad_value(
+                    &side.server.name,
+                    database,
+                    format!("reading the keys of table `{}`", spec.name),
+                    m,
+                ),
+            }
+            .into()
+        }
+    }
 }
 
 /// Both sides of the pair, each in its own fresh snapshot.
 async fn open_pair<'a>(
     config: &'a Config,
     t: &ReconcileTarget,
+    export: bool,
 ) -> Result<(Side<'a>, Side<'a>), DbError> {
     let database = t.site.database.as_str();
     let (a, b) = tokio::join!(
-        open_side(config, &t.a, database),
-        open_side(config, &t.b, database)
+        open_side(config, &t.a, database, export),
+        open_side(config, &t.b, database, export)
     );
     Ok((a?, b?))
 }
@@ -260,36 +342,60 @@ async fn open_side<'a>(
     config: &'a Config,
     name: &str,
     database: &str,
+    export: bool,
 ) -> Result<Side<'a>, DbError> {
     let server = config.server(name).expect("planned servers exist");
     let reader = db::connect(config, Target { server, database }).await?;
+    let failed =
+        |e: tokio_postgres::Error| DbError::query(name, database, "starting a snapshot", &e);
     // One snapshot per server for every source read (summaries, keys, rows).
     reader
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         .await
-        .map_err(|e| DbError::query(name, database, "starting a snapshot", &e))?;
+        .map_err(failed)?;
+    let snapshot = match export {
+        true => Some(
+            reader
+                .query_one("SELECT pg_export_snapshot()", &[])
+                .await
+                .map_err(failed)?
+                .get(0),
+        ),
+        false => None,
+    };
     Ok(Side {
         server,
         reader,
-        bytes_read: 0,
+        snapshot,
     })
 }
 
-/// Before anything is copied: each side's role may read, and insert where
-/// the direction fills it (and make the staging temp table).
-async fn check_privileges(t: &ReconcileTarget, a: &Side<'_>, b: &Side<'_>) -> Result<(), Failure> {
-    for (side, fills) in [(a, t.direction.fills_a()), (b, t.direction.fills_b())] {
-        let privileges: &[&str] = match fills {
-            true => &["SELECT", "INSERT"],
-            false => &["SELECT"],
-        };
+/// Before anything is written: each side's role may read, insert where the
+/// direction fills it, and update where `--prefer` repairs it.
+async fn check_privileges(
+    t: &ReconcileTarget,
+    a: &Side<'_>,
+    b: &Side<'_>,
+    updated: Option<usize>,
+) -> Result<(), Failure> {
+    for (i, (side, fills)) in [(a, t.direction.fills_a()), (b, t.direction.fills_b())]
+        .into_iter()
+        .enumerate()
+    {
+        let mut privileges = vec!["SELECT"];
+        if fills {
+            privileges.push("INSERT");
+        }
+        if updated == Some(i) {
+            privileges.push("UPDATE");
+        }
         crate::privilege::require(
             &side.reader,
             &side.server.name,
             &t.site.database,
             "reconcile",
             t.table.name,
-            privileges,
+            &privileges,
             true,
         )
         .await?;
@@ -328,178 +434,87 @@ async fn shared_columns(
     Ok(shared)
 }
 
-/// Hour summaries of both sides, then the exact keys where they differ.
-async fn find_missing(
-    t: &ReconcileTarget,
-    a: &mut Side<'_>,
-    b: &mut Side<'_>,
-) -> Result<Found, DbError> {
-    let (database, spec) = (t.site.database.as_str(), &t.table);
-    let read = |side: &Side, e: diff::ReadError| match e {
-        diff::ReadError::Db(e) => side.error(database, spec, "summarising", &e),
-        diff::ReadError::Id(e) => DbError::bad_value(
-            &side.server.name,
-            database,
-            format!("summarising table `{}`", spec.name),
-            e,
-        ),
-    };
-    let (sa, sb) = match tokio::join!(
-        diff::summary(&a.reader, spec, t.window),
-        diff::summary(&b.reader, spec, t.window)
-    ) {
-        (Ok(x), Ok(y)) => (x, y),
-        (Err(e), _) => return Err(read(a, e)),
-        (_, Err(e)) => return Err(read(b, e)),
-    };
-    a.bytes_read += sa.bytes;
-    b.bytes_read += sb.bytes;
-    for (side, s) in [(&*a, &sa), (&*b, &sb)] {
-        if s.without_device > 0 {
-            tracing::warn!(site = %t.site.name, table = spec.name, server = %side.server.name, rows = s.without_device,
-                "rows with a NULL device id cannot be keyed to a device; they are not compared or copied");
-        }
-    }
-    let (sum_a, sum_b) = (sa.summary, sb.summary);
-    let ranges = diff::differing_ranges(&sum_a, &sum_b);
-    let diffs = diff_ranges(a, b, t, &ranges).await?;
-    Ok(Found {
-        without_device: sa.without_device + sb.without_device,
-        buckets_compared: sum_a.len().max(sum_b.len()),
-        buckets_differing: ranges
-            .iter()
-            .map(|r| ((r.end - r.start) / (diff::BUCKET_SECS * 1_000_000)) as usize)
-            .sum(),
-        ranges,
-        diffs,
-    })
-}
-
-/// Level 2 of the diff over every differing range.
-async fn diff_ranges(
-    a: &mut Side<'_>,
-    b: &mut Side<'_>,
-    t: &ReconcileTarget,
-    ranges: &[Range],
-) -> Result<Vec<(DeviceId, DeviceDiff)>, DbError> {
-    let (database, spec) = (t.site.database.as_str(), &t.table);
-    let reading =
-        |side: &Side, e: tokio_postgres::Error| side.error(database, spec, "reading the keys", &e);
-    let sql = diff::keys_sql(spec);
-    let (sa, sb) = tokio::join!(a.reader.prepare(&sql), b.reader.prepare(&sql));
-    let (sa, sb) = (
-        sa.map_err(|e| reading(a, e))?,
-        sb.map_err(|e| reading(b, e))?,
-    );
-    let mut out = Vec::new();
-    for range in ranges {
-        let (ka, kb) = tokio::join!(
-            diff::keys(&a.reader, &sa, range, t.window),
-            diff::keys(&b.reader, &sb, range, t.window)
-        );
-        let ((ka, bytes_a), (kb, bytes_b)) = (
-            ka.map_err(|e| reading(a, e))?,
-            kb.map_err(|e| reading(b, e))?,
-        );
-        a.bytes_read += bytes_a;
-        b.bytes_read += bytes_b;
-        out.push((range.device.clone(), diff::merge(&ka, &kb)));
-    }
-    Ok(out)
-}
-
-/// Copies what each side lacks (as the direction allows), counts the copied
-/// keys per device, and verifies with a fresh diff.
-async fn repair(
+/// Checks what the batches did. Each insert names the keys it added: when
+/// those are every key sent, the batch landed whole. Keys it did not add (a
+/// concurrent writer was first, or the source lost the row) have their
+/// buckets diffed afresh. `--verify full` diffs the whole window afresh.
+/// `None` when nothing was written and no full check was asked for.
+async fn verify(
     config: &Config,
     t: &ReconcileTarget,
-    (a, b): (&Side<'_>, &Side<'_>),
-    columns: &[String],
-    found: &Found,
-    per_device: &mut BTreeMap<DeviceId, Counts>,
-) -> Result<Repaired, DbError> {
-    let (database, spec) = (t.site.database.as_str(), &t.table);
-    let keys = |pick: fn(&DeviceDiff) -> &Vec<i64>, wanted: bool| -> Vec<(DeviceId, i64)> {
-        match wanted {
-            true => found
-                .diffs
-                .iter()
-                .flat_map(|(d, x)| pick(x).iter().map(move |m| (d.clone(), *m)))
-                .collect(),
-            false => Vec::new(),
-        }
+    options: &Options,
+    tally: &Tally,
+    compare: &CompareColumns<'_>,
+) -> Result<Option<bool>, Failure> {
+    let wrote = tally.copied.iter().any(|c| !c.is_empty()) || tally.repaired.iter().any(|&n| n > 0);
+    let recheck = match options.verify {
+        Verify::Full => None,
+        Verify::Inserts if tally.unconfirmed.is_empty() => return Ok(wrote.then_some(true)),
+        Verify::Inserts => Some(unconfirmed_ranges(t, &tally.unconfirmed)),
     };
-    let (to_b, to_a) = (
-        keys(|x| &x.only_a, t.direction.fills_b()),
-        keys(|x| &x.only_b, t.direction.fills_a()),
-    );
-    // The two directions use disjoint connections (a's snapshot and b's
-    // writer, b's snapshot and a's writer), so they run at once.
-    let (into_b, into_a) = tokio::join!(
-        copy_to(config, a, b, database, spec, columns, &to_b),
-        copy_to(config, b, a, database, spec, columns, &to_a)
-    );
-    let ((moved_b, devices_b), (moved_a, devices_a)) = (into_b?, into_a?);
-    devices_b
-        .into_iter()
-        .for_each(|d| per_device.entry(d).or_default().copied_to_b += 1);
-    devices_a
-        .into_iter()
-        .for_each(|d| per_device.entry(d).or_default().copied_to_a += 1);
-    Ok(Repaired {
-        bytes_moved: moved_a + moved_b,
-        verified: Some(verify(config, t, &found.ranges).await?),
-    })
-}
-
-/// Copies the rows `keys` names from `source` (its snapshot) to `target`.
-async fn copy_to(
-    config: &Config,
-    source: &Side<'_>,
-    target: &Side<'_>,
-    database: &str,
-    spec: &TableSpec,
-    columns: &[String],
-    keys: &[(DeviceId, i64)],
-) -> Result<(u64, Vec<DeviceId>), DbError> {
-    if keys.is_empty() {
-        return Ok((0, Vec::new()));
+    let (database, spec) = (t.site.database.as_str(), &t.table);
+    let (a, b) = open_pair(config, t, false).await?;
+    let ends = [
+        End::new(b.server, a.server, None, false, false),
+        End::new(a.server, b.server, None, false, false),
+    ];
+    let mut fresh = Mover::new(config, database, spec, &[], ends);
+    let readers = Readers {
+        a: &a.reader,
+        b: &b.reader,
+    };
+    let found = match &recheck {
+        Some(ranges) => {
+            let mut found = Found::default();
+            route::keys_of_ranges(&readers, spec, t.window, ranges, &mut fresh, &mut found)
+                .await
+                .map(|_| found)
+        }
+        None => route::find(readers, spec, t.window, compare, &mut fresh).await,
     }
-    transfer::load_keys(&source.reader, spec, keys)
-        .await
-        .map_err(|e| source.error(database, spec, "sending the missing keys", &e))?;
-    let server = target.server;
-    let mut writer = db::connect(config, Target { server, database }).await?;
-    transfer::copy_rows(&source.reader, &mut writer, spec, columns)
-        .await
-        .map_err(|e| {
-            let privilege =
-                e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
-            let side = if privilege { target } else { source };
-            side.error(database, spec, "copying the missing rows", &e)
-        })
-}
-
-/// A fresh diff of the ranges that differed: true when nothing the
-/// direction should have filled is still missing.
-async fn verify(config: &Config, t: &ReconcileTarget, ranges: &[Range]) -> Result<bool, DbError> {
-    let (mut a, mut b) = open_pair(config, t).await?;
-    let diffs = diff_ranges(&mut a, &mut b, t, ranges).await?;
+    .map_err(|e| route_failure(e, [&a, &b], database, spec))?;
     let _ = tokio::join!(
         a.reader.batch_execute("ROLLBACK"),
         b.reader.batch_execute("ROLLBACK")
     );
-    Ok(diffs.iter().all(|(_, d)| {
-        (!t.direction.fills_b() || d.only_a.is_empty())
-            && (!t.direction.fills_a() || d.only_b.is_empty())
-    }))
+    let still = |i: usize| fresh.tally.missing[i].values().sum::<u64>();
+    let filled_a = !t.direction.fills_a() || still(0) == 0;
+    let filled_b = !t.direction.fills_b() || still(1) == 0;
+    let values_agree = options.prefer.is_none() || found.values_differing == 0;
+    Ok(Some(filled_a && filled_b && values_agree))
+}
+
+/// The (device, hour) buckets of keys a batch did not confirm.
+fn unconfirmed_ranges(t: &ReconcileTarget, keys: &[(u64, i64)]) -> Vec<Range> {
+    let hour = diff::BUCKET_SECS * 1_000_000;
+    let mut buckets: Vec<(u64, i64)> = keys
+        .iter()
+        .map(|(d, ts)| (*d, ts.div_euclid(hour) * hour))
+        .collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    buckets
+        .into_iter()
+        .map(|(device, start)| Range {
+            device: unpack(device, t.table.device_columns.len()),
+            start,
+            end: start + hour,
+        })
+        .collect()
 }
 
 /// One row per device with a difference, and their totals.
-fn device_rows(
-    t: &ReconcileTarget,
-    per_device: BTreeMap<DeviceId, Counts>,
-) -> (Vec<ReconcileRow>, Counts) {
+fn device_rows(t: &ReconcileTarget, tally: &Tally) -> (Vec<ReconcileRow>, Counts) {
+    let mut per_device: BTreeMap<u64, Counts> = BTreeMap::new();
+    let mut add = |map: &BTreeMap<u64, u64>, f: fn(&mut Counts) -> &mut u64| {
+        for (device, n) in map {
+            *f(per_device.entry(*device).or_default()) += n;
+        }
+    };
+    add(&tally.missing[0], |c| &mut c.missing_on_a);
+    add(&tally.missing[1], |c| &mut c.missing_on_b);
+    add(&tally.copied[0], |c| &mut c.copied_to_a);
+    add(&tally.copied[1], |c| &mut c.copied_to_b);
     let mut rows = Vec::new();
     let mut total = Counts::default();
     for (device, c) in per_device {
@@ -507,6 +522,7 @@ fn device_rows(
         total.missing_on_b += c.missing_on_b;
         total.copied_to_a += c.copied_to_a;
         total.copied_to_b += c.copied_to_b;
+        let device: DeviceId = unpack(device, t.table.device_columns.len());
         rows.push(ReconcileRow::Device(DeviceRow {
             site: t.site.name.clone(),
             table: t.table.name.into(),

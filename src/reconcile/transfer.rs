@@ -1,20 +1,34 @@
 //! Moving the missing rows from one server to the other, whole and once.
 //!
-//! The keys go to the source as binary COPY into a temp table; the rows they
-//! name come back as binary COPY and are piped, unparsed, into a staging temp
-//! table on the target (same shared columns, same types, so the binary format
-//! is the same). One `INSERT … SELECT … WHERE NOT EXISTS … ON CONFLICT DO
-//! NOTHING` then adds only what the target still lacks: safe without a unique
-//! index, and safe against a concurrent ingest. It never updates or deletes.
+//! The diff hands the [`Mover`] each key a side lacks; in batches, the keys
+//! go to the source as binary COPY into a temp table (on a connection that
+//! shares the diff's snapshot), the rows they name come back as binary COPY
+//! and are piped, unparsed, into a staging temp table on the target (same
+//! shared columns, same types, so the binary format is the same). One
+//! `INSERT … SELECT … WHERE NOT EXISTS … ON CONFLICT DO NOTHING RETURNING`
+//! then adds only what the target still lacks and names what it added: the
+//! check that the batch landed. Where the target has no unique natural-key
+//! index, the insert takes the lock ingest takes for the same kind of insert.
+//! Rows that differ in value are only ever updated with `--prefer`.
 //! Temp tables are ANALYZEd by hand: autovacuum never sees them, and without
 //! statistics the planner picks nested loops over the whole hypertable.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures_util::{SinkExt, TryStreamExt, pin_mut};
 use tokio_postgres::Client;
 
-use crate::db::{BinaryCopyWriter, quote_ident, quote_list};
-use crate::schema::{DeviceId, TableSpec};
+use super::stream::{pack, unpack};
+use crate::config::{Config, Server};
+use crate::db::{self, BinaryCopyWriter, DbError, Target, quote_ident, quote_list};
+use crate::schema::TableSpec;
 use crate::sql::insert_absent_sql;
+
+/// Keys moved per batch (one transaction on the target each).
+const FLUSH_AT: usize = 100_000;
+
+/// A device's packed id and a Unix-microsecond timestamp.
+pub type PackedKey = (u64, i64);
 
 /// Key columns of the temp key table: d0, d1, … then t.
 fn key_table_columns(spec: &TableSpec) -> Vec<String> {
@@ -25,7 +39,7 @@ fn key_table_columns(spec: &TableSpec) -> Vec<String> {
 }
 
 /// Joins table alias `x` to key alias `k` on the natural key.
-fn key_join(spec: &TableSpec) -> String {
+pub(super) fn key_join(spec: &TableSpec) -> String {
     spec.key_columns()
         .iter()
         .zip(key_table_columns(spec))
@@ -38,7 +52,7 @@ fn key_join(spec: &TableSpec) -> String {
 pub async fn load_keys(
     client: &Client,
     spec: &TableSpec,
-    keys: &[(DeviceId, i64)],
+    keys: &[PackedKey],
 ) -> Result<(), tokio_postgres::Error> {
     let cols = key_table_columns(spec);
     let defs: Vec<String> = cols
@@ -47,13 +61,14 @@ pub async fn load_keys(
         .collect();
     client
         .batch_execute(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS essops_keys ({}) ON COMMIT DROP; TRUNCATE essops_keys",
+            "CREATE TEMP TABLE IF NOT EXISTS essops_keys ({}); TRUNCATE essops_keys",
             defs.join(", ")
         ))
         .await?;
+    let n = spec.device_columns.len();
     let mut w = BinaryCopyWriter::new();
     for (device, micros) in keys {
-        let ids: Vec<i32> = device.iter().map(|&x| i32::from(x)).collect();
+        let ids: Vec<i32> = unpack(*device, n).into_iter().map(i32::from).collect();
         w.row(&ids, *micros);
     }
     let sink = client
@@ -65,17 +80,8 @@ pub async fn load_keys(
     client.batch_execute("ANALYZE essops_keys").await
 }
 
-/// Pipes the rows named by the source's `essops_keys` into the target and
-/// inserts those it lacks. Returns the bytes moved and the device of each
-/// row inserted. The target work runs in its own transaction, committed here.
-pub async fn copy_rows(
-    source: &Client,
-    target: &mut Client,
-    spec: &TableSpec,
-    columns: &[String],
-) -> Result<(u64, Vec<DeviceId>), tokio_postgres::Error> {
-    let table = quote_ident(spec.name);
-    let cols = quote_list(columns);
+/// The source's rows named by its `essops_keys`, as binary COPY.
+fn rows_out_sql(spec: &TableSpec, columns: &[String]) -> String {
     let x_cols: String = columns
         .iter()
         .map(|c| format!("x.{}", quote_ident(c)))
@@ -83,11 +89,22 @@ pub async fn copy_rows(
         .join(", ");
     let k_cols = key_table_columns(spec).join(", ");
     // DISTINCT ON: a source without a unique index may hold a sample twice.
-    let out_sql = format!(
+    format!(
         "COPY (SELECT DISTINCT ON ({k_cols}) {x_cols} FROM {table} x JOIN essops_keys k ON {join} ORDER BY {k_cols}) TO STDOUT (FORMAT binary)",
+        table = quote_ident(spec.name),
         join = key_join(spec),
-    );
-    let tx = target.transaction().await?;
+    )
+}
+
+/// Pipes the source's rows named by its `essops_keys` into the target's
+/// `essops_stage` (in the target's open transaction); returns the bytes moved.
+async fn stage_rows(
+    source: &Client,
+    tx: &tokio_postgres::Transaction<'_>,
+    spec: &TableSpec,
+    columns: &[String],
+) -> Result<u64, tokio_postgres::Error> {
+    let (table, cols) = (quote_ident(spec.name), quote_list(columns));
     tx.batch_execute(&format!(
         "CREATE TEMP TABLE essops_stage ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA"
     ))
@@ -98,7 +115,7 @@ pub async fn copy_rows(
         ))
         .await?;
     pin_mut!(sink);
-    let stream = source.copy_out(&out_sql).await?;
+    let stream = source.copy_out(&rows_out_sql(spec, columns)).await?;
     pin_mut!(stream);
     let mut moved = 0u64;
     while let Some(chunk) = stream.try_next().await? {
@@ -107,20 +124,363 @@ pub async fn copy_rows(
     }
     sink.finish().await?;
     tx.batch_execute("ANALYZE essops_stage").await?;
-    let returning = crate::sql::device_ids_returning(spec);
-    let inserted = tx
-        .query(
-            &insert_absent_sql(spec, columns, "essops_stage", &returning),
-            &[],
-        )
-        .await?;
-    tx.commit().await?;
-    let n = spec.device_columns.len();
-    let devices = inserted
+    Ok(moved)
+}
+
+/// The natural key as `RETURNING` columns: device ids as int4, then the time.
+fn key_returning(spec: &TableSpec) -> String {
+    spec.device_columns
         .iter()
-        .filter_map(|r| crate::db::device_id(r, n).ok().flatten())
+        .map(|c| format!("{}::int4", quote_ident(c)))
+        .chain([quote_ident(crate::schema::TIME_COLUMN)])
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn returned_keys(rows: &[tokio_postgres::Row], n: usize) -> BTreeSet<PackedKey> {
+    rows.iter()
+        .filter_map(|r| {
+            let ids: Vec<i16> = (0..n)
+                .map(|i| {
+                    r.get::<_, Option<i32>>(i)
+                        .and_then(|v| i16::try_from(v).ok())
+                })
+                .collect::<Option<_>>()?;
+            let ts: chrono::DateTime<chrono::Utc> = r.get(n);
+            Some((pack(&ids), ts.timestamp_micros()))
+        })
+        .collect()
+}
+
+/// Inserts the rows the target lacks among those the source's `essops_keys`
+/// names; returns the bytes moved and the keys inserted.
+async fn insert_rows(
+    source: &Client,
+    target: &mut Client,
+    spec: &TableSpec,
+    columns: &[String],
+    unique_key: bool,
+) -> Result<(u64, BTreeSet<PackedKey>), tokio_postgres::Error> {
+    let tx = target.transaction().await?;
+    if !unique_key {
+        db::lock_absent_insert(&tx, spec.name).await?;
+    }
+    let moved = stage_rows(source, &tx, spec, columns).await?;
+    let sql = insert_absent_sql(spec, columns, "essops_stage", &key_returning(spec));
+    let inserted = tx.query(&sql, &[]).await?;
+    tx.commit().await?;
+    Ok((moved, returned_keys(&inserted, spec.device_columns.len())))
+}
+
+/// Overwrites the target's rows named by the source's `essops_keys` with
+/// the source's values, where they differ; returns the keys updated.
+async fn update_rows(
+    source: &Client,
+    target: &mut Client,
+    spec: &TableSpec,
+    columns: &[String],
+) -> Result<(u64, BTreeSet<PackedKey>), tokio_postgres::Error> {
+    let tx = target.transaction().await?;
+    let moved = stage_rows(source, &tx, spec, columns).await?;
+    let key = spec.key_columns();
+    let same_key = key
+        .iter()
+        .map(|c| format!("t.{q} = s.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let values: Vec<&String> = columns
+        .iter()
+        .filter(|c| !key.contains(&c.as_str()))
         .collect();
-    Ok((moved, devices))
+    let set = values
+        .iter()
+        .map(|c| format!("{q} = s.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (t_row, s_row) = (
+        values
+            .iter()
+            .map(|c| format!("t.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        values
+            .iter()
+            .map(|c| format!("s.{}", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let returning: String = key_returning(spec)
+        .split(", ")
+        .map(|c| format!("t.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "UPDATE {table} t SET {set} FROM essops_stage s WHERE {same_key} AND ROW({t_row}) IS DISTINCT FROM ROW({s_row}) RETURNING {returning}",
+        table = quote_ident(spec.name),
+    );
+    let updated = tx.query(&sql, &[]).await?;
+    tx.commit().await?;
+    Ok((moved, returned_keys(&updated, spec.device_columns.len())))
+}
+
+/// One direction's connections: a reader in the source's snapshot, a writer
+/// on the target. Opened at the first batch.
+struct Pipe {
+    fetcher: Client,
+    writer: Client,
+    unique_key: bool,
+}
+
+/// One direction: rows go from `source` into `target`.
+pub struct End<'a> {
+    pub source: &'a Server,
+    pub target: &'a Server,
+    /// The source snapshot's exported id.
+    pub snapshot: Option<String>,
+    pub fills: bool,
+    /// With `--prefer`, rows that differ in value are overwritten here.
+    pub updates: bool,
+    pipe: Option<Pipe>,
+    inserts: Vec<PackedKey>,
+    overwrites: Vec<PackedKey>,
+}
+
+impl<'a> End<'a> {
+    pub fn new(
+        source: &'a Server,
+        target: &'a Server,
+        snapshot: Option<String>,
+        fills: bool,
+        updates: bool,
+    ) -> End<'a> {
+        End {
+            source,
+            target,
+            snapshot,
+            fills,
+            updates,
+            pipe: None,
+            inserts: Vec::new(),
+            overwrites: Vec::new(),
+        }
+    }
+}
+
+/// Per direction (0: into a, 1: into b), what was found and done.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub missing: [BTreeMap<u64, u64>; 2],
+    pub copied: [BTreeMap<u64, u64>; 2],
+    pub repaired: [u64; 2],
+    /// Keys a batch sent that its insert did not add (a concurrent writer
+    /// got there first, or the source lost the row): checked afresh after.
+    pub unconfirmed: Vec<PackedKey>,
+    pub bytes_moved: u64,
+}
+
+/// Collects what each side lacks and moves it in batches.
+pub struct Mover<'a> {
+    config: &'a Config,
+    database: &'a str,
+    spec: &'a TableSpec,
+    columns: &'a [String],
+    pub ends: [End<'a>; 2],
+    pub tally: Tally,
+}
+
+impl<'a> Mover<'a> {
+    pub fn new(
+        config: &'a Config,
+        database: &'a str,
+        spec: &'a TableSpec,
+        columns: &'a [String],
+        ends: [End<'a>; 2],
+    ) -> Mover<'a> {
+        Mover {
+            config,
+            database,
+            spec,
+            columns,
+            ends,
+            tally: Tally::default(),
+        }
+    }
+
+    /// Side `into` (0: a, 1: b) lacks this sample.
+    pub async fn missing(&mut self, into: usize, key: PackedKey) -> Result<(), DbError> {
+        *self.tally.missing[into].entry(key.0).or_default() += 1;
+        if self.ends[into].fills {
+            self.ends[into].inserts.push(key);
+            return self.flush_if_full().await;
+        }
+        Ok(())
+    }
+
+    /// The sample differs in value; with `--prefer`, the other side takes the preferred one's.
+    pub async fn differs(&mut self, key: PackedKey) -> Result<(), DbError> {
+        match self.ends.iter_mut().find(|e| e.updates) {
+            Some(end) => {
+                end.overwrites.push(key);
+                self.flush_if_full().await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn flush_if_full(&mut self) -> Result<(), DbError> {
+        let held: usize = self
+            .ends
+            .iter()
+            .map(|e| e.inserts.len() + e.overwrites.len())
+            .sum();
+        match held >= FLUSH_AT {
+            true => self.flush().await,
+            false => Ok(()),
+        }
+    }
+
+    /// Moves every held key, both directions at once.
+    pub async fn flush(&mut self) -> Result<(), DbError> {
+        let [into_a, into_b] = &mut self.ends;
+        let (ra, rb) = tokio::join!(
+            move_end(self.config, self.database, self.spec, self.columns, into_a),
+            move_end(self.config, self.database, self.spec, self.columns, into_b),
+        );
+        for (into, moved) in [ra?, rb?].into_iter().enumerate() {
+            self.tally.bytes_moved += moved.bytes;
+            for (device, _) in &moved.inserted {
+                *self.tally.copied[into].entry(*device).or_default() += 1;
+            }
+            self.tally.unconfirmed.extend(moved.unconfirmed);
+            self.tally.repaired[into] += moved.repaired;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Moved {
+    bytes: u64,
+    inserted: BTreeSet<PackedKey>,
+    unconfirmed: Vec<PackedKey>,
+    repaired: u64,
+}
+
+async fn move_end(
+    config: &Config,
+    database: &str,
+    spec: &TableSpec,
+    columns: &[String],
+    end: &mut End<'_>,
+) -> Result<Moved, DbError> {
+    let mut moved = Moved::default();
+    if end.inserts.is_empty() && end.overwrites.is_empty() {
+        return Ok(moved);
+    }
+    if end.pipe.is_none() {
+        end.pipe = Some(open_pipe(config, database, spec, end).await?);
+    }
+    let pipe = end.pipe.as_mut().expect("opened above");
+    let (source, target) = (end.source, end.target);
+    let failed = |e: tokio_postgres::Error, what: &str| {
+        let privilege = e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
+        let server = if privilege { target } else { source };
+        DbError::query(
+            &server.name,
+            database,
+            format!("{what} of table `{}`", spec.name),
+            &e,
+        )
+    };
+    if !end.inserts.is_empty() {
+        let keys = std::mem::take(&mut end.inserts);
+        load_keys(&pipe.fetcher, spec, &keys)
+            .await
+            .map_err(|e| failed(e, "sending the missing keys"))?;
+        let (bytes, inserted) = insert_rows(
+            &pipe.fetcher,
+            &mut pipe.writer,
+            spec,
+            columns,
+            pipe.unique_key,
+        )
+        .await
+        .map_err(|e| failed(e, "copying the missing rows"))?;
+        moved.bytes += bytes;
+        moved.unconfirmed = keys.into_iter().filter(|k| !inserted.contains(k)).collect();
+        moved.inserted = inserted;
+    }
+    if !end.overwrites.is_empty() {
+        let keys = std::mem::take(&mut end.overwrites);
+        load_keys(&pipe.fetcher, spec, &keys)
+            .await
+            .map_err(|e| failed(e, "sending the keys of rows that differ"))?;
+        let (bytes, updated) = update_rows(&pipe.fetcher, &mut pipe.writer, spec, columns)
+            .await
+            .map_err(|e| failed(e, "repairing the rows that differ"))?;
+        moved.bytes += bytes;
+        moved.repaired = updated.len() as u64;
+    }
+    Ok(moved)
+}
+
+/// The fetcher joins the source's snapshot, so batches copy what the diff saw.
+async fn open_pipe(
+    config: &Config,
+    database: &str,
+    spec: &TableSpec,
+    end: &End<'_>,
+) -> Result<Pipe, DbError> {
+    let (source, target) = (end.source, end.target);
+    let (fetcher, writer) = tokio::join!(
+        db::connect(
+            config,
+            Target {
+                server: source,
+                database
+            }
+        ),
+        db::connect(
+            config,
+            Target {
+                server: target,
+                database
+            }
+        )
+    );
+    let (fetcher, writer) = (fetcher?, writer?);
+    let snapshot = end.snapshot.as_deref().unwrap_or_default();
+    // The id comes from pg_export_snapshot(), never from input; SET
+    // TRANSACTION SNAPSHOT takes no parameters, so it is checked and spliced.
+    if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(DbError::bad_value(
+            &source.name,
+            database,
+            "joining the diff's snapshot",
+            format!("unexpected snapshot id `{snapshot}`"),
+        ));
+    }
+    fetcher
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'"
+        ))
+        .await
+        .map_err(|e| DbError::query(&source.name, database, "joining the diff's snapshot", &e))?;
+    let unique_key = crate::catalog::has_unique_key(&writer, spec)
+        .await
+        .map_err(|e| {
+            DbError::query(
+                &target.name,
+                database,
+                format!("reading the indexes of table `{}`", spec.name),
+                &e,
+            )
+        })?;
+    Ok(Pipe {
+        fetcher,
+        writer,
+        unique_key,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,354 @@
+//! Finding what differs by the cheaper of two routes, chosen per table:
+//!
+//! - **hashes**: per device and hour, a count and a sum of key hashes on both
+//!   servers; only the buckets that differ have their keys read. Cheapest
+//!   when few buckets differ (a clean re-run reads no key at all).
+//! - **keys**: every key of the window, once per side, sorted, by binary
+//!   COPY, merged as it arrives. Cheapest when most buckets differ
+//!   (scattered loss), where hashing first would only add a pass.
+//!
+//! The estimate is the hash summary of the window's first stretch (an
+//! eighth, at least an hour, at most a day): when most of its buckets
+//! differ, the rest is streamed; otherwise the rest is hashed too.
+//! Comparing values always streams (each row's hash rides with its key).
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::diff::{self, BUCKET_SECS, Range, Summary};
+use super::stream::{self, Cursor, Key, StreamError, pack};
+use super::transfer::{Mover, PackedKey};
+use crate::db::DbError;
+use crate::window::Window;
+
+const BUCKET_MICROS: i64 = BUCKET_SECS * 1_000_000;
+
+/// Keys kept of the rows that differ in value (for the report's sample and
+/// its list of columns).
+const VALUE_SAMPLE: usize = 200;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    Hashes,
+    Keys,
+}
+
+/// What the diff found (the missing keys went to the mover as they came).
+#[derive(Debug, Default)]
+pub struct Found {
+    pub route: Option<Route>,
+    pub why: String,
+    pub without_device: u64,
+    pub buckets_compared: u64,
+    pub buckets_differing: u64,
+    pub values_differing: u64,
+    pub value_sample: Vec<PackedKey>,
+    pub bytes_read: [u64; 2],
+}
+
+/// The readers of both sides, each in its snapshot.
+pub struct Readers<'r> {
+    pub a: &'r tokio_postgres::Client,
+    pub b: &'r tokio_postgres::Client,
+}
+
+/// A side that failed, and why: 0 is a, 1 is b.
+#[derive(Debug)]
+pub struct SideError(pub usize, pub StreamError);
+
+impl From<(usize, tokio_postgres::Error)> for SideError {
+    fn from((side, e): (usize, tokio_postgres::Error)) -> Self {
+        SideError(side, StreamError::Db(e))
+    }
+}
+
+/// A failure of the diff: one side's read, or the mover's copy.
+#[derive(Debug)]
+pub enum RouteError {
+    Side(SideError),
+    Move(DbError),
+}
+
+impl From<DbError> for RouteError {
+    fn from(e: DbError) -> Self {
+        RouteError::Move(e)
+    }
+}
+
+impl From<SideError> for RouteError {
+    fn from(e: SideError) -> Self {
+        RouteError::Side(e)
+    }
+}
+
+pub async fn find(
+    readers: Readers<'_>,
+    spec: &crate::schema::TableSpec,
+    window: Window,
+    compare: &CompareColumns<'_>,
+    mover: &mut Mover<'_>,
+) -> Result<Found, RouteError> {
+    let mut found = Found::default();
+    if compare.values.is_some() {
+        found.why = "comparing values: each row's hash rides with its key".into();
+        stream_keys(&readers, spec, window, compare, mover, &mut found).await?;
+        return Ok(found);
+    }
+    let (first, rest) = split(window);
+    let (sa, sb) = summaries(&readers, spec, first, &mut found).await?;
+    let differing = diff::differing_ranges(&sa, &sb);
+    let buckets = sa.len().max(sb.len()) as u64;
+    let differ: u64 = differing.iter().map(bucket_count).sum();
+    tracing::debug!(
+        table = spec.name,
+        buckets,
+        differ,
+        "reconcile route estimate"
+    );
+    if buckets > 0 && differ * 2 > buckets {
+        found.why = format!(
+            "{differ} of {buckets} buckets of the first stretch differ: reading every key once is cheaper than hashing first"
+        );
+        stream_keys(&readers, spec, window, compare, mover, &mut found).await?;
+        return Ok(found);
+    }
+    found.why = format!(
+        "{differ} of {buckets} buckets of the first stretch differ: hashing first, keys only where buckets differ"
+    );
+    let (mut sa, mut sb) = (sa, sb);
+    if let Some(rest) = rest {
+        let (ra, rb) = summaries(&readers, spec, rest, &mut found).await?;
+        sa.extend(ra);
+        sb.extend(rb);
+    }
+    let ranges = diff::differing_ranges(&sa, &sb);
+    found.route = Some(Route::Hashes);
+    found.buckets_compared = sa.len().max(sb.len()) as u64;
+    found.buckets_differing = ranges.iter().map(bucket_count).sum();
+    keys_of_ranges(&readers, spec, window, &ranges, mover, &mut found).await?;
+    Ok(found)
+}
+
+/// Comparing values: the shared non-key columns.
+pub struct CompareColumns<'c> {
+    pub values: Option<&'c [String]>,
+}
+
+fn bucket_count(r: &Range) -> u64 {
+    ((r.end - r.start) / BUCKET_MICROS) as u64
+}
+
+/// The estimate's stretch (ending on a bucket edge) and the rest, if any.
+fn split(window: Window) -> (Window, Option<Window>) {
+    let span = (window.end - window.start).num_seconds() / 8;
+    let span = span.clamp(BUCKET_SECS, 86_400);
+    let edge = (window.start.timestamp() + span).div_euclid(BUCKET_SECS) * BUCKET_SECS;
+    let cut = chrono::DateTime::from_timestamp(edge, 0).unwrap_or(window.end);
+    match cut > window.start && cut < window.end {
+        true => (
+            Window {
+                start: window.start,
+                end: cut,
+            },
+            Some(Window {
+                start: cut,
+                end: window.end,
+            }),
+        ),
+        false => (window, None),
+    }
+}
+
+async fn summaries(
+    readers: &Readers<'_>,
+    spec: &crate::schema::TableSpec,
+    window: Window,
+    found: &mut Found,
+) -> Result<(Summary, Summary), SideError> {
+    let side = |i: usize| {
+        move |e: diff::ReadError| match e {
+            diff::ReadError::Db(e) => SideError(i, StreamError::Db(e)),
+            diff::ReadError::Id(e) => SideError(i, StreamError::Id(e)),
+        }
+    };
+    let (sa, sb) = tokio::join!(
+        diff::summary(readers.a, spec, window),
+        diff::summary(readers.b, spec, window)
+    );
+    let (sa, sb) = (sa.map_err(side(0))?, sb.map_err(side(1))?);
+    found.bytes_read[0] += sa.bytes;
+    found.bytes_read[1] += sb.bytes;
+    found.without_device += sa.without_device + sb.without_device;
+    Ok((sa.summary, sb.summary))
+}
+
+/// The hash route's second level: keys of the differing ranges only.
+pub async fn keys_of_ranges(
+    readers: &Readers<'_>,
+    spec: &crate::schema::TableSpec,
+    window: Window,
+    ranges: &[Range],
+    mover: &mut Mover<'_>,
+    found: &mut Found,
+) -> Result<(), RouteError> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let sql = diff::keys_sql(spec);
+    let (sa, sb) = tokio::join!(readers.a.prepare(&sql), readers.b.prepare(&sql));
+    let (sa, sb) = (
+        sa.map_err(|e| SideError::from((0, e)))?,
+        sb.map_err(|e| SideError::from((1, e)))?,
+    );
+    for range in ranges {
+        let (ka, kb) = tokio::join!(
+            diff::keys(readers.a, &sa, range, window),
+            diff::keys(readers.b, &sb, range, window)
+        );
+        let ((ka, bytes_a), (kb, bytes_b)) = (
+            ka.map_err(|e| SideError::from((0, e)))?,
+            kb.map_err(|e| SideError::from((1, e)))?,
+        );
+        found.bytes_read[0] += bytes_a;
+        found.bytes_read[1] += bytes_b;
+        let d = diff::merge(&ka, &kb);
+        let device = pack(&range.device);
+        for ts in d.only_a {
+            mover.missing(1, (device, ts)).await?;
+        }
+        for ts in d.only_b {
+            mover.missing(0, (device, ts)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The keys route: both sides' sorted keys at once, merged as they arrive.
+async fn stream_keys(
+    readers: &Readers<'_>,
+    spec: &crate::schema::TableSpec,
+    window: Window,
+    compare: &CompareColumns<'_>,
+    mover: &mut Mover<'_>,
+    found: &mut Found,
+) -> Result<(), RouteError> {
+    found.route = Some(Route::Keys);
+    let (wa, wb) = tokio::join!(
+        stream::set_window(readers.a, window),
+        stream::set_window(readers.b, window)
+    );
+    wa.map_err(|e| SideError::from((0, e)))?;
+    wb.map_err(|e| SideError::from((1, e)))?;
+    let sql = stream::copy_sql(spec, compare.values);
+    let n = spec.device_columns.len();
+    let (ta, ra) = mpsc::channel(4);
+    let (tb, rb) = mpsc::channel(4);
+    let (read_a, read_b, merged) = tokio::join!(
+        stream::read(readers.a, &sql, n, ta),
+        stream::read(readers.b, &sql, n, tb),
+        merge(Cursor::new(0, ra), Cursor::new(1, rb), mover, found)
+    );
+    // A side's own error says more than the merge's "stream broke".
+    let (read_a, read_b) = (
+        read_a.map_err(|e| SideError(0, e))?,
+        read_b.map_err(|e| SideError(1, e))?,
+    );
+    merged?;
+    found.bytes_read[0] += read_a.bytes;
+    found.bytes_read[1] += read_b.bytes;
+    found.without_device += read_a.without_device + read_b.without_device;
+    Ok(())
+}
+
+/// Per (device, hour) bucket: whether anything in it differed.
+#[derive(Default)]
+struct Buckets {
+    current: Option<(u64, i64)>,
+    differs: bool,
+}
+
+impl Buckets {
+    fn see(&mut self, key: &Key, differs: bool, found: &mut Found) {
+        let bucket = (key.device, key.ts.div_euclid(BUCKET_MICROS));
+        if self.current != Some(bucket) {
+            self.close(found);
+            self.current = Some(bucket);
+        }
+        self.differs |= differs;
+    }
+
+    fn close(&mut self, found: &mut Found) {
+        if self.current.take().is_some() {
+            found.buckets_compared += 1;
+            found.buckets_differing += u64::from(self.differs);
+        }
+        self.differs = false;
+    }
+}
+
+async fn merge(
+    mut a: Cursor,
+    mut b: Cursor,
+    mover: &mut Mover<'_>,
+    found: &mut Found,
+) -> Result<(), RouteError> {
+    let mut buckets = Buckets::default();
+    loop {
+        let (ka, kb) = (a.peek().await?, b.peek().await?);
+        match (ka, kb) {
+            (None, None) => break,
+            (Some(x), Some(y)) if x.order() == y.order() => {
+                let differs = x.value != y.value;
+                buckets.see(&x, differs, found);
+                if differs {
+                    found.values_differing += 1;
+                    if found.value_sample.len() < VALUE_SAMPLE {
+                        found.value_sample.push((x.device, x.ts));
+                    }
+                    mover.differs((x.device, x.ts)).await?;
+                }
+                a.advance();
+                b.advance();
+            }
+            (Some(x), y) if y.is_none_or(|y| x.order() < y.order()) => {
+                buckets.see(&x, true, found);
+                mover.missing(1, (x.device, x.ts)).await?;
+                a.advance();
+            }
+            (_, Some(y)) => {
+                buckets.see(&y, true, found);
+                mover.missing(0, (y.device, y.ts)).await?;
+                b.advance();
+            }
+            (Some(_), None) => unreachable!("covered by the arm above"),
+        }
+    }
+    buckets.close(found);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::parse_from_rfc3339(s).unwrap().into()
+    }
+
+    #[test]
+    fn reconcile_estimate_stretch_ends_on_a_bucket_edge() {
+        let day = Window {
+            start: at("2026-03-04T15:00:00Z"),
+            end: at("2026-03-05T15:00:00Z"),
+        };
+        let (first, rest) = split(day);
+        assert_eq!(first.end, at("2026-03-04T18:00:00Z"));
+        assert_eq!(rest.unwrap().start, first.end);
+        let short = Window {
+            start: at("2026-03-04T15:10:00Z"),
+            end: at("2026-03-04T15:40:00Z"),
+        };
+        assert_eq!(split(short), (short, None));
+    }
+}
