@@ -132,24 +132,51 @@ rpsql() {
     PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_reconcile "${args[@]}"
 }
 
-# wall ms of one reconcile run, plus its table row's counts and bytes
-reconcile_once() {
-    local t0 t1 out
-    t0=$(date +%s%N)
-    out="$("$ESSOPS" --config bench/reconcile.toml reconcile --json --date 2026-03-05 --table rack --table bank || [ $? -eq 10 ])"
-    t1=$(date +%s%N)
-    echo "$out" | python3 -c '
-import json, sys
-rows = [json.loads(l) for l in sys.stdin if l.strip()]
-t = [r for r in rows if r["kind"] == "table"]
-f = [r for r in rows if r["kind"] == "failure"]
-assert not f, f
-a, b = t[0]["server_a"], t[0]["server_b"]
-print("copied %d to %s, %d to %s; read %.1f MiB from %s, %.1f MiB from %s; moved %.1f MiB; verified=%s" % (
-    sum(r["copied_to_a"] for r in t), a, sum(r["copied_to_b"] for r in t), b,
-    sum(r["bytes_read_a"] for r in t) / 2**20, a, sum(r["bytes_read_b"] for r in t) / 2**20, b,
-    sum(r["bytes_moved"] for r in t) / 2**20, all(r["verified"] in (True, None) for r in t)))' | sed "s/^/$(( (t1 - t0) / 1000000 )) ms: /"
+# wall ms and peak RSS (MiB) of one command: "ms rss"
+measured() {
+    python3 - "$@" <<'PY'
+import resource, subprocess, sys, time
+t0 = time.monotonic()
+rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+ms = (time.monotonic() - t0) * 1000
+assert rc in (0, 10), "exit code %d from %s" % (rc, sys.argv[1:])
+print("%d %.0f" % (ms, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))
+PY
 }
+
+# The bare floor: a binary COPY of the sorted keys of rack and bank for the
+# day, from both servers at once (gcp through port $1); wall ms.
+bare_keys() {
+    local gcp_port="$1" t0 t1 q w="\"TIMESTAMP\" >= '2026-03-05 00:00+09' AND \"TIMESTAMP\" < '2026-03-06 00:00+09'"
+    q="COPY (SELECT \"BANK_ID\", \"RACK_ID\", \"TIMESTAMP\" FROM rack WHERE $w ORDER BY 1, 2, 3) TO STDOUT (FORMAT binary)"
+    local qb="COPY (SELECT \"BANK_ID\", \"TIMESTAMP\" FROM bank WHERE $w ORDER BY 1, 2) TO STDOUT (FORMAT binary)"
+    t0=$(date +%s%N)
+    PGPASSWORD="$(cat .services/secrets/local.password)" psql -X -q -h 127.0.0.1 -p 25432 -U essops -d bench_reconcile -c "$q" -c "$qb" >/dev/null &
+    PGPASSWORD="$(cat .services/secrets/gcp.password)" psql -X -q "host=localhost port=$gcp_port user=essops dbname=bench_reconcile sslmode=verify-full sslrootcert=.services/tls/ca.crt" -c "$q" -c "$qb" >/dev/null &
+    wait
+    t1=$(date +%s%N)
+    echo $(( (t1 - t0) / 1000000 ))
+}
+
+# 1 % of rack and bank rows deleted, scattered, on each side (different
+# seconds per side; $1 picks the pattern so each scenario has fresh loss)
+scatter_loss() {
+    local srv k
+    for srv in local gcp; do
+        k=$1; [ "$srv" = gcp ] && k=$(( $1 + 50 ))
+        rpsql "$srv" "DELETE FROM rack WHERE (extract(epoch from \"TIMESTAMP\")::int8 * 7919 + \"RACK_ID\" * 104729) % 100 = $k;
+                      DELETE FROM bank WHERE (extract(epoch from \"TIMESTAMP\")::int8 * 7919 + \"BANK_ID\") % 100 = $k" "VACUUM rack" "VACUUM bank"
+    done
+}
+
+# Whole rows of the day, hashed, per server: "identical" or "DIFFER".
+full_rows() {
+    local l g q="SELECT md5(string_agg(t::text, ',' ORDER BY \"BANK_ID\", \"RACK_ID\", \"TIMESTAMP\")) FROM rack t"
+    l="$(rpsql local "$q")"; g="$(rpsql gcp "$q")"
+    [ "$l" = "$g" ] && echo identical || echo DIFFER
+}
+
+ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
 
 bench_reconcile() {
     "$ESSOPS" --config bench/reconcile.toml --quiet migrate --create-database
@@ -168,20 +195,32 @@ bench_reconcile() {
 " "VACUUM ANALYZE rack" "VACUUM ANALYZE bank"
         fi
     done
-    "$ESSOPS" --config bench/reconcile.toml --quiet reconcile --date 2026-03-05 --table rack --table bank || true
-    local full
-    full="$(rpsql local 'SELECT sum(pg_column_size(t.*)) FROM rack t' )"
-    echo "reconcile: ESS_Operating_Site2 site-day, dev build, bank + rack, $(( 86400 * 19 )) rows per server; a full pull would read $(( full / 1048576 )) MiB of rack rows per server"
-    # 1 % scattered on each side (different seconds), deterministic
-    rpsql local "DELETE FROM rack WHERE (extract(epoch from \"TIMESTAMP\")::int8 * 7919 + \"RACK_ID\" * 104729) % 100 = 0;
-                 DELETE FROM bank WHERE (extract(epoch from \"TIMESTAMP\")::int8 * 7919 + \"BANK_ID\") % 100 = 0" "VACUUM rack" "VACUUM bank"
-    rpsql gcp "DELETE FROM rack WHERE (extract(epoch from \"TIMESTAMP\")::int8 * 7919 + \"RACK_ID\" * 104729) % 100 = 50;
-               DELETE FROM bank WHERE (extract(epoch from \"TIMESTAMP\")::int8 * 7919 + \"BANK_ID\") % 100 = 50" "VACUUM rack" "VACUUM bank"
-    echo "  1 % scattered missing on each side: $(reconcile_once)"
-    echo "  re-run, nothing to do:              $(reconcile_once)"
+    local run=("$ESSOPS" --config bench/reconcile.toml reconcile --date 2026-03-05 --table rack --table bank)
+    "${run[@]}" --quiet >/dev/null 2>&1 || true
+    local relay_cfg=.services/bench/reconcile-relay.toml
+    mkdir -p .services/bench
+    sed 's/localhost:25433/localhost:25533/; s|"\.\./\.services/|"../|' bench/reconcile.toml > "$relay_cfg"
+    local relay_pid
+    "$ESSOPS" relay --port 25533 --to 127.0.0.1:25433 --delay 15ms & relay_pid=$!
+    trap 'kill $relay_pid 2>/dev/null' RETURN
+    echo "reconcile: ESS_Operating_Site2 site-day (17 racks, 2 banks), dev build, $(( 86400 * 19 )) rows per server; 1 % scattered loss on each side"
+    local bare first clean slow bare_slow
+    bare=$(bare_keys 25433); bare=$(( (bare + $(bare_keys 25433) + $(bare_keys 25433)) / 3 ))
+    echo "  bare key read (binary COPY of the sorted keys of rack + bank, both servers at once): $bare ms"
+    scatter_loss 0
+    first=$(measured "${run[@]}")
+    echo "  first reconcile:  ${first% *} ms ($(ratio "${first% *}" "$bare")x the bare read), peak RSS ${first#* } MiB; rows afterwards: $(full_rows)"
+    clean=$(measured "${run[@]}")
+    echo "  clean re-run:     ${clean% *} ms ($(ratio "${clean% *}" "$bare")x), peak RSS ${clean#* } MiB (every bucket's key hash compared)"
+    bare_slow=$(bare_keys 25533)
+    scatter_loss 25
+    slow=$(measured "$ESSOPS" --config "$relay_cfg" reconcile --date 2026-03-05 --table rack --table bank)
+    echo "  over a relay adding 15 ms each way (30 ms round trip) to gcp: bare key read $bare_slow ms; first reconcile ${slow% *} ms ($(ratio "${slow% *}" "$(( bare + 1000 ))")x of loopback bare + 1 s), peak RSS ${slow#* } MiB; rows afterwards: $(full_rows)"
     rpsql gcp "DELETE FROM rack WHERE \"TIMESTAMP\" >= '2026-03-05 10:00+09' AND \"TIMESTAMP\" < '2026-03-05 12:00+09';
                DELETE FROM bank WHERE \"TIMESTAMP\" >= '2026-03-05 10:00+09' AND \"TIMESTAMP\" < '2026-03-05 12:00+09'" "VACUUM rack" "VACUUM bank"
-    echo "  2-hour outage on gcp:               $(reconcile_once)"
+    local outage
+    outage=$(measured "${run[@]}")
+    echo "  2-hour outage on gcp (hashes route): ${outage% *} ms ($(ratio "${outage% *}" "$bare")x), peak RSS ${outage#* } MiB; rows afterwards: $(full_rows)"
     echo "  reproduce: scripts/bench.sh reconcile"
 }
 

@@ -115,6 +115,10 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+    /// A TCP relay on loopback that adds latency each way: a slow link for
+    /// benches and tests (`scripts/bench.sh reconcile`), not for production.
+    #[command(hide = true)]
+    Relay(demo::RelayArgs),
 }
 
 impl Command {
@@ -139,6 +143,7 @@ impl Command {
             Command::Config(_) => "config",
             Command::Completions { .. } => "completions",
             Command::Man => "man",
+            Command::Relay(_) => "relay",
         }
     }
 
@@ -160,6 +165,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
             clap_complete::generate(*shell, &mut cmd, "essops", &mut std::io::stdout());
             return Ok(Outcome::Clean);
         }
+        Command::Relay(args) => return demo::relay(args),
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(cmd)
@@ -235,6 +241,8 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         Command::Rollup(args) => run(args, ctx).await,
         Command::Retention(args) => run(args, ctx).await,
         Command::Size(args) => run(args, ctx).await,
-        Command::Completions { .. } | Command::Man | Command::Config(_) => Ok(Outcome::Clean),
+        Command::Completions { .. } | Command::Man | Command::Config(_) | Command::Relay(_) => {
+            Ok(Outcome::Clean)
+        }
     }
 }

@@ -29,6 +29,12 @@ enum Row {
         table: String,
         server_a: String,
         dry_run: bool,
+        #[serde(default)]
+        values_differing: u64,
+        #[serde(default)]
+        columns_differing: Vec<String>,
+        #[serde(default)]
+        values_repaired: u64,
         verified: Option<bool>,
         bytes_moved: u64,
         #[serde(flatten)]
@@ -465,4 +471,141 @@ fn reconcile_and_loss_survive_null_and_oversized_device_ids() {
             .is_some_and(|e| e.contains("device id 40000 is outside")),
         "{rows:?}"
     );
+}
+
+#[test]
+fn reconcile_values_finds_the_planted_rows_and_prefer_repairs_exactly_those() {
+    let s = setup("reconcile_values", "Asia/Seoul");
+    s.fill_both(DAY.0, "2026-03-10 01:00:00+09");
+    // 50 rows whose SOC differs on gcp, and 7 rows gcp lacks.
+    s.sql(
+        "gcp",
+        r#"UPDATE rack SET "SOC" = "SOC" + 1 WHERE "RACK_ID" = 2 AND extract(epoch from "TIMESTAMP")::int8 % 72 = 0;
+           DELETE FROM rack WHERE "RACK_ID" = 3 AND "TIMESTAMP" < '2026-03-10 00:00:07+09'"#,
+    );
+    let planted = s.scalar(
+        "gcp",
+        r#"SELECT count(*) FROM rack WHERE "RACK_ID" = 2 AND extract(epoch from "TIMESTAMP")::int8 % 72 = 0"#,
+    );
+    assert_eq!(planted, 50);
+    let args = [
+        "--date",
+        "2026-03-10",
+        "--table",
+        "rack",
+        "--compare",
+        "values",
+    ];
+    let differing = |rows: &[Row]| -> (u64, Vec<String>, u64) {
+        rows.iter()
+            .find_map(|r| match r {
+                Row::Table {
+                    values_differing,
+                    columns_differing,
+                    values_repaired,
+                    ..
+                } => Some((
+                    *values_differing,
+                    columns_differing.clone(),
+                    *values_repaired,
+                )),
+                _ => None,
+            })
+            .unwrap()
+    };
+    // Found and reported, never overwritten without --prefer.
+    let rows = s.reconcile(&args, 10);
+    assert_eq!(differing(&rows), (50, vec!["SOC".to_string()], 0));
+    assert_eq!(table_row(&rows, "rack").0.copied_to_b, 7);
+    assert_eq!(
+        s.scalar("gcp", r#"SELECT count(*) FROM rack WHERE "RACK_ID" = 2 AND extract(epoch from "TIMESTAMP")::int8 % 72 = 0 AND abs("SOC" - ((extract(epoch from "TIMESTAMP")::int8 % 1000) / 10.0 + 1)) < 0.01"#),
+        50
+    );
+    // --prefer local repairs exactly those 50, then the values agree.
+    let mut prefer = args.to_vec();
+    prefer.extend(["--prefer", "local"]);
+    let rows = s.reconcile(&prefer, 10);
+    assert_eq!(differing(&rows), (50, vec!["SOC".to_string()], 50));
+    s.assert_identical();
+    let run = Cmd::new(Some(&s.config))
+        .args(["reconcile"])
+        .args(args)
+        .run()
+        .expect_code(0);
+    assert!(run.stdout().contains("values agree"), "{}", run.stdout());
+    // --prefer needs --compare values, and one of the pair.
+    Cmd::new(Some(&s.config))
+        .args(["reconcile", "--date", "2026-03-10", "--prefer", "local"])
+        .run()
+        .expect_code(2);
+    let run = Cmd::new(Some(&s.config))
+        .args([
+            "reconcile",
+            "--date",
+            "2026-03-10",
+            "--compare",
+            "values",
+            "--prefer",
+            "nowhere",
+        ])
+        .run()
+        .expect_code(2);
+    assert!(
+        run.stderr().contains("--prefer `nowhere`"),
+        "{}",
+        run.stderr()
+    );
+}
+
+#[test]
+fn reconcile_over_a_slow_link_fills_both_sides() {
+    // gcp behind a relay that adds 15 ms each way: a 30 ms round trip.
+    let s = setup("reconcile_slow_link", "Asia/Seoul");
+    s.fill_both(DAY.0, "2026-03-10 02:00:00+09");
+    s.sql(
+        "local",
+        r#"DELETE FROM rack WHERE extract(epoch from "TIMESTAMP")::int8 % 50 = 0"#,
+    );
+    s.sql(
+        "gcp",
+        r#"DELETE FROM rack WHERE extract(epoch from "TIMESTAMP")::int8 % 50 = 25"#,
+    );
+    let port = crate::support::free_port();
+    let _relay = Cmd::new(None)
+        .args([
+            "relay",
+            "--port",
+            &port.to_string(),
+            "--to",
+            "127.0.0.1:25433",
+            "--delay",
+            "15ms",
+        ])
+        .spawn();
+    crate::support::wait_for_port(port);
+    let slow = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("localhost:25433", &format!("localhost:{port}"));
+    let slow_config = s.config.with_file_name("slow.toml");
+    std::fs::write(&slow_config, slow).unwrap();
+    let rows: Vec<Row> = Cmd::new(Some(&slow_config))
+        .args([
+            "reconcile",
+            "--json",
+            "--date",
+            "2026-03-10",
+            "--table",
+            "rack",
+        ])
+        .run()
+        .expect_code(10)
+        .json();
+    let (counts, _, verified, _) = table_row(&rows, "rack");
+    assert_eq!(
+        (counts.copied_to_a, counts.copied_to_b),
+        (432, 432),
+        "{rows:?}"
+    );
+    assert_eq!(verified, Some(true));
+    s.assert_identical();
 }

@@ -483,3 +483,31 @@ impl crate::command::Command for DemoArgs {
         execute(&plan.args, ctx).await
     }
 }
+
+/// `essops relay`: serve a delayed relay until killed.
+#[derive(Debug, clap::Args)]
+pub struct RelayArgs {
+    /// Loopback port to listen on.
+    #[arg(long)]
+    pub port: u16,
+    /// Where to relay to, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: String,
+    /// Added each way (15ms each way is a 30 ms round trip).
+    #[arg(long, value_parser = crate::window::parse_std_duration, default_value = "15ms", value_name = "DURATION")]
+    pub delay: std::time::Duration,
+}
+
+pub fn relay(args: &RelayArgs) -> Result<crate::error::Outcome, Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Output)?;
+    runtime.block_on(async {
+        let _relay = proxy::Relay::start_on(args.port, args.to.clone(), args.delay)
+            .await
+            .map_err(|e| demo_error(format!("relay on 127.0.0.1:{}: {e}", args.port)))?;
+        let _ = crate::command::shutdown_signal().await;
+        Ok(crate::error::Outcome::Clean)
+    })
+}

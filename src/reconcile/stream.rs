@@ -208,65 +208,70 @@ impl Parser {
     /// One whole row, or `None` when the buffer holds only part of one.
     #[allow(clippy::type_complexity)]
     fn row(&mut self) -> Result<Option<(Option<u64>, i64, i64)>, StreamError> {
-        let fields = self.devices + 2;
-        if self.buf.len() < 2 {
+        let buf = &self.buf[..];
+        if buf.len() < 2 {
             return Ok(None);
         }
-        let count = i16::from_be_bytes([self.buf[0], self.buf[1]]);
+        let count = i16::from_be_bytes([buf[0], buf[1]]);
         if count == -1 {
             self.buf.advance(2);
             self.ended = true;
             return Ok(None);
         }
-        if count as usize != fields {
+        if count as usize != self.devices + 2 {
             return Err(StreamError::Format(
                 "unexpected field count in the key stream",
             ));
         }
-        // NULL ids are shorter than `need`; walk the fields to find the end.
         let mut at = 2;
-        let mut values = [None::<&[u8]>; 6];
-        for v in values.iter_mut().take(fields) {
-            if self.buf.len() < at + 4 {
+        // Each field: its length (-1 for NULL), then its bytes.
+        let mut field = |width: usize| -> Result<Option<Option<i64>>, StreamError> {
+            if buf.len() < at + 4 {
                 return Ok(None);
             }
-            let len = i32::from_be_bytes(self.buf[at..at + 4].try_into().expect("4 bytes"));
+            let len = i32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
             at += 4;
-            if len >= 0 {
-                let len = len as usize;
-                if self.buf.len() < at + len {
-                    return Ok(None);
-                }
-                *v = Some(&self.buf[at..at + len]);
-                at += len;
+            if len < 0 {
+                return Ok(Some(None));
             }
-        }
-        let int = |b: Option<&[u8]>, width: usize| -> Result<Option<i64>, StreamError> {
-            match b {
-                None => Ok(None),
-                Some(b) if b.len() == width => Ok(Some(match width {
-                    4 => i64::from(i32::from_be_bytes(b.try_into().expect("4"))),
-                    _ => i64::from_be_bytes(b.try_into().expect("8")),
-                })),
-                Some(_) => Err(StreamError::Format(
+            if len as usize != width {
+                return Err(StreamError::Format(
                     "unexpected field width in the key stream",
-                )),
+                ));
             }
+            if buf.len() < at + width {
+                return Ok(None);
+            }
+            // Big-endian, sign-extended from `width` bytes.
+            let mut v: i64 = if buf[at] & 0x80 != 0 { -1 } else { 0 };
+            for &byte in &buf[at..at + width] {
+                v = (v << 8) | i64::from(byte);
+            }
+            at += width;
+            Ok(Some(Some(v)))
         };
-        let mut ids = Vec::with_capacity(self.devices);
-        let mut null = false;
-        for v in values.iter().take(self.devices) {
-            match int(*v, 4)? {
-                Some(id) => ids.push(i16::try_from(id).map_err(|_| crate::db::IdOutOfRange(id))?),
-                None => null = true,
-            }
+        let mut device = Some(0u64);
+        for _ in 0..self.devices {
+            let Some(id) = field(4)? else { return Ok(None) };
+            device = match (device, id) {
+                (Some(d), Some(id)) => {
+                    let id = i16::try_from(id).map_err(|_| crate::db::IdOutOfRange(id))?;
+                    Some((d << 16) | u64::from((id as u16) ^ 0x8000))
+                }
+                _ => None,
+            };
         }
-        let ts = int(values[self.devices], 8)?
-            .ok_or(StreamError::Format("a NULL timestamp in the key stream"))?
-            + PG_EPOCH_UNIX_MICROS;
-        let value = int(values[self.devices + 1], 8)?.unwrap_or(0);
+        let Some(ts) = field(8)? else { return Ok(None) };
+        let ts = ts.ok_or(StreamError::Format("a NULL timestamp in the key stream"))?;
+        let Some(value) = field(8)? else {
+            return Ok(None);
+        };
         self.buf.advance(at);
-        Ok(Some(((!null).then(|| pack(&ids)), ts, value)))
+        Ok(Some((
+            device,
+            ts + PG_EPOCH_UNIX_MICROS,
+            value.unwrap_or(0),
+        )))
     }
 }
 
@@ -292,6 +297,9 @@ impl Cursor {
 
     /// The next key; `None` at the stream's clean end.
     pub async fn peek(&mut self) -> Result<Option<Key>, super::route::SideError> {
+        if let Some(key) = self.batch.get(self.at) {
+            return Ok(Some(*key));
+        }
         while self.at >= self.batch.len() {
             if self.ended {
                 return Ok(None);
