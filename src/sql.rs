@@ -32,6 +32,15 @@ pub fn quote_list<S: AsRef<str>>(names: &[S]) -> String {
         .join(", ")
 }
 
+/// `alias."a", alias."b", …`: quoted column names under a table alias.
+pub fn prefixed_list<S: AsRef<str>>(alias: &str, names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{alias}.{}", quote_ident(n.as_ref())))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// ` AND "BANK_ID" = $N::int4 AND …`: one device's ids bound from `$first` on.
 pub fn device_filter(spec: &TableSpec, first: usize) -> String {
     spec.device_columns
@@ -51,13 +60,7 @@ pub fn insert_absent_sql(
     stage: &str,
     returning: &str,
 ) -> String {
-    let prefixed = |alias: &str| {
-        columns
-            .iter()
-            .map(|c| format!("{alias}.{}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let prefixed = |alias: &str| prefixed_list(alias, columns);
     let same_key = spec
         .key_columns()
         .iter()

@@ -70,10 +70,7 @@ pub fn copy_sql(spec: &TableSpec, values: Option<&[String]>) -> String {
     let value = match values {
         Some(cols) if !cols.is_empty() => format!(
             "hashtextextended(ROW({})::text, 0)",
-            cols.iter()
-                .map(|c| format!("x.{}", quote_ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            crate::sql::prefixed_list("x", cols)
         ),
         _ => "0::int8".into(),
     };

@@ -82,11 +82,7 @@ pub async fn load_keys(
 
 /// The source's rows named by its `essops_keys`, as binary COPY.
 fn rows_out_sql(spec: &TableSpec, columns: &[String]) -> String {
-    let x_cols: String = columns
-        .iter()
-        .map(|c| format!("x.{}", quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let x_cols = crate::sql::prefixed_list("x", columns);
     let k_cols = key_table_columns(spec).join(", ");
     // DISTINCT ON: a source without a unique index may hold a sample twice.
     format!(
@@ -198,16 +194,8 @@ async fn update_rows(
         .collect::<Vec<_>>()
         .join(", ");
     let (t_row, s_row) = (
-        values
-            .iter()
-            .map(|c| format!("t.{}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        values
-            .iter()
-            .map(|c| format!("s.{}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(", "),
+        crate::sql::prefixed_list("t", &values),
+        crate::sql::prefixed_list("s", &values),
     );
     let returning: String = key_returning(spec)
         .split(", ")
