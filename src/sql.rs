@@ -59,6 +59,7 @@ pub fn insert_absent_sql(
     columns: &[String],
     stage: &str,
     returning: &str,
+    unique_key: bool,
 ) -> String {
     let prefixed = |alias: &str| prefixed_list(alias, columns);
     let same_key = spec
@@ -67,10 +68,18 @@ pub fn insert_absent_sql(
         .map(|c| format!("t.{q} = s.{q}", q = quote_ident(c)))
         .collect::<Vec<_>>()
         .join(" AND ");
+    // With a unique natural key, ON CONFLICT alone is exact, and cheaper
+    // than probing the index twice.
+    let absent = match unique_key {
+        true => String::new(),
+        false => format!(
+            " WHERE NOT EXISTS (SELECT 1 FROM {} t WHERE {same_key})",
+            quote_ident(spec.name)
+        ),
+    };
     format!(
         "INSERT INTO {table} ({cols})
-         SELECT {s_cols} FROM {stage} s
-          WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {same_key})
+         SELECT {s_cols} FROM {stage} s{absent}
          ON CONFLICT DO NOTHING
          RETURNING {returning}",
         table = quote_ident(spec.name),

@@ -629,7 +629,13 @@ async fn copy_absent(
     let returning = device_ids_returning(&batch.spec);
     let added = tx
         .query(
-            &insert_absent_sql(&batch.spec, columns, "essops_ingest_stage", &returning),
+            &insert_absent_sql(
+                &batch.spec,
+                columns,
+                "essops_ingest_stage",
+                &returning,
+                unique_key,
+            ),
             &[],
         )
         .await?;

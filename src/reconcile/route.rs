@@ -7,8 +7,8 @@
 //!   COPY, merged as it arrives. Cheapest when most buckets differ
 //!   (scattered loss), where hashing first would only add a pass.
 //!
-//! The estimate is the hash summary of the window's first stretch (an
-//! eighth, at least an hour, at most a day): when most of its buckets
+//! The estimate is the hash summary of the window's first stretch (a
+//! twenty-fourth, at least an hour, at most a day): when most of its buckets
 //! differ, the rest is streamed; otherwise the rest is hashed too.
 //! Comparing values always streams (each row's hash rides with its key).
 
@@ -141,7 +141,7 @@ fn bucket_count(r: &Range) -> u64 {
 
 /// The estimate's stretch (ending on a bucket edge) and the rest, if any.
 fn split(window: Window) -> (Window, Option<Window>) {
-    let span = (window.end - window.start).num_seconds() / 8;
+    let span = (window.end - window.start).num_seconds() / 24;
     let span = span.clamp(BUCKET_SECS, 86_400);
     let edge = (window.start.timestamp() + span).div_euclid(BUCKET_SECS) * BUCKET_SECS;
     let cut = chrono::DateTime::from_timestamp(edge, 0).unwrap_or(window.end);
@@ -224,7 +224,9 @@ pub async fn keys_of_ranges(
     Ok(())
 }
 
-/// The keys route: both sides' sorted keys at once, merged as they arrive.
+/// The keys route: both sides' sorted keys at once, merged as they arrive,
+/// a UTC day at a time (the day is a TimescaleDB chunk's usual span, so each
+/// chunk's index is walked once).
 async fn stream_keys(
     readers: &Readers<'_>,
     spec: &crate::schema::TableSpec,
@@ -234,31 +236,48 @@ async fn stream_keys(
     found: &mut Found,
 ) -> Result<(), RouteError> {
     found.route = Some(Route::Keys);
-    let (wa, wb) = tokio::join!(
-        stream::set_window(readers.a, window),
-        stream::set_window(readers.b, window)
-    );
-    wa.map_err(|e| SideError::from((0, e)))?;
-    wb.map_err(|e| SideError::from((1, e)))?;
     let sql = stream::copy_sql(spec, compare.values);
-    let n = spec.device_columns.len();
-    let (ta, ra) = mpsc::channel(4);
-    let (tb, rb) = mpsc::channel(4);
-    let (read_a, read_b, merged) = tokio::join!(
-        stream::read(readers.a, &sql, n, ta),
-        stream::read(readers.b, &sql, n, tb),
-        merge(Cursor::new(0, ra), Cursor::new(1, rb), mover, found)
-    );
-    // A side's own error says more than the merge's "stream broke".
-    let (read_a, read_b) = (
-        read_a.map_err(|e| SideError(0, e))?,
-        read_b.map_err(|e| SideError(1, e))?,
-    );
-    merged?;
-    found.bytes_read[0] += read_a.bytes;
-    found.bytes_read[1] += read_b.bytes;
-    found.without_device += read_a.without_device + read_b.without_device;
+    let (n, values) = (spec.device_columns.len(), compare.values.is_some());
+    for day in utc_days(window) {
+        let (wa, wb) = tokio::join!(
+            stream::set_window(readers.a, day),
+            stream::set_window(readers.b, day)
+        );
+        wa.map_err(|e| SideError::from((0, e)))?;
+        wb.map_err(|e| SideError::from((1, e)))?;
+        let (ta, ra) = mpsc::channel(2);
+        let (tb, rb) = mpsc::channel(2);
+        let (read_a, read_b, merged) = tokio::join!(
+            stream::read(readers.a, &sql, n, values, ta),
+            stream::read(readers.b, &sql, n, values, tb),
+            merge(Cursor::new(0, ra), Cursor::new(1, rb), mover, found)
+        );
+        // A side's own error says more than the merge's "stream broke".
+        let (read_a, read_b) = (
+            read_a.map_err(|e| SideError(0, e))?,
+            read_b.map_err(|e| SideError(1, e))?,
+        );
+        merged?;
+        found.bytes_read[0] += read_a.bytes;
+        found.bytes_read[1] += read_b.bytes;
+        found.without_device += read_a.without_device + read_b.without_device;
+    }
     Ok(())
+}
+
+/// The window cut at UTC midnights.
+fn utc_days(window: Window) -> Vec<Window> {
+    let mut days = Vec::new();
+    let mut start = window.start;
+    while start < window.end {
+        let next = (start.timestamp().div_euclid(86_400) + 1) * 86_400;
+        let end = chrono::DateTime::from_timestamp(next, 0)
+            .unwrap_or(window.end)
+            .min(window.end);
+        days.push(Window { start, end });
+        start = end;
+    }
+    days
 }
 
 /// Per (device, hour) bucket: whether anything in it differed.
@@ -343,12 +362,30 @@ mod tests {
             end: at("2026-03-05T15:00:00Z"),
         };
         let (first, rest) = split(day);
-        assert_eq!(first.end, at("2026-03-04T18:00:00Z"));
+        assert_eq!(first.end, at("2026-03-04T16:00:00Z"));
         assert_eq!(rest.unwrap().start, first.end);
         let short = Window {
             start: at("2026-03-04T15:10:00Z"),
             end: at("2026-03-04T15:40:00Z"),
         };
         assert_eq!(split(short), (short, None));
+    }
+
+    #[test]
+    fn reconcile_stream_days_cut_at_utc_midnight() {
+        let seoul_day = Window {
+            start: at("2026-03-04T15:00:00Z"),
+            end: at("2026-03-05T15:00:00Z"),
+        };
+        let days = utc_days(seoul_day);
+        assert_eq!(days.len(), 2);
+        assert_eq!(days[0].end, at("2026-03-05T00:00:00Z"));
+        assert_eq!(
+            days[1],
+            Window {
+                start: days[0].end,
+                end: seoul_day.end
+            }
+        );
     }
 }

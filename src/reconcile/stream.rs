@@ -1,6 +1,8 @@
-//! One pass per side: each server's keys of the window, sorted by device then
-//! time, read by binary COPY and merged here as they arrive. Memory holds a
-//! few batches of keys per side, never the window.
+//! One pass per side: each server's keys of the window, read by binary COPY
+//! as one sorted array of timestamps per device (one COPY message per device
+//! instead of one per sample: cheaper for the server and for essops than
+//! the rows themselves) and merged here as they arrive. The window is read a
+//! day at a time, so memory holds a few device-days of keys per side.
 //!
 //! COPY takes no bind parameters, so the window's bounds travel as session
 //! settings set with bound values (`set_config`) and are read back in the
@@ -58,8 +60,9 @@ pub async fn set_window(client: &Client, window: Window) -> Result<(), tokio_pos
         .map(|_| ())
 }
 
-/// The sorted keys of the window (see [`set_window`]) as binary COPY; with
-/// `values`, a hash of those columns' text per row after the key.
+/// Per device, the sorted timestamps of the window (see [`set_window`]) as
+/// one array, by binary COPY; with `values`, a second array of each row's
+/// hash of those columns' text, in the same order.
 pub fn copy_sql(spec: &TableSpec, values: Option<&[String]>) -> String {
     let ts = quote_ident(TIME_COLUMN);
     let devices: Vec<String> = spec
@@ -68,22 +71,26 @@ pub fn copy_sql(spec: &TableSpec, values: Option<&[String]>) -> String {
         .map(|c| format!("x.{}::int4", quote_ident(c)))
         .collect();
     let value = match values {
-        Some(cols) if !cols.is_empty() => format!(
-            "hashtextextended(ROW({})::text, 0)",
-            crate::sql::prefixed_list("x", cols)
+        Some(cols) => format!(
+            ", array_agg(hashtextextended(ROW({})::text, 0) ORDER BY x.{ts})",
+            match cols.is_empty() {
+                true => "0".to_string(),
+                false => crate::sql::prefixed_list("x", cols),
+            }
         ),
-        _ => "0::int8".into(),
+        None => String::new(),
     };
-    let order: String = spec
-        .device_columns
-        .iter()
-        .map(|c| format!("x.{}, ", quote_ident(c)))
-        .collect();
+    let group = match devices.is_empty() {
+        true => String::new(),
+        false => format!(
+            " GROUP BY {d} ORDER BY {d}",
+            d = crate::sql::prefixed_list("x", spec.device_columns)
+        ),
+    };
     format!(
-        "COPY (SELECT {devs}x.{ts}, {value} FROM {table} x
+        "COPY (SELECT {devs}array_agg(x.{ts} ORDER BY x.{ts}){value} FROM {table} x
                WHERE x.{ts} >= current_setting('essops.window_start')::timestamptz
-                 AND x.{ts} < current_setting('essops.window_end')::timestamptz
-               ORDER BY {order}x.{ts}) TO STDOUT (FORMAT binary)",
+                 AND x.{ts} < current_setting('essops.window_end')::timestamptz{group}) TO STDOUT (FORMAT binary)",
         devs = devices.iter().map(|d| format!("{d}, ")).collect::<String>(),
         table = quote_ident(spec.name),
     )
@@ -108,28 +115,24 @@ pub struct SideRead {
     pub without_device: u64,
 }
 
-/// Keys sent on at a time from a reader to the merge.
-const BATCH: usize = 8192;
-
-/// Reads one side's COPY and sends its keys, deduplicated, in batches.
+/// Reads one side's COPY and sends each device's keys, deduplicated.
 pub async fn read(
     client: &Client,
     sql: &str,
     devices: usize,
+    values: bool,
     out: mpsc::Sender<Vec<Key>>,
 ) -> Result<SideRead, StreamError> {
     let stream = client.copy_out(sql).await?;
     pin_mut!(stream);
-    let mut parser = Parser::new(devices);
+    let mut parser = Parser::new(devices, values);
     let mut read = SideRead::default();
-    let mut keys = Vec::with_capacity(BATCH);
     while let Some(chunk) = stream.try_next().await? {
         read.bytes += chunk.len() as u64;
         parser.buf.extend_from_slice(&chunk);
-        parser.parse(&mut keys, &mut read.without_device)?;
-        if keys.len() >= BATCH {
+        while let Some(keys) = parser.next(&mut read.without_device)? {
             // The merge hung up: it failed, and says why itself.
-            if out.send(std::mem::take(&mut keys)).await.is_err() {
+            if !keys.is_empty() && out.send(keys).await.is_err() {
                 return Ok(read);
             }
         }
@@ -139,136 +142,180 @@ pub async fn read(
             "the key stream ended without its trailer",
         ));
     }
-    if !keys.is_empty() && out.send(keys).await.is_err() {
-        return Ok(read);
-    }
     // An empty batch marks the clean end; a channel closed without it, a broken stream.
     let _ = out.send(Vec::new()).await;
     Ok(read)
 }
 
-/// Binary COPY rows of `devices` int4 ids, a timestamptz and an int8.
+/// Binary COPY rows of `devices` int4 ids, an array of timestamptz and,
+/// comparing values, an array of int8.
 struct Parser {
     buf: BytesMut,
     devices: usize,
+    values: bool,
     header: bool,
     ended: bool,
-    last: Option<(u64, i64)>,
 }
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
+/// Reads big-endian integers off a row, failing on a short row.
+struct Fields<'b> {
+    buf: &'b [u8],
+    at: usize,
+}
+
+impl<'b> Fields<'b> {
+    fn take(&mut self, n: usize) -> Option<&'b [u8]> {
+        let bytes = self.buf.get(self.at..self.at + n)?;
+        self.at += n;
+        Some(bytes)
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        self.take(4)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A field's bytes; `Some(None)` for NULL, `None` when the row is short.
+    fn field(&mut self) -> Option<Option<&'b [u8]>> {
+        match self.i32()? {
+            len if len < 0 => Some(None),
+            len => self.take(len as usize).map(Some),
+        }
+    }
+}
+
+fn be_i64(b: &[u8]) -> i64 {
+    i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// The elements of a one-dimensional binary array of 8-byte values.
+fn array_of_8(bytes: Option<&[u8]>) -> Result<Vec<i64>, StreamError> {
+    let bad = StreamError::Format("an unexpected array in the key stream");
+    let Some(bytes) = bytes else {
+        return Ok(Vec::new()); // array_agg of no rows
+    };
+    let mut f = Fields { buf: bytes, at: 0 };
+    let dims = f
+        .i32()
+        .ok_or(StreamError::Format("a short array in the key stream"))?;
+    if dims == 0 {
+        return Ok(Vec::new());
+    }
+    let (_nulls, _oid) = (f.i32(), f.i32());
+    let (len, _lower) = (f.i32().unwrap_or(-1), f.i32());
+    if dims != 1 || len < 0 {
+        return Err(bad);
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    for _ in 0..len {
+        match f.field() {
+            Some(Some(b)) if b.len() == 8 => out.push(be_i64(b)),
+            _ => return Err(bad),
+        }
+    }
+    Ok(out)
+}
+
 impl Parser {
-    fn new(devices: usize) -> Parser {
+    fn new(devices: usize, values: bool) -> Parser {
         Parser {
             buf: BytesMut::new(),
             devices,
+            values,
             header: false,
             ended: false,
-            last: None,
         }
     }
 
-    /// Takes every whole row in the buffer.
-    fn parse(&mut self, out: &mut Vec<Key>, without_device: &mut u64) -> Result<(), StreamError> {
-        if !self.header {
-            if self.buf.len() < SIGNATURE.len() + 8 {
-                return Ok(());
-            }
-            if &self.buf[..SIGNATURE.len()] != SIGNATURE {
-                return Err(StreamError::Format("not a binary COPY stream"));
-            }
-            let ext = i32::from_be_bytes(self.buf[15..19].try_into().expect("4 bytes"));
-            let skip = 19 + usize::try_from(ext).map_err(|_| StreamError::Format("bad header"))?;
-            if self.buf.len() < skip {
-                return Ok(());
-            }
-            self.buf.advance(skip);
-            self.header = true;
+    fn skip_header(&mut self) -> Result<bool, StreamError> {
+        if self.header {
+            return Ok(true);
         }
-        while let Some(row) = self.row()? {
-            let (device, ts, value) = row;
-            let Some(device) = device else {
-                *without_device += 1;
-                continue;
-            };
-            // A side without a unique index may hold a sample twice.
-            if self.last == Some((device, ts)) {
-                continue;
-            }
-            self.last = Some((device, ts));
-            out.push(Key { device, ts, value });
+        if self.buf.len() < SIGNATURE.len() + 8 {
+            return Ok(false);
         }
-        Ok(())
+        if &self.buf[..SIGNATURE.len()] != SIGNATURE {
+            return Err(StreamError::Format("not a binary COPY stream"));
+        }
+        let ext = i32::from_be_bytes([self.buf[15], self.buf[16], self.buf[17], self.buf[18]]);
+        let skip = 19 + usize::try_from(ext).map_err(|_| StreamError::Format("bad header"))?;
+        if self.buf.len() < skip {
+            return Ok(false);
+        }
+        self.buf.advance(skip);
+        self.header = true;
+        Ok(true)
     }
 
-    /// One whole row, or `None` when the buffer holds only part of one.
-    #[allow(clippy::type_complexity)]
-    fn row(&mut self) -> Result<Option<(Option<u64>, i64, i64)>, StreamError> {
-        let buf = &self.buf[..];
-        if buf.len() < 2 {
+    /// The next whole row's keys (one device, sorted, distinct); `None`
+    /// when the buffer holds only part of one, or at the trailer.
+    fn next(&mut self, without_device: &mut u64) -> Result<Option<Vec<Key>>, StreamError> {
+        if self.ended || !self.skip_header()? {
             return Ok(None);
         }
-        let count = i16::from_be_bytes([buf[0], buf[1]]);
+        let mut f = Fields {
+            buf: &self.buf[..],
+            at: 0,
+        };
+        let Some(count) = f.take(2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
+            return Ok(None);
+        };
         if count == -1 {
             self.buf.advance(2);
             self.ended = true;
             return Ok(None);
         }
-        if count as usize != self.devices + 2 {
+        if count as usize != self.devices + 1 + usize::from(self.values) {
             return Err(StreamError::Format(
                 "unexpected field count in the key stream",
             ));
         }
-        let mut at = 2;
-        // Each field: its length (-1 for NULL), then its bytes.
-        let mut field = |width: usize| -> Result<Option<Option<i64>>, StreamError> {
-            if buf.len() < at + 4 {
-                return Ok(None);
-            }
-            let len = i32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-            at += 4;
-            if len < 0 {
-                return Ok(Some(None));
-            }
-            if len as usize != width {
-                return Err(StreamError::Format(
-                    "unexpected field width in the key stream",
-                ));
-            }
-            if buf.len() < at + width {
-                return Ok(None);
-            }
-            // Big-endian, sign-extended from `width` bytes.
-            let mut v: i64 = if buf[at] & 0x80 != 0 { -1 } else { 0 };
-            for &byte in &buf[at..at + width] {
-                v = (v << 8) | i64::from(byte);
-            }
-            at += width;
-            Ok(Some(Some(v)))
-        };
         let mut device = Some(0u64);
         for _ in 0..self.devices {
-            let Some(id) = field(4)? else { return Ok(None) };
+            let Some(id) = f.field() else { return Ok(None) };
             device = match (device, id) {
-                (Some(d), Some(id)) => {
+                (Some(d), Some(b)) if b.len() == 4 => {
+                    let id = i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                     let id = i16::try_from(id).map_err(|_| crate::db::IdOutOfRange(id))?;
                     Some((d << 16) | u64::from((id as u16) ^ 0x8000))
+                }
+                (_, Some(b)) if b.len() != 4 => {
+                    return Err(StreamError::Format("unexpected id width in the key stream"));
                 }
                 _ => None,
             };
         }
-        let Some(ts) = field(8)? else { return Ok(None) };
-        let ts = ts.ok_or(StreamError::Format("a NULL timestamp in the key stream"))?;
-        let Some(value) = field(8)? else {
+        let Some(times) = f.field() else {
             return Ok(None);
         };
-        self.buf.advance(at);
-        Ok(Some((
-            device,
-            ts + PG_EPOCH_UNIX_MICROS,
-            value.unwrap_or(0),
-        )))
+        let hashes = match self.values {
+            true => match f.field() {
+                Some(h) => Some(h),
+                None => return Ok(None),
+            },
+            false => None,
+        };
+        let times = array_of_8(times)?;
+        let hashes = hashes.map(array_of_8).transpose()?;
+        let end = f.at;
+        self.buf.advance(end);
+        let Some(device) = device else {
+            *without_device += times.len() as u64;
+            return Ok(Some(Vec::new()));
+        };
+        let mut keys: Vec<Key> = Vec::with_capacity(times.len());
+        for (i, t) in times.iter().enumerate() {
+            let ts = t + PG_EPOCH_UNIX_MICROS;
+            // A side without a unique index may hold a sample twice.
+            if keys.last().is_some_and(|k| k.ts == ts) {
+                continue;
+            }
+            let value = hashes.as_ref().and_then(|h| h.get(i).copied()).unwrap_or(0);
+            keys.push(Key { device, ts, value });
+        }
+        Ok(Some(keys))
     }
 }
 
@@ -326,7 +373,6 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::BinaryCopyWriter;
 
     #[test]
     fn reconcile_packed_devices_keep_their_order() {
@@ -340,36 +386,45 @@ mod tests {
 
     #[test]
     fn reconcile_key_stream_parses_across_chunk_edges() {
-        let mut w = BinaryCopyWriter::new();
-        for (rack, ts) in [(1, 10), (1, 10), (2, 5)] {
-            w.begin_row(4);
-            w.int(crate::db::CopyType::Int4, 7);
-            w.int(crate::db::CopyType::Int4, rack);
-            w.timestamptz(ts);
-            w.int(crate::db::CopyType::Int8, 42);
+        // Two devices' rows: ids, an array of timestamps (one sample twice).
+        let array = |times: &[i64]| {
+            let mut a = Vec::new();
+            for v in [1i32, 0, 1184, times.len() as i32, 1] {
+                a.extend(v.to_be_bytes());
+            }
+            for t in times {
+                a.extend(8i32.to_be_bytes());
+                a.extend((t - PG_EPOCH_UNIX_MICROS).to_be_bytes());
+            }
+            a
+        };
+        let mut bytes = SIGNATURE.to_vec();
+        bytes.extend([0u8; 8]);
+        for (rack, times) in [(1, vec![10, 10, 11]), (2, vec![5])] {
+            bytes.extend(3i16.to_be_bytes());
+            for id in [7i32, rack] {
+                bytes.extend(4i32.to_be_bytes());
+                bytes.extend(id.to_be_bytes());
+            }
+            let a = array(&times);
+            bytes.extend((a.len() as i32).to_be_bytes());
+            bytes.extend(a);
         }
-        let bytes = w.finish().to_vec();
-        let mut p = Parser::new(2);
+        bytes.extend((-1i16).to_be_bytes());
+        let mut p = Parser::new(2, false);
         let (mut keys, mut nulls) = (Vec::new(), 0);
         for b in bytes.chunks(5) {
             p.buf.extend_from_slice(b);
-            p.parse(&mut keys, &mut nulls).unwrap();
+            while let Some(k) = p.next(&mut nulls).unwrap() {
+                keys.extend(k);
+            }
         }
         assert!(p.ended);
-        assert_eq!(
-            keys,
-            [
-                Key {
-                    device: pack(&[7, 1]),
-                    ts: 10,
-                    value: 42
-                },
-                Key {
-                    device: pack(&[7, 2]),
-                    ts: 5,
-                    value: 42
-                }
-            ]
-        );
+        let key = |rack, ts| Key {
+            device: pack(&[7, rack]),
+            ts,
+            value: 0,
+        };
+        assert_eq!(keys, [key(1, 10), key(1, 11), key(2, 5)]);
     }
 }

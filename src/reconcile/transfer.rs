@@ -148,24 +148,76 @@ fn returned_keys(rows: &[tokio_postgres::Row], n: usize) -> BTreeSet<PackedKey> 
         .collect()
 }
 
-/// Inserts the rows the target lacks among those the source's `essops_keys`
-/// names; returns the bytes moved and the keys inserted.
+/// What an insert says it added.
+enum Added {
+    /// A direct COPY: every row the source sent (the count COPY returns).
+    All(u64),
+    /// An insert of the absent rows: the keys it returned.
+    Keys(BTreeSet<PackedKey>),
+}
+
+/// Adds the rows the source's `essops_keys` names to the target. With a
+/// unique natural key the rows go straight in by COPY (the diff found them
+/// absent; a concurrent writer that got there first makes the COPY fail on
+/// the key, and then they go through staging, where only the absent rows
+/// are inserted). Returns the bytes moved and what was added.
 async fn insert_rows(
     source: &Client,
     target: &mut Client,
     spec: &TableSpec,
     columns: &[String],
     unique_key: bool,
-) -> Result<(u64, BTreeSet<PackedKey>), tokio_postgres::Error> {
+) -> Result<(u64, Added), tokio_postgres::Error> {
+    if unique_key {
+        match copy_rows_in(source, target, spec, columns).await {
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
+            other => return other,
+        }
+    }
     let tx = target.transaction().await?;
     if !unique_key {
         db::lock_absent_insert(&tx, spec.name).await?;
     }
     let moved = stage_rows(source, &tx, spec, columns).await?;
-    let sql = insert_absent_sql(spec, columns, "essops_stage", &key_returning(spec));
+    let sql = insert_absent_sql(
+        spec,
+        columns,
+        "essops_stage",
+        &key_returning(spec),
+        unique_key,
+    );
     let inserted = tx.query(&sql, &[]).await?;
     tx.commit().await?;
-    Ok((moved, returned_keys(&inserted, spec.device_columns.len())))
+    let keys = returned_keys(&inserted, spec.device_columns.len());
+    Ok((moved, Added::Keys(keys)))
+}
+
+/// Pipes the source's rows named by its `essops_keys` straight into the table.
+async fn copy_rows_in(
+    source: &Client,
+    target: &mut Client,
+    spec: &TableSpec,
+    columns: &[String],
+) -> Result<(u64, Added), tokio_postgres::Error> {
+    let tx = target.transaction().await?;
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            quote_ident(spec.name),
+            quote_list(columns)
+        ))
+        .await?;
+    pin_mut!(sink);
+    let stream = source.copy_out(&rows_out_sql(spec, columns)).await?;
+    pin_mut!(stream);
+    let mut moved = 0u64;
+    while let Some(chunk) = stream.try_next().await? {
+        moved += chunk.len() as u64;
+        sink.send(chunk).await?;
+    }
+    let rows = sink.finish().await?;
+    tx.commit().await?;
+    Ok((moved, Added::All(rows)))
 }
 
 /// Overwrites the target's rows named by the source's `essops_keys` with
@@ -349,7 +401,7 @@ impl<'a> Mover<'a> {
 #[derive(Default)]
 struct Moved {
     bytes: u64,
-    inserted: BTreeSet<PackedKey>,
+    inserted: Vec<PackedKey>,
     unconfirmed: Vec<PackedKey>,
     repaired: u64,
 }
@@ -385,7 +437,7 @@ async fn move_end(
         load_keys(&pipe.fetcher, spec, &keys)
             .await
             .map_err(|e| failed(e, "sending the missing keys"))?;
-        let (bytes, inserted) = insert_rows(
+        let (bytes, added) = insert_rows(
             &pipe.fetcher,
             &mut pipe.writer,
             spec,
@@ -395,8 +447,18 @@ async fn move_end(
         .await
         .map_err(|e| failed(e, "copying the missing rows"))?;
         moved.bytes += bytes;
-        moved.unconfirmed = keys.into_iter().filter(|k| !inserted.contains(k)).collect();
-        moved.inserted = inserted;
+        match added {
+            // Every key sent landed; fewer rows than keys means the source
+            // lost some, and which is not known: all are checked afresh.
+            Added::All(n) if n == keys.len() as u64 => moved.inserted = keys,
+            Added::All(_) => moved.unconfirmed = keys,
+            Added::Keys(inserted) => {
+                let (landed, not): (Vec<PackedKey>, Vec<PackedKey>) =
+                    keys.into_iter().partition(|k| inserted.contains(k));
+                moved.inserted = landed;
+                moved.unconfirmed = not;
+            }
+        }
     }
     if !end.overwrites.is_empty() {
         let keys = std::mem::take(&mut end.overwrites);
