@@ -380,3 +380,58 @@ fn ingest_killed_while_spooling_replays_on_the_next_start() {
         assert!(seconds.len() <= 1, "{side} lacks {lacks:?}");
     }
 }
+
+#[test]
+fn reconcile_beside_a_live_ingest_doubles_nothing_and_fails_nothing() {
+    let s = setup(
+        "reconcile_live_ingest",
+        &[("local", "local"), ("gcp", "gcp")],
+        "timeout_ms = 500",
+    );
+    // gcp has no unique natural key: ingest and reconcile both insert only
+    // the absent rows there, and must never both add one.
+    s.query("gcp", "DROP INDEX rack_natural_key");
+    let _sim = s.simulate(&["--seed", "7"]);
+    let ingest = s.ingest(&[]).spawn();
+    eventually("ingest writes to both servers", 60, || {
+        s.servers.iter().all(|server| s.rack_rows(server) > 20)
+    });
+    let now = chrono::Utc::now();
+    let (from, to) = (
+        (now - chrono::Duration::minutes(10)).to_rfc3339(),
+        (now + chrono::Duration::minutes(10)).to_rfc3339(),
+    );
+    let reconcile = || {
+        Cmd::new(Some(&s.config))
+            .args(["--json", "reconcile", "--site", "Site1", "--min-age", "0s"])
+            .args(["--from", &from, "--to", &to])
+            .run()
+    };
+    // Holes on gcp in what ingest already wrote, filled while it writes on.
+    for round in 0..4 {
+        s.query(
+            "gcp",
+            &format!(r#"DELETE FROM rack WHERE extract(epoch FROM "TIMESTAMP")::int8 % 4 = {round}"#),
+        );
+        let run = reconcile();
+        assert!(
+            matches!(run.code(), 0 | 10) && !run.stdout().contains("\"kind\":\"failure\""),
+            "round {round}: {}\n{}",
+            run.stdout(),
+            run.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(700));
+    }
+    ingest.signal("TERM").expect_code(0);
+    for server in &s.servers {
+        let dup = s.query(
+            server,
+            r#"SELECT count(*) - count(DISTINCT ("BANK_ID", "RACK_ID", "TIMESTAMP")) FROM rack"#,
+        );
+        assert_eq!(dup[0].get::<_, i64>(0), 0, "a sample stored twice on {server}");
+    }
+    // Once ingest has stopped, one more pass leaves nothing apart.
+    let run = reconcile();
+    assert!(matches!(run.code(), 0 | 10), "{}", run.stderr());
+    assert_eq!(s.keys("local"), s.keys("gcp"));
+}
