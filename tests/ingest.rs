@@ -411,7 +411,9 @@ fn reconcile_beside_a_live_ingest_doubles_nothing_and_fails_nothing() {
     for round in 0..4 {
         s.query(
             "gcp",
-            &format!(r#"DELETE FROM rack WHERE extract(epoch FROM "TIMESTAMP")::int8 % 4 = {round}"#),
+            &format!(
+                r#"DELETE FROM rack WHERE extract(epoch FROM "TIMESTAMP")::int8 % 4 = {round}"#
+            ),
         );
         let run = reconcile();
         assert!(
@@ -428,7 +430,11 @@ fn reconcile_beside_a_live_ingest_doubles_nothing_and_fails_nothing() {
             server,
             r#"SELECT count(*) - count(DISTINCT ("BANK_ID", "RACK_ID", "TIMESTAMP")) FROM rack"#,
         );
-        assert_eq!(dup[0].get::<_, i64>(0), 0, "a sample stored twice on {server}");
+        assert_eq!(
+            dup[0].get::<_, i64>(0),
+            0,
+            "a sample stored twice on {server}"
+        );
     }
     // Once ingest has stopped, one more pass leaves nothing apart.
     let run = reconcile();

@@ -49,11 +49,12 @@ pub fn summary_sql(spec: &TableSpec) -> String {
     let ts = quote_ident(TIME_COLUMN);
     let devs: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
     let group: String = devs.iter().map(|d| format!("{d}, ")).collect();
-    // timestamp_hash is the hash function of timestamptz's own hash opclass;
-    // the session runs in UTC, so the cast is a no-op on the value.
+    // Integer microseconds (TimescaleDB's own conversion) make both the
+    // bucket and the hash plain int8 arithmetic: no time zone work per row.
+    // Ids are grouped as stored and cast once per bucket.
+    let micros = format!("_timescaledb_functions.to_unix_microseconds({ts})");
     format!(
-        "SELECT {sel}time_bucket($3::int8 * interval '1 second', {ts}) AS b, count(*),
-                sum(timestamp_hash({ts}::timestamp))
+        "SELECT {sel}{micros} / $3::int8 AS b, count(*), sum(hashint8({micros}))
            FROM {table} WHERE {ts} >= $1 AND {ts} < $2 GROUP BY {group}b",
         sel = device_select(spec),
         table = quote_ident(spec.name),
@@ -83,7 +84,7 @@ pub async fn summary(
     let rows = client
         .query(
             &summary_sql(spec),
-            &[&window.start, &window.end, &BUCKET_SECS],
+            &[&window.start, &window.end, &BUCKET_MICROS],
         )
         .await
         .map_err(ReadError::Db)?;
@@ -95,9 +96,9 @@ pub async fn summary(
             without_device += row.get::<_, i64>(n + 1) as u64;
             continue;
         };
-        let bucket: chrono::DateTime<chrono::Utc> = row.get(n);
+        let bucket: i64 = row.get(n);
         out.insert(
-            (device, bucket.timestamp_micros()),
+            (device, bucket.saturating_mul(BUCKET_MICROS)),
             (row.get(n + 1), row.get(n + 2)),
         );
     }

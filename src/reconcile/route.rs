@@ -8,8 +8,7 @@
 //!   (scattered loss), where hashing first would only add a pass.
 //!
 //! The estimate is the hash summary of the window's first stretch (a
-//! twenty-fourth, at least an hour, at most a day): when most of its buckets
-//! differ, the rest is streamed; otherwise the rest is hashed too.
+//! twenty-fourth, at least an hour, at most a day): see [`choose`].
 //! Comparing values always streams (each row's hash rides with its key).
 
 use serde::Serialize;
@@ -90,44 +89,58 @@ pub async fn find(
     mover: &mut Mover<'_>,
 ) -> Result<Found, RouteError> {
     let mut found = Found::default();
-    if compare.values.is_some() {
-        found.why = "comparing values: each row's hash rides with its key".into();
-        stream_keys(&readers, spec, window, compare, mover, &mut found).await?;
-        return Ok(found);
-    }
     let (first, rest) = split(window);
+    let rest = match (compare.values.is_some(), rest) {
+        (true, _) => {
+            found.why = "comparing values: each row's hash rides with its key".into();
+            return stream_keys(&readers, spec, window, compare, mover, &mut found)
+                .await
+                .map(|_| found);
+        }
+        (false, None) => {
+            found.why = "a window of one stretch: its keys are read once".into();
+            return stream_keys(&readers, spec, window, compare, mover, &mut found)
+                .await
+                .map(|_| found);
+        }
+        (false, Some(rest)) => rest,
+    };
     let (sa, sb) = summaries(&readers, spec, first, &mut found).await?;
-    let differing = diff::differing_ranges(&sa, &sb);
     let buckets = sa.len().max(sb.len()) as u64;
-    let differ: u64 = differing.iter().map(bucket_count).sum();
-    tracing::debug!(
-        table = spec.name,
-        buckets,
-        differ,
-        "reconcile route estimate"
-    );
-    if buckets > 0 && differ * 2 > buckets {
-        found.why = format!(
-            "{differ} of {buckets} buckets of the first stretch differ: reading every key once is cheaper than hashing first"
-        );
-        stream_keys(&readers, spec, window, compare, mover, &mut found).await?;
-        return Ok(found);
+    let differ: u64 = diff::differing_ranges(&sa, &sb)
+        .iter()
+        .map(bucket_count)
+        .sum();
+    let (route, why) = choose(differ, buckets);
+    found.why = format!("{differ} of {buckets} buckets of the first stretch differ: {why}");
+    tracing::debug!(table = spec.name, why = %found.why, "reconcile route");
+    match route {
+        Route::Keys => stream_keys(&readers, spec, window, compare, mover, &mut found).await?,
+        Route::Hashes => {
+            let (ra, rb) = summaries(&readers, spec, rest, &mut found).await?;
+            let (mut sa, mut sb) = (sa, sb);
+            sa.extend(ra);
+            sb.extend(rb);
+            let ranges = diff::differing_ranges(&sa, &sb);
+            found.buckets_compared = sa.len().max(sb.len()) as u64;
+            found.buckets_differing = ranges.iter().map(bucket_count).sum();
+            keys_of_ranges(&readers, spec, window, &ranges, mover, &mut found).await?;
+        }
     }
-    found.why = format!(
-        "{differ} of {buckets} buckets of the first stretch differ: hashing first, keys only where buckets differ"
-    );
-    let (mut sa, mut sb) = (sa, sb);
-    if let Some(rest) = rest {
-        let (ra, rb) = summaries(&readers, spec, rest, &mut found).await?;
-        sa.extend(ra);
-        sb.extend(rb);
-    }
-    let ranges = diff::differing_ranges(&sa, &sb);
-    found.route = Some(Route::Hashes);
-    found.buckets_compared = sa.len().max(sb.len()) as u64;
-    found.buckets_differing = ranges.iter().map(bucket_count).sum();
-    keys_of_ranges(&readers, spec, window, &ranges, mover, &mut found).await?;
+    found.route = Some(route);
     Ok(found)
+}
+
+/// Most buckets differ: read every key once (hashing first would only add
+/// a pass). Few differ: hash, and read the keys of those only.
+fn choose(differ: u64, buckets: u64) -> (Route, &'static str) {
+    match differ * 2 > buckets {
+        true => (Route::Keys, "most differ, so every key is read once"),
+        false => (
+            Route::Hashes,
+            "few differ, so hashes first and keys only where buckets differ",
+        ),
+    }
 }
 
 /// Comparing values: the shared non-key columns.
@@ -369,6 +382,14 @@ mod tests {
             end: at("2026-03-04T15:40:00Z"),
         };
         assert_eq!(split(short), (short, None));
+    }
+
+    #[test]
+    fn reconcile_route_reads_every_key_when_most_buckets_differ() {
+        assert_eq!(choose(17, 17).0, Route::Keys);
+        assert_eq!(choose(9, 17).0, Route::Keys);
+        assert_eq!(choose(8, 17).0, Route::Hashes);
+        assert_eq!(choose(0, 0).0, Route::Hashes);
     }
 
     #[test]
