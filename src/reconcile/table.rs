@@ -89,20 +89,27 @@ pub(super) async fn reconcile(
     options: &Options,
 ) -> Vec<ReconcileRow> {
     let started = Instant::now();
-    let rows = match reconcile_steps(config, t, options, started).await {
-        Ok(rows) => rows,
-        Err(f) => vec![ReconcileRow::Failure(FailureRow {
-            site: t.site.name.clone(),
-            table: t.table.name.into(),
-            error: f.to_string(),
-            privilege: f.privilege(),
-        })],
+    let (rows, readers) = match reconcile_steps(config, t, options, started).await {
+        Ok((rows, readers)) => (rows, Some(readers)),
+        Err(f) => (
+            vec![ReconcileRow::Failure(FailureRow {
+                site: t.site.name.clone(),
+                table: t.table.name.into(),
+                error: f.to_string(),
+                privilege: f.privilege(),
+            })],
+            None,
+        ),
     };
     for row in &rows {
         log_row(row);
     }
     if let Some(run) = history_run(t, options.mode, &rows, started) {
-        record_on_both(config, t, &run).await;
+        let [a, b] = readers.map_or([None, None], |[a, b]| [Some(a), Some(b)]);
+        tokio::join!(
+            record_on(config, t, &run, &t.a, a),
+            record_on(config, t, &run, &t.b, b)
+        );
     }
     rows
 }
@@ -144,34 +151,42 @@ fn history_run(
     Some(run)
 }
 
-/// A reconcile run is written to both servers of the pair.
-async fn record_on_both(config: &Config, t: &ReconcileTarget, run: &ReconcileRun) {
-    for name in [&t.a, &t.b] {
-        let Ok(server) = config.server(name) else {
-            continue;
+/// A reconcile run is written to both servers of the pair, on the
+/// connection that read it when there is one.
+async fn record_on(
+    config: &Config,
+    t: &ReconcileTarget,
+    run: &ReconcileRun,
+    name: &str,
+    client: Option<Client>,
+) {
+    let Ok(server) = config.server(name) else {
+        return;
+    };
+    let target = Target {
+        server,
+        database: &t.site.database,
+    };
+    let written = async {
+        let client = match client {
+            Some(client) => client,
+            None => history::connect(config, target).await?,
         };
-        let target = Target {
-            server,
-            database: &t.site.database,
-        };
-        let written = async {
-            let client = history::connect(config, target).await?;
-            history::record_reconcile(&client, target, run).await?;
-            if let Some(days) = config.history.keep_days {
-                history::prune(&client, target, days).await?;
-            }
-            Ok::<_, history::HistoryError>(())
+        history::record_reconcile(&client, target, run).await?;
+        if let Some(days) = config.history.keep_days {
+            history::prune(&client, target, days).await?;
         }
-        .await;
-        if let Err(e) = written {
-            history::warn_unrecorded(
-                &format!(
-                    "reconcile of `{}` table `{}` on server `{name}`",
-                    run.site, run.table
-                ),
-                &e,
-            );
-        }
+        Ok::<_, history::HistoryError>(())
+    }
+    .await;
+    if let Err(e) = written {
+        history::warn_unrecorded(
+            &format!(
+                "reconcile of `{}` table `{}` on server `{name}`",
+                run.site, run.table
+            ),
+            &e,
+        );
     }
 }
 
@@ -180,7 +195,7 @@ async fn reconcile_steps(
     t: &ReconcileTarget,
     options: &Options,
     started: Instant,
-) -> Result<Vec<ReconcileRow>, Failure> {
+) -> Result<(Vec<ReconcileRow>, [Client; 2]), Failure> {
     let apply = options.mode == Mode::Apply;
     let (database, spec) = (t.site.database.as_str(), &t.table);
     let (a, b) = open_pair(config, t, apply).await?;
@@ -281,7 +296,7 @@ async fn reconcile_steps(
         verified,
         duration_ms: started.elapsed().as_millis() as u64,
     }));
-    Ok(rows)
+    Ok((rows, [a.reader, b.reader]))
 }
 
 /// With `--prefer SERVER`, the other side (0: a, 1: b) takes its values.

@@ -48,7 +48,9 @@ pub(super) fn key_join(spec: &TableSpec) -> String {
         .join(" AND ")
 }
 
-/// Creates (or empties) the session's temp key table and loads `keys` into it.
+/// Creates (or empties) the session's temp key table and loads `keys` into
+/// it; the session's window becomes the keys' span, so the rows query
+/// touches only the chunks that can hold them.
 pub async fn load_keys(
     client: &Client,
     spec: &TableSpec,
@@ -71,6 +73,16 @@ pub async fn load_keys(
         let ids: Vec<i32> = unpack(*device, n).into_iter().map(i32::from).collect();
         w.row(&ids, *micros);
     }
+    let (first, last) = keys.iter().fold((i64::MAX, i64::MIN), |(lo, hi), (_, t)| {
+        (lo.min(*t), hi.max(*t))
+    });
+    if first <= last {
+        let span = crate::window::Window {
+            start: super::diff::micros_to_time(first),
+            end: super::diff::micros_to_time(last.saturating_add(1)),
+        };
+        super::stream::set_window(client, span).await?;
+    }
     let sink = client
         .copy_in("COPY essops_keys FROM STDIN (FORMAT binary)")
         .await?;
@@ -86,9 +98,13 @@ fn rows_out_sql(spec: &TableSpec, columns: &[String]) -> String {
     let k_cols = key_table_columns(spec).join(", ");
     // DISTINCT ON: a source without a unique index may hold a sample twice.
     format!(
-        "COPY (SELECT DISTINCT ON ({k_cols}) {x_cols} FROM {table} x JOIN essops_keys k ON {join} ORDER BY {k_cols}) TO STDOUT (FORMAT binary)",
+        "COPY (SELECT DISTINCT ON ({k_cols}) {x_cols} FROM {table} x JOIN essops_keys k ON {join}
+               WHERE x.{ts} >= current_setting('essops.window_start')::timestamptz
+                 AND x.{ts} < current_setting('essops.window_end')::timestamptz
+               ORDER BY {k_cols}) TO STDOUT (FORMAT binary)",
         table = quote_ident(spec.name),
         join = key_join(spec),
+        ts = quote_ident(crate::schema::TIME_COLUMN),
     )
 }
 
