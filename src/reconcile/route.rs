@@ -114,19 +114,37 @@ pub async fn find(
     let (route, why) = choose(differ, buckets);
     found.why = format!("{differ} of {buckets} buckets of the first stretch differ: {why}");
     tracing::debug!(table = spec.name, why = %found.why, "reconcile route");
-    match route {
-        Route::Keys => stream_keys(&readers, spec, window, compare, mover, &mut found).await?,
-        Route::Hashes => {
-            let (ra, rb) = summaries(&readers, spec, rest, &mut found).await?;
-            let (mut sa, mut sb) = (sa, sb);
-            sa.extend(ra);
-            sb.extend(rb);
-            let ranges = diff::differing_ranges(&sa, &sb);
-            found.buckets_compared = sa.len().max(sb.len()) as u64;
-            found.buckets_differing = ranges.iter().map(bucket_count).sum();
-            keys_of_ranges(&readers, spec, window, &ranges, mover, &mut found).await?;
+    // Rows will be copied: connect for that while the diff runs.
+    let warm = match differ > 0 {
+        true => Some(mover.warm_up()),
+        false => None,
+    };
+    let diff = async {
+        match route {
+            Route::Keys => stream_keys(&readers, spec, window, compare, mover, &mut found).await,
+            Route::Hashes => {
+                let (ra, rb) = summaries(&readers, spec, rest, &mut found).await?;
+                let (mut sa, mut sb) = (sa, sb);
+                sa.extend(ra);
+                sb.extend(rb);
+                let ranges = diff::differing_ranges(&sa, &sb);
+                found.buckets_compared = sa.len().max(sb.len()) as u64;
+                found.buckets_differing = ranges.iter().map(bucket_count).sum();
+                keys_of_ranges(&readers, spec, window, &ranges, mover, &mut found).await
+            }
         }
-    }
+    };
+    let (warmed, diffed) = tokio::join!(
+        async {
+            match warm {
+                Some(warm) => warm.await,
+                None => Ok(()),
+            }
+        },
+        diff
+    );
+    diffed?;
+    warmed?;
     found.route = Some(route);
     Ok(found)
 }
@@ -238,8 +256,8 @@ pub async fn keys_of_ranges(
 }
 
 /// The keys route: both sides' sorted keys at once, merged as they arrive,
-/// a UTC day at a time (the day is a TimescaleDB chunk's usual span, so each
-/// chunk's index is walked once).
+/// at most two UTC days at a time (cut at UTC midnight, a TimescaleDB
+/// chunk's usual edge, so each chunk's index is walked once).
 async fn stream_keys(
     readers: &Readers<'_>,
     spec: &crate::schema::TableSpec,
@@ -251,18 +269,12 @@ async fn stream_keys(
     found.route = Some(Route::Keys);
     let sql = stream::copy_sql(spec, compare.values);
     let (n, values) = (spec.device_columns.len(), compare.values.is_some());
-    for day in utc_days(window) {
-        let (wa, wb) = tokio::join!(
-            stream::set_window(readers.a, day),
-            stream::set_window(readers.b, day)
-        );
-        wa.map_err(|e| SideError::from((0, e)))?;
-        wb.map_err(|e| SideError::from((1, e)))?;
+    for slice in utc_slices(window) {
         let (ta, ra) = mpsc::channel(2);
         let (tb, rb) = mpsc::channel(2);
         let (read_a, read_b, merged) = tokio::join!(
-            stream::read(readers.a, &sql, n, values, ta),
-            stream::read(readers.b, &sql, n, values, tb),
+            stream::read(readers.a, slice, &sql, n, values, ta),
+            stream::read(readers.b, slice, &sql, n, values, tb),
             merge(Cursor::new(0, ra), Cursor::new(1, rb), mover, found)
         );
         // A side's own error says more than the merge's "stream broke".
@@ -278,12 +290,12 @@ async fn stream_keys(
     Ok(())
 }
 
-/// The window cut at UTC midnights.
-fn utc_days(window: Window) -> Vec<Window> {
+/// The window cut at every second UTC midnight.
+fn utc_slices(window: Window) -> Vec<Window> {
     let mut days = Vec::new();
     let mut start = window.start;
     while start < window.end {
-        let next = (start.timestamp().div_euclid(86_400) + 1) * 86_400;
+        let next = (start.timestamp().div_euclid(86_400) + 2) * 86_400;
         let end = chrono::DateTime::from_timestamp(next, 0)
             .unwrap_or(window.end)
             .min(window.end);
@@ -393,20 +405,19 @@ mod tests {
     }
 
     #[test]
-    fn reconcile_stream_days_cut_at_utc_midnight() {
+    fn reconcile_stream_slices_cut_at_every_second_utc_midnight() {
         let seoul_day = Window {
             start: at("2026-03-04T15:00:00Z"),
             end: at("2026-03-05T15:00:00Z"),
         };
-        let days = utc_days(seoul_day);
-        assert_eq!(days.len(), 2);
-        assert_eq!(days[0].end, at("2026-03-05T00:00:00Z"));
-        assert_eq!(
-            days[1],
-            Window {
-                start: days[0].end,
-                end: seoul_day.end
-            }
-        );
+        assert_eq!(utc_slices(seoul_day), [seoul_day]);
+        let three_days = Window {
+            start: at("2026-03-04T15:00:00Z"),
+            end: at("2026-03-07T15:00:00Z"),
+        };
+        let slices = utc_slices(three_days);
+        assert_eq!(slices.len(), 2);
+        assert_eq!(slices[0].end, at("2026-03-06T00:00:00Z"));
+        assert_eq!(slices[1].start, slices[0].end);
     }
 }

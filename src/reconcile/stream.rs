@@ -115,14 +115,16 @@ pub struct SideRead {
     pub without_device: u64,
 }
 
-/// Reads one side's COPY and sends each device's keys, deduplicated.
+/// Reads one side's COPY of `window` and sends each device's keys, deduplicated.
 pub async fn read(
     client: &Client,
+    window: Window,
     sql: &str,
     devices: usize,
     values: bool,
     out: mpsc::Sender<Vec<Key>>,
 ) -> Result<SideRead, StreamError> {
+    set_window(client, window).await?;
     let stream = client.copy_out(sql).await?;
     pin_mut!(stream);
     let mut parser = Parser::new(devices, values);

@@ -363,21 +363,28 @@ async fn open_side<'a>(
     let reader = db::connect(config, Target { server, database }).await?;
     let failed =
         |e: tokio_postgres::Error| DbError::query(name, database, "starting a snapshot", &e);
-    // One snapshot per server for every source read (summaries, keys, rows).
-    reader
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        .await
-        .map_err(failed)?;
-    let snapshot = match export {
-        true => Some(
-            reader
-                .query_one("SELECT pg_export_snapshot()", &[])
+    // One snapshot per server for every source read (summaries, keys, rows),
+    // begun and exported in one round trip.
+    let export = async {
+        match export {
+            true => reader
+                .simple_query("SELECT pg_export_snapshot()")
                 .await
-                .map_err(failed)?
-                .get(0),
-        ),
-        false => None,
+                .map(|m| {
+                    m.iter().find_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+                        _ => None,
+                    })
+                }),
+            false => Ok(None),
+        }
     };
+    let (begun, snapshot) = tokio::join!(
+        reader.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ"),
+        export
+    );
+    begun.map_err(failed)?;
+    let snapshot = snapshot.map_err(failed)?;
     Ok(Side {
         server,
         reader,

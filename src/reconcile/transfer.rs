@@ -14,8 +14,10 @@
 //! statistics the planner picks nested loops over the whole hypertable.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use futures_util::{SinkExt, TryStreamExt, pin_mut};
+use tokio::sync::{Mutex, OnceCell};
 use tokio_postgres::Client;
 
 use super::stream::{pack, unpack};
@@ -280,7 +282,7 @@ async fn update_rows(
 }
 
 /// One direction's connections: a reader in the source's snapshot, a writer
-/// on the target. Opened at the first batch.
+/// on the target. Opened by [`Mover::warm_up`] or at the first batch.
 struct Pipe {
     fetcher: Client,
     writer: Client,
@@ -296,7 +298,7 @@ pub struct End<'a> {
     pub fills: bool,
     /// With `--prefer`, rows that differ in value are overwritten here.
     pub updates: bool,
-    pipe: Option<Pipe>,
+    pipe: Arc<OnceCell<Mutex<Pipe>>>,
     inserts: Vec<PackedKey>,
     overwrites: Vec<PackedKey>,
 }
@@ -315,7 +317,7 @@ impl<'a> End<'a> {
             snapshot,
             fills,
             updates,
-            pipe: None,
+            pipe: Arc::default(),
             inserts: Vec::new(),
             overwrites: Vec::new(),
         }
@@ -383,6 +385,26 @@ impl<'a> Mover<'a> {
         }
     }
 
+    /// Opens the connections of every direction that may write, without
+    /// borrowing the mover: run it beside a diff that is about to find rows.
+    pub fn warm_up(&self) -> impl std::future::Future<Output = Result<(), DbError>> + 'a {
+        let (config, database, spec) = (self.config, self.database, self.spec);
+        let ends: Vec<_> = self
+            .ends
+            .iter()
+            .filter(|e| e.fills || e.updates)
+            .map(|e| (e.source, e.target, e.snapshot.clone(), Arc::clone(&e.pipe)))
+            .collect();
+        async move {
+            let opened = ends.iter().map(|(source, target, snapshot, pipe)| {
+                pipe.get_or_try_init(move || {
+                    open_pipe(config, database, spec, source, target, snapshot.as_deref())
+                })
+            });
+            futures_util::future::try_join_all(opened).await.map(|_| ())
+        }
+    }
+
     async fn flush_if_full(&mut self) -> Result<(), DbError> {
         let held: usize = self
             .ends
@@ -433,11 +455,14 @@ async fn move_end(
     if end.inserts.is_empty() && end.overwrites.is_empty() {
         return Ok(moved);
     }
-    if end.pipe.is_none() {
-        end.pipe = Some(open_pipe(config, database, spec, end).await?);
-    }
-    let pipe = end.pipe.as_mut().expect("opened above");
     let (source, target) = (end.source, end.target);
+    let snapshot = end.snapshot.as_deref();
+    let pipe = end
+        .pipe
+        .get_or_try_init(|| open_pipe(config, database, spec, source, target, snapshot))
+        .await?;
+    let mut pipe = pipe.lock().await;
+    let pipe = &mut *pipe;
     let failed = |e: tokio_postgres::Error, what: &str| {
         let privilege = e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
         let server = if privilege { target } else { source };
@@ -495,9 +520,10 @@ async fn open_pipe(
     config: &Config,
     database: &str,
     spec: &TableSpec,
-    end: &End<'_>,
-) -> Result<Pipe, DbError> {
-    let (source, target) = (end.source, end.target);
+    source: &Server,
+    target: &Server,
+    snapshot: Option<&str>,
+) -> Result<Mutex<Pipe>, DbError> {
     let (fetcher, writer) = tokio::join!(
         db::connect(
             config,
@@ -515,7 +541,7 @@ async fn open_pipe(
         )
     );
     let (fetcher, writer) = (fetcher?, writer?);
-    let snapshot = end.snapshot.as_deref().unwrap_or_default();
+    let snapshot = snapshot.unwrap_or_default();
     // The id comes from pg_export_snapshot(), never from input; SET
     // TRANSACTION SNAPSHOT takes no parameters, so it is checked and spliced.
     if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
@@ -542,11 +568,11 @@ async fn open_pipe(
                 &e,
             )
         })?;
-    Ok(Pipe {
+    Ok(Mutex::new(Pipe {
         fetcher,
         writer,
         unique_key,
-    })
+    }))
 }
 
 #[cfg(test)]
