@@ -256,8 +256,8 @@ pub async fn keys_of_ranges(
 }
 
 /// The keys route: both sides' sorted keys at once, merged as they arrive,
-/// at most two UTC days at a time (cut at UTC midnight, a TimescaleDB
-/// chunk's usual edge, so each chunk's index is walked once).
+/// a UTC day at a time (a TimescaleDB chunk's usual span: each chunk's index
+/// is walked once, and in order, so the per-device sort is cheap).
 async fn stream_keys(
     readers: &Readers<'_>,
     spec: &crate::schema::TableSpec,
@@ -269,7 +269,7 @@ async fn stream_keys(
     found.route = Some(Route::Keys);
     let sql = stream::copy_sql(spec, compare.values);
     let (n, values) = (spec.device_columns.len(), compare.values.is_some());
-    for slice in utc_slices(window) {
+    for slice in utc_days(window) {
         let (ta, ra) = mpsc::channel(2);
         let (tb, rb) = mpsc::channel(2);
         let (read_a, read_b, merged) = tokio::join!(
@@ -290,12 +290,12 @@ async fn stream_keys(
     Ok(())
 }
 
-/// The window cut at every second UTC midnight.
-fn utc_slices(window: Window) -> Vec<Window> {
+/// The window cut at UTC midnights.
+fn utc_days(window: Window) -> Vec<Window> {
     let mut days = Vec::new();
     let mut start = window.start;
     while start < window.end {
-        let next = (start.timestamp().div_euclid(86_400) + 2) * 86_400;
+        let next = (start.timestamp().div_euclid(86_400) + 1) * 86_400;
         let end = chrono::DateTime::from_timestamp(next, 0)
             .unwrap_or(window.end)
             .min(window.end);
@@ -405,19 +405,15 @@ mod tests {
     }
 
     #[test]
-    fn reconcile_stream_slices_cut_at_every_second_utc_midnight() {
+    fn reconcile_stream_days_cut_at_utc_midnight() {
         let seoul_day = Window {
             start: at("2026-03-04T15:00:00Z"),
             end: at("2026-03-05T15:00:00Z"),
         };
-        assert_eq!(utc_slices(seoul_day), [seoul_day]);
-        let three_days = Window {
-            start: at("2026-03-04T15:00:00Z"),
-            end: at("2026-03-07T15:00:00Z"),
-        };
-        let slices = utc_slices(three_days);
-        assert_eq!(slices.len(), 2);
-        assert_eq!(slices[0].end, at("2026-03-06T00:00:00Z"));
-        assert_eq!(slices[1].start, slices[0].end);
+        let days = utc_days(seoul_day);
+        assert_eq!(days.len(), 2);
+        assert_eq!(days[0].end, at("2026-03-05T00:00:00Z"));
+        assert_eq!(days[1].start, days[0].end);
+        assert_eq!(days[1].end, seoul_day.end);
     }
 }

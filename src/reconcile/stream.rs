@@ -51,10 +51,12 @@ pub fn unpack(device: u64, n: usize) -> DeviceId {
 /// Sets the session's window bounds that [`copy_sql`] reads.
 pub async fn set_window(client: &Client, window: Window) -> Result<(), tokio_postgres::Error> {
     let (from, to) = (window.start.to_rfc3339(), window.end.to_rfc3339());
+    let text = tokio_postgres::types::Type::TEXT;
+    // Typed: parsed and run in one round trip, no separate prepare.
     client
-        .query_one(
+        .query_typed(
             "SELECT set_config('essops.window_start', $1, false), set_config('essops.window_end', $2, false)",
-            &[&from, &to],
+            &[(&from, text.clone()), (&to, text)],
         )
         .await
         .map(|_| ())
@@ -124,8 +126,10 @@ pub async fn read(
     values: bool,
     out: mpsc::Sender<Vec<Key>>,
 ) -> Result<SideRead, StreamError> {
-    set_window(client, window).await?;
-    let stream = client.copy_out(sql).await?;
+    // One round trip: the window set and the COPY parsed (it runs after).
+    let (set, statement) = tokio::join!(set_window(client, window), client.prepare(sql));
+    set?;
+    let stream = client.copy_out(&statement?).await?;
     pin_mut!(stream);
     let mut parser = Parser::new(devices, values);
     let mut read = SideRead::default();

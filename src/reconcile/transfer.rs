@@ -63,12 +63,10 @@ pub async fn load_keys(
         .iter()
         .map(|c| format!("{c} {}", if c == "t" { "timestamptz" } else { "int4" }))
         .collect();
-    client
-        .batch_execute(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS essops_keys ({}); TRUNCATE essops_keys",
-            defs.join(", ")
-        ))
-        .await?;
+    let create = format!(
+        "CREATE TEMP TABLE IF NOT EXISTS essops_keys ({}); TRUNCATE essops_keys",
+        defs.join(", ")
+    );
     let n = spec.device_columns.len();
     let mut w = BinaryCopyWriter::new();
     for (device, micros) in keys {
@@ -78,16 +76,19 @@ pub async fn load_keys(
     let (first, last) = keys.iter().fold((i64::MAX, i64::MIN), |(lo, hi), (_, t)| {
         (lo.min(*t), hi.max(*t))
     });
-    if first <= last {
-        let span = crate::window::Window {
-            start: super::diff::micros_to_time(first),
-            end: super::diff::micros_to_time(last.saturating_add(1)),
-        };
-        super::stream::set_window(client, span).await?;
-    }
-    let sink = client
-        .copy_in("COPY essops_keys FROM STDIN (FORMAT binary)")
-        .await?;
+    let span = crate::window::Window {
+        start: super::diff::micros_to_time(first.min(last)),
+        end: super::diff::micros_to_time(last.max(first).saturating_add(1)),
+    };
+    // One round trip: the table made, the span set, the COPY parsed.
+    let (created, spanned, copy) = tokio::join!(
+        client.batch_execute(&create),
+        super::stream::set_window(client, span),
+        client.prepare("COPY essops_keys FROM STDIN (FORMAT binary)")
+    );
+    created?;
+    spanned?;
+    let sink = client.copy_in(&copy?).await?;
     pin_mut!(sink);
     sink.send(w.finish()).await?;
     sink.finish().await?;
@@ -110,6 +111,29 @@ fn rows_out_sql(spec: &TableSpec, columns: &[String]) -> String {
     )
 }
 
+/// Pipes the source's rows named by its `essops_keys`, unparsed, into the
+/// target's COPY `into` (both started at once); returns bytes and rows.
+async fn pipe_rows(
+    source: &Client,
+    tx: &tokio_postgres::Transaction<'_>,
+    into: &str,
+    spec: &TableSpec,
+    columns: &[String],
+) -> Result<(u64, u64), tokio_postgres::Error> {
+    let out = rows_out_sql(spec, columns);
+    let (sink, stream) = tokio::join!(tx.copy_in(into), source.copy_out(&out));
+    let (sink, stream) = (sink?, stream?);
+    pin_mut!(sink);
+    pin_mut!(stream);
+    let mut moved = 0u64;
+    while let Some(chunk) = stream.try_next().await? {
+        moved += chunk.len() as u64;
+        sink.send(chunk).await?;
+    }
+    let rows = sink.finish().await?;
+    Ok((moved, rows))
+}
+
 /// Pipes the source's rows named by its `essops_keys` into the target's
 /// `essops_stage` (in the target's open transaction); returns the bytes moved.
 async fn stage_rows(
@@ -123,20 +147,8 @@ async fn stage_rows(
         "CREATE TEMP TABLE essops_stage ON COMMIT DROP AS SELECT {cols} FROM {table} WITH NO DATA"
     ))
     .await?;
-    let sink = tx
-        .copy_in(&format!(
-            "COPY essops_stage ({cols}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
-    pin_mut!(sink);
-    let stream = source.copy_out(&rows_out_sql(spec, columns)).await?;
-    pin_mut!(stream);
-    let mut moved = 0u64;
-    while let Some(chunk) = stream.try_next().await? {
-        moved += chunk.len() as u64;
-        sink.send(chunk).await?;
-    }
-    sink.finish().await?;
+    let into = format!("COPY essops_stage ({cols}) FROM STDIN (FORMAT binary)");
+    let (moved, _) = pipe_rows(source, tx, &into, spec, columns).await?;
     tx.batch_execute("ANALYZE essops_stage").await?;
     Ok(moved)
 }
@@ -218,22 +230,12 @@ async fn copy_rows_in(
     columns: &[String],
 ) -> Result<(u64, Added), tokio_postgres::Error> {
     let tx = target.transaction().await?;
-    let sink = tx
-        .copy_in(&format!(
-            "COPY {} ({}) FROM STDIN (FORMAT binary)",
-            quote_ident(spec.name),
-            quote_list(columns)
-        ))
-        .await?;
-    pin_mut!(sink);
-    let stream = source.copy_out(&rows_out_sql(spec, columns)).await?;
-    pin_mut!(stream);
-    let mut moved = 0u64;
-    while let Some(chunk) = stream.try_next().await? {
-        moved += chunk.len() as u64;
-        sink.send(chunk).await?;
-    }
-    let rows = sink.finish().await?;
+    let into = format!(
+        "COPY {} ({}) FROM STDIN (FORMAT binary)",
+        quote_ident(spec.name),
+        quote_list(columns)
+    );
+    let (moved, rows) = pipe_rows(source, &tx, &into, spec, columns).await?;
     tx.commit().await?;
     Ok((moved, Added::All(rows)))
 }
