@@ -597,20 +597,6 @@ pub fn sqlx_options(
     Ok(opts)
 }
 
-/// Where a table has no unique natural-key index, every essops writer that
-/// inserts "rows the table lacks" (ingest and reconcile) takes this lock in
-/// its transaction first, so two of them never both add the same sample.
-/// An advisory lock needs no privilege beyond connecting.
-pub async fn lock_absent_insert(
-    tx: &tokio_postgres::Transaction<'_>,
-    table: &str,
-) -> Result<(), tokio_postgres::Error> {
-    let (class, object) = crate::lock::advisory_key("insert-absent", table, "");
-    tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&class, &object])
-        .await
-        .map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

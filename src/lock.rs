@@ -115,6 +115,20 @@ pub fn advisory_key(command: &str, site: &str, database: &str) -> (i32, i32) {
     (fnv("essops"), fnv(&format!("{command}/{site}/{database}")))
 }
 
+/// Where a table has no unique natural-key index, every essops writer that
+/// inserts "rows the table lacks" (ingest and reconcile) takes this lock in
+/// its transaction first, so two of them never both add the same sample.
+/// An advisory lock needs no privilege beyond connecting.
+pub async fn absent_insert(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let (class, object) = advisory_key("insert-absent", table, "");
+    tx.execute("SELECT pg_advisory_xact_lock($1, $2)", &[&class, &object])
+        .await
+        .map(|_| ())
+}
+
 /// Takes every lock, all or none, or says who holds one.
 pub async fn acquire_all(ctx: &Context, locks: &[LockKey]) -> Result<RunLocks, LockError> {
     let mut files = Vec::new();

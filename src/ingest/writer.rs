@@ -609,7 +609,7 @@ async fn copy_absent(
 ) -> Result<Vec<DeviceId>, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     if !unique_key {
-        db::lock_absent_insert(&tx, batch.spec.name).await?;
+        crate::lock::absent_insert(&tx, batch.spec.name).await?;
     }
     tx.batch_execute(&format!(
         "CREATE TEMP TABLE essops_ingest_stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",

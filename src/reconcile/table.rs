@@ -212,23 +212,15 @@ async fn reconcile_steps(
     let compare = CompareColumns {
         values: (options.compare == Compare::Values).then_some(values.as_slice()),
     };
-    let ends = [
-        End::new(
-            b.server,
-            a.server,
-            b.snapshot.clone(),
-            apply && t.direction.fills_a(),
-            apply && updated == Some(0),
-        ),
-        End::new(
-            a.server,
-            b.server,
-            a.snapshot.clone(),
-            apply && t.direction.fills_b(),
-            apply && updated == Some(1),
-        ),
-    ];
-    let mut mover = Mover::new(config, database, spec, &columns, ends);
+    let fills = [t.direction.fills_a(), t.direction.fills_b()].map(|f| apply && f);
+    let updates = [0, 1].map(|i| apply && updated == Some(i));
+    let mut mover = Mover::new(
+        config,
+        database,
+        spec,
+        &columns,
+        ends(&a, &b, fills, updates),
+    );
     let readers = Readers {
         a: &a.reader,
         b: &b.reader,
@@ -297,6 +289,14 @@ async fn reconcile_steps(
         duration_ms: started.elapsed().as_millis() as u64,
     }));
     Ok((rows, [a.reader, b.reader]))
+}
+
+/// The two directions: into a (from b's snapshot), into b (from a's).
+fn ends<'a>(a: &Side<'a>, b: &Side<'a>, fills: [bool; 2], updates: [bool; 2]) -> [End<'a>; 2] {
+    [
+        End::new(b.server, a.server, b.snapshot.clone(), fills[0], updates[0]),
+        End::new(a.server, b.server, a.snapshot.clone(), fills[1], updates[1]),
+    ]
 }
 
 /// With `--prefer SERVER`, the other side (0: a, 1: b) takes its values.
@@ -476,11 +476,13 @@ async fn verify(
     };
     let (database, spec) = (t.site.database.as_str(), &t.table);
     let (a, b) = open_pair(config, t, false).await?;
-    let ends = [
-        End::new(b.server, a.server, None, false, false),
-        End::new(a.server, b.server, None, false, false),
-    ];
-    let mut fresh = Mover::new(config, database, spec, &[], ends);
+    let mut fresh = Mover::new(
+        config,
+        database,
+        spec,
+        &[],
+        ends(&a, &b, [false; 2], [false; 2]),
+    );
     let readers = Readers {
         a: &a.reader,
         b: &b.reader,

@@ -206,7 +206,7 @@ async fn insert_rows(
     }
     let tx = target.transaction().await?;
     if !unique_key {
-        db::lock_absent_insert(&tx, spec.name).await?;
+        crate::lock::absent_insert(&tx, spec.name).await?;
     }
     let moved = stage_rows(source, &tx, spec, columns).await?;
     let sql = insert_absent_sql(
