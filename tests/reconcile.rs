@@ -196,10 +196,21 @@ fn reconcile_fills_scattered_and_clustered_gaps_both_ways_then_has_nothing_to_do
     let lost_local = s.scalar("gcp", r#"SELECT count(*) FROM rack WHERE "RACK_ID" = 1 AND extract(epoch from "TIMESTAMP")::int8 % 97 = 0"#) as u64;
     let lost_gcp_r3 = s.scalar("local", r#"SELECT count(*) FROM rack WHERE "RACK_ID" = 3 AND extract(epoch from "TIMESTAMP")::int8 % 1000 = 0"#) as u64;
 
+    // --verify full: the whole window diffed afresh after copying.
     let rows = s.reconcile(
-        &["--date", "2026-03-10", "--table", "rack", "--table", "etc"],
+        &[
+            "--date",
+            "2026-03-10",
+            "--table",
+            "rack",
+            "--table",
+            "etc",
+            "--verify",
+            "full",
+        ],
         10,
     );
+    assert_eq!(table_row(&rows, "rack").2, Some(true), "{rows:?}");
     assert_eq!(
         device_counts(&rows, "rack", "bank 1 / rack 1"),
         Some(Counts {
