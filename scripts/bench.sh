@@ -127,13 +127,14 @@ SQL
     echo "  reproduce: scripts/bench.sh lifecycle"
 }
 
-# psql against the reconcile bench database on one server (local|gcp)
+# psql against the reconcile bench database ($RDB, default bench_reconcile)
+# on one server (local|gcp)
 rpsql() {
     local port=25432 srv="$1" args=() sql
     [ "$srv" = gcp ] && port=25433
     shift
     for sql in "$@"; do args+=(-c "$sql"); done
-    PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_reconcile "${args[@]}"
+    PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d "${RDB:-bench_reconcile}" "${args[@]}"
 }
 
 # wall ms and peak RSS (MiB) of one command: "ms rss"
@@ -248,21 +249,19 @@ bench_reconcile_month() {
     local cfg=bench/reconcile30.toml srv want=$(( 30 * 8640 * 20 ))
     "$ESSOPS" --config "$cfg" --quiet migrate --create-database
     for srv in local gcp; do
-        local port=25432; [ "$srv" = gcp ] && port=25433
-        local q=(env PGPASSWORD="$(cat ".services/secrets/$srv.password")" psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U essops -d bench_reconcile30)
-        if [ "$("${q[@]}" -c 'SELECT count(*) FROM rack')" -lt $(( want * 98 / 100 )) ]; then
+        if [ "$(RDB=bench_reconcile30 rpsql "$srv" 'SELECT count(*) FROM rack')" -lt $(( want * 98 / 100 )) ]; then
             echo "loading 30 days of a 20-rack site into bench_reconcile30 on $srv (a few minutes)..." >&2
-            "${q[@]}" -c "TRUNCATE rack; TRUNCATE bank;
+            RDB=bench_reconcile30 rpsql "$srv" "TRUNCATE rack; TRUNCATE bank;
               INSERT INTO rack (\"TIMESTAMP\",\"BANK_ID\",\"RACK_ID\",\"SOC\",\"SOH\",\"DC_VOLTAGE\",\"STATUS\")
               SELECT t, b, r, 50 + 20*sin(extract(epoch from t)/3600), 98.5, 820 + r, 1
                 FROM generate_series('2026-02-01 00:00:00+09'::timestamptz, '2026-03-03 00:00:00+09'::timestamptz - interval '10 seconds', interval '10 seconds') t,
                      generate_series(1, 2) b, generate_series(1, 10) r;
               INSERT INTO bank (\"TIMESTAMP\",\"BANK_ID\",\"SOC\",\"STATUS\")
               SELECT t, b, 50, 1 FROM generate_series('2026-02-01 00:00:00+09'::timestamptz, '2026-03-03 00:00:00+09'::timestamptz - interval '10 seconds', interval '10 seconds') t, generate_series(1, 2) b;" \
-              -c "VACUUM ANALYZE rack" -c "VACUUM ANALYZE bank"
+              "VACUUM ANALYZE rack" "VACUUM ANALYZE bank"
         fi
         local k=0; [ "$srv" = gcp ] && k=50
-        "${q[@]}" -c "DELETE FROM rack WHERE (extract(epoch from \"TIMESTAMP\")::int8 / 10 * 7919 + \"RACK_ID\" * 104729) % 100 = $k" -c "VACUUM rack"
+        RDB=bench_reconcile30 rpsql "$srv" "DELETE FROM rack WHERE (extract(epoch from \"TIMESTAMP\")::int8 / 10 * 7919 + \"RACK_ID\" * 104729) % 100 = $k" "VACUUM rack"
     done
     local run=("$ESSOPS" --config "$cfg" reconcile --from 2026-02-01 --to 2026-03-03 --table rack --table bank)
     local first clean

@@ -232,6 +232,9 @@ impl CopyType {
     }
 }
 
+/// The first bytes of every binary COPY stream.
+pub const COPY_SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
+
 /// Builds a binary COPY stream: how essops sends rows and key sets to a
 /// server without putting values in SQL text.
 pub struct BinaryCopyWriter {
@@ -240,7 +243,7 @@ pub struct BinaryCopyWriter {
 
 impl BinaryCopyWriter {
     pub fn new() -> BinaryCopyWriter {
-        let mut buf = b"PGCOPY\n\xff\r\n\0".to_vec();
+        let mut buf = COPY_SIGNATURE.to_vec();
         buf.extend(0i32.to_be_bytes()); // flags
         buf.extend(0i32.to_be_bytes()); // header extension length
         BinaryCopyWriter { buf }

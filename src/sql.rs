@@ -41,6 +41,15 @@ pub fn prefixed_list<S: AsRef<str>>(alias: &str, names: &[S]) -> String {
         .join(", ")
 }
 
+/// `a."BANK_ID" = b."BANK_ID" AND …`: the natural key of two aliases is equal.
+pub fn same_key(spec: &TableSpec, a: &str, b: &str) -> String {
+    spec.key_columns()
+        .iter()
+        .map(|c| format!("{a}.{q} = {b}.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// ` AND "BANK_ID" = $N::int4 AND …`: one device's ids bound from `$first` on.
 pub fn device_filter(spec: &TableSpec, first: usize) -> String {
     spec.device_columns
@@ -62,12 +71,7 @@ pub fn insert_absent_sql(
     unique_key: bool,
 ) -> String {
     let prefixed = |alias: &str| prefixed_list(alias, columns);
-    let same_key = spec
-        .key_columns()
-        .iter()
-        .map(|c| format!("t.{q} = s.{q}", q = quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let same_key = same_key(spec, "t", "s");
     // With a unique natural key, ON CONFLICT alone is exact, and cheaper
     // than probing the index twice.
     let absent = match unique_key {

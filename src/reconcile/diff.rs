@@ -1,6 +1,6 @@
 //! Finding the samples one server has and the other lacks, cheaply.
 //!
-//! Level 1: per device and hour, the count and a sum of timestamp hashes, on
+//! Level 1: per device and hour, the count and a sum of key hashes, on
 //! both servers at once; equal buckets are skipped. Level 2: for runs of
 //! differing buckets, each server's timestamps (one binary array per run,
 //! straight off the natural-key index) and an exact merge of the two sorted

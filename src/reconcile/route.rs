@@ -85,25 +85,22 @@ pub async fn find(
     readers: Readers<'_>,
     spec: &crate::schema::TableSpec,
     window: Window,
-    compare: &CompareColumns<'_>,
+    values: Option<&[String]>,
     mover: &mut Mover<'_>,
 ) -> Result<Found, RouteError> {
     let mut found = Found::default();
     let (first, rest) = split(window);
-    let rest = match (compare.values.is_some(), rest) {
-        (true, _) => {
-            found.why = "comparing values: each row's hash rides with its key".into();
-            return stream_keys(&readers, spec, window, compare, mover, &mut found)
-                .await
-                .map(|_| found);
+    let rest = match rest {
+        Some(rest) if values.is_none() => rest,
+        _ => {
+            found.why = match values {
+                Some(_) => "comparing values: each row's hash rides with its key",
+                None => "a window of one stretch: its keys are read once",
+            }
+            .into();
+            stream_keys(&readers, spec, window, values, mover, &mut found).await?;
+            return Ok(found);
         }
-        (false, None) => {
-            found.why = "a window of one stretch: its keys are read once".into();
-            return stream_keys(&readers, spec, window, compare, mover, &mut found)
-                .await
-                .map(|_| found);
-        }
-        (false, Some(rest)) => rest,
     };
     let (sa, sb) = summaries(&readers, spec, first, &mut found).await?;
     let buckets = sa.len().max(sb.len()) as u64;
@@ -115,13 +112,10 @@ pub async fn find(
     found.why = format!("{differ} of {buckets} buckets of the first stretch differ: {why}");
     tracing::debug!(table = spec.name, why = %found.why, "reconcile route");
     // Rows will be copied: connect for that while the diff runs.
-    let warm = match differ > 0 {
-        true => Some(mover.warm_up()),
-        false => None,
-    };
+    let warm = futures_util::future::OptionFuture::from((differ > 0).then(|| mover.warm_up()));
     let diff = async {
         match route {
-            Route::Keys => stream_keys(&readers, spec, window, compare, mover, &mut found).await,
+            Route::Keys => stream_keys(&readers, spec, window, values, mover, &mut found).await,
             Route::Hashes => {
                 let (ra, rb) = summaries(&readers, spec, rest, &mut found).await?;
                 let (mut sa, mut sb) = (sa, sb);
@@ -134,17 +128,9 @@ pub async fn find(
             }
         }
     };
-    let (warmed, diffed) = tokio::join!(
-        async {
-            match warm {
-                Some(warm) => warm.await,
-                None => Ok(()),
-            }
-        },
-        diff
-    );
+    let (warmed, diffed) = tokio::join!(warm, diff);
     diffed?;
-    warmed?;
+    warmed.transpose()?;
     found.route = Some(route);
     Ok(found)
 }
@@ -159,11 +145,6 @@ fn choose(differ: u64, buckets: u64) -> (Route, &'static str) {
             "few differ, so hashes first and keys only where buckets differ",
         ),
     }
-}
-
-/// Comparing values: the shared non-key columns.
-pub struct CompareColumns<'c> {
-    pub values: Option<&'c [String]>,
 }
 
 fn bucket_count(r: &Range) -> u64 {
@@ -262,13 +243,13 @@ async fn stream_keys(
     readers: &Readers<'_>,
     spec: &crate::schema::TableSpec,
     window: Window,
-    compare: &CompareColumns<'_>,
+    values: Option<&[String]>,
     mover: &mut Mover<'_>,
     found: &mut Found,
 ) -> Result<(), RouteError> {
     found.route = Some(Route::Keys);
-    let sql = stream::copy_sql(spec, compare.values);
-    let (n, values) = (spec.device_columns.len(), compare.values.is_some());
+    let sql = stream::copy_sql(spec, values);
+    let (n, values) = (spec.device_columns.len(), values.is_some());
     for slice in utc_days(window) {
         let (ta, ra) = mpsc::channel(2);
         let (tb, rb) = mpsc::channel(2);

@@ -13,7 +13,7 @@ use futures_util::{TryStreamExt, pin_mut};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::db::{PG_EPOCH_UNIX_MICROS, quote_ident};
+use crate::db::{COPY_SIGNATURE as SIGNATURE, PG_EPOCH_UNIX_MICROS, quote_ident};
 use crate::schema::{DeviceId, TIME_COLUMN, TableSpec};
 use crate::window::Window;
 
@@ -36,9 +36,12 @@ impl Key {
 
 /// Packs up to four smallint ids so that `u64` order is their tuple order.
 pub fn pack(device: &[i16]) -> u64 {
-    device
-        .iter()
-        .fold(0u64, |acc, &v| (acc << 16) | u64::from((v as u16) ^ 0x8000))
+    device.iter().fold(0, |acc, &id| pack_next(acc, id))
+}
+
+/// `packed` with one more id appended.
+fn pack_next(packed: u64, id: i16) -> u64 {
+    (packed << 16) | u64::from((id as u16) ^ 0x8000)
 }
 
 pub fn unpack(device: u64, n: usize) -> DeviceId {
@@ -163,8 +166,6 @@ struct Parser {
     ended: bool,
 }
 
-const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
-
 /// Reads big-endian integers off a row, failing on a short row.
 struct Fields<'b> {
     buf: &'b [u8],
@@ -245,8 +246,15 @@ impl Parser {
         if &self.buf[..SIGNATURE.len()] != SIGNATURE {
             return Err(StreamError::Format("not a binary COPY stream"));
         }
-        let ext = i32::from_be_bytes([self.buf[15], self.buf[16], self.buf[17], self.buf[18]]);
-        let skip = 19 + usize::try_from(ext).map_err(|_| StreamError::Format("bad header"))?;
+        // The signature, 4 bytes of flags, then the extension's length.
+        let at = SIGNATURE.len() + 4;
+        let ext = i32::from_be_bytes([
+            self.buf[at],
+            self.buf[at + 1],
+            self.buf[at + 2],
+            self.buf[at + 3],
+        ]);
+        let skip = at + 4 + usize::try_from(ext).map_err(|_| StreamError::Format("bad header"))?;
         if self.buf.len() < skip {
             return Ok(false);
         }
@@ -285,7 +293,7 @@ impl Parser {
                 (Some(d), Some(b)) if b.len() == 4 => {
                     let id = i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
                     let id = i16::try_from(id).map_err(|_| crate::db::IdOutOfRange(id))?;
-                    Some((d << 16) | u64::from((id as u16) ^ 0x8000))
+                    Some(pack_next(d, id))
                 }
                 (_, Some(b)) if b.len() != 4 => {
                     return Err(StreamError::Format("unexpected id width in the key stream"));

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio_postgres::Client;
 
 use super::diff::{self, Range};
-use super::route::{self, CompareColumns, Found, Readers, RouteError};
+use super::route::{self, Found, Readers, RouteError};
 use super::stream::unpack;
 use super::transfer::{End, Mover, Tally};
 use super::{
@@ -204,14 +204,13 @@ async fn reconcile_steps(
         check_privileges(t, &a, &b, updated).await?;
     }
     let columns = shared_columns(&a, &b, database, spec).await?;
+    let key = spec.key_columns();
     let values: Vec<String> = columns
         .iter()
-        .filter(|c| !spec.key_columns().contains(&c.as_str()))
+        .filter(|c| !key.contains(&c.as_str()))
         .cloned()
         .collect();
-    let compare = CompareColumns {
-        values: (options.compare == Compare::Values).then_some(values.as_slice()),
-    };
+    let compared = (options.compare == Compare::Values).then_some(values.as_slice());
     let fills = [t.direction.fills_a(), t.direction.fills_b()].map(|f| apply && f);
     let updates = [0, 1].map(|i| apply && updated == Some(i));
     let mut mover = Mover::new(
@@ -225,7 +224,7 @@ async fn reconcile_steps(
         a: &a.reader,
         b: &b.reader,
     };
-    let found = route::find(readers, spec, t.window, &compare, &mut mover)
+    let found = route::find(readers, spec, t.window, compared, &mut mover)
         .await
         .map_err(|e| route_failure(e, [&a, &b], database, spec))?;
     tracing::debug!(site = %t.site.name, table = spec.name, route = ?found.route, why = %found.why, "reconcile route");
@@ -249,7 +248,7 @@ async fn reconcile_steps(
     let tally = std::mem::take(&mut mover.tally);
     drop(mover);
     let verified = match apply {
-        true => verify(config, t, options, &tally, &compare).await?,
+        true => verify(config, t, options, &tally, compared).await?,
         false => None,
     };
     let (mut rows, total) = device_rows(t, &tally);
@@ -466,7 +465,7 @@ async fn verify(
     t: &ReconcileTarget,
     options: &Options,
     tally: &Tally,
-    compare: &CompareColumns<'_>,
+    compared: Option<&[String]>,
 ) -> Result<Option<bool>, Failure> {
     let wrote = tally.copied.iter().any(|c| !c.is_empty()) || tally.repaired.iter().any(|&n| n > 0);
     let recheck = match options.verify {
@@ -494,7 +493,7 @@ async fn verify(
                 .await
                 .map(|_| found)
         }
-        None => route::find(readers, spec, t.window, compare, &mut fresh).await,
+        None => route::find(readers, spec, t.window, compared, &mut fresh).await,
     }
     .map_err(|e| route_failure(e, [&a, &b], database, spec))?;
     let _ = tokio::join!(

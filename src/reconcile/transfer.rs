@@ -153,12 +153,15 @@ async fn stage_rows(
     Ok(moved)
 }
 
-/// The natural key as `RETURNING` columns: device ids as int4, then the time.
-fn key_returning(spec: &TableSpec) -> String {
-    spec.device_columns
+/// The natural key of `alias` as `RETURNING` columns: device ids as int4,
+/// then the time.
+fn key_returning(spec: &TableSpec, alias: &str) -> String {
+    spec.key_columns()
         .iter()
-        .map(|c| format!("{}::int4", quote_ident(c)))
-        .chain([quote_ident(crate::schema::TIME_COLUMN)])
+        .map(|c| match *c == crate::schema::TIME_COLUMN {
+            true => format!("{alias}.{}", quote_ident(c)),
+            false => format!("{alias}.{}::int4", quote_ident(c)),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -166,12 +169,7 @@ fn key_returning(spec: &TableSpec) -> String {
 fn returned_keys(rows: &[tokio_postgres::Row], n: usize) -> BTreeSet<PackedKey> {
     rows.iter()
         .filter_map(|r| {
-            let ids: Vec<i16> = (0..n)
-                .map(|i| {
-                    r.get::<_, Option<i32>>(i)
-                        .and_then(|v| i16::try_from(v).ok())
-                })
-                .collect::<Option<_>>()?;
+            let ids = db::device_id(r, n).ok().flatten()?;
             let ts: chrono::DateTime<chrono::Utc> = r.get(n);
             Some((pack(&ids), ts.timestamp_micros()))
         })
@@ -213,7 +211,7 @@ async fn insert_rows(
         spec,
         columns,
         "essops_stage",
-        &key_returning(spec),
+        &key_returning(spec, &quote_ident(spec.name)),
         unique_key,
     );
     let inserted = tx.query(&sql, &[]).await?;
@@ -251,11 +249,7 @@ async fn update_rows(
     let tx = target.transaction().await?;
     let moved = stage_rows(source, &tx, spec, columns).await?;
     let key = spec.key_columns();
-    let same_key = key
-        .iter()
-        .map(|c| format!("t.{q} = s.{q}", q = quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let same_key = crate::sql::same_key(spec, "t", "s");
     let values: Vec<&String> = columns
         .iter()
         .filter(|c| !key.contains(&c.as_str()))
@@ -269,11 +263,7 @@ async fn update_rows(
         crate::sql::prefixed_list("t", &values),
         crate::sql::prefixed_list("s", &values),
     );
-    let returning: String = key_returning(spec)
-        .split(", ")
-        .map(|c| format!("t.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let returning = key_returning(spec, "t");
     let sql = format!(
         "UPDATE {table} t SET {set} FROM essops_stage s WHERE {same_key} AND ROW({t_row}) IS DISTINCT FROM ROW({s_row}) RETURNING {returning}",
         table = quote_ident(spec.name),
