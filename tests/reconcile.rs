@@ -35,6 +35,12 @@ enum Row {
         columns_differing: Vec<String>,
         #[serde(default)]
         values_repaired: u64,
+        #[serde(default)]
+        route: Option<String>,
+        #[serde(default)]
+        buckets_differing: u64,
+        #[serde(default)]
+        keys_by_one_hash: u64,
         verified: Option<bool>,
         bytes_moved: u64,
         #[serde(flatten)]
@@ -262,6 +268,20 @@ fn reconcile_fills_scattered_and_clustered_gaps_both_ways_then_has_nothing_to_do
     let (rack, _, verified, moved) = table_row(&again, "rack");
     assert_eq!((rack, verified, moved), (&Counts::default(), None, 0));
     assert!(again.iter().all(|r| !matches!(r, Row::Device { .. })));
+    // The clean re-run: the first hour's buckets hashed, the other 23 hours
+    // settled by one hash of all their keys (5 racks at 1 Hz here).
+    let route = again.iter().find_map(|r| match r {
+        Row::Table {
+            table,
+            route,
+            buckets_differing,
+            keys_by_one_hash,
+            ..
+        } if table == "rack" => Some((route.clone(), *buckets_differing, *keys_by_one_hash)),
+        _ => None,
+    });
+    let rack_rows = s.scalar("local", r#"SELECT count(*) FROM rack WHERE "TIMESTAMP" >= '2026-03-10 01:00+09' AND "TIMESTAMP" < '2026-03-11 00:00+09'"#) as u64;
+    assert_eq!(route, Some((Some("hashes".into()), 0, rack_rows)));
 }
 
 #[test]
@@ -311,6 +331,16 @@ fn reconcile_target_without_unique_index_gets_no_duplicates() {
     );
     assert_eq!(dups, 1, "only the duplicate that was already there");
     s.reconcile(&["--date", "2026-03-10", "--table", "rack"], 0);
+    // The other way, gcp is a source without a unique index: the sample it
+    // holds twice reaches local once.
+    let twice = r#""RACK_ID" = 1 AND "TIMESTAMP" = '2026-03-10 00:00:10+09'"#;
+    s.sql("local", &format!("DELETE FROM rack WHERE {twice}"));
+    let rows = s.reconcile(&["--date", "2026-03-10", "--table", "rack"], 10);
+    assert_eq!(table_row(&rows, "rack").0.copied_to_a, 1);
+    assert_eq!(
+        s.scalar("local", &format!("SELECT count(*) FROM rack WHERE {twice}")),
+        1
+    );
 }
 
 #[test]

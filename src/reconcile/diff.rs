@@ -61,6 +61,62 @@ pub fn summary_sql(spec: &TableSpec) -> String {
     )
 }
 
+/// A whole stretch on one side in one row: rows with a device, the sum of
+/// their key hashes (device folded into each hash), rows without a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub rows: i64,
+    pub hash: String,
+    pub without_device: i64,
+}
+
+/// One plain aggregate over the stretch: no grouping, so it costs about
+/// what counting the rows costs (a grouped summary costs twice that).
+pub fn totals_sql(spec: &TableSpec) -> String {
+    let ts = quote_ident(TIME_COLUMN);
+    let devs: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
+    let seed = devs
+        .iter()
+        .fold(None, |acc: Option<String>, d| {
+            Some(match acc {
+                None => format!("{d}::int8"),
+                Some(acc) => format!("hashint8extended({d}::int8, {acc})"),
+            })
+        })
+        .unwrap_or_else(|| "0::int8".into());
+    let nulls = match devs.is_empty() {
+        true => "0::int8".to_string(),
+        false => format!(
+            "count(*) FILTER (WHERE {})",
+            devs.iter()
+                .map(|d| format!("{d} IS NULL"))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        ),
+    };
+    format!(
+        "SELECT count(*), coalesce(sum(hashint8extended(_timescaledb_functions.to_unix_microseconds({ts}), {seed}))::text, ''), {nulls}
+           FROM {table} WHERE {ts} >= $1 AND {ts} < $2",
+        table = quote_ident(spec.name),
+    )
+}
+
+pub async fn totals(
+    client: &Client,
+    spec: &TableSpec,
+    window: Window,
+) -> Result<Totals, tokio_postgres::Error> {
+    let row = client
+        .query_one(&totals_sql(spec), &[&window.start, &window.end])
+        .await?;
+    let (all, without_device): (i64, i64) = (row.get(0), row.get(2));
+    Ok(Totals {
+        rows: all - without_device,
+        hash: row.get(1),
+        without_device,
+    })
+}
+
 /// Why a side's summary could not be read.
 #[derive(Debug)]
 pub enum ReadError {

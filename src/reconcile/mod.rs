@@ -306,6 +306,9 @@ pub struct TableRow {
     pub rows_without_device: u64,
     pub buckets_compared: u64,
     pub buckets_differing: u64,
+    /// Keys per side past the first stretch that one hash of the whole
+    /// stretch showed equal (0 when buckets were hashed there instead).
+    pub keys_by_one_hash: u64,
     #[serde(flatten)]
     pub counts: Counts,
     /// With `--compare values`: rows on both sides whose values differ, a
@@ -524,8 +527,12 @@ fn table_note(t: &TableRow) -> String {
         (false, None) if t.values_differing == 0 => t.compared.agree().to_string(),
         (false, None) => "nothing overwritten".to_string(),
     };
+    let rest = match t.keys_by_one_hash {
+        0 => String::new(),
+        n => format!(", and the other {n} keys by one hash"),
+    };
     format!(
-        "{check}{values}; {} of {} buckets differed, {route}; {} ms",
+        "{check}{values}; {} of {} buckets differed, {route}{rest}; {} ms",
         t.buckets_differing, t.buckets_compared, t.duration_ms
     )
 }

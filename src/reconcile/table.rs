@@ -274,6 +274,7 @@ async fn reconcile_steps(
         rows_without_device: found.without_device,
         buckets_compared: found.buckets_compared,
         buckets_differing: found.buckets_differing,
+        keys_by_one_hash: found.keys_by_one_hash,
         counts: total,
         values_differing: found.values_differing,
         values_sample: found.value_sample.iter().take(10).map(label).collect(),

@@ -95,40 +95,55 @@ pub async fn load_keys(
     client.batch_execute("ANALYZE essops_keys").await
 }
 
-/// The source's rows named by its `essops_keys`, as binary COPY.
-fn rows_out_sql(spec: &TableSpec, columns: &[String]) -> String {
+/// The source's rows named by its `essops_keys`, as binary COPY. With a
+/// unique natural key they stream as the key index finds them; without one
+/// a sample may be stored twice, and only one copy of each is sent.
+fn rows_out_sql(spec: &TableSpec, columns: &[String], unique_key: bool) -> String {
     let x_cols = crate::sql::prefixed_list("x", columns);
     let k_cols = key_table_columns(spec).join(", ");
-    // DISTINCT ON: a source without a unique index may hold a sample twice.
+    let (distinct, order) = match unique_key {
+        true => (String::new(), String::new()),
+        false => (
+            format!("DISTINCT ON ({k_cols}) "),
+            format!(" ORDER BY {k_cols}"),
+        ),
+    };
     format!(
-        "COPY (SELECT DISTINCT ON ({k_cols}) {x_cols} FROM {table} x JOIN essops_keys k ON {join}
+        "COPY (SELECT {distinct}{x_cols} FROM {table} x JOIN essops_keys k ON {join}
                WHERE x.{ts} >= current_setting('essops.window_start')::timestamptz
-                 AND x.{ts} < current_setting('essops.window_end')::timestamptz
-               ORDER BY {k_cols}) TO STDOUT (FORMAT binary)",
+                 AND x.{ts} < current_setting('essops.window_end')::timestamptz{order}) TO STDOUT (FORMAT binary)",
         table = quote_ident(spec.name),
         join = key_join(spec),
         ts = quote_ident(crate::schema::TIME_COLUMN),
     )
 }
 
+/// The connection that reads a direction's rows, in the source's snapshot.
+#[derive(Clone, Copy)]
+struct Source<'c> {
+    client: &'c Client,
+    /// The source table has a unique index on the natural key.
+    unique_key: bool,
+}
+
 /// Pipes the source's rows named by its `essops_keys`, unparsed, into the
 /// target's COPY `into` (both started at once); returns bytes and rows.
 async fn pipe_rows(
-    source: &Client,
+    source: Source<'_>,
     tx: &tokio_postgres::Transaction<'_>,
     into: &str,
     spec: &TableSpec,
     columns: &[String],
 ) -> Result<(u64, u64), tokio_postgres::Error> {
-    let out = rows_out_sql(spec, columns);
-    let (sink, stream) = tokio::join!(tx.copy_in(into), source.copy_out(&out));
+    let out = rows_out_sql(spec, columns, source.unique_key);
+    let (sink, stream) = tokio::join!(tx.copy_in(into), source.client.copy_out(&out));
     let (sink, stream) = (sink?, stream?);
     pin_mut!(sink);
     pin_mut!(stream);
     let mut moved = 0u64;
     while let Some(chunk) = stream.try_next().await? {
         moved += chunk.len() as u64;
-        sink.send(chunk).await?;
+        sink.feed(chunk).await?;
     }
     let rows = sink.finish().await?;
     Ok((moved, rows))
@@ -137,7 +152,7 @@ async fn pipe_rows(
 /// Pipes the source's rows named by its `essops_keys` into the target's
 /// `essops_stage` (in the target's open transaction); returns the bytes moved.
 async fn stage_rows(
-    source: &Client,
+    source: Source<'_>,
     tx: &tokio_postgres::Transaction<'_>,
     spec: &TableSpec,
     columns: &[String],
@@ -190,7 +205,7 @@ enum Added {
 /// the key, and then they go through staging, where only the absent rows
 /// are inserted). Returns the bytes moved and what was added.
 async fn insert_rows(
-    source: &Client,
+    source: Source<'_>,
     target: &mut Client,
     spec: &TableSpec,
     columns: &[String],
@@ -222,7 +237,7 @@ async fn insert_rows(
 
 /// Pipes the source's rows named by its `essops_keys` straight into the table.
 async fn copy_rows_in(
-    source: &Client,
+    source: Source<'_>,
     target: &mut Client,
     spec: &TableSpec,
     columns: &[String],
@@ -241,7 +256,7 @@ async fn copy_rows_in(
 /// Overwrites the target's rows named by the source's `essops_keys` with
 /// the source's values, where they differ; returns the keys updated.
 async fn update_rows(
-    source: &Client,
+    source: Source<'_>,
     target: &mut Client,
     spec: &TableSpec,
     columns: &[String],
@@ -278,7 +293,21 @@ async fn update_rows(
 struct Pipe {
     fetcher: Client,
     writer: Client,
-    unique_key: bool,
+    /// The source table has a unique natural-key index.
+    source_unique: bool,
+    /// The target table has one.
+    target_unique: bool,
+}
+
+impl Pipe {
+    /// The reading end and the writing end.
+    fn ends(&mut self) -> (Source<'_>, &mut Client) {
+        let source = Source {
+            client: &self.fetcher,
+            unique_key: self.source_unique,
+        };
+        (source, &mut self.writer)
+    }
 }
 
 /// One direction: rows go from `source` into `target`.
@@ -470,15 +499,11 @@ async fn move_end(
         load_keys(&pipe.fetcher, spec, &keys)
             .await
             .map_err(|e| failed(e, "sending the missing keys"))?;
-        let (bytes, added) = insert_rows(
-            &pipe.fetcher,
-            &mut pipe.writer,
-            spec,
-            columns,
-            pipe.unique_key,
-        )
-        .await
-        .map_err(|e| failed(e, "copying the missing rows"))?;
+        let target_unique = pipe.target_unique;
+        let (source, writer) = pipe.ends();
+        let (bytes, added) = insert_rows(source, writer, spec, columns, target_unique)
+            .await
+            .map_err(|e| failed(e, "copying the missing rows"))?;
         moved.bytes += bytes;
         match added {
             // Every key sent landed; fewer rows than keys means the source
@@ -498,7 +523,8 @@ async fn move_end(
         load_keys(&pipe.fetcher, spec, &keys)
             .await
             .map_err(|e| failed(e, "sending the keys of rows that differ"))?;
-        let (bytes, updated) = update_rows(&pipe.fetcher, &mut pipe.writer, spec, columns)
+        let (source, writer) = pipe.ends();
+        let (bytes, updated) = update_rows(source, writer, spec, columns)
             .await
             .map_err(|e| failed(e, "repairing the rows that differ"))?;
         moved.bytes += bytes;
@@ -544,26 +570,41 @@ async fn open_pipe(
             format!("unexpected snapshot id `{snapshot}`"),
         ));
     }
-    fetcher
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'"
-        ))
-        .await
+    let joined =
+        format!("BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'");
+    let (joined, source_unique, target_unique) = tokio::join!(
+        fetcher.batch_execute(&joined),
+        crate::catalog::has_unique_key(&fetcher, spec),
+        crate::catalog::has_unique_key(&writer, spec)
+    );
+    joined
         .map_err(|e| DbError::query(&source.name, database, "joining the diff's snapshot", &e))?;
-    let unique_key = crate::catalog::has_unique_key(&writer, spec)
-        .await
-        .map_err(|e| {
-            DbError::query(
-                &target.name,
-                database,
-                format!("reading the indexes of table `{}`", spec.name),
-                &e,
-            )
-        })?;
+    let indexes = |server: &Server, e: tokio_postgres::Error| {
+        DbError::query(
+            &server.name,
+            database,
+            format!("reading the indexes of table `{}`", spec.name),
+            &e,
+        )
+    };
+    let target_unique = target_unique.map_err(|e| indexes(target, e))?;
+    let source_unique = source_unique.map_err(|e| indexes(source, e))?;
+    // A batch names a sliver of the window's rows: probing the key index
+    // per key beats a hash join over whole chunks, whose filter on the
+    // window setting the planner prices too low.
+    if source_unique {
+        fetcher
+            .batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+            .await
+            .map_err(|e| {
+                DbError::query(&source.name, database, "joining the diff's snapshot", &e)
+            })?;
+    }
     Ok(Mutex::new(Pipe {
         fetcher,
         writer,
-        unique_key,
+        source_unique,
+        target_unique,
     }))
 }
 
