@@ -209,13 +209,14 @@ bench_reconcile() {
     "$ESSOPS" relay --port 25533 --to 127.0.0.1:25433 --delay 15ms & relay_pid=$!
     trap 'kill $relay_pid 2>/dev/null' RETURN
     echo "reconcile: ESS_Operating_Site2 site-day (17 racks, 2 banks), dev build, $(( 86400 * 19 )) rows per server; 1 % scattered loss on each side; 3 rounds, each timed next to its own bare read"
-    local bare first clean slow bare_slow i rounds=()
+    local bare diffed first clean slow bare_slow i rounds=()
     for i in 1 2 3; do
         scatter_loss $(( i * 7 ))
         bare=$(bare_keys 25433)
+        diffed=$(measured "${run[@]}" --dry-run)
         first=$(measured "${run[@]}")
         clean=$(measured "${run[@]}")
-        rounds+=("$bare ${first% *} ${first#* } ${clean% *} ${clean#* } $(full_rows)")
+        rounds+=("$bare ${first% *} ${first#* } ${clean% *} ${clean#* } $(full_rows) ${diffed% *}")
     done
     printf '%s\n' "${rounds[@]}" | python3 -c '
 import statistics, sys
@@ -223,7 +224,10 @@ r = [l.split() for l in sys.stdin if l.strip()]
 bare = [int(x[0]) for x in r]
 f = [int(x[1]) / int(x[0]) for x in r]
 c = [int(x[3]) / int(x[0]) for x in r]
+d = [int(x[6]) / int(x[0]) for x in r]
 print("  bare key read (binary COPY of the sorted keys of rack + bank, both servers at once): median %d ms (%s)" % (statistics.median(bare), ", ".join(map(str, bare))))
+print("  the diff alone (--dry-run: probe, key streams, merge; nothing written): median %d ms, %.2fx (%s)" % (
+    statistics.median(int(x[6]) for x in r), statistics.median(d), ", ".join("%.2f" % v for v in d)))
 print("  first reconcile: median %d ms, %.2fx its bare read (%s); peak RSS %s MiB; rows afterwards: %s" % (
     statistics.median(int(x[1]) for x in r), statistics.median(f), ", ".join("%.2f" % v for v in f), max(int(x[2]) for x in r), ", ".join(x[5] for x in r)))
 print("  clean re-run:    median %d ms, %.2fx (%s); peak RSS %s MiB" % (
