@@ -591,10 +591,13 @@ async fn open_pipe(
     let source_unique = source_unique.map_err(|e| indexes(source, e))?;
     // A batch names a sliver of the window's rows: probing the key index
     // per key beats a hash join over whole chunks, whose filter on the
-    // window setting the planner prices too low.
+    // window setting the planner prices too low. No key repeats, so a
+    // memo of probes only costs.
     if source_unique {
         fetcher
-            .batch_execute("SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off")
+            .batch_execute(
+                "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL enable_memoize = off",
+            )
             .await
             .map_err(|e| {
                 DbError::query(&source.name, database, "joining the diff's snapshot", &e)
