@@ -253,6 +253,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reconcile_totals_fold_every_device_column_into_the_key_hash() {
+        let rack = totals_sql(&crate::schema::RACK);
+        assert!(rack.contains(r#"hashint8extended(_timescaledb_functions.to_unix_microseconds("TIMESTAMP"), hashint8extended("RACK_ID"::int8, "BANK_ID"::int8))"#), "{rack}");
+        assert!(
+            rack.contains(r#"count(*) FILTER (WHERE "BANK_ID" IS NULL OR "RACK_ID" IS NULL)"#),
+            "{rack}"
+        );
+        let etc = totals_sql(&crate::schema::ETC);
+        assert!(
+            etc.contains(r#"to_unix_microseconds("TIMESTAMP"), 0::int8)"#),
+            "{etc}"
+        );
+        assert!(!etc.contains("FILTER"), "{etc}");
+    }
+
+    #[test]
     fn reconcile_merge_finds_what_each_side_lacks() {
         let d = merge(&[1, 2, 3, 7, 9], &[2, 3, 4, 9, 10]);
         assert_eq!(d.only_a, [1, 7]);
