@@ -63,11 +63,18 @@ pub fn summary_sql(spec: &TableSpec) -> String {
 
 /// A whole stretch on one side in one row: rows with a device, the sum of
 /// their key hashes (device folded into each hash), rows without a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Totals {
     pub rows: i64,
     pub hash: String,
     pub without_device: i64,
+}
+
+impl Totals {
+    /// The same keys, by count and hash.
+    pub fn same_keys(&self, other: &Totals) -> bool {
+        self.rows == other.rows && self.hash == other.hash
+    }
 }
 
 /// One plain aggregate over the stretch: no grouping, so it costs about

@@ -225,7 +225,7 @@ async fn rest_agrees(
     );
     found.bytes_read[0] += TOTALS_BYTES;
     found.bytes_read[1] += TOTALS_BYTES;
-    if ta.rows != tb.rows || ta.hash != tb.hash {
+    if !ta.same_keys(&tb) {
         return Ok(None);
     }
     found.without_device += (ta.without_device + tb.without_device) as u64;

@@ -300,13 +300,14 @@ struct Pipe {
 }
 
 impl Pipe {
-    /// The reading end and the writing end.
-    fn ends(&mut self) -> (Source<'_>, &mut Client) {
+    /// The reading end, the writing end, and whether the target's natural
+    /// key is unique.
+    fn ends(&mut self) -> (Source<'_>, &mut Client, bool) {
         let source = Source {
             client: &self.fetcher,
             unique_key: self.source_unique,
         };
-        (source, &mut self.writer)
+        (source, &mut self.writer, self.target_unique)
     }
 }
 
@@ -499,8 +500,7 @@ async fn move_end(
         load_keys(&pipe.fetcher, spec, &keys)
             .await
             .map_err(|e| failed(e, "sending the missing keys"))?;
-        let target_unique = pipe.target_unique;
-        let (source, writer) = pipe.ends();
+        let (source, writer, target_unique) = pipe.ends();
         let (bytes, added) = insert_rows(source, writer, spec, columns, target_unique)
             .await
             .map_err(|e| failed(e, "copying the missing rows"))?;
@@ -523,7 +523,7 @@ async fn move_end(
         load_keys(&pipe.fetcher, spec, &keys)
             .await
             .map_err(|e| failed(e, "sending the keys of rows that differ"))?;
-        let (source, writer) = pipe.ends();
+        let (source, writer, _) = pipe.ends();
         let (bytes, updated) = update_rows(source, writer, spec, columns)
             .await
             .map_err(|e| failed(e, "repairing the rows that differ"))?;
@@ -577,8 +577,10 @@ async fn open_pipe(
         crate::catalog::has_unique_key(&fetcher, spec),
         crate::catalog::has_unique_key(&writer, spec)
     );
-    joined
-        .map_err(|e| DbError::query(&source.name, database, "joining the diff's snapshot", &e))?;
+    let join_failed = |e: tokio_postgres::Error| {
+        DbError::query(&source.name, database, "joining the diff's snapshot", &e)
+    };
+    joined.map_err(join_failed)?;
     let indexes = |server: &Server, e: tokio_postgres::Error| {
         DbError::query(
             &server.name,
@@ -599,9 +601,7 @@ async fn open_pipe(
                 "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL enable_memoize = off",
             )
             .await
-            .map_err(|e| {
-                DbError::query(&source.name, database, "joining the diff's snapshot", &e)
-            })?;
+            .map_err(join_failed)?;
     }
     Ok(Mutex::new(Pipe {
         fetcher,
