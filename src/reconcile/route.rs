@@ -275,7 +275,7 @@ pub async fn keys_of_ranges(
 
 /// The keys route: both sides' sorted keys at once, merged as they arrive,
 /// a UTC day at a time (a TimescaleDB chunk's usual span: each chunk's index
-/// is walked once, and in order, so each device's keys come nearly sorted).
+/// is walked once, and in order, so the per-device sort is cheap).
 async fn stream_keys(
     readers: &Readers<'_>,
     spec: &crate::schema::TableSpec,

@@ -1,5 +1,5 @@
 //! One pass per side: each server's keys of the window, read by binary COPY
-//! as one array of timestamps per device (one COPY message per device
+//! as one sorted array of timestamps per device (one COPY message per device
 //! instead of one per sample: cheaper for the server and for essops than
 //! the rows themselves) and merged here as they arrive. The window is read a
 //! day at a time, so memory holds a few device-days of keys per side.
@@ -65,9 +65,9 @@ pub async fn set_window(client: &Client, window: Window) -> Result<(), tokio_pos
         .map(|_| ())
 }
 
-/// Per device, the timestamps of the window (see [`set_window`]) as one
-/// array, by binary COPY; with `values`, a second array of each row's hash
-/// of those columns' text, in the same order.
+/// Per device, the sorted timestamps of the window (see [`set_window`]) as
+/// one array, by binary COPY; with `values`, a second array of each row's
+/// hash of those columns' text, in the same order.
 pub fn copy_sql(spec: &TableSpec, values: Option<&[String]>) -> String {
     let ts = quote_ident(TIME_COLUMN);
     let devices: Vec<String> = spec
@@ -75,13 +75,9 @@ pub fn copy_sql(spec: &TableSpec, values: Option<&[String]>) -> String {
         .iter()
         .map(|c| format!("x.{}::int4", quote_ident(c)))
         .collect();
-    // No ORDER BY inside the aggregates: PostgreSQL would sort every
-    // device's timestamps even when the key index hands them over in order
-    // (that sort was 40 % of the stream's cost); essops orders them. Both
-    // aggregates see the group's rows in the same order.
     let value = match values {
         Some(cols) => format!(
-            ", array_agg(hashtextextended(ROW({})::text, 0))",
+            ", array_agg(hashtextextended(ROW({})::text, 0) ORDER BY x.{ts})",
             match cols.is_empty() {
                 true => "0".to_string(),
                 false => crate::sql::prefixed_list("x", cols),
@@ -97,7 +93,7 @@ pub fn copy_sql(spec: &TableSpec, values: Option<&[String]>) -> String {
         ),
     };
     format!(
-        "COPY (SELECT {devs}array_agg(x.{ts}){value} FROM {table} x
+        "COPY (SELECT {devs}array_agg(x.{ts} ORDER BY x.{ts}){value} FROM {table} x
                WHERE x.{ts} >= current_setting('essops.window_start')::timestamptz
                  AND x.{ts} < current_setting('essops.window_end')::timestamptz{group}) TO STDOUT (FORMAT binary)",
         devs = devices.iter().map(|d| format!("{d}, ")).collect::<String>(),
@@ -323,22 +319,16 @@ impl Parser {
             *without_device += times.len() as u64;
             return Ok(Some(Vec::new()));
         };
-        let mut keys: Vec<Key> = times
-            .iter()
-            .enumerate()
-            .map(|(i, t)| Key {
-                device,
-                ts: t + PG_EPOCH_UNIX_MICROS,
-                value: hashes.as_ref().and_then(|h| h.get(i).copied()).unwrap_or(0),
-            })
-            .collect();
-        // Arrays come in scan order: off the key index that is time order
-        // already (checked in one pass), off the heap nearly so.
-        if !keys.is_sorted_by_key(|k| k.ts) {
-            keys.sort_by_key(|k| k.ts);
+        let mut keys: Vec<Key> = Vec::with_capacity(times.len());
+        for (i, t) in times.iter().enumerate() {
+            let ts = t + PG_EPOCH_UNIX_MICROS;
+            // A side without a unique index may hold a sample twice.
+            if keys.last().is_some_and(|k| k.ts == ts) {
+                continue;
+            }
+            let value = hashes.as_ref().and_then(|h| h.get(i).copied()).unwrap_or(0);
+            keys.push(Key { device, ts, value });
         }
-        // A side without a unique index may hold a sample twice.
-        keys.dedup_by_key(|k| k.ts);
         Ok(Some(keys))
     }
 }
@@ -410,7 +400,7 @@ mod tests {
 
     #[test]
     fn reconcile_key_stream_parses_across_chunk_edges() {
-        // Two devices' rows: ids, an array of timestamps.
+        // Two devices' rows: ids, an array of timestamps (one sample twice).
         let array = |times: &[i64]| {
             let mut a = Vec::new();
             for v in [1i32, 0, 1184, times.len() as i32, 1] {
@@ -424,8 +414,7 @@ mod tests {
         };
         let mut bytes = SIGNATURE.to_vec();
         bytes.extend([0u8; 8]);
-        // Heap order: not sorted, one sample twice.
-        for (rack, times) in [(1, vec![11, 10, 10]), (2, vec![5])] {
+        for (rack, times) in [(1, vec![10, 10, 11]), (2, vec![5])] {
             bytes.extend(3i16.to_be_bytes());
             for id in [7i32, rack] {
                 bytes.extend(4i32.to_be_bytes());
