@@ -50,6 +50,18 @@ pub fn same_key(spec: &TableSpec, a: &str, b: &str) -> String {
         .join(" AND ")
 }
 
+/// `"BANK_ID" IS NULL OR …`: the row has no device (`None` for a table
+/// without device columns, whose rows all belong to the site).
+pub fn device_is_null(spec: &TableSpec) -> Option<String> {
+    (!spec.device_columns.is_empty()).then(|| {
+        spec.device_columns
+            .iter()
+            .map(|c| format!("{} IS NULL", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    })
+}
+
 /// ` AND "BANK_ID" = $N::int4 AND …`: one device's ids bound from `$first` on.
 pub fn device_filter(spec: &TableSpec, first: usize) -> String {
     spec.device_columns

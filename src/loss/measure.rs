@@ -34,19 +34,16 @@ pub struct TableSamples {
     pub without_device: i64,
 }
 
-/// Rows in the window (`$1`, `$2`) whose device id is NULL.
-fn without_device_sql(spec: &TableSpec) -> String {
+/// Rows in the window (`$1`, `$2`) whose device id is NULL (`None` when the
+/// table has no device columns).
+fn without_device_sql(spec: &TableSpec) -> Option<String> {
     let ts = quote_ident(TIME_COLUMN);
-    let null: Vec<String> = spec
-        .device_columns
-        .iter()
-        .map(|c| format!("{} IS NULL", quote_ident(c)))
-        .collect();
-    format!(
-        "SELECT count(*) FROM {} WHERE {ts} >= $1 AND {ts} < $2 AND ({})",
-        quote_ident(spec.name),
-        null.join(" OR ")
-    )
+    crate::sql::device_is_null(spec).map(|null| {
+        format!(
+            "SELECT count(*) FROM {} WHERE {ts} >= $1 AND {ts} < $2 AND ({null})",
+            quote_ident(spec.name)
+        )
+    })
 }
 
 /// All devices the table has ever held, by a loose index scan: each step
@@ -160,10 +157,10 @@ pub async fn measure(
         .await
         .map_err(|e| query_err("reading the size", &e))?
         .get(0);
-    let without_device: i64 = match spec.device_columns.is_empty() {
-        true => 0,
-        false => client
-            .query_one(&without_device_sql(spec), &[&window.start, &window.end])
+    let without_device: i64 = match without_device_sql(spec) {
+        None => 0,
+        Some(sql) => client
+            .query_one(&sql, &[&window.start, &window.end])
             .await
             .map_err(|e| query_err("counting rows without a device id", &e))?
             .get(0),

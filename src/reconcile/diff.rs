@@ -18,7 +18,7 @@ use crate::window::Window;
 /// Width of a summary bucket. An hour keeps level 1 small (24 rows per
 /// device-day) while an outage still narrows level 2 to a few hours.
 pub const BUCKET_SECS: i64 = 3600;
-const BUCKET_MICROS: i64 = BUCKET_SECS * 1_000_000;
+pub const BUCKET_MICROS: i64 = BUCKET_SECS * 1_000_000;
 
 /// (device, bucket start in Unix micros) -> (count, sum of timestamp hashes)
 pub type Summary = BTreeMap<(DeviceId, i64), (i64, i64)>;
@@ -91,16 +91,9 @@ pub fn totals_sql(spec: &TableSpec) -> String {
             })
         })
         .unwrap_or_else(|| "0::int8".into());
-    let nulls = match devs.is_empty() {
-        true => "0::int8".to_string(),
-        false => format!(
-            "count(*) FILTER (WHERE {})",
-            devs.iter()
-                .map(|d| format!("{d} IS NULL"))
-                .collect::<Vec<_>>()
-                .join(" OR ")
-        ),
-    };
+    let nulls = crate::sql::device_is_null(spec).map_or("0::int8".into(), |null| {
+        format!("count(*) FILTER (WHERE {null})")
+    });
     format!(
         "SELECT count(*), coalesce(sum(hashint8extended(_timescaledb_functions.to_unix_microseconds({ts}), {seed}))::text, ''), {nulls}
            FROM {table} WHERE {ts} >= $1 AND {ts} < $2",

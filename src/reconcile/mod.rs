@@ -359,7 +359,8 @@ pub enum Mode {
 
 // ----------------------------------------------------------------- execute
 
-/// Tables reconciled at once; each holds four connections.
+/// Tables reconciled at once; each holds up to six connections (a reader
+/// per server, and a fetcher and a writer per direction that copies).
 const PARALLEL_TABLES: usize = 4;
 
 pub async fn execute(plan: ReconcilePlan, ctx: &Context) -> ReconcileReport {

@@ -14,13 +14,11 @@
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::diff::{self, BUCKET_SECS, Range, Summary};
+use super::diff::{self, BUCKET_MICROS, BUCKET_SECS, Range, Summary};
 use super::stream::{self, Cursor, Key, StreamError, pack};
 use super::transfer::{Mover, PackedKey};
 use crate::db::DbError;
 use crate::window::Window;
-
-const BUCKET_MICROS: i64 = BUCKET_SECS * 1_000_000;
 
 /// Keys kept of the rows that differ in value (for the report's sample and
 /// its list of columns).

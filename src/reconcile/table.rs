@@ -113,6 +113,7 @@ pub(super) async fn reconcile(
     }
     rows
 }
+
 /// The history row of this table's run (devices are not recorded).
 fn history_run(
     t: &ReconcileTarget,
@@ -240,11 +241,7 @@ async fn reconcile_steps(
         .await
         .map_err(|(i, e)| [&a, &b][i].error(database, spec, "comparing the values", &e))?,
     };
-    // The snapshots only read (and held temp tables); end them.
-    let _ = tokio::join!(
-        a.reader.batch_execute("ROLLBACK"),
-        b.reader.batch_execute("ROLLBACK")
-    );
+    end_snapshots(&a, &b).await;
     let tally = std::mem::take(&mut mover.tally);
     drop(mover);
     let verified = match apply {
@@ -392,6 +389,15 @@ async fn open_side<'a>(
     })
 }
 
+/// The snapshots only read (and held temp tables): end them. A failed
+/// ROLLBACK loses nothing.
+async fn end_snapshots(a: &Side<'_>, b: &Side<'_>) {
+    let _ = tokio::join!(
+        a.reader.batch_execute("ROLLBACK"),
+        b.reader.batch_execute("ROLLBACK")
+    );
+}
+
 /// Before anything is written: each side's role may read, insert where the
 /// direction fills it, and update where `--prefer` repairs it.
 async fn check_privileges(
@@ -497,10 +503,7 @@ async fn verify(
         None => route::find(readers, spec, t.window, compared, &mut fresh).await,
     }
     .map_err(|e| route_failure(e, [&a, &b], database, spec))?;
-    let _ = tokio::join!(
-        a.reader.batch_execute("ROLLBACK"),
-        b.reader.batch_execute("ROLLBACK")
-    );
+    end_snapshots(&a, &b).await;
     let still = |i: usize| fresh.tally.missing[i].values().sum::<u64>();
     let filled_a = !t.direction.fills_a() || still(0) == 0;
     let filled_b = !t.direction.fills_b() || still(1) == 0;
@@ -510,7 +513,7 @@ async fn verify(
 
 /// The (device, hour) buckets of keys a batch did not confirm.
 fn unconfirmed_ranges(t: &ReconcileTarget, keys: &[(u64, i64)]) -> Vec<Range> {
-    let hour = diff::BUCKET_SECS * 1_000_000;
+    let hour = diff::BUCKET_MICROS;
     let mut buckets: Vec<(u64, i64)> = keys
         .iter()
         .map(|(d, ts)| (*d, ts.div_euclid(hour) * hour))
