@@ -268,8 +268,8 @@ fn reconcile_fills_scattered_and_clustered_gaps_both_ways_then_has_nothing_to_do
     let (rack, _, verified, moved) = table_row(&again, "rack");
     assert_eq!((rack, verified, moved), (&Counts::default(), None, 0));
     assert!(again.iter().all(|r| !matches!(r, Row::Device { .. })));
-    // The clean re-run: the first hour's buckets hashed, the other 23 hours
-    // settled by one hash of all their keys (5 racks at 1 Hz here).
+    // The clean re-run: the first quarter hour's buckets hashed, the other
+    // 23¾ hours settled by one hash of all their keys (5 racks at 1 Hz here).
     let route = again.iter().find_map(|r| match r {
         Row::Table {
             table,
@@ -280,7 +280,7 @@ fn reconcile_fills_scattered_and_clustered_gaps_both_ways_then_has_nothing_to_do
         } if table == "rack" => Some((route.clone(), *buckets_differing, *keys_by_one_hash)),
         _ => None,
     });
-    let rack_rows = s.scalar("local", r#"SELECT count(*) FROM rack WHERE "TIMESTAMP" >= '2026-03-10 01:00+09' AND "TIMESTAMP" < '2026-03-11 00:00+09'"#) as u64;
+    let rack_rows = s.scalar("local", r#"SELECT count(*) FROM rack WHERE "TIMESTAMP" >= '2026-03-10 00:15+09' AND "TIMESTAMP" < '2026-03-11 00:00+09'"#) as u64;
     assert_eq!(route, Some((Some("hashes".into()), 0, rack_rows)));
 }
 

@@ -77,25 +77,64 @@ impl Totals {
     }
 }
 
+/// The device columns as both servers store them (the types agree, or the
+/// run stopped earlier): what the whole-stretch hash needs to know.
+#[derive(Debug, Clone)]
+pub struct DeviceTypes {
+    /// Per device column, the hash function of its own type and the cast
+    /// it needs (none for the usual integer columns: no call per row).
+    hashes: Vec<(&'static str, &'static str)>,
+    /// Whether any device column may hold NULL on either side.
+    pub nullable: bool,
+}
+
+impl DeviceTypes {
+    /// From the shared columns; a device column not among them (or of an
+    /// unexpected type) is hashed as int8 and taken as nullable.
+    pub fn of(spec: &TableSpec, columns: &[crate::catalog::Column]) -> DeviceTypes {
+        let found = |d: &str| columns.iter().find(|c| c.name == d);
+        DeviceTypes {
+            hashes: spec
+                .device_columns
+                .iter()
+                .map(|d| match found(d).map(|c| c.data_type.as_str()) {
+                    Some("smallint") => ("hashint2extended", ""),
+                    Some("integer") => ("hashint4extended", ""),
+                    Some("bigint") => ("hashint8extended", ""),
+                    _ => ("hashint8extended", "::int8"),
+                })
+                .collect(),
+            nullable: spec
+                .device_columns
+                .iter()
+                .any(|d| found(d).is_none_or(|c| c.nullable)),
+        }
+    }
+}
+
 /// One plain aggregate over the stretch: no grouping, so it costs about
 /// what counting the rows costs (a grouped summary costs twice that).
-pub fn totals_sql(spec: &TableSpec) -> String {
+/// Each key's hash is seeded by its timestamp, then by each device id in
+/// turn (PostgreSQL's integer hashes agree across widths, and are strict,
+/// so a row without a device adds nothing to the sum). The NULL count is
+/// left out when the catalog says no device column can be NULL.
+pub fn totals_sql(spec: &TableSpec, devices: &DeviceTypes) -> String {
     let ts = quote_ident(TIME_COLUMN);
-    let devs: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
-    let seed = devs
-        .iter()
-        .fold(None, |acc: Option<String>, d| {
-            Some(match acc {
-                None => format!("{d}::int8"),
-                Some(acc) => format!("hashint8extended({d}::int8, {acc})"),
-            })
-        })
-        .unwrap_or_else(|| "0::int8".into());
-    let nulls = crate::sql::device_is_null(spec).map_or("0::int8".into(), |null| {
-        format!("count(*) FILTER (WHERE {null})")
-    });
+    let hash = spec.device_columns.iter().zip(&devices.hashes).fold(
+        format!("_timescaledb_functions.to_unix_microseconds({ts})"),
+        |seed, (d, (f, cast))| format!("{f}({}{cast}, {seed})", quote_ident(d)),
+    );
+    let hash = match spec.device_columns.is_empty() {
+        true => format!("hashint8extended({hash}, 0)"),
+        false => hash,
+    };
+    let nulls = crate::sql::device_is_null(spec)
+        .filter(|_| devices.nullable)
+        .map_or("0::int8".into(), |null| {
+            format!("count(*) FILTER (WHERE {null})")
+        });
     format!(
-        "SELECT count(*), coalesce(sum(hashint8extended(_timescaledb_functions.to_unix_microseconds({ts}), {seed}))::text, ''), {nulls}
+        "SELECT count(*), coalesce(sum({hash})::text, ''), {nulls}
            FROM {table} WHERE {ts} >= $1 AND {ts} < $2",
         table = quote_ident(spec.name),
     )
@@ -103,12 +142,10 @@ pub fn totals_sql(spec: &TableSpec) -> String {
 
 pub async fn totals(
     client: &Client,
-    spec: &TableSpec,
+    sql: &str,
     window: Window,
 ) -> Result<Totals, tokio_postgres::Error> {
-    let row = client
-        .query_one(&totals_sql(spec), &[&window.start, &window.end])
-        .await?;
+    let row = client.query_one(sql, &[&window.start, &window.end]).await?;
     let (all, without_device): (i64, i64) = (row.get(0), row.get(2));
     Ok(Totals {
         rows: all - without_device,
@@ -165,6 +202,15 @@ pub async fn summary(
         bytes,
         without_device,
     })
+}
+
+/// Adds the summary of another stretch: a bucket both cover (the estimate's
+/// stretch may end inside one) sums its counts and hashes.
+pub fn add(to: &mut Summary, more: Summary) {
+    for (bucket, (count, hash)) in more {
+        let sum = to.entry(bucket).or_insert((0, 0));
+        *sum = (sum.0 + count, sum.1.wrapping_add(hash));
+    }
 }
 
 /// Buckets whose summaries differ, merged into runs per device.
@@ -252,20 +298,68 @@ pub fn merge(a: &[i64], b: &[i64]) -> DeviceDiff {
 mod tests {
     use super::*;
 
+    fn column(name: &str, data_type: &str, nullable: bool) -> crate::catalog::Column {
+        crate::catalog::Column {
+            name: name.into(),
+            data_type: data_type.into(),
+            nullable,
+        }
+    }
+
     #[test]
     fn reconcile_totals_fold_every_device_column_into_the_key_hash() {
-        let rack = totals_sql(&crate::schema::RACK);
-        assert!(rack.contains(r#"hashint8extended(_timescaledb_functions.to_unix_microseconds("TIMESTAMP"), hashint8extended("RACK_ID"::int8, "BANK_ID"::int8))"#), "{rack}");
+        let spec = &crate::schema::RACK;
+        let not_null = [
+            column("TIMESTAMP", "timestamp with time zone", false),
+            column("BANK_ID", "smallint", false),
+            column("RACK_ID", "integer", false),
+        ];
+        let rack = totals_sql(spec, &DeviceTypes::of(spec, &not_null));
+        assert!(rack.contains(r#"sum(hashint4extended("RACK_ID", hashint2extended("BANK_ID", _timescaledb_functions.to_unix_microseconds("TIMESTAMP"))))"#), "{rack}");
+        assert!(!rack.contains("FILTER"), "{rack}");
+        let nullable = [
+            column("BANK_ID", "numeric", true),
+            column("RACK_ID", "bigint", false),
+        ];
+        let rack = totals_sql(spec, &DeviceTypes::of(spec, &nullable));
+        assert!(
+            rack.contains(r#"hashint8extended("RACK_ID", hashint8extended("BANK_ID"::int8, "#),
+            "{rack}"
+        );
         assert!(
             rack.contains(r#"count(*) FILTER (WHERE "BANK_ID" IS NULL OR "RACK_ID" IS NULL)"#),
             "{rack}"
         );
-        let etc = totals_sql(&crate::schema::ETC);
+        let etc = totals_sql(
+            &crate::schema::ETC,
+            &DeviceTypes::of(&crate::schema::ETC, &[]),
+        );
         assert!(
-            etc.contains(r#"to_unix_microseconds("TIMESTAMP"), 0::int8)"#),
+            etc.contains(r#"sum(hashint8extended(_timescaledb_functions.to_unix_microseconds("TIMESTAMP"), 0))"#),
             "{etc}"
         );
         assert!(!etc.contains("FILTER"), "{etc}");
+    }
+
+    #[test]
+    fn reconcile_summaries_of_two_stretches_add_where_a_bucket_is_cut() {
+        let mut first: Summary = [((vec![1], 0), (900, 7))].into();
+        add(
+            &mut first,
+            [
+                ((vec![1], 0), (2700, -3)),
+                ((vec![1], BUCKET_MICROS), (3600, 5)),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            first,
+            [
+                ((vec![1], 0), (3600, 4)),
+                ((vec![1], BUCKET_MICROS), (3600, 5))
+            ]
+            .into()
+        );
     }
 
     #[test]

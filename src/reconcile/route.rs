@@ -8,7 +8,7 @@
 //!   (scattered loss), where hashing first would only add a pass.
 //!
 //! The estimate is the hash summary of the window's first stretch (a
-//! twenty-fourth, at least an hour, at most a day): see [`choose`].
+//! ninety-sixth, at least a quarter hour, at most a day): see [`choose`].
 //! Comparing values always streams (each row's hash rides with its key).
 
 use serde::Serialize;
@@ -23,6 +23,9 @@ use crate::window::Window;
 /// Keys kept of the rows that differ in value (for the report's sample and
 /// its list of columns).
 const VALUE_SAMPLE: usize = 200;
+
+/// The estimate's stretch ends on a multiple of this.
+const PROBE_EDGE_SECS: i64 = 900;
 
 /// Wire size of one side's totals row (two int8, a numeric as text, framing).
 const TOTALS_BYTES: u64 = 80;
@@ -50,10 +53,12 @@ pub struct Found {
     pub bytes_read: [u64; 2],
 }
 
-/// The readers of both sides, each in its snapshot.
+/// The readers of both sides, each in its snapshot, and how both store the
+/// device columns.
 pub struct Readers<'r> {
     pub a: &'r tokio_postgres::Client,
     pub b: &'r tokio_postgres::Client,
+    pub devices: &'r diff::DeviceTypes,
 }
 
 /// A side that failed, and why: 0 is a, 1 is b.
@@ -126,8 +131,8 @@ pub async fn find(
                     Some(rows) => found.keys_by_one_hash = rows,
                     None => {
                         let (ra, rb) = summaries(&readers, spec, rest, &mut found).await?;
-                        sa.extend(ra);
-                        sb.extend(rb);
+                        diff::add(&mut sa, ra);
+                        diff::add(&mut sb, rb);
                     }
                 }
                 let ranges = diff::differing_ranges(&sa, &sb);
@@ -160,11 +165,17 @@ fn bucket_count(r: &Range) -> u64 {
     ((r.end - r.start) / BUCKET_MICROS) as u64
 }
 
-/// The estimate's stretch (ending on a bucket edge) and the rest, if any.
+/// The estimate's stretch and the rest, if any. The stretch is a
+/// ninety-sixth of the window, at least a quarter hour (enough samples per
+/// device to show scattered loss), at most a day, ending on a quarter-hour
+/// edge. A window of an hour or less is one stretch.
 fn split(window: Window) -> (Window, Option<Window>) {
-    let span = (window.end - window.start).num_seconds() / 24;
-    let span = span.clamp(BUCKET_SECS, 86_400);
-    let edge = (window.start.timestamp() + span).div_euclid(BUCKET_SECS) * BUCKET_SECS;
+    let secs = (window.end - window.start).num_seconds();
+    if secs <= BUCKET_SECS {
+        return (window, None);
+    }
+    let span = (secs / 96).clamp(PROBE_EDGE_SECS, 86_400);
+    let edge = (window.start.timestamp() + span).div_euclid(PROBE_EDGE_SECS) * PROBE_EDGE_SECS;
     let cut = chrono::DateTime::from_timestamp(edge, 0).unwrap_or(window.end);
     match cut > window.start && cut < window.end {
         true => (
@@ -213,9 +224,10 @@ async fn rest_agrees(
     rest: Window,
     found: &mut Found,
 ) -> Result<Option<u64>, SideError> {
+    let sql = diff::totals_sql(spec, readers.devices);
     let (ta, tb) = tokio::join!(
-        diff::totals(readers.a, spec, rest),
-        diff::totals(readers.b, spec, rest)
+        diff::totals(readers.a, &sql, rest),
+        diff::totals(readers.b, &sql, rest)
     );
     let (ta, tb) = (
         ta.map_err(|e| SideError::from((0, e)))?,
@@ -397,17 +409,22 @@ mod tests {
     }
 
     #[test]
-    fn reconcile_estimate_stretch_ends_on_a_bucket_edge() {
+    fn reconcile_estimate_stretch_is_a_quarter_hour_of_a_day() {
         let day = Window {
             start: at("2026-03-04T15:00:00Z"),
             end: at("2026-03-05T15:00:00Z"),
         };
         let (first, rest) = split(day);
-        assert_eq!(first.end, at("2026-03-04T16:00:00Z"));
+        assert_eq!(first.end, at("2026-03-04T15:15:00Z"));
         assert_eq!(rest.unwrap().start, first.end);
+        let month = Window {
+            start: at("2026-03-04T15:00:00Z"),
+            end: at("2026-04-03T15:00:00Z"),
+        };
+        assert_eq!(split(month).0.end, at("2026-03-04T22:30:00Z"));
         let short = Window {
             start: at("2026-03-04T15:10:00Z"),
-            end: at("2026-03-04T15:40:00Z"),
+            end: at("2026-03-04T16:10:00Z"),
         };
         assert_eq!(split(short), (short, None));
     }

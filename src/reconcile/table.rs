@@ -15,7 +15,7 @@ use super::{
     Compare, Counts, DeviceRow, FailureRow, Mode, Options, ReconcileRow, ReconcileTarget, TableRow,
     Verify, log_row,
 };
-use crate::catalog::TableError;
+use crate::catalog::{Column, TableError};
 use crate::config::{Config, Server};
 use crate::db::{self, DbError, Target};
 use crate::exit::code as exit;
@@ -204,7 +204,9 @@ async fn reconcile_steps(
     if apply {
         check_privileges(t, &a, &b, updated).await?;
     }
-    let columns = shared_columns(&a, &b, database, spec).await?;
+    let shared = shared_columns(&a, &b, database, spec).await?;
+    let devices = diff::DeviceTypes::of(spec, &shared);
+    let columns: Vec<String> = shared.into_iter().map(|c| c.name).collect();
     let key = spec.key_columns();
     let values: Vec<String> = columns
         .iter()
@@ -224,6 +226,7 @@ async fn reconcile_steps(
     let readers = Readers {
         a: &a.reader,
         b: &b.reader,
+        devices: &devices,
     };
     let found = route::find(readers, spec, t.window, compared, &mut mover)
         .await
@@ -245,7 +248,7 @@ async fn reconcile_steps(
     let tally = std::mem::take(&mut mover.tally);
     drop(mover);
     let verified = match apply {
-        true => verify(config, t, options, &tally, compared).await?,
+        true => verify(config, t, options, &tally, compared, &devices).await?,
         false => None,
     };
     let (mut rows, total) = device_rows(t, &tally);
@@ -431,13 +434,14 @@ async fn check_privileges(
     Ok(())
 }
 
-/// Columns both tables have, by name, in `a`'s order; a type that differs is an error.
+/// Columns both tables have, by name, in `a`'s order, nullable when either
+/// side allows NULL; a type that differs is an error.
 async fn shared_columns(
     a: &Side<'_>,
     b: &Side<'_>,
     database: &str,
     spec: &TableSpec,
-) -> Result<Vec<String>, Failure> {
+) -> Result<Vec<Column>, Failure> {
     let (ca, cb) = tokio::join!(
         crate::catalog::require_table(&a.reader, &a.server.name, database, spec),
         crate::catalog::require_table(&b.reader, &b.server.name, database, spec)
@@ -456,7 +460,10 @@ async fn shared_columns(
                     type_b: other.data_type.clone(),
                 });
             }
-            shared.push(col.name.clone());
+            shared.push(Column {
+                nullable: col.nullable || other.nullable,
+                ..col.clone()
+            });
         }
     }
     Ok(shared)
@@ -473,6 +480,7 @@ async fn verify(
     options: &Options,
     tally: &Tally,
     compared: Option<&[String]>,
+    devices: &diff::DeviceTypes,
 ) -> Result<Option<bool>, Failure> {
     let wrote = tally.copied.iter().any(|c| !c.is_empty()) || tally.repaired.iter().any(|&n| n > 0);
     let recheck = match options.verify {
@@ -492,6 +500,7 @@ async fn verify(
     let readers = Readers {
         a: &a.reader,
         b: &b.reader,
+        devices,
     };
     let found = match &recheck {
         Some(ranges) => {
