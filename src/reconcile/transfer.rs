@@ -50,6 +50,23 @@ pub(super) fn key_join(spec: &TableSpec) -> String {
         .join(" AND ")
 }
 
+/// [`key_join`] for probing a unique natural-key index, the time written as
+/// a one-point range. With `=` the planner, misled by ANALYZE's sample
+/// (every rack of a site shares each timestamp, yet few are sampled twice),
+/// takes the time index for unique and filters a site's worth of rows per
+/// key; a range on the time is priced as many rows there, so the key index
+/// (whose device columns narrow it to one) is taken.
+fn probe_join(spec: &TableSpec) -> String {
+    let ts = quote_ident(crate::schema::TIME_COLUMN);
+    let devices = spec
+        .device_columns
+        .iter()
+        .zip(key_table_columns(spec))
+        .map(|(col, k)| format!("x.{} = k.{k} AND ", quote_ident(col)))
+        .collect::<String>();
+    format!("{devices}x.{ts} >= k.t AND x.{ts} <= k.t")
+}
+
 /// Creates (or empties) the session's temp key table and loads `keys` into
 /// it; the session's window becomes the keys' span, so the rows query
 /// touches only the chunks that can hold them.
@@ -101,11 +118,12 @@ pub async fn load_keys(
 fn rows_out_sql(spec: &TableSpec, columns: &[String], unique_key: bool) -> String {
     let x_cols = crate::sql::prefixed_list("x", columns);
     let k_cols = key_table_columns(spec).join(", ");
-    let (distinct, order) = match unique_key {
-        true => (String::new(), String::new()),
+    let (distinct, order, join) = match unique_key {
+        true => (String::new(), String::new(), probe_join(spec)),
         false => (
             format!("DISTINCT ON ({k_cols}) "),
             format!(" ORDER BY {k_cols}"),
+            key_join(spec),
         ),
     };
     format!(
@@ -113,7 +131,6 @@ fn rows_out_sql(spec: &TableSpec, columns: &[String], unique_key: bool) -> Strin
                WHERE x.{ts} >= current_setting('essops.window_start')::timestamptz
                  AND x.{ts} < current_setting('essops.window_end')::timestamptz{order}) TO STDOUT (FORMAT binary)",
         table = quote_ident(spec.name),
-        join = key_join(spec),
         ts = quote_ident(crate::schema::TIME_COLUMN),
     )
 }
@@ -495,8 +512,7 @@ async fn move_end(
             &e,
         )
     };
-    if !end.inserts.is_empty() {
-        let keys = std::mem::take(&mut end.inserts);
+    for keys in by_utc_day(std::mem::take(&mut end.inserts)) {
         load_keys(&pipe.fetcher, spec, &keys)
             .await
             .map_err(|e| failed(e, "sending the missing keys"))?;
@@ -508,13 +524,13 @@ async fn move_end(
         match added {
             // Every key sent landed; fewer rows than keys means the source
             // lost some, and which is not known: all are checked afresh.
-            Added::All(n) if n == keys.len() as u64 => moved.inserted = keys,
-            Added::All(_) => moved.unconfirmed = keys,
+            Added::All(n) if n == keys.len() as u64 => moved.inserted.extend(keys),
+            Added::All(_) => moved.unconfirmed.extend(keys),
             Added::Keys(inserted) => {
                 let (landed, not): (Vec<PackedKey>, Vec<PackedKey>) =
                     keys.into_iter().partition(|k| inserted.contains(k));
-                moved.inserted = landed;
-                moved.unconfirmed = not;
+                moved.inserted.extend(landed);
+                moved.unconfirmed.extend(not);
             }
         }
     }
@@ -531,6 +547,18 @@ async fn move_end(
         moved.repaired = updated.len() as u64;
     }
     Ok(moved)
+}
+
+/// Keys per UTC day, each day sorted. A day's keys go as one batch: its
+/// fetch then probes only the chunks that span that day (a day is
+/// TimescaleDB's usual chunk here), where one batch of the whole window
+/// would probe every chunk of the window for each key.
+fn by_utc_day(mut keys: Vec<PackedKey>) -> Vec<Vec<PackedKey>> {
+    const DAY: i64 = 86_400_000_000;
+    keys.sort_unstable_by_key(|&(device, ts)| (ts.div_euclid(DAY), device, ts));
+    keys.chunk_by(|a, b| a.1.div_euclid(DAY) == b.1.div_euclid(DAY))
+        .map(<[PackedKey]>::to_vec)
+        .collect()
 }
 
 /// The fetcher joins the source's snapshot, so batches copy what the diff saw.
@@ -617,10 +645,28 @@ mod tests {
     use crate::schema::RACK;
 
     #[test]
+    fn reconcile_batches_hold_one_utc_day_each() {
+        let day = 86_400_000_000;
+        let keys = vec![(2, day + 5), (1, 7), (1, day), (2, 3), (1, -1)];
+        assert_eq!(
+            by_utc_day(keys),
+            vec![
+                vec![(1, -1)],
+                vec![(1, 7), (2, 3)],
+                vec![(1, day), (2, day + 5)]
+            ]
+        );
+    }
+
+    #[test]
     fn reconcile_key_join_covers_the_natural_key() {
         assert_eq!(
             key_join(&RACK),
             r#"x."BANK_ID" = k.d0 AND x."RACK_ID" = k.d1 AND x."TIMESTAMP" = k.t"#
+        );
+        assert_eq!(
+            probe_join(&RACK),
+            r#"x."BANK_ID" = k.d0 AND x."RACK_ID" = k.d1 AND x."TIMESTAMP" >= k.t AND x."TIMESTAMP" <= k.t"#
         );
     }
 }
