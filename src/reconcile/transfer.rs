@@ -512,7 +512,7 @@ async fn move_end(
             &e,
         )
     };
-    for keys in by_utc_day(std::mem::take(&mut end.inserts)) {
+    for keys in by_utc_days(std::mem::take(&mut end.inserts)) {
         load_keys(&pipe.fetcher, spec, &keys)
             .await
             .map_err(|e| failed(e, "sending the missing keys"))?;
@@ -549,14 +549,19 @@ async fn move_end(
     Ok(moved)
 }
 
-/// Keys per UTC day, each day sorted. A day's keys go as one batch: its
-/// fetch then probes only the chunks that span that day (a day is
-/// TimescaleDB's usual chunk here), where one batch of the whole window
-/// would probe every chunk of the window for each key.
-fn by_utc_day(mut keys: Vec<PackedKey>) -> Vec<Vec<PackedKey>> {
+/// Keys in batches of two UTC days at most, each sorted. A batch's fetch
+/// probes, per key, every chunk its span touches: one batch of a month
+/// probed thirty chunks per key (a day is TimescaleDB's usual chunk here).
+/// Two days keep a site's local day, which straddles two UTC days, in one
+/// batch (every batch costs a few round trips more on a slow link).
+fn by_utc_days(mut keys: Vec<PackedKey>) -> Vec<Vec<PackedKey>> {
     const DAY: i64 = 86_400_000_000;
-    keys.sort_unstable_by_key(|&(device, ts)| (ts.div_euclid(DAY), device, ts));
-    keys.chunk_by(|a, b| a.1.div_euclid(DAY) == b.1.div_euclid(DAY))
+    let Some(first) = keys.iter().map(|k| k.1.div_euclid(DAY)).min() else {
+        return Vec::new();
+    };
+    let span = |ts: i64| (ts.div_euclid(DAY) - first).div_euclid(2);
+    keys.sort_unstable_by_key(|&(device, ts)| (span(ts), device, ts));
+    keys.chunk_by(|a, b| span(a.1) == span(b.1))
         .map(<[PackedKey]>::to_vec)
         .collect()
 }
@@ -645,17 +650,22 @@ mod tests {
     use crate::schema::RACK;
 
     #[test]
-    fn reconcile_batches_hold_one_utc_day_each() {
+    fn reconcile_batches_span_two_utc_days_at_most() {
         let day = 86_400_000_000;
-        let keys = vec![(2, day + 5), (1, 7), (1, day), (2, 3), (1, -1)];
+        let keys = vec![(2, 2 * day + 5), (1, 7), (1, day), (2, 3), (3, 3 * day - 2)];
         assert_eq!(
-            by_utc_day(keys),
+            by_utc_days(keys),
             vec![
-                vec![(1, -1)],
-                vec![(1, 7), (2, 3)],
-                vec![(1, day), (2, day + 5)]
+                vec![(1, 7), (1, day), (2, 3)],
+                vec![(2, 2 * day + 5), (3, 3 * day - 2)]
             ]
         );
+        let from_yesterday = by_utc_days(vec![(1, -1), (1, day + 1), (1, 2 * day)]);
+        assert_eq!(
+            from_yesterday,
+            vec![vec![(1, -1)], vec![(1, day + 1), (1, 2 * day)]]
+        );
+        assert!(by_utc_days(Vec::new()).is_empty());
     }
 
     #[test]
