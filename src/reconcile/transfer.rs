@@ -40,12 +40,19 @@ fn key_table_columns(spec: &TableSpec) -> Vec<String> {
         .collect()
 }
 
-/// Joins table alias `x` to key alias `k` on the natural key.
-pub(super) fn key_join(spec: &TableSpec) -> String {
-    spec.key_columns()
+/// `x."BANK_ID" = k.d0`, … : table alias `x` to key alias `k` per device column.
+fn device_joins(spec: &TableSpec) -> impl Iterator<Item = String> + '_ {
+    spec.device_columns
         .iter()
         .zip(key_table_columns(spec))
         .map(|(col, k)| format!("x.{} = k.{k}", quote_ident(col)))
+}
+
+/// Joins table alias `x` to key alias `k` on the natural key.
+pub(super) fn key_join(spec: &TableSpec) -> String {
+    let ts = quote_ident(crate::schema::TIME_COLUMN);
+    device_joins(spec)
+        .chain([format!("x.{ts} = k.t")])
         .collect::<Vec<_>>()
         .join(" AND ")
 }
@@ -58,13 +65,10 @@ pub(super) fn key_join(spec: &TableSpec) -> String {
 /// (whose device columns narrow it to one) is taken.
 fn probe_join(spec: &TableSpec) -> String {
     let ts = quote_ident(crate::schema::TIME_COLUMN);
-    let devices = spec
-        .device_columns
-        .iter()
-        .zip(key_table_columns(spec))
-        .map(|(col, k)| format!("x.{} = k.{k} AND ", quote_ident(col)))
-        .collect::<String>();
-    format!("{devices}x.{ts} >= k.t AND x.{ts} <= k.t")
+    device_joins(spec)
+        .chain([format!("x.{ts} >= k.t AND x.{ts} <= k.t")])
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// Creates (or empties) the session's temp key table and loads `keys` into
