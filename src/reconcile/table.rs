@@ -201,10 +201,17 @@ async fn reconcile_steps(
     let (database, spec) = (t.site.database.as_str(), &t.table);
     let (a, b) = open_pair(config, t, apply).await?;
     let updated = updated_side(t, options);
-    if apply {
-        check_privileges(t, &a, &b, updated).await?;
-    }
-    let shared = shared_columns(&a, &b, database, spec).await?;
+    // Both catalog reads at once, on both sides (a round trip each, and a
+    // fresh backend's catalog lookups); a missing privilege is told first.
+    let privileges = async {
+        match apply {
+            true => check_privileges(t, &a, &b, updated).await,
+            false => Ok(()),
+        }
+    };
+    let (privileges, shared) = tokio::join!(privileges, shared_columns(&a, &b, database, spec));
+    privileges?;
+    let shared = shared?;
     let devices = diff::DeviceTypes::of(spec, &shared);
     let columns: Vec<String> = shared.into_iter().map(|c| c.name).collect();
     let key = spec.key_columns();
@@ -409,10 +416,7 @@ async fn check_privileges(
     b: &Side<'_>,
     updated: Option<usize>,
 ) -> Result<(), Failure> {
-    for (i, (side, fills)) in [(a, t.direction.fills_a()), (b, t.direction.fills_b())]
-        .into_iter()
-        .enumerate()
-    {
+    let wanted = |i: usize, fills: bool| {
         let mut privileges = vec!["SELECT"];
         if fills {
             privileges.push("INSERT");
@@ -420,17 +424,32 @@ async fn check_privileges(
         if updated == Some(i) {
             privileges.push("UPDATE");
         }
-        crate::privilege::require(
-            &side.reader,
-            &side.server.name,
-            &t.site.database,
-            "reconcile",
-            t.table.name,
-            &privileges,
-            true,
-        )
-        .await?;
-    }
+        privileges
+    };
+    let (ra, rb) = tokio::join!(
+        require_on(t, a, wanted(0, t.direction.fills_a())),
+        require_on(t, b, wanted(1, t.direction.fills_b()))
+    );
+    ra?;
+    rb?;
+    Ok(())
+}
+
+async fn require_on(
+    t: &ReconcileTarget,
+    side: &Side<'_>,
+    privileges: Vec<&str>,
+) -> Result<(), Failure> {
+    crate::privilege::require(
+        &side.reader,
+        &side.server.name,
+        &t.site.database,
+        "reconcile",
+        t.table.name,
+        &privileges,
+        true,
+    )
+    .await?;
     Ok(())
 }
 
