@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
-use crate::db::{UnixMicrosArray, quote_ident};
+use crate::db::{CopyType, UnixMicrosArray, quote_ident};
 use crate::schema::{DeviceId, TIME_COLUMN, TableSpec};
 use crate::window::Window;
 
@@ -85,7 +85,7 @@ pub struct DeviceTypes {
     /// it needs (none for the usual integer columns: no call per row).
     hashes: Vec<(&'static str, &'static str)>,
     /// Whether any device column may hold NULL on either side.
-    pub nullable: bool,
+    nullable: bool,
 }
 
 impl DeviceTypes {
@@ -97,12 +97,14 @@ impl DeviceTypes {
             hashes: spec
                 .device_columns
                 .iter()
-                .map(|d| match found(d).map(|c| c.data_type.as_str()) {
-                    Some("smallint") => ("hashint2extended", ""),
-                    Some("integer") => ("hashint4extended", ""),
-                    Some("bigint") => ("hashint8extended", ""),
-                    _ => ("hashint8extended", "::int8"),
-                })
+                .map(
+                    |d| match found(d).and_then(|c| CopyType::from_catalog(&c.data_type)) {
+                        Some(CopyType::Int2) => ("hashint2extended", ""),
+                        Some(CopyType::Int4) => ("hashint4extended", ""),
+                        Some(CopyType::Int8) => ("hashint8extended", ""),
+                        _ => ("hashint8extended", "::int8"),
+                    },
+                )
                 .collect(),
             nullable: spec
                 .device_columns
