@@ -16,6 +16,14 @@ mod table;
 mod transfer;
 mod values;
 
+/// Every reconcile read session runs each query on one core: reconcile
+/// runs beside live ingest and dashboards, and each parallel worker is a
+/// fresh backend that loads TimescaleDB again (15-40 ms apiece, for every
+/// query), while a day's hash of a table takes a few hundred ms on one core.
+/// On the bench, where both servers share two cores, a clean re-run took
+/// about 85 ms and 180 core-ms less without workers.
+const ONE_CORE: &str = "SET LOCAL max_parallel_workers_per_gather = 0";
+
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};

@@ -386,10 +386,8 @@ async fn open_side<'a>(
             false => Ok(None),
         }
     };
-    let (begun, snapshot) = tokio::join!(
-        reader.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ"),
-        export
-    );
+    let begin = format!("BEGIN ISOLATION LEVEL REPEATABLE READ; {}", super::ONE_CORE);
+    let (begun, snapshot) = tokio::join!(reader.batch_execute(&begin), export);
     begun.map_err(failed)?;
     let snapshot = snapshot.map_err(failed)?;
     Ok(Side {
