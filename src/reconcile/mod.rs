@@ -16,14 +16,6 @@ mod table;
 mod transfer;
 mod values;
 
-/// Every reconcile read session runs each query on one core: reconcile
-/// runs beside live ingest and dashboards, and each parallel worker is a
-/// fresh backend that loads TimescaleDB again (15-40 ms apiece, for every
-/// query), while a day's hash of a table takes a few hundred ms on one core.
-/// On the bench, where both servers share two cores, a clean re-run took
-/// about 85 ms and 180 core-ms less without workers.
-const ONE_CORE: &str = "SET LOCAL max_parallel_workers_per_gather = 0";
-
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -560,5 +552,45 @@ impl crate::command::Command for ReconcileArgs {
     }
     async fn execute(plan: ReconcilePlan, ctx: &Context) -> crate::error::Result<ReconcileReport> {
         Ok(execute(plan, ctx).await)
+    }
+}
+
+/// How every reconcile read session begins: one REPEATABLE READ snapshot
+/// (`joined`: the id of another session's exported snapshot, which the
+/// caller has checked), and each query on one core. Reconcile runs beside
+/// live ingest and dashboards, and each parallel worker is a fresh backend
+/// that loads TimescaleDB again (15-40 ms apiece, for every query), while a
+/// day's hash of a table takes a few hundred ms on one core. On the bench,
+/// where both servers share two cores, a clean re-run took about 85 ms and
+/// 180 core-ms less without workers.
+fn begin_read(joined: Option<&str>) -> String {
+    let join = joined.map_or(String::new(), |id| {
+        format!("SET TRANSACTION SNAPSHOT '{id}'; ")
+    });
+    format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; {join}SET LOCAL max_parallel_workers_per_gather = 0"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reconcile_read_session_joins_a_snapshot_before_anything_else() {
+        let own = super::begin_read(None);
+        assert_eq!(
+            own,
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL max_parallel_workers_per_gather = 0"
+        );
+        let joined = super::begin_read(Some("00000003-0000001B-1"));
+        assert!(
+            joined.starts_with(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '00000003-0000001B-1'; "
+            ),
+            "{joined}"
+        );
+        assert!(
+            joined.ends_with("SET LOCAL max_parallel_workers_per_gather = 0"),
+            "{joined}"
+        );
     }
 }

@@ -386,7 +386,7 @@ async fn open_side<'a>(
             false => Ok(None),
         }
     };
-    let begin = format!("BEGIN ISOLATION LEVEL REPEATABLE READ; {}", super::ONE_CORE);
+    let begin = super::begin_read(None);
     let (begun, snapshot) = tokio::join!(reader.batch_execute(&begin), export);
     begun.map_err(failed)?;
     let snapshot = snapshot.map_err(failed)?;

@@ -607,10 +607,7 @@ async fn open_pipe(
             format!("unexpected snapshot id `{snapshot}`"),
         ));
     }
-    let joined = format!(
-        "BEGIN ISOLATION LEVEL REPEATABLE READ; SET TRANSACTION SNAPSHOT '{snapshot}'; {}",
-        super::ONE_CORE
-    );
+    let joined = super::begin_read(Some(snapshot));
     let (joined, source_unique, target_unique) = tokio::join!(
         fetcher.batch_execute(&joined),
         crate::catalog::has_unique_key(&fetcher, spec),
