@@ -40,21 +40,22 @@ fn key_table_columns(spec: &TableSpec) -> Vec<String> {
         .collect()
 }
 
-/// `x."BANK_ID" = k.d0`, … : table alias `x` to key alias `k` per device column.
-fn device_joins(spec: &TableSpec) -> impl Iterator<Item = String> + '_ {
+/// Joins table alias `x` to key alias `k`: each device column by `=`, then
+/// the time by `time` (a condition on `x.{ts}` and `k.t`).
+fn natural_key_join(spec: &TableSpec, time: fn(&str) -> String) -> String {
+    let ts = quote_ident(crate::schema::TIME_COLUMN);
     spec.device_columns
         .iter()
         .zip(key_table_columns(spec))
         .map(|(col, k)| format!("x.{} = k.{k}", quote_ident(col)))
+        .chain([time(&ts)])
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// Joins table alias `x` to key alias `k` on the natural key.
 pub(super) fn key_join(spec: &TableSpec) -> String {
-    let ts = quote_ident(crate::schema::TIME_COLUMN);
-    device_joins(spec)
-        .chain([format!("x.{ts} = k.t")])
-        .collect::<Vec<_>>()
-        .join(" AND ")
+    natural_key_join(spec, |ts| format!("x.{ts} = k.t"))
 }
 
 /// [`key_join`] for probing a unique natural-key index, the time written as
@@ -64,11 +65,7 @@ pub(super) fn key_join(spec: &TableSpec) -> String {
 /// key; a range on the time is priced as many rows there, so the key index
 /// (whose device columns narrow it to one) is taken.
 fn probe_join(spec: &TableSpec) -> String {
-    let ts = quote_ident(crate::schema::TIME_COLUMN);
-    device_joins(spec)
-        .chain([format!("x.{ts} >= k.t AND x.{ts} <= k.t")])
-        .collect::<Vec<_>>()
-        .join(" AND ")
+    natural_key_join(spec, |ts| format!("x.{ts} >= k.t AND x.{ts} <= k.t"))
 }
 
 /// Creates (or empties) the session's temp key table and loads `keys` into
