@@ -512,18 +512,17 @@ async fn modbus_checks(ctx: &Context, site: &Site) -> Vec<CheckRow> {
             }
         };
         c.ok("connect", "TCP connected");
-        for table in site
-            .register_map
-            .tables
-            .iter()
-            .filter(|t| t.endpoint == endpoint.name)
-        {
-            let Some(device) = table.spec.devices(site).into_iter().next() else {
+        for table in &site.register_map.tables {
+            let first = table.spec.devices(site).into_iter().find_map(|d| {
+                let at = site.address(table, &d).ok()?;
+                (at.endpoint == endpoint.name).then_some((d, at))
+            });
+            let Some((device, at)) = first else {
                 continue;
             };
             let label = crate::schema::device_label(&table.spec, &device);
-            let unit = table.unit_of(&device).unwrap_or(1);
-            let read = match table.requests(&device).first() {
+            let unit = at.unit;
+            let read = match table.requests(at.start).first() {
                 Some(r) => con
                     .read(unit, r.kind, r.start, r.count, timeout)
                     .await

@@ -25,7 +25,7 @@ mod validate;
 pub mod view;
 
 use crate::doc::{Doc, DocError};
-use crate::modbus::map::RegisterMap;
+use crate::modbus::map::{DeviceAddress, DeviceOverride, PlacementError, RegisterMap, TableMap};
 use crate::schema::{DeviceId, Table, TableSpec};
 use raw::RawConfig;
 use validate::Validator;
@@ -59,16 +59,20 @@ crate::into_error!(ConfigError);
 
 impl TableSpec {
     /// Every device the config says this site has in this table, even those
-    /// that never sent anything.
+    /// that never sent anything. A table the site's register map does not
+    /// describe has none: nothing is polled, graded or shown for it.
     pub fn devices(&self, site: &Site) -> Vec<DeviceId> {
+        if !site.has_table(self.table) {
+            return Vec::new();
+        }
         match self.table {
             Table::Bank => site.banks.iter().map(|b| vec![b.id as i16]).collect(),
             Table::Rack => site
                 .banks
                 .iter()
-                .flat_map(|b| (1..=b.racks).map(move |r| vec![b.id as i16, r as i16]))
+                .flat_map(|b| b.racks.iter().map(move |r| vec![b.id as i16, *r as i16]))
                 .collect(),
-            Table::Pcs => site.pcs.iter().map(|p| vec![*p as i16]).collect(),
+            Table::Pcs => site.pcs.iter().map(|p| vec![p.id as i16]).collect(),
             Table::Etc => vec![vec![]],
         }
     }
@@ -376,16 +380,25 @@ pub struct Site {
     pub sample_interval_secs: u32,
     pub loss: LossThresholds,
     pub banks: Vec<Bank>,
-    pub pcs: Vec<u16>,
+    pub pcs: Vec<Pcs>,
     /// Empty when the site has no `modbus` table (ingest and simulate need one).
     pub endpoints: Vec<Endpoint>,
     pub register_map: Arc<RegisterMap>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bank {
     pub id: u16,
-    pub racks: u16,
+    /// Rack ids, ascending; gaps are racks the site does not have.
+    pub racks: Vec<u16>,
+    /// The bank's own controller (endpoint, unit), for it and its racks.
+    pub own: DeviceOverride,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pcs {
+    pub id: u16,
+    pub own: DeviceOverride,
 }
 
 impl Server {
@@ -404,7 +417,45 @@ impl Server {
 
 impl Site {
     pub fn rack_count(&self) -> usize {
-        self.banks.iter().map(|b| usize::from(b.racks)).sum()
+        self.banks.iter().map(|b| b.racks.len()).sum()
+    }
+
+    /// Whether the site's register map describes the table.
+    pub fn has_table(&self, table: Table) -> bool {
+        self.register_map.table(table.spec().name).is_some()
+    }
+
+    /// The endpoint and unit a device was given in `sites.toml`, if any: a
+    /// bank's apply to its racks too.
+    pub fn device_override(&self, table: Table, device: &[i16]) -> DeviceOverride {
+        let id = device.first().map(|&i| i as u16);
+        match table {
+            Table::Bank | Table::Rack => self.banks.iter().find(|b| Some(b.id) == id).map(|b| b.own.clone()),
+            Table::Pcs => self.pcs.iter().find(|p| Some(p.id) == id).map(|p| p.own.clone()),
+            Table::Etc => None,
+        }
+        .unwrap_or_default()
+    }
+
+    /// A table's devices with their own endpoint and unit.
+    pub fn placed_devices(&self, spec: &TableSpec) -> Vec<(DeviceId, DeviceOverride)> {
+        spec.devices(self)
+            .into_iter()
+            .map(|d| {
+                let own = self.device_override(spec.table, &d);
+                (d, own)
+            })
+            .collect()
+    }
+
+    /// Where a device of the map's table answers (its endpoint, unit and first register).
+    pub fn address(&self, t: &TableMap, device: &[i16]) -> Result<DeviceAddress, PlacementError> {
+        t.address(device, &self.device_override(t.spec.table, device))
+    }
+
+    /// Whether the site has this device (a rack in a gap is not one).
+    pub fn has_device(&self, spec: &TableSpec, device: &[i16]) -> bool {
+        spec.devices(self).iter().any(|d| d == device)
     }
 
     pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
@@ -553,7 +604,7 @@ mod tests {
             .map(|s| {
                 (
                     s.name.as_str(),
-                    s.banks.iter().map(|b| b.racks).collect::<Vec<_>>(),
+                    s.banks.iter().map(|b| b.racks.len()).collect::<Vec<_>>(),
                 )
             })
             .collect();

@@ -129,7 +129,7 @@ pub(super) struct RawSite {
     pub(super) loss_warning_pct: Option<Spanned<f64>>,
     pub(super) loss_critical_pct: Option<Spanned<f64>>,
     pub(super) banks: Spanned<Vec<RawBank>>,
-    pub(super) pcs: Option<Spanned<Vec<Spanned<u16>>>>,
+    pub(super) pcs: Option<Spanned<Vec<Spanned<RawPcs>>>>,
     pub(super) modbus: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub(super) register_map: Option<Spanned<String>>,
 }
@@ -138,5 +138,31 @@ pub(super) struct RawSite {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBank {
     pub(super) id: Spanned<u16>,
-    pub(super) racks: Spanned<u16>,
+    pub(super) racks: Spanned<RawRacks>,
+    pub(super) endpoint: Option<Spanned<String>>,
+    pub(super) unit: Option<Spanned<u8>>,
+}
+
+/// `racks = 8` (ids 1..8) or `racks = [1, 2, 4, 5]` (a rack out for service).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawRacks {
+    Count(u16),
+    Ids(Vec<u16>),
+}
+
+/// `pcs = [1]` or `pcs = [{ id = 1, endpoint = "pcs1", unit = 3 }]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawPcs {
+    Id(u16),
+    Device(RawPcsDevice),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPcsDevice {
+    pub(super) id: u16,
+    pub(super) endpoint: Option<String>,
+    pub(super) unit: Option<u8>,
 }

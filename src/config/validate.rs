@@ -803,15 +803,15 @@ impl Validator<'_> {
             timezone,
             sample_interval_secs,
             loss,
-            banks: self.banks(i, &s.banks)?,
-            pcs: self.pcs(i, s.pcs.as_ref())?,
+            banks: self.banks(i, &s.banks, &register_map)?,
+            pcs: self.pcs(i, s.pcs.as_ref(), &register_map)?,
             endpoints: self.endpoints(i, s.modbus.as_ref())?,
             register_map,
         };
         if let Some(modbus) = &s.modbus {
             crate::modbus::map::check_devices(
                 &site.register_map,
-                |spec| spec.devices(&site),
+                |spec| site.placed_devices(spec),
                 |e| site.endpoint(e).map(|e| e.addr.clone()),
             )
             .map_err(|m| {
@@ -866,7 +866,12 @@ impl Validator<'_> {
             .collect()
     }
 
-    fn banks(&self, i: usize, banks: &Spanned<Vec<RawBank>>) -> Result<Vec<Bank>, DocError> {
+    fn banks(
+        &self,
+        i: usize,
+        banks: &Spanned<Vec<RawBank>>,
+        map: &RegisterMap,
+    ) -> Result<Vec<Bank>, DocError> {
         if banks.get_ref().is_empty() {
             return Err(self.doc.at(
                 banks,
@@ -877,50 +882,108 @@ impl Validator<'_> {
         let mut ids = BTreeSet::new();
         let mut out = Vec::new();
         for (j, b) in banks.get_ref().iter().enumerate() {
+            let key = |k: &str| format!("sites[{i}].banks[{j}].{k}");
             let id = *b.id.get_ref();
             if id == 0 || id > MAX_DEVICE_ID {
                 return Err(self.doc.at(
                     &b.id,
-                    format!("sites[{i}].banks[{j}].id"),
+                    key("id"),
                     format!(
                         "bank ids are 1 to {MAX_DEVICE_ID} (device ids are smallint), got {id}"
                     ),
                 ));
             }
             if !ids.insert(id) {
-                return Err(self.doc.at(
-                    &b.id,
-                    format!("sites[{i}].banks[{j}].id"),
-                    format!("duplicate bank id {id}"),
-                ));
+                return Err(self.doc.at(&b.id, key("id"), format!("duplicate bank id {id}")));
             }
-            let racks = *b.racks.get_ref();
-            if racks == 0 || racks > MAX_DEVICE_ID {
-                return Err(self.doc.at(
-                    &b.racks,
-                    format!("sites[{i}].banks[{j}].racks"),
-                    format!(
-                        "a bank has 1 to {MAX_DEVICE_ID} racks (rack ids are smallint), got {racks}"
-                    ),
-                ));
+            let own = DeviceOverride {
+                endpoint: b.endpoint.as_ref().map(|e| e.get_ref().clone()),
+                unit: b.unit.as_ref().map(|u| *u.get_ref()),
+            };
+            let described = map.table("bank").is_some() || map.table("rack").is_some();
+            if let (Some(e), false) = (&b.endpoint, described) {
+                return Err(self.doc.at(e, key("endpoint"), format!(
+                    "the register map {} describes neither [bank] nor [rack], so the bank has no registers to read", map.label
+                )));
             }
             out.push(Bank {
                 id,
-                racks: *b.racks.get_ref(),
+                racks: self.racks(&b.racks, &key("racks"))?,
+                own,
             });
         }
         Ok(out)
     }
 
+    /// `racks = N` (ids 1..N) or a list of rack ids (gaps allowed).
+    fn racks(&self, racks: &Spanned<RawRacks>, key: &str) -> Result<Vec<u16>, DocError> {
+        match racks.get_ref() {
+            RawRacks::Count(n) if *n == 0 || *n > MAX_DEVICE_ID => Err(self.doc.at(
+                racks,
+                key,
+                format!(
+                    "a bank has 1 to {MAX_DEVICE_ID} racks (rack ids are smallint), got {n}"
+                ),
+            )),
+            RawRacks::Count(n) => Ok((1..=*n).collect()),
+            RawRacks::Ids(ids) => {
+                let set: BTreeSet<u16> = ids.iter().copied().collect();
+                let bad = ids.iter().find(|&&r| r == 0 || r > MAX_DEVICE_ID);
+                match (ids.is_empty(), bad, set.len() == ids.len()) {
+                    (true, _, _) => Err(self.doc.at(racks, key, "a bank needs at least one rack")),
+                    (_, Some(r), _) => Err(self.doc.at(
+                        racks,
+                        key,
+                        format!("rack ids are 1 to {MAX_DEVICE_ID} (smallint), got {r}"),
+                    )),
+                    (_, _, false) => Err(self.doc.at(racks, key, "a rack id is listed twice")),
+                    _ => Ok(set.into_iter().collect()),
+                }
+            }
+        }
+    }
+
+    /// The site's PCS: as listed, or PCS 1 when the map describes a `[pcs]`
+    /// (none when it does not).
     fn pcs(
         &self,
         i: usize,
-        pcs: Option<&Spanned<Vec<Spanned<u16>>>>,
-    ) -> Result<Vec<u16>, DocError> {
-        let Some(pcs) = pcs else { return Ok(vec![1]) };
+        pcs: Option<&Spanned<Vec<Spanned<RawPcs>>>>,
+        map: &RegisterMap,
+    ) -> Result<Vec<Pcs>, DocError> {
+        let described = map.table("pcs").is_some();
+        let Some(pcs) = pcs else {
+            return Ok(match described {
+                true => vec![Pcs {
+                    id: 1,
+                    own: DeviceOverride::default(),
+                }],
+                false => Vec::new(),
+            });
+        };
+        if !described && !pcs.get_ref().is_empty() {
+            return Err(self.doc.at(
+                pcs,
+                format!("sites[{i}].pcs"),
+                format!(
+                    "the register map {} has no [pcs] table; remove `pcs` or describe the PCS registers in the map",
+                    map.label
+                ),
+            ));
+        }
         let mut ids = BTreeSet::new();
+        let mut out = Vec::new();
         for (j, p) in pcs.get_ref().iter().enumerate() {
-            let id = *p.get_ref();
+            let (id, own) = match p.get_ref() {
+                RawPcs::Id(id) => (*id, DeviceOverride::default()),
+                RawPcs::Device(d) => (
+                    d.id,
+                    DeviceOverride {
+                        endpoint: d.endpoint.clone(),
+                        unit: d.unit,
+                    },
+                ),
+            };
             if id == 0 || id > MAX_DEVICE_ID || !ids.insert(id) {
                 return Err(self.doc.at(
                     p,
@@ -928,8 +991,10 @@ impl Validator<'_> {
                     format!("PCS ids are distinct, 1 to {MAX_DEVICE_ID}, got {id}"),
                 ));
             }
+            out.push(Pcs { id, own });
         }
-        Ok(ids.into_iter().collect())
+        out.sort_by_key(|p| p.id);
+        Ok(out)
     }
 }
 

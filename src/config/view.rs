@@ -130,14 +130,14 @@ fn site_settings(s: &Site) -> Vec<(String, String)> {
     let banks: Vec<String> = s
         .banks
         .iter()
-        .map(|b| format!("{} ({} racks)", b.id, b.racks))
+        .map(|b| format!("{} (racks {})", b.id, id_list(&b.racks)))
         .collect();
     let endpoints: Vec<String> = s
         .endpoints
         .iter()
         .map(|e| format!("{} = {}", e.name, e.addr))
         .collect();
-    let pcs: Vec<String> = s.pcs.iter().map(u16::to_string).collect();
+    let pcs: Vec<String> = s.pcs.iter().map(|p| p.id.to_string()).collect();
     vec![
         (key("database"), s.database.clone()),
         (key("servers"), s.servers.join(", ")),
@@ -158,4 +158,22 @@ fn site_settings(s: &Site) -> Vec<(String, String)> {
         (key("modbus"), endpoints.join(", ")),
         (key("register_map"), s.register_map.label.clone()),
     ]
+}
+
+/// Ids as ranges: `1-3, 5`.
+fn id_list(ids: &[u16]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ids.len() {
+        let mut j = i;
+        while j + 1 < ids.len() && ids[j + 1] == ids[j] + 1 {
+            j += 1;
+        }
+        parts.push(match i == j {
+            true => ids[i].to_string(),
+            false => format!("{}-{}", ids[i], ids[j]),
+        });
+        i = j + 1;
+    }
+    parts.join(", ")
 }

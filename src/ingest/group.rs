@@ -102,7 +102,11 @@ impl Group {
         {
             return Err(unknown("bank", *b));
         }
-        match self.pcs.iter().find(|p| !site.pcs.contains(p)) {
+        match self
+            .pcs
+            .iter()
+            .find(|p| !site.pcs.iter().any(|k| k.id == **p))
+        {
             Some(p) => Err(unknown("PCS", *p)),
             None => Ok(()),
         }
@@ -130,10 +134,11 @@ impl Group {
 /// and the etc device, named `bank-N`, `pcs-N`, `etc`.
 pub fn device_locks(site: &Site, claims: impl Fn(Table, Option<u16>) -> bool) -> Vec<String> {
     let banks = site.banks.iter().map(|b| (Table::Bank, Some(b.id), "bank"));
-    let pcs = site.pcs.iter().map(|p| (Table::Pcs, Some(*p), "pcs"));
+    let pcs = site.pcs.iter().map(|p| (Table::Pcs, Some(p.id), "pcs"));
+    let etc = site.has_table(Table::Etc).then_some((Table::Etc, None, "etc"));
     banks
         .chain(pcs)
-        .chain([(Table::Etc, None, "etc")])
+        .chain(etc)
         .filter(|(table, id, _)| claims(*table, *id))
         .map(|(_, id, name)| match id {
             Some(id) => format!("{name}-{id}"),

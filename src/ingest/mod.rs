@@ -171,13 +171,18 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
         for device in
             devices_of_table.filter(|d| group.as_ref().is_none_or(|g| g.includes(t.spec.table, d)))
         {
+            // check_devices placed every device when the config was loaded.
+            let Ok(at) = site.address(t, &device) else {
+                continue;
+            };
             devices.push(PollDevice {
                 index: devices.len(),
                 table_index,
                 table: table.clone(),
-                unit: t.unit_of(&device).unwrap_or(0),
-                block_start: t.block_start(&device) as u16,
-                requests: t.requests(&device),
+                endpoint: at.endpoint,
+                unit: at.unit,
+                block_start: at.start as u16,
+                requests: t.requests(at.start),
                 device,
             });
         }
@@ -248,7 +253,7 @@ pub fn shares(plan: &Plan, ctx: &Context) -> Vec<(String, Vec<Vec<PollDevice>>)>
     for d in &plan.devices {
         let addr = plan
             .site
-            .endpoint(&d.table.endpoint)
+            .endpoint(&d.endpoint)
             .map(|e| e.addr.clone())
             .unwrap_or_default();
         by_addr.entry(addr).or_default().push(d.clone());

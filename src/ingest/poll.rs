@@ -45,6 +45,8 @@ pub struct PollDevice {
     pub table_index: usize,
     pub table: Arc<TableMap>,
     pub device: DeviceId,
+    /// The site's endpoint it answers on.
+    pub endpoint: String,
     pub unit: u8,
     pub block_start: u16,
     pub requests: Vec<ReadRequest>,
@@ -572,12 +574,14 @@ mod tests {
         let map = RegisterMap::builtin();
         let t = map.table("rack").unwrap().clone();
         let device = vec![2, 3];
+        let start = t.block_start(&device);
         PollDevice {
             index: 0,
             table_index: 0,
+            endpoint: "bms".into(),
             unit: 1,
-            block_start: t.block_start(&device) as u16,
-            requests: t.requests(&device),
+            block_start: start as u16,
+            requests: t.requests(start),
             table: Arc::new(t),
             device,
         }

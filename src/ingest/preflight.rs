@@ -14,7 +14,8 @@ use super::batch::Batch;
 use crate::catalog::Column;
 use crate::db::CopyType;
 use crate::exit::code as exit;
-use crate::modbus::map::{RegisterMap, TableMap};
+use crate::modbus::map::{Field, RegisterMap, TableMap};
+use crate::modbus::value::DataType;
 
 /// What preflight read of one table on one server.
 #[derive(Debug, Clone)]
@@ -56,9 +57,16 @@ impl PreflightError {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ColumnError {
     #[error(
-        "register map field `{0}` has no column `{0}` in the table (register map or migration out of date)"
+        "register map field `{name}` has no column `{name}` in the table; a column the shipped schema lacks is added on every server of the site with: ALTER TABLE {table} ADD COLUMN {quoted} {ty}"
     )]
-    Missing(String),
+    Missing {
+        name: String,
+        table: String,
+        quoted: String,
+        ty: &'static str,
+    },
+    #[error("column `{0}` is in the batch but not in the table (run essops migrate)")]
+    MissingKey(String),
     #[error("column `{name}` is {ty}, which ingest cannot fill from registers")]
     Unsupported { name: String, ty: String },
     #[error(
@@ -157,15 +165,30 @@ fn column_type(
     name: &str,
     columns: &[Column],
 ) -> Result<CopyType, ColumnError> {
-    let col = columns
-        .iter()
-        .find(|c| c.name == name)
-        .ok_or_else(|| ColumnError::Missing(name.to_string()))?;
+    let field = table.and_then(|t| Some((t, t.fields.iter().find(|f| f.column == name)?)));
+    let col = columns.iter().find(|c| c.name == name).ok_or_else(|| match field {
+        Some((t, f)) => ColumnError::Missing {
+            name: name.to_string(),
+            table: crate::sql::quote_ident(t.spec.name),
+            quoted: crate::sql::quote_ident(name),
+            ty: column_type_for(f),
+        },
+        None => ColumnError::MissingKey(name.to_string()),
+    })?;
     let ty = CopyType::from_catalog(&col.data_type).ok_or_else(|| ColumnError::Unsupported {
         name: name.to_string(),
         ty: col.data_type.clone(),
     })?;
-    let field = table.and_then(|t| t.fields.iter().find(|f| f.column == name));
+    let field = field.map(|(_, f)| f);
+    if let (None, Some(f)) = (ty.int_range(), field)
+        && f.dtype == DataType::Bit
+    {
+        return Err(ColumnError::DoesNotFit {
+            name: name.to_string(),
+            field: format!("{} {}", f.kind.name(), f.dtype),
+            ty: col.data_type.clone(),
+        });
+    }
     if let (Some((lo, hi)), Some(f)) = (ty.int_range(), field) {
         let fits = !f.dtype.is_float()
             && !f.is_scaled()
@@ -179,6 +202,21 @@ fn column_type(
         }
     }
     Ok(ty)
+}
+
+/// The column type that holds every value a field can take, for the
+/// ALTER TABLE a missing column's message suggests.
+fn column_type_for(f: &Field) -> &'static str {
+    if f.dtype.is_float() || f.is_scaled() {
+        return "double precision";
+    }
+    let fits = |lo: i128, hi: i128, a: i128, b: i128| a >= lo && b <= hi;
+    match f.dtype.int_range() {
+        Some((a, b)) if fits(i16::MIN.into(), i16::MAX.into(), a, b) => "smallint",
+        Some((a, b)) if fits(i32::MIN.into(), i32::MAX.into(), a, b) => "integer",
+        Some((a, b)) if fits(i64::MIN.into(), i64::MAX.into(), a, b) => "bigint",
+        _ => "double precision",
+    }
 }
 
 #[cfg(test)]

@@ -93,7 +93,19 @@ struct Waiting {
     function: u8,
     unit: u8,
     count: u16,
-    answer: oneshot::Sender<Result<Vec<u16>, ReadError>>,
+    answer: oneshot::Sender<Reply>,
+}
+
+/// What the reader hands a request: its decoded answer and the answer's
+/// frame (MBAP header and PDU) as it came, for `essops read --raw`.
+type Reply = (Result<Vec<u16>, ReadError>, Vec<u8>);
+
+/// One request and its answer as they went over the wire.
+#[derive(Debug, Clone, Default)]
+pub struct Frames {
+    pub request: Vec<u8>,
+    /// None: no answer came.
+    pub answer: Option<Vec<u8>>,
 }
 
 type Pending = Arc<Mutex<HashMap<u16, Waiting>>>;
@@ -154,7 +166,8 @@ impl Connection {
         self.closed.load(Relaxed)
     }
 
-    /// Reads `count` registers from `start` on `unit`, waiting at most `timeout`.
+    /// Reads `count` registers (or bits, one per word) from `start` on
+    /// `unit`, waiting at most `timeout`.
     pub async fn read(
         &self,
         unit: u8,
@@ -163,14 +176,47 @@ impl Connection {
         count: u16,
         timeout: Duration,
     ) -> Result<Vec<u16>, ReadError> {
-        if self.is_closed() {
-            return Err(ReadError::Closed("closed by the device".into()));
-        }
-        let function = match kind {
-            RegisterKind::Holding => 0x03,
-            RegisterKind::Input => 0x04,
-        };
+        self.exchange(unit, kind, start, count, timeout).await.0
+    }
+
+    /// As [`read`](Self::read), with the request and answer frames.
+    pub async fn exchange(
+        &self,
+        unit: u8,
+        kind: RegisterKind,
+        start: u16,
+        count: u16,
+        timeout: Duration,
+    ) -> (Result<Vec<u16>, ReadError>, Frames) {
+        let function = kind.function();
         let tid = self.next_tid.fetch_add(1, Relaxed);
+        let mut frames = Frames {
+            request: request_frame(tid, unit, function, start, count).to_vec(),
+            answer: None,
+        };
+        if self.is_closed() {
+            return (Err(ReadError::Closed("closed by the device".into())), frames);
+        }
+        let result = self.send(tid, unit, function, start, count, timeout).await;
+        let result = match result {
+            Ok((words, answer)) => {
+                frames.answer = Some(answer);
+                words
+            }
+            Err(e) => Err(e),
+        };
+        (result, frames)
+    }
+
+    async fn send(
+        &self,
+        tid: u16,
+        unit: u8,
+        function: u8,
+        start: u16,
+        count: u16,
+        timeout: Duration,
+    ) -> Result<Reply, ReadError> {
         let seq = self.sent.fetch_add(1, Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.pending).insert(
@@ -191,12 +237,16 @@ impl Connection {
         let outcome = tokio::time::timeout(timeout, async {
             sent.await.map_err(|e| ReadError::Closed(e.to_string()))?;
             rx.await
-                .unwrap_or_else(|_| Err(ReadError::Closed("connection closed".into())))
+                .map_err(|_| ReadError::Closed("connection closed".into()))
         })
         .await;
         match outcome {
             Ok(result) => {
-                if matches!(result, Err(ReadError::Closed(_))) {
+                let closed = match &result {
+                    Err(ReadError::Closed(_)) | Ok((Err(ReadError::Closed(_)), _)) => true,
+                    _ => false,
+                };
+                if closed {
                     self.closed.store(true, Relaxed);
                 }
                 result
@@ -242,20 +292,21 @@ async fn read_answers(
             Ok(h) => h,
             Err(why) => break why,
         };
-        let mut pdu = vec![0u8; len - 1];
-        if let Err(e) = read.read_exact(&mut pdu).await {
+        let mut frame = vec![0u8; 7 + len - 1];
+        frame[..7].copy_from_slice(&header);
+        if let Err(e) = read.read_exact(&mut frame[7..]).await {
             break format!("read: {e}");
         }
         let Some(w) = lock(&pending).remove(&tid) else {
             continue; // a late answer to a request that timed out
         };
         answered.fetch_max(w.seq, Relaxed);
-        let answer = decode_answer(w.expected(), header[6], &pdu);
-        let _ = w.answer.send(answer);
+        let answer = decode_answer(w.expected(), header[6], &frame[7..]);
+        let _ = w.answer.send((answer, frame));
     };
     closed.store(true, Relaxed);
     for (_, w) in lock(&pending).drain() {
-        let _ = w.answer.send(Err(ReadError::Closed(why.clone())));
+        let _ = w.answer.send((Err(ReadError::Closed(why.clone())), Vec::new()));
     }
 }
 
@@ -300,6 +351,20 @@ pub fn decode_answer(w: Expected, unit: u8, pdu: &[u8]) -> Result<Vec<u16>, Read
     }
     match pdu {
         [f, code] if *f == w.function | 0x80 => Err(ReadError::Exception(*code)),
+        [f, n, data @ ..] if *f == w.function && matches!(w.function, 0x01 | 0x02) => {
+            // Bits come packed, the first one in the lowest bit of the first byte.
+            let want = usize::from(w.count).div_ceil(8);
+            if usize::from(*n) != want || data.len() != want {
+                return bad(format!(
+                    "{} bytes for a request of {} bits",
+                    data.len(),
+                    w.count
+                ));
+            }
+            Ok((0..usize::from(w.count))
+                .map(|i| u16::from(data[i / 8] >> (i % 8) & 1))
+                .collect())
+        }
         [f, n, data @ ..] if *f == w.function => {
             let want = usize::from(w.count) * 2;
             if usize::from(*n) != want || data.len() != want {

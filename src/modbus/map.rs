@@ -22,11 +22,95 @@ const BUILTIN_LABEL: &str = "maps/default.toml (built-in)";
 
 /// Modbus allows at most this many registers in one read.
 pub const MAX_READ: u16 = 125;
+/// ... and this many coils or discrete inputs.
+pub const MAX_BITS_READ: u16 = 2000;
 
+/// The four Modbus data spaces: two of 16-bit registers, two of single bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum RegisterKind {
     Holding,
     Input,
+    /// Read with function 1; one bit per address.
+    Coil,
+    /// Read with function 2; one bit per address.
+    Discrete,
+}
+
+impl RegisterKind {
+    /// The map's words for the kinds.
+    pub const NAMES: [(&'static str, RegisterKind); 4] = [
+        ("holding", RegisterKind::Holding),
+        ("input", RegisterKind::Input),
+        ("coil", RegisterKind::Coil),
+        ("discrete", RegisterKind::Discrete),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RegisterKind::Holding => "holding",
+            RegisterKind::Input => "input",
+            RegisterKind::Coil => "coil",
+            RegisterKind::Discrete => "discrete",
+        }
+    }
+
+    /// Whether each address holds one bit (coils, discrete inputs).
+    pub fn is_bit(self) -> bool {
+        matches!(self, RegisterKind::Coil | RegisterKind::Discrete)
+    }
+
+    /// The most one read may ask for: 125 registers or 2000 bits (Modbus spec 6.1–6.4).
+    pub fn max_read(self) -> u16 {
+        match self.is_bit() {
+            true => MAX_BITS_READ,
+            false => MAX_READ,
+        }
+    }
+
+    /// The read function code.
+    pub fn function(self) -> u8 {
+        match self {
+            RegisterKind::Coil => 0x01,
+            RegisterKind::Discrete => 0x02,
+            RegisterKind::Holding => 0x03,
+            RegisterKind::Input => 0x04,
+        }
+    }
+
+    /// The first number of the kind's block in the numbering vendor manuals
+    /// print (`00001`, `10001`, `30001`, `40001`): number − this = protocol address.
+    fn first_number(self) -> u32 {
+        match self {
+            RegisterKind::Coil => 1,
+            RegisterKind::Discrete => 10_001,
+            RegisterKind::Input => 30_001,
+            RegisterKind::Holding => 40_001,
+        }
+    }
+}
+
+/// A device's own endpoint and unit id from `sites.toml` (a controller per
+/// bank, a PCS on its own address), overriding the map's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceOverride {
+    pub endpoint: Option<String>,
+    pub unit: Option<u8>,
+}
+
+impl DeviceOverride {
+    pub fn is_set(&self) -> bool {
+        self.endpoint.is_some() || self.unit.is_some()
+    }
+}
+
+/// Where one device answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAddress {
+    /// The site's endpoint name.
+    pub endpoint: String,
+    pub unit: u8,
+    /// The device's first register (≤ 65535 once [`check_devices`] passed).
+    pub start: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -39,8 +123,9 @@ pub struct RegisterMap {
 #[derive(Debug, Clone)]
 pub struct TableMap {
     pub spec: TableSpec,
-    /// Which of the site's Modbus endpoints serves this table.
-    pub endpoint: String,
+    /// Which of the site's Modbus endpoints serves this table (none: each
+    /// device names its own in `sites.toml`).
+    pub endpoint: Option<String>,
     /// Unit id of the first device; `unit_stride` adds per device id.
     pub unit: u8,
     pub unit_stride: Vec<u32>,
@@ -100,28 +185,60 @@ impl TableMap {
             .sum()
     }
 
-    /// The device's unit id, or `None` when the strides push it past 255.
-    pub fn unit_of(&self, device: &[i16]) -> Option<u8> {
-        u8::try_from(u64::from(self.unit) + Self::offset(&self.unit_stride, device)).ok()
-    }
-
     /// The device's first register (may exceed 65535 on a bad map; see [`check_devices`]).
     pub fn block_start(&self, device: &[i16]) -> u64 {
         u64::from(self.base) + Self::offset(&self.stride, device)
     }
 
-    /// Registers one device's block spans.
-    pub fn block_len(&self) -> u32 {
-        self.fields.iter().map(Field::end).max().unwrap_or(0)
+    /// Where `device` answers. A device with its own endpoint or unit is
+    /// addressed as if its bank (or PCS) were the only one: the strides of
+    /// the first device id do not apply, those of the rack still do.
+    pub fn address(&self, device: &[i16], own: &DeviceOverride) -> Result<DeviceAddress, PlacementError> {
+        let label = || format!("{} {}", self.spec.name, crate::schema::device_label(&self.spec, device));
+        let mut ids = device.to_vec();
+        if own.is_set()
+            && let Some(first) = ids.first_mut()
+        {
+            *first = 1;
+        }
+        let unit = u64::from(own.unit.unwrap_or(self.unit)) + Self::offset(&self.unit_stride, &ids);
+        let endpoint = own
+            .endpoint
+            .clone()
+            .or_else(|| self.endpoint.clone())
+            .ok_or_else(|| PlacementError::NoEndpoint(label()))?;
+        Ok(DeviceAddress {
+            endpoint,
+            unit: u8::try_from(unit).map_err(|_| PlacementError::UnitPast255(label()))?,
+            start: self.block_start(&ids),
+        })
+    }
+
+    /// Per data space the fields use: the first and past-the-last address
+    /// of the device's block in it.
+    pub fn extents(&self) -> Vec<(RegisterKind, u32, u32)> {
+        let mut out: Vec<(RegisterKind, u32, u32)> = Vec::new();
+        for f in &self.fields {
+            match out.iter_mut().find(|(k, _, _)| *k == f.kind) {
+                Some((_, lo, hi)) => {
+                    *lo = (*lo).min(u32::from(f.at));
+                    *hi = (*hi).max(f.end());
+                }
+                None => out.push((f.kind, u32::from(f.at), f.end())),
+            }
+        }
+        out.sort();
+        out
     }
 
     pub fn value_columns(&self) -> Vec<String> {
         self.fields.iter().map(|f| f.column.clone()).collect()
     }
 
-    /// The reads that fetch every field of `device`, as few as Modbus allows.
-    pub fn requests(&self, device: &[i16]) -> Vec<ReadRequest> {
-        let start = self.block_start(device) as u32;
+    /// The reads that fetch every field of the device whose block starts at
+    /// `start`, as few as Modbus allows.
+    pub fn requests(&self, start: u64) -> Vec<ReadRequest> {
+        let start = start as u32;
         let mut order: Vec<usize> = (0..self.fields.len()).collect();
         order.sort_by_key(|&i| (self.fields[i].kind, self.fields[i].at));
         let mut out: Vec<ReadRequest> = Vec::new();
@@ -132,7 +249,7 @@ impl TableMap {
                 let r_end = u32::from(r.start) + u32::from(r.count);
                 let fits = r.kind == f.kind
                     && lo <= r_end + u32::from(self.max_gap)
-                    && hi - u32::from(r.start) <= u32::from(MAX_READ);
+                    && hi - u32::from(r.start) <= u32::from(f.kind.max_read());
                 if fits {
                     r.count = (hi.max(r_end) - u32::from(r.start)) as u16;
                     r.fields.push(i);
@@ -165,12 +282,13 @@ pub struct Placement {
 #[derive(Debug, thiserror::Error)]
 pub enum PlacementError {
     #[error(
-        "the register map's `{table}` table is served by endpoint `{endpoint}`, which the site does not configure"
+        "{device} is served by endpoint `{endpoint}`, which the site does not configure (add it to the site's `modbus` table)"
     )]
-    UnknownEndpoint {
-        table: &'static str,
-        endpoint: String,
-    },
+    UnknownEndpoint { device: String, endpoint: String },
+    #[error(
+        "{0} has no endpoint: the register map's table names none; give the device its own `endpoint` in sites.toml"
+    )]
+    NoEndpoint(String),
     #[error("{0}: unit id past 255 (unit_stride too large)")]
     UnitPast255(String),
     #[error("{label}: field `{field}` ends at register {end}, past 65535")]
@@ -187,53 +305,49 @@ pub enum PlacementError {
 }
 
 /// Checks that every device of a site fits in the register space (≤ 65535,
-/// a unit id ≤ 255) and that no two devices' blocks overlap on an endpoint.
-/// `devices(spec)` lists a table's devices; `addr(endpoint)` resolves an
-/// endpoint name (`None`: not configured).
+/// a unit id ≤ 255) and that no two devices' blocks overlap on an endpoint
+/// and unit. `devices(spec)` lists a table's devices with their own
+/// endpoint and unit; `addr(endpoint)` resolves an endpoint name (`None`:
+/// not configured). Only endpoints some device uses must be configured.
 pub fn check_devices(
     map: &RegisterMap,
-    devices: impl Fn(&TableSpec) -> Vec<DeviceId>,
+    devices: impl Fn(&TableSpec) -> Vec<(DeviceId, DeviceOverride)>,
     addr: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<Placement>, PlacementError> {
     let mut placed = Vec::new();
     for t in &map.tables {
-        let Some(endpoint_addr) = addr(&t.endpoint) else {
-            return Err(PlacementError::UnknownEndpoint {
-                table: t.spec.name,
-                endpoint: t.endpoint.clone(),
-            });
-        };
-        let len = u64::from(t.block_len());
-        for d in devices(&t.spec) {
+        for (d, own) in devices(&t.spec) {
             let label = format!(
                 "{} {}",
                 t.spec.name,
                 crate::schema::device_label(&t.spec, &d)
             );
-            let unit = t
-                .unit_of(&d)
-                .ok_or_else(|| PlacementError::UnitPast255(label.clone()))?;
-            let start = t.block_start(&d);
-            if start + len > 65_536 {
-                let last = t
-                    .fields
-                    .iter()
-                    .max_by_key(|f| f.end())
-                    .map(|f| f.column.as_str());
-                return Err(PlacementError::PastEnd {
-                    label,
-                    field: last.unwrap_or("?").to_string(),
-                    end: start + len - 1,
-                });
-            }
-            let kinds: std::collections::BTreeSet<_> = t.fields.iter().map(|f| f.kind).collect();
-            for kind in kinds {
+            let at = t.address(&d, &own)?;
+            let endpoint_addr =
+                addr(&at.endpoint).ok_or_else(|| PlacementError::UnknownEndpoint {
+                    device: label.clone(),
+                    endpoint: at.endpoint.clone(),
+                })?;
+            for (kind, lo, hi) in t.extents() {
+                if at.start + u64::from(hi) > 65_536 {
+                    let last = t
+                        .fields
+                        .iter()
+                        .filter(|f| f.kind == kind)
+                        .max_by_key(|f| f.end())
+                        .map(|f| f.column.as_str());
+                    return Err(PlacementError::PastEnd {
+                        label,
+                        field: last.unwrap_or("?").to_string(),
+                        end: at.start + u64::from(hi) - 1,
+                    });
+                }
                 placed.push(Placement {
                     endpoint_addr: endpoint_addr.clone(),
-                    unit,
+                    unit: at.unit,
                     kind,
-                    start,
-                    end: start + len,
+                    start: at.start + u64::from(lo),
+                    end: at.start + u64::from(hi),
                     label: label.clone(),
                 });
             }
@@ -267,6 +381,8 @@ fn first_overlap(sorted: &[Placement]) -> Option<(Placement, Placement)> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMap {
+    /// `protocol` (0-based addresses, the default) or `register-number`.
+    addressing: Option<Spanned<String>>,
     bank: Option<RawTable>,
     rack: Option<RawTable>,
     pcs: Option<RawTable>,
@@ -276,7 +392,7 @@ struct RawMap {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTable {
-    endpoint: Spanned<String>,
+    endpoint: Option<Spanned<String>>,
     unit: Option<Spanned<u8>>,
     unit_stride: Option<Spanned<BTreeMap<String, u32>>>,
     kind: Option<Spanned<String>>,
@@ -293,7 +409,7 @@ struct RawField {
     column: Spanned<String>,
     at: Spanned<u32>,
     #[serde(rename = "type")]
-    dtype: Spanned<String>,
+    dtype: Option<Spanned<String>>,
     kind: Option<Spanned<String>>,
     word_order: Option<Spanned<String>>,
     scale: Option<Spanned<f64>>,
@@ -321,6 +437,21 @@ impl RegisterMap {
             label: label.to_string(),
         };
         let raw: RawMap = toml::from_str(text).map_err(|e| doc.toml_error(&e))?;
+        let numbering = match &raw.addressing {
+            None => Addressing::Protocol,
+            Some(a) => choice(
+                &doc,
+                Some(a),
+                "addressing",
+                Addressing::Protocol,
+                &[
+                    ("protocol", Addressing::Protocol),
+                    ("register-number", Addressing::RegisterNumber),
+                ],
+                "addressing",
+                "protocol (0-based addresses) or register-number (40001-style numbers)",
+            )?,
+        };
         let mut tables = Vec::new();
         for which in Table::ALL {
             let t = match which {
@@ -330,7 +461,7 @@ impl RegisterMap {
                 Table::Etc => &raw.etc,
             };
             if let Some(t) = t {
-                tables.push(table(&doc, which.spec(), t)?);
+                tables.push(table(&doc, which.spec(), t, numbering)?);
             }
         }
         if tables.is_empty() {
@@ -351,25 +482,47 @@ impl RegisterMap {
     }
 }
 
+/// How a map's addresses are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Addressing {
+    /// 0-based protocol addresses, as they go on the wire.
+    Protocol,
+    /// The numbers vendor manuals print: 40001 is holding register 0,
+    /// 30001 input register 0, 10001 discrete input 0, 1 (00001) coil 0;
+    /// six-digit forms (400001) too.
+    RegisterNumber,
+}
+
+impl Addressing {
+    /// The protocol address of `number` in `kind`'s space, or why it is not one.
+    fn protocol(self, kind: RegisterKind, number: u32) -> Result<u32, String> {
+        let five = kind.first_number();
+        let six = (five - 1) * 10 + 1;
+        match self {
+            Addressing::Protocol => Ok(number),
+            Addressing::RegisterNumber if kind != RegisterKind::Coil && number >= six => {
+                Ok(number - six)
+            }
+            Addressing::RegisterNumber if number >= five && number - five <= 65_535 => {
+                Ok(number - five)
+            }
+            Addressing::RegisterNumber => Err(format!(
+                "{number} is not a {} register number (from {five}, or {six} in six digits)",
+                kind.name()
+            )),
+        }
+    }
+}
+
 fn kind(
     doc: &Doc,
     v: Option<&Spanned<String>>,
     key: &str,
     default: RegisterKind,
 ) -> Result<RegisterKind, DocError> {
-    let names = [
-        ("holding", RegisterKind::Holding),
-        ("input", RegisterKind::Input),
-    ];
-    choice(
-        doc,
-        v,
-        key,
-        default,
-        &names,
-        "register kind",
-        "holding or input",
-    )
+    let names = &RegisterKind::NAMES;
+    let expected = "holding, input, coil or discrete";
+    choice(doc, v, key, default, names, "register kind", expected)
 }
 
 fn word_order(
@@ -378,9 +531,8 @@ fn word_order(
     key: &str,
     default: WordOrder,
 ) -> Result<WordOrder, DocError> {
-    let names = [("big", WordOrder::Big), ("little", WordOrder::Little)];
-    let expected = "big (ABCD) or little (CDAB)";
-    choice(doc, v, key, default, &names, "word order", expected)
+    let expected = "ABCD (big), BADC, CDAB (little) or DCBA";
+    choice(doc, v, key, default, &WordOrder::NAMES, "word order", expected)
 }
 
 /// One of `names` by its word; `default` when not given.
@@ -442,32 +594,72 @@ fn strides(
         .collect())
 }
 
-fn table(doc: &Doc, spec: TableSpec, t: &RawTable) -> Result<TableMap, DocError> {
+/// How one table's fields are read: the defaults its fields inherit and how
+/// its addresses are written.
+struct TableDefaults {
+    kind: RegisterKind,
+    order: WordOrder,
+    base: u32,
+    numbering: Addressing,
+}
+
+fn table(
+    doc: &Doc,
+    spec: TableSpec,
+    t: &RawTable,
+    numbering: Addressing,
+) -> Result<TableMap, DocError> {
     let key = |k: &str| format!("{}.{k}", spec.name);
     let default_kind = kind(doc, t.kind.as_ref(), &key("kind"), RegisterKind::Holding)?;
+    if let (Some(k), true) = (&t.kind, default_kind.is_bit()) {
+        return Err(doc.at(
+            k,
+            key("kind"),
+            "a table's kind is holding or input; give a coil or discrete input as a field's `kind`",
+        ));
+    }
     let default_order = word_order(
         doc,
         t.word_order.as_ref(),
         &key("word_order"),
         WordOrder::Big,
     )?;
-    if *t.base.get_ref() > 65_535 {
+    if numbering == Addressing::Protocol && *t.base.get_ref() > 65_535 {
         return Err(doc.at(
             &t.base,
             key("base"),
-            format!("register {} is past 65535", t.base.get_ref()),
+            format!(
+                "register {} is past 65535 (a map of 40001-style numbers says addressing = \"register-number\")",
+                t.base.get_ref()
+            ),
         ));
     }
     if t.fields.get_ref().is_empty() {
         return Err(doc.at(&t.fields, key("fields"), "a table needs at least one field"));
     }
-    let fields = fields(doc, &spec, t, default_kind, default_order)?;
+    let defaults = TableDefaults {
+        kind: default_kind,
+        order: default_order,
+        base: *t.base.get_ref(),
+        numbering,
+    };
+    let mut fields = fields(doc, &spec, t, &defaults)?;
+    // Register numbers were turned into protocol addresses; the block starts
+    // at the first of them.
+    let base = match numbering {
+        Addressing::Protocol => defaults.base,
+        Addressing::RegisterNumber => {
+            let first = fields.iter().map(|f| f.at).min().unwrap_or(0);
+            fields.iter_mut().for_each(|f| f.at -= first);
+            u32::from(first)
+        }
+    };
     Ok(TableMap {
         spec,
-        endpoint: t.endpoint.get_ref().clone(),
+        endpoint: t.endpoint.as_ref().map(|e| e.get_ref().clone()),
         unit: t.unit.as_ref().map_or(1, |u| *u.get_ref()),
         unit_stride: strides(doc, &spec, t.unit_stride.as_ref(), &key("unit_stride"))?,
-        base: *t.base.get_ref(),
+        base,
         stride: strides(doc, &spec, t.stride.as_ref(), &key("stride"))?,
         max_gap: t.max_gap.unwrap_or(MAX_READ),
         fields,
@@ -479,21 +671,12 @@ fn fields(
     doc: &Doc,
     spec: &TableSpec,
     t: &RawTable,
-    default_kind: RegisterKind,
-    default_order: WordOrder,
+    defaults: &TableDefaults,
 ) -> Result<Vec<Field>, DocError> {
     let mut fields: Vec<(Field, &RawField)> = Vec::new();
     for (i, f) in t.fields.get_ref().iter().enumerate() {
         let fkey = |k: &str| format!("{}.fields[{i}].{k}", spec.name);
-        let field = field(
-            doc,
-            spec,
-            f,
-            &fkey,
-            default_kind,
-            default_order,
-            *t.base.get_ref(),
-        )?;
+        let field = field(doc, spec, f, &fkey, defaults)?;
         if let Some((other, _)) = fields.iter().find(|(o, _)| o.column == field.column) {
             return Err(doc.at(
                 &f.column,
@@ -535,49 +718,91 @@ fn overlaps(a: &Field, b: &Field) -> bool {
     }
 }
 
+/// One field. With protocol addressing its `at` is relative to the table's
+/// base; with register numbers it is the field's absolute protocol address
+/// (the table then moves its base to the first one).
 fn field(
     doc: &Doc,
     spec: &TableSpec,
     f: &RawField,
     fkey: &dyn Fn(&str) -> String,
-    default_kind: RegisterKind,
-    default_order: WordOrder,
-    base: u32,
+    defaults: &TableDefaults,
 ) -> Result<Field, DocError> {
     let column = field_column(doc, spec, f, fkey)?;
-    let name = f.dtype.get_ref().as_str();
-    let dtype = field_type(doc, f, fkey)?;
+    let kind = kind(doc, f.kind.as_ref(), &fkey("kind"), defaults.kind)?;
+    let dtype = match kind.is_bit() {
+        true => bit_field(doc, f, fkey, kind)?,
+        false => field_type(doc, f, fkey)?,
+    };
     if let (Some(o), 1) = (&f.word_order, dtype.words()) {
         return Err(doc.at(
             o,
             fkey("word_order"),
-            format!("`{name}` is one register; word_order applies only to 32- and 64-bit types"),
+            format!("`{dtype}` is one register; word_order applies only to 32- and 64-bit types"),
         ));
     }
     let order = word_order(
         doc,
         f.word_order.as_ref(),
         &fkey("word_order"),
-        default_order,
+        defaults.order,
     )?;
-    let kind = kind(doc, f.kind.as_ref(), &fkey("kind"), default_kind)?;
-    let last = u64::from(base) + u64::from(*f.at.get_ref()) + u64::from(dtype.words()) - 1;
+    let number = defaults.base + *f.at.get_ref();
+    let (first, at) = match defaults.numbering {
+        Addressing::Protocol => (number, *f.at.get_ref()),
+        Addressing::RegisterNumber => {
+            let p = defaults
+                .numbering
+                .protocol(kind, number)
+                .map_err(|m| doc.at(&f.at, fkey("at"), m))?;
+            (p, p)
+        }
+    };
+    let last = u64::from(first) + u64::from(dtype.words()) - 1;
     if last > 65_535 {
         return Err(doc.at(
             &f.at,
             fkey("at"),
-            format!("`{column}` ({name}) ends at register {last}, past 65535"),
+            format!("`{column}` ({dtype}) ends at register {last}, past 65535"),
         ));
     }
     Ok(Field {
         column: column.clone(),
         kind,
-        at: *f.at.get_ref() as u16,
+        at: at as u16,
         dtype,
         order,
         scale: field_number(doc, &f.scale, &fkey("scale"), 1.0)?,
         offset: field_number(doc, &f.offset, &fkey("offset"), 0.0)?,
     })
+}
+
+/// A coil or discrete input is one bit, 0 or 1: none of the register keys apply.
+fn bit_field(
+    doc: &Doc,
+    f: &RawField,
+    fkey: &dyn Fn(&str) -> String,
+    kind: RegisterKind,
+) -> Result<DataType, DocError> {
+    let refused: [(Option<std::ops::Range<usize>>, &str); 6] = [
+        (f.dtype.as_ref().map(Spanned::span), "type"),
+        (f.word_order.as_ref().map(Spanned::span), "word_order"),
+        (f.scale.as_ref().map(Spanned::span), "scale"),
+        (f.offset.as_ref().map(Spanned::span), "offset"),
+        (f.bit.as_ref().map(Spanned::span), "bit"),
+        (f.width.as_ref().map(Spanned::span), "width"),
+    ];
+    match refused.into_iter().find_map(|(span, k)| Some((span?, k))) {
+        Some((span, k)) => Err(doc.error(
+            span.start,
+            fkey(k),
+            format!(
+                "a {} is one bit (0 or 1) and takes no `{k}`; map it to a smallint, integer or bigint column",
+                kind.name()
+            ),
+        )),
+        None => Ok(DataType::Bit),
+    }
 }
 
 /// The column a field fills: a valid name, and not a key column.
@@ -609,7 +834,14 @@ fn field_type(
     f: &RawField,
     fkey: &dyn Fn(&str) -> String,
 ) -> Result<DataType, DocError> {
-    let name = f.dtype.get_ref().as_str();
+    let Some(ty) = &f.dtype else {
+        return Err(doc.at(
+            &f.column,
+            fkey("type"),
+            format!("a register field needs a `type` ({})", DataType::NAMES),
+        ));
+    };
+    let name = ty.get_ref().as_str();
     let is_bits = name == "bits";
     for (v, k) in [(&f.bit, "bit"), (&f.width, "width")] {
         if let (Some(v), false) = (v, is_bits) {
@@ -624,7 +856,7 @@ fn field_type(
     let width = f.width.as_ref().map_or(1, |w| *w.get_ref());
     let dtype = DataType::parse(name, bit, width).ok_or_else(|| {
         doc.at(
-            &f.dtype,
+            ty,
             fkey("type"),
             format!("unknown type `{name}`; expected one of {}", DataType::NAMES),
         )
@@ -633,7 +865,7 @@ fn field_type(
         let at = f
             .width
             .as_ref()
-            .map_or(f.dtype.span().start, |w| w.span().start);
+            .map_or(ty.span().start, |w| w.span().start);
         return Err(doc.error(
             at,
             fkey("width"),

@@ -3,14 +3,49 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The order of the 16-bit words of a 32/64-bit value. Bytes inside a word
-/// are always big-endian, as Modbus defines.
+/// The byte order of a 32/64-bit value across its 16-bit registers, named
+/// as vendor manuals name it for 32 bits (A = the most significant byte).
+/// For 64 bits the same rule is applied to all four words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WordOrder {
-    /// Most significant word first (`ABCD`), the Modbus convention.
+    /// `ABCD`: most significant word first, big-endian bytes: the Modbus convention.
     Big,
-    /// Least significant word first (`CDAB`, "word swap"), common in BMSs.
+    /// `CDAB`: least significant word first ("word swap"), common in BMSs.
     Little,
+    /// `BADC`: words in order, the two bytes inside each word swapped.
+    ByteSwap,
+    /// `DCBA`: every byte reversed (a little-endian value sent as is).
+    Reversed,
+}
+
+impl WordOrder {
+    /// The map's words for each order (`big` and `little` are the old names of ABCD and CDAB).
+    pub const NAMES: [(&'static str, WordOrder); 6] = [
+        ("ABCD", WordOrder::Big),
+        ("BADC", WordOrder::ByteSwap),
+        ("CDAB", WordOrder::Little),
+        ("DCBA", WordOrder::Reversed),
+        ("big", WordOrder::Big),
+        ("little", WordOrder::Little),
+    ];
+
+    /// Whether the words come least significant first.
+    fn words_reversed(self) -> bool {
+        matches!(self, WordOrder::Little | WordOrder::Reversed)
+    }
+
+    /// Whether the two bytes inside each word are swapped.
+    fn bytes_swapped(self) -> bool {
+        matches!(self, WordOrder::ByteSwap | WordOrder::Reversed)
+    }
+
+    /// The register as it reads in this order's byte layout.
+    fn word(self, w: u16) -> u16 {
+        match self.bytes_swapped() {
+            true => w.swap_bytes(),
+            false => w,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +63,8 @@ pub enum DataType {
         bit: u8,
         width: u8,
     },
+    /// One coil or discrete input: 0 or 1 (the client hands each bit over as a word).
+    Bit,
 }
 
 /// A decoded measurement: integers stay exact, anything scaled is a float.
@@ -51,6 +88,7 @@ impl std::fmt::Display for DataType {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DataType::Bits { bit, width } => write!(f, "bits {bit}..{}", bit + width),
+            DataType::Bit => f.write_str("bit"),
             other => f.write_str(&format!("{other:?}").to_lowercase()),
         }
     }
@@ -78,7 +116,7 @@ impl DataType {
     /// Registers the value occupies.
     pub fn words(self) -> u16 {
         match self {
-            DataType::U16 | DataType::I16 | DataType::Bits { .. } => 1,
+            DataType::U16 | DataType::I16 | DataType::Bits { .. } | DataType::Bit => 1,
             DataType::U32 | DataType::I32 | DataType::F32 => 2,
             DataType::U64 | DataType::I64 | DataType::F64 => 4,
         }
@@ -98,6 +136,7 @@ impl DataType {
             DataType::U64 => (0, u64::MAX.into()),
             DataType::I64 => (i64::MIN.into(), i64::MAX.into()),
             DataType::Bits { width, .. } => (0, (1i128 << width) - 1),
+            DataType::Bit => (0, 1),
             DataType::F32 | DataType::F64 => return None,
         })
     }
@@ -112,10 +151,10 @@ impl DataType {
         }
         let wide = || -> u64 {
             let mut acc = 0u64;
-            let mut fold = |w: &u16| acc = (acc << 16) | u64::from(*w);
-            match order {
-                WordOrder::Big => words.iter().for_each(&mut fold),
-                WordOrder::Little => words.iter().rev().for_each(&mut fold),
+            let mut fold = |w: &u16| acc = (acc << 16) | u64::from(order.word(*w));
+            match order.words_reversed() {
+                false => words.iter().for_each(&mut fold),
+                true => words.iter().rev().for_each(&mut fold),
             }
             acc
         };
@@ -125,6 +164,7 @@ impl DataType {
             DataType::Bits { bit, width } => {
                 Value::Int(((u64::from(words[0]) >> bit) & ((1 << width) - 1)) as i64)
             }
+            DataType::Bit => Value::Int(i64::from(words[0] & 1)),
             DataType::U32 => Value::Int(wide() as i64),
             DataType::I32 => Value::Int((wide() as u32 as i32).into()),
             DataType::U64 => match i64::try_from(wide()) {
@@ -148,9 +188,9 @@ impl DataType {
             let n = out.len();
             for (i, w) in out.iter_mut().enumerate() {
                 let shift = 16 * (n - 1 - i);
-                *w = (bits >> shift) as u16;
+                *w = order.word((bits >> shift) as u16);
             }
-            if order == WordOrder::Little {
+            if order.words_reversed() {
                 out.reverse();
             }
         };
@@ -159,7 +199,7 @@ impl DataType {
             (raw.round() as i128).clamp(lo, hi)
         };
         match self {
-            DataType::U16 | DataType::I16 => out[0] = int(raw) as u16,
+            DataType::U16 | DataType::I16 | DataType::Bit => out[0] = int(raw) as u16,
             DataType::Bits { bit, width } => {
                 let mask = (((1u32 << width) - 1) << bit) as u16;
                 out[0] = (out[0] & !mask) | (((int(raw) as u32) << bit) as u16 & mask);
@@ -175,7 +215,7 @@ impl DataType {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use WordOrder::{Big, Little};
+    use WordOrder::{Big, ByteSwap, Little, Reversed};
 
     fn roundtrip(t: DataType, order: WordOrder, raw: f64) -> Option<Value> {
         let mut words = vec![0u16; t.words().into()];
@@ -184,8 +224,8 @@ mod tests {
     }
 
     #[test]
-    fn modbus_value_every_type_round_trips_in_both_word_orders() {
-        for order in [Big, Little] {
+    fn modbus_value_every_type_round_trips_in_every_byte_order() {
+        for order in [Big, Little, ByteSwap, Reversed] {
             assert_eq!(
                 roundtrip(DataType::U16, order, 65535.0),
                 Some(Value::Int(65535))
@@ -255,6 +295,35 @@ mod tests {
         assert_eq!(w, [0x3FF0, 0, 0, 0]);
     }
 
+    /// Each order against bytes written by hand from the layout vendor manuals
+    /// print: 1.5f32 is 0x3FC00000, so A=3F B=C0 C=00 D=00.
+    #[test]
+    fn modbus_value_byte_orders_match_hand_written_frames() {
+        let cases = [
+            (Big, [0x3FC0, 0x0000]),
+            (ByteSwap, [0xC03F, 0x0000]),
+            (Little, [0x0000, 0x3FC0]),
+            (Reversed, [0x0000, 0xC03F]),
+        ];
+        for (order, words) in cases {
+            assert_eq!(
+                DataType::F32.decode(&words, order),
+                Some(Value::Float(1.5)),
+                "{order:?}"
+            );
+        }
+        // 0x0102030405060708 as u64: ABCD = 0102 0304 0506 0708, BADC swaps the
+        // bytes of each word, CDAB reverses the words, DCBA reverses all eight bytes.
+        let v = Some(Value::Int(0x0102_0304_0506_0708));
+        assert_eq!(DataType::U64.decode(&[0x0102, 0x0304, 0x0506, 0x0708], Big), v);
+        assert_eq!(DataType::U64.decode(&[0x0201, 0x0403, 0x0605, 0x0807], ByteSwap), v);
+        assert_eq!(DataType::U64.decode(&[0x0708, 0x0506, 0x0304, 0x0102], Little), v);
+        assert_eq!(DataType::U64.decode(&[0x0807, 0x0605, 0x0403, 0x0201], Reversed), v);
+        let mut w = [0u16; 2];
+        DataType::F32.encode(1.5, Reversed, &mut w);
+        assert_eq!(w, [0x0000, 0xC03F]);
+    }
+
     #[test]
     fn modbus_value_bits_share_a_register() {
         let low = DataType::Bits { bit: 0, width: 4 };
@@ -294,8 +363,8 @@ mod tests {
         /// (any value in its range; 64-bit ones within f64's exact range,
         /// which is what a raw f64 carries) and every float, in both orders.
         #[test]
-        fn modbus_value_decode_inverts_encode(pick in 0usize..9, x in proptest::num::f64::ANY, unit in 0.0f64..1.0, big in proptest::bool::ANY) {
-            let order = if big { Big } else { Little };
+        fn modbus_value_decode_inverts_encode(pick in 0usize..9, x in proptest::num::f64::ANY, unit in 0.0f64..1.0, o in 0usize..4) {
+            let order = [Big, Little, ByteSwap, Reversed][o];
             let t = [
                 DataType::U16, DataType::I16, DataType::U32, DataType::I32, DataType::U64,
                 DataType::I64, DataType::F32, DataType::F64, DataType::Bits { bit: 3, width: 5 },

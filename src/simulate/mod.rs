@@ -25,7 +25,7 @@ use self::space::Space;
 use crate::config::Site;
 use crate::context::Context;
 use crate::exit::{Outcome, code as exit};
-use crate::modbus::map::{MAX_READ, RegisterKind};
+use crate::modbus::map::RegisterKind;
 use crate::output::{Report, Verbosity};
 use crate::schema::DeviceRange;
 use crate::window::parse_std_duration;
@@ -145,7 +145,7 @@ pub fn listeners(site: &Site, listen: Option<&str>) -> Result<Vec<Listener>, Sim
     if let Some(addr) = listen {
         crate::modbus::map::check_devices(
             &site.register_map,
-            |s| s.devices(site),
+            |s| site.placed_devices(s),
             |_| Some(addr.to_string()),
         )
         .map_err(|source| SimulateError::Overlap {
@@ -190,9 +190,11 @@ impl SimService {
         let (kind, addr, count) = match req.request {
             Request::ReadHoldingRegisters(a, n) => (RegisterKind::Holding, a, n),
             Request::ReadInputRegisters(a, n) => (RegisterKind::Input, a, n),
+            Request::ReadCoils(a, n) => (RegisterKind::Coil, a, n),
+            Request::ReadDiscreteInputs(a, n) => (RegisterKind::Discrete, a, n),
             _ => return Err(ExceptionCode::IllegalFunction),
         };
-        if count == 0 || count > MAX_READ {
+        if count == 0 || count > kind.max_read() {
             return Err(ExceptionCode::IllegalDataValue);
         }
         let now = SystemTime::now()
@@ -221,8 +223,15 @@ impl SimService {
         Ok(Some(match kind {
             RegisterKind::Holding => Response::ReadHoldingRegisters(words),
             RegisterKind::Input => Response::ReadInputRegisters(words),
+            RegisterKind::Coil => Response::ReadCoils(bits(&words)),
+            RegisterKind::Discrete => Response::ReadDiscreteInputs(bits(&words)),
         }))
     }
+}
+
+/// A bit space's words (one per bit, 0 or 1) as the bits tokio-modbus packs.
+fn bits(words: &[u16]) -> Vec<bool> {
+    words.iter().map(|w| *w & 1 == 1).collect()
 }
 
 impl tokio_modbus::server::Service for SimService {

@@ -50,7 +50,8 @@ fn column_key(column: &str) -> u64 {
 pub struct Model {
     pub seed: u64,
     /// Racks per bank id.
-    racks: Vec<(i16, f64)>,
+    /// Per bank: its rack ids.
+    racks: Vec<(i16, Vec<i16>)>,
 }
 
 /// One rack's state at one second.
@@ -69,7 +70,7 @@ impl Model {
             racks: site
                 .banks
                 .iter()
-                .map(|b| (b.id as i16, f64::from(b.racks)))
+                .map(|b| (b.id as i16, b.racks.iter().map(|&r| r as i16).collect()))
                 .collect(),
         }
     }
@@ -96,13 +97,13 @@ impl Model {
 
     /// The racks of a bank, summed by `f`.
     fn bank_sum(&self, bank: i16, t: i64, f: impl Fn(&Rack) -> f64) -> (f64, f64) {
-        let n = self
+        let racks = self
             .racks
             .iter()
             .find(|(b, _)| *b == bank)
-            .map_or(1.0, |r| r.1);
-        let sum = (1..=n as i16).map(|r| f(&self.rack(&[bank, r], t))).sum();
-        (sum, n)
+            .map_or(&[1][..], |r| &r.1[..]);
+        let sum = racks.iter().map(|&r| f(&self.rack(&[bank, r], t))).sum();
+        (sum, racks.len() as f64)
     }
 
     fn site_power_kw(&self, t: i64) -> f64 {

@@ -6,14 +6,18 @@ use std::collections::BTreeMap;
 use super::model::Model;
 use crate::config::Site;
 use crate::modbus::map::{RegisterKind, TableMap};
+use crate::modbus::value::DataType;
 use crate::schema::DeviceId;
 
 #[derive(Debug, Clone)]
 pub struct Block {
     pub table: TableMap,
     pub device: DeviceId,
+    /// First address of this space's part of the block, and its length.
     pub start: u16,
     pub len: u16,
+    /// Where that part begins inside the device's block (its first field's `at`).
+    pub lead: u16,
 }
 
 /// Blocks by (unit, kind), sorted by start.
@@ -23,23 +27,25 @@ pub struct Space {
 }
 
 impl Space {
-    /// The blocks of every table the map serves from one of `endpoints`.
+    /// The blocks of every device the site serves from one of `endpoints`.
     pub fn new(site: &Site, endpoints: &[&str]) -> Space {
         let mut space = Space::default();
         for t in &site.register_map.tables {
-            if !endpoints.contains(&t.endpoint.as_str()) {
-                continue;
-            }
-            let kinds: std::collections::BTreeSet<_> = t.fields.iter().map(|f| f.kind).collect();
             for device in t.spec.devices(site) {
-                // check_devices has proven unit and range at config load.
-                let unit = t.unit_of(&device).unwrap_or(0);
-                for &kind in &kinds {
-                    space.blocks.entry((unit, kind)).or_default().push(Block {
+                // check_devices has proven endpoint, unit and range at config load.
+                let Ok(at) = site.address(t, &device) else {
+                    continue;
+                };
+                if !endpoints.contains(&at.endpoint.as_str()) {
+                    continue;
+                }
+                for (kind, lo, hi) in t.extents() {
+                    space.blocks.entry((at.unit, kind)).or_default().push(Block {
                         table: t.clone(),
                         device: device.clone(),
-                        start: t.block_start(&device) as u16,
-                        len: t.block_len() as u16,
+                        start: (at.start + u64::from(lo)) as u16,
+                        len: (hi - lo) as u16,
+                        lead: lo as u16,
                     });
                 }
             }
@@ -69,8 +75,12 @@ impl Block {
         let mut words = vec![0u16; self.len.into()];
         for f in self.table.fields.iter().filter(|f| f.kind == kind) {
             let physical = model.value(self.table.spec.table, &f.column, &self.device, t);
-            let raw = (physical - f.offset) / f.scale;
-            let at = usize::from(f.at);
+            let raw = match f.dtype {
+                // A coil shows the value's lowest bit, so it changes over time.
+                DataType::Bit => physical.rem_euclid(2.0).floor(),
+                _ => (physical - f.offset) / f.scale,
+            };
+            let at = usize::from(f.at - self.lead);
             f.dtype.encode(
                 raw,
                 f.order,
