@@ -206,7 +206,7 @@ impl IngestCollector {
 }
 
 /// (result label, count): "ok" and every reason a poll is missed.
-fn results(ok: u64, m: &Misses) -> [(&'static str, u64); 7] {
+fn results(ok: u64, m: &Misses) -> [(&'static str, u64); 8] {
     [
         ("ok", ok),
         ("timeout", m.timeout),
@@ -215,6 +215,7 @@ fn results(ok: u64, m: &Misses) -> [(&'static str, u64); 7] {
         ("bad_answer", m.bad_answer),
         ("late", m.late),
         ("breaker", m.breaker),
+        ("sunspec", m.sunspec),
     ]
 }
 

@@ -185,7 +185,7 @@ async fn target_rows(
         Err(e) => return vec![fail(None, db::describe(&e))],
     };
     let mut rows = Vec::new();
-    for spec in tables {
+    for spec in tables.iter().filter(|t| site.has_table(t.table)) {
         let started = Instant::now();
         let mut t = TableRollup {
             server: server.to_string(),

@@ -24,7 +24,7 @@ use crate::exit::Outcome;
 use crate::history::read::{self, Heartbeat};
 use crate::loss::gaps::{Grade, loss_pct};
 use crate::output::{Report, human_bytes};
-use crate::schema::{TABLES, TIME_COLUMN};
+use crate::schema::TIME_COLUMN;
 use crate::sql::quote_ident;
 
 /// The fleet at a glance: ingest alive, newest samples, spool, breakers,
@@ -302,7 +302,7 @@ async fn sample_rows(
     limits: AgeLimits,
 ) -> Vec<StatusRow> {
     let mut rows = Vec::new();
-    for spec in TABLES {
+    for spec in site.tables() {
         // The last day only: chunk exclusion keeps this to the newest chunk
         // (and TimescaleDB's default time index to a few pages of it).
         let sql = format!(

@@ -14,7 +14,7 @@ use super::series::{
 use super::source;
 use crate::config::{CachePeriod, CacheSettings, Config, ConfigError, Site};
 use crate::db::{self, DbError, Target};
-use crate::schema::{TABLES, TableSpec};
+use crate::schema::TableSpec;
 
 /// One key to write: its value and TTL (seconds; 0 = none).
 #[derive(Debug, Clone)]
@@ -127,7 +127,7 @@ pub async fn warm_site(
     };
     let mut entries = Vec::new();
     let mut found = Vec::new();
-    for spec in TABLES {
+    for spec in warm.site.tables() {
         warm_table(&warm, &spec, &mut entries, &mut found).await?;
     }
     let (loss, loss_failures) = loss_summary(config, &warm).await;
@@ -382,7 +382,7 @@ async fn loss_summary(config: &Config, warm: &Warm<'_>) -> (Value, Vec<String>) 
         };
         let client = opened.as_ref().unwrap_or(&warm.client);
         let mut tables = serde_json::Map::new();
-        for spec in TABLES {
+        for spec in warm.site.tables() {
             if let Some(v) = table_loss(warm, client, name, &spec, day).await {
                 tables.insert(spec.name.into(), v);
             }

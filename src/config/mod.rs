@@ -420,6 +420,15 @@ impl Site {
         self.banks.iter().map(|b| b.racks.len()).sum()
     }
 
+    /// The tables the site's register map describes, in table order: the
+    /// others have no devices and are skipped by loss, status, cache and rollup.
+    pub fn tables(&self) -> Vec<TableSpec> {
+        crate::schema::TABLES
+            .into_iter()
+            .filter(|t| self.has_table(t.table))
+            .collect()
+    }
+
     /// Whether the site's register map describes the table.
     pub fn has_table(&self, table: Table) -> bool {
         self.register_map.table(table.spec().name).is_some()

@@ -412,6 +412,10 @@ impl Validator<'_> {
         }
         let map = match path {
             None => RegisterMap::builtin(),
+            // A reserved word: a map file of that name is written `./sunspec`.
+            Some(p) if p.get_ref() == crate::modbus::sunspec::MAP_NAME => {
+                crate::modbus::sunspec::register_map()
+            }
             Some(p) => {
                 let base = match self.source {
                     ConfigSource::File(f) => f.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -953,7 +957,8 @@ impl Validator<'_> {
     ) -> Result<Vec<Pcs>, DocError> {
         let described = map.table("pcs").is_some();
         let Some(pcs) = pcs else {
-            return Ok(match described {
+            // A SunSpec site lists its inverters: there is no PCS 1 to assume.
+            return Ok(match described && !map.sunspec {
                 true => vec![Pcs {
                     id: 1,
                     own: DeviceOverride::default(),

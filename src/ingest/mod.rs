@@ -182,7 +182,15 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
                 endpoint: at.endpoint,
                 unit: at.unit,
                 block_start: at.start as u16,
-                requests: t.requests(at.start),
+                requests: match site.register_map.sunspec {
+                    true => Vec::new(),
+                    false => t.requests(at.start),
+                },
+                sunspec: site
+                    .register_map
+                    .sunspec
+                    .then(|| crate::modbus::sunspec::role(t.spec.table, &device))
+                    .flatten(),
                 device,
             });
         }
@@ -682,7 +690,7 @@ impl Report for IngestReport {
         };
         let m = &r.missed;
         let mut out = format!(
-            "{}: {} devices for {:.1} s; {} of {} polls answered ({pct:.2} %); missed: {} timeout, {} exception, {} connection, {} bad answer, {} late, {} breaker; \
+            "{}: {} devices for {:.1} s; {} of {} polls answered ({pct:.2} %); missed: {} timeout, {} exception, {} connection, {} bad answer, {} late, {} breaker, {} sunspec; \
              {} breaker openings, {} open now; {} stale devices",
             r.site,
             r.devices,
@@ -695,6 +703,7 @@ impl Report for IngestReport {
             m.bad_answer,
             m.late,
             m.breaker,
+            m.sunspec,
             r.breaker_openings,
             r.breakers_open,
             r.stale_devices,

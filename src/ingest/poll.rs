@@ -29,6 +29,7 @@ use super::breaker::{Breaker, Change};
 use super::stats::{Miss, Stats};
 use crate::modbus::client::{Connection, ReadError};
 use crate::modbus::map::{ReadRequest, TableMap};
+use crate::modbus::sunspec::mapping::{self, Role, SunPlan};
 use crate::modbus::value::Value;
 use crate::schema::DeviceId;
 
@@ -50,6 +51,8 @@ pub struct PollDevice {
     pub unit: u8,
     pub block_start: u16,
     pub requests: Vec<ReadRequest>,
+    /// A SunSpec device: its registers are found on it (`requests` is empty).
+    pub sunspec: Option<Role>,
 }
 
 /// How a lane polls (from `[modbus]`).
@@ -83,6 +86,9 @@ struct DeviceState {
     /// Hash of the measured values and when it last changed.
     values: Option<(u64, Instant)>,
     stale: bool,
+    /// A SunSpec device's reads, once its models were found on the
+    /// connection of this generation (a new connection finds them again).
+    sunspec: Option<(Arc<SunPlan>, u64)>,
 }
 
 pub struct Lane {
@@ -105,6 +111,8 @@ struct Polled {
     t: i64,
     started: Instant,
     result: Result<Vec<Option<Value>>, ReadError>,
+    /// A SunSpec device's plan, as found or kept by this poll.
+    plan: Option<Arc<SunPlan>>,
 }
 
 /// The lane's connection and how deep it may pipeline.
@@ -114,6 +122,8 @@ struct Link {
     retry_at: Instant,
     backoff: Duration,
     last_error: String,
+    /// Connections opened so far: SunSpec plans are found again on a new one.
+    generation: u64,
 }
 
 /// The grid second being polled and the devices whose turn has not come.
@@ -160,6 +170,7 @@ impl Lane {
             retry_at: Instant::now(),
             backoff: Duration::from_secs(1),
             last_error: String::new(),
+            generation: 0,
         };
         let mut load = Load::default();
         let mut round = Round::default();
@@ -234,14 +245,21 @@ impl Lane {
         };
         state[slot].busy = true;
         load.requests += dev.requests.len() as u64;
+        let plan = state[slot]
+            .sunspec
+            .as_ref()
+            .filter(|(_, generation)| *generation == link.generation)
+            .map(|(p, _)| p.clone());
         let (t, timeout) = (round.t, self.settings.timeout);
         Some(Box::pin(async move {
             let started = Instant::now();
+            let (result, plan) = poll_device(&conn, dev, plan, timeout).await;
             Polled {
                 slot,
                 t,
                 started,
-                result: read_device(&conn, dev, timeout).await,
+                result,
+                plan,
             }
         }))
     }
@@ -296,6 +314,15 @@ impl Lane {
         let dev = &self.devices[p.slot];
         let s = &mut state[p.slot];
         let now = Instant::now();
+        if let Some(plan) = p.plan {
+            if s.sunspec.as_ref().is_none_or(|(old, _)| !Arc::ptr_eq(old, &plan)) {
+                tracing::info!(
+                    site = %self.stats.site, table = dev.table.spec.name, device = %self.stats.devices[dev.index].label,
+                    models = %plan.models, "SunSpec device found"
+                );
+            }
+            s.sunspec = Some((plan, link.generation));
+        }
         let change = match p.result {
             Ok(values) => {
                 load.answers += 1;
@@ -330,12 +357,16 @@ impl Lane {
             }
         };
         if let Some(change) = change {
-            self.log_breaker(dev, change, &state[p.slot]);
+            self.log_breaker(dev, change, &mut state[p.slot]);
         }
         true
     }
 
-    fn log_breaker(&self, dev: &PollDevice, change: Change, s: &DeviceState) {
+    fn log_breaker(&self, dev: &PollDevice, change: Change, s: &mut DeviceState) {
+        if let Change::Closed { .. } = change {
+            // It may have been replaced or reconfigured while silent.
+            s.sunspec = None;
+        }
         let d = &self.stats.devices[dev.index];
         d.breaker_open.store(s.breaker.is_open(), Relaxed);
         let reason = super::stats::lock(&d.last_error).clone();
@@ -408,6 +439,7 @@ impl Lane {
             Ok(c) => {
                 let c = Arc::new(c);
                 link.backoff = Duration::from_secs(1);
+                link.generation += 1;
                 if self.settings.pipeline > 1 {
                     link.depth = match probe_pipelining(&c, dev, self.settings.timeout).await {
                         Some(false) => {
@@ -480,6 +512,8 @@ fn classify(e: &ReadError) -> (Miss, bool) {
         ReadError::Exception(_) => (Miss::Exception, true),
         ReadError::Closed(_) => (Miss::Connection, false),
         ReadError::BadAnswer(_) => (Miss::BadAnswer, false),
+        // Counted toward the breaker, so discovery is retried with backoff.
+        ReadError::SunSpec(_) => (Miss::SunSpec, true),
     }
 }
 
@@ -544,6 +578,28 @@ fn decode_reply(
     Ok(())
 }
 
+/// One poll of a device: its map's reads, or a SunSpec device's (finding
+/// its models first when `plan` is none). Returns the plan it used.
+async fn poll_device(
+    c: &Connection,
+    dev: &PollDevice,
+    plan: Option<Arc<SunPlan>>,
+    timeout: Duration,
+) -> (Result<Vec<Option<Value>>, ReadError>, Option<Arc<SunPlan>>) {
+    let Some(role) = dev.sunspec else {
+        return (read_device(c, dev, timeout).await, None);
+    };
+    let plan = match plan {
+        Some(p) => p,
+        None => match mapping::discover(c, dev.unit, role, timeout).await {
+            Ok(p) => Arc::new(p),
+            Err(e) => return (Err(e), None),
+        },
+    };
+    let values = mapping::read_device(c, dev.unit, &plan, timeout).await;
+    (values, Some(plan))
+}
+
 /// Reads and decodes every field of one device; all or nothing.
 pub async fn read_device(
     c: &Connection,
@@ -582,6 +638,7 @@ mod tests {
             unit: 1,
             block_start: start as u16,
             requests: t.requests(start),
+            sunspec: None,
             table: Arc::new(t),
             device,
         }

@@ -27,16 +27,19 @@ pub enum Miss {
     Late,
     /// The device's breaker is open and no probe was due.
     Breaker,
+    /// A SunSpec device whose models do not match the config (or not yet discovered).
+    SunSpec,
 }
 
 impl Miss {
-    pub const ALL: [Miss; 6] = [
+    pub const ALL: [Miss; 7] = [
         Miss::Timeout,
         Miss::Exception,
         Miss::Connection,
         Miss::BadAnswer,
         Miss::Late,
         Miss::Breaker,
+        Miss::SunSpec,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Miss {
             Miss::BadAnswer => "bad_answer",
             Miss::Late => "late",
             Miss::Breaker => "breaker",
+            Miss::SunSpec => "sunspec",
         }
     }
 }
@@ -60,11 +64,12 @@ pub struct Misses {
     pub bad_answer: u64,
     pub late: u64,
     pub breaker: u64,
+    pub sunspec: u64,
 }
 
 impl Misses {
     pub fn total(&self) -> u64 {
-        self.timeout + self.exception + self.connection + self.bad_answer + self.late + self.breaker
+        Miss::ALL.iter().map(|m| self.get(*m)).sum()
     }
 
     fn add(&mut self, miss: Miss, n: u64) {
@@ -75,6 +80,7 @@ impl Misses {
             Miss::BadAnswer => &mut self.bad_answer,
             Miss::Late => &mut self.late,
             Miss::Breaker => &mut self.breaker,
+            Miss::SunSpec => &mut self.sunspec,
         } += n;
     }
 
@@ -98,6 +104,7 @@ impl Misses {
             Miss::BadAnswer => self.bad_answer,
             Miss::Late => self.late,
             Miss::Breaker => self.breaker,
+            Miss::SunSpec => self.sunspec,
         }
     }
 }
@@ -107,7 +114,7 @@ pub struct DeviceStats {
     pub table: &'static str,
     pub label: String,
     pub polls_ok: AtomicU64,
-    missed: [AtomicU64; 6],
+    missed: [AtomicU64; Miss::ALL.len()],
     /// Rows committed, per server (plan order).
     pub written: Vec<AtomicU64>,
     pub last_error: Mutex<String>,

@@ -324,6 +324,14 @@ async fn measure_table(config: &Config, t: &LossTarget, spec: TableSpec) -> Meas
         })],
         days: None,
     };
+    if !t.site.has_table(spec.table) {
+        // No devices: nothing to grade (recording the table clears stale rows).
+        return Measured {
+            table: spec.name,
+            rows: Vec::new(),
+            days: Some(Vec::new()),
+        };
+    }
     // Loss only reads: a read replica (`read_url`) takes it when there is one.
     let server = &config
         .server(&t.server)

@@ -42,6 +42,8 @@ pub enum ReadError {
     Closed(String),
     /// An answer that does not fit its request (function, length); discarded.
     BadAnswer(String),
+    /// A SunSpec device whose models do not match what the config says it is.
+    SunSpec(String),
 }
 
 impl std::fmt::Display for ReadError {
@@ -55,6 +57,7 @@ impl std::fmt::Display for ReadError {
             ),
             ReadError::Closed(why) => write!(f, "connection lost: {why}"),
             ReadError::BadAnswer(why) => write!(f, "answer discarded: {why}"),
+            ReadError::SunSpec(why) => write!(f, "SunSpec: {why}"),
         }
     }
 }

@@ -116,6 +116,8 @@ pub struct DeviceAddress {
 #[derive(Debug, Clone)]
 pub struct RegisterMap {
     pub label: String,
+    /// The SunSpec map: devices are discovered, their tables only list columns.
+    pub sunspec: bool,
     pub tables: Vec<TableMap>,
 }
 
@@ -328,6 +330,10 @@ pub fn check_devices(
                     device: label.clone(),
                     endpoint: at.endpoint.clone(),
                 })?;
+            // A SunSpec device's registers are found on the device.
+            if map.sunspec {
+                continue;
+            }
             for (kind, lo, hi) in t.extents() {
                 if at.start + u64::from(hi) > 65_536 {
                     let last = t
@@ -473,6 +479,7 @@ impl RegisterMap {
         }
         Ok(RegisterMap {
             label: label.to_string(),
+            sunspec: false,
             tables,
         })
     }

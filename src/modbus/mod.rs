@@ -4,4 +4,5 @@
 
 pub mod client;
 pub mod map;
+pub mod sunspec;
 pub mod value;
