@@ -29,6 +29,7 @@ pub mod migrate;
 pub mod modbus;
 pub mod output;
 pub mod privilege;
+pub mod read;
 pub mod reconcile;
 pub mod redis_client;
 pub mod report;
@@ -41,6 +42,7 @@ pub mod size;
 pub mod spool;
 pub mod sql;
 pub mod status;
+pub mod sunspec_cmd;
 pub mod tasks;
 pub mod tls;
 pub mod window;
@@ -105,6 +107,10 @@ pub enum Command {
     Rollup(rollup::RollupArgs),
     Retention(retention::RetentionArgs),
     Size(size::SizeArgs),
+    Read(read::ReadArgs),
+    /// SunSpec devices: the models a device offers (no config needed).
+    #[command(subcommand)]
+    Sunspec(sunspec_cmd::SunSpecCommand),
     /// Which config file is used and why, what it says, and whether it is usable.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
@@ -140,6 +146,8 @@ impl Command {
             Command::Rollup(_) => "rollup",
             Command::Retention(_) => "retention",
             Command::Size(_) => "size",
+            Command::Read(_) => "read",
+            Command::Sunspec(_) => "sunspec",
             Command::Config(_) => "config",
             Command::Completions { .. } => "completions",
             Command::Man => "man",
@@ -186,6 +194,9 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     // Before the load: `config path` answers even when the file is broken.
     if let Command::Config(command) = &cli.command {
         return config_cmd::run(command, cli.global.config.as_deref(), format, verbosity);
+    }
+    if let Command::Sunspec(command) = &cli.command {
+        return sunspec_cmd::run(command, format, verbosity);
     }
     let config = Config::load(cli.global.config.as_deref())?;
     db::set_application_name(cli.command.name());
@@ -241,7 +252,12 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         Command::Rollup(args) => run(args, ctx).await,
         Command::Retention(args) => run(args, ctx).await,
         Command::Size(args) => run(args, ctx).await,
-        Command::Completions { .. } | Command::Man | Command::Config(_) | Command::Relay(_) => {
+        Command::Read(args) => run(args, ctx).await,
+        Command::Completions { .. }
+        | Command::Man
+        | Command::Config(_)
+        | Command::Sunspec(_)
+        | Command::Relay(_) => {
             Ok(Outcome::Clean)
         }
     }

@@ -570,10 +570,7 @@ fn decode_reply(
         let raw = f
             .dtype
             .decode(&words[from..from + usize::from(f.dtype.words())], f.order);
-        values[i] = raw.map(|v| match f.is_scaled() {
-            true => Value::Float(v.as_f64() * f.scale + f.offset),
-            false => v,
-        });
+        values[i] = raw.map(|v| f.scaled(v));
     }
     Ok(())
 }

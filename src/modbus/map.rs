@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::value::{DataType, WordOrder};
+use super::value::{DataType, Value, WordOrder};
 use crate::doc::{Doc, DocError};
 use crate::schema::{DeviceId, TIME_COLUMN, Table, TableSpec};
 
@@ -165,6 +165,14 @@ pub struct ReadRequest {
 impl Field {
     pub fn is_scaled(&self) -> bool {
         self.scale != 1.0 || self.offset != 0.0
+    }
+
+    /// The physical value of a decoded raw one: raw × scale + offset.
+    pub fn scaled(&self, raw: Value) -> Value {
+        match self.is_scaled() {
+            true => Value::Float(raw.as_f64() * self.scale + self.offset),
+            false => raw,
+        }
     }
 
     /// A measured quantity (scaled or floating point), not a status or alarm word.

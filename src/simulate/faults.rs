@@ -34,6 +34,8 @@ pub struct Faults {
     pub frozen: Vec<DeviceRange>,
     /// Serve as a Modbus gateway in front of a serial bus.
     pub gateway: Option<Gateway>,
+    /// How a SunSpec site's devices lay out their chains.
+    pub sunspec: super::sunspec::SunSpecOptions,
 }
 
 /// A Modbus TCP gateway in front of one serial bus: every request from any

@@ -8,6 +8,7 @@
 pub mod faults;
 pub mod model;
 pub mod space;
+pub mod sunspec;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -77,6 +78,21 @@ pub struct SimulateArgs {
     /// With --gateway: how long the gateway waits for a device before answering 0x0B.
     #[arg(long, value_parser = parse_std_duration, default_value = "100ms", value_name = "DURATION", requires = "gateway")]
     pub gateway_timeout: Duration,
+    /// SunSpec site: where these devices' "SunS" marker is (repeatable),
+    /// e.g. bank:2=0 (40000, 0 or 50000; default 40000).
+    #[arg(long, value_parser = sunspec::parse_base, value_name = "DEVICES=ADDR")]
+    pub sunspec_base: Vec<(DeviceRange, u16)>,
+    /// SunSpec site: how these devices' chains end (repeatable), e.g.
+    /// pcs:1=exception: end (0xFFFF, the default), zero, or exception.
+    #[arg(long, value_parser = sunspec::parse_end, value_name = "DEVICES=END")]
+    pub sunspec_end: Vec<(DeviceRange, sunspec::ChainEnd)>,
+    /// SunSpec site: batteries that give their strings only in 803's
+    /// string group, with no 804 model (repeatable), e.g. bank:2.
+    #[arg(long, value_parser = DeviceRange::parse, value_name = "DEVICES")]
+    pub sunspec_strings_in_803: Vec<DeviceRange>,
+    /// SunSpec site: switch the scale factors of -1 to -2 and back this often (e.g. 3s).
+    #[arg(long, value_parser = parse_std_duration, value_name = "DURATION")]
+    pub sunspec_sf_period: Option<Duration>,
 }
 
 /// A share on the command line that is not between 0 and 1.
@@ -206,6 +222,15 @@ impl SimService {
             Fate::Exception => return Err(ExceptionCode::ServerDeviceBusy),
             Fate::Answer => {}
         }
+        if let Some(sun) = &self.space.sun {
+            if kind != RegisterKind::Holding {
+                return Err(ExceptionCode::IllegalFunction);
+            }
+            let words = sun
+                .read(&self.model, req.slave, addr, count, t)
+                .ok_or(ExceptionCode::IllegalDataAddress)?;
+            return Ok(Some(Response::ReadHoldingRegisters(words)));
+        }
         let block = self
             .space
             .find(req.slave, kind, addr, count)
@@ -292,6 +317,7 @@ async fn on_the_bus(
 async fn bind(
     site: &Site,
     listeners: &[Listener],
+    sunspec: &sunspec::SunSpecOptions,
 ) -> Result<Vec<(Listener, tokio::net::TcpListener, Arc<Space>)>, SimulateError> {
     let mut out = Vec::new();
     for l in listeners {
@@ -303,7 +329,7 @@ async fn bind(
                 source,
             })?;
         let names: Vec<&str> = l.endpoints.iter().map(String::as_str).collect();
-        out.push((l.clone(), socket, Arc::new(Space::new(site, &names))));
+        out.push((l.clone(), socket, Arc::new(Space::new(site, &names, sunspec))));
     }
     Ok(out)
 }
@@ -404,7 +430,7 @@ pub async fn start(
     announce: bool,
 ) -> Result<Running, SimulateError> {
     let plan = listeners(site, listen)?;
-    let bound = bind(site, &plan).await?;
+    let bound = bind(site, &plan, &faults.sunspec).await?;
     let model = Arc::new(Model::new(site, seed));
     let faults = Arc::new(faults);
     let started = SystemTime::now()
@@ -466,6 +492,12 @@ pub async fn execute(
             bus_time: args.bus_time,
             timeout: args.gateway_timeout,
         }),
+        sunspec: sunspec::SunSpecOptions {
+            base: args.sunspec_base.clone(),
+            end: args.sunspec_end.clone(),
+            strings_in_803: args.sunspec_strings_in_803.clone(),
+            sf_period_secs: args.sunspec_sf_period.map_or(0, |d| d.as_secs() as i64),
+        },
     };
     let running = start(
         &site,

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::model::Model;
+use super::sunspec::{SunSpace, SunSpecOptions};
 use crate::config::Site;
 use crate::modbus::map::{RegisterKind, TableMap};
 use crate::modbus::value::DataType;
@@ -24,12 +25,18 @@ pub struct Block {
 #[derive(Debug, Default)]
 pub struct Space {
     blocks: BTreeMap<(u8, RegisterKind), Vec<Block>>,
+    /// A SunSpec site's devices (then there are no blocks).
+    pub sun: Option<SunSpace>,
 }
 
 impl Space {
     /// The blocks of every device the site serves from one of `endpoints`.
-    pub fn new(site: &Site, endpoints: &[&str]) -> Space {
+    pub fn new(site: &Site, endpoints: &[&str], sunspec: &SunSpecOptions) -> Space {
         let mut space = Space::default();
+        if site.register_map.sunspec {
+            space.sun = Some(SunSpace::new(site, endpoints, sunspec));
+            return space;
+        }
         for t in &site.register_map.tables {
             for device in t.spec.devices(site) {
                 // check_devices has proven endpoint, unit and range at config load.
@@ -57,6 +64,9 @@ impl Space {
     }
 
     pub fn device_count(&self) -> usize {
+        if let Some(sun) = &self.sun {
+            return sun.device_count();
+        }
         self.blocks.values().map(Vec::len).sum()
     }
 

@@ -113,11 +113,11 @@ pub fn columns(table: Table) -> &'static [(&'static str, DataType)] {
 
 /// (column, model, point, transform): where a column comes from. A point
 /// of 803's string group is named as in the group.
-type Source = (&'static str, u16, &'static str, Transform);
+pub(crate) type Source = (&'static str, u16, &'static str, Transform);
 
 use Transform::{FaultState, Integer, Kilo, Percent, Plain};
 
-const BANK: &[Source] = &[
+pub(crate) const BANK: &[Source] = &[
     ("SOC", 802, "SoC", Plain),
     ("SOH", 802, "SoH", Plain),
     ("DC_VOLTAGE", 802, "V", Plain),
@@ -136,7 +136,7 @@ const BANK: &[Source] = &[
     ("FAULT", 802, "State", FaultState),
 ];
 
-const RACK_804: &[Source] = &[
+pub(crate) const RACK_804: &[Source] = &[
     ("SOC", 804, "SoC", Plain),
     ("SOH", 804, "SoH", Plain),
     ("DC_VOLTAGE", 804, "V", Plain),
@@ -156,7 +156,7 @@ const RACK_804: &[Source] = &[
 ];
 
 /// 803's string group has no string voltage: DC_VOLTAGE stays NULL.
-const RACK_803: &[Source] = &[
+pub(crate) const RACK_803: &[Source] = &[
     ("SOC", 803, "StrSoC", Plain),
     ("SOH", 803, "StrSoH", Plain),
     ("DC_CURRENT", 803, "StrA", Plain),
@@ -176,7 +176,7 @@ const RACK_803: &[Source] = &[
 
 /// 101 (single phase) and 102 (split phase) share 103's layout; their
 /// missing phases hold "not implemented" and are NULL.
-const PCS_10X: &[Source] = &[
+pub(crate) const PCS_10X: &[Source] = &[
     ("AC_ACTIVE_POWER", 103, "W", Kilo),
     ("AC_REACTIVE_POWER", 103, "VAr", Kilo),
     ("AC_POWER_FACTOR", 103, "PF", Percent),
@@ -197,7 +197,7 @@ const PCS_10X: &[Source] = &[
 ];
 
 /// 701 has no DC side: those columns stay NULL.
-const PCS_701: &[Source] = &[
+pub(crate) const PCS_701: &[Source] = &[
     ("AC_ACTIVE_POWER", 701, "W", Kilo),
     ("AC_REACTIVE_POWER", 701, "Var", Kilo),
     ("AC_POWER_FACTOR", 701, "PF", Plain),
