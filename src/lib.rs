@@ -257,8 +257,6 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
         | Command::Man
         | Command::Config(_)
         | Command::Sunspec(_)
-        | Command::Relay(_) => {
-            Ok(Outcome::Clean)
-        }
+        | Command::Relay(_) => Ok(Outcome::Clean),
     }
 }

@@ -81,7 +81,10 @@ crate::into_error!(ReadCmdError);
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ReadRow {
     Field(FieldRead),
-    Frame { request: String, answer: Option<String> },
+    Frame {
+        request: String,
+        answer: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -115,10 +118,12 @@ impl Report for ReadReport {
     type Row = ReadRow;
     const HEADER: &'static str = "COLUMN|KIND|ADDRESS|RAW|DECODED|VALUE";
     fn cells(r: &ReadRow) -> Vec<String> {
-        let show = |v: &Option<Value>| v.map_or("NULL".into(), |v| match v {
-            Value::Int(i) => i.to_string(),
-            Value::Float(f) => format!("{f}"),
-        });
+        let show = |v: &Option<Value>| {
+            v.map_or("NULL".into(), |v| match v {
+                Value::Int(i) => i.to_string(),
+                Value::Float(f) => format!("{f}"),
+            })
+        };
         match r {
             ReadRow::Field(f) => vec![
                 f.column.clone(),
@@ -144,10 +149,17 @@ impl Report for ReadReport {
         }
     }
     fn summary(&self) -> String {
-        let fields = self.rows.iter().filter(|r| matches!(r, ReadRow::Field(_))).count();
+        let fields = self
+            .rows
+            .iter()
+            .filter(|r| matches!(r, ReadRow::Field(_)))
+            .count();
         match self.failed {
             0 => format!("{}: {fields} fields read", self.device),
-            n => format!("{}: {n} request(s) failed; the other fields are shown", self.device),
+            n => format!(
+                "{}: {n} request(s) failed; the other fields are shown",
+                self.device
+            ),
         }
     }
     fn outcome(&self) -> Outcome {
@@ -200,12 +212,15 @@ fn parse_device(s: &str) -> Result<(TableSpec, DeviceId), ReadCmdError> {
 pub fn plan(args: &ReadArgs, ctx: &Context) -> Result<ReadPlan, ReadCmdError> {
     let site = ctx.config.site(&args.site)?.clone();
     let (spec, device) = parse_device(&args.device)?;
-    let label = format!("{} {}", spec.name, device_label(&spec, &device));
+    let label = device_label(&spec, &device);
     let Some(table) = site.register_map.table(spec.name).cloned() else {
         return Err(ReadCmdError::NoSuchDevice {
             site: site.name.clone(),
             device: label,
-            hint: format!(": its register map ({}) has no [{}]", site.register_map.label, spec.name),
+            hint: format!(
+                ": its register map ({}) has no [{}]",
+                site.register_map.label, spec.name
+            ),
         });
     };
     if !site.has_device(&spec, &device) {
@@ -225,11 +240,18 @@ pub fn plan(args: &ReadArgs, ctx: &Context) -> Result<ReadPlan, ReadCmdError> {
         device: label.clone(),
         why,
     };
-    let at = site.address(&table, &device).map_err(|e| placement(e.to_string()))?;
+    let at = site
+        .address(&table, &device)
+        .map_err(|e| placement(e.to_string()))?;
     let addr = site
         .endpoint(&at.endpoint)
         .map(|e| e.addr.clone())
-        .ok_or_else(|| placement(format!("endpoint `{}` is not in the site's `modbus` table", at.endpoint)))?;
+        .ok_or_else(|| {
+            placement(format!(
+                "endpoint `{}` is not in the site's `modbus` table",
+                at.endpoint
+            ))
+        })?;
     Ok(ReadPlan {
         timeout: ctx.config.modbus.timeout,
         site,
@@ -242,7 +264,7 @@ pub fn plan(args: &ReadArgs, ctx: &Context) -> Result<ReadPlan, ReadCmdError> {
 }
 
 pub async fn execute(p: ReadPlan) -> Result<ReadReport, ReadCmdError> {
-    let label = format!("{} {}", p.table.spec.name, device_label(&p.table.spec, &p.device));
+    let label = device_label(&p.table.spec, &p.device);
     let unreachable = |why: String| ReadCmdError::Unreachable {
         site: p.site.name.clone(),
         device: label.clone(),
@@ -273,7 +295,9 @@ pub async fn execute(p: ReadPlan) -> Result<ReadReport, ReadCmdError> {
     let mut answers: Vec<Result<Vec<u16>, ReadError>> = Vec::new();
     let mut rows = Vec::new();
     for r in &requests {
-        let (answer, frames) = c.exchange(p.at.unit, r.kind, r.start, r.count, p.timeout).await;
+        let (answer, frames) = c
+            .exchange(p.at.unit, r.kind, r.start, r.count, p.timeout)
+            .await;
         if p.raw {
             rows.push(frame_row(&frames));
         }
@@ -292,11 +316,19 @@ pub async fn execute(p: ReadPlan) -> Result<ReadReport, ReadCmdError> {
 }
 
 fn hex_bytes(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(" ")
+    bytes
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn hex_words(words: &[u16]) -> String {
-    words.iter().map(|w| format!("0x{w:04X}")).collect::<Vec<_>>().join(" ")
+    words
+        .iter()
+        .map(|w| format!("0x{w:04X}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn frame_row(f: &Frames) -> ReadRow {
@@ -316,7 +348,11 @@ fn map_fields(
     let mut out = Vec::new();
     for (i, f) in table.fields.iter().enumerate() {
         let address = (start + u64::from(f.at)) as u16;
-        let Some((r, answer)) = requests.iter().zip(answers).find(|(r, _)| r.fields.contains(&i)) else {
+        let Some((r, answer)) = requests
+            .iter()
+            .zip(answers)
+            .find(|(r, _)| r.fields.contains(&i))
+        else {
             continue;
         };
         let mut row = FieldRead {
@@ -386,7 +422,10 @@ fn sunspec_fields(
                     row.value = read.value;
                     row.note = Some(match (read.raw, read.sf) {
                         (None, _) => format!("{}.{}: not implemented (NULL)", p.model, p.point),
-                        (Some(_), None) => format!("{}.{}: scale factor changed or not implemented (NULL)", p.model, p.point),
+                        (Some(_), None) => format!(
+                            "{}.{}: scale factor changed or not implemented (NULL)",
+                            p.model, p.point
+                        ),
                         (Some(_), Some(sf)) => format!("{}.{} × 10^{sf}", p.model, p.point),
                     });
                 }

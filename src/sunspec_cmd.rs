@@ -100,7 +100,10 @@ impl Report for ScanReport {
             ],
             ScanRow::Common(c) => vec![
                 "common".into(),
-                format!("{} {} (serial {})", c.manufacturer, c.model, c.serial_number),
+                format!(
+                    "{} {} (serial {})",
+                    c.manufacturer, c.model, c.serial_number
+                ),
             ],
         }
     }
@@ -129,7 +132,11 @@ impl Report for ScanReport {
 }
 
 /// Runs `essops sunspec …` without a config file.
-pub fn run(command: &SunSpecCommand, format: Format, verbosity: Verbosity) -> Result<Outcome, Error> {
+pub fn run(
+    command: &SunSpecCommand,
+    format: Format,
+    verbosity: Verbosity,
+) -> Result<Outcome, Error> {
     let SunSpecCommand::Scan(args) = command;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -261,10 +261,12 @@ fn ingest_misses_exactly_the_unanswered_and_refused_samples() {
     for t in &s.site.register_map.tables {
         for device in t.spec.devices(&s.site) {
             let label: Vec<String> = device.iter().map(i16::to_string).collect();
+            let at = s.site.address(t, &device).unwrap();
             for sec in first..=last {
-                let answered = t.requests(&device).iter().all(|r| {
-                    faults.fate(t.unit_of(&device).unwrap(), r.kind, r.start, sec) == Fate::Answer
-                });
+                let answered = t
+                    .requests(at.start)
+                    .iter()
+                    .all(|r| faults.fate(at.unit, r.kind, r.start, sec) == Fate::Answer);
                 match answered {
                     true => {
                         expected.insert((t.spec.name.to_string(), label.join("/"), sec));

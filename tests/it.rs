@@ -7,6 +7,7 @@ mod cache;
 mod cli;
 mod config_errors;
 mod demo;
+mod devices;
 mod examples;
 mod field;
 mod history;

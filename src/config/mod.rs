@@ -439,8 +439,16 @@ impl Site {
     pub fn device_override(&self, table: Table, device: &[i16]) -> DeviceOverride {
         let id = device.first().map(|&i| i as u16);
         match table {
-            Table::Bank | Table::Rack => self.banks.iter().find(|b| Some(b.id) == id).map(|b| b.own.clone()),
-            Table::Pcs => self.pcs.iter().find(|p| Some(p.id) == id).map(|p| p.own.clone()),
+            Table::Bank | Table::Rack => self
+                .banks
+                .iter()
+                .find(|b| Some(b.id) == id)
+                .map(|b| b.own.clone()),
+            Table::Pcs => self
+                .pcs
+                .iter()
+                .find(|p| Some(p.id) == id)
+                .map(|p| p.own.clone()),
             Table::Etc => None,
         }
         .unwrap_or_default()

@@ -898,7 +898,9 @@ impl Validator<'_> {
                 ));
             }
             if !ids.insert(id) {
-                return Err(self.doc.at(&b.id, key("id"), format!("duplicate bank id {id}")));
+                return Err(self
+                    .doc
+                    .at(&b.id, key("id"), format!("duplicate bank id {id}")));
             }
             let own = DeviceOverride {
                 endpoint: b.endpoint.as_ref().map(|e| e.get_ref().clone()),
@@ -925,9 +927,7 @@ impl Validator<'_> {
             RawRacks::Count(n) if *n == 0 || *n > MAX_DEVICE_ID => Err(self.doc.at(
                 racks,
                 key,
-                format!(
-                    "a bank has 1 to {MAX_DEVICE_ID} racks (rack ids are smallint), got {n}"
-                ),
+                format!("a bank has 1 to {MAX_DEVICE_ID} racks (rack ids are smallint), got {n}"),
             )),
             RawRacks::Count(n) => Ok((1..=*n).collect()),
             RawRacks::Ids(ids) => {

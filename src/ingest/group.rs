@@ -135,7 +135,9 @@ impl Group {
 pub fn device_locks(site: &Site, claims: impl Fn(Table, Option<u16>) -> bool) -> Vec<String> {
     let banks = site.banks.iter().map(|b| (Table::Bank, Some(b.id), "bank"));
     let pcs = site.pcs.iter().map(|p| (Table::Pcs, Some(p.id), "pcs"));
-    let etc = site.has_table(Table::Etc).then_some((Table::Etc, None, "etc"));
+    let etc = site
+        .has_table(Table::Etc)
+        .then_some((Table::Etc, None, "etc"));
     banks
         .chain(pcs)
         .chain(etc)

@@ -315,7 +315,10 @@ impl Lane {
         let s = &mut state[p.slot];
         let now = Instant::now();
         if let Some(plan) = p.plan {
-            if s.sunspec.as_ref().is_none_or(|(old, _)| !Arc::ptr_eq(old, &plan)) {
+            if s.sunspec
+                .as_ref()
+                .is_none_or(|(old, _)| !Arc::ptr_eq(old, &plan))
+            {
                 tracing::info!(
                     site = %self.stats.site, table = dev.table.spec.name, device = %self.stats.devices[dev.index].label,
                     models = %plan.models, "SunSpec device found"

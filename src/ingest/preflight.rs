@@ -166,15 +166,18 @@ fn column_type(
     columns: &[Column],
 ) -> Result<CopyType, ColumnError> {
     let field = table.and_then(|t| Some((t, t.fields.iter().find(|f| f.column == name)?)));
-    let col = columns.iter().find(|c| c.name == name).ok_or_else(|| match field {
-        Some((t, f)) => ColumnError::Missing {
-            name: name.to_string(),
-            table: crate::sql::quote_ident(t.spec.name),
-            quoted: crate::sql::quote_ident(name),
-            ty: column_type_for(f),
-        },
-        None => ColumnError::MissingKey(name.to_string()),
-    })?;
+    let col = columns
+        .iter()
+        .find(|c| c.name == name)
+        .ok_or_else(|| match field {
+            Some((t, f)) => ColumnError::Missing {
+                name: name.to_string(),
+                table: crate::sql::quote_ident(t.spec.name),
+                quoted: crate::sql::quote_ident(name),
+                ty: column_type_for(f),
+            },
+            None => ColumnError::MissingKey(name.to_string()),
+        })?;
     let ty = CopyType::from_catalog(&col.data_type).ok_or_else(|| ColumnError::Unsupported {
         name: name.to_string(),
         ty: col.data_type.clone(),

@@ -198,7 +198,10 @@ impl Connection {
             answer: None,
         };
         if self.is_closed() {
-            return (Err(ReadError::Closed("closed by the device".into())), frames);
+            return (
+                Err(ReadError::Closed("closed by the device".into())),
+                frames,
+            );
         }
         let result = self.send(tid, unit, function, start, count, timeout).await;
         let result = match result {
@@ -309,7 +312,9 @@ async fn read_answers(
     };
     closed.store(true, Relaxed);
     for (_, w) in lock(&pending).drain() {
-        let _ = w.answer.send((Err(ReadError::Closed(why.clone())), Vec::new()));
+        let _ = w
+            .answer
+            .send((Err(ReadError::Closed(why.clone())), Vec::new()));
     }
 }
 

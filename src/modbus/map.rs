@@ -203,8 +203,18 @@ impl TableMap {
     /// Where `device` answers. A device with its own endpoint or unit is
     /// addressed as if its bank (or PCS) were the only one: the strides of
     /// the first device id do not apply, those of the rack still do.
-    pub fn address(&self, device: &[i16], own: &DeviceOverride) -> Result<DeviceAddress, PlacementError> {
-        let label = || format!("{} {}", self.spec.name, crate::schema::device_label(&self.spec, device));
+    pub fn address(
+        &self,
+        device: &[i16],
+        own: &DeviceOverride,
+    ) -> Result<DeviceAddress, PlacementError> {
+        let label = || {
+            format!(
+                "{} {}",
+                self.spec.name,
+                crate::schema::device_label(&self.spec, device)
+            )
+        };
         let mut ids = device.to_vec();
         if own.is_set()
             && let Some(first) = ids.first_mut()
@@ -547,7 +557,15 @@ fn word_order(
     default: WordOrder,
 ) -> Result<WordOrder, DocError> {
     let expected = "ABCD (big), BADC, CDAB (little) or DCBA";
-    choice(doc, v, key, default, &WordOrder::NAMES, "word order", expected)
+    choice(
+        doc,
+        v,
+        key,
+        default,
+        &WordOrder::NAMES,
+        "word order",
+        expected,
+    )
 }
 
 /// One of `names` by its word; `default` when not given.
@@ -877,10 +895,7 @@ fn field_type(
         )
     })?;
     if is_bits && (width == 0 || u32::from(bit) + u32::from(width) > 16) {
-        let at = f
-            .width
-            .as_ref()
-            .map_or(ty.span().start, |w| w.span().start);
+        let at = f.width.as_ref().map_or(ty.span().start, |w| w.span().start);
         return Err(doc.error(
             at,
             fkey("width"),
@@ -931,8 +946,12 @@ mod tests {
         assert_eq!(names, ["bank", "rack", "pcs", "etc"]);
         let rack = m.table("rack").unwrap();
         // One read per rack: the block fits in 125 registers.
-        assert_eq!(rack.requests(&[2, 3]).len(), 1);
-        assert!(rack.block_len() <= u32::from(MAX_READ));
+        assert_eq!(rack.requests(rack.block_start(&[2, 3])).len(), 1);
+        assert!(
+            rack.extents()
+                .iter()
+                .all(|(_, lo, hi)| hi - lo <= u32::from(MAX_READ))
+        );
     }
 
     #[test]
@@ -952,7 +971,7 @@ fields = [
         .unwrap();
         let t = m.table("rack").unwrap();
         assert_eq!(t.block_start(&[2, 3]), 100 + 1000 + 400);
-        let r = t.requests(&[1, 1]);
+        let r = t.requests(t.block_start(&[1, 1]));
         assert_eq!(
             r,
             vec![
@@ -976,16 +995,21 @@ fields = [
                 },
             ]
         );
-        let placed = check_devices(&m, |_| vec![vec![1, 1], vec![1, 2]], |_| Some("x".into()));
+        let own = |ids: &[[i16; 2]]| -> Vec<(DeviceId, DeviceOverride)> {
+            ids.iter()
+                .map(|d| (d.to_vec(), DeviceOverride::default()))
+                .collect()
+        };
+        let placed = check_devices(&m, |_| own(&[[1, 1], [1, 2]]), |_| Some("x".into()));
         assert!(placed.is_ok(), "{placed:?}");
-        let err = check_devices(&m, |_| vec![vec![1, 6], vec![2, 1]], |_| Some("x".into()))
+        let err = check_devices(&m, |_| own(&[[1, 6], [2, 1]]), |_| Some("x".into()))
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("overlap on x unit 1") && err.contains("bank 2 / rack 1"),
             "{err}"
         );
-        let err = check_devices(&m, |_| vec![vec![70, 1]], |_| Some("x".into()))
+        let err = check_devices(&m, |_| own(&[[70, 1]]), |_| Some("x".into()))
             .unwrap_err()
             .to_string();
         assert!(err.contains("past 65535"), "{err}");
@@ -1040,7 +1064,27 @@ fields = [
             ),
             (
                 r#"{ column = "A", at = 0, type = "u16", kind = "coil" }"#,
-                "unknown register kind `coil`",
+                "key `bank.fields[0].type`: a coil is one bit (0 or 1) and takes no `type`",
+            ),
+            (
+                r#"{ column = "A", at = 0, kind = "discrete", scale = 2.0 }"#,
+                "key `bank.fields[0].scale`: a discrete is one bit",
+            ),
+            (
+                r#"{ column = "A", at = 0, kind = "coil", word_order = "BADC" }"#,
+                "key `bank.fields[0].word_order`",
+            ),
+            (
+                r#"{ column = "A", at = 0, type = "u16", kind = "register" }"#,
+                "unknown register kind `register`; expected holding, input, coil or discrete",
+            ),
+            (
+                r#"{ column = "A", at = 0 }"#,
+                "key `bank.fields[0].type`: a register field needs a `type`",
+            ),
+            (
+                r#"{ column = "A", at = 0, type = "f32", word_order = "ACBD" }"#,
+                "unknown word order `ACBD`; expected ABCD (big), BADC, CDAB (little) or DCBA",
             ),
         ];
         for (field, want) in cases {
@@ -1064,6 +1108,122 @@ fields = [
         let err = parse("[rack]\nendpoint = \"bms\"\nbase = 0\nstride = { pcs = 4 }\nfields = [{ column = \"A\", at = 0, type = \"u16\" }]\n").unwrap_err().to_string();
         assert!(
             err.contains("`pcs` is not a device id of table `rack` (expected: bank, rack)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn modbus_map_coils_and_discretes_are_bits_read_in_their_own_space() {
+        let m = parse(
+            r#"[bank]
+endpoint = "bms"
+base = 100
+fields = [
+  { column = "A", at = 0, type = "f32", word_order = "BADC" },
+  { column = "B", at = 2, type = "f64", word_order = "DCBA" },
+  { column = "CONTACTOR", at = 0, kind = "coil" },
+  { column = "DOOR", at = 5, kind = "discrete" },
+  { column = "FAN", at = 2500, kind = "coil" },
+]"#,
+        )
+        .unwrap();
+        let t = m.table("bank").unwrap();
+        assert_eq!(t.fields[0].order, WordOrder::ByteSwap);
+        assert_eq!(t.fields[1].order, WordOrder::Reversed);
+        assert_eq!(t.fields[2].dtype, DataType::Bit);
+        let r = t.requests(t.block_start(&[1]));
+        let kinds: Vec<_> = r.iter().map(|r| (r.kind, r.start, r.count)).collect();
+        // Coils 100 and 2600 are 2501 bits apart: past one read's 2000.
+        assert_eq!(
+            kinds,
+            [
+                (RegisterKind::Holding, 100, 6),
+                (RegisterKind::Coil, 100, 1),
+                (RegisterKind::Coil, 2600, 1),
+                (RegisterKind::Discrete, 105, 1),
+            ]
+        );
+        let err = parse("[bank]\nendpoint = \"bms\"\nkind = \"coil\"\nbase = 0\nfields = [{ column = \"A\", at = 0, type = \"u16\" }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `bank.kind`: a table's kind is holding or input"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn modbus_map_register_numbers_are_the_manuals_numbering() {
+        let m = parse(
+            r#"addressing = "register-number"
+[rack]
+endpoint = "bms"
+base = 0
+stride = { rack = 100 }
+fields = [
+  { column = "V", at = 40001, type = "u16" },
+  { column = "SOC", at = 40011, type = "u16" },
+  { column = "T", at = 300011, type = "u16", kind = "input" },
+  { column = "ALARM", at = 11, kind = "coil" },
+  { column = "DOOR", at = 10012, kind = "discrete" },
+]"#,
+        )
+        .unwrap();
+        let t = m.table("rack").unwrap();
+        let at: Vec<(RegisterKind, u64)> = t
+            .fields
+            .iter()
+            .map(|f| (f.kind, t.block_start(&[1, 2]) + u64::from(f.at)))
+            .collect();
+        assert_eq!(
+            at,
+            [
+                (RegisterKind::Holding, 100),
+                (RegisterKind::Holding, 110),
+                (RegisterKind::Input, 110),
+                (RegisterKind::Coil, 110),
+                (RegisterKind::Discrete, 111),
+            ]
+        );
+        let err = parse("addressing = \"register-number\"\n[bank]\nendpoint = \"bms\"\nbase = 0\nfields = [{ column = \"A\", at = 30001, type = \"u16\" }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "30001 is not a holding register number (from 40001, or 400001 in six digits)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn modbus_map_a_device_with_its_own_endpoint_is_addressed_as_the_only_one() {
+        let map = RegisterMap::builtin();
+        let rack = map.table("rack").unwrap();
+        let own = DeviceOverride {
+            endpoint: Some("bms2".into()),
+            unit: Some(3),
+        };
+        let shared = rack.address(&[2, 4], &DeviceOverride::default()).unwrap();
+        let alone = rack.address(&[2, 4], &own).unwrap();
+        assert_eq!((shared.endpoint.as_str(), shared.unit), ("bms", 1));
+        assert_eq!((alone.endpoint.as_str(), alone.unit), ("bms2", 3));
+        // The bank stride is gone, the rack stride stays.
+        assert_eq!(alone.start, rack.block_start(&[1, 4]));
+        assert_eq!(shared.start, rack.block_start(&[2, 4]));
+        // Only endpoints some device uses must be configured.
+        let devices = |_: &TableSpec| vec![(vec![1, 1], own.clone())];
+        let only_bms2 = |e: &str| (e == "bms2").then(|| "h:1".to_string());
+        assert!(check_devices(&map, devices, only_bms2).is_ok());
+        let err = check_devices(
+            &map,
+            |_| vec![(vec![1, 1], DeviceOverride::default())],
+            only_bms2,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("served by endpoint `bms`, which the site does not configure"),
             "{err}"
         );
     }

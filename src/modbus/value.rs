@@ -315,10 +315,22 @@ mod tests {
         // 0x0102030405060708 as u64: ABCD = 0102 0304 0506 0708, BADC swaps the
         // bytes of each word, CDAB reverses the words, DCBA reverses all eight bytes.
         let v = Some(Value::Int(0x0102_0304_0506_0708));
-        assert_eq!(DataType::U64.decode(&[0x0102, 0x0304, 0x0506, 0x0708], Big), v);
-        assert_eq!(DataType::U64.decode(&[0x0201, 0x0403, 0x0605, 0x0807], ByteSwap), v);
-        assert_eq!(DataType::U64.decode(&[0x0708, 0x0506, 0x0304, 0x0102], Little), v);
-        assert_eq!(DataType::U64.decode(&[0x0807, 0x0605, 0x0403, 0x0201], Reversed), v);
+        assert_eq!(
+            DataType::U64.decode(&[0x0102, 0x0304, 0x0506, 0x0708], Big),
+            v
+        );
+        assert_eq!(
+            DataType::U64.decode(&[0x0201, 0x0403, 0x0605, 0x0807], ByteSwap),
+            v
+        );
+        assert_eq!(
+            DataType::U64.decode(&[0x0708, 0x0506, 0x0304, 0x0102], Little),
+            v
+        );
+        assert_eq!(
+            DataType::U64.decode(&[0x0807, 0x0605, 0x0403, 0x0201], Reversed),
+            v
+        );
         let mut w = [0u16; 2];
         DataType::F32.encode(1.5, Reversed, &mut w);
         assert_eq!(w, [0x0000, 0xC03F]);

@@ -329,7 +329,11 @@ async fn bind(
                 source,
             })?;
         let names: Vec<&str> = l.endpoints.iter().map(String::as_str).collect();
-        out.push((l.clone(), socket, Arc::new(Space::new(site, &names, sunspec))));
+        out.push((
+            l.clone(),
+            socket,
+            Arc::new(Space::new(site, &names, sunspec)),
+        ));
     }
     Ok(out)
 }

@@ -47,13 +47,17 @@ impl Space {
                     continue;
                 }
                 for (kind, lo, hi) in t.extents() {
-                    space.blocks.entry((at.unit, kind)).or_default().push(Block {
-                        table: t.clone(),
-                        device: device.clone(),
-                        start: (at.start + u64::from(lo)) as u16,
-                        len: (hi - lo) as u16,
-                        lead: lo as u16,
-                    });
+                    space
+                        .blocks
+                        .entry((at.unit, kind))
+                        .or_default()
+                        .push(Block {
+                            table: t.clone(),
+                            device: device.clone(),
+                            start: (at.start + u64::from(lo)) as u16,
+                            len: (hi - lo) as u16,
+                            lead: lo as u16,
+                        });
                 }
             }
         }

@@ -81,8 +81,12 @@ impl SunSpace {
         };
         let map = &site.register_map;
         let mut add = |table: Table, device: Vec<i16>, what: Device| {
-            let Some(t) = map.table(table.spec().name) else { return };
-            let Ok(at) = site.address(t, &device) else { return };
+            let Some(t) = map.table(table.spec().name) else {
+                return;
+            };
+            let Ok(at) = site.address(t, &device) else {
+                return;
+            };
             if endpoints.contains(&at.endpoint.as_str()) {
                 let base = opts.base_of(table, &device);
                 let end = opts.end_of(table, &device);
@@ -91,12 +95,27 @@ impl SunSpace {
         };
         for b in &site.banks {
             let id = b.id as i16;
-            let in_803_only = opts.strings_in_803.iter().any(|r| r.contains(&Table::Bank.spec(), &[id]));
+            let in_803_only = opts
+                .strings_in_803
+                .iter()
+                .any(|r| r.contains(&Table::Bank.spec(), &[id]));
             let strings = b.racks.iter().map(|&r| r as i16).collect();
-            add(Table::Bank, vec![id], Device::Battery { bank: id, strings, in_803_only });
+            add(
+                Table::Bank,
+                vec![id],
+                Device::Battery {
+                    bank: id,
+                    strings,
+                    in_803_only,
+                },
+            );
         }
         for p in &site.pcs {
-            add(Table::Pcs, vec![p.id as i16], Device::Inverter { pcs: p.id as i16 });
+            add(
+                Table::Pcs,
+                vec![p.id as i16],
+                Device::Inverter { pcs: p.id as i16 },
+            );
         }
         space
     }
@@ -111,7 +130,9 @@ impl SunSpace {
         let (device, base, end) = self.units.get(&unit)?;
         let image = self.image(model, device, *end, t);
         let from = usize::from(addr.checked_sub(*base)?);
-        image.get(from..from + usize::from(count)).map(<[u16]>::to_vec)
+        image
+            .get(from..from + usize::from(count))
+            .map(<[u16]>::to_vec)
     }
 
     fn image(&self, model: &Model, device: &Device, end: ChainEnd, t: i64) -> Vec<u16> {
@@ -119,7 +140,11 @@ impl SunSpace {
         let mut out = MARKER.to_vec();
         out.extend(common());
         match device {
-            Device::Battery { bank, strings, in_803_only } => {
+            Device::Battery {
+                bank,
+                strings,
+                in_803_only,
+            } => {
                 out.extend(battery_802(model, *bank, t, sf));
                 out.extend(bank_803(model, *bank, strings, t, sf));
                 if !in_803_only {
@@ -147,18 +172,18 @@ impl SunSpace {
     }
 }
 
-/// The scale factors the simulator writes (exponents), by SF point name.
-fn scale_factor(name: &str, shift: i16) -> i16 {
-    let base = match name {
+/// The scale factors the simulator writes (exponents), by model and SF
+/// point name. Those that `--sunspec-sf-period` switches (`shift` −1) are
+/// the ones whose values still fit their registers at one more digit.
+fn scale_factor(model: u16, name: &str, shift: i16) -> i16 {
+    match name {
         "CellV_SF" => -3,
         "Hz_SF" | "PF_SF" => -2,
         "W_SF" | "WChaDisChaMax_SF" | "VAr_SF" | "VA_SF" | "Var_SF" | "DCW_SF" => 2,
         "WH_SF" | "TotWh_SF" | "TotVarh_SF" | "WHRtg_SF" | "AHRtg_SF" => 3,
+        "V_SF" if model == 103 || model == 701 => 0,
+        "SoC_SF" | "SoH_SF" | "ModTmp_SF" | "Tmp_SF" => -1 + shift,
         _ => -1,
-    };
-    match base {
-        -1 => base + shift,
-        b => b,
     }
 }
 
@@ -197,6 +222,15 @@ impl<'a> Buffer<'a> {
         self.words[at..at + usize::from(size)].copy_from_slice(&encode(ty, size, raw));
     }
 
+    /// Leaves a point at its "not implemented" value.
+    fn absent(&mut self, name: &str) {
+        if let Some(p) = self.def.point(name).cloned() {
+            let at = usize::from(p.offset);
+            self.words[at..at + usize::from(p.size)]
+                .copy_from_slice(&not_implemented(p.ty, p.size));
+        }
+    }
+
     fn fixed(&mut self, name: &str, raw: f64) {
         if let Some(p) = self.def.point(name).cloned() {
             self.put(p.offset, p.ty, p.size, raw);
@@ -204,10 +238,21 @@ impl<'a> Buffer<'a> {
     }
 
     /// Writes the scale factors and every source of `sources` from this model.
-    fn sources(&mut self, sources: &[Source], group: Option<u16>, value: impl Fn(&str) -> f64, shift: i16) {
+    fn sources(
+        &mut self,
+        sources: &[Source],
+        group: Option<u16>,
+        value: impl Fn(&str) -> f64,
+        shift: i16,
+    ) {
         for p in self.def.fixed.clone() {
             if p.ty == PointType::Sunssf {
-                self.put(p.offset, p.ty, 1, f64::from(scale_factor(&p.name, shift)));
+                self.put(
+                    p.offset,
+                    p.ty,
+                    1,
+                    f64::from(scale_factor(self.def.id, &p.name, shift)),
+                );
             }
         }
         for &(column, id, name, transform) in sources {
@@ -225,7 +270,9 @@ impl<'a> Buffer<'a> {
                     _ => continue,
                 },
             };
-            let exp = p.sf.as_deref().map_or(0, |sf| scale_factor(sf, shift));
+            let exp =
+                p.sf.as_deref()
+                    .map_or(0, |sf| scale_factor(self.def.id, sf, shift));
             let physical = match transform {
                 Transform::Kilo => value(column) * 1000.0,
                 Transform::Percent => value(column) * 100.0,
@@ -242,7 +289,14 @@ fn not_implemented(ty: PointType, size: u16) -> Vec<u16> {
         (PointType::Int16 | PointType::Sunssf, _) => vec![0x8000],
         (PointType::Int32, _) => vec![0x8000, 0],
         (PointType::Int64, _) => vec![0x8000, 0, 0, 0],
-        (PointType::Acc16 | PointType::Acc32 | PointType::Acc64 | PointType::String | PointType::Pad, n) => {
+        (
+            PointType::Acc16
+            | PointType::Acc32
+            | PointType::Acc64
+            | PointType::String
+            | PointType::Pad,
+            n,
+        ) => {
             vec![0; usize::from(n)]
         }
         (PointType::Float32, _) => vec![0x7FC0, 0],
@@ -259,10 +313,16 @@ fn encode(ty: PointType, size: u16, raw: f64) -> Vec<u16> {
         }
         PointType::Int64 => raw as i64 as u64,
         PointType::Float32 => u64::from((raw as f32).to_bits()),
-        _ => raw.clamp(0.0, (u64::MAX >> (64 - 16 * u32::from(size.min(4)))) as f64) as u64,
+        // One below the type's "not implemented" all-ones.
+        _ => raw.clamp(
+            0.0,
+            ((u64::MAX >> (64 - 16 * u32::from(size.min(4)))) - 1) as f64,
+        ) as u64,
     };
     let n = usize::from(size);
-    (0..n).map(|i| (bits >> (16 * (n - 1 - i))) as u16).collect()
+    (0..n)
+        .map(|i| (bits >> (16 * (n - 1 - i))) as u16)
+        .collect()
 }
 
 fn common() -> Vec<u16> {
@@ -270,7 +330,10 @@ fn common() -> Vec<u16> {
     let text = |s: &str, words: usize| -> Vec<u16> {
         let mut bytes = s.as_bytes().to_vec();
         bytes.resize(words * 2, 0);
-        bytes.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect()
+        bytes
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect()
     };
     for (name, value) in [("Mn", "essops"), ("Md", "simulate"), ("SN", "SIM-0001")] {
         if let Some(p) = b.def.point(name).cloned() {
@@ -283,14 +346,24 @@ fn common() -> Vec<u16> {
 
 fn battery_802(model: &Model, bank: i16, t: i64, shift: i16) -> Vec<u16> {
     let mut b = Buffer::new(802, 0);
-    b.sources(mapping::BANK, None, |c| model.value(Table::Bank, c, &[bank], t), shift);
+    b.sources(
+        mapping::BANK,
+        None,
+        |c| model.value(Table::Bank, c, &[bank], t),
+        shift,
+    );
     b.words
 }
 
 fn bank_803(model: &Model, bank: i16, strings: &[i16], t: i64, shift: i16) -> Vec<u16> {
     let mut b = Buffer::new(803, strings.len() as u16);
-    b.sources(mapping::BANK, None, |c| model.value(Table::Bank, c, &[bank], t), shift);
-    b.fixed("ModTmpAvg", f64::from(0x8000u16 as i16)); // not implemented
+    b.sources(
+        mapping::BANK,
+        None,
+        |c| model.value(Table::Bank, c, &[bank], t),
+        shift,
+    );
+    b.absent("ModTmpAvg");
     b.fixed("NStr", strings.len() as f64);
     for (k, &r) in strings.iter().enumerate() {
         let value = |c: &str| model.value(Table::Rack, c, &[bank, r], t);
@@ -301,22 +374,34 @@ fn bank_803(model: &Model, bank: i16, strings: &[i16], t: i64, shift: i16) -> Ve
 
 fn string_804(model: &Model, bank: i16, rack: i16, t: i64, shift: i16) -> Vec<u16> {
     let mut b = Buffer::new(804, 0);
-    b.sources(mapping::RACK_804, None, |c| model.value(Table::Rack, c, &[bank, rack], t), shift);
+    b.sources(
+        mapping::RACK_804,
+        None,
+        |c| model.value(Table::Rack, c, &[bank, rack], t),
+        shift,
+    );
     b.fixed("Idx", f64::from(rack));
-    b.fixed("SoH", 65535.0); // not implemented
+    b.absent("SoH");
     b.words
 }
 
 fn inverter_103(model: &Model, pcs: i16, t: i64, shift: i16) -> Vec<u16> {
     let mut b = Buffer::new(103, 0);
-    b.sources(mapping::PCS_10X, None, |c| model.value(Table::Pcs, c, &[pcs], t), shift);
-    b.fixed("DCW", f64::from(0x8000u16 as i16)); // not implemented
+    b.sources(
+        mapping::PCS_10X,
+        None,
+        |c| model.value(Table::Pcs, c, &[pcs], t),
+        shift,
+    );
+    b.absent("DCW");
     b.words
 }
 
 /// `bank:2=0`: a device range and where its marker is.
 pub fn parse_base(s: &str) -> Result<(DeviceRange, u16), String> {
-    let (range, addr) = s.split_once('=').ok_or_else(|| format!("`{s}` is not DEVICES=ADDR (e.g. bank:2=0)"))?;
+    let (range, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not DEVICES=ADDR (e.g. bank:2=0)"))?;
     let range = DeviceRange::parse(range).map_err(|e| e.to_string())?;
     match addr.parse::<u16>() {
         Ok(a) if crate::modbus::sunspec::scan::BASES.contains(&a) => Ok((range, a)),
@@ -326,13 +411,19 @@ pub fn parse_base(s: &str) -> Result<(DeviceRange, u16), String> {
 
 /// `pcs:1=exception`: a device range and how its chain ends.
 pub fn parse_end(s: &str) -> Result<(DeviceRange, ChainEnd), String> {
-    let (range, end) = s.split_once('=').ok_or_else(|| format!("`{s}` is not DEVICES=END (e.g. pcs:1=exception)"))?;
+    let (range, end) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not DEVICES=END (e.g. pcs:1=exception)"))?;
     let range = DeviceRange::parse(range).map_err(|e| e.to_string())?;
     let end = match end {
         "end" => ChainEnd::EndMarker,
         "zero" => ChainEnd::Zero,
         "exception" => ChainEnd::Exception,
-        other => return Err(format!("`{other}`: a chain ends with end, zero or exception")),
+        other => {
+            return Err(format!(
+                "`{other}`: a chain ends with end, zero or exception"
+            ));
+        }
     };
     Ok((range, end))
 }

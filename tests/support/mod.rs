@@ -9,6 +9,7 @@
 )]
 
 pub mod cmd;
+pub mod device;
 pub mod pg;
 
 use std::path::{Path, PathBuf};

@@ -278,11 +278,20 @@ async fn string_count(
 pub fn plan(chain: &Chain, role: Role, strings: Option<u16>) -> Result<SunPlan, String> {
     let found = || {
         let ids: Vec<String> = chain.models.iter().map(|m| m.id.to_string()).collect();
-        format!("models found: {}", if ids.is_empty() { "none".into() } else { ids.join(", ") })
+        format!(
+            "models found: {}",
+            if ids.is_empty() {
+                "none".into()
+            } else {
+                ids.join(", ")
+            }
+        )
     };
     let (table, mut picks): (Table, Vec<(&[Source], &Found, Option<u16>)>) = match role {
         Role::Bank => {
-            let m802 = chain.find(802).ok_or_else(|| format!("no battery model 802 ({})", found()))?;
+            let m802 = chain
+                .find(802)
+                .ok_or_else(|| format!("no battery model 802 ({})", found()))?;
             let mut picks: Vec<(&[Source], &Found, Option<u16>)> = vec![(BANK, m802, None)];
             if let Some(m803) = chain.find(803) {
                 picks.push((BANK, m803, None));
@@ -313,18 +322,28 @@ pub fn plan(chain: &Chain, role: Role, strings: Option<u16>) -> Result<SunPlan, 
             let pick = chain
                 .find(701)
                 .map(|m| (PCS_701, m))
-                .or_else(|| [103, 102, 101].iter().find_map(|id| chain.find(*id)).map(|m| (PCS_10X, m)))
+                .or_else(|| {
+                    [103, 102, 101]
+                        .iter()
+                        .find_map(|id| chain.find(*id))
+                        .map(|m| (PCS_10X, m))
+                })
                 .ok_or_else(|| format!("no inverter model 701, 103, 102 or 101 ({})", found()))?;
             (Table::Pcs, vec![(pick.0, pick.1, None)])
         }
     };
     let mut points: Vec<Option<SunPoint>> = vec![None; columns(table).len()];
     for (sources, found, group) in picks.drain(..) {
-        let Some(def) = model::model(found.id) else { continue };
+        let Some(def) = model::model(found.id) else {
+            continue;
+        };
         for &(column, model_id, name, transform) in sources {
             // 101-103 share one source list, written with 103's id.
-            let same_model = model_id == found.id || (model_id == 103 && (101..=103).contains(&found.id));
-            let Some(i) = columns(table).iter().position(|(c, _)| *c == column) else { continue };
+            let same_model =
+                model_id == found.id || (model_id == 103 && (101..=103).contains(&found.id));
+            let Some(i) = columns(table).iter().position(|(c, _)| *c == column) else {
+                continue;
+            };
             if !same_model {
                 continue;
             }
@@ -333,7 +352,11 @@ pub fn plan(chain: &Chain, role: Role, strings: Option<u16>) -> Result<SunPlan, 
     }
     let requests = requests(&points);
     let models = picks_summary(chain, role);
-    Ok(SunPlan { requests, points, models })
+    Ok(SunPlan {
+        requests,
+        points,
+        models,
+    })
 }
 
 fn picks_summary(chain: &Chain, role: Role) -> String {
@@ -364,14 +387,20 @@ fn locate(
         None => (def.point(name)?, found.address),
         Some(k) => {
             let g = def.group.as_ref()?;
-            (def.group_point(name)?, found.address + def.fixed_len + k * g.len)
+            (
+                def.group_point(name)?,
+                found.address + def.fixed_len + k * g.len,
+            )
         }
     };
     // A point past the model's length is not on this device.
     if (start - found.address) + p.offset + p.size > found.length + 2 {
         return None;
     }
-    let sf = p.sf.as_ref().and_then(|sf| def.point(sf)).map(|s| found.address + s.offset);
+    let sf =
+        p.sf.as_ref()
+            .and_then(|sf| def.point(sf))
+            .map(|s| found.address + s.offset);
     Some(SunPoint {
         model: found.id,
         point: name,
@@ -400,13 +429,20 @@ fn requests(points: &[Option<SunPoint>]) -> Vec<ReadRequest> {
         .flatten()
         .filter_map(|p| {
             let sf = p.sf?;
-            let together = out.iter().any(|r| covers(r, p.address, p.size) && covers(r, sf, 1));
+            let together = out
+                .iter()
+                .any(|r| covers(r, p.address, p.size) && covers(r, sf, 1));
             (!together).then_some((sf, sf + 1))
         })
         .collect();
     if !split.is_empty() {
         let sf_reads = merge(split);
-        out = sf_reads.iter().cloned().chain(out).chain(sf_reads.iter().cloned()).collect();
+        out = sf_reads
+            .iter()
+            .cloned()
+            .chain(out)
+            .chain(sf_reads.iter().cloned())
+            .collect();
     }
     out
 }
@@ -463,7 +499,12 @@ pub fn read_point(p: &SunPoint, answers: &[(&ReadRequest, &[u16])]) -> Option<Po
         (Some(raw), _, Transform::Integer) => Some(Value::Int(raw as i64)),
         (Some(raw), _, Transform::FaultState) => Some(Value::Int(i64::from(raw == 99.0))),
         (Some(raw), Some(sf), t) => {
-            let scaled = raw * 10f64.powi(i32::from(sf));
+            // Dividing by an exact power of ten rounds as the decimal reads
+            // (3172 × 10^-2 is 31.72, not 31.720000000000002).
+            let scaled = match sf {
+                ..0 => raw / 10f64.powi(-i32::from(sf)),
+                _ => raw * 10f64.powi(i32::from(sf)),
+            };
             Some(Value::Float(match t {
                 Transform::Kilo => scaled / 1000.0,
                 Transform::Percent => scaled / 100.0,
@@ -472,11 +513,19 @@ pub fn read_point(p: &SunPoint, answers: &[(&ReadRequest, &[u16])]) -> Option<Po
         }
         _ => None,
     };
-    Some(PointRead { words, raw, sf, value })
+    Some(PointRead {
+        words,
+        raw,
+        sf,
+        value,
+    })
 }
 
 fn words_of<'a>(r: &ReadRequest, answers: &[(&ReadRequest, &'a [u16])]) -> &'a [u16] {
-    answers.iter().find(|(a, _)| *a == r).map_or(&[], |(_, w)| w)
+    answers
+        .iter()
+        .find(|(a, _)| *a == r)
+        .map_or(&[], |(_, w)| w)
 }
 
 /// The scale factor at `at`: from the value's own read when it is there,
@@ -513,8 +562,12 @@ pub async fn read_device(
     timeout: Duration,
 ) -> Result<Vec<Option<Value>>, ReadError> {
     let answers = read_all(c, unit, plan, timeout).await?;
-    let pairs: Vec<(&ReadRequest, &[u16])> =
-        plan.requests.iter().zip(&answers).map(|(r, w)| (r, w.as_slice())).collect();
+    let pairs: Vec<(&ReadRequest, &[u16])> = plan
+        .requests
+        .iter()
+        .zip(&answers)
+        .map(|(r, w)| (r, w.as_slice()))
+        .collect();
     Ok(plan
         .points
         .iter()
@@ -534,7 +587,9 @@ pub async fn read_all(
     for r in &plan.requests {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
-            return Err(ReadError::Timeout { device_silent: true });
+            return Err(ReadError::Timeout {
+                device_silent: true,
+            });
         }
         let words = c.read(unit, r.kind, r.start, r.count, left).await?;
         if words.len() != usize::from(r.count) {

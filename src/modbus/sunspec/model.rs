@@ -76,14 +76,22 @@ impl PointType {
     /// accumulators. A bitfield32 is its 32-bit pattern as a signed integer
     /// (bit 31 makes it negative), so it fits an `integer` column.
     pub fn raw(self, words: &[u16]) -> Option<f64> {
-        let wide = || words.iter().fold(0u64, |acc, w| (acc << 16) | u64::from(*w));
+        let wide = || {
+            words
+                .iter()
+                .fold(0u64, |acc, w| (acc << 16) | u64::from(*w))
+        };
         let v = wide();
         match (self, words.len()) {
-            (PointType::Int16 | PointType::Sunssf, 1) => (v != 0x8000).then(|| f64::from(v as u16 as i16)),
+            (PointType::Int16 | PointType::Sunssf, 1) => {
+                (v != 0x8000).then(|| f64::from(v as u16 as i16))
+            }
             (PointType::Uint16 | PointType::Enum16 | PointType::Bitfield16, 1) => {
                 (v != 0xFFFF).then_some(v as f64)
             }
-            (PointType::Acc16 | PointType::Acc32 | PointType::Acc64, _) => (v != 0).then_some(v as f64),
+            (PointType::Acc16 | PointType::Acc32 | PointType::Acc64, _) => {
+                (v != 0).then_some(v as f64)
+            }
             (PointType::Int32, 2) => (v != 0x8000_0000).then(|| f64::from(v as u32 as i32)),
             (PointType::Uint32 | PointType::Enum32, 2) => (v != 0xFFFF_FFFF).then_some(v as f64),
             (PointType::Bitfield32, 2) => (v != 0xFFFF_FFFF).then(|| f64::from(v as u32 as i32)),
@@ -255,7 +263,10 @@ mod tests {
         assert_eq!(m802.fixed_len, 64);
         let m803 = model(803).unwrap();
         let g = m803.group.as_ref().unwrap();
-        assert_eq!((m803.fixed_len, g.len, &g.count), (28, 32, &Count::Point("NStr".into())));
+        assert_eq!(
+            (m803.fixed_len, g.len, &g.count),
+            (28, 32, &Count::Point("NStr".into()))
+        );
         assert_eq!(m803.group_point("StrSoC").unwrap().offset, 4);
         assert_eq!(m803.repeats_in(26 + 3 * 32), 3);
         assert_eq!(model(804).unwrap().fixed_len, 48);
