@@ -522,12 +522,24 @@ async fn modbus_checks(ctx: &Context, site: &Site) -> Vec<CheckRow> {
             };
             let label = crate::schema::device_label(&table.spec, &device);
             let unit = at.unit;
-            let read = match table.requests(at.start).first() {
-                Some(r) => con
+            // A SunSpec device is checked by finding its models.
+            let read = match (site.register_map.sunspec, table.requests(at.start).first()) {
+                (true, _) => {
+                    let role = crate::modbus::sunspec::role(table.spec.table, &device);
+                    match role {
+                        Some(role) => {
+                            crate::modbus::sunspec::mapping::discover(&con, unit, role, timeout)
+                                .await
+                                .map(|_| ())
+                        }
+                        None => Ok(()),
+                    }
+                }
+                (false, Some(r)) => con
                     .read(unit, r.kind, r.start, r.count, timeout)
                     .await
                     .map(|_| ()),
-                None => Ok(()),
+                (false, None) => Ok(()),
             };
             match read {
                 Ok(()) => c.ok("read", format!("{} {label}: answered", table.spec.name)),

@@ -603,3 +603,115 @@ pub async fn read_all(
     }
     Ok(answers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modbus::sunspec::scan::ChainEnd;
+
+    /// A battery whose 803 has five strings and no 804: string 5's group is
+    /// too far from 803's scale factors for one read.
+    fn chain() -> Chain {
+        Chain {
+            base: 40000,
+            models: vec![
+                Found {
+                    id: 802,
+                    address: 40002,
+                    length: 62,
+                },
+                Found {
+                    id: 803,
+                    address: 40066,
+                    length: 26 + 5 * 32,
+                },
+            ],
+            end: ChainEnd::EndMarker,
+        }
+    }
+
+    #[test]
+    fn sunspec_scale_factor_out_of_reach_is_read_before_and_after_its_values() {
+        let plan = plan(&chain(), Role::Rack { string: 5 }, Some(5)).unwrap();
+        let sf_soc = 40066 + 26; // 803's SoC_SF
+        let soc = 40066 + 28 + 4 * 32 + 4; // string 5's StrSoC
+        let covers_sf = |r: &ReadRequest| r.start <= sf_soc && sf_soc < r.start + r.count;
+        assert!(covers_sf(&plan.requests[0]) && covers_sf(plan.requests.last().unwrap()));
+        let value_read = plan
+            .requests
+            .iter()
+            .position(|r| r.start <= soc && soc < r.start + r.count)
+            .unwrap();
+        assert!(
+            value_read > 0 && value_read < plan.requests.len() - 1,
+            "{:?}",
+            plan.requests
+        );
+        assert!(!covers_sf(&plan.requests[value_read]));
+        let i = columns(Table::Rack)
+            .iter()
+            .position(|(c, _)| *c == "SOC")
+            .unwrap();
+        let p = plan.points[i].as_ref().unwrap();
+        let answer = |r: &ReadRequest, sf: i16| -> Vec<u16> {
+            (r.start..r.start + r.count)
+                .map(|a| match a {
+                    a if a == sf_soc => sf as u16,
+                    a if a == soc => 417,
+                    _ => 0,
+                })
+                .collect()
+        };
+        let read = |before: i16, after: i16| {
+            let n = plan.requests.len();
+            let words: Vec<Vec<u16>> = plan
+                .requests
+                .iter()
+                .enumerate()
+                .map(|(k, r)| answer(r, if k + 1 == n { after } else { before }))
+                .collect();
+            let pairs: Vec<(&ReadRequest, &[u16])> = plan
+                .requests
+                .iter()
+                .zip(&words)
+                .map(|(r, w)| (r, w.as_slice()))
+                .collect();
+            read_point(p, &pairs).unwrap().value
+        };
+        assert_eq!(read(-1, -1), Some(Value::Float(41.7)));
+        // The device changed its scale factor between the reads: no guess, NULL.
+        assert_eq!(read(-1, -2), None);
+        // String 1 shares a read with its scale factors: one read only.
+        let first = plan_for_string(1);
+        assert_eq!(first.requests.len(), 1);
+    }
+
+    fn plan_for_string(k: u16) -> SunPlan {
+        plan(&chain(), Role::Rack { string: k }, Some(5)).unwrap()
+    }
+
+    #[test]
+    fn sunspec_device_without_the_models_says_what_it_has() {
+        let inverter = Chain {
+            base: 0,
+            models: vec![
+                Found {
+                    id: 1,
+                    address: 2,
+                    length: 66,
+                },
+                Found {
+                    id: 103,
+                    address: 70,
+                    length: 50,
+                },
+            ],
+            end: ChainEnd::Exception,
+        };
+        let err = plan(&inverter, Role::Bank, None).unwrap_err();
+        assert_eq!(err, "no battery model 802 (models found: 1, 103)");
+        assert!(plan(&inverter, Role::Pcs, None).is_ok());
+        let err = plan(&chain(), Role::Rack { string: 6 }, Some(5)).unwrap_err();
+        assert!(err.contains("the battery has 5 string(s)"), "{err}");
+    }
+}
