@@ -34,6 +34,8 @@ fn cli_help_lists_only_working_commands() {
             "rollup",
             "retention",
             "size",
+            "read",
+            "sunspec",
             "config",
             "completions",
             "man",

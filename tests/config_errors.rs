@@ -141,7 +141,7 @@ fn config_wrong_type() {
     expect_config_error(
         "wrong_type",
         &format!("{SERVER}[[sites]]\nname = \"A\"\nbanks = [{{ id = 1, racks = \"eight\" }}]\n"),
-        "5:28: key `racks`: invalid type: string \"eight\", expected u16",
+        "5:28: key `racks`: invalid type: string \"eight\", expected a rack count (8) or a list of rack ids ([1, 2, 4, 5])",
     );
 }
 
@@ -267,7 +267,7 @@ fn config_register_map_file_errors_name_the_map_file_and_field() {
     assert_eq!(
         run.stderr().trim(),
         format!(
-            "essops: error: {}:5:68: key `pcs.fields[0].word_order`: unknown word order `middle`; expected big (ABCD) or little (CDAB)",
+            "essops: error: {}:5:68: key `pcs.fields[0].word_order`: unknown word order `middle`; expected ABCD (big), BADC, CDAB (little) or DCBA",
             map.display()
         )
     );

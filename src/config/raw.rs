@@ -144,19 +144,63 @@ pub(super) struct RawBank {
 }
 
 /// `racks = 8` (ids 1..8) or `racks = [1, 2, 4, 5]` (a rack out for service).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(super) enum RawRacks {
     Count(u16),
     Ids(Vec<u16>),
 }
 
 /// `pcs = [1]` or `pcs = [{ id = 1, endpoint = "pcs1", unit = 3 }]`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(super) enum RawPcs {
     Id(u16),
     Device(RawPcsDevice),
+}
+
+// Hand-written rather than `#[serde(untagged)]`, whose error ("data did not
+// match any variant") would not say what the key takes.
+impl<'de> Deserialize<'de> for RawRacks {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawRacks;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a rack count (8) or a list of rack ids ([1, 2, 4, 5])")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawRacks, E> {
+                u16::try_from(v)
+                    .map(RawRacks::Count)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawRacks, A::Error> {
+                Vec::<u16>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawRacks::Ids)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPcs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawPcs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a PCS id (1) or a table ({ id = 1, endpoint = \"pcs1\", unit = 3 })")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawPcs, E> {
+                u16::try_from(v)
+                    .map(RawPcs::Id)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawPcs, A::Error> {
+                RawPcsDevice::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawPcs::Device)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -248,10 +248,10 @@ impl Connection {
         .await;
         match outcome {
             Ok(result) => {
-                let closed = match &result {
-                    Err(ReadError::Closed(_)) | Ok((Err(ReadError::Closed(_)), _)) => true,
-                    _ => false,
-                };
+                let closed = matches!(
+                    &result,
+                    Err(ReadError::Closed(_)) | Ok((Err(ReadError::Closed(_)), _))
+                );
                 if closed {
                     self.closed.store(true, Relaxed);
                 }

@@ -273,6 +273,10 @@ async fn string_count(
     })
 }
 
+/// A model a role reads: its sources, where it is, and the repeat of its
+/// group that holds the row (803's string k).
+type Pick<'a> = (&'static [Source], &'a Found, Option<u16>);
+
 /// The plan for `role` on a device with `chain`; `strings`: 803's string
 /// count when a string comes from 803's group. Errors say what was found.
 pub fn plan(chain: &Chain, role: Role, strings: Option<u16>) -> Result<SunPlan, String> {
@@ -287,12 +291,12 @@ pub fn plan(chain: &Chain, role: Role, strings: Option<u16>) -> Result<SunPlan, 
             }
         )
     };
-    let (table, mut picks): (Table, Vec<(&[Source], &Found, Option<u16>)>) = match role {
+    let (table, mut picks): (Table, Vec<Pick<'_>>) = match role {
         Role::Bank => {
             let m802 = chain
                 .find(802)
                 .ok_or_else(|| format!("no battery model 802 ({})", found()))?;
-            let mut picks: Vec<(&[Source], &Found, Option<u16>)> = vec![(BANK, m802, None)];
+            let mut picks: Vec<Pick<'_>> = vec![(BANK, m802, None)];
             if let Some(m803) = chain.find(803) {
                 picks.push((BANK, m803, None));
             }
