@@ -181,6 +181,9 @@ pub fn classify(sqlstate: Option<&str>) -> Failure {
         "08" | "40" | "53" | "57" | "58" | "XX" => Failure::Transient,
         // lock not available, object in use
         "55" if code == "55P03" || code == "55006" => Failure::Transient,
+        // read-only transaction: a failover, or a managed server near a full
+        // disk. The rows are fine; they wait in the spool until it takes writes.
+        "25" if code == "25006" => Failure::Transient,
         // data exception, integrity violation, syntax or access rule
         // (missing column or table, insufficient privilege), feature not
         // supported, and everything else the server answered about the rows
@@ -617,6 +620,7 @@ mod tests {
             (Some("58030"), Transient), // I/O error
             (Some("XX000"), Transient), // internal error
             (Some("55P03"), Transient), // lock not available
+            (Some("25006"), Transient), // read-only transaction (failover)
             (Some("22003"), Permanent), // numeric value out of range
             (Some("23514"), Permanent), // check violation
             (Some("23502"), Permanent), // not null violation

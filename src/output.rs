@@ -94,13 +94,31 @@ pub fn render<R: Report>(
                 out.write_all(b"\n")?;
             }
         }
-        Format::Table if verbosity == Verbosity::Quiet => {}
+        Format::Table if verbosity == Verbosity::Quiet => quiet_problems(report)?,
         Format::Table => {
             write_table(report, terminal_width(), out)?;
             writeln!(out, "{}", report.summary())?;
         }
     }
     out.flush()
+}
+
+/// Quiet is not silent: without the table, each distinct problem and, when
+/// the run was not clean, its summary still go to stderr, where cron mail
+/// and the journal find them.
+fn quiet_problems<R: Report>(report: &R) -> io::Result<()> {
+    let mut err = io::stderr().lock();
+    let mut seen: Vec<String> = Vec::new();
+    for problem in report.rows().iter().filter_map(R::problem) {
+        if !seen.contains(&problem) {
+            writeln!(err, "essops: {problem}")?;
+            seen.push(problem);
+        }
+    }
+    if report.outcome() != Outcome::Clean {
+        writeln!(err, "essops: {}", report.summary())?;
+    }
+    Ok(())
 }
 
 /// The width to fit: the terminal's when stdout is one, else unbounded

@@ -76,3 +76,28 @@ fn cli_unknown_server_is_a_config_error() {
         "essops: error: unknown server `aws` (configured: local, gcp)"
     );
 }
+
+#[test]
+fn cli_quiet_is_not_silent_about_a_failure() {
+    let scratch = crate::support::Scratch::new("cli_quiet");
+    // A server nobody listens on: loss cannot read it (exit 4).
+    let port = crate::support::free_port();
+    let config = scratch.write(
+        "sites.toml",
+        &format!(
+            "log_dir = \"{}\"\n[servers.down]\nurl = \"postgres://essops@127.0.0.1:{port}\"\nsslmode = \"disable\"\n[[sites]]\nname = \"S\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+            scratch.path.join("logs").display()
+        ),
+    );
+    let run = Cmd::new(Some(&config))
+        .args(["--quiet", "loss"])
+        .env("PGPASSWORD", "x")
+        .run()
+        .expect_code(4);
+    assert!(run.stdout().is_empty(), "{}", run.stdout());
+    assert!(
+        run.stderr().contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        run.stderr()
+    );
+}

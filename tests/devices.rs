@@ -75,6 +75,15 @@ impl Site1 {
             .json()
     }
 
+    /// `essops read` of a device the config or the device refuses (exit 3): its message.
+    fn refused(&self, device: &str) -> String {
+        self.cmd()
+            .args(["read", "--site", "Site1", "--device", device])
+            .run()
+            .expect_code(3)
+            .stderr()
+    }
+
     fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
         self.db.rows("local", sql)
     }
@@ -239,16 +248,8 @@ fn devices_controller_per_bank_rack_gaps_swapped_floats_and_bits_ingest_exactly(
         "{status:?}"
     );
     // `essops read` shows the gap as a config error, and a rack that is there field by field.
-    let err = s
-        .cmd()
-        .args(["read", "--site", "Site1", "--device", "rack:1.3"])
-        .run()
-        .expect_code(3);
-    assert!(
-        err.stderr().contains("has no bank 1 / rack 3"),
-        "{}",
-        err.stderr()
-    );
+    let err = s.refused("rack:1.3");
+    assert!(err.contains("has no bank 1 / rack 3"), "{err}");
     let rack = s.read("rack:1.4", 0);
     let kinds: Vec<(&str, &str, u64)> = rack
         .iter()
@@ -591,17 +592,22 @@ fn devices_sunspec_scan_and_read_hand_built_images() {
             "register_map = \"sunspec\"\nmodbus = {{ bms = \"{addr}\" }}\nbanks = [{{ id = 1, racks = 3 }}]\n"
         ),
     );
+    let err = more.refused("rack:1.3");
+    assert!(
+        err.contains("string 3 is not there: the battery has 2 string(s)"),
+        "{err}"
+    );
+    // Ingest polls the rest and counts the missing string's seconds as `sunspec`.
     let run = more
         .cmd()
-        .args(["read", "--site", "Site1", "--device", "rack:1.3"])
-        .run()
-        .expect_code(3);
-    assert!(
-        run.stderr()
-            .contains("string 3 is not there: the battery has 2 string(s)"),
-        "{}",
-        run.stderr()
-    );
+        .args(["--json", "ingest", "--site", "Site1", "--duration", "4s"])
+        .run();
+    let report: Vec<Value> = run.json();
+    let missed = report[0]["missed"]["sunspec"].as_u64().unwrap();
+    assert!((3..=5).contains(&missed), "{report:?}");
+    let racks = more.query("SELECT DISTINCT \"RACK_ID\" FROM rack ORDER BY 1");
+    let racks: Vec<i16> = racks.iter().map(|r| r.get(0)).collect();
+    assert_eq!(racks, [1, 2]);
 }
 
 #[test]

@@ -157,6 +157,43 @@ pub(crate) fn report(run: &crate::support::cmd::Run) -> Vec<ServerRow> {
 }
 
 #[test]
+fn ingest_read_only_server_spools_its_rows_instead_of_rejecting_them() {
+    let s = setup(
+        "ingest_read_only",
+        &[("local", "local"), ("gcp", "gcp")],
+        "timeout_ms = 500",
+    );
+    let _sim = s.simulate(&["--seed", "9"]);
+    let ingest = s.ingest(&["--duration", "10s"]).spawn();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // A failover: the server answers every write with 25006 for a while.
+    let db = &s.db.databases[0];
+    let kick = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+    );
+    s.db.execute(
+        "gcp",
+        &format!("ALTER DATABASE \"{db}\" SET default_transaction_read_only = on; {kick}"),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    s.db.execute(
+        "gcp",
+        &format!(
+            "BEGIN READ WRITE; ALTER DATABASE \"{db}\" RESET default_transaction_read_only; COMMIT; {kick}"
+        ),
+    );
+    let run = ingest.finish();
+    let rows = report(&run);
+    let gcp = rows.iter().find(|r| r.server == "gcp").unwrap();
+    assert_eq!((gcp.rows_rejected, gcp.rows_lost), (0, 0), "{rows:?}");
+    assert!(
+        gcp.rows_spooled > 0,
+        "the read-only period was not hit: {rows:?}"
+    );
+    assert_eq!(s.keys("local"), s.keys("gcp"));
+}
+
+#[test]
 fn ingest_stores_exactly_what_the_simulator_served() {
     let s = setup(
         "ingest_values",

@@ -89,6 +89,8 @@ struct DeviceState {
     /// A SunSpec device's reads, once its models were found on the
     /// connection of this generation (a new connection finds them again).
     sunspec: Option<(Arc<SunPlan>, u64)>,
+    /// Its last poll found SunSpec models that do not match the config.
+    mismatch: bool,
 }
 
 pub struct Lane {
@@ -234,8 +236,16 @@ impl Lane {
             return None;
         }
         if s.breaker.skips(Instant::now()) {
-            let why = "breaker open: probing only";
-            self.stats.poll_missed(dev.index, Miss::Breaker, why);
+            // A SunSpec device that is not what the config says keeps its
+            // reason while discovery backs off.
+            let (miss, why) = match s.mismatch {
+                true => (
+                    Miss::SunSpec,
+                    "SunSpec models do not match the config: finding them again with backoff",
+                ),
+                false => (Miss::Breaker, "breaker open: probing only"),
+            };
+            self.stats.poll_missed(dev.index, miss, why);
             return None;
         }
         let Some(conn) = self.connected(link, dev).await else {
@@ -328,6 +338,7 @@ impl Lane {
         }
         let change = match p.result {
             Ok(values) => {
+                s.mismatch = false;
                 load.answers += 1;
                 load.answer_time += now - p.started;
                 let d = &self.stats.devices[dev.index];
@@ -348,6 +359,7 @@ impl Lane {
             }
             Err(e) => {
                 let (miss, counts) = classify(&e);
+                s.mismatch = miss == Miss::SunSpec;
                 self.stats.poll_missed(dev.index, miss, &e.to_string());
                 if miss == Miss::Connection {
                     link.last_error = e.to_string();

@@ -109,9 +109,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
 }
 
 impl Spool {
-    /// Opens (creating) a spool directory and lists what an earlier run left.
+    /// Opens (creating) a spool directory and lists what an earlier run
+    /// left. Only the spool's owner opens it (ingest, or a replay holding
+    /// the site's ingest lock), so only it removes a temp file a crash left:
+    /// anyone else could be removing one a running writer is about to rename.
     pub fn open(dir: &Path, limits: SpoolLimits) -> Result<Spool, SpoolError> {
         fs::create_dir_all(dir).map_err(io(dir))?;
+        remove_leftover_temp(dir)?;
         let mut spool = Spool {
             dir: dir.to_path_buf(),
             files: list(dir)?.into(),
@@ -276,7 +280,20 @@ impl Spool {
     }
 }
 
-/// Every spool file in `dir`, oldest first; a temp file left by a crash is removed.
+/// Removes the temp files of writes a crash cut short: their rows were
+/// never acknowledged as spooled.
+fn remove_leftover_temp(dir: &Path) -> Result<(), SpoolError> {
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("tmp") {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    Ok(())
+}
+
+/// Every spool file in `dir`, oldest first. Changes nothing: `essops spool
+/// list` runs beside a writer that may be renaming a temp file right now.
 pub fn list(dir: &Path) -> Result<Vec<SpoolFile>, SpoolError> {
     let mut out = Vec::new();
     let entries = match fs::read_dir(dir) {
@@ -298,10 +315,6 @@ pub fn list(dir: &Path) -> Result<Vec<SpoolFile>, SpoolError> {
                     first_t: h.first_t,
                     last_t: h.last_t,
                 });
-            }
-            // A write cut short by a crash: its rows were never acknowledged as spooled.
-            Some("tmp") => {
-                let _ = fs::remove_file(&path);
             }
             _ => {}
         }
@@ -520,6 +533,9 @@ mod tests {
         s.push(&batch(10)).unwrap();
         s.push(&batch(11)).unwrap();
         fs::write(dir.join("x.tmp"), "half").unwrap();
+        // Listing leaves a writer's temp file alone; the owner's open removes it.
+        assert_eq!(list(&dir).unwrap().len(), 2);
+        assert!(dir.join("x.tmp").exists());
         let mut s = Spool::open(&dir, SpoolLimits::default()).unwrap();
         assert_eq!(s.rows(), 2);
         assert!(!dir.join("x.tmp").exists());
