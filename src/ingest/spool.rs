@@ -425,7 +425,10 @@ fn encode_rows(batch: &Batch) -> Vec<u8> {
 
 fn decode_rows(body: &[u8], header: &Header, ids: usize) -> Result<Vec<Row>, FormatError> {
     let mut r = Reader { body, at: 0 };
-    let mut rows = Vec::with_capacity(header.rows as usize);
+    // The header's count is the file's word, not a fact: a corrupt one must
+    // not size an allocation. Each row takes at least one byte per column.
+    let at_most = body.len() / (ids + header.columns.len()).max(1);
+    let mut rows = Vec::with_capacity((header.rows as usize).min(at_most));
     while r.at < body.len() {
         let mut device = Vec::with_capacity(ids);
         for _ in 0..ids {
@@ -578,6 +581,27 @@ mod tests {
         assert!(to.exists() && to.with_extension("error").exists());
         assert_eq!(s.rows(), pushed as u64 - 1);
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ingest_spool_a_corrupt_row_count_sizes_nothing() {
+        let dir = scratch("corrupt");
+        let mut s = Spool::open(&dir, SpoolLimits::default()).unwrap();
+        s.push(&batch(10)).unwrap();
+        let path = s.front(1)[0].path.clone();
+        let bytes = fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let (head, _) = text.split_once('\n').unwrap();
+        let mut h: serde_json::Value = serde_json::from_str(head).unwrap();
+        h["rows"] = serde_json::json!(u64::MAX / 2);
+        let mut corrupt = serde_json::to_vec(&h).unwrap();
+        corrupt.extend_from_slice(&bytes[head.len()..]);
+        fs::write(&path, corrupt).unwrap();
+        // Before: a capacity of 2^63 rows aborted the process.
+        match read_batch(&path) {
+            Err(FormatError::Count { found, .. }) => assert_eq!(found, 1),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
