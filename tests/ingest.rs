@@ -157,6 +157,47 @@ pub(crate) fn report(run: &crate::support::cmd::Run) -> Vec<ServerRow> {
 }
 
 #[test]
+fn ingest_spool_list_in_a_loop_beside_a_spooling_ingest_loses_nothing() {
+    let s = setup(
+        "ingest_spool_list",
+        &[("local", "local")],
+        "timeout_ms = 500",
+    );
+    // A second server that is down for the whole run: every batch spools.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let gone = format!(
+        "[servers.gone]\nurl = \"postgres://essops@127.0.0.1:{}\"\nsslmode = \"disable\"\n",
+        free_port()
+    );
+    std::fs::write(
+        &s.config,
+        text.replacen("[[sites]]", &format!("{gone}[[sites]]"), 1),
+    )
+    .unwrap();
+    let _sim = s.simulate(&["--seed", "4"]);
+    let ingest = s
+        .ingest(&["--duration", "8s"])
+        .env("PGPASSWORD", "x")
+        .spawn();
+    let started = std::time::Instant::now();
+    let mut lists = 0;
+    while started.elapsed() < std::time::Duration::from_secs(8) {
+        Cmd::new(Some(&s.config))
+            .args(["--json", "spool", "list"])
+            .env("PGPASSWORD", "x")
+            .run();
+        lists += 1;
+    }
+    let run = ingest.finish();
+    let rows = report(&run);
+    let local = rows.iter().find(|r| r.server == "local").unwrap();
+    let gone = rows.iter().find(|r| r.server == "gone").unwrap();
+    assert!(lists > 5, "only {lists} spool lists ran");
+    assert_eq!(gone.rows_lost, 0, "{rows:?}\n{}", run.stderr());
+    assert_eq!(gone.spool_pending, local.rows_written, "{rows:?}");
+}
+
+#[test]
 fn ingest_read_only_server_spools_its_rows_instead_of_rejecting_them() {
     let s = setup(
         "ingest_read_only",
