@@ -209,7 +209,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         true => logging::StderrLevel::Info,
         false => logging::StderrLevel::Warn,
     };
-    logging::init(&ctx.log_dir(), stderr_level)?;
+    logging::init(&ctx.log_dir(), ctx.config.log_keep_days, stderr_level)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

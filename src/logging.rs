@@ -72,7 +72,9 @@ fn only_ours(level: Level) -> Targets {
 }
 
 /// Installs the global subscriber. Call once, after the config is loaded.
-pub fn init(log_dir: &Path, stderr: StderrLevel) -> Result<(), LoggingError> {
+/// Each site keeps its newest `keep_days` daily files (0: all); older ones
+/// go when the site's file is first opened and at each midnight.
+pub fn init(log_dir: &Path, keep_days: u32, stderr: StderrLevel) -> Result<(), LoggingError> {
     std::fs::create_dir_all(log_dir).map_err(|source| LoggingError {
         dir: log_dir.display().to_string(),
         source,
@@ -91,6 +93,7 @@ pub fn init(log_dir: &Path, stderr: StderrLevel) -> Result<(), LoggingError> {
         );
     let files = SiteFiles {
         dir: log_dir.to_path_buf(),
+        keep: keep_days as usize,
         open: Mutex::new(HashMap::new()),
     }
     .with_filter(only_ours(Level::INFO));
@@ -105,6 +108,7 @@ pub fn init(log_dir: &Path, stderr: StderrLevel) -> Result<(), LoggingError> {
 /// The JSON file layer: one rolling appender per site, opened on first use.
 struct SiteFiles {
     dir: PathBuf,
+    keep: usize,
     open: Mutex<HashMap<String, RollingFileAppender>>,
 }
 
@@ -141,6 +145,7 @@ impl<S: Subscriber> Layer<S> for SiteFiles {
                 .rotation(Rotation::DAILY)
                 .filename_prefix(&site)
                 .filename_suffix("log")
+                .max_log_files(self.keep)
                 .build(&self.dir)
             {
                 Ok(a) => open.entry(site).or_insert(a),

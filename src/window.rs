@@ -18,7 +18,8 @@ pub struct Window {
 /// The window flags shared by every command that reads a period.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WindowArgs {
-    /// One local day in each site's time zone (default: yesterday).
+    /// One local day in each site's time zone (loss and reconcile
+    /// default to yesterday; see each command for its own default).
     #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["from", "to", "days"])]
     pub date: Option<NaiveDate>,
     /// The last N whole local days (today excluded).

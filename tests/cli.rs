@@ -78,14 +78,19 @@ fn cli_unknown_server_is_a_config_error() {
 }
 
 #[test]
-fn cli_quiet_is_not_silent_about_a_failure() {
+fn cli_quiet_is_not_silent_about_a_failure_and_old_logs_go() {
     let scratch = crate::support::Scratch::new("cli_quiet");
+    let logs = scratch.path.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    for day in 1..=20 {
+        std::fs::write(logs.join(format!("S.2026-10-{day:02}.log")), "{}\n").unwrap();
+    }
     // A server nobody listens on: loss cannot read it (exit 4).
     let port = crate::support::free_port();
     let config = scratch.write(
         "sites.toml",
         &format!(
-            "log_dir = \"{}\"\n[servers.down]\nurl = \"postgres://essops@127.0.0.1:{port}\"\nsslmode = \"disable\"\n[[sites]]\nname = \"S\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
+            "log_dir = \"{}\"\nlog_keep_days = 3\n[servers.down]\nurl = \"postgres://essops@127.0.0.1:{port}\"\nsslmode = \"disable\"\n[[sites]]\nname = \"S\"\nbanks = [{{ id = 1, racks = 1 }}]\n",
             scratch.path.join("logs").display()
         ),
     );
@@ -100,4 +105,14 @@ fn cli_quiet_is_not_silent_about_a_failure() {
         "{}",
         run.stderr()
     );
+    // log_keep_days = 3: the site keeps its 3 newest daily files, today's among them.
+    let mut kept: Vec<String> = std::fs::read_dir(&logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("S."))
+        .collect();
+    kept.sort();
+    assert_eq!(kept.len(), 3, "{kept:?}");
+    assert_eq!(kept[..2], ["S.2026-10-19.log", "S.2026-10-20.log"]);
 }

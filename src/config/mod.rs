@@ -114,6 +114,8 @@ pub struct Config {
     /// Where the graded JSON logs go, and where ingest keeps rows a server
     /// could not take yet.
     pub log_dir: PathBuf,
+    /// Daily log files kept per site (0: all).
+    pub log_keep_days: u32,
     pub spool_dir: PathBuf,
     /// Per server: the spool's cap and the free disk it leaves.
     pub spool_limits: SpoolSettings,

@@ -74,6 +74,7 @@ impl Validator<'_> {
         Ok(Config {
             source: self.source.clone(),
             log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
+            log_keep_days: raw.log_keep_days.unwrap_or(14),
             spool_dir: PathBuf::from(raw.spool_dir.unwrap_or_else(|| "spool".into())),
             spool_limits,
             modbus,

@@ -130,14 +130,18 @@ fn site_settings(s: &Site) -> Vec<(String, String)> {
     let banks: Vec<String> = s
         .banks
         .iter()
-        .map(|b| format!("{} (racks {})", b.id, id_list(&b.racks)))
+        .map(|b| format!("{} (racks {}{})", b.id, id_list(&b.racks), own(&b.own)))
         .collect();
     let endpoints: Vec<String> = s
         .endpoints
         .iter()
         .map(|e| format!("{} = {}", e.name, e.addr))
         .collect();
-    let pcs: Vec<String> = s.pcs.iter().map(|p| p.id.to_string()).collect();
+    let pcs: Vec<String> = s
+        .pcs
+        .iter()
+        .map(|p| format!("{}{}", p.id, own(&p.own)))
+        .collect();
     vec![
         (key("database"), s.database.clone()),
         (key("servers"), s.servers.join(", ")),
@@ -176,4 +180,14 @@ fn id_list(ids: &[u16]) -> String {
         i = j + 1;
     }
     parts.join(", ")
+}
+
+/// A device's own endpoint and unit, as `, at bms1 unit 3`.
+fn own(o: &crate::modbus::map::DeviceOverride) -> String {
+    let endpoint = o.endpoint.as_ref().map(|e| format!(" at {e}"));
+    let unit = o.unit.map(|u| format!(" unit {u}"));
+    match (endpoint, unit) {
+        (None, None) => String::new(),
+        (e, u) => format!(",{}{}", e.unwrap_or_default(), u.unwrap_or_default()),
+    }
 }

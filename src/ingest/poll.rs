@@ -126,6 +126,8 @@ struct Link {
     last_error: String,
     /// Connections opened so far: SunSpec plans are found again on a new one.
     generation: u64,
+    /// The pipelining probe went unanswered: one request at a time until one is.
+    probe_pending: bool,
 }
 
 /// The grid second being polled and the devices whose turn has not come.
@@ -173,6 +175,7 @@ impl Lane {
             backoff: Duration::from_secs(1),
             last_error: String::new(),
             generation: 0,
+            probe_pending: false,
         };
         let mut load = Load::default();
         let mut round = Round::default();
@@ -248,7 +251,8 @@ impl Lane {
             self.stats.poll_missed(dev.index, miss, why);
             return None;
         }
-        let Some(conn) = self.connected(link, dev).await else {
+        let answers = s.values.is_some() && s.breaker.failures() == 0;
+        let Some(conn) = self.connected(link, dev, answers).await else {
             let why = format!("cannot connect to {}: {}", self.addr, link.last_error);
             self.stats.poll_missed(dev.index, Miss::Connection, &why);
             return None;
@@ -434,12 +438,22 @@ impl Lane {
         }
     }
 
-    /// The lane's connection, opening it (and probing for pipelining) when the backoff allows.
-    async fn connected(&self, link: &mut Link, dev: &PollDevice) -> Option<Arc<Connection>> {
-        if let Some(c) = &link.conn
+    /// The lane's connection, opening it (and probing for pipelining) when
+    /// the backoff allows. `answers`: the device answered its last poll, so
+    /// a probe through it says something about the endpoint.
+    async fn connected(
+        &self,
+        link: &mut Link,
+        dev: &PollDevice,
+        answers: bool,
+    ) -> Option<Arc<Connection>> {
+        if let Some(c) = link.conn.clone()
             && !c.is_closed()
         {
-            return Some(c.clone());
+            if link.probe_pending && answers {
+                self.probe(link, &c, dev).await;
+            }
+            return Some(c);
         }
         link.conn = None;
         if Instant::now() < link.retry_at {
@@ -455,15 +469,7 @@ impl Lane {
                 let c = Arc::new(c);
                 link.backoff = Duration::from_secs(1);
                 link.generation += 1;
-                if self.settings.pipeline > 1 {
-                    link.depth = match probe_pipelining(&c, dev, self.settings.timeout).await {
-                        Some(false) => {
-                            tracing::info!(addr = %self.addr, "the endpoint answers one request at a time; polling without pipelining");
-                            1
-                        }
-                        _ => self.settings.pipeline,
-                    };
-                }
+                self.probe(link, &c, dev).await;
                 if c.is_closed() {
                     return None;
                 }
@@ -478,6 +484,25 @@ impl Lane {
                 None
             }
         }
+    }
+
+    /// Sets how deep the lane pipelines. An unanswered probe fails closed:
+    /// one request at a time, probing again through the next device that
+    /// answers, until a probe says the endpoint queues requests.
+    async fn probe(&self, link: &mut Link, c: &Connection, dev: &PollDevice) {
+        if self.settings.pipeline <= 1 {
+            return;
+        }
+        let probed = probe_pipelining(c, dev, self.settings.timeout).await;
+        link.probe_pending = probed.is_none();
+        link.depth = match probed {
+            Some(true) => self.settings.pipeline,
+            Some(false) => {
+                tracing::info!(addr = %self.addr, "the endpoint answers one request at a time; polling without pipelining");
+                1
+            }
+            None => 1,
+        };
     }
 
     /// Warns once when rounds keep running out of time, with what would fit.

@@ -303,20 +303,17 @@ pub fn list(dir: &Path) -> Result<Vec<SpoolFile>, SpoolError> {
     };
     for entry in entries {
         let path = entry.map_err(io(dir))?.path();
-        match path.extension().and_then(|e| e.to_str()) {
-            Some(EXTENSION | JSON_EXTENSION) => {
-                let bytes = fs::metadata(&path).map_or(0, |m| m.len());
-                let h = read_header(&path).unwrap_or_default();
-                out.push(SpoolFile {
-                    path,
-                    table: h.table,
-                    rows: h.rows,
-                    bytes,
-                    first_t: h.first_t,
-                    last_t: h.last_t,
-                });
-            }
-            _ => {}
+        if let Some(EXTENSION | JSON_EXTENSION) = path.extension().and_then(|e| e.to_str()) {
+            let bytes = fs::metadata(&path).map_or(0, |m| m.len());
+            let h = read_header(&path).unwrap_or_default();
+            out.push(SpoolFile {
+                path,
+                table: h.table,
+                rows: h.rows,
+                bytes,
+                first_t: h.first_t,
+                last_t: h.last_t,
+            });
         }
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));

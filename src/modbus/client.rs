@@ -238,7 +238,13 @@ impl Connection {
         let frame = request_frame(tid, unit, function, start, count);
         let sent = async {
             let mut w = self.writer.lock().await;
-            w.write_all(&frame).await
+            let mut writing = PartialWrite {
+                closed: &self.closed,
+                done: false,
+            };
+            let written = w.write_all(&frame).await;
+            writing.done = true;
+            written
         };
         let outcome = tokio::time::timeout(timeout, async {
             sent.await.map_err(|e| ReadError::Closed(e.to_string()))?;
@@ -266,6 +272,22 @@ impl Connection {
                     device_silent: self.answered.load(Relaxed) > seq || !queued_behind,
                 })
             }
+        }
+    }
+}
+
+/// A request frame being written. Dropped before the write finished (the
+/// read timed out or was cancelled mid-frame), it closes the connection:
+/// the device would read the next request's bytes as the rest of this one.
+struct PartialWrite<'a> {
+    closed: &'a AtomicBool,
+    done: bool,
+}
+
+impl Drop for PartialWrite<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.closed.store(true, Relaxed);
         }
     }
 }
