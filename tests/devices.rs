@@ -659,6 +659,17 @@ fn devices_sunspec_site_ingests_scaled_values_across_scale_factor_changes() {
         "{rack:?}"
     );
 
+    // Before discovery --plan counts each SunSpec device as one read.
+    let plan: Vec<Value> = s
+        .cmd()
+        .args(["--json", "ingest", "--site", "Site1", "--plan"])
+        .run()
+        .json();
+    let reads: f64 = plan
+        .iter()
+        .filter_map(|r| r["requests_per_sec"].as_f64())
+        .sum();
+    assert_eq!(reads, 8.0, "{plan:?}");
     let run = s
         .cmd()
         .args(["--json", "ingest", "--site", "Site1", "--duration", "6s"])

@@ -220,12 +220,8 @@ fn row(
     m: Option<Measured>,
 ) -> PlanRow {
     let interval = s.interval_secs as f64;
-    let requests: usize = devices.iter().map(|d| d.requests.len()).sum();
-    let registers: u64 = devices
-        .iter()
-        .flat_map(|d| &d.requests)
-        .map(|r| u64::from(r.count))
-        .sum();
+    let requests: usize = devices.iter().map(|d| d.planned().0).sum();
+    let registers: u64 = devices.iter().map(|d| d.planned().1).sum();
     let budget_ms = interval * 1000.0 * USABLE;
     let n = need(requests, s, m);
     let reads = requests as f64 / devices.len().max(1) as f64;

@@ -55,6 +55,21 @@ pub struct PollDevice {
     pub sunspec: Option<Role>,
 }
 
+impl PollDevice {
+    /// Reads and registers one poll takes. A SunSpec device's are known only
+    /// after discovery: it counts as the one read its models usually take
+    /// (an 804, or 802 with 803's fixed block beside it).
+    pub fn planned(&self) -> (usize, u64) {
+        match self.sunspec {
+            Some(_) => mapping::USUAL_READ,
+            None => (
+                self.requests.len(),
+                self.requests.iter().map(|r| u64::from(r.count)).sum(),
+            ),
+        }
+    }
+}
+
 /// How a lane polls (from `[modbus]`).
 #[derive(Debug, Clone, Copy)]
 pub struct LaneSettings {
@@ -258,7 +273,7 @@ impl Lane {
             return None;
         };
         state[slot].busy = true;
-        load.requests += dev.requests.len() as u64;
+        load.requests += dev.planned().0 as u64;
         let plan = state[slot]
             .sunspec
             .as_ref()
@@ -565,7 +580,19 @@ pub async fn probe_pipelining(
     dev: &PollDevice,
     timeout: Duration,
 ) -> Option<bool> {
-    let r = dev.requests.first()?;
+    // A SunSpec device's reads are known only after discovery: its marker
+    // registers serve (any answer, even an exception, is an answer).
+    let marker = ReadRequest {
+        kind: crate::modbus::map::RegisterKind::Holding,
+        start: crate::modbus::sunspec::scan::BASES[0],
+        count: 2,
+        fields: Vec::new(),
+    };
+    let r = match (dev.requests.first(), dev.sunspec) {
+        (Some(r), _) => r,
+        (None, Some(_)) => &marker,
+        (None, None) => return None,
+    };
     let read = || conn.read(dev.unit, r.kind, r.start, r.count, timeout);
     let (a, b) = tokio::join!(read(), read());
     let answered =

@@ -316,6 +316,10 @@ impl Link {
                 }
             }
         }
+        if let Err(e) = refresh_unique_keys(&client, sink).await {
+            self.fail(sink, &e);
+            return None;
+        }
         if self.retry_at.is_some() && self.speaks {
             tracing::info!(site = %sink.stats.site, server = %sink.name(), "server is back; writing again");
         }
@@ -527,6 +531,31 @@ fn merge(group: &[(SpoolFile, Batch)]) -> Batch {
             .flat_map(|(_, b)| b.rows.iter().cloned())
             .collect(),
     }
+}
+
+/// Reads each table's unique-key flag again on a new connection: while the
+/// server was away a DBA may have added or dropped the natural key, and the
+/// flag decides between a plain COPY and the insert-only-absent path.
+async fn refresh_unique_keys(client: &Client, sink: &Sink) -> Result<(), String> {
+    let tables: Vec<&'static str> = match lock(&sink.catalog).as_ref() {
+        Some(c) => c.keys().copied().collect(),
+        None => return Ok(()),
+    };
+    for name in tables {
+        let Some(spec) = crate::schema::TableSpec::by_name(name) else {
+            continue;
+        };
+        let unique = crate::catalog::has_unique_key(client, &spec)
+            .await
+            .map_err(|e| {
+                db::DbError::query(&sink.server.name, &sink.database, "reading indexes", &e)
+                    .to_string()
+            })?;
+        if let Some(t) = lock(&sink.catalog).as_mut().and_then(|c| c.get_mut(name)) {
+            t.unique_key = unique;
+        }
+    }
+    Ok(())
 }
 
 /// Writes one batch, typed by the server's catalog: a plain COPY where the

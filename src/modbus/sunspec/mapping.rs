@@ -19,6 +19,11 @@ use crate::modbus::map::{MAX_READ, ReadRequest, RegisterKind};
 use crate::modbus::value::{DataType, Value};
 use crate::schema::Table;
 
+/// What one poll of a discovered device usually costs (reads, registers):
+/// a string's 804, or 802 with 803's fixed block right after it, is one read
+/// of well under 125 registers. For `ingest --plan` before discovery.
+pub const USUAL_READ: (usize, u64) = (1, 80);
+
 /// What a SunSpec device is to the site.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
