@@ -27,20 +27,26 @@ pub mod code {
 }
 
 /// How a command that ran to the end went, for the exit code.
+///
+/// The one precedence rule, for every command: the variants are declared
+/// in it, so the worst of several is their `max`. A critical finding (11)
+/// beats a part that could not be done (4, 6, 3), which beats a warning
+/// (10), which beats success (0): a down server must not hide a critical
+/// day the other server showed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     /// Everything done, nothing to report.
     Clean,
     /// Ran; found (or repaired) something worth a warning.
     Warning,
-    /// Ran; found something critical.
-    Critical,
     /// Some targets (servers, sites) could not be reached; the rest were done.
     Partial,
     /// The database role lacks a privilege the command needs; nothing was changed there.
     Privilege,
     /// Ran, but part of the configuration (a register map, a schema) was found unusable.
     BadConfig,
+    /// Ran; found something critical.
+    Critical,
     /// `status --nagios`: a monitoring plugin's own code (0 ok, 1 warning,
     /// 2 critical, 3 unknown) instead of the table's.
     Plugin(u8),

@@ -725,21 +725,21 @@ impl Report for IngestReport {
         out
     }
     fn outcome(&self) -> Outcome {
-        let code = self.rows.iter().filter_map(|r| r.set_aside_code).max();
-        match code {
-            Some(exit::PRIVILEGE) => return Outcome::Privilege,
-            Some(exit::CONFIG) => return Outcome::BadConfig,
-            Some(_) => return Outcome::Partial,
-            None => {}
-        }
-        match self
+        let set_aside = match self.rows.iter().filter_map(|r| r.set_aside_code).max() {
+            Some(exit::PRIVILEGE) => Outcome::Privilege,
+            Some(exit::CONFIG) => Outcome::BadConfig,
+            Some(_) => Outcome::Partial,
+            None => Outcome::Clean,
+        };
+        let lost = match self
             .rows
             .iter()
             .any(|r| r.rows_lost > 0 || r.rows_rejected > 0)
         {
             true => Outcome::Critical,
             false => Outcome::Clean,
-        }
+        };
+        set_aside.max(lost)
     }
     fn rows(&self) -> &[Self::Row] {
         &self.rows
