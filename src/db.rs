@@ -211,17 +211,30 @@ pub enum CopyType {
 }
 
 impl CopyType {
+    /// The catalog's `format_type` name of each type.
+    pub(crate) const NAMES: [(&'static str, CopyType); 6] = [
+        ("smallint", CopyType::Int2),
+        ("integer", CopyType::Int4),
+        ("bigint", CopyType::Int8),
+        ("real", CopyType::Float4),
+        ("double precision", CopyType::Float8),
+        ("timestamp with time zone", CopyType::Timestamptz),
+    ];
+
     /// From the catalog's `format_type` name; `None` for types essops does not write.
     pub fn from_catalog(name: &str) -> Option<CopyType> {
-        Some(match name {
-            "smallint" => CopyType::Int2,
-            "integer" => CopyType::Int4,
-            "bigint" => CopyType::Int8,
-            "real" => CopyType::Float4,
-            "double precision" => CopyType::Float8,
-            "timestamp with time zone" => CopyType::Timestamptz,
-            _ => return None,
-        })
+        CopyType::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+    }
+
+    /// The type as PostgreSQL names it (`smallint`), for messages.
+    pub fn name(self) -> &'static str {
+        CopyType::NAMES
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or("?", |(n, _)| n)
     }
 
     /// The integer range the column holds; `None` for floats and times.

@@ -30,7 +30,7 @@ pub struct Row {
 
 /// A value its column cannot hold (the server would refuse the batch for good).
 #[derive(Debug, thiserror::Error)]
-#[error("value {value} of `{table}.{column}` does not fit its column type {ty:?}")]
+#[error("value {value} of `{table}.{column}` does not fit its column type {}", .ty.name())]
 pub struct EncodeError {
     pub value: String,
     pub table: &'static str,
@@ -101,6 +101,28 @@ impl Batch {
             table: self.spec.name,
             column: self.columns[column].clone(),
             ty,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingest_value_that_does_not_fit_names_the_postgres_type() {
+        let e = EncodeError {
+            value: "70000".into(),
+            table: "rack",
+            column: "STATUS".into(),
+            ty: CopyType::Int2,
+        };
+        assert_eq!(
+            e.to_string(),
+            "value 70000 of `rack.STATUS` does not fit its column type smallint"
+        );
+        for (name, t) in CopyType::NAMES {
+            assert_eq!((CopyType::from_catalog(name), t.name()), (Some(t), name));
         }
     }
 }
