@@ -223,18 +223,12 @@ impl CopyType {
 
     /// From the catalog's `format_type` name; `None` for types essops does not write.
     pub fn from_catalog(name: &str) -> Option<CopyType> {
-        CopyType::NAMES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, t)| *t)
+        crate::named::by_name(&CopyType::NAMES, name)
     }
 
     /// The type as PostgreSQL names it (`smallint`), for messages.
     pub fn name(self) -> &'static str {
-        CopyType::NAMES
-            .iter()
-            .find(|(_, t)| *t == self)
-            .map_or("?", |(n, _)| n)
+        crate::named::name_of(&CopyType::NAMES, self)
     }
 
     /// The integer range the column holds; `None` for floats and times.

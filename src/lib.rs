@@ -27,6 +27,7 @@ pub mod loss;
 pub mod metrics;
 pub mod migrate;
 pub mod modbus;
+pub mod named;
 pub mod output;
 pub mod privilege;
 pub mod read;

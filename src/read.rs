@@ -367,8 +367,7 @@ fn map_fields(
         match answer {
             Err(e) => row.note = Some(e.to_string()),
             Ok(words) => {
-                let from = usize::from(address - r.start);
-                let Some(w) = words.get(from..from + usize::from(f.dtype.words())) else {
+                let Some(w) = f.words_in(start, r, words) else {
                     row.note = Some("answer too short".into());
                     out.push(ReadRow::Field(row));
                     continue;

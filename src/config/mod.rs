@@ -181,18 +181,12 @@ impl SslMode {
     ];
 
     fn parse(s: &str) -> Option<SslMode> {
-        SslMode::NAMES
-            .iter()
-            .find(|(n, _)| *n == s)
-            .map(|(_, m)| *m)
+        crate::named::by_name(&SslMode::NAMES, s)
     }
 
     /// libpq's word for the mode.
     pub fn name(self) -> &'static str {
-        SslMode::NAMES
-            .iter()
-            .find(|(_, m)| *m == self)
-            .map_or("?", |(n, _)| n)
+        crate::named::name_of(&SslMode::NAMES, self)
     }
 }
 

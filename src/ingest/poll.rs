@@ -63,9 +63,18 @@ impl PollDevice {
         match self.sunspec {
             Some(_) => mapping::USUAL_READ,
             None => (
-                self.requests.len(),
+                self.reads(),
                 self.requests.iter().map(|r| u64::from(r.count)).sum(),
             ),
+        }
+    }
+
+    /// Reads one poll takes (as [`planned`](Self::planned), without summing registers: it is
+    /// counted on every poll).
+    pub fn reads(&self) -> usize {
+        match self.sunspec {
+            Some(_) => mapping::USUAL_READ.0,
+            None => self.requests.len(),
         }
     }
 }
@@ -273,7 +282,7 @@ impl Lane {
             return None;
         };
         state[slot].busy = true;
-        load.requests += dev.planned().0 as u64;
+        load.requests += dev.reads() as u64;
         let plan = state[slot]
             .sunspec
             .as_ref()
@@ -633,10 +642,9 @@ fn decode_reply(
     }
     for &i in &r.fields {
         let f = &dev.table.fields[i];
-        let from = usize::from(dev.block_start + f.at - r.start);
         let raw = f
-            .dtype
-            .decode(&words[from..from + usize::from(f.dtype.words())], f.order);
+            .words_in(u64::from(dev.block_start), r, words)
+            .and_then(|w| f.dtype.decode(w, f.order));
         values[i] = raw.map(|v| f.scaled(v));
     }
     Ok(())
@@ -670,17 +678,10 @@ pub async fn read_device(
     dev: &PollDevice,
     timeout: Duration,
 ) -> Result<Vec<Option<Value>>, ReadError> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let answers = c.read_all(dev.unit, &dev.requests, timeout).await?;
     let mut values = vec![None; dev.table.fields.len()];
-    for r in &dev.requests {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return Err(ReadError::Timeout {
-                device_silent: true,
-            });
-        }
-        let words = c.read(dev.unit, r.kind, r.start, r.count, left).await?;
-        decode_reply(dev, r, &words, &mut values)?;
+    for (r, words) in dev.requests.iter().zip(&answers) {
+        decode_reply(dev, r, words, &mut values)?;
     }
     Ok(values)
 }

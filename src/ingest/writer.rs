@@ -291,7 +291,14 @@ impl Link {
                 return None;
             }
         };
-        if lock(&sink.catalog).is_none() {
+        // The first connection reads the whole catalog (preflight); a later
+        // one only what may have changed while the server was away.
+        let first = lock(&sink.catalog).is_none();
+        if !first && let Err(e) = refresh_unique_keys(&client, sink).await {
+            self.fail(sink, &e.to_string());
+            return None;
+        }
+        if first {
             match preflight::check_server(
                 &client,
                 &sink.server.name,
@@ -315,10 +322,6 @@ impl Link {
                     return None;
                 }
             }
-        }
-        if let Err(e) = refresh_unique_keys(&client, sink).await {
-            self.fail(sink, &e);
-            return None;
         }
         if self.retry_at.is_some() && self.speaks {
             tracing::info!(site = %sink.stats.site, server = %sink.name(), "server is back; writing again");
@@ -536,7 +539,7 @@ fn merge(group: &[(SpoolFile, Batch)]) -> Batch {
 /// Reads each table's unique-key flag again on a new connection: while the
 /// server was away a DBA may have added or dropped the natural key, and the
 /// flag decides between a plain COPY and the insert-only-absent path.
-async fn refresh_unique_keys(client: &Client, sink: &Sink) -> Result<(), String> {
+async fn refresh_unique_keys(client: &Client, sink: &Sink) -> Result<(), db::DbError> {
     let tables: Vec<&'static str> = match lock(&sink.catalog).as_ref() {
         Some(c) => c.keys().copied().collect(),
         None => return Ok(()),
@@ -549,7 +552,6 @@ async fn refresh_unique_keys(client: &Client, sink: &Sink) -> Result<(), String>
             .await
             .map_err(|e| {
                 db::DbError::query(&sink.server.name, &sink.database, "reading indexes", &e)
-                    .to_string()
             })?;
         if let Some(t) = lock(&sink.catalog).as_mut().and_then(|c| c.get_mut(name)) {
             t.unique_key = unique;

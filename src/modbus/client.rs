@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
-use super::map::RegisterKind;
+use super::map::{ReadRequest, RegisterKind};
 use crate::tasks::lock;
 
 /// Modbus exception 0x0B: the gateway's target device did not respond.
@@ -180,6 +180,36 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Vec<u16>, ReadError> {
         self.exchange(unit, kind, start, count, timeout).await.0
+    }
+
+    /// Every one of `requests`, in order, within one `timeout` in all: one
+    /// poll of a device. An answer of the wrong length fails the poll.
+    pub async fn read_all(
+        &self,
+        unit: u8,
+        requests: &[ReadRequest],
+        timeout: Duration,
+    ) -> Result<Vec<Vec<u16>>, ReadError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut answers = Vec::with_capacity(requests.len());
+        for r in requests {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(ReadError::Timeout {
+                    device_silent: true,
+                });
+            }
+            let words = self.read(unit, r.kind, r.start, r.count, left).await?;
+            if words.len() != usize::from(r.count) {
+                return Err(ReadError::BadAnswer(format!(
+                    "{} registers for a request of {}",
+                    words.len(),
+                    r.count
+                )));
+            }
+            answers.push(words);
+        }
+        Ok(answers)
     }
 
     /// As [`read`](Self::read), with the request and answer frames.

@@ -46,12 +46,7 @@ impl RegisterKind {
     ];
 
     pub fn name(self) -> &'static str {
-        match self {
-            RegisterKind::Holding => "holding",
-            RegisterKind::Input => "input",
-            RegisterKind::Coil => "coil",
-            RegisterKind::Discrete => "discrete",
-        }
+        crate::named::name_of(&RegisterKind::NAMES, self)
     }
 
     /// Whether each address holds one bit (coils, discrete inputs).
@@ -165,6 +160,20 @@ pub struct ReadRequest {
 impl Field {
     pub fn is_scaled(&self) -> bool {
         self.scale != 1.0 || self.offset != 0.0
+    }
+
+    /// The field's words in the answer to `r`, for a device whose block
+    /// starts at `block_start`; `None` when the answer does not hold them.
+    pub fn words_in<'a>(
+        &self,
+        block_start: u64,
+        r: &ReadRequest,
+        words: &'a [u16],
+    ) -> Option<&'a [u16]> {
+        let from =
+            usize::try_from((block_start + u64::from(self.at)).checked_sub(u64::from(r.start))?)
+                .ok()?;
+        words.get(from..from + usize::from(self.dtype.words()))
     }
 
     /// The physical value of a decoded raw one: raw × scale + offset.
@@ -582,8 +591,8 @@ fn choice<T: Copy>(
         return Ok(default);
     };
     let word = v.get_ref().as_str();
-    match names.iter().find(|(name, _)| *name == word) {
-        Some((_, value)) => Ok(*value),
+    match crate::named::by_name(names, word) {
+        Some(value) => Ok(value),
         None => Err(doc.at(
             v,
             key,

@@ -397,33 +397,42 @@ fn inverter_103(model: &Model, pcs: i16, t: i64, shift: i16) -> Vec<u16> {
     b.words
 }
 
+/// A `--sunspec-base` or `--sunspec-end` value that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SunSpecFlagError {
+    #[error("`{0}` is not DEVICES={1} (e.g. {2})")]
+    Shape(String, &'static str, &'static str),
+    #[error(transparent)]
+    Devices(#[from] crate::schema::DeviceRangeError),
+    #[error("`{0}`: a SunSpec base is 40000, 0 or 50000")]
+    Base(String),
+    #[error("`{0}`: a chain ends with end, zero or exception")]
+    End(String),
+}
+
 /// `bank:2=0`: a device range and where its marker is.
-pub fn parse_base(s: &str) -> Result<(DeviceRange, u16), String> {
+pub fn parse_base(s: &str) -> Result<(DeviceRange, u16), SunSpecFlagError> {
     let (range, addr) = s
         .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not DEVICES=ADDR (e.g. bank:2=0)"))?;
-    let range = DeviceRange::parse(range).map_err(|e| e.to_string())?;
+        .ok_or_else(|| SunSpecFlagError::Shape(s.into(), "ADDR", "bank:2=0"))?;
+    let range = DeviceRange::parse(range)?;
     match addr.parse::<u16>() {
         Ok(a) if crate::modbus::sunspec::scan::BASES.contains(&a) => Ok((range, a)),
-        _ => Err(format!("`{addr}`: a SunSpec base is 40000, 0 or 50000")),
+        _ => Err(SunSpecFlagError::Base(addr.into())),
     }
 }
 
 /// `pcs:1=exception`: a device range and how its chain ends.
-pub fn parse_end(s: &str) -> Result<(DeviceRange, ChainEnd), String> {
+pub fn parse_end(s: &str) -> Result<(DeviceRange, ChainEnd), SunSpecFlagError> {
     let (range, end) = s
         .split_once('=')
-        .ok_or_else(|| format!("`{s}` is not DEVICES=END (e.g. pcs:1=exception)"))?;
-    let range = DeviceRange::parse(range).map_err(|e| e.to_string())?;
+        .ok_or_else(|| SunSpecFlagError::Shape(s.into(), "END", "pcs:1=exception"))?;
+    let range = DeviceRange::parse(range)?;
     let end = match end {
         "end" => ChainEnd::EndMarker,
         "zero" => ChainEnd::Zero,
         "exception" => ChainEnd::Exception,
-        other => {
-            return Err(format!(
-                "`{other}`: a chain ends with end, zero or exception"
-            ));
-        }
+        other => return Err(SunSpecFlagError::End(other.into())),
     };
     Ok((range, end))
 }

@@ -282,25 +282,39 @@ async fn string_count(
 /// group that holds the row (803's string k).
 type Pick<'a> = (&'static [Source], &'a Found, Option<u16>);
 
+/// A device whose models do not fit the role the config gives it; each
+/// says which models were found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MismatchError {
+    #[error("no battery model 802 (models found: {found})")]
+    NoBattery { found: String },
+    #[error(
+        "string {string} is not there: the battery has {strings} string(s) (models found: {found})"
+    )]
+    NoString {
+        string: u16,
+        strings: u16,
+        found: String,
+    },
+    #[error("no inverter model 701, 103, 102 or 101 (models found: {found})")]
+    NoInverter { found: String },
+}
+
 /// The plan for `role` on a device with `chain`; `strings`: 803's string
-/// count when a string comes from 803's group. Errors say what was found.
-pub fn plan(chain: &Chain, role: Role, strings: Option<u16>) -> Result<SunPlan, String> {
+/// count when a string comes from 803's group.
+pub fn plan(chain: &Chain, role: Role, strings: Option<u16>) -> Result<SunPlan, MismatchError> {
     let found = || {
         let ids: Vec<String> = chain.models.iter().map(|m| m.id.to_string()).collect();
-        format!(
-            "models found: {}",
-            if ids.is_empty() {
-                "none".into()
-            } else {
-                ids.join(", ")
-            }
-        )
+        match ids.is_empty() {
+            true => "none".to_string(),
+            false => ids.join(", "),
+        }
     };
     let (table, mut picks): (Table, Vec<Pick<'_>>) = match role {
         Role::Bank => {
             let m802 = chain
                 .find(802)
-                .ok_or_else(|| format!("no battery model 802 ({})", found()))?;
+                .ok_or_else(|| MismatchError::NoBattery { found: found() })?;
             let mut picks: Vec<Pick<'_>> = vec![(BANK, m802, None)];
             if let Some(m803) = chain.find(803) {
                 picks.push((BANK, m803, None));
@@ -320,10 +334,11 @@ pub fn plan(chain: &Chain, role: Role, strings: Option<u16>) -> Result<SunPlan, 
                         0 => strings.unwrap_or(0),
                         n => n as u16,
                     };
-                    return Err(format!(
-                        "string {string} is not there: the battery has {n} string(s) ({})",
-                        found()
-                    ));
+                    return Err(MismatchError::NoString {
+                        string,
+                        strings: n,
+                        found: found(),
+                    });
                 }
             }
         }
@@ -337,7 +352,7 @@ pub fn plan(chain: &Chain, role: Role, strings: Option<u16>) -> Result<SunPlan, 
                         .find_map(|id| chain.find(*id))
                         .map(|m| (PCS_10X, m))
                 })
-                .ok_or_else(|| format!("no inverter model 701, 103, 102 or 101 ({})", found()))?;
+                .ok_or_else(|| MismatchError::NoInverter { found: found() })?;
             (Table::Pcs, vec![(pick.0, pick.1, None)])
         }
     };
@@ -496,13 +511,13 @@ pub struct PointRead {
 
 /// Decodes one point from the answers of a poll (request, its words).
 pub fn read_point(p: &SunPoint, answers: &[(&ReadRequest, &[u16])]) -> Option<PointRead> {
-    let (r, words) = answers.iter().find(|(r, _)| covers(r, p.address, p.size))?;
-    let from = usize::from(p.address - r.start);
-    let words = words.get(from..from + usize::from(p.size))?.to_vec();
+    let own = answers.iter().find(|(r, _)| covers(r, p.address, p.size))?;
+    let from = usize::from(p.address - own.0.start);
+    let words = own.1.get(from..from + usize::from(p.size))?.to_vec();
     let raw = p.ty.raw(&words);
     let sf = match p.sf {
         None => Some(0),
-        Some(at) => scale_factor(at, r, words_of(r, answers), answers),
+        Some(at) => scale_factor(at, own, answers),
     };
     let value = match (raw, sf, p.transform) {
         (Some(raw), _, Transform::Integer) => Some(Value::Int(raw as i64)),
@@ -530,19 +545,11 @@ pub fn read_point(p: &SunPoint, answers: &[(&ReadRequest, &[u16])]) -> Option<Po
     })
 }
 
-fn words_of<'a>(r: &ReadRequest, answers: &[(&ReadRequest, &'a [u16])]) -> &'a [u16] {
-    answers
-        .iter()
-        .find(|(a, _)| *a == r)
-        .map_or(&[], |(_, w)| w)
-}
-
 /// The scale factor at `at`: from the value's own read when it is there,
 /// else from every read that has it, which must agree.
 fn scale_factor(
     at: u16,
-    own: &ReadRequest,
-    own_words: &[u16],
+    (own, own_words): &(&ReadRequest, &[u16]),
     answers: &[(&ReadRequest, &[u16])],
 ) -> Option<i16> {
     let word = |r: &ReadRequest, w: &[u16]| w.get(usize::from(at - r.start)).copied();
@@ -570,7 +577,7 @@ pub async fn read_device(
     plan: &SunPlan,
     timeout: Duration,
 ) -> Result<Vec<Option<Value>>, ReadError> {
-    let answers = read_all(c, unit, plan, timeout).await?;
+    let answers = c.read_all(unit, &plan.requests, timeout).await?;
     let pairs: Vec<(&ReadRequest, &[u16])> = plan
         .requests
         .iter()
@@ -582,35 +589,6 @@ pub async fn read_device(
         .iter()
         .map(|p| p.as_ref().and_then(|p| read_point(p, &pairs)?.value))
         .collect())
-}
-
-/// Every request of the plan, within one timeout in all.
-pub async fn read_all(
-    c: &Connection,
-    unit: u8,
-    plan: &SunPlan,
-    timeout: Duration,
-) -> Result<Vec<Vec<u16>>, ReadError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut answers = Vec::with_capacity(plan.requests.len());
-    for r in &plan.requests {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return Err(ReadError::Timeout {
-                device_silent: true,
-            });
-        }
-        let words = c.read(unit, r.kind, r.start, r.count, left).await?;
-        if words.len() != usize::from(r.count) {
-            return Err(ReadError::BadAnswer(format!(
-                "{} registers for a request of {}",
-                words.len(),
-                r.count
-            )));
-        }
-        answers.push(words);
-    }
-    Ok(answers)
 }
 
 #[cfg(test)]
@@ -717,10 +695,12 @@ mod tests {
             ],
             end: ChainEnd::Exception,
         };
-        let err = plan(&inverter, Role::Bank, None).unwrap_err();
+        let err = plan(&inverter, Role::Bank, None).unwrap_err().to_string();
         assert_eq!(err, "no battery model 802 (models found: 1, 103)");
         assert!(plan(&inverter, Role::Pcs, None).is_ok());
-        let err = plan(&chain(), Role::Rack { string: 6 }, Some(5)).unwrap_err();
+        let err = plan(&chain(), Role::Rack { string: 6 }, Some(5))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("the battery has 5 string(s)"), "{err}");
     }
 }
