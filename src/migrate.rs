@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (2, "history", include_str!("../migrations/0002_history.sql")),
     (3, "rollups", include_str!("../migrations/0003_rollups.sql")),
+    (
+        4,
+        "rollup rerolls",
+        include_str!("../migrations/0004_rollup_rerolls.sql"),
+    ),
 ];
 
 /// The newest schema version this binary knows.

@@ -37,6 +37,8 @@ const SETTLE: TimeDelta = TimeDelta::minutes(5);
 /// One transaction rolls at most this much.
 const STEP: TimeDelta = TimeDelta::days(1);
 pub const MARKS_TABLE: &str = "rollup_marks";
+/// Windows rolled again below the mark, for the cache to rebuild (migration 0004).
+pub const REROLLS_TABLE: &str = "rollup_rerolls";
 
 /// Keep the rollups: roll each table forward to the last settled hour, and
 /// re-roll the windows reconcile has copied rows into since the last run;
@@ -384,7 +386,8 @@ pub async fn reroll(
 }
 
 /// Replaces both rollups' buckets of `span` from the raw rows, and moves the
-/// mark when given, in one transaction.
+/// mark when given (rolling forward) or records the span as re-rolled (for
+/// the cache's next warm), in one transaction.
 async fn roll_span(
     client: &mut Client,
     spec: &TableSpec,
@@ -405,11 +408,26 @@ async fn roll_span(
             .execute(&insert_sql(spec, suffix, bucket), &[&span.start, &span.end])
             .await?;
     }
-    if let Some(mark) = mark {
-        write_mark(&tx, spec, mark).await?;
+    match mark {
+        Some(mark) => write_mark(&tx, spec, mark).await?,
+        None => record_reroll(&tx, spec, span).await?,
     }
     tx.commit().await?;
     Ok(written)
+}
+
+async fn record_reroll(
+    tx: &impl GenericClient,
+    spec: &TableSpec,
+    span: Span,
+) -> Result<(), tokio_postgres::Error> {
+    let sql = format!(
+        "INSERT INTO {} (table_name, span_start, span_end) VALUES ($1, $2, $3)",
+        qualified(REROLLS_TABLE)
+    );
+    tx.execute(&sql, &[&spec.name, &span.start, &span.end])
+        .await
+        .map(drop)
 }
 
 /// `INSERT INTO "rack_1m" (…) SELECT time_bucket(…), ids, count(*), avg/min/max …

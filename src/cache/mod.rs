@@ -45,6 +45,10 @@ pub struct WarmArgs {
     /// reconcile filled old holes, say).
     #[arg(long)]
     pub full: bool,
+    /// Read raw rows only, not the rollups up to their mark (to compare the
+    /// two, or while the rollups are suspect).
+    #[arg(long)]
+    pub raw: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,8 +173,11 @@ pub async fn warm(args: &WarmArgs, ctx: &Context) -> Result<WarmReport, CacheErr
         |site| {
             let (ctx, periods, mut con, run) =
                 (ctx.clone(), periods.clone(), con.clone(), run.clone());
-            let full = args.full;
-            async move { warm_one(&ctx, &site, &periods, &mut con, &run, full, now).await }
+            let mode = warm::Mode {
+                full: args.full,
+                raw: args.raw,
+            };
+            async move { warm_one(&ctx, &site, &periods, &mut con, &run, mode, now).await }
         },
         || {},
     )
@@ -197,7 +204,7 @@ async fn warm_one(
     periods: &[CachePeriod],
     con: &mut crate::redis_client::Connection,
     run: &str,
-    full: bool,
+    mode: warm::Mode,
     now: i64,
 ) -> redis::RedisResult<SiteRow> {
     let started = Instant::now();
@@ -215,7 +222,7 @@ async fn warm_one(
         millis: 0,
         error: None,
     };
-    match warm::warm_site(&ctx.config, settings, site, periods, &prev, full, now).await {
+    match warm::warm_site(&ctx.config, settings, site, periods, &prev, mode, now).await {
         Err(e) => {
             tracing::warn!(site = %site.name, server = %settings.source, error = %e, "cache warm skipped: the previous cache is kept");
             row.mode = "kept".into();
@@ -275,6 +282,8 @@ async fn publish_site(
         "warmed_at": now,
         "source": settings.source,
         "periods": periods.iter().map(|p| json!({"name": p.name, "span_secs": p.span_secs, "bucket_secs": p.bucket_secs, "ttl_secs": p.ttl_secs})).collect::<Vec<_>>(),
+        "sources": cache.sources,
+        "rerolls_seen": cache.rerolls_seen,
     });
     publish::publish(con, &keys, run, &cache.entries, &prev.keys, &keep, meta).await
 }

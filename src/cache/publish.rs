@@ -20,6 +20,7 @@ pub async fn read_previous(
         .unwrap_or(Value::Null);
     let mut prev = Previous {
         warmed_at: meta["warmed_at"].as_i64(),
+        rerolls_seen: meta["rerolls_seen"].as_i64(),
         keys: meta["keys"]
             .as_array()
             .map(|a| {

@@ -70,6 +70,21 @@ pub fn bucket_start(t: i64, bucket: i64, tz: Tz) -> i64 {
     crate::window::local_day(local, tz).start.timestamp()
 }
 
+/// The starts of the buckets from the one holding `from` to the one holding `to`.
+pub fn bucket_starts(from: i64, to: i64, bucket: i64, tz: Tz) -> Vec<i64> {
+    let mut starts = vec![bucket_start(from, bucket, tz)];
+    while let Some(&last) = starts.last() {
+        // Half a bucket past the next start: lands in the next bucket even
+        // when a local day has 23 or 25 hours.
+        let next = bucket_start(last + bucket + bucket / 2, bucket, tz).max(last + 1);
+        if next > to {
+            break;
+        }
+        starts.push(next);
+    }
+    starts
+}
+
 /// Whether buckets of `fine` seconds tile buckets of `coarse` seconds in `tz`.
 pub fn tiles(fine: i64, coarse: i64, tz: Tz, at: i64) -> bool {
     if coarse != DAY {
@@ -179,6 +194,20 @@ mod tests {
             bucket_start(bucket_start(t, DAY, kolkata), 3600, kolkata),
             bucket_start(t, DAY, kolkata)
         );
+    }
+
+    #[test]
+    fn cache_bucket_starts_cross_dst_days_and_half_hour_zones() {
+        let ny = chrono_tz::America::New_York;
+        // 2026-03-07 00:00 EST .. 2026-03-10 00:00 EDT: the 8th has 23 hours.
+        let (from, to) = (1_772_859_600, 1_773_115_200);
+        let days = bucket_starts(from, to, DAY, ny);
+        let lengths: Vec<i64> = days.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(lengths, [86_400, 82_800, 86_400]);
+        let kolkata = chrono_tz::Asia::Kolkata;
+        let hours = bucket_starts(1_772_687_700, 1_772_687_700 + 7200, 3600, kolkata);
+        assert_eq!(hours.len(), 3);
+        assert!(hours.iter().all(|h| h % 3600 == 1800));
     }
 
     #[test]

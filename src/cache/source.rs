@@ -1,5 +1,6 @@
-//! What the cache reads from the database: per-minute aggregates, the latest
-//! row per device, and hourly row counts. Identifiers are quoted by the one
+//! What the cache reads from the database: per-bucket aggregates (from the
+//! rollups up to their mark, raw rows after it), the latest row per device,
+//! and hourly row counts. Identifiers are quoted by the one
 //! helper; times and ids are bound parameters.
 
 use std::collections::BTreeMap;
@@ -9,7 +10,10 @@ use tokio_postgres::Client;
 
 use super::series::{Bucket, Devices};
 use crate::db::quote_ident;
-use crate::schema::{DeviceId, TIME_COLUMN, TableSpec};
+use crate::schema::{
+    BUCKET_COLUMN, DeviceId, ROLLUPS, SAMPLES_COLUMN, TIME_COLUMN, TableSpec, measure_column,
+    rollup_name,
+};
 
 /// `1/2` for bank 1 rack 2, `1` for a bank or PCS, `site` for the etc table.
 pub fn device_key(ids: &[i16]) -> String {
@@ -30,43 +34,156 @@ fn device_ids_sql(spec: &TableSpec) -> Vec<String> {
         .collect()
 }
 
-/// Per device and minute in `[from, to)`: row count, avg, min, max of each measure.
-pub async fn minute_aggregates(
+/// How far a table's rollups (`rack_1m`, `rack_1h`, …) can stand in for
+/// its raw rows.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rollups {
+    /// Both rollups hold every bucket before this (Unix seconds).
+    Until(i64),
+    /// Raw rows only, and why.
+    Raw(String),
+}
+
+impl Rollups {
+    /// The coarsest rollup whose UTC-aligned buckets tile the cache buckets
+    /// starting at `bounds` (so no rollup bucket straddles two), with the
+    /// raw tail's start; `None` when the rollups hold nothing of them.
+    pub fn pick(&self, spec: &TableSpec, bounds: &[i64]) -> Option<(String, i64)> {
+        let Rollups::Until(until) = *self else {
+            return None;
+        };
+        if until <= bounds[0] {
+            return None;
+        }
+        ROLLUPS
+            .iter()
+            .rev()
+            .find(|(_, width)| bounds.iter().all(|b| b % rollup_secs(width) == 0))
+            .map(|(suffix, _)| (rollup_name(spec, suffix), until))
+    }
+}
+
+fn rollup_secs(width: &str) -> i64 {
+    match width {
+        "1 hour" => 3600,
+        _ => 60,
+    }
+}
+
+/// Whether this server's rollups of `spec` hold the cache's `measures`, and
+/// up to when.
+pub async fn rollups(
     client: &Client,
     spec: &TableSpec,
     measures: &[String],
-    from: i64,
-    to: i64,
+) -> Result<Rollups, tokio_postgres::Error> {
+    let until = match crate::rollup::rolled_until(client, spec).await {
+        Ok(Some(until)) => until.timestamp(),
+        Ok(None) => return Ok(Rollups::Raw("`essops rollup` has not run".into())),
+        Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01") => {
+            return Ok(Rollups::Raw(
+                "no rollups on this server (`essops migrate` adds them)".into(),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut wanted: Vec<String> = vec![BUCKET_COLUMN.into(), SAMPLES_COLUMN.into()];
+    wanted.extend(spec.device_columns.iter().map(|c| c.to_string()));
+    for m in measures {
+        wanted.extend(["AVG", "MIN", "MAX"].map(|agg| measure_column(m, agg)));
+    }
+    for (suffix, _) in ROLLUPS {
+        let name = rollup_name(spec, suffix);
+        let found: i64 = client
+            .query_one(
+                "SELECT count(*) FROM information_schema.columns
+                  WHERE table_schema = current_schema() AND table_name = $1 AND column_name = ANY($2)",
+                &[&name, &wanted],
+            )
+            .await?
+            .get(0);
+        if found < wanted.len() as i64 {
+            return Ok(Rollups::Raw(format!(
+                "`{name}` lacks columns of the cache's measures (`essops migrate`)"
+            )));
+        }
+    }
+    Ok(Rollups::Until(until))
+}
+
+/// Per device and cache bucket (`bounds` are their starts, the first one the
+/// window's; the last is open up to `to`): row count and avg, min, max of
+/// each measure, aggregated in the database. With a rollup, its buckets
+/// before its mark stand in for the raw rows, and only the tail after the
+/// mark is read raw; averages are weighted by samples.
+pub async fn period_aggregates(
+    client: &Client,
+    spec: &TableSpec,
+    measures: &[String],
+    (bounds, to): (&[i64], i64),
+    rollup: Option<&(String, i64)>,
 ) -> Result<Devices, tokio_postgres::Error> {
     let ids = device_ids_sql(spec);
-    let aggs: Vec<String> = measures
-        .iter()
-        .map(|m| {
-            let q = quote_ident(m);
-            format!("avg({q})::float8, min({q})::float8, max({q})::float8")
-        })
-        .collect();
-    let mut select = ids.clone();
-    select.push(format!(
-        "extract(epoch FROM time_bucket('1 minute', {}))::int8 AS minute",
-        quote_ident(TIME_COLUMN)
-    ));
-    select.push("count(*)".into());
-    select.extend(aggs);
-    let group: Vec<String> = (1..=ids.len() + 1).map(|i| i.to_string()).collect();
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {t} >= $1 AND {t} < $2 GROUP BY {g} ORDER BY {g}",
-        select.join(", "),
+    let k = ids.len();
+    let group: Vec<String> = (1..=k + 1).map(|i| i.to_string()).collect();
+    let t = quote_ident(TIME_COLUMN);
+    let mut raw = ids.clone();
+    raw.push(format!("width_bucket({t}, $1::timestamptz[])"));
+    raw.push("count(*)::int8".into());
+    for m in measures {
+        let q = quote_ident(m);
+        raw.push(format!("avg({q})::float8, min({q})::float8, max({q})::float8"));
+    }
+    let mut pieces = format!(
+        "SELECT {} FROM {} WHERE {t} >= $2 AND {t} < $3 GROUP BY {}",
+        raw.join(", "),
         quote_ident(spec.name),
-        t = quote_ident(TIME_COLUMN),
+        group.join(", ")
+    );
+    if let Some((table, _)) = rollup {
+        let b = quote_ident(BUCKET_COLUMN);
+        let mut rolled = ids.clone();
+        rolled.push(format!("width_bucket({b}, $1::timestamptz[])"));
+        rolled.push(format!("{}::int8", quote_ident(SAMPLES_COLUMN)));
+        for m in measures {
+            rolled.extend(["AVG", "MIN", "MAX"].map(|agg| quote_ident(&measure_column(m, agg))));
+        }
+        pieces = format!(
+            "SELECT {} FROM {} WHERE {b} >= $4 AND {b} < $2 UNION ALL {pieces}",
+            rolled.join(", "),
+            quote_ident(table),
+        );
+    }
+    let mut names: Vec<String> = (0..k).map(|i| format!("c{i}")).collect();
+    names.extend(["i".into(), "n".into()]);
+    let mut outer: Vec<String> = names[..k].to_vec();
+    outer.extend(["i".into(), "sum(n)::int8".into()]);
+    for j in 0..measures.len() {
+        names.extend([format!("a{j}"), format!("lo{j}"), format!("hi{j}")]);
+        outer.push(format!(
+            "sum(a{j} * n) / sum(n) FILTER (WHERE a{j} IS NOT NULL), min(lo{j}), max(hi{j})"
+        ));
+    }
+    let sql = format!(
+        "SELECT {} FROM ({pieces}) AS p({}) GROUP BY {g} ORDER BY {g}",
+        outer.join(", "),
+        names.join(", "),
         g = group.join(", "),
     );
-    let rows = client.query(&sql, &[&time(from), &time(to)]).await?;
-    let k = ids.len();
+    let starts: Vec<DateTime<Utc>> = bounds.iter().map(|b| time(*b)).collect();
+    let from = time(bounds[0]);
+    let raw_from = time(rollup.map_or(bounds[0], |(_, until)| bounds[0].max(*until)));
+    let to = time(to);
+    let mut bind: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&starts, &raw_from, &to];
+    if rollup.is_some() {
+        bind.push(&from);
+    }
+    let rows = client.query(&sql, &bind).await?;
     let mut out = Devices::new();
     for r in rows {
         let device: DeviceId = (0..k).map(|i| r.get::<_, i32>(i) as i16).collect();
-        let mut b = Bucket::empty(r.get(k), measures.len());
+        let at = r.get::<_, i32>(k) as usize;
+        let mut b = Bucket::empty(bounds[at.saturating_sub(1)], measures.len());
         b.n = r.get::<_, i64>(k + 1) as u64;
         for m in 0..measures.len() {
             let at = k + 2 + 3 * m;
@@ -77,6 +194,31 @@ pub async fn minute_aggregates(
         out.entry(device_key(&device)).or_default().push(b);
     }
     Ok(out)
+}
+
+/// The earliest start of the windows re-rolled per table since `since`
+/// (Unix seconds), and the server's clock now; nothing when the server has
+/// no record of re-rolls (schema before version 4).
+pub async fn rerolled_since(
+    client: &Client,
+    since: i64,
+) -> Result<(BTreeMap<String, i64>, Option<i64>), tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT table_name, extract(epoch FROM min(span_start))::int8 FROM {}
+          WHERE at > $1 GROUP BY 1",
+        crate::history::table(crate::rollup::REROLLS_TABLE)
+    );
+    let now: i64 = client
+        .query_one("SELECT extract(epoch FROM now())::int8", &[])
+        .await?
+        .get(0);
+    match client.query(&sql, &[&time(since)]).await {
+        Ok(rows) => Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), Some(now))),
+        Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01") => {
+            Ok((BTreeMap::new(), None))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The newest row of each device, as JSON objects keyed by column.

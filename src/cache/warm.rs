@@ -1,6 +1,12 @@
 //! Building one site's cache entries: incremental by default (each run
-//! re-reads only the last `recheck` of data and reuses older buckets from the
-//! cache it wrote before), whole with `--full` or when nothing reusable is there.
+//! re-reads only the last `recheck` of data, and the windows `essops rollup`
+//! re-rolled since the last run, and reuses older buckets from the cache it
+//! wrote before), whole with `--full` or when nothing reusable is there.
+//!
+//! A period's buckets come from a finer period built in the same run when
+//! one covers them; otherwise the database aggregates them to the period's
+//! own buckets, from the rollups up to their mark and raw rows after it
+//! (raw rows only with `--raw`, or where the rollups cannot serve).
 
 use std::collections::BTreeMap;
 
@@ -9,9 +15,10 @@ use serde_json::{Value, json};
 use super::keys::Keys;
 use super::outliers::{self, Outlier};
 use super::series::{
-    self, Bucket, Devices, bucket_from_json, bucket_json, bucket_start, rebucket, tiles,
+    self, Bucket, Devices, bucket_from_json, bucket_json, bucket_start, bucket_starts, rebucket,
+    tiles,
 };
-use super::source;
+use super::source::{self, Rollups};
 use crate::config::{CachePeriod, CacheSettings, Config, ConfigError, Site};
 use crate::db::{self, DbError, Target};
 use crate::schema::TableSpec;
@@ -24,23 +31,42 @@ pub struct Entry {
     pub ttl: i64,
 }
 
+/// Re-rolls recorded this long before the last warm's look are read again:
+/// a re-roll's transaction may commit a moment after it took its time.
+const REROLL_MARGIN: i64 = 60;
+
+/// How a warm reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// Every period's whole window, not only what changed.
+    pub full: bool,
+    /// Raw rows only, not the rollups.
+    pub raw: bool,
+}
+
 /// What the previous warm left, as read from Redis.
 #[derive(Debug, Default)]
 pub struct Previous {
     pub warmed_at: Option<i64>,
+    /// The source server's clock when it last looked for re-rolled windows.
+    pub rerolls_seen: Option<i64>,
     /// The keys its meta listed.
     pub keys: Vec<String>,
     /// Raw JSON by key (period aggregates and loss).
     pub values: BTreeMap<String, Value>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct SiteCache {
     pub entries: Vec<Entry>,
     pub outliers: Vec<Outlier>,
     pub incremental: bool,
     /// Servers whose loss summary could not be measured.
     pub loss_failures: Vec<String>,
+    /// Per table: what each period was read from (for the meta key).
+    pub sources: serde_json::Map<String, Value>,
+    /// The source server's clock when this warm looked for re-rolls.
+    pub rerolls_seen: Option<i64>,
 }
 
 /// One period's series of one table after this warm.
@@ -72,6 +98,9 @@ struct Warm<'a> {
     keys: Keys,
     /// Where rebuilding starts; `None` rebuilds everything.
     recheck_from: Option<i64>,
+    /// Per table, the earliest window re-rolled since the last warm.
+    rerolled: BTreeMap<String, i64>,
+    raw: bool,
     now: i64,
 }
 
@@ -91,7 +120,7 @@ pub async fn warm_site(
     site: &Site,
     periods: &[CachePeriod],
     prev: &Previous,
-    full: bool,
+    mode: Mode,
     now: i64,
 ) -> Result<SiteCache, SourceError> {
     let server = config.server(&settings.source)?;
@@ -107,7 +136,7 @@ pub async fn warm_site(
         .map_err(|e| DbError::query(&server.name, &site.database, "setting work_mem", &e))?;
     let mut sorted: Vec<CachePeriod> = periods.to_vec();
     sorted.sort_by_key(|p| (p.bucket_secs, p.span_secs));
-    let recheck_from = match (full, prev.warmed_at) {
+    let recheck_from = match (mode.full, prev.warmed_at) {
         (false, Some(at)) => Some(bucket_start(
             at.min(now) - settings.recheck_secs,
             60,
@@ -115,6 +144,10 @@ pub async fn warm_site(
         )),
         _ => None,
     };
+    let since = prev.rerolls_seen.or(prev.warmed_at).unwrap_or(0) - REROLL_MARGIN;
+    let (rerolled, rerolls_seen) = source::rerolled_since(&client, since)
+        .await
+        .map_err(|e| DbError::query(&server.name, &site.database, "reading re-rolled windows", &e))?;
     let warm = Warm {
         client,
         settings,
@@ -123,40 +156,40 @@ pub async fn warm_site(
         prev,
         keys: Keys::new(&site.name),
         recheck_from,
+        rerolled,
+        raw: mode.raw,
         now,
     };
-    let mut entries = Vec::new();
-    let mut found = Vec::new();
+    let mut cache = SiteCache {
+        incremental: recheck_from.is_some(),
+        rerolls_seen,
+        ..SiteCache::default()
+    };
     for spec in warm.site.tables() {
-        warm_table(&warm, &spec, &mut entries, &mut found).await?;
+        warm_table(&warm, &spec, &mut cache).await?;
     }
     let (loss, loss_failures) = loss_summary(config, &warm).await;
-    entries.push(Entry {
+    cache.loss_failures = loss_failures;
+    cache.entries.push(Entry {
         key: warm.keys.loss(),
         value: loss.to_string(),
         ttl: 3600,
     });
-    entries.push(Entry {
+    cache.entries.push(Entry {
         key: warm.keys.outliers(),
-        value: json!({ "warmed_at": now, "factor": settings.outlier_factor, "outliers": found })
+        value: json!({ "warmed_at": now, "factor": settings.outlier_factor, "outliers": cache.outliers })
             .to_string(),
         ttl: warm.finest_ttl(),
     });
-    Ok(SiteCache {
-        entries,
-        outliers: found,
-        incremental: recheck_from.is_some(),
-        loss_failures,
-    })
+    Ok(cache)
 }
 
-/// One table's entries (every period's aggregates and its latest rows) and
-/// outliers; a table the server does not have is skipped.
+/// One table's entries (every period's aggregates and its latest rows),
+/// outliers and sources; a table the server does not have is skipped.
 async fn warm_table(
     warm: &Warm<'_>,
     spec: &TableSpec,
-    entries: &mut Vec<Entry>,
-    found: &mut Vec<Outlier>,
+    cache: &mut SiteCache,
 ) -> Result<(), DbError> {
     let (settings, keys) = (warm.settings, &warm.keys);
     let columns = crate::catalog::columns(
@@ -170,9 +203,17 @@ async fn warm_table(
         return Ok(());
     }
     let measures = source::measures(spec, &columns);
-    let built = build_periods(warm, spec, &measures)
+    let rollups = match warm.raw {
+        true => Rollups::Raw("--raw".into()),
+        false => source::rollups(&warm.client, spec, &measures)
+            .await
+            .map_err(|e| warm.query_error(format!("reading `{}`'s rollup mark", spec.name), &e))?,
+    };
+    let (built, read) = build_periods(warm, spec, &measures, &rollups)
         .await
         .map_err(|e| warm.query_error(format!("aggregating `{}`", spec.name), &e))?;
+    cache.sources.insert(spec.name.into(), read);
+    let (entries, found) = (&mut cache.entries, &mut cache.outliers);
     for b in &built {
         entries.push(Entry {
             key: keys.agg(&b.period.name, spec.name),
@@ -232,86 +273,79 @@ fn reusable(
         .collect()
 }
 
-/// Every period of one table: reused buckets before the recheck point, and
-/// buckets from there on rebuilt from the finest source that covers them
-/// (minute aggregates read now, or an already rebuilt finer period).
+/// Every period of one table: reused buckets before the point rebuilding
+/// starts, and buckets from there on from a finer period of this run that
+/// covers them, else aggregated by the database. Also says, per period,
+/// what it read.
 async fn build_periods(
     warm: &Warm<'_>,
     spec: &TableSpec,
     measures: &[String],
-) -> Result<Vec<Built>, tokio_postgres::Error> {
-    let (periods, now, tz) = (&warm.periods, warm.now, warm.site.timezone);
-    let plans = plan_periods(warm, spec, measures);
-    let minutes_from = minutes_from(&plans, periods, tz, now);
-    let minutes =
-        source::minute_aggregates(&warm.client, spec, measures, minutes_from, now + 1).await?;
+    rollups: &Rollups,
+) -> Result<(Vec<Built>, Value), tokio_postgres::Error> {
+    let (now, tz) = (warm.now, warm.site.timezone);
+    let recheck = warm
+        .recheck_from
+        .map(|r| warm.rerolled.get(spec.name).map_or(r, |&c| r.min(c)));
     let mut built: Vec<Built> = Vec::new();
-    for (i, p) in periods.iter().enumerate() {
-        let (window, rebuild, reuse) = &plans[i];
-        let src = built
-            .iter()
-            .find(|b| {
-                b.window <= *rebuild && tiles(b.period.bucket_secs, p.bucket_secs, tz, *rebuild)
-            })
-            .map_or(&minutes, |b| &b.devices);
-        let fresh = rebucket(src, p.bucket_secs, tz, *rebuild, i64::MAX);
-        let mut devices = kept_buckets(reuse.as_ref(), *window, *rebuild);
+    let mut read = serde_json::Map::new();
+    for p in &warm.periods {
+        let (window, rebuild, reuse) = plan_period(warm, spec, measures, p, recheck);
+        let finer = built.iter().find(|b| {
+            b.window <= rebuild && tiles(b.period.bucket_secs, p.bucket_secs, tz, rebuild)
+        });
+        let fresh = match finer {
+            Some(b) => {
+                read.insert(p.name.clone(), json!({ "from": rebuild, "period": b.period.name }));
+                rebucket(&b.devices, p.bucket_secs, tz, rebuild, i64::MAX)
+            }
+            None => {
+                let bounds = bucket_starts(rebuild, now, p.bucket_secs, tz);
+                let rollup = rollups.pick(spec, &bounds);
+                read.insert(p.name.clone(), match &rollup {
+                    Some((table, until)) => json!({ "from": rebuild, "rollup": table, "raw_from": rebuild.max(*until) }),
+                    None => json!({ "from": rebuild, "raw_from": rebuild }),
+                });
+                source::period_aggregates(&warm.client, spec, measures, (&bounds, now + 1), rollup.as_ref())
+                    .await?
+            }
+        };
+        let mut devices = kept_buckets(reuse.as_ref(), window, rebuild);
         for (d, bs) in fresh {
             devices.entry(d).or_default().extend(bs);
         }
         devices.retain(|_, bs| !bs.is_empty());
         built.push(Built {
             period: p.clone(),
-            window: *window,
+            window,
             devices,
         });
     }
-    Ok(built)
+    let rollup = match rollups {
+        Rollups::Until(until) => json!({ "rolled_until": until }),
+        Rollups::Raw(why) => json!({ "rolled_until": null, "raw_because": why }),
+    };
+    Ok((built, json!({ "rollups": rollup, "periods": read })))
 }
 
-/// Per period: its window start, where rebuilding starts, and the buckets
-/// the previous warm left that can be reused.
-fn plan_periods(
+/// One period's window start, where rebuilding starts, and the buckets the
+/// previous warm left that can be reused.
+fn plan_period(
     warm: &Warm<'_>,
     spec: &TableSpec,
     measures: &[String],
-) -> Vec<(i64, i64, Option<Devices>)> {
+    p: &CachePeriod,
+    recheck: Option<i64>,
+) -> (i64, i64, Option<Devices>) {
     let tz = warm.site.timezone;
-    warm.periods
-        .iter()
-        .map(|p| {
-            let window = bucket_start(warm.now - p.span_secs + 1, p.bucket_secs, tz);
-            let key = warm.keys.agg(&p.name, spec.name);
-            let reuse = warm
-                .recheck_from
-                .and_then(|_| reusable(warm.prev, &key, p, measures));
-            let rebuild = match (&reuse, warm.recheck_from) {
-                (Some(_), Some(r)) => bucket_start(r.max(window), p.bucket_secs, tz),
-                _ => window,
-            };
-            (window, rebuild, reuse)
-        })
-        .collect()
-}
-
-/// Minute aggregates are read from the earliest point no finer period covers.
-fn minutes_from(
-    plans: &[(i64, i64, Option<Devices>)],
-    periods: &[CachePeriod],
-    tz: chrono_tz::Tz,
-    now: i64,
-) -> i64 {
-    let mut from = now;
-    for (i, p) in periods.iter().enumerate() {
-        let (_, rebuild, _) = plans[i];
-        let covered = (0..i).any(|j| {
-            plans[j].0 <= rebuild && tiles(periods[j].bucket_secs, p.bucket_secs, tz, rebuild)
-        });
-        if !covered {
-            from = from.min(rebuild);
-        }
-    }
-    from
+    let window = bucket_start(warm.now - p.span_secs + 1, p.bucket_secs, tz);
+    let key = warm.keys.agg(&p.name, spec.name);
+    let reuse = recheck.and_then(|_| reusable(warm.prev, &key, p, measures));
+    let rebuild = match (&reuse, recheck) {
+        (Some(_), Some(r)) => bucket_start(r.max(window), p.bucket_secs, tz),
+        _ => window,
+    };
+    (window, rebuild, reuse)
 }
 
 /// The reused buckets from `window` up to where rebuilding starts.

@@ -418,6 +418,7 @@ pub async fn execute(args: &DemoArgs, ctx: &Context) -> Result<DemoReport, Error
         sites: vec![],
         periods: vec![],
         full: false,
+        raw: false,
     };
     let warmed = cache::warm(&warm, &ctx).await?;
     say("writing the report".into());

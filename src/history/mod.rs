@@ -371,6 +371,7 @@ pub async fn prune(
         (RECONCILE_TABLE, "at", false),
         (MINUTES_TABLE, "minute", false),
         (EVENTS_TABLE, "at", false),
+        (crate::rollup::REROLLS_TABLE, "at", false),
     ] {
         let cutoff = if is_date {
             "current_date - $1::int4"
