@@ -491,3 +491,205 @@ fn cache_warm_writes_a_whole_site_to_a_redis_cluster() {
     // The values are the same as on a single Redis.
     assert!(s.assert_period_matches_sql("hour") > 0);
 }
+
+/// Two sites (America/New_York, Asia/Kolkata) with a year of rack and bank
+/// rows (every 30 s for the last 40 days, every 5 min before), whole hours
+/// and scattered samples missing, their rollups current.
+struct Year {
+    db: TestDb,
+    _scratch: Scratch,
+    config: PathBuf,
+    sites: [String; 2],
+}
+
+const YEAR_PERIODS: &str = "[[cache.periods]]\nname = \"hour\"\nspan = \"1h\"\nbucket = \"1m\"\nttl = \"10m\"\n\
+    [[cache.periods]]\nname = \"day\"\nspan = \"1d\"\nbucket = \"5m\"\nttl = \"1h\"\n\
+    [[cache.periods]]\nname = \"month\"\nspan = \"30d\"\nbucket = \"1h\"\nttl = \"1d\"\n\
+    [[cache.periods]]\nname = \"year\"\nspan = \"366d\"\nbucket = \"1d\"\nttl = \"1d\"\n";
+
+fn year(test: &str) -> Year {
+    let db = TestDb::new(test, 2);
+    let scratch = Scratch::new(test);
+    let sites = [format!("NY_{test}"), format!("Kolkata_{test}")];
+    let site = |n: usize, tz: &str| {
+        format!(
+            "name = \"{}\"\ndatabase = \"{}\"\ntimezone = \"{tz}\"\nsample_interval_secs = 30\nbanks = [{{ id = 1, racks = 3 }}]\n",
+            sites[n], db.databases[n]
+        )
+    };
+    let config = scratch.site_config(
+        &format!("[redis]\nurl = \"{REDIS}\"\n[cache]\nrecheck = \"10m\"\n{YEAR_PERIODS}"),
+        &servers_toml(),
+        &format!(
+            "{}[[sites]]\n{}",
+            site(0, "America/New_York"),
+            site(1, "Asia/Kolkata")
+        ),
+    );
+    for n in 0..2 {
+        db.execute_in(
+            "local",
+            n,
+            "CREATE TEMP VIEW planted AS
+               SELECT t FROM generate_series(date_trunc('minute', now()) - interval '370 days', date_trunc('minute', now()) - interval '40 days 1 second', interval '5 minutes') t
+               UNION ALL
+               SELECT t FROM generate_series(date_trunc('minute', now()) - interval '40 days', now(), interval '30 seconds') t;
+             INSERT INTO rack SELECT t, 1, r, 50 + 20 * sin(extract(epoch FROM t) / 5000) + r, 98 - extract(epoch FROM now() - t) / 8640000, 800 + r,
+                    100 * cos(extract(epoch FROM t) / 3000), 80 * cos(extract(epoch FROM t) / 3000), 3.30 + 0.001 * r + 0.01 * sin(extract(epoch FROM t) / 7000), 3.29, 3.295, 1, 2,
+                    30 + 0.1 * r + 3 * sin(extract(epoch FROM t) / 9000), 25, 27, 3, 4, 1, 0, 0
+               FROM planted, generate_series(1, 3) r
+              WHERE (extract(epoch FROM t)::int8 / 3600) % 97 <> 5
+                AND (extract(epoch FROM t)::int8 / 30 * 7919 + r * 104729) % 100 >= 3;
+             INSERT INTO bank (\"TIMESTAMP\", \"BANK_ID\", \"SOC\", \"DC_VOLTAGE\", \"DC_CURRENT\", \"MAX_CELL_TEMP\")
+               SELECT t, 1, 55 + 5 * sin(extract(epoch FROM t) / 4000), 800, 300, 31 FROM planted
+                WHERE (extract(epoch FROM t)::int8 / 3600) % 89 <> 7;
+             ANALYZE rack; ANALYZE bank;",
+        );
+    }
+    for site in &sites {
+        Cmd::new(Some(&config))
+            .args(["rollup", "--site", site, "--table", "rack", "--table", "bank"])
+            .run()
+            .expect_code(0);
+    }
+    Year {
+        db,
+        _scratch: scratch,
+        config,
+        sites,
+    }
+}
+
+impl Year {
+    fn warm(&self, args: &[&str]) -> Vec<Value> {
+        Cmd::new(Some(&self.config))
+            .args(["--json", "cache", "warm"])
+            .args(args)
+            .run()
+            .expect_code(0)
+            .json()
+    }
+
+    /// Every aggregate key of both sites, by key.
+    fn aggregates(&self) -> std::collections::BTreeMap<String, Value> {
+        let mut con = redis::Client::open(REDIS)
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for site in &self.sites {
+            for period in ["hour", "day", "month", "year"] {
+                for table in ["rack", "bank"] {
+                    let key = format!("essops:v1:{{{site}}}:agg:{period}:{table}");
+                    let v: String = redis::cmd("GET").arg(&key).query(&mut con).unwrap();
+                    out.insert(key, serde_json::from_str(&v).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    fn meta(&self, site: &str) -> Value {
+        let mut con = redis::Client::open(REDIS)
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        let v: String = redis::cmd("GET")
+            .arg(format!("essops:v1:{{{site}}}:meta"))
+            .query(&mut con)
+            .unwrap();
+        serde_json::from_str(&v).unwrap()
+    }
+}
+
+/// Two builds hold the same buckets: every device, start and sample count,
+/// min and max equal, averages equal to the 4 decimals kept. The windows of
+/// two runs a moment apart may differ by the newest or oldest bucket.
+fn assert_same_aggregates(
+    a: &std::collections::BTreeMap<String, Value>,
+    b: &std::collections::BTreeMap<String, Value>,
+) -> usize {
+    let mut compared = 0;
+    for (key, x) in a {
+        let y = &b[key];
+        let (dx, dy) = (x["devices"].as_object().unwrap(), y["devices"].as_object().unwrap());
+        assert_eq!(dx.keys().collect::<Vec<_>>(), dy.keys().collect::<Vec<_>>(), "{key}");
+        for (device, buckets) in dx {
+            assert_same_buckets(&format!("{key} {device}"), buckets, &dy[device]);
+            compared += buckets.as_array().unwrap().len();
+        }
+    }
+    compared
+}
+
+#[test]
+fn cache_warm_from_rollups_equals_raw_on_a_planted_year_and_follows_rerolls() {
+    let y = year("cache_rollups");
+    let from_rollups = y.warm(&["--full"]);
+    assert!(from_rollups.iter().all(|r| r["mode"] == "full"), "{from_rollups:?}");
+    let rolled = y.aggregates();
+    let [ny, kolkata] = [0, 1].map(|n| y.meta(&y.sites[n]));
+    // New York's local days and hours are whole UTC hours: the hourly
+    // rollup serves them; Kolkata's (UTC+5:30) are not: the minute rollup.
+    for (meta, table) in [(&ny, "rack_1h"), (&kolkata, "rack_1m")] {
+        let periods = &meta["sources"]["rack"]["periods"];
+        assert_eq!(periods["year"]["rollup"], table, "{meta}");
+        assert_eq!(periods["day"]["rollup"], "rack_1m", "{meta}");
+        assert!(meta["sources"]["rack"]["rollups"]["rolled_until"].is_i64());
+    }
+    assert_eq!(ny["sources"]["rack"]["periods"]["month"]["rollup"], "rack_1h");
+    assert_eq!(kolkata["sources"]["rack"]["periods"]["month"]["rollup"], "rack_1m");
+    // The year of New York days holds a 23-hour and a 25-hour day.
+    let days: Vec<i64> = rolled[&format!("essops:v1:{{{}}}:agg:year:rack", y.sites[0])]["devices"]["1/1"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b[0].as_i64().unwrap())
+        .collect();
+    let lengths: Vec<i64> = days.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(lengths.contains(&82_800) && lengths.contains(&90_000), "{lengths:?}");
+
+    y.warm(&["--full", "--raw"]);
+    let raw = y.aggregates();
+    assert_eq!(
+        y.meta(&y.sites[0])["sources"]["rack"]["rollups"]["raw_because"],
+        "--raw"
+    );
+    let compared = assert_same_aggregates(&rolled, &raw);
+    assert!(compared > 2 * 3 * (60 + 288 + 720 + 366) - 200, "{compared} buckets");
+
+    // Reconcile fills a hole 20 days back; `essops rollup` re-rolls the hour
+    // (here by its window flag, as it does for reconcile's runs), and the
+    // next plain warm shows the rows without `--full`.
+    let hole = "(extract(epoch FROM now())::int8 / 3600 - 480) / 97 * 97 + 5";
+    y.db.execute(
+        "local",
+        &format!(
+            "INSERT INTO rack (\"TIMESTAMP\", \"BANK_ID\", \"RACK_ID\", \"SOC\")
+               SELECT to_timestamp(({hole}) * 3600) + interval '30 seconds' * g, 1, 2, 99 FROM generate_series(0, 119) g"
+        ),
+    );
+    let hour: i64 = y.db.scalar("local", &format!("SELECT ({hole}) * 3600"));
+    let at = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .unwrap()
+            .to_rfc3339()
+    };
+    Cmd::new(Some(&y.config))
+        .args(["rollup", "--site", &y.sites[0], "--table", "rack"])
+        .args(["--from", &at(hour), "--to", &at(hour + 3600)])
+        .run()
+        .expect_code(0);
+    assert_eq!(y.warm(&["--site", &y.sites[0]])[0]["mode"], "incremental");
+    let incremental = y.aggregates();
+    let month = &incremental[&format!("essops:v1:{{{}}}:agg:month:rack", y.sites[0])];
+    let filled = month["devices"]["1/2"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b[0].as_i64() == Some(hour))
+        .unwrap_or_else(|| panic!("no bucket for the filled hour {hour}"));
+    assert_eq!((filled[1].as_i64(), filled[4][0].as_f64()), (Some(120), Some(99.0)));
+    y.warm(&["--full", "--raw", "--site", &y.sites[0]]);
+    assert_same_aggregates(&incremental, &y.aggregates());
+}

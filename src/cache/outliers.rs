@@ -152,13 +152,7 @@ mod tests {
     #[test]
     fn cache_outliers_find_the_hot_rack_only() {
         let cols = vec!["MAX_CELL_TEMP".to_string()];
-        let b = |start, t: f64| Bucket {
-            start,
-            n: 60,
-            avg: vec![t],
-            min: vec![t],
-            max: vec![t],
-        };
+        let b = |start, t: f64| Bucket::new(start, 60, vec![t], vec![t], vec![t]);
         let racks: Devices = [
             ("1/1".to_string(), vec![b(0, 30.0), b(60, 30.0)]),
             ("1/2".to_string(), vec![b(0, 31.0), b(60, 52.0)]),

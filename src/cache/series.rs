@@ -21,28 +21,35 @@ pub struct Bucket {
     pub avg: Vec<f64>,
     pub min: Vec<f64>,
     pub max: Vec<f64>,
+    /// Per measure, the rows its average stands for: the rows of the
+    /// pieces that had a value (as the database weighs them).
+    pub weight: Vec<u64>,
 }
 
 impl Bucket {
-    pub fn empty(start: i64, measures: usize) -> Bucket {
+    /// A bucket of `n` rows; each measure's average weighs `n` unless NaN.
+    pub fn new(start: i64, n: u64, avg: Vec<f64>, min: Vec<f64>, max: Vec<f64>) -> Bucket {
+        let weight = avg.iter().map(|a| if a.is_nan() { 0 } else { n }).collect();
         Bucket {
             start,
-            n: 0,
-            avg: vec![f64::NAN; measures],
-            min: vec![f64::NAN; measures],
-            max: vec![f64::NAN; measures],
+            n,
+            avg,
+            min,
+            max,
+            weight,
         }
     }
 
-    /// Folds `o` in: averages weighted by row counts.
+    /// Folds `o` in: averages weighted by the rows of pieces with a value.
     pub fn merge(&mut self, o: &Bucket) {
-        let (a, b) = (self.n as f64, o.n as f64);
         for i in 0..self.avg.len() {
-            self.avg[i] = match (self.avg[i].is_nan(), o.avg[i].is_nan()) {
-                (true, _) => o.avg[i],
-                (_, true) => self.avg[i],
+            let (a, b) = (self.weight[i] as f64, o.weight[i] as f64);
+            self.avg[i] = match (a > 0.0, b > 0.0) {
+                (false, _) => o.avg[i],
+                (_, false) => self.avg[i],
                 _ => (self.avg[i] * a + o.avg[i] * b) / (a + b),
             };
+            self.weight[i] += o.weight[i];
             self.min[i] = self.min[i].min(o.min[i]);
             self.max[i] = self.max[i].max(o.max[i]);
         }
@@ -140,13 +147,13 @@ pub fn bucket_from_json(v: &Value) -> Option<Bucket> {
             .map(|x| Some(x.as_f64().unwrap_or(f64::NAN)))
             .collect()
     };
-    Some(Bucket {
-        start: a.first()?.as_i64()?,
-        n: a.get(1)?.as_u64()?,
-        avg: list(2)?,
-        min: list(3)?,
-        max: list(4)?,
-    })
+    Some(Bucket::new(
+        a.first()?.as_i64()?,
+        a.get(1)?.as_u64()?,
+        list(2)?,
+        list(3)?,
+        list(4)?,
+    ))
 }
 
 #[cfg(test)]
@@ -154,13 +161,7 @@ mod tests {
     use super::*;
 
     fn b(start: i64, n: u64, v: f64) -> Bucket {
-        Bucket {
-            start,
-            n,
-            avg: vec![v],
-            min: vec![v - 1.0],
-            max: vec![v + 1.0],
-        }
+        Bucket::new(start, n, vec![v], vec![v - 1.0], vec![v + 1.0])
     }
 
     #[test]

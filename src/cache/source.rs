@@ -183,14 +183,15 @@ pub async fn period_aggregates(
     for r in rows {
         let device: DeviceId = (0..k).map(|i| r.get::<_, i32>(i) as i16).collect();
         let at = r.get::<_, i32>(k) as usize;
-        let mut b = Bucket::empty(bounds[at.saturating_sub(1)], measures.len());
-        b.n = r.get::<_, i64>(k + 1) as u64;
-        for m in 0..measures.len() {
-            let at = k + 2 + 3 * m;
-            b.avg[m] = r.get::<_, Option<f64>>(at).unwrap_or(f64::NAN);
-            b.min[m] = r.get::<_, Option<f64>>(at + 1).unwrap_or(f64::NAN);
-            b.max[m] = r.get::<_, Option<f64>>(at + 2).unwrap_or(f64::NAN);
-        }
+        let value = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(f64::NAN);
+        let column = |of: usize| (0..measures.len()).map(|m| value(k + 2 + 3 * m + of)).collect();
+        let b = Bucket::new(
+            bounds[at.saturating_sub(1)],
+            r.get::<_, i64>(k + 1) as u64,
+            column(0),
+            column(1),
+            column(2),
+        );
         out.entry(device_key(&device)).or_default().push(b);
     }
     Ok(out)

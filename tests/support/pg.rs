@@ -62,8 +62,13 @@ impl TestDb {
 
     /// Runs SQL in this test's first database on `server`.
     pub fn execute(&self, server: &str, sql: &str) {
+        self.execute_in(server, 0, sql)
+    }
+
+    /// Runs SQL in this test's `n`th database (from 0) on `server`.
+    pub fn execute_in(&self, server: &str, n: usize, sql: &str) {
         block_on(async {
-            self.client(server, &self.databases[0])
+            self.client(server, &self.databases[n])
                 .await
                 .batch_execute(sql)
                 .await
