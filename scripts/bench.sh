@@ -35,7 +35,11 @@
 #                               `index recommend` (no HypoPG) and `index create` run
 #   scripts/bench.sh cache      cache warm of the four default sites with the last
 #                               day of 1 Hz data: full and incremental (cron) runs,
-#                               keys/s next to redis-benchmark with pipelining
+#                               keys/s next to redis-benchmark with pipelining; then
+#                               cache-month
+#   scripts/bench.sh cache-month  a Site2-sized site with 30 days of 1 Hz data (44 M
+#                               rack rows, loaded once): full warm from the rollups,
+#                               from raw rows, incremental, a bare count(*), peak RSS
 #
 # Data lives in its own database (bench_site2 on the local dev server) and is
 # loaded once; later runs reuse it. RUNS=N sets the repetitions (default 7).
@@ -535,6 +539,71 @@ print("  one incremental run: %d keys, %.1f MiB, slowest site %d ms -> %.0f keys
     echo "  reproduce: scripts/bench.sh cache"
 }
 
+# 30 days of 1 Hz data for a Site2-sized site (17 racks, 2 banks, a PCS),
+# loaded once a day at a time, then topped up to now on every run; the
+# rollups rolled forward to the last settled hour.
+cache_month_data() {
+    local cfg=bench/cache-month.toml day have
+    local psql=(psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 25432 -U essops -d bench_cache_month)
+    "$ESSOPS" --config "$cfg" --quiet migrate --create-database
+    have="$("${psql[@]}" -c 'SELECT count(*) FROM rack')"
+    if [ "$have" -lt $(( 30 * 86400 * 17 * 99 / 100 )) ]; then
+        echo "loading 30 days of 1 Hz data into bench_cache_month (44 M rack rows, about 10 minutes)..." >&2
+        "${psql[@]}" -c 'TRUNCATE rack, bank, pcs, rack_1m, rack_1h, bank_1m, bank_1h, pcs_1m, pcs_1h; DELETE FROM essops.rollup_marks'
+        for day in $(seq 30 -1 1); do
+            "${psql[@]}" -v day="$day" <<'SQL'
+SELECT date_trunc('second', now()) - make_interval(days => :day) AS f, date_trunc('second', now()) - make_interval(days => :day - 1) AS t \gset
+INSERT INTO rack SELECT s, d.b, r, 50 + 20*sin(extract(epoch from s)/3600), 98.5, 820 + r, 100*cos(extract(epoch from s)/600), 80*cos(extract(epoch from s)/600), 3.30 + 0.001*r, 3.29, 3.295, 1, 2, 31.5 + 0.1*r, 27.0, 29, 3, 4, 1, 0, 0
+  FROM generate_series(:'f'::timestamptz, :'t'::timestamptz - interval '1 second', interval '1 second') s, (VALUES (1, 9), (2, 8)) d(b, n), generate_series(1, d.n) r;
+INSERT INTO bank ("TIMESTAMP","BANK_ID","SOC","DC_VOLTAGE","DC_CURRENT","MAX_CELL_TEMP")
+  SELECT s, b, 50, 820, 100, 31 FROM generate_series(:'f'::timestamptz, :'t'::timestamptz - interval '1 second', interval '1 second') s, generate_series(1, 2) b;
+INSERT INTO pcs ("TIMESTAMP","PCS_ID","AC_ACTIVE_POWER","AC_FREQUENCY","DC_VOLTAGE")
+  SELECT s, 1, 500, 60, 820 FROM generate_series(:'f'::timestamptz, :'t'::timestamptz - interval '1 second', interval '1 second') s;
+SQL
+        done
+    fi
+    "${psql[@]}" <<'SQL'
+CREATE TEMP TABLE span AS SELECT max("TIMESTAMP") + interval '1 second' AS f, date_trunc('second', now()) AS t FROM rack;
+INSERT INTO rack SELECT s, d.b, r, 50 + 20*sin(extract(epoch from s)/3600), 98.5, 820 + r, 100*cos(extract(epoch from s)/600), 80*cos(extract(epoch from s)/600), 3.30 + 0.001*r, 3.29, 3.295, 1, 2, 31.5 + 0.1*r, 27.0, 29, 3, 4, 1, 0, 0
+  FROM span, generate_series(span.f, span.t, interval '1 second') s, (VALUES (1, 9), (2, 8)) d(b, n), generate_series(1, d.n) r;
+INSERT INTO bank ("TIMESTAMP","BANK_ID","SOC","DC_VOLTAGE","DC_CURRENT","MAX_CELL_TEMP")
+  SELECT s, b, 50, 820, 100, 31 FROM span, generate_series(span.f, span.t, interval '1 second') s, generate_series(1, 2) b;
+INSERT INTO pcs ("TIMESTAMP","PCS_ID","AC_ACTIVE_POWER","AC_FREQUENCY","DC_VOLTAGE")
+  SELECT s, 1, 500, 60, 820 FROM span, generate_series(span.f, span.t, interval '1 second') s;
+SELECT count(*) FROM drop_chunks('rack', older_than => now() - interval '32 days');
+SELECT count(*) FROM drop_chunks('bank', older_than => now() - interval '32 days');
+SELECT count(*) FROM drop_chunks('pcs', older_than => now() - interval '32 days');
+VACUUM ANALYZE rack; VACUUM ANALYZE bank; VACUUM ANALYZE pcs;
+SQL
+    "$ESSOPS" --config "$cfg" --quiet rollup >/dev/null
+}
+
+# The month site: the full warm from the rollups and from raw rows, the
+# incremental warm, a bare count(*) of the same rack rows, peak RSS.
+bench_cache_month() {
+    local cfg=bench/cache-month.toml
+    cache_month_data
+    local psql=(psql -X -q -t -A -h 127.0.0.1 -p 25432 -U essops -d bench_cache_month)
+    local rows
+    rows="$("${psql[@]}" -c "SELECT count(*) FROM rack WHERE \"TIMESTAMP\" > now() - interval '30 days'")"
+    echo "cache warm at the scan limit: one Site2-sized site (17 racks, 2 banks, a PCS), 30 days of 1 Hz ($rows rack rows), rollups current, local server, dev build"
+    local rolled raw inc
+    "$ESSOPS" --config "$cfg" cache warm --full --quiet
+    rolled="$(RUNS=$RUNS timed "$ESSOPS" --config "$cfg" cache warm --full --quiet)"
+    echo "  full warm from the rollups + raw tail: $rolled; peak RSS $(measured "$ESSOPS" --config "$cfg" cache warm --full --quiet | cut -d' ' -f2) MiB"
+    raw="$(measured "$ESSOPS" --config "$cfg" cache warm --full --raw --quiet)"
+    echo "  full warm from raw rows (--raw):       ${raw% *} ms (one run); peak RSS ${raw#* } MiB"
+    "$ESSOPS" --config "$cfg" cache warm --quiet
+    inc="$(timed "$ESSOPS" --config "$cfg" cache warm --quiet)"
+    echo "  incremental warm (cron every minute):  $inc; peak RSS $(measured "$ESSOPS" --config "$cfg" cache warm --quiet | cut -d' ' -f2) MiB"
+    local t0 t1
+    t0=$(date +%s%N)
+    "${psql[@]}" -c "SELECT count(*) FROM rack WHERE \"TIMESTAMP\" > now() - interval '30 days'" >/dev/null
+    t1=$(date +%s%N)
+    echo "  bare count(*) of the same rack rows:   $(( (t1 - t0) / 1000000 )) ms"
+    echo "  reproduce: scripts/bench.sh cache-month"
+}
+
 # p50 and p95 latency (ms) per script of a pgbench run's transaction logs
 pgbench_percentiles() {
     python3 - "$@" <<'PY'
@@ -692,10 +761,11 @@ case "${1:-all}" in
     ingest) bench_ingest ;;
     field) bench_field ;;
     replay) bench_replay ;;
-    cache) bench_cache ;;
+    cache) bench_cache; bench_cache_month ;;
+    cache-month) bench_cache_month ;;
     index) bench_index ;;
     index-stall) bench_index_stall ;;
     lifecycle) bench_lifecycle ;;
-    all) bench_loss; bench_lifecycle; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_index; bench_index_stall ;;
-    *) echo "usage: $0 [all|loss|lifecycle|reconcile|ingest|field|replay|cache|index|index-stall]" >&2; exit 2 ;;
+    all) bench_loss; bench_lifecycle; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_cache_month; bench_index; bench_index_stall ;;
+    *) echo "usage: $0 [all|loss|lifecycle|reconcile|ingest|field|replay|cache|cache-month|index|index-stall]" >&2; exit 2 ;;
 esac

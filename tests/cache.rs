@@ -548,7 +548,9 @@ fn year(test: &str) -> Year {
     }
     for site in &sites {
         Cmd::new(Some(&config))
-            .args(["rollup", "--site", site, "--table", "rack", "--table", "bank"])
+            .args([
+                "rollup", "--site", site, "--table", "rack", "--table", "bank",
+            ])
             .run()
             .expect_code(0);
     }
@@ -612,8 +614,15 @@ fn assert_same_aggregates(
     let mut compared = 0;
     for (key, x) in a {
         let y = &b[key];
-        let (dx, dy) = (x["devices"].as_object().unwrap(), y["devices"].as_object().unwrap());
-        assert_eq!(dx.keys().collect::<Vec<_>>(), dy.keys().collect::<Vec<_>>(), "{key}");
+        let (dx, dy) = (
+            x["devices"].as_object().unwrap(),
+            y["devices"].as_object().unwrap(),
+        );
+        assert_eq!(
+            dx.keys().collect::<Vec<_>>(),
+            dy.keys().collect::<Vec<_>>(),
+            "{key}"
+        );
         for (device, buckets) in dx {
             assert_same_buckets(&format!("{key} {device}"), buckets, &dy[device]);
             compared += buckets.as_array().unwrap().len();
@@ -626,7 +635,10 @@ fn assert_same_aggregates(
 fn cache_warm_from_rollups_equals_raw_on_a_planted_year_and_follows_rerolls() {
     let y = year("cache_rollups");
     let from_rollups = y.warm(&["--full"]);
-    assert!(from_rollups.iter().all(|r| r["mode"] == "full"), "{from_rollups:?}");
+    assert!(
+        from_rollups.iter().all(|r| r["mode"] == "full"),
+        "{from_rollups:?}"
+    );
     let rolled = y.aggregates();
     let [ny, kolkata] = [0, 1].map(|n| y.meta(&y.sites[n]));
     // New York's local days and hours are whole UTC hours: the hourly
@@ -637,17 +649,27 @@ fn cache_warm_from_rollups_equals_raw_on_a_planted_year_and_follows_rerolls() {
         assert_eq!(periods["day"]["rollup"], "rack_1m", "{meta}");
         assert!(meta["sources"]["rack"]["rollups"]["rolled_until"].is_i64());
     }
-    assert_eq!(ny["sources"]["rack"]["periods"]["month"]["rollup"], "rack_1h");
-    assert_eq!(kolkata["sources"]["rack"]["periods"]["month"]["rollup"], "rack_1m");
+    assert_eq!(
+        ny["sources"]["rack"]["periods"]["month"]["rollup"],
+        "rack_1h"
+    );
+    assert_eq!(
+        kolkata["sources"]["rack"]["periods"]["month"]["rollup"],
+        "rack_1m"
+    );
     // The year of New York days holds a 23-hour and a 25-hour day.
-    let days: Vec<i64> = rolled[&format!("essops:v1:{{{}}}:agg:year:rack", y.sites[0])]["devices"]["1/1"]
+    let days: Vec<i64> = rolled[&format!("essops:v1:{{{}}}:agg:year:rack", y.sites[0])]["devices"]
+        ["1/1"]
         .as_array()
         .unwrap()
         .iter()
         .map(|b| b[0].as_i64().unwrap())
         .collect();
     let lengths: Vec<i64> = days.windows(2).map(|w| w[1] - w[0]).collect();
-    assert!(lengths.contains(&82_800) && lengths.contains(&90_000), "{lengths:?}");
+    assert!(
+        lengths.contains(&82_800) && lengths.contains(&90_000),
+        "{lengths:?}"
+    );
 
     y.warm(&["--full", "--raw"]);
     let raw = y.aggregates();
@@ -656,7 +678,10 @@ fn cache_warm_from_rollups_equals_raw_on_a_planted_year_and_follows_rerolls() {
         "--raw"
     );
     let compared = assert_same_aggregates(&rolled, &raw);
-    assert!(compared > 2 * 3 * (60 + 288 + 720 + 366) - 200, "{compared} buckets");
+    assert!(
+        compared > 2 * 3 * (60 + 288 + 720 + 366) - 200,
+        "{compared} buckets"
+    );
 
     // Reconcile fills a hole 20 days back; `essops rollup` re-rolls the hour
     // (here by its window flag, as it does for reconcile's runs), and the
@@ -670,11 +695,7 @@ fn cache_warm_from_rollups_equals_raw_on_a_planted_year_and_follows_rerolls() {
         ),
     );
     let hour: i64 = y.db.scalar("local", &format!("SELECT ({hole}) * 3600"));
-    let at = |t: i64| {
-        chrono::DateTime::from_timestamp(t, 0)
-            .unwrap()
-            .to_rfc3339()
-    };
+    let at = |t: i64| chrono::DateTime::from_timestamp(t, 0).unwrap().to_rfc3339();
     Cmd::new(Some(&y.config))
         .args(["rollup", "--site", &y.sites[0], "--table", "rack"])
         .args(["--from", &at(hour), "--to", &at(hour + 3600)])
@@ -689,7 +710,10 @@ fn cache_warm_from_rollups_equals_raw_on_a_planted_year_and_follows_rerolls() {
         .iter()
         .find(|b| b[0].as_i64() == Some(hour))
         .unwrap_or_else(|| panic!("no bucket for the filled hour {hour}"));
-    assert_eq!((filled[1].as_i64(), filled[4][0].as_f64()), (Some(120), Some(99.0)));
+    assert_eq!(
+        (filled[1].as_i64(), filled[4][0].as_f64()),
+        (Some(120), Some(99.0))
+    );
     y.warm(&["--full", "--raw", "--site", &y.sites[0]]);
     assert_same_aggregates(&incremental, &y.aggregates());
 }

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use chrono::{Offset, TimeZone, Utc};
 use chrono_tz::Tz;
-use serde_json::{Value, json};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 
 /// Seconds in a bucket that means "local day".
 pub const DAY: i64 = 86_400;
@@ -124,20 +125,48 @@ pub fn rebucket(src: &Devices, bucket: i64, tz: Tz, from: i64, to: i64) -> Devic
     out
 }
 
-fn rounded(v: f64) -> Value {
-    match v.is_finite() {
-        true => json!((v * 10_000.0).round() / 10_000.0),
-        false => Value::Null,
+/// Values rounded to 4 decimals; NaN as null.
+struct Rounded<'a>(&'a [f64]);
+
+impl Serialize for Rounded<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .iter()
+                .map(|v| v.is_finite().then(|| (v * 10_000.0).round() / 10_000.0)),
+        )
     }
 }
 
-/// `[start, n, [avg…], [min…], [max…]]`, values rounded to 4 decimals.
-pub fn bucket_json(b: &Bucket) -> Value {
-    let list = |v: &[f64]| Value::Array(v.iter().map(|x| rounded(*x)).collect());
-    json!([b.start, b.n, list(&b.avg), list(&b.min), list(&b.max)])
+/// A bucket in the cache: `[start, n, [avg…], [min…], [max…]]`, values
+/// rounded to 4 decimals. Serialized straight to text: a month of buckets
+/// is too many values to build as a `Value` tree first.
+pub struct BucketJson<'a>(pub &'a Bucket);
+
+impl Serialize for BucketJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let b = self.0;
+        (
+            b.start,
+            b.n,
+            Rounded(&b.avg),
+            Rounded(&b.min),
+            Rounded(&b.max),
+        )
+            .serialize(s)
+    }
 }
 
-/// Reads back what [`bucket_json`] wrote.
+/// One device's buckets, in the cache's form.
+pub struct BucketsJson<'a>(pub &'a [Bucket]);
+
+impl Serialize for BucketsJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(BucketJson))
+    }
+}
+
+/// Reads back what [`BucketJson`] wrote.
 pub fn bucket_from_json(v: &Value) -> Option<Bucket> {
     let a = v.as_array()?;
     let list = |i: usize| -> Option<Vec<f64>> {
@@ -179,7 +208,8 @@ mod tests {
             (0, 90, 9.0, 21.0)
         );
         assert!((d[0].avg[0] - (600.0 + 600.0) / 90.0).abs() < 1e-12);
-        assert_eq!(bucket_from_json(&bucket_json(&d[1])), Some(d[1].clone()));
+        let json = serde_json::to_value(BucketJson(&d[1])).unwrap();
+        assert_eq!(bucket_from_json(&json), Some(d[1].clone()));
     }
 
     #[test]

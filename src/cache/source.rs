@@ -92,23 +92,23 @@ pub async fn rollups(
     for m in measures {
         wanted.extend(["AVG", "MIN", "MAX"].map(|agg| measure_column(m, agg)));
     }
-    for (suffix, _) in ROLLUPS {
-        let name = rollup_name(spec, suffix);
-        let found: i64 = client
-            .query_one(
-                "SELECT count(*) FROM information_schema.columns
-                  WHERE table_schema = current_schema() AND table_name = $1 AND column_name = ANY($2)",
-                &[&name, &wanted],
-            )
-            .await?
-            .get(0);
-        if found < wanted.len() as i64 {
-            return Ok(Rollups::Raw(format!(
-                "`{name}` lacks columns of the cache's measures (`essops migrate`)"
-            )));
-        }
+    let tables: Vec<String> = ROLLUPS.iter().map(|(s, _)| rollup_name(spec, s)).collect();
+    let found: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+              WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY($1)
+                AND a.attname = ANY($2) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&tables, &wanted],
+        )
+        .await?
+        .get(0);
+    match found == (tables.len() * wanted.len()) as i64 {
+        true => Ok(Rollups::Until(until)),
+        false => Ok(Rollups::Raw(format!(
+            "{} lack columns of the cache's measures (`essops migrate`)",
+            tables.join(" or ")
+        ))),
     }
-    Ok(Rollups::Until(until))
 }
 
 /// Per device and cache bucket (`bounds` are their starts, the first one the
@@ -132,7 +132,9 @@ pub async fn period_aggregates(
     raw.push("count(*)::int8".into());
     for m in measures {
         let q = quote_ident(m);
-        raw.push(format!("avg({q})::float8, min({q})::float8, max({q})::float8"));
+        raw.push(format!(
+            "avg({q})::float8, min({q})::float8, max({q})::float8"
+        ));
     }
     let mut pieces = format!(
         "SELECT {} FROM {} WHERE {t} >= $2 AND {t} < $3 GROUP BY {}",
@@ -184,7 +186,11 @@ pub async fn period_aggregates(
         let device: DeviceId = (0..k).map(|i| r.get::<_, i32>(i) as i16).collect();
         let at = r.get::<_, i32>(k) as usize;
         let value = |i: usize| r.get::<_, Option<f64>>(i).unwrap_or(f64::NAN);
-        let column = |of: usize| (0..measures.len()).map(|m| value(k + 2 + 3 * m + of)).collect();
+        let column = |of: usize| {
+            (0..measures.len())
+                .map(|m| value(k + 2 + 3 * m + of))
+                .collect()
+        };
         let b = Bucket::new(
             bounds[at.saturating_sub(1)],
             r.get::<_, i64>(k + 1) as u64,
@@ -214,7 +220,10 @@ pub async fn rerolled_since(
         .await?
         .get(0);
     match client.query(&sql, &[&time(since)]).await {
-        Ok(rows) => Ok((rows.iter().map(|r| (r.get(0), r.get(1))).collect(), Some(now))),
+        Ok(rows) => Ok((
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            Some(now),
+        )),
         Err(e) if e.as_db_error().is_some_and(|d| d.code().code() == "42P01") => {
             Ok((BTreeMap::new(), None))
         }
@@ -222,19 +231,41 @@ pub async fn rerolled_since(
     }
 }
 
-/// The newest row of each device, as JSON objects keyed by column.
+/// The newest row of each device, as JSON objects keyed by column: looked
+/// for after `recent` first (only the newest chunks), then, for the devices
+/// with nothing there, in the whole table.
 pub async fn latest(
     client: &Client,
     spec: &TableSpec,
     devices: &[DeviceId],
+    recent: i64,
+) -> Result<BTreeMap<String, serde_json::Value>, tokio_postgres::Error> {
+    let mut out = latest_after(client, spec, devices, time(recent)).await?;
+    let missing: Vec<DeviceId> = devices
+        .iter()
+        .filter(|d| !out.contains_key(&device_key(d)))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        out.extend(latest_after(client, spec, &missing, DateTime::UNIX_EPOCH).await?);
+    }
+    Ok(out)
+}
+
+async fn latest_after(
+    client: &Client,
+    spec: &TableSpec,
+    devices: &[DeviceId],
+    after: DateTime<Utc>,
 ) -> Result<BTreeMap<String, serde_json::Value>, tokio_postgres::Error> {
     let t = quote_ident(TIME_COLUMN);
     let table = quote_ident(spec.name);
     let mut out = BTreeMap::new();
     if spec.device_columns.is_empty() {
-        let sql =
-            format!("SELECT to_jsonb(x) FROM (SELECT * FROM {table} ORDER BY {t} DESC LIMIT 1) x");
-        if let Some(r) = client.query_opt(&sql, &[]).await? {
+        let sql = format!(
+            "SELECT to_jsonb(x) FROM (SELECT * FROM {table} WHERE {t} >= $1 ORDER BY {t} DESC LIMIT 1) x"
+        );
+        if let Some(r) = client.query_opt(&sql, &[&after]).await? {
             out.insert(device_key(&[]), r.get(0));
         }
         return Ok(out);
@@ -250,7 +281,7 @@ pub async fn latest(
         .collect();
     let sql = format!(
         "SELECT {}, to_jsonb(x) FROM unnest({}) AS d({}) CROSS JOIN LATERAL
-           (SELECT * FROM {table} t WHERE {} ORDER BY t.{t} DESC LIMIT 1) x",
+           (SELECT * FROM {table} t WHERE {} AND t.{t} >= ${} ORDER BY t.{t} DESC LIMIT 1) x",
         names
             .iter()
             .map(|n| format!("d.{n}"))
@@ -259,12 +290,14 @@ pub async fn latest(
         params.join(", "),
         names.join(", "),
         on.join(" AND "),
+        k + 1,
     );
     let columns: Vec<Vec<i32>> = (0..k)
         .map(|i| devices.iter().map(|d| i32::from(d[i])).collect())
         .collect();
-    let bind: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+    let mut bind: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
         columns.iter().map(|c| c as _).collect();
+    bind.push(&after);
     for r in client.query(&sql, &bind).await? {
         let ids: DeviceId = (0..k).map(|i| r.get::<_, i32>(i) as i16).collect();
         out.insert(device_key(&ids), r.get(k));
@@ -275,7 +308,8 @@ pub async fn latest(
 /// Samples per local hour (Unix seconds of its start; hours counted from
 /// `origin`, a local midnight) in `[from, to)`, as `essops loss` counts them:
 /// distinct (device, time) of the configured `devices` only, so a doubled
-/// row or a device the config does not list adds nothing.
+/// row or a device the config does not list adds nothing. A table with its
+/// unique natural key holds no doubled rows: its rows are counted as they are.
 pub async fn hourly_counts(
     client: &Client,
     spec: &TableSpec,
@@ -283,6 +317,7 @@ pub async fn hourly_counts(
     (from, to): (i64, i64),
     origin: i64,
 ) -> Result<BTreeMap<i64, u64>, tokio_postgres::Error> {
+    let unique = crate::catalog::has_unique_key(client, spec).await?;
     let t = quote_ident(TIME_COLUMN);
     let cols: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
     let k = cols.len();
@@ -300,8 +335,12 @@ pub async fn hourly_counts(
             )
         }
     };
+    let count = match unique {
+        true => "count(*)".to_string(),
+        false => format!("count(DISTINCT {key})"),
+    };
     let sql = format!(
-        "SELECT extract(epoch FROM time_bucket('1 hour', {t}, $3::timestamptz))::int8, count(DISTINCT {key})
+        "SELECT extract(epoch FROM time_bucket('1 hour', {t}, $3::timestamptz))::int8, {count}
            FROM {} WHERE {t} >= $1 AND {t} < $2{filter} GROUP BY 1",
         quote_ident(spec.name)
     );

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::keys::Keys;
 use super::outliers::{self, Outlier};
 use super::series::{
-    self, Bucket, Devices, bucket_from_json, bucket_json, bucket_start, bucket_starts, rebucket,
+    self, Bucket, BucketsJson, Devices, bucket_from_json, bucket_start, bucket_starts, rebucket,
     tiles,
 };
 use super::source::{self, Rollups};
@@ -145,9 +145,14 @@ pub async fn warm_site(
         _ => None,
     };
     let since = prev.rerolls_seen.or(prev.warmed_at).unwrap_or(0) - REROLL_MARGIN;
-    let (rerolled, rerolls_seen) = source::rerolled_since(&client, since)
-        .await
-        .map_err(|e| DbError::query(&server.name, &site.database, "reading re-rolled windows", &e))?;
+    let (rerolled, rerolls_seen) = source::rerolled_since(&client, since).await.map_err(|e| {
+        DbError::query(
+            &server.name,
+            &site.database,
+            "reading re-rolled windows",
+            &e,
+        )
+    })?;
     let warm = Warm {
         client,
         settings,
@@ -217,7 +222,7 @@ async fn warm_table(
     for b in &built {
         entries.push(Entry {
             key: keys.agg(&b.period.name, spec.name),
-            value: period_json(b, &measures, warm.now).to_string(),
+            value: period_json(b, &measures, warm.now),
             ttl: b.period.ttl_secs,
         });
     }
@@ -236,7 +241,8 @@ async fn warm_table(
             &settings.limits,
         ));
     }
-    let latest = source::latest(&warm.client, spec, &spec.devices(warm.site))
+    let recent = warm.now - 3600;
+    let latest = source::latest(&warm.client, spec, &spec.devices(warm.site), recent)
         .await
         .map_err(|e| warm.query_error(format!("reading the latest `{}` rows", spec.name), &e))?;
     entries.push(Entry {
@@ -296,7 +302,10 @@ async fn build_periods(
         });
         let fresh = match finer {
             Some(b) => {
-                read.insert(p.name.clone(), json!({ "from": rebuild, "period": b.period.name }));
+                read.insert(
+                    p.name.clone(),
+                    json!({ "from": rebuild, "period": b.period.name }),
+                );
                 rebucket(&b.devices, p.bucket_secs, tz, rebuild, i64::MAX)
             }
             None => {
@@ -306,8 +315,14 @@ async fn build_periods(
                     Some((table, until)) => json!({ "from": rebuild, "rollup": table, "raw_from": rebuild.max(*until) }),
                     None => json!({ "from": rebuild, "raw_from": rebuild }),
                 });
-                source::period_aggregates(&warm.client, spec, measures, (&bounds, now + 1), rollup.as_ref())
-                    .await?
+                source::period_aggregates(
+                    &warm.client,
+                    spec,
+                    measures,
+                    (&bounds, now + 1),
+                    rollup.as_ref(),
+                )
+                .await?
             }
         };
         let mut devices = kept_buckets(reuse.as_ref(), window, rebuild);
@@ -362,26 +377,32 @@ fn kept_buckets(reuse: Option<&Devices>, window: i64, rebuild: i64) -> Devices {
         .collect()
 }
 
-fn period_json(b: &Built, measures: &[String], now: i64) -> Value {
-    let devices: serde_json::Map<String, Value> = b
-        .devices
-        .iter()
-        .map(|(d, bs)| {
-            (
-                d.clone(),
-                Value::Array(bs.iter().map(bucket_json).collect()),
-            )
-        })
-        .collect();
-    json!({
-        "period": b.period.name,
-        "bucket_secs": b.period.bucket_secs,
-        "from": b.window,
-        "to": now,
-        "columns": measures,
-        "bucket": ["start", "rows", "avg", "min", "max"],
-        "devices": devices,
-    })
+/// One period's cache value.
+fn period_json(b: &Built, measures: &[String], now: i64) -> String {
+    #[derive(serde::Serialize)]
+    struct Period<'a> {
+        period: &'a str,
+        bucket_secs: i64,
+        from: i64,
+        to: i64,
+        columns: &'a [String],
+        bucket: [&'static str; 5],
+        devices: BTreeMap<&'a str, BucketsJson<'a>>,
+    }
+    let period = Period {
+        period: &b.period.name,
+        bucket_secs: b.period.bucket_secs,
+        from: b.window,
+        to: now,
+        columns: measures,
+        bucket: ["start", "rows", "avg", "min", "max"],
+        devices: b
+            .devices
+            .iter()
+            .map(|(d, bs)| (d.as_str(), BucketsJson(bs)))
+            .collect(),
+    };
+    serde_json::to_string(&period).unwrap_or_default()
 }
 
 /// Today's (local day, up to the last whole minute) loss per server and
