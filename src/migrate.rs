@@ -60,13 +60,13 @@ pub struct MigrateArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Also create the essops_writer and essops_reader roles on every server
-    /// and grant them on every site database (see README, "Roles").
+    /// and grant them on every site database (see docs/OPERATIONS.md, "Security").
     #[arg(long)]
     pub create_roles: bool,
     /// Community edition of TimescaleDB only: also add native compression
     /// (after 7 days) and, with [retention] raw_days, a retention policy on
     /// the ESS tables. Native policies drop without essops's checks; see
-    /// README, "Keeping data". Refused on the Apache edition.
+    /// docs/OPERATIONS.md, "Keeping data". Refused on the Apache edition.
     #[arg(long)]
     pub timescale_policies: bool,
 }

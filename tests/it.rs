@@ -8,6 +8,7 @@ mod cli;
 mod config_errors;
 mod demo;
 mod devices;
+mod docs;
 mod examples;
 mod field;
 mod history;

@@ -1,4 +1,4 @@
-//! The cache's key schema (documented in the README, "Cache keys"). Every
+//! The cache's key schema (documented in docs/GUIDE.md, `essops cache warm`). Every
 //! key of a site carries the site as a hash tag, so one site's keys live in
 //! one Redis Cluster slot and can be swapped in one transaction.
 
