@@ -55,6 +55,7 @@ pub type CheckReport = Rows<CheckRow>;
 
 impl Report for CheckReport {
     type Row = CheckRow;
+    const KIND: &'static str = "check";
     const HEADER: &'static str = "RESULT|AREA|TARGET|CHECK|DETAIL";
     fn cells(r: &CheckRow) -> Vec<String> {
         let verdict = match r.verdict {
@@ -210,8 +211,40 @@ async fn server_checks(ctx: &Context, server: &Server, sites: &[Site]) -> Vec<Ch
     schema_version(&mut c, &client).await;
     privileges(&mut c, &client, server, &site.database).await;
     extensions(&mut c, &client).await;
+    schema_name_clash(&mut c, &client).await;
     clock(&mut c, &client).await;
     c.rows
+}
+
+/// A login role named like the history schema (`essops`, the package's
+/// system user with peer authentication, say) finds that schema first on its
+/// default search_path (`"$user", public`): tables it creates in psql land
+/// in the history schema. essops pins its own search_path, so only people
+/// are at risk.
+async fn schema_name_clash(c: &mut Checks<'_>, client: &Client) {
+    let schema = crate::history::SCHEMA;
+    let row = client
+        .query_opt(
+            "SELECT r.rolcanlogin AND NOT EXISTS (
+                      SELECT 1 FROM pg_db_role_setting s, unnest(s.setconfig) c
+                       WHERE s.setrole = r.oid AND c LIKE 'search_path=%' AND c NOT LIKE '%$user%')
+               FROM pg_roles r WHERE r.rolname = $1",
+            &[&schema],
+        )
+        .await;
+    match row {
+        Ok(Some(r)) if r.get::<_, bool>(0) => c.warn(
+            "role name",
+            format!(
+                "a login role `{schema}` exists: its default search_path (\"$user\", public) puts what it creates in psql into essops's history schema `{schema}`; give people another role name, or set its search_path: ALTER ROLE {schema} SET search_path = public"
+            ),
+        ),
+        Ok(_) => c.ok(
+            "role name",
+            format!("no login role named `{schema}` on the default search_path"),
+        ),
+        Err(e) => c.warn("role name", db::describe(&e)),
+    }
 }
 
 async fn tls(c: &mut Checks<'_>, client: &Client, server: &Server) {

@@ -37,6 +37,7 @@ pub type ConfigReport = Rows<SettingRow>;
 
 impl Report for ConfigReport {
     type Row = SettingRow;
+    const KIND: &'static str = "setting";
     const HEADER: &'static str = "KEY|VALUE";
     fn cells(r: &SettingRow) -> Vec<String> {
         vec![r.key.clone(), r.value.clone()]

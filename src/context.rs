@@ -10,6 +10,8 @@ pub struct Context {
     pub config: Arc<Config>,
     pub format: Format,
     pub verbosity: Verbosity,
+    /// How long a run waits for a run lock another run holds (`--wait`).
+    pub lock_wait: std::time::Duration,
 }
 
 impl Context {

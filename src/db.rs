@@ -479,11 +479,18 @@ pub async fn connect_named(
     config: &Config,
     server: &str,
     database: &str,
-) -> Result<tokio_postgres::Client, String> {
-    let server = config.server(server).map_err(|e| e.to_string())?;
-    connect(config, Target { server, database })
-        .await
-        .map_err(|e| e.to_string())
+) -> Result<tokio_postgres::Client, ConnectError> {
+    let server = config.server(server)?;
+    Ok(connect(config, Target { server, database }).await?)
+}
+
+/// Why [`connect_named`] could not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    UnknownServer(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
 pub async fn connect(

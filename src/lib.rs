@@ -53,7 +53,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::context::Context;
 use crate::error::{Error, Outcome};
 use crate::output::{Format, Verbosity};
@@ -86,6 +86,10 @@ pub struct GlobalArgs {
     /// Also log progress (info level) to stderr.
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    /// When another run holds a run lock this one needs, wait up to this
+    /// long for it (like `flock -w`) instead of exiting 5 at once.
+    #[arg(long, global = true, value_name = "DURATION", value_parser = window::parse_std_duration)]
+    pub wait: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,12 +203,22 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
     if let Command::Sunspec(command) = &cli.command {
         return sunspec_cmd::run(command, format, verbosity);
     }
-    let config = Config::load(cli.global.config.as_deref())?;
+    let config = match &cli.command {
+        Command::Demo(_) => Config::load_for_demo(cli.global.config.as_deref())?,
+        _ => Config::load(cli.global.config.as_deref())?,
+    };
+    if config.source == ConfigSource::Embedded {
+        eprintln!(
+            "essops: no config file found: using the built-in demo config (it points at the dev services of {}; `essops config path` says where essops looked)",
+            env!("CARGO_MANIFEST_DIR")
+        );
+    }
     db::set_application_name(cli.command.name());
     let ctx = Context {
         config: Arc::new(config),
         format,
         verbosity,
+        lock_wait: cli.global.wait.unwrap_or_default(),
     };
     let stderr_level = match cli.global.verbose {
         true => logging::StderrLevel::Info,

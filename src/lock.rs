@@ -40,6 +40,11 @@ pub enum LockError {
         server: String,
         holder: String,
     },
+    #[error("{held} (waited {waited:?} for it: --wait)")]
+    WaitedFor {
+        waited: std::time::Duration,
+        held: Box<LockError>,
+    },
     #[error("cannot open lock file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -51,7 +56,9 @@ pub enum LockError {
 impl LockError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            LockError::Held { .. } | LockError::HeldElsewhere { .. } => exit::LOCKED,
+            LockError::Held { .. }
+            | LockError::HeldElsewhere { .. }
+            | LockError::WaitedFor { .. } => exit::LOCKED,
             LockError::Io { .. } => exit::CONFIG,
         }
     }
@@ -129,8 +136,31 @@ pub async fn absent_insert(
         .map(|_| ())
 }
 
-/// Takes every lock, all or none, or says who holds one.
+/// How often a run that waits for a lock (`--wait`) tries again.
+const WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Takes every lock, all or none, or says who holds one; while another run
+/// holds one, tries again until `ctx.lock_wait` has passed.
 pub async fn acquire_all(ctx: &Context, locks: &[LockKey]) -> Result<RunLocks, LockError> {
+    let deadline = std::time::Instant::now() + ctx.lock_wait;
+    loop {
+        match try_acquire_all(ctx, locks).await {
+            Err(e) if e.exit_code() == exit::LOCKED && std::time::Instant::now() < deadline => {
+                tracing::info!(error = %e, "waiting for the run lock (--wait)");
+                tokio::time::sleep(WAIT_STEP.min(deadline - std::time::Instant::now())).await;
+            }
+            Err(e) if e.exit_code() == exit::LOCKED && !ctx.lock_wait.is_zero() => {
+                return Err(LockError::WaitedFor {
+                    waited: ctx.lock_wait,
+                    held: Box::new(e),
+                });
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn try_acquire_all(ctx: &Context, locks: &[LockKey]) -> Result<RunLocks, LockError> {
     let mut files = Vec::new();
     for key in locks {
         files.push(acquire_file(&ctx.lock_dir(), &key.job, &key.name())?);

@@ -17,11 +17,21 @@ fn main() -> ExitCode {
             });
         }
     };
+    let json = cli.global.json;
     match essops::run(cli) {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("essops: error: {e}");
+            if json {
+                // Scripts reading stdout see the failure as a line of its own.
+                let line = serde_json::json!({
+                    "kind": "error",
+                    "error": e.to_string(),
+                    "exit_code": e.exit_code(),
+                });
+                println!("{line}");
+            }
             ExitCode::from(e.exit_code())
         }
     }

@@ -217,9 +217,7 @@ async fn grant_roles(config: &Config, rows: &mut [MigrateRow]) {
     on_each_migrated(config, rows, async |client, row| {
         crate::privilege::create_roles(client, &row.database)
             .await
-            .map_err(|e| {
-                DbError::query(&row.server, &row.database, "creating roles", &e).to_string()
-            })
+            .map_err(|e| DbError::query(&row.server, &row.database, "creating roles", &e).into())
     })
     .await;
     for row in rows.iter_mut().filter(|r| r.error.is_none()) {
@@ -237,12 +235,25 @@ async fn add_policies(config: &Config, rows: &mut [MigrateRow]) {
     .await;
 }
 
+/// Why a step after the migration (roles, policies) failed on a database.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{}", db::describe(.0))]
+    Query(#[from] tokio_postgres::Error),
+    #[error(
+        "server `{server}` runs the {edition} edition of TimescaleDB (timescaledb.license = {edition}), which has no compression or retention policies; essops rollup and essops retention do that job there"
+    )]
+    NoPolicies { server: String, edition: String },
+}
+
 /// Runs `step` on every database that migrated, one at a time; a step that
 /// fails marks its row failed with the reason.
 async fn on_each_migrated(
     config: &Config,
     rows: &mut [MigrateRow],
-    step: impl AsyncFn(&tokio_postgres::Client, &MigrateRow) -> Result<(), String>,
+    step: impl AsyncFn(&tokio_postgres::Client, &MigrateRow) -> Result<(), StepError>,
 ) {
     for row in rows.iter_mut().filter(|r| r.error.is_none()) {
         let Ok(server) = config.server(&row.server) else {
@@ -254,11 +265,11 @@ async fn on_each_migrated(
         };
         let result = match db::connect(config, target).await {
             Ok(client) => step(&client, row).await,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e.into()),
         };
         if let Err(e) = result {
             row.status = MigrateStatus::Failed;
-            row.error = Some(e);
+            row.error = Some(e.to_string());
         }
     }
 }
@@ -267,14 +278,13 @@ async fn policies(
     client: &tokio_postgres::Client,
     server: &str,
     raw_days: Option<u32>,
-) -> Result<(), String> {
-    let edition = crate::catalog::timescale_edition(client)
-        .await
-        .map_err(|e| db::describe(&e))?;
+) -> Result<(), StepError> {
+    let edition = crate::catalog::timescale_edition(client).await?;
     if edition != "timescale" {
-        return Err(format!(
-            "server `{server}` runs the {edition} edition of TimescaleDB (timescaledb.license = {edition}), which has no compression or retention policies; essops rollup and essops retention do that job there"
-        ));
+        return Err(StepError::NoPolicies {
+            server: server.to_string(),
+            edition,
+        });
     }
     for spec in crate::schema::TABLES {
         // DDL takes no parameters: the server quotes the table (%I) and the
@@ -285,28 +295,22 @@ async fn policies(
                              ELSE format('ALTER TABLE %I SET (timescaledb.compress, timescaledb.compress_segmentby = %L)', $1::text, $2::text) END",
                 &[&spec.name, &crate::sql::quote_list(spec.device_columns)],
             )
-            .await
-            .map_err(|e| db::describe(&e))?
+            .await?
             .get(0);
-        client
-            .execute(&ddl, &[])
-            .await
-            .map_err(|e| db::describe(&e))?;
+        client.execute(&ddl, &[]).await?;
         client
             .execute(
                 "SELECT add_compression_policy($1::text::regclass, INTERVAL '7 days', if_not_exists => true)",
                 &[&spec.name],
             )
-            .await
-            .map_err(|e| db::describe(&e))?;
+            .await?;
         if let Some(days) = raw_days {
             client
                 .execute(
                     "SELECT add_retention_policy($1::text::regclass, make_interval(days => $2), if_not_exists => true)",
                     &[&spec.name, &(days as i32)],
                 )
-                .await
-                .map_err(|e| db::describe(&e))?;
+                .await?;
         }
     }
     Ok(())
@@ -495,6 +499,7 @@ fn unreachable(target: Target<'_>, reason: &str) -> MigrateError {
 
 impl Report for MigrateReport {
     type Row = MigrateRow;
+    const KIND: &'static str = "database";
     const HEADER: &'static str = "SERVER|SITE|DATABASE|STATUS|APPLIED";
 
     fn cells(r: &MigrateRow) -> Vec<String> {

@@ -21,6 +21,8 @@ pub enum Format {
 /// What a command hands back for printing.
 pub trait Report {
     type Row: Serialize;
+    /// The `kind` of a row under `--json`, for rows that do not name their own.
+    const KIND: &'static str;
     /// Column titles for the table form, separated by `|`.
     const HEADER: &'static str;
     fn rows(&self) -> &[Self::Row];
@@ -90,7 +92,13 @@ pub fn render<R: Report>(
     match format {
         Format::Json => {
             for row in report.rows() {
-                serde_json::to_writer(&mut *out, row)?;
+                let mut value = serde_json::to_value(row)?;
+                if let Some(object) = value.as_object_mut() {
+                    object
+                        .entry("kind")
+                        .or_insert_with(|| serde_json::Value::from(R::KIND));
+                }
+                serde_json::to_writer(&mut *out, &value)?;
                 out.write_all(b"\n")?;
             }
         }
@@ -229,6 +237,7 @@ mod tests {
 
     impl Report for Sample {
         type Row = (&'static str, &'static str, Option<&'static str>);
+        const KIND: &'static str = "test";
         const HEADER: &'static str = "SERVER|N";
         fn rows(&self) -> &[Self::Row] {
             &self.0

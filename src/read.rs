@@ -116,6 +116,7 @@ pub struct ReadReport {
 
 impl Report for ReadReport {
     type Row = ReadRow;
+    const KIND: &'static str = "field";
     const HEADER: &'static str = "COLUMN|KIND|ADDRESS|RAW|DECODED|VALUE";
     fn cells(r: &ReadRow) -> Vec<String> {
         let show = |v: &Option<Value>| {

@@ -32,8 +32,9 @@ use crate::sql::quote_ident;
 /// the other server's copy and their loss history are in place), and rollup
 /// chunks older than rollup_1m_days / rollup_1h_days.
 ///
-/// Exit code 3 when [retention] raw_days is not set, 4 when a server could
-/// not be read; a kept chunk is not an error (its reason is listed).
+/// Exit code 0 when [retention] raw_days is not set (nothing to drop: it says
+/// so), 4 when a server could not be read; a kept chunk is not an error (its
+/// reason is listed).
 #[derive(Debug, Args)]
 pub struct RetentionArgs {
     #[command(flatten)]
@@ -49,17 +50,12 @@ pub struct RetentionArgs {
 pub enum RetentionError {
     #[error(transparent)]
     UnknownTable(#[from] schema::UnknownTable),
-    #[error(
-        "{0}: [retention] raw_days is not set, so no raw chunk is old enough to drop; set it (e.g. raw_days = 30) or leave retention out of the nightly run"
-    )]
-    NotConfigured(String),
 }
 
 impl RetentionError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RetentionError::UnknownTable(_) => exit::USAGE,
-            RetentionError::NotConfigured(_) => exit::CONFIG,
         }
     }
 }
@@ -71,6 +67,8 @@ pub struct RetentionPlan {
     targets: Vec<(String, Site)>,
     tables: Vec<TableSpec>,
     dry_run: bool,
+    /// `[retention] raw_days` is not set in this config file: nothing to do.
+    unset_in: Option<String>,
 }
 
 impl crate::command::Plan for RetentionPlan {
@@ -97,6 +95,11 @@ pub enum Verdict {
 pub enum RetentionRow {
     Chunk(ChunkVerdict),
     Failure(Failure),
+    /// `[retention] raw_days` is not set: no chunk was looked at.
+    NotConfigured {
+        config: String,
+        note: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -122,18 +125,30 @@ impl crate::command::Command for RetentionArgs {
 
     async fn plan(self, ctx: &Context) -> crate::error::Result<RetentionPlan> {
         let tables = schema::select_tables(&self.tables.tables).map_err(RetentionError::from)?;
-        if ctx.config.retention.raw_days.is_none() {
-            return Err(RetentionError::NotConfigured(ctx.config.source.to_string()).into());
-        }
-        let targets = self.select.targets(&ctx.config)?;
+        let unset_in = match ctx.config.retention.raw_days {
+            Some(_) => None,
+            None => Some(ctx.config.source.to_string()),
+        };
+        let targets = match unset_in {
+            Some(_) => Vec::new(),
+            None => self.select.targets(&ctx.config)?,
+        };
         Ok(RetentionPlan {
             targets,
             tables,
             dry_run: self.dry_run,
+            unset_in,
         })
     }
 
     async fn execute(plan: RetentionPlan, ctx: &Context) -> crate::error::Result<RetentionReport> {
+        if let Some(config) = plan.unset_in {
+            let note = "[retention] raw_days is not set, so no raw chunk is old enough to drop; nothing was dropped (set it, e.g. raw_days = 30, to keep raw rows that long)".to_string();
+            tracing::warn!(config = %config, "{note}");
+            return Ok(RetentionReport {
+                rows: vec![RetentionRow::NotConfigured { config, note }],
+            });
+        }
         let now = Utc::now();
         let (tables, dry_run) = (plan.tables.clone(), plan.dry_run);
         let per_target = crate::tasks::run_in_order(
@@ -174,7 +189,7 @@ async fn target_rows(
     };
     let mut client = match db::connect_named(config, server, &site.database).await {
         Ok(c) => c,
-        Err(e) => return vec![fail(None, e)],
+        Err(e) => return vec![fail(None, e.to_string())],
     };
     let settings = config.retention;
     let raw_days = settings.raw_days.expect("planned with raw_days");
@@ -212,6 +227,18 @@ async fn target_rows(
     rows
 }
 
+/// Why the rows of another server could not be counted.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    /// The connection's failure, as it was first reported.
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("`{0}` is not a server of this site")]
+    NotOfSite(String),
+    #[error("{}", db::describe(.0))]
+    Query(#[from] tokio_postgres::Error),
+}
+
 /// What judging a chunk needs to know.
 struct Judge<'a> {
     config: &'a Config,
@@ -220,7 +247,7 @@ struct Judge<'a> {
     dry_run: bool,
     /// The site's other servers, connected once on the first chunk that
     /// needs them (or why not).
-    peers: tokio::sync::OnceCell<Vec<(String, Result<Client, String>)>>,
+    peers: tokio::sync::OnceCell<Vec<(String, Result<Client, db::ConnectError>)>>,
 }
 
 impl Judge<'_> {
@@ -372,38 +399,33 @@ impl Judge<'_> {
 
     /// The rows of the range on `server`: counted, or as its retention
     /// counted them when it dropped the chunk.
-    async fn rows_on(&self, server: &str, spec: &TableSpec, span: Span) -> Result<i64, String> {
+    async fn rows_on(&self, server: &str, spec: &TableSpec, span: Span) -> Result<i64, PeerError> {
         let peers = self.peers.get_or_init(|| self.connect_peers()).await;
         let client = match peers.iter().find(|(name, _)| name == server) {
             Some((_, Ok(client))) => client,
-            Some((_, Err(e))) => return Err(e.clone()),
-            None => return Err(format!("`{server}` is not a server of this site")),
+            Some((_, Err(e))) => return Err(PeerError::Unreachable(e.to_string())),
+            None => return Err(PeerError::NotOfSite(server.to_string())),
         };
         let ts = quote_ident(TIME_COLUMN);
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {ts} >= $1 AND {ts} < $2",
             quote_ident(spec.name)
         );
-        let count = async {
-            let n: i64 = client
-                .query_one(&sql, &[&span.start, &span.end])
-                .await?
-                .get(0);
-            match n {
-                0 => Ok(
-                    read::dropped_rows(client, spec.name, (span.start, span.end))
-                        .await?
-                        .unwrap_or(0),
-                ),
-                n => Ok(n),
-            }
-        };
-        count
-            .await
-            .map_err(|e: tokio_postgres::Error| db::describe(&e))
+        let n: i64 = client
+            .query_one(&sql, &[&span.start, &span.end])
+            .await?
+            .get(0);
+        match n {
+            0 => Ok(
+                read::dropped_rows(client, spec.name, (span.start, span.end))
+                    .await?
+                    .unwrap_or(0),
+            ),
+            n => Ok(n),
+        }
     }
 
-    async fn connect_peers(&self) -> Vec<(String, Result<Client, String>)> {
+    async fn connect_peers(&self) -> Vec<(String, Result<Client, db::ConnectError>)> {
         let mut peers = Vec::new();
         for name in self.site.servers.iter().filter(|s| *s != self.server) {
             let client = db::connect_named(self.config, name, &self.site.database).await;
@@ -456,6 +478,7 @@ impl Judge<'_> {
 
 impl Report for RetentionReport {
     type Row = RetentionRow;
+    const KIND: &'static str = "chunk";
     const HEADER: &'static str = "SERVER|SITE|TABLE|CHUNK RANGE (UTC)|SIZE|VERDICT|WHY";
     fn rows(&self) -> &[RetentionRow] {
         &self.rows
@@ -481,6 +504,17 @@ impl Report for RetentionReport {
                 c.reasons.join("; "),
             ],
             RetentionRow::Failure(f) => f.cells(),
+            RetentionRow::NotConfigured { note, .. } => {
+                vec![
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                    "-".into(),
+                    note.clone(),
+                ]
+            }
         }
     }
     fn problem(row: &RetentionRow) -> Option<String> {

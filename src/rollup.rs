@@ -180,7 +180,7 @@ async fn target_rows(
     };
     let mut client = match db::connect_named(config, server, &site.database).await {
         Ok(c) => c,
-        Err(e) => return vec![fail(None, e)],
+        Err(e) => return vec![fail(None, e.to_string())],
     };
     let edition = match crate::catalog::timescale_edition(&client).await {
         Ok(e) => e,
@@ -496,6 +496,7 @@ fn local(t: DateTime<Utc>) -> String {
 
 impl crate::output::Report for RollupReport {
     type Row = RollupRow;
+    const KIND: &'static str = "table";
     const HEADER: &'static str =
         "SERVER|SITE|TABLE|ROLLED FROM|ROLLED UNTIL (UTC)|RE-ROLLED|MINUTES|HOURS";
     fn rows(&self) -> &[RollupRow] {

@@ -41,13 +41,13 @@ pub struct SizeArgs {
 }
 
 /// `500G`, `2T`, `750M`, `1024` (bytes); binary units.
-fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> Result<u64, SizeError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("`{s}`: expected a size like 500G, 2T or 750M"))?;
+        .map_err(|_| SizeError::NotASize(s.to_string()))?;
     let shift = match unit
         .trim()
         .trim_end_matches(['B', 'b', 'i'])
@@ -60,14 +60,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "G" => 30,
         "T" => 40,
         "P" => 50,
-        other => {
-            return Err(format!(
-                "`{s}`: unknown unit `{other}` (use K, M, G, T or P)"
-            ));
-        }
+        other => return Err(SizeError::Unit(s.to_string(), other.to_string())),
     };
     n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{s}`: too large"))
+        .ok_or_else(|| SizeError::TooLarge(s.to_string()))
+}
+
+/// Why `--disk-free` is not a size.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum SizeError {
+    #[error("`{0}`: expected a size like 500G, 2T or 750M")]
+    NotASize(String),
+    #[error("`{0}`: unknown unit `{1}` (use K, M, G, T or P)")]
+    Unit(String, String),
+    #[error("`{0}`: too large")]
+    TooLarge(String),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -192,7 +199,7 @@ async fn site_rows(config: &Config, server: &str, site: &crate::config::Site) ->
     };
     let client = match db::connect_named(config, server, &site.database).await {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     match tables(&client, server, &site.name).await {
         Ok(t) => t.into_iter().map(SizeRow::Table).collect(),
@@ -237,6 +244,7 @@ fn server_rows(rows: &[SizeRow], disk_free: Option<u64>) -> Vec<SizeRow> {
 
 impl Report for SizeReport {
     type Row = SizeRow;
+    const KIND: &'static str = "size";
     const HEADER: &'static str =
         "SERVER|SITE|TABLE|CHUNKS|TABLE|INDEXES|TOTAL|ROWS (EST.)|GROWTH/DAY|DISK FULL IN";
     fn rows(&self) -> &[SizeRow] {
@@ -355,8 +363,9 @@ mod tests {
         assert_eq!(parse_size("500G"), Ok(500 << 30));
         assert_eq!(parse_size("2TiB"), Ok(2 << 40));
         assert_eq!(parse_size("1024"), Ok(1024));
-        assert!(parse_size("5X").unwrap_err().contains("unknown unit `X`"));
+        let error = |s: &str| parse_size(s).unwrap_err().to_string();
+        assert!(error("5X").contains("unknown unit `X`"));
         assert!(parse_size("G").is_err());
-        assert!(parse_size("99999999P").unwrap_err().contains("too large"));
+        assert!(error("99999999P").contains("too large"));
     }
 }

@@ -370,6 +370,7 @@ fn confirm(chosen: &[(SpoolRow, Vec<SpoolFile>)]) -> Result<bool, SpoolCmdError>
 
 impl Report for SpoolReport {
     type Row = SpoolRow;
+    const KIND: &'static str = "spool";
     const HEADER: &'static str = "SITE|SERVER|KIND|FILES|ROWS|BYTES|B/ROW|OLDEST|NEWEST|DONE";
     fn cells(r: &SpoolRow) -> Vec<String> {
         let time = |t: Option<DateTime<Utc>>| {

@@ -688,6 +688,7 @@ impl StatusReport {
 
 impl Report for StatusReport {
     type Row = StatusRow;
+    const KIND: &'static str = "status";
     const HEADER: &'static str = "STATE|SITE|CHECK|TARGET|DETAIL";
     fn rows(&self) -> &[StatusRow] {
         &self.rows

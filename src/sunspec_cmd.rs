@@ -84,6 +84,7 @@ pub struct ScanReport {
 
 impl Report for ScanReport {
     type Row = ScanRow;
+    const KIND: &'static str = "model";
     const HEADER: &'static str = "MODEL|NAME|ADDRESS|LENGTH";
     fn cells(r: &ScanRow) -> Vec<String> {
         match r {

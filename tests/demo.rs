@@ -152,6 +152,29 @@ fn locks_refuse_an_overlapping_run_and_free_when_the_holder_goes() {
         let code = Cmd::new(Some(&config)).args(&args).run().code();
         assert_ne!(code, 5, "`{args:?}` still locked after the holder let go");
     }
+    // --wait: a held lock is waited for, up to the time given.
+    let loss = ["loss", "--site", "Locks"];
+    let held = essops::lock::acquire_file(&locks, "loss", "Locks").unwrap();
+    let run = Cmd::new(Some(&config))
+        .args(["--wait", "1s"])
+        .args(loss)
+        .run()
+        .expect_code(5);
+    assert!(
+        run.stderr().contains("(waited 1s for it"),
+        "{}",
+        run.stderr()
+    );
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        drop(held);
+    });
+    let waited = Cmd::new(Some(&config))
+        .args(["--wait", "60s"])
+        .args(loss)
+        .run();
+    release.join().unwrap();
+    assert_ne!(waited.code(), 5, "{}", waited.stderr());
 }
 
 #[test]

@@ -63,6 +63,38 @@ fn ingest_dead_rack_costs_only_its_own_samples() {
         stored.values().map(|v| v.len() as u64).sum::<u64>(),
         "{r:?}"
     );
+    // Health: one site line, and a device line only for the device that failed.
+    let lines: Vec<serde_json::Value> = std::fs::read_dir(s.scratch.path.join("logs"))
+        .unwrap()
+        .flatten()
+        .flat_map(|e| {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect();
+    let message = |v: &serde_json::Value| v["message"].as_str().unwrap_or_default().to_string();
+    let site: Vec<_> = lines
+        .iter()
+        .filter(|v| message(v) == "site health")
+        .collect();
+    assert_eq!(site.len(), 1, "{site:?}");
+    assert_eq!(
+        (
+            site[0]["devices"].as_u64(),
+            site[0]["devices_failing"].as_u64()
+        ),
+        (Some(10), Some(1)),
+        "{}",
+        site[0]
+    );
+    let devices: Vec<String> = lines
+        .iter()
+        .filter(|v| message(v) == "device health")
+        .map(|v| v["device"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(devices, ["bank 1 / rack 2"], "device health lines");
 }
 
 #[test]

@@ -293,10 +293,13 @@ fn monitoring_prometheus_scrapes_a_live_ingest_that_writes_its_heartbeat() {
         "timeout_ms = 500",
     );
     let _sim = s.simulate(&[]);
+    // The site's `metrics_listen` (the last table of the file is the site),
+    // as the ingest unit serves it: no flag.
     let metrics = free_port();
-    let ingest = s
-        .ingest(&["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-        .spawn();
+    let mut config = std::fs::read_to_string(&s.config).unwrap();
+    config.push_str(&format!("metrics_listen = \"127.0.0.1:{metrics}\"\n"));
+    std::fs::write(&s.config, config).unwrap();
+    let ingest = s.ingest(&[]).spawn();
     crate::support::wait_for_port(metrics);
     let mut exposition = String::new();
     eventually("the poll counter counts", 60, || {

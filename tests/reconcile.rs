@@ -205,6 +205,7 @@ fn reconcile_fills_scattered_and_clustered_gaps_both_ways_then_has_nothing_to_do
     // --verify full: the whole window diffed afresh after copying.
     let rows = s.reconcile(
         &[
+            "--exit-code",
             "--date",
             "2026-03-10",
             "--table",
@@ -294,7 +295,14 @@ fn reconcile_dry_run_reports_and_changes_nothing() {
     );
     let before = s.scalar("gcp", "SELECT count(*) FROM rack");
     let rows = s.reconcile(
-        &["--date", "2026-03-10", "--table", "rack", "--dry-run"],
+        &[
+            "--exit-code",
+            "--date",
+            "2026-03-10",
+            "--table",
+            "rack",
+            "--dry-run",
+        ],
         10,
     );
     let (rack, dry, verified, moved) = table_row(&rows, "rack");
@@ -315,6 +323,7 @@ fn reconcile_target_without_unique_index_gets_no_duplicates() {
     s.sql("gcp", r#"DELETE FROM rack WHERE "RACK_ID" = 1 AND "TIMESTAMP" > '2026-03-10 00:00:10+09' AND "TIMESTAMP" < '2026-03-10 00:01:00+09'"#);
     let rows = s.reconcile(
         &[
+            "--exit-code",
             "--date",
             "2026-03-10",
             "--table",
@@ -335,7 +344,10 @@ fn reconcile_target_without_unique_index_gets_no_duplicates() {
     // holds twice reaches local once.
     let twice = r#""RACK_ID" = 1 AND "TIMESTAMP" = '2026-03-10 00:00:10+09'"#;
     s.sql("local", &format!("DELETE FROM rack WHERE {twice}"));
-    let rows = s.reconcile(&["--date", "2026-03-10", "--table", "rack"], 10);
+    let rows = s.reconcile(
+        &["--exit-code", "--date", "2026-03-10", "--table", "rack"],
+        10,
+    );
     assert_eq!(table_row(&rows, "rack").0.copied_to_a, 1);
     assert_eq!(
         s.scalar("local", &format!("SELECT count(*) FROM rack WHERE {twice}")),
@@ -349,7 +361,10 @@ fn reconcile_dst_day_covers_25_hours() {
     s.fill_both("2026-11-01 00:00:00-04", "2026-11-02 00:00:00-05");
     // The repeated 01:00-02:00 hour, second pass (EST), lost on local.
     s.sql("local", r#"DELETE FROM rack WHERE "RACK_ID" = 3 AND "TIMESTAMP" >= '2026-11-01 01:00:00-05' AND "TIMESTAMP" < '2026-11-01 02:00:00-05'"#);
-    let rows = s.reconcile(&["--date", "2026-11-01", "--table", "rack"], 10);
+    let rows = s.reconcile(
+        &["--exit-code", "--date", "2026-11-01", "--table", "rack"],
+        10,
+    );
     assert_eq!(table_row(&rows, "rack").0.copied_to_a, 3600);
     assert_eq!(
         s.scalar("local", r#"SELECT count(*) FROM rack WHERE "RACK_ID" = 3"#),
@@ -371,6 +386,7 @@ fn reconcile_ignores_rows_younger_than_min_age() {
     let before = chrono::Utc::now();
     let rows = s.reconcile(
         &[
+            "--exit-code",
             "--from",
             &from,
             "--to",
@@ -474,7 +490,10 @@ fn reconcile_and_loss_survive_null_and_oversized_device_ids() {
         r#"DELETE FROM pcs WHERE "TIMESTAMP" < '2026-03-10 00:00:05+09'"#,
     );
     // NULL ids: counted, neither compared nor copied; the rest is repaired.
-    let rows = s.reconcile(&["--date", "2026-03-10", "--table", "pcs"], 10);
+    let rows = s.reconcile(
+        &["--exit-code", "--date", "2026-03-10", "--table", "pcs"],
+        10,
+    );
     let (counts, ..) = table_row(&rows, "pcs");
     assert_eq!(counts.copied_to_b, 5, "{rows:?}");
     let run = Cmd::new(Some(&s.config))
@@ -530,6 +549,7 @@ fn reconcile_values_finds_the_planted_rows_and_prefer_repairs_exactly_those() {
     );
     assert_eq!(planted, 50);
     let args = [
+        "--exit-code",
         "--date",
         "2026-03-10",
         "--table",
@@ -639,7 +659,8 @@ fn reconcile_over_a_slow_link_fills_both_sides() {
             "rack",
         ])
         .run()
-        .expect_code(10)
+        // Copied what each side lacked: the job done (10 only with --exit-code).
+        .expect_code(0)
         .json();
     let (counts, _, verified, _) = table_row(&rows, "rack");
     assert_eq!(

@@ -184,7 +184,8 @@ fn check_expired(scratch: &Scratch, sslmode: &str, ca: Option<&str>) -> String {
         .args(["check", "--site", "Sec"])
         .run();
     let refused = run.stdout().contains("FAIL    server");
-    assert_eq!(run.code() != 0, refused, "{}", run.stdout());
+    // 10: warnings only (the dev superuser's login role is named `essops`).
+    assert_eq!(!matches!(run.code(), 0 | 10), refused, "{}", run.stdout());
     run.stdout()
 }
 
@@ -448,6 +449,12 @@ fn security_reader_role_reads_but_cannot_write() {
     });
     assert!(recorded > 0, "the reader's loss left no history");
     let check = run(&["check"]);
+    // The dev superuser is a login role named like the history schema.
+    assert!(
+        check.stdout().contains("a login role `essops` exists"),
+        "{}",
+        check.stdout()
+    );
     assert!(
         check
             .stdout()

@@ -96,6 +96,7 @@ pub struct SiteRow {
 
 impl Report for WarmReport {
     type Row = SiteRow;
+    const KIND: &'static str = "site";
     const HEADER: &'static str = "SITE|MODE|KEYS|BYTES|OUTLIERS|MS";
     fn cells(r: &SiteRow) -> Vec<String> {
         vec![

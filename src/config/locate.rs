@@ -20,6 +20,16 @@ pub struct Located {
 
 /// Where the built-in config's relative paths point: the repository it was
 /// built from, when that is still on this machine.
+/// Whether the working directory is inside the repository essops was
+/// built from (where the built-in demo config may be used).
+pub fn inside_repository() -> bool {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let (Ok(cwd), Ok(repo)) = (std::env::current_dir(), repo.canonicalize()) else {
+        return false;
+    };
+    cwd.canonicalize().is_ok_and(|cwd| cwd.starts_with(repo))
+}
+
 pub fn embedded_base() -> Option<PathBuf> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     repo.join("sites.toml").is_file().then_some(repo)

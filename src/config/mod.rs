@@ -47,6 +47,10 @@ pub enum ConfigError {
         "no config file found (looked at {looked}); the built-in demo config points into the repository essops was built from, {repo}, which is not on this machine. Write /etc/essops/sites.toml (the package installs an example) or name a file with --config"
     )]
     DemoWithoutRepository { looked: String, repo: String },
+    #[error(
+        "no config file found (looked at {looked}); the built-in demo config is used only by `essops demo` and from inside the repository essops was built from ({repo}), so that a production host never reaches the dev databases by mistake. Write /etc/essops/sites.toml (the package installs an example) or name a file with --config"
+    )]
+    DemoOutsideRepository { looked: String, repo: String },
 }
 
 impl ConfigError {
@@ -81,7 +85,7 @@ impl TableSpec {
 // ------------------------------------------------------------ validated form
 
 /// Where the configuration came from, for messages and relative paths.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ConfigSource {
     Embedded,
     File(PathBuf),
@@ -380,6 +384,9 @@ pub struct Site {
     /// Empty when the site has no `modbus` table (ingest and simulate need one).
     pub endpoints: Vec<Endpoint>,
     pub register_map: Arc<RegisterMap>,
+    /// Where this site's ingest serves Prometheus metrics (HOST:PORT);
+    /// `ingest --metrics-listen` overrides it.
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -477,21 +484,40 @@ impl Site {
 }
 
 impl Config {
-    /// Loads the config `locate` chooses for `flag` (`--config`).
+    /// Loads the config `locate` chooses for `flag` (`--config`); the
+    /// built-in demo config only from inside the repository it points into.
     pub fn load(flag: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_allowing_demo(flag, locate::inside_repository())
+    }
+
+    /// Like [`load`](Self::load), for `essops demo`: the built-in demo
+    /// config from anywhere, while its repository is on this machine.
+    pub fn load_for_demo(flag: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_allowing_demo(flag, true)
+    }
+
+    fn load_allowing_demo(flag: Option<&Path>, demo: bool) -> Result<Config, ConfigError> {
         let located = locate::locate(flag);
+        let looked = || {
+            let looked: Vec<String> = located
+                .looked
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            looked.join(", ")
+        };
+        let repo = || env!("CARGO_MANIFEST_DIR").to_string();
         match &located.source {
             ConfigSource::Embedded if locate::embedded_base().is_none() => {
-                let looked: Vec<String> = located
-                    .looked
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect();
                 Err(ConfigError::DemoWithoutRepository {
-                    looked: looked.join(", "),
-                    repo: env!("CARGO_MANIFEST_DIR").into(),
+                    looked: looked(),
+                    repo: repo(),
                 })
             }
+            ConfigSource::Embedded if !demo => Err(ConfigError::DemoOutsideRepository {
+                looked: looked(),
+                repo: repo(),
+            }),
             source => Config::load_from(source),
         }
     }

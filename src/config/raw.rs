@@ -133,6 +133,7 @@ pub(super) struct RawSite {
     pub(super) pcs: Option<Spanned<Vec<Spanned<RawPcs>>>>,
     pub(super) modbus: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub(super) register_map: Option<Spanned<String>>,
+    pub(super) metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

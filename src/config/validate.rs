@@ -448,20 +448,7 @@ impl Validator<'_> {
         };
         let mut out = Vec::new();
         for (name, addr) in modbus.get_ref() {
-            let key = format!("sites[{i}].modbus.{name}");
-            let ok = addr.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-            });
-            if !ok {
-                return Err(self.doc.at(
-                    addr,
-                    key,
-                    format!(
-                        "`{}` is not HOST:PORT (for example 127.0.0.1:502)",
-                        addr.get_ref()
-                    ),
-                ));
-            }
+            self.host_port(addr, &format!("sites[{i}].modbus.{name}"), 502)?;
             out.push(Endpoint {
                 name: name.clone(),
                 addr: addr.get_ref().clone(),
@@ -812,6 +799,10 @@ impl Validator<'_> {
             pcs: self.pcs(i, s.pcs.as_ref(), &register_map)?,
             endpoints: self.endpoints(i, s.modbus.as_ref())?,
             register_map,
+            metrics_listen: match &s.metrics_listen {
+                Some(addr) => Some(self.host_port(addr, &key("metrics_listen"), 9464)?),
+                None => None,
+            },
         };
         if let Some(modbus) = &s.modbus {
             crate::modbus::map::check_devices(
@@ -828,6 +819,29 @@ impl Validator<'_> {
             })?;
         }
         Ok(site)
+    }
+
+    /// `addr` when it is HOST:PORT; `example_port` is the example's port.
+    fn host_port(
+        &self,
+        addr: &Spanned<String>,
+        key: &str,
+        example_port: u16,
+    ) -> Result<String, DocError> {
+        let ok = addr.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        match ok {
+            true => Ok(addr.get_ref().clone()),
+            false => Err(self.doc.at(
+                addr,
+                key.to_string(),
+                format!(
+                    "`{}` is not HOST:PORT (for example 127.0.0.1:{example_port})",
+                    addr.get_ref()
+                ),
+            )),
+        }
     }
 
     /// The site's database name; the site's name when not given.

@@ -66,6 +66,7 @@ pub struct DemoReport {
 
 impl Report for DemoReport {
     type Row = DemoRow;
+    const KIND: &'static str = "site_server";
     const HEADER: &'static str = "SITE|SERVER|EXPECTED|MISSING BEFORE|REPAIRED|MISSING AFTER";
     fn cells(r: &DemoRow) -> Vec<String> {
         vec![
@@ -212,6 +213,7 @@ async fn with_relay(ctx: &Context) -> Result<(Context, Option<(String, proxy::Re
         config: Arc::new(config),
         format: ctx.format,
         verbosity: Verbosity::Quiet,
+        lock_wait: std::time::Duration::ZERO,
     };
     Ok((ctx, relay))
 }
@@ -323,6 +325,7 @@ async fn repair(ctx: &Context, t0: i64, t1: i64) -> Result<BTreeMap<(String, Str
         compare: reconcile::Compare::Keys,
         prefer: None,
         verify: reconcile::Verify::Inserts,
+        exit_code: false,
     };
     let plan = reconcile::plan(&args, ctx, Utc::now())?;
     let rec = reconcile::execute(plan, ctx).await;

@@ -36,6 +36,7 @@ pub struct RecommendReport {
 
 impl Report for RecommendReport {
     type Row = RecommendRow;
+    const KIND: &'static str = "advice";
     const HEADER: &'static str = "SERVER|SITE|KIND|TABLE|COLUMNS|CALLS|COST BEFORE|COST AFTER|NOTE";
     fn cells(r: &RecommendRow) -> Vec<String> {
         let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));

@@ -9,6 +9,7 @@ pub type ChangeReport = crate::output::Rows<ChangeRow>;
 
 impl Report for ChangeReport {
     type Row = ChangeRow;
+    const KIND: &'static str = "index";
     const HEADER: &'static str = "SERVER|SITE|INDEX|STATUS|NOTE";
     fn cells(r: &ChangeRow) -> Vec<String> {
         let note = if r.note.is_empty() {

@@ -20,6 +20,7 @@ pub type ColumnsReport = crate::output::Rows<ColumnRow>;
 
 impl Report for ColumnsReport {
     type Row = ColumnRow;
+    const KIND: &'static str = "column";
     const HEADER: &'static str = "SERVER|SITE|COLUMN|TYPE|INDEXES (POSITION)";
     fn cells(r: &ColumnRow) -> Vec<String> {
         vec![

@@ -26,6 +26,7 @@ pub type ListReport = crate::output::Rows<ListRow>;
 
 impl Report for ListReport {
     type Row = ListRow;
+    const KIND: &'static str = "index";
     const HEADER: &'static str =
         "SERVER|SITE|TABLE|CHUNKS|ROWS|SIZE|INDEX|COLUMNS|INDEX SIZE|SCANS";
     fn cells(r: &ListRow) -> Vec<String> {

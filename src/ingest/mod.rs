@@ -75,7 +75,8 @@ pub struct IngestArgs {
     /// With --plan: measure the devices' answer times for this long (e.g. 10s) instead of assuming timeout_ms.
     #[arg(long, value_parser = parse_std_duration, value_name = "DURATION", requires = "plan")]
     pub probe: Option<Duration>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464);
+    /// overrides the site's `metrics_listen`.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
     /// With --metrics-listen: also a poll series per device (many series on a big site).
@@ -199,6 +200,11 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
         Some(g) => group_spool_root(ctx, &site.name, Some(&g.label)),
         None => spool_root(ctx, &site.name),
     };
+    let metrics = args
+        .metrics_listen
+        .clone()
+        .or_else(|| site.metrics_listen.clone())
+        .map(|addr| (addr, args.metrics_per_device));
     Ok(Plan {
         site,
         duration: args.duration,
@@ -206,10 +212,7 @@ pub fn plan(args: &IngestArgs, ctx: &Context) -> Result<Plan, IngestError> {
         devices,
         group,
         spool_root,
-        metrics: args
-            .metrics_listen
-            .clone()
-            .map(|addr| (addr, args.metrics_per_device)),
+        metrics,
     })
 }
 
@@ -660,6 +663,7 @@ impl IngestReport {
 
 impl Report for IngestReport {
     type Row = ServerRow;
+    const KIND: &'static str = "ingest";
     const HEADER: &'static str =
         "SITE|SERVER|WRITTEN|REPLAYED|SPOOLED|DUPLICATE|REJECTED|PENDING|LOST|P50 MS|P99 MS";
     fn cells(r: &ServerRow) -> Vec<String> {

@@ -246,6 +246,7 @@ fn row(
 
 impl Report for PlanReport {
     type Row = PlanRow;
+    const KIND: &'static str = "connection";
     const HEADER: &'static str =
         "ENDPOINT|CONN|DEVICES|REQ/S|REG/S|IN FLIGHT|P50 MS|P99 MS|ROUND MS|BUDGET MS|VERDICT";
     fn cells(r: &PlanRow) -> Vec<String> {

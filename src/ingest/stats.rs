@@ -261,7 +261,10 @@ impl Stats {
         self.devices.iter().filter(|d| flag(d)).count()
     }
 
-    /// One JSON log line per device: counts since the last line, spool depth and lag per server.
+    /// One JSON log line for the site (counts since the last one, spool depth
+    /// and lag per server), and one per device that missed a poll, has its
+    /// breaker open or is stale: a site where nothing fails writes one line a
+    /// minute, however many devices it has.
     pub fn log_health(&self, last: &mut Vec<Snapshot>) {
         last.resize(self.devices.len(), Snapshot::default());
         let per_server = |f: &dyn Fn(&ServerStats) -> u64| -> String {
@@ -273,27 +276,31 @@ impl Stats {
         };
         let spool = per_server(&|s| s.spool_depth.load(Relaxed));
         let lag = per_server(&|s| s.lag_ms.load(Relaxed));
+        let (mut ok, mut failed, mut failing) = (0, 0, 0);
         for (d, prev) in self.devices.iter().zip(last.iter_mut()) {
             let now = Snapshot {
                 ok: d.polls_ok.load(Relaxed),
                 missed: d.misses(),
             };
             let missed = now.missed.since(&prev.missed);
+            let (breaker, stale) = (d.breaker_open.load(Relaxed), d.stale.load(Relaxed));
+            ok += now.ok - prev.ok;
+            failed += missed.total();
+            let healthy = missed.total() == 0 && !breaker && !stale;
+            if healthy {
+                *prev = now;
+                continue;
+            }
+            failing += 1;
             let written: Vec<String> = self
                 .servers
                 .iter()
                 .zip(&d.written)
                 .map(|(s, w)| format!("{}={}", s.name, w.load(Relaxed)))
                 .collect();
-            let (breaker, stale) = (d.breaker_open.load(Relaxed), d.stale.load(Relaxed));
-            let level = if missed.total() > 0 || breaker || stale {
-                "warning"
-            } else {
-                "info"
-            };
             tracing::info!(
                 target: REPORT_TARGET,
-                level,
+                level = "warning",
                 site = %self.site,
                 table = d.table,
                 device = %d.label,
@@ -315,6 +322,20 @@ impl Stats {
             );
             *prev = now;
         }
+        tracing::info!(
+            target: REPORT_TARGET,
+            level = if failing > 0 { "warning" } else { "info" },
+            site = %self.site,
+            devices = self.devices.len(),
+            devices_failing = failing,
+            polls_ok = ok,
+            polls_failed = failed,
+            breakers_open = self.count_devices(|d| d.breaker_open.load(Relaxed)),
+            stale = self.count_devices(|d| d.stale.load(Relaxed)),
+            spool_rows = %spool,
+            lag_ms = %lag,
+            "site health"
+        );
     }
 }
 

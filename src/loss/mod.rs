@@ -238,10 +238,21 @@ pub async fn execute(plan: LossPlan, ctx: &Context) -> crate::error::Result<Loss
     Ok(report)
 }
 
+/// Why [`measure_days`] could not measure a table: its failure row's text.
+#[derive(Debug, thiserror::Error)]
+#[error("table `{table}`: {reason}")]
+pub struct NotMeasured {
+    pub table: &'static str,
+    pub reason: String,
+}
+
 /// The local days of `target`'s counted window (whole, or the part of one
 /// it holds), per device, measured now and recorded nowhere (for `essops
 /// report`, where the history lacks them).
-pub async fn measure_days(config: &Config, target: &LossTarget) -> Result<Vec<LossDay>, String> {
+pub async fn measure_days(
+    config: &Config,
+    target: &LossTarget,
+) -> Result<Vec<LossDay>, NotMeasured> {
     let mut days = Vec::new();
     for spec in schema::TABLES {
         let measured = measure_table(config, target, spec).await;
@@ -252,7 +263,10 @@ pub async fn measure_days(config: &Config, target: &LossTarget) -> Result<Vec<Lo
                     LossRow::Failure(f) => Some(f.error),
                     _ => None,
                 });
-                return Err(error.unwrap_or_else(|| "could not be measured".into()));
+                return Err(NotMeasured {
+                    table: spec.name,
+                    reason: error.unwrap_or_else(|| "could not be measured".into()),
+                });
             }
         }
     }
@@ -585,6 +599,7 @@ fn log_row(row: &LossRow) {
 
 impl Report for LossReport {
     type Row = LossRow;
+    const KIND: &'static str = "loss";
     const HEADER: &'static str =
         "SERVER|SITE|TABLE|DEVICE|EXPECTED|OBSERVED|LOSS %|GAPS|LONGEST GAP|LEVEL";
 

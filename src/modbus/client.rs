@@ -348,7 +348,7 @@ async fn read_answers(
         }
         let (tid, len) = match frame_header(&header) {
             Ok(h) => h,
-            Err(why) => break why,
+            Err(why) => break why.to_string(),
         };
         let mut frame = vec![0u8; 7 + len - 1];
         frame[..7].copy_from_slice(&header);
@@ -372,16 +372,22 @@ async fn read_answers(
 
 /// The transaction id and length of a Modbus TCP header (MBAP), or why it is
 /// not one. The length counts the unit byte and the PDU (at most 253 bytes).
-pub fn frame_header(header: &[u8; 7]) -> Result<(u16, usize), String> {
+pub fn frame_header(header: &[u8; 7]) -> Result<(u16, usize), NotModbus> {
     let tid = u16::from_be_bytes([header[0], header[1]]);
     let protocol = u16::from_be_bytes([header[2], header[3]]);
     let len = usize::from(u16::from_be_bytes([header[4], header[5]]));
     if protocol != 0 || !(2..=254).contains(&len) {
-        return Err(format!(
-            "not a Modbus TCP frame (protocol {protocol}, length {len})"
-        ));
+        return Err(NotModbus { protocol, len });
     }
     Ok((tid, len))
+}
+
+/// A header that is not Modbus TCP's.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("not a Modbus TCP frame (protocol {protocol}, length {len})")]
+pub struct NotModbus {
+    pub protocol: u16,
+    pub len: usize,
 }
 
 /// What a request asked for, to check its answer against.

@@ -529,7 +529,7 @@ enum Addressing {
 
 impl Addressing {
     /// The protocol address of `number` in `kind`'s space, or why it is not one.
-    fn protocol(self, kind: RegisterKind, number: u32) -> Result<u32, String> {
+    fn protocol(self, kind: RegisterKind, number: u32) -> Result<u32, NotARegisterNumber> {
         let five = kind.first_number();
         let six = (five - 1) * 10 + 1;
         match self {
@@ -540,12 +540,24 @@ impl Addressing {
             Addressing::RegisterNumber if number >= five && number - five <= 65_535 => {
                 Ok(number - five)
             }
-            Addressing::RegisterNumber => Err(format!(
-                "{number} is not a {} register number (from {five}, or {six} in six digits)",
-                kind.name()
-            )),
+            Addressing::RegisterNumber => Err(NotARegisterNumber {
+                number,
+                kind: kind.name(),
+                five,
+                six,
+            }),
         }
     }
+}
+
+/// A register number below its kind's first.
+#[derive(Debug, thiserror::Error)]
+#[error("{number} is not a {kind} register number (from {five}, or {six} in six digits)")]
+struct NotARegisterNumber {
+    number: u32,
+    kind: &'static str,
+    five: u32,
+    six: u32,
 }
 
 fn kind(
@@ -796,7 +808,7 @@ fn field(
             let p = defaults
                 .numbering
                 .protocol(kind, number)
-                .map_err(|m| doc.at(&f.at, fkey("at"), m))?;
+                .map_err(|m| doc.at(&f.at, fkey("at"), m.to_string()))?;
             (p, p)
         }
     };

@@ -32,8 +32,9 @@ use crate::window::{self, Window, WindowArgs, WindowError};
 
 /// Copy the samples one server lacks from the other, per site, table and device.
 ///
-/// Exit code 0 when both servers already agree, 10 when rows were found
-/// (and, unless --dry-run, copied), 4 when something could not be reconciled.
+/// Exit code 0 when the run did its job (the servers agreed, or what one
+/// lacked was copied); with --exit-code, 10 when rows were found (and,
+/// unless --dry-run, copied); 4 when something could not be reconciled.
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     /// `--server` twice names the two servers to reconcile (default: the site's two).
@@ -65,6 +66,11 @@ pub struct ReconcileArgs {
     /// whole window afresh after copying.
     #[arg(long, value_enum, default_value = "inserts")]
     pub verify: Verify,
+    /// Exit 10 when samples were missing or values differed (copied, or
+    /// with --dry-run only found), as `git diff --exit-code` does; without
+    /// it a run that did its job exits 0.
+    #[arg(long)]
+    pub exit_code: bool,
 }
 
 /// What two rows must share to count as the same.
@@ -100,6 +106,8 @@ pub struct Options {
     pub verify: Verify,
     /// The server whose values win where rows differ (`--prefer`).
     pub prefer: Option<String>,
+    /// Differences found make the exit code 10 (`--exit-code`).
+    pub exit_code: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +233,7 @@ pub fn plan(
         compare: args.compare,
         verify: args.verify,
         prefer: args.prefer.clone(),
+        exit_code: args.exit_code,
     };
     Ok(ReconcilePlan { targets, options })
 }
@@ -348,7 +357,13 @@ pub enum ReconcileRow {
     Failure(FailureRow),
 }
 
-pub type ReconcileReport = crate::output::Rows<ReconcileRow>;
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileReport {
+    pub rows: Vec<ReconcileRow>,
+    /// Differences found make the outcome a warning (`--exit-code`).
+    #[serde(skip)]
+    pub exit_code: bool,
+}
 
 /// Whether rows are copied after the diff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,6 +397,7 @@ pub async fn execute(plan: ReconcilePlan, ctx: &Context) -> ReconcileReport {
     .await;
     ReconcileReport {
         rows: results.into_iter().flatten().collect(),
+        exit_code: options.exit_code,
     }
 }
 
@@ -404,6 +420,7 @@ fn log_row(row: &ReconcileRow) {
 
 impl Report for ReconcileReport {
     type Row = ReconcileRow;
+    const KIND: &'static str = "table";
     const HEADER: &'static str =
         "SITE|TABLE|DEVICE|SERVERS A/B|MISSING ON A|MISSING ON B|COPIED TO A|COPIED TO B|NOTE";
 
@@ -485,7 +502,9 @@ impl Report for ReconcileReport {
                 ReconcileRow::Failure(_) => Outcome::Partial,
                 ReconcileRow::Table(t) if t.verified == Some(false) => Outcome::Partial,
                 ReconcileRow::Table(t)
-                    if t.counts.missing_on_a + t.counts.missing_on_b + t.values_differing > 0 =>
+                    if self.exit_code
+                        && t.counts.missing_on_a + t.counts.missing_on_b + t.values_differing
+                            > 0 =>
                 {
                     Outcome::Warning
                 }

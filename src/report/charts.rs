@@ -21,13 +21,21 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// A chart plotters could not draw.
+#[derive(Debug, thiserror::Error)]
+#[error("chart `{title}`: {detail}")]
+pub struct ChartError {
+    pub title: String,
+    pub detail: String,
+}
+
 /// A line chart over `days`, or None when no series has a point.
 pub fn lines(
     title: &str,
     unit: &str,
     days: &[NaiveDate],
     series: &[Series],
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, ChartError> {
     if series.iter().all(|s| s.points.is_empty()) {
         return Ok(None);
     }
@@ -38,7 +46,10 @@ pub fn lines(
     let y_max = if y_max <= 0.0 { 1.0 } else { y_max * 1.15 };
     let width = days.len().max(1) as f64;
     let mut svg = String::new();
-    draw(&mut svg, title, unit, days, width, y_max, series).map_err(|e| format!("{e:?}"))?;
+    draw(&mut svg, title, unit, days, width, y_max, series).map_err(|e| ChartError {
+        title: title.to_string(),
+        detail: format!("{e:?}"),
+    })?;
     Ok(Some(svg))
 }
 

@@ -146,7 +146,7 @@ async fn measure_now(
     site: &Site,
     server: &str,
     window: Window,
-) -> Result<Vec<DeviceDay>, String> {
+) -> Result<Vec<DeviceDay>, crate::loss::NotMeasured> {
     let target = LossTarget {
         server: server.to_string(),
         site: site.clone(),

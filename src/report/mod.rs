@@ -248,6 +248,7 @@ fn site_line(data: &gather::SiteData, view: &page::SiteView) -> SiteLine {
 
 impl Report for ReportSummary {
     type Row = SiteLine;
+    const KIND: &'static str = "site";
     const HEADER: &'static str = "SITE|DAYS|DEVICES|WORST GRADE|MEASURED NOW";
     fn rows(&self) -> &[SiteLine] {
         &self.rows

@@ -358,6 +358,7 @@ pub type SimulateReport = crate::output::Rows<EndpointRow>;
 
 impl Report for SimulateReport {
     type Row = EndpointRow;
+    const KIND: &'static str = "simulated";
     const HEADER: &'static str =
         "SITE|ENDPOINT|ADDRESS|DEVICES|CONNECTIONS|REQUESTS|ANSWERED|DROPPED|EXCEPTIONS|BUS BUSY";
     fn cells(r: &EndpointRow) -> Vec<String> {
