@@ -29,8 +29,11 @@ for f in ./usr/bin/essops ./usr/share/man/man1/essops.1.gz \
          ./usr/share/fish/vendor_completions.d/essops.fish \
          ./etc/essops/sites.toml \
          ./lib/systemd/system/essops-ingest@.service \
-         ./lib/systemd/system/essops-nightly.service \
-         ./lib/systemd/system/essops-nightly.timer; do
+         ./lib/systemd/system/essops@.service \
+         ./lib/systemd/system/essops-reconcile.timer \
+         ./lib/systemd/system/essops-cache-warm.timer \
+         ./lib/systemd/system/essops-status.timer \
+         ./usr/lib/tmpfiles.d/essops.conf; do
     grep -qxF "$f" <<<"$contents" || fail "$f is not in the package"
 done
 dpkg-deb --ctrl-tarfile "$DEB" | tar -xO ./conffiles | grep -qx /etc/essops/sites.toml \
@@ -52,7 +55,7 @@ dpkg-deb -x "$DEB" "$PKG"
 ESSOPS="$PKG/usr/bin/essops"
 
 if command -v systemd-analyze >/dev/null; then
-    units=("$PKG"/lib/systemd/system/essops-ingest@.service "$PKG"/lib/systemd/system/essops-nightly.*)
+    units=("$PKG"/lib/systemd/system/essops*.service "$PKG"/lib/systemd/system/essops*.timer)
     # The units name /usr/bin/essops; verify them with it in place.
     # A bare root has no sysinit.target and no man database; anything else
     # (an unknown key, a bad value, a missing executable) is a failure.
@@ -84,6 +87,12 @@ url = "redis://127.0.0.1:26379/0"
 url = "postgres://essops@127.0.0.1:25432"
 password_file = "$2"
 sslmode = "disable"
+
+[servers.gcp]
+url = "postgres://essops@localhost:25433"
+password_file = "$ROOT/.services/secrets/gcp.password"
+sslmode = "verify-full"
+ca_file = "$ROOT/.services/tls/ca.crt"
 
 [[sites]]
 name = "$SITE"
@@ -135,6 +144,49 @@ rows="$(cd "$ROOT" && PGPASSWORD="$(cat .services/secrets/local.password)" psql 
     -h 127.0.0.1 -p 25432 -U essops -d "$SITE" -c 'SELECT count(*) FROM rack')"
 [ "$rows" -gt 0 ] || fail "ingest wrote no rack rows"
 say "ingest from the unit's ExecStart wrote $rows rack rows"
+
+# Every timer's unit: its ExecStart with the unpacked binary and this config,
+# and what systemd makes of its exit code (0 or SuccessExitStatus: the unit
+# succeeds; anything else: it fails, for OnFailure= to act on).
+UNITS="$PKG/lib/systemd/system"
+for timer in "$UNITS"/essops-*.timer; do
+    unit="$(sed -n 's/^Unit=//p' "$timer")"
+    [ -n "$unit" ] || unit="$(basename "$timer" .timer).service"
+    file="$unit" instance=""
+    case "$unit" in *@?*.service)
+        instance="${unit#*@}" instance="${instance%.service}" file="${unit%%@*}@.service" ;;
+    esac
+    exec_line="$(sed -n 's/^ExecStart=//p' "$UNITS/$file")"
+    success=" 0 $(sed -n 's/^SuccessExitStatus=//p' "$UNITS/$file") "
+    exec_line="${exec_line//%i/$instance}"
+    exec_line="${exec_line//\/usr\/bin\/essops/$ESSOPS}"
+    exec_line="${exec_line//\/etc\/essops\/sites.toml/$CONFIG}"
+    exec_line="${exec_line//\/var\/lib\/essops/$PKG/var/lib/essops}"
+    rc=0
+    $exec_line >"$TMP/unit.out" 2>&1 || rc=$?
+    verdict=fails
+    [[ "$success" != *" $rc "* ]] || verdict=succeeds
+    # The site holds seconds of data, none of yesterday: yesterday's loss is
+    # critical (11), which must fail its unit; every other step succeeds.
+    want=succeeds
+    [ "$unit" != "essops@loss.service" ] || want=fails
+    [ "$verdict" = "$want" ] \
+        || fail "$unit: its ExecStart exited $rc, so the unit $verdict (expected: it $want):"$'\n'"$(cat "$TMP/unit.out")"
+    say "$unit (from $(basename "$timer")): exit $rc, the unit $verdict"
+done
+[ -s "$PKG/var/lib/essops/metrics/essops.prom" ] || fail "the status unit wrote no metrics file"
+
+# One server down: `--quiet loss` is not silent, and exits by the one rule
+# (yesterday is critical on the other server: 11 beats 4).
+DOWN="$TMP/down.toml"
+write_config "$DOWN" "$SECRETS/local.password"
+sed -i 's#localhost:25433#localhost:1#' "$DOWN"
+rc=0
+"$ESSOPS" --config "$DOWN" --quiet loss --site "$SITE" >"$TMP/down.out" 2>"$TMP/down.err" || rc=$?
+[ "$rc" -eq 11 ] || fail "loss with gcp down exited $rc, not 11:"$'\n'"$(cat "$TMP/down.err")"
+grep -q "gcp" "$TMP/down.err" || fail "--quiet loss with gcp down said nothing about gcp:"$'\n'"$(cat "$TMP/down.err")"
+[ ! -s "$TMP/down.out" ] || fail "--quiet loss printed a table"
+say "--quiet loss with a server down: exit 11, and stderr names it"
 
 # A bad password file: one line names it, however many tables and servers.
 BAD="$TMP/bad.toml"

@@ -479,8 +479,12 @@ async fn redis_checks(ctx: &Context) -> Vec<CheckRow> {
 fn disk_checks(ctx: &Context) -> Vec<CheckRow> {
     let config = &ctx.config;
     let mut rows = Vec::new();
-    for (what, dir) in [("spool", &config.spool_dir), ("logs", &config.log_dir)] {
-        let path = config.base_dir().join(dir);
+    let dirs = [
+        ("spool", config.base_dir().join(&config.spool_dir)),
+        ("logs", config.base_dir().join(&config.log_dir)),
+        ("locks", ctx.lock_dir()),
+    ];
+    for (what, path) in dirs {
         let path = std::path::absolute(&path).unwrap_or(path);
         let shown = path.display().to_string();
         let mut c = Checks::new("disk", &shown);

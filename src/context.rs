@@ -19,8 +19,11 @@ impl Context {
         self.config.base_dir().join(&self.config.log_dir)
     }
 
-    /// Run locks (see `lock`) live beside the logs.
+    /// Where run locks (see `lock`) live: `lock_dir`, else beside the logs.
     pub fn lock_dir(&self) -> std::path::PathBuf {
-        self.log_dir().join("locks")
+        match &self.config.lock_dir {
+            Some(dir) => self.config.base_dir().join(dir),
+            None => self.log_dir().join("locks"),
+        }
     }
 }

@@ -245,6 +245,9 @@ pub fn encode(registry: &Registry) -> String {
 /// collector: to a temporary file beside it, then renamed, so a scrape never
 /// sees half a file.
 pub fn write_textfile(path: &std::path::Path, registry: &Registry) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let tmp = path.with_extension("prom.tmp");
     std::fs::write(&tmp, encode(registry))?;
     std::fs::rename(&tmp, path)

@@ -64,36 +64,92 @@ fn essops_args(command: &str) -> Vec<String> {
     args
 }
 
-/// The `ExecStart=` lines of a unit in `packaging/systemd/`.
-fn exec_starts(unit: &str) -> Vec<String> {
+/// The `KEY=` values of a unit file in `packaging/systemd/`.
+fn unit_values(file: &str, key: &str) -> Vec<String> {
     let path = Path::new(crate::support::REPO)
         .join("packaging/systemd")
-        .join(unit);
+        .join(file);
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
-        .filter_map(|l| l.strip_prefix("ExecStart="))
+        .filter_map(|l| l.strip_prefix(key)?.strip_prefix('='))
         .map(String::from)
         .collect()
 }
 
+/// Per timer of the package: the command its unit runs (the template's `%i`
+/// filled in) and the exit codes systemd counts as success.
+fn timer_commands() -> Vec<(String, String, Vec<i32>)> {
+    let dir = Path::new(crate::support::REPO).join("packaging/systemd");
+    let mut timers: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".timer"))
+        .collect();
+    timers.sort();
+    timers
+        .into_iter()
+        .map(|timer| {
+            let unit = unit_values(&timer, "Unit")
+                .pop()
+                .unwrap_or_else(|| timer.replace(".timer", ".service"));
+            let (file, instance) = match unit.split_once('@') {
+                Some((name, rest)) => (format!("{name}@.service"), rest.replace(".service", "")),
+                None => (unit.clone(), String::new()),
+            };
+            let command = unit_values(&file, "ExecStart")
+                .remove(0)
+                .replace("%i", &instance);
+            let mut success = vec![0];
+            for codes in unit_values(&file, "SuccessExitStatus") {
+                success.extend(codes.split_whitespace().map(|c| c.parse::<i32>().unwrap()));
+            }
+            (timer, command, success)
+        })
+        .collect()
+}
+
+/// An essops command line without its global flags (--config, --quiet, --wait).
+fn subcommand(command: &str) -> String {
+    let mut out = Vec::new();
+    let mut args = essops_args(command).into_iter();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quiet" => {}
+            "--wait" => {
+                args.next();
+            }
+            _ => out.push(a),
+        }
+    }
+    out.join(" ")
+}
+
 #[test]
 fn examples_crontab_commands_run_and_succeed() {
-    let (db, _scratch, config, _) = setup("examples_cron");
+    let (db, scratch, config, _) = setup("examples_cron");
     fill_yesterday_and_today(&db);
     let crontab =
         std::fs::read_to_string(Path::new(crate::support::REPO).join("examples/crontab")).unwrap();
-    let mut commands: Vec<String> = crontab
+    let commands: Vec<String> = crontab
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains('='))
         .map(|l| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" "))
         .collect();
     assert_eq!(commands.len(), 6, "{commands:?}");
-    // The nightly unit runs the same steps as the crontab's nightly lines.
-    let nightly = exec_starts("essops-nightly.service");
-    assert_eq!(nightly.len(), 5, "{nightly:?}");
-    commands.extend(nightly);
+    // The timers run the crontab's commands, and the status for Prometheus.
+    let timers = timer_commands();
+    assert_eq!(timers.len(), 7, "{timers:?}");
+    for (timer, command, _) in &timers {
+        assert!(
+            timer.contains("status")
+                || commands
+                    .iter()
+                    .any(|c| subcommand(c) == subcommand(command)),
+            "{timer}: `{command}` is in no crontab line"
+        );
+    }
     for command in &commands {
         let run = Cmd::new(Some(&config)).args(essops_args(command)).run();
         assert_eq!(
@@ -104,6 +160,24 @@ fn examples_crontab_commands_run_and_succeed() {
             run.stderr()
         );
     }
+    // Each timer's unit, judged as systemd judges its exit code.
+    // (essops makes the metrics folder itself.)
+    let metrics = scratch.path.join("metrics");
+    for (timer, command, success) in &timers {
+        let command = command.replace("/var/lib/essops/metrics", &metrics.display().to_string());
+        let run = Cmd::new(Some(&config)).args(essops_args(&command)).run();
+        assert!(
+            success.contains(&run.code()),
+            "{timer}: `{command}` exited {}, which fails the unit:\n{}{}",
+            run.code(),
+            run.stdout(),
+            run.stderr()
+        );
+    }
+    assert!(
+        metrics.join("essops.prom").exists(),
+        "the status unit wrote no metrics"
+    );
 }
 
 #[test]

@@ -120,6 +120,8 @@ pub struct Config {
     pub log_dir: PathBuf,
     /// Daily log files kept per site (0: all).
     pub log_keep_days: u32,
+    /// Where this host's run-lock files live (default: `log_dir/locks`).
+    pub lock_dir: Option<PathBuf>,
     pub spool_dir: PathBuf,
     /// Per server: the spool's cap and the free disk it leaves.
     pub spool_limits: SpoolSettings,

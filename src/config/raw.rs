@@ -12,6 +12,7 @@ use toml::Spanned;
 pub(super) struct RawConfig {
     pub(super) log_dir: Option<String>,
     pub(super) log_keep_days: Option<u32>,
+    pub(super) lock_dir: Option<String>,
     pub(super) spool_dir: Option<String>,
     pub(super) spool_max_mb: Option<Spanned<u64>>,
     pub(super) spool_min_free_mb: Option<Spanned<u64>>,

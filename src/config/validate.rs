@@ -75,6 +75,7 @@ impl Validator<'_> {
             source: self.source.clone(),
             log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
             log_keep_days: raw.log_keep_days.unwrap_or(14),
+            lock_dir: raw.lock_dir.map(PathBuf::from),
             spool_dir: PathBuf::from(raw.spool_dir.unwrap_or_else(|| "spool".into())),
             spool_limits,
             modbus,

@@ -13,6 +13,15 @@ pub fn settings(config: &Config) -> Vec<(String, String)> {
     set("source", config.source.to_string());
     set("log_dir", base.join(&config.log_dir).display().to_string());
     set(
+        "lock_dir",
+        match &config.lock_dir {
+            Some(dir) => base.join(dir),
+            None => base.join(&config.log_dir).join("locks"),
+        }
+        .display()
+        .to_string(),
+    );
+    set(
         "spool_dir",
         base.join(&config.spool_dir).display().to_string(),
     );
