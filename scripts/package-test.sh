@@ -9,7 +9,7 @@
 #   outside the repository: `essops config path` (by --config and by
 #   $XDG_CONFIG_HOME), the production walk-through of the README (migrate,
 #   check, the ingest unit's ExecStart for a few seconds), rows written, and a
-#   bad password file reported in exactly one line.
+#   bad password file reported in one line per server.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -69,8 +69,14 @@ fi
 SITE=pkg_check_site
 SECRETS="$PKG/etc/essops/secrets"
 mkdir -p "$SECRETS" "$PKG/var/lib/essops" "$PKG/var/log/essops"
-cp .services/secrets/local.password "$SECRETS/local.password"
-chmod 600 "$SECRETS/local.password"
+# Administration logs in as the dev superuser (admin_url); every other
+# command as essops_pkg_runtime, a plain login that migrate --create-roles
+# makes a member of essops_writer with the password its file holds.
+cp .services/secrets/local.password "$SECRETS/local-admin.password"
+cp .services/secrets/gcp.password "$SECRETS/gcp-admin.password"
+printf 'pkg-%s\n' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$SECRETS/runtime.password"
+chmod 600 "$SECRETS"/*.password
+RUNTIME=essops_pkg_runtime
 write_config() { # file password_file
     cat > "$1" <<TOML
 log_dir = "$PKG/var/log/essops"
@@ -84,13 +90,17 @@ connections = 2
 url = "redis://127.0.0.1:26379/0"
 
 [servers.local]
-url = "postgres://essops@127.0.0.1:25432"
+url = "postgres://$RUNTIME@127.0.0.1:25432"
 password_file = "$2"
+admin_url = "postgres://essops@127.0.0.1:25432"
+admin_password_file = "$SECRETS/local-admin.password"
 sslmode = "disable"
 
 [servers.gcp]
-url = "postgres://essops@localhost:25433"
-password_file = "$ROOT/.services/secrets/gcp.password"
+url = "postgres://$RUNTIME@localhost:25433"
+password_file = "$2"
+admin_url = "postgres://essops@localhost:25433"
+admin_password_file = "$SECRETS/gcp-admin.password"
 sslmode = "verify-full"
 ca_file = "$ROOT/.services/tls/ca.crt"
 
@@ -102,7 +112,7 @@ pcs = [1]
 TOML
 }
 CONFIG="$PKG/etc/essops/sites.toml"
-write_config "$CONFIG" "secrets/local.password"
+write_config "$CONFIG" "secrets/runtime.password"
 
 cd /
 # Which file, and why.
@@ -110,7 +120,7 @@ cd /
 XDG="$TMP/xdg"
 mkdir -p "$XDG/essops"
 cp "$CONFIG" "$XDG/essops/sites.toml"
-sed -i "s#\"secrets/local.password\"#\"$SECRETS/local.password\"#" "$XDG/essops/sites.toml"
+sed -i "s#\"secrets/runtime.password\"#\"$SECRETS/runtime.password\"#" "$XDG/essops/sites.toml"
 env -u ESSOPS_CONFIG XDG_CONFIG_HOME="$XDG" "$ESSOPS" config path | grep -q "$XDG/essops/sites.toml" \
     || fail "config path did not find the file under \$XDG_CONFIG_HOME"
 say "config path ok (--config and \$XDG_CONFIG_HOME)"
@@ -118,6 +128,10 @@ say "config path ok (--config and \$XDG_CONFIG_HOME)"
 # The README's production walk-through, from /.
 "$ESSOPS" --config "$CONFIG" config check >/dev/null || fail "config check"
 "$ESSOPS" --config "$CONFIG" migrate --site "$SITE" --create-database --create-roles >/dev/null || fail "migrate"
+super="$(cd "$ROOT" && PGPASSWORD="$(cat .services/secrets/local.password)" psql -X -q -t -A \
+    -h 127.0.0.1 -p 25432 -U essops -d postgres -c "SELECT rolsuper FROM pg_roles WHERE rolname = '$RUNTIME'")"
+[ "$super" = "f" ] || fail "the runtime login $RUNTIME is missing or a superuser ($super)"
+say "migrate (as the admin login) made $RUNTIME, a plain login in essops_writer"
 "$ESSOPS" --config "$CONFIG" simulate --site "$SITE" >/dev/null 2>&1 &
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/15091) 2>/dev/null && break; sleep 0.1; done
 check_passes() { # how the config is found, then essops's arguments
@@ -179,7 +193,7 @@ done
 # One server down: `--quiet loss` is not silent, and exits by the one rule
 # (yesterday is critical on the other server: 11 beats 4).
 DOWN="$TMP/down.toml"
-write_config "$DOWN" "$SECRETS/local.password"
+write_config "$DOWN" "$SECRETS/runtime.password"
 sed -i 's#localhost:25433#localhost:1#' "$DOWN"
 rc=0
 "$ESSOPS" --config "$DOWN" --quiet loss --site "$SITE" >"$TMP/down.out" 2>"$TMP/down.err" || rc=$?
@@ -188,11 +202,11 @@ grep -q "gcp" "$TMP/down.err" || fail "--quiet loss with gcp down said nothing a
 [ ! -s "$TMP/down.out" ] || fail "--quiet loss printed a table"
 say "--quiet loss with a server down: exit 11, and stderr names it"
 
-# A bad password file: one line names it, however many tables and servers.
+# A bad password file: one line per server names it, however many tables.
 BAD="$TMP/bad.toml"
 write_config "$BAD" "/nonexistent/essops.password"
 out="$("$ESSOPS" --config "$BAD" loss --site "$SITE" 2>&1 || true)"
 n="$(grep -c "/nonexistent/essops.password" <<<"$out" || true)"
-[ "$n" -eq 1 ] || fail "a bad password file was reported in $n lines, not 1:"$'\n'"$out"
-say "a bad password file is reported in exactly one line"
+[ "$n" -eq 2 ] || fail "a bad password file was reported in $n lines, not 2 (one per server):"$'\n'"$out"
+say "a bad password file is reported in exactly one line per server"
 say "all package checks passed"

@@ -170,7 +170,13 @@ impl crate::command::Command for CheckArgs {
         let mut rows = Vec::new();
         let source = ctx.config.source.to_string();
         let mut config = Checks::new("config", &source);
-        config.ok("found and valid", "parsed and validated");
+        config.ok(
+            "found and valid",
+            format!(
+                "parsed and validated; used because {}",
+                ctx.config.source_why
+            ),
+        );
         rows.extend(config.rows);
         for server in &plan.servers {
             rows.extend(server_checks(ctx, server, &plan.sites).await);

@@ -68,14 +68,16 @@ pub enum DbError {
     #[error("server `{server}`: password variable {var} is not set")]
     PasswordEnvMissing { server: String, var: String },
     #[error(
-        "server `{server}`: cannot read password file {path}: {reason} (run scripts/services.sh up for the development servers, or fix password_file)"
+        "server `{server}`: cannot read password file {path}: {reason}; check the path in password_file (relative paths start at the config file's folder) and that this user may read it (the package's secrets are mode 0640, group essops)"
     )]
     PasswordFile {
         server: String,
         path: PathBuf,
         reason: String,
     },
-    #[error("server `{server}` ({addr}) is unreachable: {reason}")]
+    #[error(
+        "server `{server}` ({addr}) is unreachable: {reason}; check that PostgreSQL runs there and this host may connect (`essops check --server {server}` tests it)"
+    )]
     Unreachable {
         server: String,
         addr: String,

@@ -225,6 +225,7 @@ pub fn run(cli: Cli) -> Result<Outcome, Error> {
         false => logging::StderrLevel::Warn,
     };
     logging::init(&ctx.log_dir(), ctx.config.log_keep_days, stderr_level)?;
+    tracing::info!(config = %ctx.config.source, why = %ctx.config.source_why, "config file");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

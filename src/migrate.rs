@@ -215,9 +215,24 @@ pub async fn execute(plan: MigratePlan, ctx: &Context) -> crate::error::Result<M
 /// time: roles are cluster-wide, and concurrent GRANTs on one catalog row collide.
 async fn grant_roles(config: &Config, rows: &mut [MigrateRow]) {
     on_each_migrated(config, rows, async |client, row| {
+        let failed = |what: &str, e: &tokio_postgres::Error| {
+            DbError::query(&row.server, &row.database, what, e)
+        };
         crate::privilege::create_roles(client, &row.database)
             .await
-            .map_err(|e| DbError::query(&row.server, &row.database, "creating roles", &e).into())
+            .map_err(|e| failed("creating roles", &e))?;
+        // With its own administration login, the server's `url` user is the
+        // runtime login: made a member of essops_writer (created if missing).
+        let server = config.server(&row.server)?;
+        if let Some(admin) = &server.admin
+            && admin.user != server.user
+        {
+            let password = db::password(config, server, &row.database)?;
+            crate::privilege::ensure_login(client, &server.user, password.as_deref())
+                .await
+                .map_err(|e| failed("creating the runtime login", &e))?;
+        }
+        Ok(())
     })
     .await;
     for row in rows.iter_mut().filter(|r| r.error.is_none()) {
@@ -239,6 +254,8 @@ async fn add_policies(config: &Config, rows: &mut [MigrateRow]) {
 #[derive(Debug, thiserror::Error)]
 enum StepError {
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
     Db(#[from] DbError),
     #[error("{}", db::describe(.0))]
     Query(#[from] tokio_postgres::Error),
@@ -259,8 +276,9 @@ async fn on_each_migrated(
         let Ok(server) = config.server(&row.server) else {
             continue;
         };
+        let admin = server.for_admin();
         let target = Target {
-            server,
+            server: &admin,
             database: &row.database,
         };
         let result = match db::connect(config, target).await {
@@ -333,9 +351,12 @@ fn row(t: &MigrateTarget, status: MigrateStatus, started: Instant) -> MigrateRow
 async fn migrate_one(config: &Config, t: MigrateTarget, missing: MissingDatabase) -> MigrateRow {
     let started = Instant::now();
     let result = async {
-        let server = config.server(&t.server).expect("planned servers exist");
+        let admin = config
+            .server(&t.server)
+            .expect("planned servers exist")
+            .for_admin();
         let target = Target {
-            server,
+            server: &admin,
             database: &t.database,
         };
         let created = match missing {

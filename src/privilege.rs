@@ -17,6 +17,40 @@ use crate::db::{DbError, quote_ident};
 pub const WRITER: &str = "essops_writer";
 pub const READER: &str = "essops_reader";
 
+/// The runtime login `user` (a server's `url` user, when administration has
+/// its own `admin_url`) as a member of essops_writer, logging in with
+/// `password` (the one its config names): created when missing, else
+/// granted the role and given that password. With no password known, a
+/// new login has none (set one with `\password`). Safe to repeat.
+pub async fn ensure_login(
+    client: &Client,
+    user: &str,
+    password: Option<&str>,
+) -> Result<(), tokio_postgres::Error> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user])
+        .await?
+        .is_some();
+    // DDL takes no parameters: the server quotes the names and the password.
+    let sql = match (exists, password.is_some()) {
+        (false, _) => {
+            "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L IN ROLE %I', $1::text, $2::text, $3::text)"
+        }
+        (true, true) => {
+            "SELECT format('GRANT %I TO %I; ALTER ROLE %I LOGIN PASSWORD %L', $3::text, $1::text, $1::text, $2::text)"
+        }
+        (true, false) => "SELECT format('GRANT %I TO %I', $3::text, $1::text, $2::text)",
+    };
+    let ddl: String = client
+        .query_one(sql, &[&user, &password, &WRITER])
+        .await?
+        .get(0);
+    match client.batch_execute(&ddl).await {
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(()),
+        other => other,
+    }
+}
+
 /// Creates both roles if missing (cluster-wide) and grants them on this
 /// database and its tables, present and future. Safe to repeat.
 pub async fn create_roles(client: &Client, database: &str) -> Result<(), tokio_postgres::Error> {

@@ -187,7 +187,16 @@ async fn target_rows(
     let fail = |table: Option<&str>, error: String| {
         RetentionRow::Failure(Failure::new(server, &site.name, table, error))
     };
-    let mut client = match db::connect_named(config, server, &site.database).await {
+    // Dropping chunks needs the tables' owner: the administration login.
+    let admin = match config.server(server) {
+        Ok(s) => s.for_admin(),
+        Err(e) => return vec![fail(None, e.to_string())],
+    };
+    let target = db::Target {
+        server: &admin,
+        database: &site.database,
+    };
+    let mut client = match db::connect(config, target).await {
         Ok(c) => c,
         Err(e) => return vec![fail(None, e.to_string())],
     };

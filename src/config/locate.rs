@@ -18,8 +18,6 @@ pub struct Located {
     pub looked: Vec<PathBuf>,
 }
 
-/// Where the built-in config's relative paths point: the repository it was
-/// built from, when that is still on this machine.
 /// Whether the working directory is inside the repository essops was
 /// built from (where the built-in demo config may be used).
 pub fn inside_repository() -> bool {
@@ -30,6 +28,8 @@ pub fn inside_repository() -> bool {
     cwd.canonicalize().is_ok_and(|cwd| cwd.starts_with(repo))
 }
 
+/// Where the built-in config's relative paths point: the repository it was
+/// built from, when that is still on this machine.
 pub fn embedded_base() -> Option<PathBuf> {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     repo.join("sites.toml").is_file().then_some(repo)

@@ -115,6 +115,8 @@ pub struct Redis {
 pub struct Config {
     /// Where the configuration was read from, for messages.
     pub source: ConfigSource,
+    /// Why this file was chosen (`essops config path` says the same).
+    pub source_why: String,
     /// Where the graded JSON logs go, and where ingest keeps rows a server
     /// could not take yet.
     pub log_dir: PathBuf,
@@ -159,6 +161,19 @@ pub struct Server {
     pub tls: Tls,
     /// Where read-only work (`loss`) goes; none: the server itself.
     pub read: Option<ReadReplica>,
+    /// The login administration uses (`admin_url`): migrations, roles,
+    /// database creation, retention's drops, index builds; none: `url`'s.
+    pub admin: Option<AdminLogin>,
+}
+
+/// A server's administration login: its own user and password source, the
+/// server's TLS settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminLogin {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: PasswordSource,
 }
 
 /// libpq's sslmode values, with libpq's meaning.
@@ -418,6 +433,21 @@ impl Server {
             None => self.clone(),
         }
     }
+
+    /// The server as administration sees it: its `admin_url` login when it
+    /// has one.
+    pub fn for_admin(&self) -> Server {
+        match &self.admin {
+            Some(a) => Server {
+                host: a.host.clone(),
+                port: a.port,
+                user: a.user.clone(),
+                password: a.password.clone(),
+                ..self.clone()
+            },
+            None => self.clone(),
+        }
+    }
 }
 
 impl Site {
@@ -520,7 +550,11 @@ impl Config {
                 looked: looked(),
                 repo: repo(),
             }),
-            source => Config::load_from(source),
+            source => {
+                let mut config = Config::load_from(source)?;
+                config.source_why = located.why.clone();
+                Ok(config)
+            }
         }
     }
 
@@ -634,6 +668,30 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, ConfigSource::File(PathBuf::from("t.toml")))
+    }
+
+    #[test]
+    fn config_admin_url_is_administrations_own_login() {
+        let servers = "[servers.a]\nurl = \"postgres://runtime@db:5432\"\npassword_file = \"r.pw\"\nadmin_url = \"postgres://postgres@db:5433\"\nadmin_password_env = \"ADMIN_PW\"\n";
+        let site = "[[sites]]\nname = \"S\"\nbanks = [{ id = 1, racks = 1 }]\n";
+        let c = parse(&format!("{servers}{site}")).unwrap();
+        let (s, admin) = (&c.servers[0], c.servers[0].for_admin());
+        assert_eq!((s.user.as_str(), s.port), ("runtime", 5432));
+        assert_eq!(
+            (admin.user.as_str(), admin.port, &admin.password),
+            ("postgres", 5433, &PasswordSource::Env("ADMIN_PW".into()))
+        );
+        let plain = parse(&format!(
+            "[servers.a]\nurl = \"postgres://runtime@db\"\n{site}"
+        ))
+        .unwrap();
+        assert_eq!(plain.servers[0].for_admin().user, "runtime");
+        let orphan = parse(&format!(
+            "[servers.a]\nurl = \"postgres://runtime@db\"\nadmin_password_file = \"x\"\n{site}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(orphan.contains("servers.a.admin_url"), "{orphan}");
     }
 
     #[test]

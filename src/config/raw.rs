@@ -112,6 +112,9 @@ pub(super) struct RawRedis {
 pub(super) struct RawServer {
     pub(super) url: Spanned<String>,
     pub(super) read_url: Option<Spanned<String>>,
+    pub(super) admin_url: Option<Spanned<String>>,
+    pub(super) admin_password_env: Option<Spanned<String>>,
+    pub(super) admin_password_file: Option<Spanned<String>>,
     pub(super) password_env: Option<Spanned<String>>,
     pub(super) password_file: Option<Spanned<String>>,
     pub(super) sslmode: Option<Spanned<String>>,

@@ -73,6 +73,7 @@ impl Validator<'_> {
         let status = self.status(raw.status.as_ref())?;
         Ok(Config {
             source: self.source.clone(),
+            source_why: "given to the parser".into(),
             log_dir: PathBuf::from(raw.log_dir.unwrap_or_else(|| "logs".into())),
             log_keep_days: raw.log_keep_days.unwrap_or(14),
             lock_dir: raw.lock_dir.map(PathBuf::from),
@@ -557,38 +558,44 @@ impl Validator<'_> {
                 "server names may use only letters, digits, '_' and '-'",
             ));
         }
-        let url_key = format!("{key}.url");
-        let url = self.url(
-            &s.url,
-            &url_key,
-            &["postgres", "postgresql"],
-            "postgres://USER@HOST:PORT",
+        let url = self.login_url(&s.url, &format!("{key}.url"))?;
+        let password = self.password_source(
+            (&s.password_env, &s.password_file),
+            (
+                &format!("{key}.password_env"),
+                "password_env or password_file",
+            ),
         )?;
-        if url.username().is_empty() {
-            return Err(self.doc.at(
-                &s.url,
-                url_key,
-                "the URL needs a user name: postgres://USER@HOST:PORT",
-            ));
-        }
-        if url.path().len() > 1 {
-            return Err(self.doc.at(
-                &s.url,
-                url_key,
-                "leave the database out of the URL; each site names its own database",
-            ));
-        }
-        let password = match (&s.password_env, &s.password_file) {
-            (Some(a), Some(_)) => {
-                return Err(self.doc.at(
-                    a,
-                    format!("{key}.password_env"),
-                    "give password_env or password_file, not both",
-                ));
+        let admin = match &s.admin_url {
+            Some(a) => {
+                let admin = self.login_url(a, &format!("{key}.admin_url"))?;
+                Some(AdminLogin {
+                    host: host_of(&admin),
+                    port: admin.port().unwrap_or(5432),
+                    user: admin.username().to_string(),
+                    password: self.password_source(
+                        (&s.admin_password_env, &s.admin_password_file),
+                        (
+                            &format!("{key}.admin_password_env"),
+                            "admin_password_env or admin_password_file",
+                        ),
+                    )?,
+                })
             }
-            (Some(env), None) => PasswordSource::Env(env.get_ref().clone()),
-            (None, Some(file)) => PasswordSource::File(PathBuf::from(file.get_ref())),
-            (None, None) => PasswordSource::Standard,
+            None => {
+                if let Some(given) = s
+                    .admin_password_env
+                    .as_ref()
+                    .or(s.admin_password_file.as_ref())
+                {
+                    return Err(self.doc.at(
+                        given,
+                        format!("{key}.admin_url"),
+                        "an admin password needs admin_url (postgres://ADMIN_USER@HOST:PORT)",
+                    ));
+                }
+                None
+            }
         };
         let tls = self.tls(&key, s)?;
         let read = match &s.read_url {
@@ -598,16 +605,57 @@ impl Validator<'_> {
         Ok(Server {
             tls,
             read,
+            admin,
             name: name.get_ref().clone(),
-            host: url
-                .host_str()
-                .unwrap_or_default()
-                .trim_matches(['[', ']'])
-                .to_string(),
+            host: host_of(&url),
             port: url.port().unwrap_or(5432),
             user: url.username().to_string(),
             password,
         })
+    }
+
+    /// A login URL: postgres://USER@HOST:PORT, with a user and no database.
+    fn login_url(&self, v: &Spanned<String>, key: &str) -> Result<Url, DocError> {
+        let url = self.url(
+            v,
+            key,
+            &["postgres", "postgresql"],
+            "postgres://USER@HOST:PORT",
+        )?;
+        if url.username().is_empty() {
+            return Err(self.doc.at(
+                v,
+                key.to_string(),
+                "the URL needs a user name: postgres://USER@HOST:PORT",
+            ));
+        }
+        if url.path().len() > 1 {
+            return Err(self.doc.at(
+                v,
+                key.to_string(),
+                "leave the database out of the URL; each site names its own database",
+            ));
+        }
+        Ok(url)
+    }
+
+    /// Where a password comes from: an environment variable, a file, or
+    /// libpq's PGPASSWORD and ~/.pgpass.
+    fn password_source(
+        &self,
+        (env, file): (&Option<Spanned<String>>, &Option<Spanned<String>>),
+        (env_key, keys): (&str, &str),
+    ) -> Result<PasswordSource, DocError> {
+        match (env, file) {
+            (Some(a), Some(_)) => {
+                Err(self
+                    .doc
+                    .at(a, env_key.to_string(), format!("give {keys}, not both")))
+            }
+            (Some(env), None) => Ok(PasswordSource::Env(env.get_ref().clone())),
+            (None, Some(file)) => Ok(PasswordSource::File(PathBuf::from(file.get_ref()))),
+            (None, None) => Ok(PasswordSource::Standard),
+        }
     }
 
     /// A server's `read_url`: the same user as its `url`, no database.
@@ -1029,6 +1077,14 @@ fn servers_first_name(raw: &RawConfig) -> String {
         .min_by_key(|k| k.span().start)
         .map(|k| k.get_ref().clone())
         .unwrap_or_default()
+}
+
+/// A URL's host, without an IPv6 address's brackets.
+fn host_of(url: &Url) -> String {
+    url.host_str()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_string()
 }
 
 fn is_plain_name(s: &str) -> bool {

@@ -100,7 +100,7 @@ pub async fn create_at(
         per_chunk,
     } = *new;
     let started = Instant::now();
-    let client = p.connect(ctx).await?;
+    let client = p.connect_admin(ctx).await?;
     let cols =
         crate::catalog::require_table(&client, &p.server.name, &p.site.database, spec).await?;
     if let Some(bad) = columns
@@ -208,7 +208,7 @@ pub async fn drop(args: &DropArgs, ctx: &Context) -> Result<ChangeReport, IndexE
     let mut rows = Vec::new();
     for p in places(ctx, &args.at)? {
         let started = Instant::now();
-        let client = p.connect(ctx).await?;
+        let client = p.connect_admin(ctx).await?;
         let sql = format!("DROP INDEX {}", db::quote_ident(&args.name));
         let mut found = None;
         for spec in TABLES {

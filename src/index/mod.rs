@@ -155,14 +155,21 @@ pub struct Place {
 
 impl Place {
     pub async fn connect(&self, ctx: &Context) -> Result<Client, db::DbError> {
-        db::connect(
-            &ctx.config,
-            Target {
-                server: &self.server,
-                database: &self.site.database,
-            },
-        )
-        .await
+        self.connect_as(ctx, &self.server).await
+    }
+
+    /// Through the server's administration login (`admin_url`): building
+    /// and dropping an index needs the table's owner.
+    pub async fn connect_admin(&self, ctx: &Context) -> Result<Client, db::DbError> {
+        self.connect_as(ctx, &self.server.for_admin()).await
+    }
+
+    async fn connect_as(&self, ctx: &Context, server: &Server) -> Result<Client, db::DbError> {
+        let target = Target {
+            server,
+            database: &self.site.database,
+        };
+        db::connect(&ctx.config, target).await
     }
 
     /// The indexes on `table` at this place.

@@ -74,7 +74,9 @@ pub enum SpoolError {
     },
     #[error("spool file {path} is unreadable ({reason}); moved aside to {path}.bad")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("spool {dir} is full: {why}; these rows are lost")]
+    #[error(
+        "spool {dir} is full: {why}; these rows are lost. Bring the server back (its rows then replay), or raise spool_max_mb or free disk space; `essops spool list` shows what is held"
+    )]
     Full { dir: PathBuf, why: String },
 }
 
