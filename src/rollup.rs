@@ -23,7 +23,7 @@ use crate::config::{Config, Site};
 use crate::context::Context;
 use crate::db;
 use crate::exit::{Outcome, code as exit};
-use crate::history::table as qualified;
+use crate::history::{REROLLS_TABLE, table as qualified};
 use crate::output::Failure;
 use crate::schema::{
     self, BUCKET_COLUMN, ROLLUPS, SAMPLES_COLUMN, TIME_COLUMN, TableSpec, measure_column,
@@ -37,8 +37,6 @@ const SETTLE: TimeDelta = TimeDelta::minutes(5);
 /// One transaction rolls at most this much.
 const STEP: TimeDelta = TimeDelta::days(1);
 pub const MARKS_TABLE: &str = "rollup_marks";
-/// Windows rolled again below the mark, for the cache to rebuild (migration 0004).
-pub const REROLLS_TABLE: &str = "rollup_rerolls";
 
 /// Keep the rollups: roll each table forward to the last settled hour, and
 /// re-roll the windows reconcile has copied rows into since the last run;

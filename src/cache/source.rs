@@ -213,7 +213,7 @@ pub async fn rerolled_since(
     let sql = format!(
         "SELECT table_name, extract(epoch FROM min(span_start))::int8 FROM {}
           WHERE at > $1 GROUP BY 1",
-        crate::history::table(crate::rollup::REROLLS_TABLE)
+        crate::history::table(crate::history::REROLLS_TABLE)
     );
     let now: i64 = client
         .query_one("SELECT extract(epoch FROM now())::int8", &[])

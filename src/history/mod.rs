@@ -21,6 +21,9 @@ const RECONCILE_TABLE: &str = "reconcile_runs";
 const MINUTES_TABLE: &str = "ingest_minutes";
 const EVENTS_TABLE: &str = "ingest_events";
 const DROPS_TABLE: &str = "retention_drops";
+/// Windows `essops rollup` rolled again below its mark, for the cache to
+/// rebuild (migration 0004).
+pub const REROLLS_TABLE: &str = "rollup_rerolls";
 
 /// `"essops"."table"`.
 pub fn table(name: &str) -> String {
@@ -371,7 +374,7 @@ pub async fn prune(
         (RECONCILE_TABLE, "at", false),
         (MINUTES_TABLE, "minute", false),
         (EVENTS_TABLE, "at", false),
-        (crate::rollup::REROLLS_TABLE, "at", false),
+        (REROLLS_TABLE, "at", false),
     ] {
         let cutoff = if is_date {
             "current_date - $1::int4"
