@@ -144,6 +144,26 @@ pub async fn chunks_before(
         .collect())
 }
 
+/// Locks a chunk (`schema.name`) against writes for the rest of the
+/// transaction, and counts its rows.
+pub async fn lock_and_count_chunk(
+    tx: &impl tokio_postgres::GenericClient,
+    chunk: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    let (schema, name) = chunk.split_once('.').unwrap_or(("public", chunk));
+    let relation = format!(
+        "{}.{}",
+        crate::sql::quote_ident(schema),
+        crate::sql::quote_ident(name)
+    );
+    tx.batch_execute(&format!("LOCK TABLE {relation} IN SHARE MODE"))
+        .await?;
+    Ok(tx
+        .query_one(&format!("SELECT count(*) FROM {relation}"), &[])
+        .await?
+        .get(0))
+}
+
 /// One chunk of a hypertable.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Chunk {

@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollup rerolls",
         include_str!("../migrations/0004_rollup_rerolls.sql"),
     ),
+    (
+        5,
+        "reconcile direction",
+        include_str!("../migrations/0005_reconcile_direction.sql"),
+    ),
 ];
 
 /// The newest schema version this binary knows.

@@ -281,19 +281,32 @@ impl Judge<'_> {
     }
 
     /// Drops `chunk` unless this is a dry run; the verdict either way. A raw
-    /// chunk's row count is recorded in the same transaction, for the other
-    /// servers' retention to compare against once it is gone.
+    /// chunk is locked against inserts and counted again first, in the
+    /// transaction that drops it: rows a replay or reconcile added since it
+    /// was judged (they are in no rollup yet) keep it, with the reason in
+    /// `keep`. Its row count is recorded in the same transaction, for the
+    /// other servers' retention to compare against once it is gone.
     async fn drop(
         &self,
         client: &mut Client,
         table: &str,
         chunk: &Chunk,
         raw_rows: Option<i64>,
+        keep: &mut Vec<String>,
     ) -> Result<Verdict, tokio_postgres::Error> {
         if self.dry_run {
             return Ok(Verdict::Drop);
         }
         let tx = client.transaction().await?;
+        if let Some(judged) = raw_rows {
+            let now = catalog::lock_and_count_chunk(&tx, &chunk.name).await?;
+            if now != judged {
+                keep.push(format!(
+                    "{judged} rows when judged, {now} now (rows arrived meanwhile; the next run judges it again)"
+                ));
+                return Ok(Verdict::Keep);
+            }
+        }
         let dropped = catalog::drop_chunk(&tx, table, chunk).await?;
         if let Some(rows) = raw_rows {
             crate::history::record_drop(&tx, table, (chunk.start, chunk.end), rows).await?;
@@ -321,7 +334,10 @@ impl Judge<'_> {
             keep.extend(self.others_hold(client, spec, span, raw).await?);
             keep.extend(self.loss_recorded(client, spec, span).await?);
             let verdict = match keep.is_empty() {
-                true => self.drop(client, spec.name, &chunk, Some(raw)).await?,
+                true => {
+                    self.drop(client, spec.name, &chunk, Some(raw), &mut keep)
+                        .await?
+                }
                 false => Verdict::Keep,
             };
             if verdict == Verdict::Keep {
@@ -478,7 +494,9 @@ impl Judge<'_> {
     ) -> Result<Vec<RetentionRow>, tokio_postgres::Error> {
         let mut rows = Vec::new();
         for chunk in catalog::chunks_before(client, table, cutoff).await? {
-            let verdict = self.drop(client, table, &chunk, None).await?;
+            let verdict = self
+                .drop(client, table, &chunk, None, &mut Vec::new())
+                .await?;
             rows.push(self.row(table, &chunk, verdict, Vec::new()));
         }
         Ok(rows)

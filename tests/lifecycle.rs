@@ -338,3 +338,120 @@ fn lifecycle_native_policies_are_refused_on_the_apache_edition() {
     let policies = db.scalar("local", "SELECT count(*) FROM timescaledb_information.jobs WHERE proc_name IN ('policy_retention', 'policy_compression')");
     assert_eq!(policies, 0);
 }
+
+/// Retention where the sites are: raw chunks are UTC days, nightly runs
+/// local days. In Asia/Seoul and America/New_York no single local-day
+/// reconcile covers a chunk; the runs of consecutive days together do, and
+/// the chunks past `raw_days` go on both servers.
+#[test]
+fn lifecycle_retention_drops_utc_chunks_reconciled_as_local_days_in_two_zones() {
+    use chrono_tz::Tz;
+    let zones: [Tz; 2] = [chrono_tz::Asia::Seoul, chrono_tz::America::New_York];
+    // A local midnight mid-test would move every window: start after it.
+    for tz in zones {
+        let now = Utc::now().with_timezone(&tz);
+        let next = (now.date_naive() + TimeDelta::days(1))
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        let left = next - now.naive_local();
+        if left < TimeDelta::minutes(3) {
+            std::thread::sleep((left + TimeDelta::seconds(5)).to_std().unwrap());
+        }
+    }
+    let db = TestDb::new("lifecycle_zones", 2);
+    let scratch = Scratch::new("lifecycle_zones");
+    let site = |n: usize, tz: Tz| {
+        format!(
+            "name = \"Zone{n}\"\ndatabase = \"{}\"\ntimezone = \"{}\"\nsample_interval_secs = 10\nbanks = [{{ id = 1, racks = 1 }}]\n",
+            db.databases[n],
+            tz.name()
+        )
+    };
+    let config = scratch.site_config(
+        "[retention]\nraw_days = 2\n",
+        &servers_toml(),
+        &format!("{}[[sites]]\n{}", site(0, zones[0]), site(1, zones[1])),
+    );
+    let essops = |args: &[&str]| Cmd::new(Some(&config)).args(args).run();
+    for (n, tz) in zones.iter().enumerate() {
+        let today = Utc::now().with_timezone(tz).date_naive();
+        let days: Vec<NaiveDate> = (1..=6)
+            .rev()
+            .map(|ago| today - TimeDelta::days(ago))
+            .collect();
+        // Six whole local days at 10 s, the same on both servers.
+        for server in ["local", "gcp"] {
+            db.execute_in(
+                server,
+                n,
+                &format!(
+                    r#"INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID", "SOC")
+                       SELECT t, 1, 1, 50 FROM generate_series(
+                         ('{}'::timestamp AT TIME ZONE '{tz}'), ('{today}'::timestamp AT TIME ZONE '{tz}') - interval '10 seconds', interval '10 seconds') t"#,
+                    days[0],
+                    tz = tz.name()
+                ),
+            );
+        }
+        let site = format!("Zone{n}");
+        for day in &days {
+            let day = day.to_string();
+            for command in ["reconcile", "loss"] {
+                let run = essops(&[command, "--site", &site, "--table", "rack", "--date", &day]);
+                assert_eq!(
+                    run.code(),
+                    0,
+                    "{command} {day}: {}{}",
+                    run.stdout(),
+                    run.stderr()
+                );
+            }
+        }
+        let rolled = essops(&["rollup", "--site", &site, "--table", "rack"]);
+        assert_eq!(rolled.code(), 0, "{}", rolled.stderr());
+        let rows: Vec<Value> = essops(&["--json", "retention", "--site", &site, "--table", "rack"])
+            .expect_code(0)
+            .json();
+        // Chunks that end by the cutoff (local midnight two days back) and
+        // lie inside the reconciled local days are dropped; the first,
+        // partly before the first local day, stays.
+        let cutoff = (today - TimeDelta::days(2))
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_local_timezone(*tz)
+            .earliest()
+            .unwrap()
+            .with_timezone(&Utc);
+        let first = days[0]
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_local_timezone(*tz)
+            .earliest()
+            .unwrap()
+            .with_timezone(&Utc);
+        for server in ["local", "gcp"] {
+            let mine: Vec<&Value> = rows
+                .iter()
+                .filter(|r| r["kind"] == "chunk" && r["server"] == server)
+                .collect();
+            let mut dropped = 0;
+            for r in &mine {
+                let start: chrono::DateTime<Utc> =
+                    r["range_start"].as_str().unwrap().parse().unwrap();
+                let end: chrono::DateTime<Utc> = r["range_end"].as_str().unwrap().parse().unwrap();
+                let want = if start >= first && end <= cutoff {
+                    "dropped"
+                } else {
+                    "keep"
+                };
+                assert_eq!(r["verdict"], want, "{} {server}: {r}", tz.name());
+                dropped += usize::from(want == "dropped");
+            }
+            assert!(
+                dropped >= 3,
+                "{} {server}: {dropped} chunks dropped: {mine:?}",
+                tz.name()
+            );
+        }
+    }
+}

@@ -193,6 +193,8 @@ pub struct ReconcileRun {
     pub window_end: DateTime<Utc>,
     pub server_a: String,
     pub server_b: String,
+    /// `both`, or `to-SERVER`: which server(s) it filled.
+    pub direction: String,
     pub dry_run: bool,
     pub compared: i64,
     pub differing: i64,
@@ -208,8 +210,8 @@ pub async fn record_reconcile(
     run: &ReconcileRun,
 ) -> Result<(), HistoryError> {
     let sql = format!(
-        "INSERT INTO {} (site, table_name, window_start, window_end, server_a, server_b, dry_run, compared, differing, copied_to_a, copied_to_b, seconds, outcome, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        "INSERT INTO {} (site, table_name, window_start, window_end, server_a, server_b, dry_run, compared, differing, copied_to_a, copied_to_b, seconds, outcome, error, direction)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         table(RECONCILE_TABLE)
     );
     let outcome = if run.error.is_some() { "failed" } else { "ok" };
@@ -231,6 +233,7 @@ pub async fn record_reconcile(
                 &run.seconds,
                 &outcome,
                 &run.error,
+                &run.direction,
             ],
         )
         .await;

@@ -343,8 +343,12 @@ pub async fn copied_into(
         .collect())
 }
 
-/// Whether a clean reconcile run (not a dry run) of `table_name` between
-/// `server` and `other` covers `[start, end)`.
+/// Whether clean reconcile runs (not dry runs) of `table_name` between
+/// `server` and `other` together cover `[start, end)` in both directions:
+/// for each server, the runs that filled it (both-way runs, and one-way
+/// runs to it) leave no gap. A chunk is a UTC day and a nightly run a local
+/// day, so no single run covers a chunk outside UTC. Runs recorded before
+/// migration 5 have no direction and count for neither.
 pub async fn reconciled_over(
     client: &Client,
     site: &str,
@@ -353,16 +357,43 @@ pub async fn reconciled_over(
     (start, end): (DateTime<Utc>, DateTime<Utc>),
 ) -> Result<bool, tokio_postgres::Error> {
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {}
+        "SELECT window_start, window_end FROM {}
           WHERE site = $1 AND table_name = $2 AND NOT dry_run AND outcome = 'ok'
-            AND window_start <= $3 AND window_end >= $4
-            AND ((server_a = $5 AND server_b = $6) OR (server_a = $6 AND server_b = $5)))",
+            AND window_start < $4 AND window_end > $3
+            AND ((server_a = $5 AND server_b = $6) OR (server_a = $6 AND server_b = $5))
+            AND (direction = 'both' OR direction = 'to-' || $7)
+          ORDER BY window_start",
         table(RECONCILE_TABLE)
     );
-    Ok(client
-        .query_one(&sql, &[&site, &table_name, &start, &end, &server, &other])
-        .await?
-        .get(0))
+    for filled in [server, other] {
+        let runs: Vec<(DateTime<Utc>, DateTime<Utc>)> = client
+            .query(
+                &sql,
+                &[&site, &table_name, &start, &end, &server, &other, &filled],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        if !covers(&runs, (start, end)) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether `spans`, sorted by start, leave no gap in `[start, end)`.
+fn covers<T: PartialOrd + Copy>(spans: &[(T, T)], (start, end): (T, T)) -> bool {
+    let mut reached = start;
+    for &(from, to) in spans {
+        if reached >= end || from > reached {
+            break;
+        }
+        if to > reached {
+            reached = to;
+        }
+    }
+    reached >= end
 }
 
 /// The local days among `days` that have no loss rows of `table_name` recorded
@@ -401,4 +432,19 @@ pub async fn dropped_rows(
         .query_opt(&sql, &[&table_name, &start, &end])
         .await?
         .map(|r| r.get(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn history_reconcile_runs_cover_a_chunk_together_or_not_at_all() {
+        // A UTC day (0..24) covered by local days of UTC+9: 15..39, -9..15.
+        assert!(covers(&[(-9, 15), (15, 39)], (0, 24)));
+        assert!(!covers(&[(15, 39)], (0, 24)), "a run covers only part");
+        assert!(!covers(&[(-9, 10), (15, 39)], (0, 24)), "a gap 10..15");
+        assert!(covers(&[(-9, 12), (5, 20), (19, 30)], (0, 24)), "overlaps");
+        assert!(!covers::<i32>(&[], (0, 24)));
+    }
 }

@@ -12,8 +12,8 @@ use super::route::{self, Found, Readers, RouteError};
 use super::stream::unpack;
 use super::transfer::{End, Mover, Tally};
 use super::{
-    Compare, Counts, DeviceRow, FailureRow, Mode, Options, ReconcileRow, ReconcileTarget, TableRow,
-    Verify, log_row,
+    Compare, Counts, DeviceRow, Direction, FailureRow, Mode, Options, ReconcileRow,
+    ReconcileTarget, TableRow, Verify, log_row,
 };
 use crate::catalog::{Column, TableError};
 use crate::config::{Config, Server};
@@ -128,6 +128,11 @@ fn history_run(
         window_end: t.window.end,
         server_a: t.a.clone(),
         server_b: t.b.clone(),
+        direction: match t.direction {
+            Direction::Both => "both".into(),
+            Direction::ToA => format!("to-{}", t.a),
+            Direction::ToB => format!("to-{}", t.b),
+        },
         dry_run: mode == Mode::DryRun,
         compared: 0,
         differing: 0,
