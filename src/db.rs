@@ -170,26 +170,18 @@ pub enum Failure {
     Permanent,
 }
 
-/// The one place that splits write failures, by SQLSTATE class. No SQLSTATE
-/// (a closed connection, a timeout) is transient.
+/// The one place that splits write failures, by SQLSTATE class. Only what
+/// is about the rows themselves is permanent: data exceptions (22) and
+/// integrity violations (23; a natural-key conflict never gets here, it
+/// means "already there"). Everything else is the server's state: a
+/// failover's read-only transactions (25006), a privilege revoked (42501), a
+/// table or column changing under a migration (42P01, 42703), a missing
+/// database (3D000), authentication (28), a lost connection. The rows are
+/// fine; they wait in the spool until the server takes them again.
 pub fn classify(sqlstate: Option<&str>) -> Failure {
-    let Some(code) = sqlstate else {
-        return Failure::Transient;
-    };
-    match code.get(..2).unwrap_or("") {
-        // connection exception, transaction rollback (serialization failure,
-        // deadlock), insufficient resources, operator intervention (admin
-        // shutdown, cannot connect now), system error (I/O), internal error
-        "08" | "40" | "53" | "57" | "58" | "XX" => Failure::Transient,
-        // lock not available, object in use
-        "55" if code == "55P03" || code == "55006" => Failure::Transient,
-        // read-only transaction: a failover, or a managed server near a full
-        // disk. The rows are fine; they wait in the spool until it takes writes.
-        "25" if code == "25006" => Failure::Transient,
-        // data exception, integrity violation, syntax or access rule
-        // (missing column or table, insufficient privilege), feature not
-        // supported, and everything else the server answered about the rows
-        _ => Failure::Permanent,
+    match sqlstate.and_then(|code| code.get(..2)) {
+        Some("22" | "23") => Failure::Permanent,
+        _ => Failure::Transient,
     }
 }
 
@@ -640,11 +632,13 @@ mod tests {
             (Some("22003"), Permanent), // numeric value out of range
             (Some("23514"), Permanent), // check violation
             (Some("23502"), Permanent), // not null violation
-            (Some("42703"), Permanent), // undefined column
-            (Some("42501"), Permanent), // insufficient privilege
-            (Some("42P01"), Permanent), // undefined table
-            (Some("0A000"), Permanent), // feature not supported
-            (Some("55000"), Permanent), // object not in prerequisite state
+            (Some("42703"), Transient), // undefined column: a migration under way
+            (Some("42501"), Transient), // insufficient privilege: revoked for a while
+            (Some("42P01"), Transient), // undefined table
+            (Some("3D000"), Transient), // no such database
+            (Some("28P01"), Transient), // password authentication failed
+            (Some("0A000"), Transient), // feature not supported (a compressed chunk)
+            (Some("55000"), Transient), // object not in prerequisite state
         ] {
             assert_eq!(classify(code), want, "{code:?}");
         }

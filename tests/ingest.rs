@@ -234,6 +234,39 @@ fn ingest_read_only_server_spools_its_rows_instead_of_rejecting_them() {
     assert_eq!(s.keys("local"), s.keys("gcp"));
 }
 
+/// A mapped column renamed under a running ingest (a migration on the
+/// server), then renamed back: the server's state, not the rows', so its
+/// rows wait in the spool and land once the column is back.
+#[test]
+fn ingest_column_renamed_mid_run_spools_its_rows_instead_of_rejecting_them() {
+    let s = setup(
+        "ingest_renamed",
+        &[("local", "local"), ("gcp", "gcp")],
+        "timeout_ms = 500",
+    );
+    let _sim = s.simulate(&["--seed", "11"]);
+    let ingest = s.ingest(&["--duration", "10s"]).spawn();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    s.db.execute(
+        "gcp",
+        r#"ALTER TABLE rack RENAME COLUMN "SOC" TO "SOC_RENAMED""#,
+    );
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    s.db.execute(
+        "gcp",
+        r#"ALTER TABLE rack RENAME COLUMN "SOC_RENAMED" TO "SOC""#,
+    );
+    let run = ingest.finish();
+    let rows = report(&run);
+    let gcp = rows.iter().find(|r| r.server == "gcp").unwrap();
+    assert_eq!((gcp.rows_rejected, gcp.rows_lost), (0, 0), "{rows:?}");
+    assert!(
+        gcp.rows_spooled > 0,
+        "the renamed column was not hit: {rows:?}"
+    );
+    assert_eq!(s.keys("local"), s.keys("gcp"));
+}
+
 #[test]
 fn ingest_stores_exactly_what_the_simulator_served() {
     let s = setup(

@@ -415,20 +415,15 @@ fn lifecycle_retention_drops_utc_chunks_reconciled_as_local_days_in_two_zones() 
         // Chunks that end by the cutoff (local midnight two days back) and
         // lie inside the reconciled local days are dropped; the first,
         // partly before the first local day, stays.
-        let cutoff = (today - TimeDelta::days(2))
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_local_timezone(*tz)
-            .earliest()
-            .unwrap()
-            .with_timezone(&Utc);
-        let first = days[0]
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_local_timezone(*tz)
-            .earliest()
-            .unwrap()
-            .with_timezone(&Utc);
+        let midnight = |day: NaiveDate| {
+            day.and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_local_timezone(*tz)
+                .earliest()
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let (cutoff, first) = (midnight(today - TimeDelta::days(2)), midnight(days[0]));
         for server in ["local", "gcp"] {
             let mine: Vec<&Value> = rows
                 .iter()
