@@ -37,6 +37,19 @@ pub enum SpoolCommand {
     Replay(SpoolSelect),
     /// Delete rejected batches, or pending ones older than a time.
     Discard(DiscardArgs),
+    /// Move rejected batches back to pending once their cause is fixed (a
+    /// constraint dropped, a column widened); the next ingest or `spool
+    /// replay` writes them. Takes the site's ingest lock.
+    Requeue(RequeueArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RequeueArgs {
+    #[command(flatten)]
+    pub select: SpoolSelect,
+    /// Only list what would be moved.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Which spools.
@@ -80,6 +93,12 @@ pub enum SpoolCmdError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot move {path} back to pending: {source}")]
+    Requeue {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl SpoolCmdError {
@@ -88,7 +107,9 @@ impl SpoolCmdError {
             SpoolCmdError::Ingest(e) => e.exit_code(),
             SpoolCmdError::Time(_) | SpoolCmdError::NeedsYes => exit::USAGE,
             SpoolCmdError::Config(_) => exit::CONFIG,
-            SpoolCmdError::Spool(_) | SpoolCmdError::Delete { .. } => exit::INTERNAL,
+            SpoolCmdError::Spool(_)
+            | SpoolCmdError::Delete { .. }
+            | SpoolCmdError::Requeue { .. } => exit::INTERNAL,
         }
     }
 }
@@ -111,11 +132,13 @@ pub struct SpoolRow {
     pub bytes_per_row: Option<f64>,
     pub oldest: Option<DateTime<Utc>>,
     pub newest: Option<DateTime<Utc>>,
-    /// replay: rows written, already there, refused; discard: files deleted.
+    /// replay: rows written, already there, refused; discard: files deleted;
+    /// requeue: files moved back to pending.
     pub replayed: Option<u64>,
     pub duplicate: Option<u64>,
     pub rejected: Option<u64>,
     pub deleted: Option<usize>,
+    pub requeued: Option<usize>,
     pub dir: PathBuf,
     /// Why a replay stopped short (server down, set aside).
     pub error: Option<String>,
@@ -193,6 +216,7 @@ fn row(place: &Place, kind: &'static str, dir: PathBuf, files: &[SpoolFile]) -> 
         duplicate: None,
         rejected: None,
         deleted: None,
+        requeued: None,
         dir,
         error: None,
     }
@@ -291,6 +315,44 @@ async fn replay_one(
     Ok(rows)
 }
 
+/// Moves every rejected batch of the selected spools back to pending (its
+/// error file goes: the next refusal writes a new one).
+pub fn requeue(args: &RequeueArgs, ctx: &Context) -> Result<SpoolReport, SpoolCmdError> {
+    let mut rows = Vec::new();
+    for place in spools(&args.select, ctx)? {
+        let rejected_dir = place.dir.join(REJECTED_DIR);
+        let files = spool::list(&rejected_dir)?;
+        let mut r = row(&place, "rejected", rejected_dir, &files);
+        if !args.dry_run {
+            for f in &files {
+                let Some(name) = f.path.file_name() else {
+                    continue;
+                };
+                std::fs::rename(&f.path, place.dir.join(name)).map_err(|source| {
+                    SpoolCmdError::Requeue {
+                        path: f.path.clone(),
+                        source,
+                    }
+                })?;
+                let error = f.path.with_extension("error");
+                if error.exists() {
+                    delete(&error)?;
+                }
+            }
+            r.requeued = Some(files.len());
+        }
+        rows.push(r);
+    }
+    Ok(SpoolReport {
+        action: if args.dry_run {
+            "requeue (dry run)"
+        } else {
+            "requeue"
+        },
+        rows,
+    })
+}
+
 pub fn discard(args: &DiscardArgs, ctx: &Context) -> Result<SpoolReport, SpoolCmdError> {
     let mut chosen: Vec<(SpoolRow, Vec<SpoolFile>)> = Vec::new();
     for place in spools(&args.select, ctx)? {
@@ -383,7 +445,10 @@ impl Report for SpoolReport {
                 r.rejected.unwrap_or(0)
             ),
             (None, Some(n)) => format!("{n} files deleted"),
-            _ => "-".into(),
+            _ => match r.requeued {
+                Some(n) => format!("{n} files back to pending"),
+                None => "-".into(),
+            },
         };
         vec![
             match &r.group {
@@ -505,6 +570,23 @@ impl crate::command::Command for DiscardArgs {
     }
 }
 
+impl crate::command::Command for RequeueArgs {
+    type Plan = SpoolPlan<RequeueArgs>;
+    type Report = SpoolReport;
+    async fn plan(self, ctx: &Context) -> Result<Self::Plan, crate::error::Error> {
+        // A running ingest keeps its list of pending files in memory and
+        // would not see requeued ones: refused while it runs (or --wait).
+        let locks = match self.dry_run {
+            true => vec![],
+            false => ingest_locks(ctx, &self.select.sites)?,
+        };
+        Ok(SpoolPlan { args: self, locks })
+    }
+    async fn execute(plan: Self::Plan, ctx: &Context) -> Result<SpoolReport, crate::error::Error> {
+        Ok(requeue(&plan.args, ctx)?)
+    }
+}
+
 /// `essops spool …`: each subcommand through the one command shape.
 pub async fn run(args: SpoolArgs, ctx: &Context) -> Result<Outcome, crate::error::Error> {
     use crate::command::run;
@@ -512,5 +594,6 @@ pub async fn run(args: SpoolArgs, ctx: &Context) -> Result<Outcome, crate::error
         SpoolCommand::List(a) => run(ListSpools(a), ctx).await,
         SpoolCommand::Replay(a) => run(ReplaySpools(a), ctx).await,
         SpoolCommand::Discard(a) => run(a, ctx).await,
+        SpoolCommand::Requeue(a) => run(a, ctx).await,
     }
 }

@@ -267,6 +267,52 @@ fn ingest_sets_a_refused_batch_aside_and_keeps_the_other_tables_going() {
     assert_eq!(rejected.read_dir().unwrap().count(), 0);
 }
 
+/// Rejected batches go back to pending once their cause is gone, and the
+/// next replay writes them: the servers then hold the same rows.
+#[test]
+fn ingest_requeued_batches_land_once_their_cause_is_fixed() {
+    let s = setup(
+        "field_requeue",
+        &[("local", "local"), ("gcp", "gcp")],
+        "timeout_ms = 500",
+    );
+    s.query(
+        "local",
+        "ALTER TABLE pcs ADD CONSTRAINT essops_test_no_pcs CHECK (\"PCS_ID\" < 0)",
+    );
+    let _sim = s.simulate(&[]);
+    let rejected_rows = report(&s.ingest(&["--duration", "3s"]).run().expect_code(11))
+        .iter()
+        .find(|r| r.server == "local")
+        .unwrap()
+        .rows_rejected;
+    assert!(rejected_rows > 0);
+    let rejected = s.scratch.path.join("spool/Site1/local/rejected");
+    let count = || rejected.read_dir().unwrap().count();
+    let before = count();
+    let dry: Vec<SpoolRow> = Cmd::new(Some(&s.config))
+        .args(["--json", "spool", "requeue", "--dry-run"])
+        .run()
+        .expect_code(0)
+        .json();
+    assert!(dry.iter().any(|r| r.rows == rejected_rows), "{dry:?}");
+    assert_eq!(count(), before, "--dry-run moved files");
+    s.query(
+        "local",
+        "ALTER TABLE pcs DROP CONSTRAINT essops_test_no_pcs",
+    );
+    Cmd::new(Some(&s.config))
+        .args(["spool", "requeue"])
+        .run()
+        .expect_code(0);
+    assert_eq!(count(), 0, "rejected batches (and their error files) left");
+    Cmd::new(Some(&s.config))
+        .args(["spool", "replay"])
+        .run()
+        .expect_code(0);
+    assert_eq!(s.keys("local"), s.keys("gcp"));
+}
+
 #[derive(Debug, Deserialize)]
 struct SpoolRow {
     server: String,
