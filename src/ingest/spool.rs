@@ -62,6 +62,8 @@ pub struct Spool {
     seq: u64,
     limits: SpoolLimits,
     warned_full: bool,
+    /// Bytes of the batches in `rejected/`: they count toward the cap.
+    rejected_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,9 +128,11 @@ impl Spool {
             seq: 0,
             limits,
             warned_full: false,
+            rejected_bytes: 0,
         };
         spool.rows = spool.files.iter().map(|f| f.rows).sum();
         spool.bytes = spool.files.iter().map(|f| f.bytes).sum();
+        spool.rejected_bytes = list(&dir.join(REJECTED_DIR))?.iter().map(|f| f.bytes).sum();
         Ok(spool)
     }
 
@@ -191,13 +195,17 @@ impl Spool {
             why,
         };
         let max = self.limits.max_bytes;
-        if max > 0 && self.bytes + adding > max {
-            return Err(full(format!(
-                "it holds {} B of its {max} B cap (spool_max_mb)",
-                self.bytes
-            )));
+        // Rejected batches are on the same disk: they count toward the cap.
+        let held = self.bytes + self.rejected_bytes;
+        if max > 0 && held + adding > max {
+            return Err(full(match self.rejected_bytes {
+                0 => format!("it holds {held} B of its {max} B cap (spool_max_mb)"),
+                r => format!(
+                    "it holds {held} B of its {max} B cap (spool_max_mb), {r} B of them rejected batches (`essops spool requeue` once their cause is fixed, or `essops spool discard --rejected`, frees those)"
+                ),
+            }));
         }
-        if max > 0 && !self.warned_full && (self.bytes + adding) * 10 >= max * 8 {
+        if max > 0 && !self.warned_full && (held + adding) * 10 >= max * 8 {
             self.warned_full = true;
             tracing::warn!(dir = %self.dir.display(), bytes = self.bytes, cap = max, "spool is at 80 % of its cap (spool_max_mb); at the cap new rows are lost");
         }
@@ -260,6 +268,7 @@ impl Spool {
         fs::rename(&file.path, &to).map_err(io(&file.path))?;
         fs::write(to.with_extension("error"), format!("{error}\n")).map_err(io(&to))?;
         self.forget(&file.path);
+        self.rejected_bytes += file.bytes;
         Ok(to)
     }
 
@@ -579,6 +588,11 @@ mod tests {
         let to = s.reject(&f, "22003: value out of range").unwrap();
         assert!(to.exists() && to.with_extension("error").exists());
         assert_eq!(s.rows(), pushed as u64 - 1);
+        // The rejected batch still takes its room, in this run and the next.
+        let err = s.push(&batch(99)).unwrap_err().to_string();
+        assert!(err.contains("rejected batches"), "{err}");
+        let mut again = Spool::open(&dir, s.limits).unwrap();
+        assert!(again.push(&batch(99)).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 
