@@ -334,10 +334,7 @@ pub fn requeue(args: &RequeueArgs, ctx: &Context) -> Result<SpoolReport, SpoolCm
                         source,
                     }
                 })?;
-                let error = f.path.with_extension("error");
-                if error.exists() {
-                    delete(&error)?;
-                }
+                delete_error_file(&f.path)?;
             }
             r.requeued = Some(files.len());
         }
@@ -389,10 +386,7 @@ pub fn discard(args: &DiscardArgs, ctx: &Context) -> Result<SpoolReport, SpoolCm
         if !args.dry_run {
             for f in &files {
                 delete(&f.path)?;
-                let error = f.path.with_extension("error");
-                if error.exists() {
-                    delete(&error)?;
-                }
+                delete_error_file(&f.path)?;
             }
             r.deleted = Some(files.len());
         }
@@ -406,6 +400,15 @@ pub fn discard(args: &DiscardArgs, ctx: &Context) -> Result<SpoolReport, SpoolCm
         },
         rows,
     })
+}
+
+/// A rejected batch's error file, beside it, when it has one.
+fn delete_error_file(batch: &std::path::Path) -> Result<(), SpoolCmdError> {
+    let error = batch.with_extension("error");
+    match error.exists() {
+        true => delete(&error),
+        false => Ok(()),
+    }
 }
 
 fn delete(path: &std::path::Path) -> Result<(), SpoolCmdError> {

@@ -175,19 +175,25 @@ fn ingest_preflight_refuses_a_field_its_column_cannot_hold() {
     assert!(s.keys("local").is_empty(), "rows were written");
 }
 
-#[test]
-fn ingest_sets_a_refused_batch_aside_and_keeps_the_other_tables_going() {
+/// A two-server site whose local pcs table refuses every row (a constraint
+/// other than the natural key), its simulator running.
+fn poisoned_pcs(test: &str) -> (crate::ingest::Setup, crate::support::Background) {
     let s = setup(
-        "field_poison",
+        test,
         &[("local", "local"), ("gcp", "gcp")],
         "timeout_ms = 500",
     );
-    // A constraint other than the natural key that every pcs row breaks, on local only.
     s.query(
         "local",
         "ALTER TABLE pcs ADD CONSTRAINT essops_test_no_pcs CHECK (\"PCS_ID\" < 0)",
     );
-    let _sim = s.simulate(&[]);
+    let sim = s.simulate(&[]);
+    (s, sim)
+}
+
+#[test]
+fn ingest_sets_a_refused_batch_aside_and_keeps_the_other_tables_going() {
+    let (s, _sim) = poisoned_pcs("field_poison");
     let run = s.ingest(&["--duration", "4s"]).run().expect_code(11);
     let rows = report(&run);
     let local = rows.iter().find(|r| r.server == "local").unwrap();
@@ -271,16 +277,7 @@ fn ingest_sets_a_refused_batch_aside_and_keeps_the_other_tables_going() {
 /// next replay writes them: the servers then hold the same rows.
 #[test]
 fn ingest_requeued_batches_land_once_their_cause_is_fixed() {
-    let s = setup(
-        "field_requeue",
-        &[("local", "local"), ("gcp", "gcp")],
-        "timeout_ms = 500",
-    );
-    s.query(
-        "local",
-        "ALTER TABLE pcs ADD CONSTRAINT essops_test_no_pcs CHECK (\"PCS_ID\" < 0)",
-    );
-    let _sim = s.simulate(&[]);
+    let (s, _sim) = poisoned_pcs("field_requeue");
     let rejected_rows = report(&s.ingest(&["--duration", "3s"]).run().expect_code(11))
         .iter()
         .find(|r| r.server == "local")

@@ -197,41 +197,47 @@ fn ingest_spool_list_in_a_loop_beside_a_spooling_ingest_loses_nothing() {
     assert_eq!(gone.spool_pending, local.rows_written, "{rows:?}");
 }
 
-#[test]
-fn ingest_read_only_server_spools_its_rows_instead_of_rejecting_them() {
+/// A 10 s ingest into both servers during which gcp refuses writes for
+/// its own reasons for 4 s (`break_sql`, then `mend_sql`): nothing is
+/// rejected or lost, the rows wait in the spool, and both servers end equal.
+fn server_state_drill(test: &str, seed: &str, break_sql: &str, mend_sql: &str) {
     let s = setup(
-        "ingest_read_only",
+        test,
         &[("local", "local"), ("gcp", "gcp")],
         "timeout_ms = 500",
     );
-    let _sim = s.simulate(&["--seed", "9"]);
+    let _sim = s.simulate(&["--seed", seed]);
     let ingest = s.ingest(&["--duration", "10s"]).spawn();
     std::thread::sleep(std::time::Duration::from_secs(2));
-    // A failover: the server answers every write with 25006 for a while.
-    let db = &s.db.databases[0];
-    let kick = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-    );
-    s.db.execute(
-        "gcp",
-        &format!("ALTER DATABASE \"{db}\" SET default_transaction_read_only = on; {kick}"),
-    );
+    s.db.execute("gcp", &break_sql.replace("{db}", &s.db.databases[0]));
     std::thread::sleep(std::time::Duration::from_secs(4));
-    s.db.execute(
-        "gcp",
-        &format!(
-            "BEGIN READ WRITE; ALTER DATABASE \"{db}\" RESET default_transaction_read_only; COMMIT; {kick}"
-        ),
-    );
+    s.db.execute("gcp", &mend_sql.replace("{db}", &s.db.databases[0]));
     let run = ingest.finish();
     let rows = report(&run);
     let gcp = rows.iter().find(|r| r.server == "gcp").unwrap();
     assert_eq!((gcp.rows_rejected, gcp.rows_lost), (0, 0), "{rows:?}");
     assert!(
         gcp.rows_spooled > 0,
-        "the read-only period was not hit: {rows:?}"
+        "the refusing period was not hit: {rows:?}"
     );
     assert_eq!(s.keys("local"), s.keys("gcp"));
+}
+
+/// Ends every other session on the test's database, so the next ones see a
+/// database setting.
+const KICK: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}' AND pid <> pg_backend_pid()";
+
+#[test]
+fn ingest_read_only_server_spools_its_rows_instead_of_rejecting_them() {
+    // A failover: the server answers every write with 25006 for a while.
+    server_state_drill(
+        "ingest_read_only",
+        "9",
+        &format!("ALTER DATABASE \"{{db}}\" SET default_transaction_read_only = on; {KICK}"),
+        &format!(
+            "BEGIN READ WRITE; ALTER DATABASE \"{{db}}\" RESET default_transaction_read_only; COMMIT; {KICK}"
+        ),
+    );
 }
 
 /// A mapped column renamed under a running ingest (a migration on the
@@ -239,32 +245,12 @@ fn ingest_read_only_server_spools_its_rows_instead_of_rejecting_them() {
 /// rows wait in the spool and land once the column is back.
 #[test]
 fn ingest_column_renamed_mid_run_spools_its_rows_instead_of_rejecting_them() {
-    let s = setup(
+    server_state_drill(
         "ingest_renamed",
-        &[("local", "local"), ("gcp", "gcp")],
-        "timeout_ms = 500",
-    );
-    let _sim = s.simulate(&["--seed", "11"]);
-    let ingest = s.ingest(&["--duration", "10s"]).spawn();
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    s.db.execute(
-        "gcp",
+        "11",
         r#"ALTER TABLE rack RENAME COLUMN "SOC" TO "SOC_RENAMED""#,
-    );
-    std::thread::sleep(std::time::Duration::from_secs(4));
-    s.db.execute(
-        "gcp",
         r#"ALTER TABLE rack RENAME COLUMN "SOC_RENAMED" TO "SOC""#,
     );
-    let run = ingest.finish();
-    let rows = report(&run);
-    let gcp = rows.iter().find(|r| r.server == "gcp").unwrap();
-    assert_eq!((gcp.rows_rejected, gcp.rows_lost), (0, 0), "{rows:?}");
-    assert!(
-        gcp.rows_spooled > 0,
-        "the renamed column was not hit: {rows:?}"
-    );
-    assert_eq!(s.keys("local"), s.keys("gcp"));
 }
 
 #[test]
