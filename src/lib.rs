@@ -18,9 +18,11 @@ pub mod disk;
 pub mod doc;
 pub mod error;
 pub mod exit;
+pub mod export;
 pub mod history;
 pub mod index;
 pub mod ingest;
+pub mod kpi;
 pub mod lock;
 pub mod logging;
 pub mod loss;
@@ -96,6 +98,7 @@ pub struct GlobalArgs {
 pub enum Command {
     Migrate(migrate::MigrateArgs),
     Loss(loss::LossArgs),
+    Kpi(kpi::KpiArgs),
     Reconcile(reconcile::ReconcileArgs),
     Simulate(simulate::SimulateArgs),
     Ingest(ingest::IngestArgs),
@@ -138,6 +141,7 @@ impl Command {
         match self {
             Command::Migrate(_) => "migrate",
             Command::Loss(_) => "loss",
+            Command::Kpi(_) => "kpi",
             Command::Reconcile(_) => "reconcile",
             Command::Simulate(_) => "simulate",
             Command::Ingest(_) => "ingest",
@@ -255,6 +259,7 @@ async fn dispatch(command: Command, ctx: &Context) -> Result<Outcome, Error> {
     match command {
         Command::Migrate(args) => run(args, ctx).await,
         Command::Loss(args) => run(args, ctx).await,
+        Command::Kpi(args) => run(args, ctx).await,
         Command::Reconcile(args) => run(args, ctx).await,
         Command::Simulate(args) => run(args, ctx).await,
         Command::Ingest(args) => ingest::run(args, ctx).await,

@@ -42,6 +42,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "reconcile direction",
         include_str!("../migrations/0005_reconcile_direction.sql"),
     ),
+    (6, "kpi", include_str!("../migrations/0006_kpi.sql")),
 ];
 
 /// The newest schema version this binary knows.

@@ -14,6 +14,7 @@ mod field;
 mod history;
 mod index;
 mod ingest;
+mod kpi;
 mod lifecycle;
 mod loss;
 mod migrate;

@@ -139,6 +139,8 @@ pub struct Config {
     pub retention: RetentionSettings,
     /// When `essops status` warns and when it is critical.
     pub status: StatusSettings,
+    /// How `essops kpi` grades the battery figures.
+    pub kpi: KpiSettings,
     /// In file order: the first two are a site's default reconcile pair.
     pub servers: Vec<Server>,
     pub sites: Vec<Site>,
@@ -309,6 +311,38 @@ impl Default for StatusSettings {
     }
 }
 
+/// `[kpi]`: when a battery figure is a warning or critical. A (warning,
+/// critical) pair is "above is worse" for spreads and "below is worse" for
+/// RTE, availability and the days left to the SoH end of life.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KpiSettings {
+    /// SoH (%) at which a rack has reached its end of life.
+    pub soh_end_of_life: f64,
+    /// Cell voltage spread p95 (mV).
+    pub cell_spread_mv: (f64, f64),
+    /// Cell temperature spread p95 (°C).
+    pub temp_spread_c: (f64, f64),
+    /// 30-day round-trip efficiency (%).
+    pub rte_pct: (f64, f64),
+    /// Share of the day with data and no fault (%).
+    pub availability_pct: (f64, f64),
+    /// Days until the projected SoH end of life.
+    pub soh_eol_days: (f64, f64),
+}
+
+impl Default for KpiSettings {
+    fn default() -> KpiSettings {
+        KpiSettings {
+            soh_end_of_life: 80.0,
+            cell_spread_mv: (50.0, 100.0),
+            temp_spread_c: (5.0, 10.0),
+            rte_pct: (85.0, 75.0),
+            availability_pct: (99.0, 95.0),
+            soh_eol_days: (365.0, 90.0),
+        }
+    }
+}
+
 /// How much a server's spool may hold (bytes; 0 means no limit).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpoolSettings {
@@ -404,6 +438,8 @@ pub struct Site {
     /// Where this site's ingest serves Prometheus metrics (HOST:PORT);
     /// `ingest --metrics-listen` overrides it.
     pub metrics_listen: Option<String>,
+    /// The site's rated energy (kWh), for capacity ratio and cycles.
+    pub rated_kwh: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,7 @@ pub(super) struct RawConfig {
     pub(super) history: Option<RawHistory>,
     pub(super) retention: Option<RawRetention>,
     pub(super) status: Option<RawStatus>,
+    pub(super) kpi: Option<RawKpi>,
     #[serde(default)]
     pub(super) servers: BTreeMap<Spanned<String>, RawServer>,
     #[serde(default)]
@@ -99,6 +100,23 @@ pub(super) struct RawStatus {
     pub(super) spool_critical_mb: Option<Spanned<u64>>,
 }
 
+/// `[kpi]`: the battery KPIs' grading thresholds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKpi {
+    pub(super) soh_end_of_life: Option<Spanned<f64>>,
+    pub(super) cell_spread_warning_mv: Option<Spanned<f64>>,
+    pub(super) cell_spread_critical_mv: Option<Spanned<f64>>,
+    pub(super) temp_spread_warning_c: Option<Spanned<f64>>,
+    pub(super) temp_spread_critical_c: Option<Spanned<f64>>,
+    pub(super) rte_warning_pct: Option<Spanned<f64>>,
+    pub(super) rte_critical_pct: Option<Spanned<f64>>,
+    pub(super) availability_warning_pct: Option<Spanned<f64>>,
+    pub(super) availability_critical_pct: Option<Spanned<f64>>,
+    pub(super) soh_eol_warning_days: Option<Spanned<f64>>,
+    pub(super) soh_eol_critical_days: Option<Spanned<f64>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRedis {
@@ -138,6 +156,7 @@ pub(super) struct RawSite {
     pub(super) modbus: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
     pub(super) register_map: Option<Spanned<String>>,
     pub(super) metrics_listen: Option<Spanned<String>>,
+    pub(super) rated_kwh: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,6 +71,7 @@ impl Validator<'_> {
         };
         let retention = self.retention(raw.retention.as_ref())?;
         let status = self.status(raw.status.as_ref())?;
+        let kpi = self.kpi(raw.kpi.as_ref())?;
         Ok(Config {
             source: self.source.clone(),
             source_why: "given to the parser".into(),
@@ -85,8 +86,101 @@ impl Validator<'_> {
             history,
             retention,
             status,
+            kpi,
             servers,
             sites,
+        })
+    }
+
+    /// `[kpi]`, each value defaulted alone; a warning past its critical
+    /// (in the figure's own direction) is refused.
+    fn kpi(&self, raw: Option<&RawKpi>) -> Result<KpiSettings, DocError> {
+        let d = KpiSettings::default();
+        let Some(raw) = raw else {
+            return Ok(d);
+        };
+        let value = |v: &Option<Spanned<f64>>, key: &str, default: f64| match v {
+            Some(x) if !x.get_ref().is_finite() || *x.get_ref() < 0.0 => {
+                Err(self
+                    .doc
+                    .at(x, format!("kpi.{key}"), "a number of at least 0"))
+            }
+            Some(x) => Ok(*x.get_ref()),
+            None => Ok(default),
+        };
+        // `higher_is_worse`: spreads; otherwise a lower value is worse.
+        let pair = |w: &Option<Spanned<f64>>,
+                    c: &Option<Spanned<f64>>,
+                    name: &str,
+                    default: (f64, f64),
+                    higher_is_worse: bool| {
+            let p = (
+                value(w, &format!("{name}_warning{}", suffix(name)), default.0)?,
+                value(c, &format!("{name}_critical{}", suffix(name)), default.1)?,
+            );
+            let inverted = match higher_is_worse {
+                true => p.0 > p.1,
+                false => p.0 < p.1,
+            };
+            match (inverted, w.as_ref().or(c.as_ref())) {
+                (true, Some(at)) => Err(self.doc.at(
+                    at,
+                    format!("kpi.{name}_warning{}", suffix(name)),
+                    format!(
+                        "the warning threshold ({}) is past the critical one ({})",
+                        p.0, p.1
+                    ),
+                )),
+                _ => Ok(p),
+            }
+        };
+        let eol = value(&raw.soh_end_of_life, "soh_end_of_life", d.soh_end_of_life)?;
+        if eol > 100.0 {
+            let at = raw
+                .soh_end_of_life
+                .as_ref()
+                .expect("a value above 100 was given");
+            return Err(self
+                .doc
+                .at(at, "kpi.soh_end_of_life", "a percentage, 0 to 100"));
+        }
+        Ok(KpiSettings {
+            soh_end_of_life: eol,
+            cell_spread_mv: pair(
+                &raw.cell_spread_warning_mv,
+                &raw.cell_spread_critical_mv,
+                "cell_spread",
+                d.cell_spread_mv,
+                true,
+            )?,
+            temp_spread_c: pair(
+                &raw.temp_spread_warning_c,
+                &raw.temp_spread_critical_c,
+                "temp_spread",
+                d.temp_spread_c,
+                true,
+            )?,
+            rte_pct: pair(
+                &raw.rte_warning_pct,
+                &raw.rte_critical_pct,
+                "rte",
+                d.rte_pct,
+                false,
+            )?,
+            availability_pct: pair(
+                &raw.availability_warning_pct,
+                &raw.availability_critical_pct,
+                "availability",
+                d.availability_pct,
+                false,
+            )?,
+            soh_eol_days: pair(
+                &raw.soh_eol_warning_days,
+                &raw.soh_eol_critical_days,
+                "soh_eol",
+                d.soh_eol_days,
+                false,
+            )?,
         })
     }
 
@@ -852,6 +946,13 @@ impl Validator<'_> {
                 Some(addr) => Some(self.host_port(addr, &key("metrics_listen"), 9464)?),
                 None => None,
             },
+            rated_kwh: match &s.rated_kwh {
+                Some(v) if !(v.get_ref().is_finite() && *v.get_ref() > 0.0) => {
+                    return Err(self.doc.at(v, key("rated_kwh"), "a positive number of kWh"));
+                }
+                Some(v) => Some(*v.get_ref()),
+                None => None,
+            },
         };
         if let Some(modbus) = &s.modbus {
             crate::modbus::map::check_devices(
@@ -1091,4 +1192,14 @@ fn is_plain_name(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The unit ending of a `[kpi]` threshold's key: `cell_spread_warning_mv`.
+fn suffix(name: &str) -> &'static str {
+    match name {
+        "cell_spread" => "_mv",
+        "temp_spread" => "_c",
+        "soh_eol" => "_days",
+        _ => "_pct",
+    }
 }

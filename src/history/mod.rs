@@ -6,6 +6,7 @@
 //! Writing history never changes a command's own result: a failed write is a
 //! warning that says what to run (migrate, or the GRANT), never lost data.
 
+pub mod kpi;
 pub mod read;
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -378,6 +379,8 @@ pub async fn prune(
         (MINUTES_TABLE, "minute", false),
         (EVENTS_TABLE, "at", false),
         (REROLLS_TABLE, "at", false),
+        (kpi::KPI_TABLE, "day", true),
+        (kpi::INTERVALS_TABLE, "day", true),
     ] {
         let cutoff = if is_date {
             "current_date - $1::int4"
@@ -399,21 +402,26 @@ pub async fn prune(
 }
 
 /// The grants of the history on this database: the writer (`w`) writes all
-/// of it, the reader (`r`) reads it and replaces loss days. Role names quoted.
+/// of it, the reader (`r`) reads it and replaces loss and KPI days (`loss`
+/// and `kpi` only read the ESS tables). Role names quoted.
 pub fn grants_sql(w: &str, r: &str) -> String {
     let h = quote_ident(SCHEMA);
-    let loss = table(LOSS_TABLE);
+    let replaced = [LOSS_TABLE, kpi::KPI_TABLE, kpi::INTERVALS_TABLE]
+        .map(table)
+        .join(", ");
     format!(
         "GRANT USAGE ON SCHEMA {h} TO {w}, {r};
          GRANT SELECT, INSERT, DELETE ON ALL TABLES IN SCHEMA {h} TO {w};
          GRANT SELECT ON ALL TABLES IN SCHEMA {h} TO {r};
-         GRANT INSERT, DELETE ON TABLE {loss} TO {r};"
+         GRANT INSERT, DELETE ON TABLE {replaced} TO {r};"
     )
 }
 
 /// What each command writes to the history: (table, privileges).
-const WRITES: [(&str, &str); 4] = [
+const WRITES: [(&str, &str); 6] = [
     (LOSS_TABLE, "INSERT, DELETE"),
+    (kpi::KPI_TABLE, "INSERT, DELETE"),
+    (kpi::INTERVALS_TABLE, "INSERT, DELETE"),
     (RECONCILE_TABLE, "INSERT"),
     (MINUTES_TABLE, "INSERT"),
     (EVENTS_TABLE, "INSERT"),

@@ -1,61 +1,15 @@
-//! `--output FILE.csv|FILE.parquet`: the device and table rows as a polars
-//! frame, for spreadsheets and notebooks. Times are UTC datetimes.
-
-use std::path::{Path, PathBuf};
+//! `loss --output`: the device and table rows as a polars frame. Times are
+//! UTC datetimes.
 
 use polars::prelude::*;
 
-use super::{LossError, LossReport, LossRow};
+use super::{LossReport, LossRow};
+use crate::export::{ExportError, ExportPath};
 use crate::window::Window;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Csv,
-    Parquet,
-}
-
-#[derive(Debug, Clone)]
-pub struct ExportPath {
-    path: PathBuf,
-    kind: Kind,
-}
-
-impl ExportPath {
-    pub fn new(path: &Path) -> Result<ExportPath, LossError> {
-        let kind = match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            Some("csv") => Kind::Csv,
-            Some("parquet") => Kind::Parquet,
-            _ => return Err(LossError::OutputKind(path.to_path_buf())),
-        };
-        Ok(ExportPath {
-            path: path.to_path_buf(),
-            kind,
-        })
-    }
-
-    /// Writes through a temporary file and a rename, so a reader never sees half a file.
-    pub fn write(&self, report: &LossReport) -> Result<(), LossError> {
-        let err = |reason: String| LossError::Export {
-            path: self.path.clone(),
-            reason,
-        };
-        let mut df = frame(report).map_err(|e| err(e.to_string()))?;
-        let tmp = self
-            .path
-            .with_extension(format!("tmp-{}", std::process::id()));
-        let mut file = std::fs::File::create(&tmp).map_err(|e| err(e.to_string()))?;
-        let written = match self.kind {
-            Kind::Csv => CsvWriter::new(&mut file).finish(&mut df).map(|_| ()),
-            Kind::Parquet => ParquetWriter::new(&mut file).finish(&mut df).map(|_| ()),
-        };
-        written.map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| err(e.to_string()))
-    }
+/// Writes the device and table rows to `path`.
+pub fn write(path: &ExportPath, report: &LossReport) -> Result<(), ExportError> {
+    path.write(|| frame(report))
 }
 
 /// One exported line: a device's or a table's loss.

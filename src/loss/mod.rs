@@ -58,19 +58,15 @@ pub enum LossError {
     UnknownTable(#[from] schema::UnknownTable),
     #[error(transparent)]
     Window(#[from] WindowError),
-    #[error("--output {0}: the file name must end in .csv or .parquet")]
-    OutputKind(PathBuf),
-    #[error("cannot write {path}: {reason}")]
-    Export { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
 }
 
 impl LossError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            LossError::UnknownTable(_) | LossError::Window(_) | LossError::OutputKind(_) => {
-                exit::USAGE
-            }
-            LossError::Export { .. } => exit::INTERNAL,
+            LossError::UnknownTable(_) | LossError::Window(_) => exit::USAGE,
+            LossError::Export(e) => e.exit_code(),
         }
     }
 }
@@ -91,7 +87,7 @@ pub struct LossTarget {
 pub struct LossPlan {
     pub targets: Vec<LossTarget>,
     pub tables: Vec<TableSpec>,
-    pub export: Option<export::ExportPath>,
+    pub export: Option<crate::export::ExportPath>,
 }
 
 impl LossPlan {
@@ -110,8 +106,9 @@ pub fn plan(args: &LossArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error:
     let export = args
         .output
         .as_deref()
-        .map(export::ExportPath::new)
-        .transpose()?;
+        .map(crate::export::ExportPath::new)
+        .transpose()
+        .map_err(LossError::from)?;
     let mut targets = Vec::new();
     for (site, server) in config.site_servers(&args.select.sites, &args.select.servers)? {
         let window = spec.resolve(site.timezone, now).map_err(LossError::from)?;
@@ -233,7 +230,7 @@ pub async fn execute(plan: LossPlan, ctx: &Context) -> crate::error::Result<Loss
     rows.iter().for_each(log_row);
     let report = LossReport { rows };
     if let Some(path) = &plan.export {
-        path.write(&report)?;
+        export::write(path, &report).map_err(LossError::from)?;
     }
     Ok(report)
 }

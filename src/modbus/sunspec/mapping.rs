@@ -116,6 +116,29 @@ pub fn columns(table: Table) -> &'static [(&'static str, DataType)] {
     }
 }
 
+/// The name SunSpec gives bit `bit` of `column` (an ALARM word) in
+/// `table`: from the first model point the column comes from that names it.
+pub fn bit_name(table: Table, column: &str, bit: i16) -> Option<String> {
+    let sources: &[&[Source]] = match table {
+        Table::Bank => &[BANK],
+        Table::Rack => &[RACK_804, RACK_803],
+        Table::Pcs => &[PCS_701, PCS_10X],
+        Table::Etc => &[],
+    };
+    sources
+        .iter()
+        .flat_map(|s| s.iter())
+        .filter(|(c, _, _, t)| *c == column && *t == Integer)
+        .find_map(|(_, id, point, _)| {
+            let def = model::model(*id)?;
+            let p = def.point(point).or_else(|| def.group_point(point))?;
+            p.symbols
+                .iter()
+                .find(|(_, v)| *v == i64::from(bit))
+                .map(|(n, _)| n.clone())
+        })
+}
+
 /// (column, model, point, transform): where a column comes from. A point
 /// of 803's string group is named as in the group.
 pub(crate) type Source = (&'static str, u16, &'static str, Transform);

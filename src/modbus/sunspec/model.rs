@@ -116,6 +116,8 @@ pub struct PointDef {
     pub ty: PointType,
     /// The name of the scale-factor point, if the value is scaled.
     pub sf: Option<String>,
+    /// Named values: an enum's values, a bitfield's bit numbers.
+    pub symbols: Vec<(String, i64)>,
 }
 
 /// How many times a repeating group repeats.
@@ -188,6 +190,14 @@ struct RawPoint {
     ty: String,
     size: u16,
     sf: Option<String>,
+    #[serde(default)]
+    symbols: Vec<RawSymbol>,
+}
+
+#[derive(Deserialize)]
+struct RawSymbol {
+    name: String,
+    value: i64,
 }
 
 fn points(raw: &[RawPoint]) -> (Vec<PointDef>, u16) {
@@ -201,6 +211,11 @@ fn points(raw: &[RawPoint]) -> (Vec<PointDef>, u16) {
                 size: p.size,
                 ty: PointType::parse(&p.ty),
                 sf: p.sf.clone(),
+                symbols: p
+                    .symbols
+                    .iter()
+                    .map(|s| (s.name.clone(), s.value))
+                    .collect(),
             };
             offset += p.size;
             def

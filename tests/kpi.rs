@@ -1,0 +1,299 @@
+//! `essops kpi` on planted days whose answers are known exactly: a spread
+//! spike, a 180 s fault, counters with a reset, a month of falling SoH, DST
+//! days and a rack that sent nothing. Each figure is checked in `--json`
+//! and in the history (`essops.kpi_daily`, `essops.alarm_intervals`).
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::support::{Cmd, Scratch, TestDb, servers_toml};
+
+const DAY: &str = "2026-03-10";
+
+struct Setup {
+    db: TestDb,
+    _scratch: Scratch,
+    config: PathBuf,
+}
+
+/// One site per (name, zone), each in its own database, migrated on both servers.
+fn setup(test: &str, sites: &[(&str, &str)], extra: &str) -> Setup {
+    let db = TestDb::new(test, sites.len());
+    let scratch = Scratch::new(test);
+    let mut text = format!(
+        "log_dir = \"{}\"\n{}",
+        scratch.path.join("logs").display(),
+        servers_toml()
+    );
+    for (i, (name, tz)) in sites.iter().enumerate() {
+        text.push_str(&format!(
+            "[[sites]]\nname = \"{name}\"\ndatabase = \"{}\"\ntimezone = \"{tz}\"\nbanks = [{{ id = 1, racks = 3 }}]\npcs = [1]\nrated_kwh = 1000\n",
+            db.databases[i]
+        ));
+    }
+    text.push_str(extra);
+    let config = scratch.write("sites.toml", &text);
+    Cmd::new(Some(&config))
+        .args(["migrate", "--create-database"])
+        .run()
+        .expect_code(0);
+    Setup {
+        db,
+        _scratch: scratch,
+        config,
+    }
+}
+
+fn rows_of<'a>(rows: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    rows.iter().filter(|r| r["kind"] == kind).collect()
+}
+
+fn one<'a>(rows: &'a [Value], kind: &str, server: &str, device: &str, day: &str) -> &'a Value {
+    rows.iter()
+        .find(|r| {
+            r["kind"] == kind && r["server"] == server && r["day"] == day && {
+                r.get("device").is_none_or(|d| d == device)
+            }
+        })
+        .unwrap_or_else(|| panic!("no {kind} row for {device} on {server} {day}: {rows:#?}"))
+}
+
+/// The planted day in Asia/Seoul (every second), on one server.
+fn plant_day(db: &TestDb, server: &str) {
+    let day = |t: &str| format!("'{DAY} {t}+09'");
+    let series = format!(
+        "generate_series({}::timestamptz, {}::timestamptz, '1 second') AS t",
+        day("00:00:00"),
+        day("23:59:59")
+    );
+    db.execute(
+        server,
+        &format!(
+            // Rack 1.1: 30 mV all day, 120 mV from 10:00 to 11:00; FAULT = 4 for 180 s at noon.
+            r#"INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID", "SOC", "SOH", "MAX_CELL_VOLTAGE", "MIN_CELL_VOLTAGE",
+                                "MAX_CELL_TEMP", "MIN_CELL_TEMP", "ALARM", "FAULT")
+               SELECT t, 1, 1, 50, 92.1,
+                      CASE WHEN t >= {ten} AND t < {eleven} THEN 3.45 ELSE 3.36 END, 3.33, 30, 27, 0,
+                      CASE WHEN t >= {noon} AND t < {noon3} THEN 4 ELSE 0 END
+                 FROM {series};
+               -- Rack 1.2: 30 mV, SOC 5 points above rack 1.1.
+               INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID", "SOC", "SOH", "MAX_CELL_VOLTAGE", "MIN_CELL_VOLTAGE", "ALARM", "FAULT")
+               SELECT t, 1, 2, 55, 92.1, 3.36, 3.33, 0, 0 FROM {series};
+               -- Rack 1.3 sends nothing. The bank answers all day.
+               INSERT INTO bank ("TIMESTAMP", "BANK_ID", "SOC", "FAULT") SELECT t, 1, 52.5, 0 FROM {series};
+               -- PCS 1: CHARGED rises 500, is reset to 0 at noon and rises 500 again;
+               -- DISCHARGED rises 900; it discharges 100 kW from 18:00 to 20:00
+               -- and 50 kW from 21:00 to 22:00.
+               INSERT INTO pcs ("TIMESTAMP", "PCS_ID", "CHARGED_ENERGY", "DISCHARGED_ENERGY", "AC_ACTIVE_POWER", "FAULT")
+               SELECT t, 1,
+                      CASE WHEN s < 43200 THEN 5000 + 500.0 * s / 43199 ELSE 500.0 * (s - 43200) / 43199 END,
+                      2000 + 900.0 * s / 86399,
+                      CASE WHEN t >= {six} AND t < {eight} THEN 100
+                           WHEN t >= {nine} AND t < {ten_pm} THEN 50
+                           ELSE 0 END,
+                      0
+                 FROM (SELECT t, extract(epoch FROM t - {midnight})::int AS s FROM {series}) x;"#,
+            ten = day("10:00:00"),
+            eleven = day("11:00:00"),
+            noon = day("12:00:00"),
+            noon3 = day("12:03:00"),
+            six = day("18:00:00"),
+            eight = day("20:00:00"),
+            nine = day("21:00:00"),
+            ten_pm = day("22:00:00"),
+            midnight = day("00:00:00"),
+        ),
+    );
+    // The 29 days before: rack 1.2's SoH once an hour, falling 0.1 % a day
+    // from 95 % (the planted day is the 30th: 92.1 %).
+    db.execute(
+        server,
+        r#"INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID", "SOH")
+               SELECT '2026-02-09 00:00:00+09'::timestamptz + make_interval(days => k, hours => h), 1, 2, 95 - 0.1 * k
+                 FROM generate_series(0, 28) AS k, generate_series(0, 23) AS h"#,
+    );
+}
+
+#[test]
+fn kpi_reports_the_planted_day_exactly_and_keeps_it_once() {
+    let s = setup("kpi_planted", &[("Seoul", "Asia/Seoul")], "");
+    for server in ["local", "gcp"] {
+        plant_day(&s.db, server);
+    }
+    // The month first (the trend is fitted on the kept medians), then the day alone.
+    Cmd::new(Some(&s.config))
+        .args([
+            "kpi",
+            "--from",
+            "2026-02-09",
+            "--to",
+            "2026-03-11",
+            "--json",
+        ])
+        .run();
+    let run = Cmd::new(Some(&s.config))
+        .args(["kpi", "--site", "Seoul", "--date", DAY, "--json"])
+        .run()
+        .expect_code(11);
+    let rows: Vec<Value> = run.json();
+
+    for server in ["local", "gcp"] {
+        let r11 = one(&rows, "rack", server, "bank 1 / rack 1", DAY);
+        assert_eq!(r11["cell_spread_max_mv"], 120.0, "{r11}");
+        assert_eq!(r11["cell_spread_p50_mv"], 30.0, "{r11}");
+        // One hour of 24 is under 5 %: the p95 is still 30 mV, so the day grades on it.
+        assert_eq!(r11["cell_spread_p95_mv"], 30.0, "{r11}");
+        assert_eq!(r11["temp_spread_max_c"], 3.0, "{r11}");
+        assert_eq!(r11["fault_secs"], 180, "{r11}");
+        assert_eq!(r11["fault_intervals"], 1, "{r11}");
+        assert_eq!(r11["longest_fault_secs"], 180, "{r11}");
+        assert_eq!(r11["samples"], 86_400, "{r11}");
+        // 86,220 fault-free seconds of 86,400.
+        assert_eq!(r11["availability_pct"], 99.79, "{r11}");
+        assert_eq!(r11["outside_limits_secs"]["MAX_CELL_VOLTAGE"], 0, "{r11}");
+
+        let r12 = one(&rows, "rack", server, "bank 1 / rack 2", DAY);
+        assert_eq!(r12["soh_trend_days"], 30, "{r12}");
+        let slope = r12["soh_slope_pct_per_day"].as_f64().unwrap();
+        assert!((slope + 0.1).abs() < 0.001, "{r12}");
+        // 95 % on 2026-02-09 falling 0.1 % a day reaches 80 % 150 days later.
+        let eol: chrono::NaiveDate = r12["soh_eol_date"].as_str().unwrap().parse().unwrap();
+        let exact: chrono::NaiveDate = "2026-07-09".parse().unwrap();
+        assert!((eol - exact).num_days().abs() <= 1, "{eol} vs {exact}");
+
+        let r13 = one(&rows, "rack", server, "bank 1 / rack 3", DAY);
+        assert_eq!(r13["samples"], 0, "{r13}");
+        assert_eq!(r13["availability_pct"], 0.0, "{r13}");
+        assert!(r13.get("cell_spread_max_mv").is_none(), "{r13}");
+        assert_eq!(
+            r13["level"], "critical",
+            "a rack that sent nothing is not available"
+        );
+
+        let bank = one(&rows, "bank", server, "bank 1", DAY);
+        assert_eq!(bank["soc_spread_max_pct"], 5.0, "{bank}");
+        assert_eq!(bank["worst_rack"], "bank 1 / rack 1", "{bank}");
+        assert_eq!(bank["worst_rack_spread_mv"], 120.0, "{bank}");
+
+        let pcs = one(&rows, "pcs", server, "pcs 1", DAY);
+        assert_eq!(pcs["charged_kwh"], 1000.0, "{pcs}");
+        assert_eq!(pcs["discharged_kwh"], 900.0, "{pcs}");
+        assert_eq!(pcs["charged_method"], "counter", "{pcs}");
+        assert_eq!(pcs["rte_day_pct"], 90.0, "{pcs}");
+        assert_eq!(pcs["rte_30d_pct"], 90.0, "{pcs}");
+        assert_eq!(pcs["demonstrated_kwh"], 200.0, "{pcs}");
+
+        let site = one(&rows, "site", server, "site", DAY);
+        assert_eq!(site["equivalent_full_cycles"], 0.9, "{site}");
+        assert_eq!(site["capacity_ratio"], 0.2, "{site}");
+        assert_eq!(site["rte_30d_pct"], 90.0, "{site}");
+    }
+    let faults: Vec<&Value> = rows_of(&rows, "alarm_interval")
+        .into_iter()
+        .filter(|i| i["server"] == "local" && i["device"] == "bank 1 / rack 1")
+        .collect();
+    let word = faults.iter().find(|i| i["bit"].is_null()).unwrap();
+    assert_eq!(
+        (&word["word"], &word["duration_secs"], &word["start"]),
+        (
+            &Value::from("fault"),
+            &Value::from(180),
+            &Value::from("2026-03-10T12:00:00+09:00")
+        )
+    );
+    let bit = faults
+        .iter()
+        .find(|i| i["bit"] == 2)
+        .expect("FAULT = 4 is bit 2");
+    assert_eq!(bit["duration_secs"], 180);
+    assert_eq!(faults.len(), 2, "the word and its one bit: {faults:#?}");
+
+    // The history holds the day once per server, and a re-run replaces it.
+    let count = |table: &str| {
+        s.db.scalar(
+            "local",
+            &format!("SELECT count(*) FROM essops.{table} WHERE day = '{DAY}'"),
+        )
+    };
+    let before = (count("kpi_daily"), count("alarm_intervals"));
+    assert_eq!(
+        before.0,
+        3 + 1 + 1 + 1,
+        "3 racks, a bank, a PCS and the site"
+    );
+    Cmd::new(Some(&s.config))
+        .args(["kpi", "--date", DAY, "--quiet"])
+        .run()
+        .expect_code(11);
+    assert_eq!((count("kpi_daily"), count("alarm_intervals")), before);
+    let kept = s.db.rows(
+        "gcp",
+        &format!(
+            "SELECT cell_spread_max_mv, fault_secs, (figures->>'soh_eol_date') IS NOT NULL
+               FROM essops.kpi_daily WHERE day = '{DAY}' AND table_name = 'rack' ORDER BY device_ids"
+        ),
+    );
+    assert_eq!(kept[0].get::<_, Option<f64>>(0), Some(120.0));
+    assert_eq!(kept[0].get::<_, Option<i64>>(1), Some(180));
+    assert!(kept[1].get::<_, bool>(2), "rack 1.2's projection is kept");
+    let interval = s.db.rows(
+        "gcp",
+        &format!(
+            "SELECT duration_s, word FROM essops.alarm_intervals WHERE day = '{DAY}' AND bit IS NULL"
+        ),
+    );
+    assert_eq!(
+        (
+            interval[0].get::<_, i64>(0),
+            interval[0].get::<_, String>(1)
+        ),
+        (180, "fault".to_string())
+    );
+}
+
+#[test]
+fn kpi_counts_dst_days_by_their_own_length() {
+    let s = setup("kpi_dst", &[("NewYork", "America/New_York")], "");
+    // A rack and a PCS answering every second of the 23-hour and the 25-hour day.
+    for (day, next) in [("2026-03-08", "2026-03-09"), ("2026-11-01", "2026-11-02")] {
+        s.db.execute(
+            "local",
+            &format!(
+                r#"INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID", "MAX_CELL_VOLTAGE", "MIN_CELL_VOLTAGE", "FAULT")
+                   SELECT t, 1, 1, 3.36, 3.33, 0
+                     FROM generate_series(('{day}'::timestamp AT TIME ZONE 'America/New_York'),
+                                          ('{next}'::timestamp AT TIME ZONE 'America/New_York') - interval '1 second',
+                                          '1 second') AS t"#
+            ),
+        );
+    }
+    let rows: Vec<Value> = Cmd::new(Some(&s.config))
+        .args(["kpi", "--server", "local", "--date", "2026-03-08", "--json"])
+        .run()
+        .json();
+    let short = one(&rows, "rack", "local", "bank 1 / rack 1", "2026-03-08");
+    assert_eq!(
+        (&short["samples"], &short["availability_pct"]),
+        (&Value::from(82_800), &Value::from(100.0))
+    );
+    let rows: Vec<Value> = Cmd::new(Some(&s.config))
+        .args(["kpi", "--server", "local", "--date", "2026-11-01", "--json"])
+        .run()
+        .json();
+    let long = one(&rows, "rack", "local", "bank 1 / rack 1", "2026-11-01");
+    assert_eq!(
+        (&long["samples"], &long["availability_pct"]),
+        (&Value::from(90_000), &Value::from(100.0))
+    );
+    // A PCS with no rows: no energy, no method, no RTE, and the site says so.
+    let pcs = one(&rows, "pcs", "local", "pcs 1", "2026-11-01");
+    assert_eq!(
+        (
+            &pcs["charged_kwh"],
+            &pcs["charged_method"],
+            &pcs["rte_day_pct"]
+        ),
+        (&Value::Null, &Value::from("none"), &Value::Null)
+    );
+}
