@@ -107,13 +107,14 @@ impl State {
 }
 
 /// The checks, in the order a site's lines are shown.
-const CHECKS: [&str; 9] = [
+const CHECKS: [&str; 10] = [
     "server",
     "ingest",
     "spool",
     "breakers",
     "sample",
     "loss",
+    "kpi",
     "reconcile",
     "cache",
     "size",
@@ -122,7 +123,7 @@ const CHECKS: [&str; 9] = [
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusRow {
     pub site: String,
-    /// ingest, sample, spool, breakers, loss, reconcile, cache or server.
+    /// ingest, sample, spool, breakers, loss, kpi, reconcile, cache or server.
     pub check: &'static str,
     /// What the line is about: a server, a table on a server, a host's device group.
     pub target: String,
@@ -159,6 +160,20 @@ pub struct StatusReport {
     pub rows: Vec<StatusRow>,
     #[serde(skip)]
     nagios: bool,
+    /// Yesterday's graded KPIs per device, for `--prometheus`.
+    #[serde(skip)]
+    kpis: Vec<KpiGauge>,
+}
+
+/// One device's (or site's) graded KPIs of yesterday, as gauges.
+#[derive(Debug, Clone)]
+struct KpiGauge {
+    site: String,
+    server: String,
+    table: String,
+    device: String,
+    grade: Grade,
+    figures: Vec<(&'static str, f64)>,
 }
 
 #[derive(Debug)]
@@ -194,7 +209,11 @@ pub async fn execute(plan: &StatusPlan, ctx: &Context) -> crate::error::Result<S
         || {},
     )
     .await;
-    let mut rows: Vec<StatusRow> = sites.into_iter().flatten().collect();
+    let (mut rows, mut kpis) = (Vec::new(), Vec::new());
+    for (r, k) in sites {
+        rows.extend(r);
+        kpis.extend(k);
+    }
     rows.extend(cache_rows(&ctx.config, &plan.sites, now).await);
     // Per site (in config order), the checks in a fixed order.
     let site_rank = |name: &str| plan.sites.iter().position(|s| s.name == name);
@@ -207,9 +226,10 @@ pub async fn execute(plan: &StatusPlan, ctx: &Context) -> crate::error::Result<S
     let report = StatusReport {
         rows,
         nagios: plan.nagios,
+        kpis,
     };
     if let Some(path) = &plan.prometheus {
-        write_prometheus(path, &report.rows).map_err(|e| {
+        write_prometheus(path, &report.rows, &report.kpis).map_err(|e| {
             crate::error::Error::Output(std::io::Error::other(format!(
                 "--prometheus {}: {e}",
                 path.display()
@@ -219,8 +239,13 @@ pub async fn execute(plan: &StatusPlan, ctx: &Context) -> crate::error::Result<S
     Ok(report)
 }
 
-/// Everything about one site, from each of its servers.
-async fn site_rows(config: &Config, site: &Site, now: DateTime<Utc>) -> Vec<StatusRow> {
+/// Everything about one site, from each of its servers, and yesterday's KPIs.
+async fn site_rows(
+    config: &Config,
+    site: &Site,
+    now: DateTime<Utc>,
+) -> (Vec<StatusRow>, Vec<KpiGauge>) {
+    let mut kpis = Vec::new();
     let limits = &config.status;
     let mut rows = Vec::new();
     let row = |check, target: String, state, value: Option<f64>, detail: String| {
@@ -262,6 +287,9 @@ async fn site_rows(config: &Config, site: &Site, now: DateTime<Utc>) -> Vec<Stat
             )),
         }
         rows.push(loss_row(&client, site, name, yesterday).await);
+        let (row, gauges) = kpi_row(&client, site, name, yesterday).await;
+        rows.push(row);
+        kpis.extend(gauges);
         rows.push(size_row(&client, site, name).await);
         if let Ok(Some(r)) = read::last_reconcile(&client, &site.name).await
             && reconcile.as_ref().is_none_or(|have| have.at < r.at)
@@ -281,7 +309,7 @@ async fn site_rows(config: &Config, site: &Site, now: DateTime<Utc>) -> Vec<Stat
         rows.extend(ingest_rows(site, &heartbeats, now, config));
     }
     rows.push(reconcile_row(site, reconcile, now, limits.reconcile));
-    rows
+    (rows, kpis)
 }
 
 fn history_error(e: &tokio_postgres::Error) -> String {
@@ -375,6 +403,157 @@ async fn loss_row(client: &Client, site: &Site, server: &str, day: chrono::Naive
     };
     StatusRow::new(site, "loss", server, (state, value, detail))
 }
+
+/// Yesterday's KPIs on one server: the worst grade, the rack with the
+/// largest cell spread, the fault intervals still open at midnight; and
+/// each device's graded figures for the gauges.
+async fn kpi_row(
+    client: &Client,
+    site: &Site,
+    server: &str,
+    day: chrono::NaiveDate,
+) -> (StatusRow, Vec<KpiGauge>) {
+    use crate::history::kpi;
+    let read = async {
+        let days = kpi::days(client, &site.name, server, (day, day)).await?;
+        let intervals = kpi::intervals(client, &site.name, server, (day, day)).await?;
+        Ok::<_, tokio_postgres::Error>((days, intervals))
+    };
+    let (days, intervals) = match read.await {
+        Ok(r) => r,
+        Err(e) => {
+            let judged = (State::Unknown, None, history_error(&e));
+            return (StatusRow::new(site, "kpi", server, judged), Vec::new());
+        }
+    };
+    if days.is_empty() {
+        let judged = (
+            State::Warning,
+            None,
+            format!("no KPIs recorded for {day}: run `essops kpi` (the nightly unit does)"),
+        );
+        return (StatusRow::new(site, "kpi", server, judged), Vec::new());
+    }
+    let grade_of = |g: &str| match g {
+        "critical" => Grade::Critical,
+        "warning" => Grade::Warning,
+        _ => Grade::Info,
+    };
+    let worst = days
+        .iter()
+        .map(|d| grade_of(&d.grade))
+        .max()
+        .unwrap_or(Grade::Info);
+    let spread = days
+        .iter()
+        .filter(|d| d.table_name == "rack")
+        .filter_map(|d| d.cell_spread_max_mv.map(|s| (s, d)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let open = intervals
+        .iter()
+        .filter(|i| i.word == "fault" && i.open)
+        .count();
+    let mut detail = vec![format!("{day}:")];
+    if let Some((mv, d)) = spread {
+        detail.push(format!("largest cell spread {mv} mV ({}),", d.device));
+    }
+    detail.push(format!("{open} fault interval(s) open at midnight"));
+    let graded: Vec<&kpi::KpiRecord> = days
+        .iter()
+        .filter(|d| grade_of(&d.grade) == worst)
+        .collect();
+    if worst != Grade::Info {
+        let first = graded
+            .first()
+            .and_then(|d| {
+                d.figures["reasons"]
+                    .as_array()?
+                    .first()?
+                    .as_str()
+                    .map(|r| format!("; {}: {r}", d.device))
+            })
+            .unwrap_or_default();
+        detail.push(format!("; {} {}{first}", graded.len(), worst.as_str()));
+    }
+    let gauges = days
+        .iter()
+        .map(|d| KpiGauge {
+            site: site.name.clone(),
+            server: server.to_string(),
+            table: d.table_name.clone(),
+            device: d.device.clone(),
+            grade: grade_of(&d.grade),
+            figures: kpi_figures(d),
+        })
+        .collect();
+    let judged = (
+        State::of_grade(worst),
+        spread.map(|(mv, _)| mv / 1000.0),
+        detail.join(" ").replace(" ;", ";"),
+    );
+    (StatusRow::new(site, "kpi", server, judged), gauges)
+}
+
+/// The graded figures of a kept KPI row, under their gauge names.
+fn kpi_figures(d: &crate::history::kpi::KpiRecord) -> Vec<(&'static str, f64)> {
+    let f = &d.figures;
+    let mut out: Vec<(&'static str, f64)> = [
+        ("cell_spread_p95_mv", "essops_kpi_cell_spread_p95_volts"),
+        ("temp_spread_p95_c", "essops_kpi_temp_spread_p95_celsius"),
+        ("availability_pct", "essops_kpi_availability_percent"),
+        ("rte_30d_pct", "essops_kpi_rte_30d_percent"),
+        ("fault_secs", "essops_kpi_fault_seconds"),
+    ]
+    .into_iter()
+    .filter_map(|(field, gauge)| {
+        let v = f[field].as_f64()?;
+        // Prometheus wants base units: the spread in volts.
+        Some((
+            gauge,
+            if field.ends_with("_mv") {
+                v / 1000.0
+            } else {
+                v
+            },
+        ))
+    })
+    .collect();
+    if let Some(eol) = f["soh_eol_date"]
+        .as_str()
+        .and_then(|s| s.parse::<chrono::NaiveDate>().ok())
+    {
+        out.push(("essops_kpi_soh_eol_days", (eol - d.day).num_days() as f64));
+    }
+    out
+}
+
+/// The KPI gauges' names and help, in `kpi_figures`'s names.
+const KPI_GAUGES: [(&str, &str); 6] = [
+    (
+        "essops_kpi_cell_spread_p95_volts",
+        "Yesterday's cell voltage spread p95 per device.",
+    ),
+    (
+        "essops_kpi_temp_spread_p95_celsius",
+        "Yesterday's cell temperature spread p95 per device.",
+    ),
+    (
+        "essops_kpi_availability_percent",
+        "Yesterday's share of the day with data and no fault.",
+    ),
+    (
+        "essops_kpi_rte_30d_percent",
+        "Round-trip efficiency over the 30 days to yesterday.",
+    ),
+    (
+        "essops_kpi_fault_seconds",
+        "Yesterday's seconds with FAULT not 0.",
+    ),
+    (
+        "essops_kpi_soh_eol_days",
+        "Days from yesterday to the projected SoH end of life.",
+    ),
+];
 
 /// Per ingest (device group and host): heartbeat, spool and breakers. The
 /// newest minute any server holds counts: a server that is down cannot
@@ -589,14 +768,18 @@ async fn size_row(client: &Client, site: &Site, server: &str) -> StatusRow {
 
 /// Each line's state, and its figure under a name per check, in
 /// node_exporter's textfile format.
-fn write_prometheus(path: &std::path::Path, rows: &[StatusRow]) -> std::io::Result<()> {
+fn write_prometheus(
+    path: &std::path::Path,
+    rows: &[StatusRow],
+    kpis: &[KpiGauge],
+) -> std::io::Result<()> {
     let registry = prometheus::Registry::new();
     let states = crate::metrics::gauges(
         "essops_status_state",
         "Each status line: 0 ok, 1 warning, 2 critical, 3 unknown (as --nagios).",
         &["site", "check", "target"],
     );
-    let figures: [(&str, &str, &str); 8] = [
+    let figures: [(&str, &str, &str); 9] = [
         (
             "ingest",
             "essops_status_heartbeat_age_seconds",
@@ -621,6 +804,11 @@ fn write_prometheus(path: &std::path::Path, rows: &[StatusRow]) -> std::io::Resu
             "loss",
             "essops_status_loss_yesterday_percent",
             "Yesterday's loss per server, from the history.",
+        ),
+        (
+            "kpi",
+            "essops_status_kpi_cell_spread_max_volts",
+            "Yesterday's largest cell voltage spread of a rack per server.",
         ),
         (
             "reconcile",
@@ -660,6 +848,33 @@ fn write_prometheus(path: &std::path::Path, rows: &[StatusRow]) -> std::io::Resu
     };
     register(Box::new(states))?;
     for (_, g) in gauges {
+        register(Box::new(g))?;
+    }
+    let labels = &["site", "server", "table", "device"];
+    let grade = crate::metrics::gauges(
+        "essops_kpi_grade",
+        "Yesterday's KPI grade per device and site: 0 info, 1 warning, 2 critical.",
+        labels,
+    );
+    let kpi_gauges: Vec<(&str, prometheus::GaugeVec)> = KPI_GAUGES
+        .iter()
+        .map(|(name, help)| {
+            let g = prometheus::GaugeVec::new(prometheus::Opts::new(*name, *help), labels)
+                .expect("a valid metric name and labels");
+            (*name, g)
+        })
+        .collect();
+    for k in kpis {
+        let values = [k.site.as_str(), &k.server, &k.table, &k.device];
+        grade.with_label_values(&values).set(k.grade as i64);
+        for (name, v) in &k.figures {
+            if let Some((_, g)) = kpi_gauges.iter().find(|(n, _)| n == name) {
+                g.with_label_values(&values).set(*v);
+            }
+        }
+    }
+    register(Box::new(grade))?;
+    for (_, g) in kpi_gauges {
         register(Box::new(g))?;
     }
     crate::metrics::write_textfile(path, &registry)

@@ -22,7 +22,8 @@ struct Fleet {
 
 /// A site that is healthy by every measure `status` takes (Redis is not
 /// configured, so the cache is not judged): fresh samples on both servers,
-/// yesterday's loss recorded at 0, a reconcile just now, ingest's minute just written.
+/// yesterday's loss recorded at 0 and its KPIs at info, a reconcile just
+/// now, ingest's minute just written.
 fn healthy(test: &str) -> Fleet {
     let db = TestDb::new(test, 1);
     let scratch = Scratch::new(test);
@@ -48,6 +49,9 @@ fn healthy(test: &str) -> Fleet {
                 "INSERT INTO essops.loss_daily (site, server, table_name, device, device_ids, day, configured, expected, observed, missing, gaps, longest_gap_s, loss_pct, grade)
                  SELECT 'Mon', '{server}', t, t || ' 1', '{{1}}', current_date - 1, true, 86400, 86400, 0, 0, 0, 0, 'info'
                    FROM unnest(ARRAY['bank', 'rack', 'pcs', 'etc']) t;
+                 INSERT INTO essops.kpi_daily (site, server, table_name, device, device_ids, day, grade, samples, cell_spread_max_mv, cell_spread_p95_mv, figures)
+                 VALUES ('Mon', '{server}', 'rack', 'bank 1 / rack 1', '{{1,1}}', current_date - 1, 'info', 86400, 31, 30,
+                         '{{\"cell_spread_p95_mv\": 30, \"availability_pct\": 100, \"reasons\": []}}');
                  INSERT INTO essops.reconcile_runs (site, table_name, window_start, window_end, server_a, server_b, dry_run, compared, differing, copied_to_a, copied_to_b, seconds, outcome)
                  VALUES ('Mon', 'rack', now() - interval '1 day', now(), 'local', 'gcp', false, 24, 0, 0, 0, 1.5, 'ok');"
             ),
@@ -154,6 +158,30 @@ fn status_exit_code_is_the_worst_state() {
             .unwrap()
             .contains("rack is critical")
     );
+
+    // A critical KPI day is critical too, and the line names the rack.
+    f.db.execute(
+        "gcp",
+        "UPDATE essops.loss_daily SET observed = 86400, missing = 0, loss_pct = 0, grade = 'info';
+         UPDATE essops.kpi_daily SET grade = 'critical', cell_spread_max_mv = 140,
+                figures = '{\"cell_spread_p95_mv\": 120, \"reasons\": [\"cell spread p95 120 mV ≥ 100 (critical)\"]}'",
+    );
+    let (code, rows) = f.status(&[]);
+    let kpi = rows
+        .iter()
+        .find(|r| r["check"] == "kpi" && r["target"] == "gcp")
+        .unwrap();
+    assert_eq!(
+        (code, kpi["state"].as_str()),
+        (11, Some("critical")),
+        "{rows:#?}"
+    );
+    assert_eq!(kpi["value"], 0.14, "in volts, as the gauge");
+    let detail = kpi["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("140 mV (bank 1 / rack 1)") && detail.contains("cell spread p95 120 mV"),
+        "{detail}"
+    );
 }
 
 #[test]
@@ -194,6 +222,11 @@ fn status_says_unknown_when_a_server_cannot_be_read_and_writes_a_textfile() {
     );
     assert!(
         text.contains("essops_status_reconcile_age_seconds{site=\"Mon\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("essops_kpi_cell_spread_p95_volts{device=\"bank 1 / rack 1\",server=\"gcp\",site=\"Mon\",table=\"rack\"} 0.03")
+            && text.contains("essops_kpi_grade{device=\"bank 1 / rack 1\",server=\"local\",site=\"Mon\",table=\"rack\"} 0"),
         "{text}"
     );
     let promtool = Command::new("promtool")
