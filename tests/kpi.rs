@@ -13,7 +13,7 @@ const DAY: &str = "2026-03-10";
 
 struct Setup {
     db: TestDb,
-    _scratch: Scratch,
+    scratch: Scratch,
     config: PathBuf,
 }
 
@@ -40,7 +40,7 @@ fn setup(test: &str, sites: &[(&str, &str)], extra: &str) -> Setup {
         .expect_code(0);
     Setup {
         db,
-        _scratch: scratch,
+        scratch,
         config,
     }
 }

@@ -137,7 +137,7 @@ impl Setup {
 }
 
 /// Headless Chromium with no network and no profile left behind.
-fn chromium(scratch: &Scratch, page: &Path, extra: &[String]) -> std::process::Output {
+pub(crate) fn chromium(scratch: &Scratch, page: &Path, extra: &[String]) -> std::process::Output {
     Command::new("chromium")
         .args([
             "--headless",

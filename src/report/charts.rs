@@ -36,6 +36,17 @@ pub fn lines(
     days: &[NaiveDate],
     series: &[Series],
 ) -> Result<Option<String>, ChartError> {
+    lines_in(title, unit, days, series, None)
+}
+
+/// As [`lines`], with the y axis over `y` (default: 0 to above the largest value).
+pub fn lines_in(
+    title: &str,
+    unit: &str,
+    days: &[NaiveDate],
+    series: &[Series],
+    y: Option<(f64, f64)>,
+) -> Result<Option<String>, ChartError> {
     if series.iter().all(|s| s.points.is_empty()) {
         return Ok(None);
     }
@@ -43,10 +54,10 @@ pub fn lines(
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .fold(0.0f64, f64::max);
-    let y_max = if y_max <= 0.0 { 1.0 } else { y_max * 1.15 };
+    let y = y.unwrap_or((0.0, if y_max <= 0.0 { 1.0 } else { y_max * 1.15 }));
     let width = days.len().max(1) as f64;
     let mut svg = String::new();
-    draw(&mut svg, title, unit, days, width, y_max, series).map_err(|e| ChartError {
+    draw(&mut svg, title, unit, days, width, y, series).map_err(|e| ChartError {
         title: title.to_string(),
         detail: format!("{e:?}"),
     })?;
@@ -59,7 +70,7 @@ fn draw(
     unit: &str,
     days: &[NaiveDate],
     width: f64,
-    y_max: f64,
+    (y_min, y_max): (f64, f64),
     series: &[Series],
 ) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::with_string(svg, SIZE).into_drawing_area();
@@ -69,7 +80,7 @@ fn draw(
         .margin(12)
         .x_label_area_size(28)
         .y_label_area_size(64)
-        .build_cartesian_2d(0f64..width, 0f64..y_max)?;
+        .build_cartesian_2d(0f64..width, y_min..y_max)?;
     // A date at the start of its day only: ticks between days stay blank.
     let label = |x: &f64| match x.fract().abs() < 1e-6 {
         true => days

@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 
 use crate::config::{Config, Site};
 use crate::db;
+use crate::history::kpi;
 use crate::history::read::{self, BreakerEvent, DeviceDay, Hourly, Run};
 use crate::loss::LossTarget;
 use crate::window::Window;
@@ -40,8 +41,20 @@ pub struct SiteData {
     pub breakers: Vec<BreakerEvent>,
     /// Per server and table: bytes, rows, growth (as `essops size`).
     pub sizes: Vec<crate::size::TableSize>,
+    /// Battery KPIs of the window, from the first server whose history has them.
+    pub kpi: KpiData,
     /// Sources that could not be read, in words.
     pub problems: Vec<String>,
+}
+
+/// What `essops kpi` kept for the window: per device and day, the
+/// intervals, the server they come from and the grading thresholds.
+#[derive(Debug, Clone, Default)]
+pub struct KpiData {
+    pub server: Option<String>,
+    pub days: Vec<kpi::KpiRecord>,
+    pub intervals: Vec<kpi::IntervalRecord>,
+    pub settings: crate::config::KpiSettings,
 }
 
 impl SiteData {
@@ -62,6 +75,10 @@ pub async fn site(config: &Config, site: &Site, span: Window, days: Vec<Day>) ->
         spool: Vec::new(),
         breakers: Vec::new(),
         sizes: Vec::new(),
+        kpi: KpiData {
+            settings: config.kpi,
+            ..KpiData::default()
+        },
         problems: Vec::new(),
     };
     let mut activity_read = false;
@@ -80,6 +97,9 @@ pub async fn site(config: &Config, site: &Site, span: Window, days: Vec<Day>) ->
                 "server `{server}`: table sizes unreadable: {}",
                 db::describe(&e)
             )),
+        }
+        if data.kpi.server.is_none() {
+            battery(&client, server, &mut data).await;
         }
         if !activity_read {
             match activity(&client, &site.name, span).await {
@@ -168,6 +188,30 @@ async fn measure_now(
             grade: d.grade.to_string(),
         })
         .collect())
+}
+
+/// The KPIs one server kept for the window; the first server with any wins.
+async fn battery(client: &Client, server: &str, data: &mut SiteData) {
+    let (Some(first), Some(last)) = (data.days.first(), data.days.last()) else {
+        return;
+    };
+    let span = (first.date, last.date);
+    let read = async {
+        let days = kpi::days(client, &data.site.name, server, span).await?;
+        let intervals = kpi::intervals(client, &data.site.name, server, span).await?;
+        Ok::<_, tokio_postgres::Error>((days, intervals))
+    };
+    match read.await {
+        Ok((days, _)) if days.is_empty() => {}
+        Ok((days, intervals)) => {
+            data.kpi.server = Some(server.to_string());
+            (data.kpi.days, data.kpi.intervals) = (days, intervals);
+        }
+        Err(e) => data.problems.push(format!(
+            "server `{server}`: KPI history unreadable: {} (run `essops migrate`: schema version 6 adds it)",
+            db::describe(&e)
+        )),
+    }
 }
 
 type Activity = (Vec<Run>, Hourly, Hourly, Vec<BreakerEvent>);

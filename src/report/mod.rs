@@ -2,12 +2,14 @@
 //! page (inline CSS and SVG, no script, nothing fetched), from the run
 //! history: a loss heatmap per site (device × day, coloured by grade), daily
 //! loss per server, reconcile runs, failed polls, spool depth and breaker
-//! episodes. Days the history lacks are measured on the spot, and the page
-//! says so.
+//! episodes; and the batteries' KPIs as `essops kpi` kept them (cell-spread
+//! heatmap, SoH trend, energy and RTE, alarm timeline per bank). Days the
+//! loss history lacks are measured on the spot, and the page says so.
 //!
 //! `gather` reads, `page` turns what was read into what is shown, `charts`
 //! draws the line charts, and `page.html` is the template.
 
+mod battery;
 mod charts;
 mod gather;
 mod page;
@@ -160,7 +162,7 @@ impl crate::command::Command for ReportArgs {
         let views: Vec<page::SiteView> = gathered
             .iter()
             .zip(&plan.sites)
-            .map(|(data, w)| page::site_view(data, w.site.timezone, w.span.start))
+            .map(|(data, w)| page::site_view(data, w.site.timezone, (w.span.start, w.span.end)))
             .collect();
         let rows = gathered
             .iter()

@@ -50,6 +50,7 @@ pub struct SiteView {
     pub spool_chart: Option<String>,
     pub episodes: Vec<Episode>,
     pub sizes: Vec<SizeLine>,
+    pub battery: super::battery::BatteryView,
     pub on_the_spot: Vec<String>,
     pub problems: Vec<String>,
 }
@@ -151,7 +152,8 @@ fn device_key(d: &DeviceDay) -> DeviceKey {
     (table, d.device_ids.clone(), d.device.clone())
 }
 
-pub fn site_view(data: &SiteData, tz: Tz, span_start: DateTime<Utc>) -> SiteView {
+pub fn site_view(data: &SiteData, tz: Tz, span: (DateTime<Utc>, DateTime<Utc>)) -> SiteView {
+    let span_start = span.0;
     // Per device and day, each server's figure.
     let mut grid: Grid<'_> = BTreeMap::new();
     for (server, rows) in &data.loss {
@@ -214,6 +216,7 @@ pub fn site_view(data: &SiteData, tz: Tz, span_start: DateTime<Utc>) -> SiteView
                 }
             })
             .collect(),
+        battery: super::battery::view(data, tz, span),
         on_the_spot: data
             .on_the_spot
             .iter()
@@ -291,7 +294,7 @@ fn heatmaps(data: &SiteData, grid: &Grid<'_>) -> (Heatmap, Vec<Heatmap>) {
     (heatmap(title, &data.dates(), rows), banks)
 }
 
-fn heatmap(title: String, days: &[NaiveDate], mut rows: Vec<HeatRow>) -> Heatmap {
+pub(super) fn heatmap(title: String, days: &[NaiveDate], mut rows: Vec<HeatRow>) -> Heatmap {
     for (i, row) in rows.iter_mut().enumerate() {
         row.y = HEADER_HEIGHT + i as u32 * CELL;
     }
@@ -313,7 +316,7 @@ fn heatmap(title: String, days: &[NaiveDate], mut rows: Vec<HeatRow>) -> Heatmap
     }
 }
 
-fn column_x(day: usize) -> u32 {
+pub(super) fn column_x(day: usize) -> u32 {
     LABEL_WIDTH + day as u32 * CELL
 }
 
@@ -634,6 +637,7 @@ mod tests {
             spool: Vec::new(),
             breakers: Vec::new(),
             sizes: Vec::new(),
+            kpi: Default::default(),
             problems: Vec::new(),
         }
     }
@@ -662,7 +666,7 @@ mod tests {
             .iter()
             .map(|site| {
                 let data = synthetic(site, 10, 20, &days);
-                site_view(&data, site.timezone, Utc::now())
+                site_view(&data, site.timezone, (Utc::now(), Utc::now()))
             })
             .collect();
         assert_eq!(views.len(), 4);
@@ -683,7 +687,7 @@ mod tests {
         let config = Config::parse(EMBEDDED_DEFAULT, ConfigSource::Embedded).unwrap();
         let site = &config.sites[0];
         let data = synthetic(site, 4, 100, &month());
-        let view = site_view(&data, site.timezone, Utc::now());
+        let view = site_view(&data, site.timezone, (Utc::now(), Utc::now()));
         // 4 banks + 4 rows of racks + 1 PCS; each bank's 100 racks below.
         assert_eq!(view.heatmap.rows.len(), 9);
         assert_eq!(view.banks.len(), 4);
