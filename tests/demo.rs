@@ -107,6 +107,14 @@ fn demo_finds_holes_repairs_them_and_the_servers_agree() {
         page.contains("Measured on the spot"),
         "the demo's part of a day"
     );
+    // The batteries' KPIs of that part of a day, measured on the spot too.
+    for shown in [
+        "KPIs measured on the spot",
+        "Cell voltage spread p95 per rack and day",
+        "SoH per day, the racks nearest their end of life",
+    ] {
+        assert!(page.contains(shown), "`{shown}` is not on the demo's page");
+    }
     let logs: Vec<_> = std::fs::read_dir(scratch.path.join("logs"))
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -145,8 +145,18 @@ struct TableFigures {
     energy: Vec<measure::PcsEnergy>,
 }
 
+/// The KPIs of `t` measured now and recorded nowhere (for `essops report`,
+/// where the history lacks days).
+pub async fn measure_now(config: &Config, t: &KpiTarget) -> Vec<KpiRow> {
+    measure(config, t, false).await
+}
+
 /// Everything about one (server, site): its rows, recorded in its history.
 async fn measure_target(config: &Config, t: &KpiTarget) -> Vec<KpiRow> {
+    measure(config, t, true).await
+}
+
+async fn measure(config: &Config, t: &KpiTarget, recorded: bool) -> Vec<KpiRow> {
     let fail = |table: Option<&str>, error: String| {
         KpiRow::Failure(Failure::new(&t.server, &t.site.name, table, error))
     };
@@ -209,7 +219,7 @@ async fn measure_target(config: &Config, t: &KpiTarget) -> Vec<KpiRow> {
         _ => Vec::new(),
     };
     let made = assemble(config, t, &pieces, &measured, kept_rows);
-    if let Some(client) = history.as_mut() {
+    if let Some(client) = history.as_mut().filter(|_| recorded) {
         record(
             client,
             Target { server, database },
@@ -540,13 +550,8 @@ async fn record(
         let figures = serde_json::to_value(row).unwrap_or_default();
         match row {
             KpiRow::Rack(d) | KpiRow::Bank(d) | KpiRow::Pcs(d) if whole(&d.day) => {
-                let table_name = match row {
-                    KpiRow::Rack(_) => "rack",
-                    KpiRow::Bank(_) => "bank",
-                    _ => "pcs",
-                };
                 kpi_days.push(kept::KpiDay {
-                    table_name,
+                    table_name: row.table_name(),
                     device: d.device.clone(),
                     device_ids: d.device_ids.clone(),
                     day: d.day,

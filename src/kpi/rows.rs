@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::measure::{DailyFigures, PcsEnergy, RawInterval, SocSpread};
 use super::trend::{self, SohTrend, round2};
 use crate::config::KpiSettings;
+use crate::history::kpi::{IntervalRecord, KpiRecord};
 use crate::loss::gaps::Grade;
 
 /// A rack, bank or PCS on one local day.
@@ -134,6 +135,73 @@ pub enum KpiRow {
     Site(SiteKpi),
     AlarmInterval(IntervalRow),
     Failure(crate::output::Failure),
+}
+
+impl KpiRow {
+    /// The history's `table_name` of a device or site row.
+    pub fn table_name(&self) -> &'static str {
+        match self {
+            KpiRow::Rack(_) => "rack",
+            KpiRow::Bank(_) => "bank",
+            KpiRow::Pcs(_) => "pcs",
+            KpiRow::Site(_) => "site",
+            KpiRow::AlarmInterval(i) => i.table,
+            KpiRow::Failure(_) => "",
+        }
+    }
+
+    /// The row as the history gives it back (device and site rows).
+    pub fn as_record(&self) -> Option<KpiRecord> {
+        let figures = serde_json::to_value(self).unwrap_or_default();
+        let (device, ids, day, grade, spread, soh, energy) = match self {
+            KpiRow::Rack(d) | KpiRow::Bank(d) | KpiRow::Pcs(d) => (
+                d.device.clone(),
+                d.device_ids.clone(),
+                d.day,
+                d.level,
+                d.cell_spread_max_mv,
+                d.soh_median,
+                d.energy.as_ref(),
+            ),
+            KpiRow::Site(s) => (
+                "site".into(),
+                Vec::new(),
+                s.day,
+                s.level,
+                None,
+                None,
+                Some(&s.energy),
+            ),
+            KpiRow::AlarmInterval(_) | KpiRow::Failure(_) => return None,
+        };
+        Some(KpiRecord {
+            table_name: self.table_name().to_string(),
+            device,
+            device_ids: ids,
+            day,
+            grade: grade.as_str().to_string(),
+            cell_spread_max_mv: spread,
+            soh_median: soh,
+            charged_kwh: energy.and_then(|e| e.charged_kwh),
+            discharged_kwh: energy.and_then(|e| e.discharged_kwh),
+            figures,
+        })
+    }
+}
+
+impl IntervalRow {
+    /// The interval as the history gives it back.
+    pub fn as_record(&self) -> IntervalRecord {
+        IntervalRecord {
+            table_name: self.table.to_string(),
+            device: self.device.clone(),
+            device_ids: self.device_ids.clone(),
+            word: self.word.to_string(),
+            started_at: self.raw.start,
+            ended_at: self.raw.end,
+            open: self.open,
+        }
+    }
 }
 
 impl KpiRow {

@@ -32,6 +32,8 @@ pub struct BatteryView {
     pub timelines: Vec<Timeline>,
     /// Days of the window without KPIs.
     pub missing_days: Vec<NaiveDate>,
+    /// Days the history lacked, measured now.
+    pub on_the_spot: Vec<NaiveDate>,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +110,7 @@ pub fn view(data: &SiteData, tz: Tz, span: (DateTime<Utc>, DateTime<Utc>)) -> Ba
         ),
         timelines: timelines(&k.intervals, tz, span),
         missing_days,
+        on_the_spot: k.on_the_spot.clone(),
     }
 }
 

@@ -52,6 +52,8 @@ pub struct SiteData {
 #[derive(Debug, Clone, Default)]
 pub struct KpiData {
     pub server: Option<String>,
+    /// Days the history lacked, measured now.
+    pub on_the_spot: Vec<NaiveDate>,
     pub days: Vec<kpi::KpiRecord>,
     pub intervals: Vec<kpi::IntervalRecord>,
     pub settings: crate::config::KpiSettings,
@@ -99,7 +101,7 @@ pub async fn site(config: &Config, site: &Site, span: Window, days: Vec<Day>) ->
             )),
         }
         if data.kpi.server.is_none() {
-            battery(&client, server, &mut data).await;
+            battery(config, &client, server, &mut data).await;
         }
         if !activity_read {
             match activity(&client, &site.name, span).await {
@@ -190,8 +192,9 @@ async fn measure_now(
         .collect())
 }
 
-/// The KPIs one server kept for the window; the first server with any wins.
-async fn battery(client: &Client, server: &str, data: &mut SiteData) {
+/// The KPIs one server kept for the window, and the days it lacks measured
+/// now; the first server that gives any wins.
+async fn battery(config: &Config, client: &Client, server: &str, data: &mut SiteData) {
     let (Some(first), Some(last)) = (data.days.first(), data.days.last()) else {
         return;
     };
@@ -201,16 +204,49 @@ async fn battery(client: &Client, server: &str, data: &mut SiteData) {
         let intervals = kpi::intervals(client, &data.site.name, server, span).await?;
         Ok::<_, tokio_postgres::Error>((days, intervals))
     };
-    match read.await {
-        Ok((days, _)) if days.is_empty() => {}
-        Ok((days, intervals)) => {
-            data.kpi.server = Some(server.to_string());
-            (data.kpi.days, data.kpi.intervals) = (days, intervals);
+    let (mut days, mut intervals) = match read.await {
+        Ok(kept) => kept,
+        Err(e) => {
+            data.problems.push(format!(
+                "server `{server}`: KPI history unreadable: {} (run `essops migrate`: schema version 6 adds it); measuring every day now",
+                db::describe(&e)
+            ));
+            (Vec::new(), Vec::new())
         }
-        Err(e) => data.problems.push(format!(
-            "server `{server}`: KPI history unreadable: {} (run `essops migrate`: schema version 6 adds it)",
-            db::describe(&e)
-        )),
+    };
+    days.retain(|r| data.days.iter().any(|d| d.whole && d.date == r.day));
+    let missing: Vec<Day> = data
+        .days
+        .iter()
+        .filter(|d| !days.iter().any(|r| r.day == d.date))
+        .copied()
+        .collect();
+    if let (Some(from), Some(to)) = (missing.first(), missing.last()) {
+        let target = crate::kpi::KpiTarget {
+            server: server.to_string(),
+            site: data.site.clone(),
+            counted: Window {
+                start: from.piece.start,
+                end: to.piece.end,
+            },
+        };
+        let dates: Vec<NaiveDate> = missing.iter().map(|d| d.date).collect();
+        for row in crate::kpi::measure_now(config, &target).await {
+            match row {
+                crate::kpi::KpiRow::AlarmInterval(i) if dates.contains(&i.day) => {
+                    intervals.push(i.as_record())
+                }
+                crate::kpi::KpiRow::Failure(f) => data
+                    .problems
+                    .push(format!("server `{server}`: KPIs could not be measured: {}", f.error)),
+                other => days.extend(other.as_record().filter(|r| dates.contains(&r.day))),
+            }
+        }
+        data.kpi.on_the_spot = dates;
+    }
+    if !days.is_empty() {
+        data.kpi.server = Some(server.to_string());
+        (data.kpi.days, data.kpi.intervals) = (days, intervals);
     }
 }
 
