@@ -5,6 +5,8 @@
 #   scripts/bench.sh            every benchmark
 #   scripts/bench.sh loss       per-device loss, one site-day and one site-week of
 #                               ESS_Operating_Site2 at 1 Hz (bank + rack tables)
+#   scripts/bench.sh kpi        battery KPIs of the loss bench's site-day, timed next to
+#                               loss of the same site-day (both over every table)
 #   scripts/bench.sh lifecycle  on the loss bench's site-week: bytes per rack row and per
 #                               index, the week's first rollup and a re-run, a retention
 #                               dry run
@@ -103,6 +105,26 @@ bench_loss() {
     echo "  site-day  ($day_rows rows): $(timed "${day_cmd[@]}")"
     echo "  site-week ($week_rows rows): $(timed "${week_cmd[@]}")"
     echo "  reproduce: scripts/bench.sh loss   (one run: ${day_cmd[*]#$ROOT/})"
+}
+
+# `essops kpi` next to `essops loss` on the same site-day (every table each),
+# alternating so both see the same cache state.
+bench_kpi() {
+    local cfg=bench/loss.toml
+    site_week
+    local loss_cmd=("$ESSOPS" --config "$cfg" loss --quiet --date 2026-03-05)
+    local kpi_cmd=("$ESSOPS" --config "$cfg" kpi --quiet --date 2026-03-05)
+    local loss_t kpi_t
+    loss_t="$(timed "${loss_cmd[@]}")"
+    kpi_t="$(timed "${kpi_cmd[@]}")"
+    echo "kpi: ESS_Operating_Site2 site-day (2 banks, 17 racks at 1 Hz, 0.5 % scattered loss), dev build"
+    echo "  loss: $loss_t"
+    echo "  kpi:  $kpi_t"
+    local l k
+    l="$(sed 's/median \([0-9]*\) ms.*/\1/' <<<"$loss_t")"
+    k="$(sed 's/median \([0-9]*\) ms.*/\1/' <<<"$kpi_t")"
+    echo "  kpi / loss (medians): $(awk -v k="$k" -v l="$l" 'BEGIN {printf "%.2f", k / l}')"
+    echo "  reproduce: scripts/bench.sh kpi   (one run: ${kpi_cmd[*]#$ROOT/})"
 }
 
 # Keeping data on the loss bench's site-week: bytes per rack row and per
@@ -757,6 +779,7 @@ rpl_psql() { dbpsql "$1" bench_replay "$2"; }
 
 case "${1:-all}" in
     loss) bench_loss ;;
+    kpi) bench_kpi ;;
     reconcile) bench_reconcile ;;
     ingest) bench_ingest ;;
     field) bench_field ;;
@@ -766,6 +789,6 @@ case "${1:-all}" in
     index) bench_index ;;
     index-stall) bench_index_stall ;;
     lifecycle) bench_lifecycle ;;
-    all) bench_loss; bench_lifecycle; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_cache_month; bench_index; bench_index_stall ;;
-    *) echo "usage: $0 [all|loss|lifecycle|reconcile|ingest|field|replay|cache|cache-month|index|index-stall]" >&2; exit 2 ;;
+    all) bench_loss; bench_kpi; bench_lifecycle; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_cache_month; bench_index; bench_index_stall ;;
+    *) echo "usage: $0 [all|loss|kpi|lifecycle|reconcile|ingest|field|replay|cache|cache-month|index|index-stall]" >&2; exit 2 ;;
 esac

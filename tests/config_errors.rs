@@ -38,7 +38,7 @@ fn config_unknown_top_level_key() {
     expect_config_error(
         "unknown_top",
         &format!("colour = \"red\"\n{SERVER}{SITE}"),
-        "1:1: key `colour`: unknown field `colour`, expected one of `log_dir`, `log_keep_days`, `lock_dir`, `spool_dir`, `spool_max_mb`, `spool_min_free_mb`, `modbus`, `cache`, `defaults`, `redis`, `history`, `retention`, `status`, `servers`, `sites`",
+        "1:1: key `colour`: unknown field `colour`, expected one of `log_dir`, `log_keep_days`, `lock_dir`, `spool_dir`, `spool_max_mb`, `spool_min_free_mb`, `modbus`, `cache`, `defaults`, `redis`, `history`, `retention`, `status`, `kpi`, `servers`, `sites`",
     );
 }
 

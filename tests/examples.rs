@@ -137,10 +137,10 @@ fn examples_crontab_commands_run_and_succeed() {
         .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.contains('='))
         .map(|l| l.split_whitespace().skip(5).collect::<Vec<_>>().join(" "))
         .collect();
-    assert_eq!(commands.len(), 6, "{commands:?}");
+    assert_eq!(commands.len(), 7, "{commands:?}");
     // The timers run the crontab's commands, and the status for Prometheus.
     let timers = timer_commands();
-    assert_eq!(timers.len(), 7, "{timers:?}");
+    assert_eq!(timers.len(), 8, "{timers:?}");
     for (timer, command, _) in &timers {
         assert!(
             timer.contains("status")

@@ -448,6 +448,26 @@ fn security_reader_role_reads_but_cannot_write() {
             .get(0)
     });
     assert!(recorded > 0, "the reader's loss left no history");
+    // And its KPI days, the same way.
+    let kpi = run(&["kpi", "--from", "2020-01-01", "--to", "2020-01-02"]);
+    assert!(
+        [0, 10, 11].contains(&kpi.code()) && !kpi.stderr().contains("not recorded"),
+        "kpi as reader: {}{}",
+        kpi.stdout(),
+        kpi.stderr()
+    );
+    let kept: i64 = block_on(async {
+        db.client("local", &db.databases[0])
+            .await
+            .query_one(
+                "SELECT count(*) FROM essops.kpi_daily WHERE day = '2020-01-01'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert!(kept > 0, "the reader's kpi left no history");
     let check = run(&["check"]);
     // The dev superuser is a login role named like the history schema.
     assert!(
@@ -459,7 +479,8 @@ fn security_reader_role_reads_but_cannot_write() {
         check
             .stdout()
             .contains("GRANT INSERT ON TABLE \"essops\".\"reconcile_runs\" TO \"it_reader_sec\"")
-            && !check.stdout().contains("\"loss_daily\" TO"),
+            && !check.stdout().contains("\"loss_daily\" TO")
+            && !check.stdout().contains("\"kpi_daily\" TO"),
         "{}",
         check.stdout()
     );

@@ -74,6 +74,21 @@ pub fn settings(config: &Config) -> Vec<(String, String)> {
         "status.spool_critical",
         human_bytes(st.spool_critical_bytes),
     );
+    let k = &config.kpi;
+    set("kpi.soh_end_of_life", format!("{} %", k.soh_end_of_life));
+    for (name, (w, c), higher_is_worse, unit) in [
+        ("cell_spread", k.cell_spread_mv, true, "mV"),
+        ("temp_spread", k.temp_spread_c, true, "°C"),
+        ("rte", k.rte_pct, false, "%"),
+        ("availability", k.availability_pct, false, "%"),
+        ("soh_eol", k.soh_eol_days, false, "days"),
+    ] {
+        let side = if higher_is_worse { "from" } else { "below" };
+        set(
+            &format!("kpi.{name}"),
+            format!("warning {side} {w} {unit}, critical {side} {c} {unit}"),
+        );
+    }
     if let Some(redis) = &config.redis {
         let mut url = redis.url.clone();
         if url.password().is_some() {
@@ -170,6 +185,13 @@ fn site_settings(s: &Site) -> Vec<(String, String)> {
         (key("pcs"), pcs.join(", ")),
         (key("modbus"), endpoints.join(", ")),
         (key("register_map"), s.register_map.label.clone()),
+        (
+            key("rated_kwh"),
+            s.rated_kwh
+                .map_or("- (no capacity ratio or cycles)".into(), |r| {
+                    format!("{r} kWh")
+                }),
+        ),
     ]
 }
 

@@ -1,7 +1,9 @@
 //! The KPI queries: every figure is computed by the server, one statement
-//! per kind of figure over the whole window, grouped by device and local
-//! day (`"TIMESTAMP" AT TIME ZONE` the site's zone, so DST days have 23 or
-//! 25 hours). Nothing reads rows one by one into essops.
+//! per kind of figure, table and local day (the day's own bounds in the
+//! site's zone, so DST days have 23 or 25 hours), grouped by the device
+//! columns themselves so the natural-key index hands the rows over in
+//! device order and no sort of the day is needed. Nothing reads rows one by
+//! one into essops.
 //!
 //! A column a deployment's table lacks gives NULL (or 0 seconds), never an
 //! error: the KPI that needs it is simply absent from the row.
@@ -100,14 +102,6 @@ impl TableColumns {
         }
     }
 
-    /// `"A" - "B"` as float8 (× `scale`), or NULL.
-    fn spread(&self, max: &str, min: &str, scale: f64) -> String {
-        match self.has(max) && self.has(min) {
-            true => format!("(({} - {}) * {scale})", self.float(max), self.float(min)),
-            false => "NULL::float8".into(),
-        }
-    }
-
     fn word(&self, name: &str) -> String {
         match self.has(name) {
             true => format!("{}::int8", quote_ident(name)),
@@ -116,13 +110,14 @@ impl TableColumns {
     }
 }
 
-/// How one measurement reads: the server, its client, the window, the zone.
+/// How one measurement reads: the server, its client, one local day.
 pub struct Scope<'a> {
     pub server: &'a str,
     pub database: &'a str,
     pub client: &'a Client,
+    /// The day's bounds (or the part of it measured).
     pub window: Window,
-    pub timezone: &'a str,
+    pub day: NaiveDate,
     pub interval_secs: u32,
 }
 
@@ -134,7 +129,7 @@ impl Scope<'_> {
         extra: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, DbError> {
         let mut params: Vec<&(dyn ToSql + Sync)> =
-            vec![&self.window.start, &self.window.end, &self.timezone];
+            vec![&self.window.start, &self.window.end, &self.day];
         params.extend_from_slice(extra);
         let fail = |e: &tokio_postgres::Error| DbError::query(self.server, self.database, what, e);
         self.client
@@ -145,10 +140,12 @@ impl Scope<'_> {
     }
 }
 
-/// `ARRAY["BANK_ID", "RACK_ID"]::int2[]`, the local day, and the filters
-/// every KPI statement shares: `$1`..`$2` is the window, `$3` the zone.
+/// `ARRAY["BANK_ID", "RACK_ID"]::int2[]`, the device columns to group by,
+/// the local day, and the filters every KPI statement shares: `$1`..`$2` is
+/// the day's window, `$3` its date.
 struct Common {
     ids: String,
+    group: String,
     day: String,
     table: String,
     filter: String,
@@ -167,93 +164,200 @@ fn common(spec: &TableSpec) -> Common {
     let filter = format!("{ts} >= $1 AND {ts} < $2{not_null}");
     Common {
         ids: format!("ARRAY[{}]::int2[]", ids.join(", ")),
-        day: format!("({ts} AT TIME ZONE $3::text)::date"),
+        group: ids.join(", "),
+        day: "$3::date".into(),
         from: format!("{table} WHERE {filter}"),
         table,
         filter,
     }
 }
 
-/// Per device and day: counts, spreads, SoH and time outside the limits.
+/// A share of a table's devices: those whose first device id lies in
+/// `[from, to]` (an open end: every id past it, so devices the config
+/// lacks are measured too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lane {
+    pub from: Option<i16>,
+    pub to: Option<i16>,
+}
+
+impl Lane {
+    /// ` AND "BANK_ID" >= $N AND "BANK_ID" <= $N+1`, and the values to bind.
+    fn sql(self, spec: &TableSpec, first: usize) -> (String, Vec<i16>) {
+        let Some(column) = spec.device_columns.first() else {
+            return (String::new(), Vec::new());
+        };
+        let mut sql = String::new();
+        let mut values = Vec::new();
+        for (bound, op) in [(self.from, ">="), (self.to, "<=")] {
+            if let Some(v) = bound {
+                values.push(v);
+                sql.push_str(&format!(
+                    " AND {} {op} ${}::int2",
+                    quote_ident(column),
+                    first + values.len() - 1
+                ));
+            }
+        }
+        (sql, values)
+    }
+}
+
+/// ` AND ("BANK_ID", "RACK_ID") IN (SELECT * FROM unnest($N::int2[], …))`:
+/// only `devices`, one int2[] per device column bound from `$first` on
+/// (the arrays are returned for binding); empty for a table without device
+/// columns.
+fn only_devices(spec: &TableSpec, devices: &[Vec<i16>], first: usize) -> (String, Vec<Vec<i16>>) {
+    let arrays: Vec<Vec<i16>> = (0..spec.device_columns.len())
+        .map(|i| devices.iter().map(|d| d[i]).collect())
+        .collect();
+    if arrays.is_empty() {
+        return (String::new(), arrays);
+    }
+    let unnest: Vec<String> = (0..arrays.len())
+        .map(|i| format!("${}::int2[]", first + i))
+        .collect();
+    let sql = format!(
+        " AND ({}) IN (SELECT * FROM unnest({}))",
+        common(spec).group,
+        unnest.join(", ")
+    );
+    (sql, arrays)
+}
+
+/// Per device of `devices` and day: counts, spreads, SoH and time outside
+/// the limits. The limits are judged on each column's min and max first; only
+/// a device whose extremes cross one has its seconds outside counted, by a
+/// second statement over its rows alone.
 pub async fn daily(
     scope: &Scope<'_>,
     spec: &TableSpec,
     cols: &TableColumns,
     limits: &[(String, (f64, f64))],
+    lane: Lane,
 ) -> Result<Vec<DailyFigures>, DbError> {
     let c = common(spec);
     let limits: Vec<&(String, (f64, f64))> = limits.iter().filter(|(n, _)| cols.has(n)).collect();
-    let bounds: Vec<f64> = limits.iter().flat_map(|(_, (lo, hi))| [*lo, *hi]).collect();
-    let outside: Vec<String> = limits
+    let extremes: Vec<String> = limits
         .iter()
-        .enumerate()
-        .map(|(i, (name, _))| {
-            let v = cols.float(name);
-            format!(
-                "count(*) FILTER (WHERE {v} < ${} OR {v} > ${})",
-                4 + 2 * i,
-                5 + 2 * i
-            )
-        })
+        .map(|(name, _)| format!("min({q}), max({q})", q = quote_ident(name)))
         .collect();
-    let outside = match outside.is_empty() {
-        true => "ARRAY[]::int8[]".to_string(),
-        false => format!("ARRAY[{}]::int8[]", outside.join(", ")),
+    let extremes = match extremes.is_empty() {
+        true => "ARRAY[]::float8[]".to_string(),
+        false => format!("ARRAY[{}]::float8[]", extremes.join(", ")),
     };
     let (fault, alarm) = (cols.word("FAULT"), cols.word("ALARM"));
-    let volt = cols.spread("MAX_CELL_VOLTAGE", "MIN_CELL_VOLTAGE", 1000.0);
-    let temp = cols.spread("MAX_CELL_TEMP", "MIN_CELL_TEMP", 1.0);
+    let raw = |name: &str| match cols.has(name) {
+        true => quote_ident(name),
+        false => "NULL::real".into(),
+    };
+    // Spreads in the columns' own type: the server casts only what it sorts.
+    let volt = format!(
+        "({} - {})",
+        raw("MAX_CELL_VOLTAGE"),
+        raw("MIN_CELL_VOLTAGE")
+    );
+    let temp = format!("({} - {})", raw("MAX_CELL_TEMP"), raw("MIN_CELL_TEMP"));
+    let (only, bounds) = lane.sql(spec, 4);
     let sql = format!(
         "SELECT {ids}, {day}, count(*),
-                count(*) FILTER (WHERE {fault} IS NULL OR {fault} = 0),
                 count(*) FILTER (WHERE {alarm} <> 0),
                 count(*) FILTER (WHERE {fault} <> 0),
                 percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (ORDER BY {volt}),
-                max({volt}),
+                max({volt})::float8,
                 percentile_cont(0.95) WITHIN GROUP (ORDER BY {temp}),
-                max({temp}),
+                max({temp})::float8,
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY {soh}),
-                {outside}
-           FROM {from}
-          GROUP BY 1, 2",
+                {extremes}
+           FROM {from}{only}
+          GROUP BY {group}",
         ids = c.ids,
         day = c.day,
         from = c.from,
-        soh = cols.float("SOH"),
+        group = c.group,
+        soh = raw("SOH"),
     );
     let params: Vec<&(dyn ToSql + Sync)> =
-        bounds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+        bounds.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
     let rows = scope
         .query(&format!("KPIs of table `{}`", spec.name), &sql, &params)
         .await?;
-    Ok(rows
+    let mut out: Vec<DailyFigures> = rows
         .iter()
         .map(|r| {
-            let volt: Option<Vec<Option<f64>>> = r.get(6);
-            let volt_max: Option<f64> = r.get(7);
-            let (temp_p95, temp_max): (Option<f64>, Option<f64>) = (r.get(8), r.get(9));
-            let counts: Vec<i64> = r.get(11);
+            let volt: Option<Vec<Option<f64>>> = r.get(5);
+            let volt_max: Option<f64> = r.get(6);
+            let (temp_p95, temp_max): (Option<f64>, Option<f64>) = (r.get(7), r.get(8));
+            let samples: i64 = r.get(2);
+            let fault_samples: i64 = r.get(4);
+            let mv = |v: f64| v * 1000.0;
             DailyFigures {
                 ids: r.get(0),
                 day: r.get(1),
-                samples: r.get(2),
-                fault_free: r.get(3),
-                alarm_samples: r.get(4),
-                fault_samples: r.get(5),
+                samples,
+                fault_free: samples - fault_samples,
+                alarm_samples: r.get(3),
+                fault_samples,
                 cell_spread_mv: match (volt.as_deref(), volt_max) {
-                    (Some([Some(p50), Some(p95)]), Some(max)) => Some((*p50, *p95, max)),
+                    (Some([Some(p50), Some(p95)]), Some(max)) => {
+                        Some((mv(*p50), mv(*p95), mv(max)))
+                    }
                     _ => None,
                 },
                 temp_spread_c: temp_p95.zip(temp_max),
-                soh_median: r.get(10),
-                outside: limits
-                    .iter()
-                    .zip(counts)
-                    .map(|((name, _), n)| (name.clone(), n))
-                    .collect(),
+                soh_median: r.get(9),
+                // Seconds outside: 0 unless an extreme crosses a limit (counted below).
+                outside: limits.iter().map(|(name, _)| (name.clone(), 0)).collect(),
             }
         })
-        .collect())
+        .collect();
+    for (row, figures) in rows.iter().zip(out.iter_mut()) {
+        let ext: Vec<Option<f64>> = row.get(10);
+        let crossed: Vec<usize> = limits
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, (lo, hi)))| {
+                let (min, max) = (ext[2 * i], ext[2 * i + 1]);
+                min.is_some_and(|m| m < *lo) || max.is_some_and(|m| m > *hi)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        for i in crossed {
+            let (name, (lo, hi)) = limits[i];
+            let n = outside_count(scope, spec, name, (*lo, *hi), &figures.ids).await?;
+            figures.outside[i].1 = n;
+        }
+    }
+    Ok(out)
+}
+
+/// Samples of one device on the day with `column` outside `[lo, hi]`.
+async fn outside_count(
+    scope: &Scope<'_>,
+    spec: &TableSpec,
+    column: &str,
+    (lo, hi): (f64, f64),
+    device: &[i16],
+) -> Result<i64, DbError> {
+    let c = common(spec);
+    let v = format!("{}::float8", quote_ident(column));
+    let sql = format!(
+        "SELECT count(*), {day} FROM {from}{filter} AND ({v} < $4 OR {v} > $5)",
+        day = c.day,
+        from = c.from,
+        filter = crate::sql::device_filter(spec, 6),
+    );
+    let ids: Vec<i32> = device.iter().map(|i| i32::from(*i)).collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&lo, &hi];
+    params.extend(ids.iter().map(|i| i as &(dyn ToSql + Sync)));
+    let rows = scope
+        .query(
+            &format!("time outside the limits of `{column}`"),
+            &sql,
+            &params,
+        )
+        .await?;
+    Ok(rows[0].get(0))
 }
 
 /// Per bank and day: the spread of SOC across its racks at each second.
@@ -308,12 +412,13 @@ pub async fn pcs_energy(scope: &Scope<'_>, cols: &TableColumns) -> Result<Vec<Pc
         let sql = format!(
             "SELECT ids, day, sum(rise) FILTER (WHERE rise >= 0), count(*)
                FROM (SELECT {ids} AS ids, {day} AS day,
-                            {v} - lag({v}) OVER (PARTITION BY {ids}, {day} ORDER BY {ts}) AS rise
+                            {v} - lag({v}) OVER (PARTITION BY {group} ORDER BY {ts}) AS rise
                        FROM {from} AND {v} IS NOT NULL) s
               GROUP BY 1, 2",
             ids = c.ids,
             day = c.day,
             from = c.from,
+            group = c.group,
         );
         for r in scope
             .query(&format!("the PCS counter {column}"), &sql, &[])
@@ -380,23 +485,26 @@ fn pcs_day<'a>(out: &'a mut PcsDays, r: &Row) -> &'a mut PcsEnergy {
     })
 }
 
-/// Every stretch of non-zero ALARM or FAULT per device and day, as a word
-/// and per bit. Only non-zero rows are read past the filter; a stretch
-/// breaks where consecutive non-zero samples are more than 1.5 sample
-/// intervals apart (a zero or a missing sample between them).
+/// Every stretch of non-zero ALARM or FAULT of `devices` (those whose day
+/// had any, from [`daily`]) on the day, as a word and per bit. Only their
+/// rows are read, off the natural-key index; a stretch breaks where
+/// consecutive non-zero samples are more than 1.5 sample intervals apart
+/// (a zero or a missing sample between them).
 pub async fn intervals(
     scope: &Scope<'_>,
     spec: &TableSpec,
     cols: &TableColumns,
+    devices: &[Vec<i16>],
 ) -> Result<Vec<RawInterval>, DbError> {
     let words: Vec<(&'static str, String)> = [("alarm", "ALARM"), ("fault", "FAULT")]
         .into_iter()
         .filter(|(_, c)| cols.has(c))
         .map(|(w, c)| (w, cols.word(c)))
         .collect();
-    if words.is_empty() {
+    if words.is_empty() || devices.is_empty() {
         return Ok(Vec::new());
     }
+    let (only, id_arrays) = only_devices(spec, devices, 6);
     let c = common(spec);
     let ts = quote_ident(TIME_COLUMN);
     let values: Vec<String> = words.iter().map(|(w, v)| format!("('{w}', {v})")).collect();
@@ -406,7 +514,7 @@ pub async fn intervals(
         "WITH nz AS (
              SELECT {ids} AS ids, {day} AS day, {ts} AS t, w.word, w.v
                FROM {table} CROSS JOIN LATERAL (VALUES {values}) AS w(word, v)
-              WHERE {filter} AND ({any}) AND w.v <> 0),
+              WHERE {filter}{only} AND ({any}) AND w.v <> 0),
          marks AS (
              SELECT ids, day, t, word, NULL::int2 AS bit FROM nz
              UNION ALL
@@ -428,11 +536,13 @@ pub async fn intervals(
         values = values.join(", "),
     );
     let gap = interval * 1.5;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&gap, &interval];
+    params.extend(id_arrays.iter().map(|a| a as &(dyn ToSql + Sync)));
     let rows = scope
         .query(
             &format!("the alarm intervals of table `{}`", spec.name),
             &sql,
-            &[&gap, &interval],
+            &params,
         )
         .await?;
     Ok(rows

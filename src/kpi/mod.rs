@@ -161,41 +161,52 @@ async fn measure(config: &Config, t: &KpiTarget, recorded: bool) -> Vec<KpiRow> 
         KpiRow::Failure(Failure::new(&t.server, &t.site.name, table, error))
     };
     let server = config.server(&t.server).expect("planned servers exist");
-    // KPIs only read the ESS tables: a read replica takes them when there is one.
-    let reading = server.for_reading();
     let database = t.site.database.as_str();
-    let client = match db::connect(
-        config,
-        Target {
-            server: &reading,
-            database,
-        },
-    )
-    .await
-    {
-        Ok(c) => c,
-        Err(e) => return vec![fail(None, e.to_string())],
-    };
-    let tz = t.site.timezone.name();
-    let scope = Scope {
-        server: &t.server,
-        database,
-        client: &client,
-        window: t.counted,
-        timezone: tz,
-        interval_secs: t.site.sample_interval_secs,
-    };
+    let pieces = t.counted.local_days(t.site.timezone);
     let mut out = Vec::new();
+    // The tables (and the racks' SOC spread) at once, each on its own
+    // connection: the work is the server's, on as many cores as it has.
+    let parts: Vec<(TableSpec, Part)> = KPI_TABLES
+        .into_iter()
+        .filter(|spec| t.site.has_table(spec.table))
+        .flat_map(|spec| {
+            let spread = (spec.table == Table::Rack).then_some((spec, Part::SocSpread));
+            lanes(&t.site, spec.table)
+                .into_iter()
+                .map(move |lane| (spec, Part::Devices(lane)))
+                .chain(spread)
+        })
+        .collect();
+    let results = futures_util::future::join_all(
+        parts
+            .iter()
+            .map(|(spec, part)| measure_part(config, t, spec, *part, &pieces)),
+    )
+    .await;
     let mut measured: BTreeMap<Table, TableFigures> = BTreeMap::new();
-    for spec in KPI_TABLES {
-        if !t.site.has_table(spec.table) {
-            continue;
-        }
-        match measure_table(&scope, &spec, &config.cache.limits).await {
-            Ok(figures) => {
-                measured.insert(spec.table, figures);
+    for ((spec, part), result) in parts.iter().zip(results) {
+        match result {
+            Ok(f) => {
+                let entry = measured.entry(spec.table).or_default();
+                match part {
+                    Part::Devices(_) => {
+                        entry.daily.extend(f.daily);
+                        entry.intervals.extend(f.intervals);
+                        entry.energy.extend(f.energy);
+                    }
+                    Part::SocSpread => entry.soc_spread = f.soc_spread,
+                }
             }
             Err(e) => out.push(fail(Some(spec.name), e)),
+        }
+    }
+    // A table with a failed part is not measured at all.
+    for (spec, _) in &parts {
+        if out
+            .iter()
+            .any(|r| matches!(r, KpiRow::Failure(f) if f.table.as_deref() == Some(spec.name)))
+        {
+            measured.remove(&spec.table);
         }
     }
     let mut history = match history::connect(config, Target { server, database }).await {
@@ -208,7 +219,6 @@ async fn measure(config: &Config, t: &KpiTarget, recorded: bool) -> Vec<KpiRow> 
             None
         }
     };
-    let pieces = t.counted.local_days(t.site.timezone);
     let kept_rows = match (&history, pieces.first(), pieces.last()) {
         (Some(c), Some(first), Some(last)) => {
             let from = first.0 - chrono::Duration::days(trend::TREND_DAYS);
@@ -234,37 +244,116 @@ async fn measure(config: &Config, t: &KpiTarget, recorded: bool) -> Vec<KpiRow> 
     out
 }
 
-async fn measure_table(
-    scope: &Scope<'_>,
+/// What one connection measures of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Per device of a lane: the daily figures, the intervals, a PCS's energy.
+    Devices(measure::Lane),
+    /// The racks' SOC spread per bank.
+    SocSpread,
+}
+
+/// The rack table's devices in two lanes of about as many racks, split
+/// between banks (one lane when the site has one bank).
+fn lanes(site: &Site, table: Table) -> Vec<measure::Lane> {
+    let whole = vec![measure::Lane::default()];
+    if table != Table::Rack || site.banks.len() < 2 {
+        return whole;
+    }
+    let mut banks: Vec<(u16, usize)> = site.banks.iter().map(|b| (b.id, b.racks.len())).collect();
+    banks.sort();
+    let total: usize = banks.iter().map(|b| b.1).sum();
+    let mut seen = 0;
+    let split = banks
+        .iter()
+        .find(|(_, n)| {
+            seen += n;
+            seen * 2 >= total
+        })
+        .map(|(id, _)| *id as i16);
+    match split {
+        Some(last) if banks.last().is_some_and(|(id, _)| *id as i16 > last) => vec![
+            measure::Lane {
+                from: None,
+                to: Some(last),
+            },
+            measure::Lane {
+                from: Some(last + 1),
+                to: None,
+            },
+        ],
+        _ => whole,
+    }
+}
+
+/// One part of one table over every local day of the window.
+async fn measure_part(
+    config: &Config,
+    t: &KpiTarget,
     spec: &TableSpec,
-    limits: &BTreeMap<String, (f64, f64)>,
+    part: Part,
+    pieces: &[Piece],
 ) -> Result<TableFigures, String> {
-    let columns = crate::catalog::require_table(scope.client, scope.server, scope.database, spec)
+    // KPIs only read the ESS tables: a read replica takes them when there is one.
+    let reading = config
+        .server(&t.server)
+        .expect("planned servers exist")
+        .for_reading();
+    let database = t.site.database.as_str();
+    let target = Target {
+        server: &reading,
+        database,
+    };
+    let client = db::connect(config, target)
+        .await
+        .map_err(|e| e.to_string())?;
+    let columns = crate::catalog::require_table(&client, &t.server, database, spec)
         .await
         .map_err(|e| e.to_string())?;
     let cols = TableColumns::new(&columns);
-    let limits: Vec<(String, (f64, f64))> = limits.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    let mut f = TableFigures {
-        daily: measure::daily(scope, spec, &cols, &limits)
+    let limits: Vec<(String, (f64, f64))> = config
+        .cache
+        .limits
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    let mut f = TableFigures::default();
+    let text = |e: crate::db::DbError| e.to_string();
+    for (day, piece, _) in pieces {
+        let scope = Scope {
+            server: &t.server,
+            database,
+            client: &client,
+            window: *piece,
+            day: *day,
+            interval_secs: t.site.sample_interval_secs,
+        };
+        let lane = match part {
+            Part::SocSpread => {
+                f.soc_spread
+                    .extend(measure::soc_spread(&scope, &cols).await.map_err(text)?);
+                continue;
+            }
+            Part::Devices(lane) => lane,
+        };
+        let daily = measure::daily(&scope, spec, &cols, &limits, lane)
             .await
-            .map_err(|e| e.to_string())?,
-        intervals: measure::intervals(scope, spec, &cols)
-            .await
-            .map_err(|e| e.to_string())?,
-        ..TableFigures::default()
-    };
-    match spec.table {
-        Table::Rack => {
-            f.soc_spread = measure::soc_spread(scope, &cols)
+            .map_err(text)?;
+        let flagged: Vec<Vec<i16>> = daily
+            .iter()
+            .filter(|d| d.alarm_samples + d.fault_samples > 0)
+            .map(|d| d.ids.clone())
+            .collect();
+        f.intervals.extend(
+            measure::intervals(&scope, spec, &cols, &flagged)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(text)?,
+        );
+        f.daily.extend(daily);
+        if spec.table == Table::Pcs {
+            f.energy
+                .extend(measure::pcs_energy(&scope, &cols).await.map_err(text)?);
         }
-        Table::Pcs => {
-            f.energy = measure::pcs_energy(scope, &cols)
-                .await
-                .map_err(|e| e.to_string())?
-        }
-        Table::Bank | Table::Etc => {}
     }
     Ok(f)
 }

@@ -236,9 +236,10 @@ async fn battery(config: &Config, client: &Client, server: &str, data: &mut Site
                 crate::kpi::KpiRow::AlarmInterval(i) if dates.contains(&i.day) => {
                     intervals.push(i.as_record())
                 }
-                crate::kpi::KpiRow::Failure(f) => data
-                    .problems
-                    .push(format!("server `{server}`: KPIs could not be measured: {}", f.error)),
+                crate::kpi::KpiRow::Failure(f) => data.problems.push(format!(
+                    "server `{server}`: KPIs could not be measured: {}",
+                    f.error
+                )),
                 other => days.extend(other.as_record().filter(|r| dates.contains(&r.day))),
             }
         }
