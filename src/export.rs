@@ -78,11 +78,12 @@ impl ExportPath {
     }
 }
 
-/// A frame of JSON objects: one column per key (in order of first
-/// appearance), typed integer, float, boolean or text by its values; nested
-/// values are kept as JSON text; a row without the key is null.
-pub fn frame_of_json(rows: &[serde_json::Value]) -> PolarsResult<DataFrame> {
-    let mut keys: Vec<&str> = Vec::new();
+/// A frame of JSON objects: one column per key (`first` first, then the
+/// others in order of first appearance), typed integer, float, boolean or
+/// text by its values; nested values are kept as JSON text; a row without
+/// the key is null.
+pub fn frame_of_json(rows: &[serde_json::Value], first: &[&str]) -> PolarsResult<DataFrame> {
+    let mut keys: Vec<&str> = first.to_vec();
     for row in rows {
         for k in row.as_object().into_iter().flat_map(|o| o.keys()) {
             if !keys.contains(&k.as_str()) {

@@ -250,6 +250,40 @@ fn kpi_reports_the_planted_day_exactly_and_keeps_it_once() {
         ),
         (180, "fault".to_string())
     );
+
+    // The report shows them, in a real browser.
+    let page = s.scratch.path.join("kpi.html");
+    Cmd::new(Some(&s.config))
+        .args([
+            "report",
+            "--from",
+            "2026-03-04",
+            "--to",
+            "2026-03-11",
+            "--output",
+        ])
+        .args([page.to_str().unwrap()])
+        .run()
+        .expect_code(0);
+    let dom = crate::report::chromium(&s.scratch, &page, &["--dump-dom".into()]);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let text = String::from_utf8_lossy(&dom.stdout);
+    for shown in [
+        "Cell voltage spread p95 per rack and day",
+        &format!("<title>bank 1 / rack 1, {DAY}: cell spread p95 30 mV, max 120 mV</title>"),
+        "SoH per day, the racks nearest their end of life",
+        "bank 1 / rack 2 (EoL 2026-07-",
+        "Energy per day (site)",
+        "Round-trip efficiency, 30 days to each day (site)",
+        "Alarms and faults: bank 1",
+        "fault 2026-03-10 12:00:00 to 2026-03-10 12:03:00 (180 s)",
+    ] {
+        assert!(text.contains(shown), "`{shown}` is not on the page");
+    }
 }
 
 #[test]
@@ -295,5 +329,50 @@ fn kpi_counts_dst_days_by_their_own_length() {
             &pcs["rte_day_pct"]
         ),
         (&Value::Null, &Value::from("none"), &Value::Null)
+    );
+
+    // --output: the device and site rows, a column per field.
+    let csv = s.scratch.path.join("kpi.csv");
+    Cmd::new(Some(&s.config))
+        .args([
+            "kpi",
+            "--server",
+            "local",
+            "--date",
+            "2026-11-01",
+            "--quiet",
+            "--output",
+        ])
+        .args([csv.to_str().unwrap()])
+        .run();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    for column in [
+        "kind",
+        "device",
+        "samples",
+        "availability_pct",
+        "cell_spread_max_mv",
+        "level",
+    ] {
+        assert!(header.contains(&column), "{column} not in {header:?}");
+    }
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("rack,local,NewYork,2026-11-01,bank 1 / rack 1,info,"))
+        .unwrap_or_else(|| panic!("no rack line in\n{text}"));
+    assert!(line.contains(",90000,"), "{line}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("alarm_interval")),
+        "intervals are not device rows"
+    );
+    let refused = Cmd::new(Some(&s.config))
+        .args(["kpi", "--output", "kpi.xlsx"])
+        .run()
+        .expect_code(2);
+    assert!(
+        refused.stderr().contains("must end in .csv or .parquet"),
+        "{}",
+        refused.stderr()
     );
 }

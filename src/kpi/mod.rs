@@ -130,8 +130,13 @@ pub async fn execute(plan: KpiPlan, ctx: &Context) -> crate::error::Result<KpiRe
             .filter(|r| r.level().is_some())
             .filter_map(|r| serde_json::to_value(r).ok())
             .collect();
-        path.write(|| crate::export::frame_of_json(&values))
-            .map_err(KpiError::from)?;
+        path.write(|| {
+            crate::export::frame_of_json(
+                &values,
+                &["kind", "server", "site", "day", "device", "level"],
+            )
+        })
+        .map_err(KpiError::from)?;
     }
     Ok(report)
 }

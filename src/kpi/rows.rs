@@ -443,3 +443,58 @@ impl Grader {
         (self.level.unwrap_or(Grade::Info), self.reasons)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rack(p95: f64, availability: f64) -> DeviceKpi {
+        let day = DeviceDay {
+            server: "local",
+            site: "S",
+            device: "bank 1 / rack 1".into(),
+            day: "2026-03-10".parse().unwrap(),
+            day_secs: 86_400,
+            interval_secs: 1,
+        };
+        let mut r = day.row(&[1, 1], None, &[]);
+        r.cell_spread_p95_mv = Some(p95);
+        r.availability_pct = availability;
+        r
+    }
+
+    #[test]
+    fn grades_take_the_worst_threshold_and_say_why() {
+        let kpi = KpiSettings::default();
+        let mut ok = rack(30.0, 100.0);
+        grade_device(&mut ok, &kpi);
+        assert_eq!((ok.level, ok.reasons.len()), (Grade::Info, 0));
+        let mut warm = rack(50.0, 100.0);
+        grade_device(&mut warm, &kpi);
+        assert_eq!(
+            warm.level,
+            Grade::Warning,
+            "50 mV is at the warning threshold"
+        );
+        let mut bad = rack(60.0, 94.0);
+        grade_device(&mut bad, &kpi);
+        assert_eq!(bad.level, Grade::Critical);
+        assert_eq!(bad.reasons.len(), 2, "{:?}", bad.reasons);
+        assert!(
+            bad.reasons[1].contains("availability 94 % < 95"),
+            "{:?}",
+            bad.reasons
+        );
+    }
+
+    #[test]
+    fn a_day_without_samples_is_unavailable_and_has_no_figures() {
+        let r = rack(0.0, 0.0);
+        assert_eq!((r.samples, r.fault_secs, r.alarm_intervals), (0, 0, 0));
+        let e = energy(None);
+        assert_eq!(
+            (e.charged_kwh, e.charged_method, e.rte_day_pct),
+            (None, "none", None)
+        );
+    }
+}

@@ -268,9 +268,9 @@ fn timelines(
         let s = (t.clamp(start, end) - start).num_seconds() as f64;
         LABEL + (s / span * f64::from(PLOT)) as u32
     };
-    // Bank id → device → intervals (a PCS is a bank of its own: "pcs").
-    let mut banks: BTreeMap<String, BTreeMap<(Vec<i16>, String), Vec<&IntervalRecord>>> =
-        BTreeMap::new();
+    // Bank → device → intervals (the PCS are a "bank" of their own).
+    type Devices<'a> = BTreeMap<(Vec<i16>, String), Vec<&'a IntervalRecord>>;
+    let mut banks: BTreeMap<String, Devices<'_>> = BTreeMap::new();
     for i in intervals {
         let bank = match (i.table_name.as_str(), i.device_ids.first()) {
             ("pcs", _) => "PCS".to_string(),

@@ -617,6 +617,16 @@ pub async fn read_device(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alarm_bits_are_named_from_the_model() {
+        assert_eq!(
+            bit_name(Table::Bank, "ALARM", 1).as_deref(),
+            Some("OVER_TEMP_ALARM")
+        );
+        assert_eq!(bit_name(Table::Bank, "ALARM", 31), None);
+        assert_eq!(bit_name(Table::Bank, "SOC", 1), None);
+    }
     use crate::modbus::sunspec::scan::ChainEnd;
 
     /// A battery whose 803 has five strings and no 804: string 5's group is
