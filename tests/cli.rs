@@ -21,6 +21,7 @@ fn cli_help_lists_only_working_commands() {
         [
             "migrate",
             "loss",
+            "kpi",
             "reconcile",
             "simulate",
             "ingest",

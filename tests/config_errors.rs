@@ -47,7 +47,7 @@ fn config_unknown_site_key() {
     expect_config_error(
         "unknown_site_key",
         &format!("{SERVER}{SITE}rackz = 3\n"),
-        "6:1: key `rackz`: unknown field `rackz`, expected one of `name`, `database`, `servers`, `timezone`, `sample_interval_secs`, `loss_warning_pct`, `loss_critical_pct`, `banks`, `pcs`, `modbus`, `register_map`, `metrics_listen`",
+        "6:1: key `rackz`: unknown field `rackz`, expected one of `name`, `database`, `servers`, `timezone`, `sample_interval_secs`, `loss_warning_pct`, `loss_critical_pct`, `banks`, `pcs`, `modbus`, `register_map`, `metrics_listen`, `rated_kwh`",
     );
 }
 
