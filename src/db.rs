@@ -185,6 +185,18 @@ pub fn classify(sqlstate: Option<&str>) -> Failure {
     }
 }
 
+/// Whether a refusal is about the server or its schema rather than the
+/// connection: read-only (25006), a privilege (42501), a table or column
+/// (42P01, 42703), a database or schema (3D000, 3F000), authentication (28),
+/// resources such as a full disk (53). Such a server is set aside and
+/// checked again; a lost connection is only retried.
+pub fn is_server_state(sqlstate: Option<&str>) -> bool {
+    matches!(
+        sqlstate.and_then(|code| code.get(..2)),
+        Some("25" | "42" | "3D" | "3F" | "28" | "53" | "0A")
+    )
+}
+
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 pub const INVALID_CATALOG_NAME: &str = "3D000";
 

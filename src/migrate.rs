@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/0005_reconcile_direction.sql"),
     ),
     (6, "kpi", include_str!("../migrations/0006_kpi.sql")),
+    (
+        7,
+        "server resumed",
+        include_str!("../migrations/0007_server_resumed.sql"),
+    ),
 ];
 
 /// The newest schema version this binary knows.

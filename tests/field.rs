@@ -310,6 +310,70 @@ fn ingest_requeued_batches_land_once_their_cause_is_fixed() {
     assert_eq!(s.keys("local"), s.keys("gcp"));
 }
 
+/// Every table of one server refuses every row with one SQLSTATE (23514):
+/// the third batch in a row refused so is the server's state, not the
+/// rows'. The server is set aside, its rows wait in the spool instead of
+/// piling up in rejected/, and once the cause is gone nothing is missing.
+#[test]
+fn ingest_three_refusals_in_a_row_set_the_server_aside_instead_of_rejecting_more() {
+    let s = setup(
+        "field_streak",
+        &[("local", "local"), ("gcp", "gcp")],
+        "timeout_ms = 500",
+    );
+    let checks = [
+        ("bank", "\"BANK_ID\" < 0"),
+        ("rack", "\"RACK_ID\" < 0"),
+        ("pcs", "\"PCS_ID\" < 0"),
+        ("etc", "\"TIMESTAMP\" < '2000-01-01'"),
+    ];
+    for (table, check) in checks {
+        s.query(
+            "gcp",
+            &format!("ALTER TABLE {table} ADD CONSTRAINT essops_test_refuse CHECK ({check})"),
+        );
+    }
+    let _sim = s.simulate(&[]);
+    let run = s.ingest(&["--duration", "4s"]).run();
+    let rows = report(&run);
+    let gcp = rows.iter().find(|r| r.server == "gcp").unwrap();
+    assert_eq!(
+        gcp.rejections.len(),
+        2,
+        "two batches rejected, then set aside: {gcp:?}"
+    );
+    assert!(gcp.rows_spooled > gcp.rows_rejected, "{gcp:?}");
+    let episode = gcp.set_aside_episodes.first().expect("an episode");
+    assert!(
+        episode["reason"]
+            .as_str()
+            .unwrap()
+            .contains("3 batches in a row refused with SQLSTATE 23514"),
+        "{episode}"
+    );
+    assert_eq!(
+        (gcp.rows_lost, run.code()),
+        (0, 11),
+        "rejected rows are critical"
+    );
+
+    for (table, _) in checks {
+        s.query(
+            "gcp",
+            &format!("ALTER TABLE {table} DROP CONSTRAINT essops_test_refuse"),
+        );
+    }
+    Cmd::new(Some(&s.config))
+        .args(["spool", "requeue"])
+        .run()
+        .expect_code(0);
+    Cmd::new(Some(&s.config))
+        .args(["spool", "replay"])
+        .run()
+        .expect_code(0);
+    assert_eq!(s.keys("local"), s.keys("gcp"));
+}
+
 #[derive(Debug, Deserialize)]
 struct SpoolRow {
     server: String,

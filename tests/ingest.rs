@@ -38,6 +38,10 @@ pub(crate) struct ServerRow {
     pub rows_lost: u64,
     pub delay_p99_ms: Option<u64>,
     pub rejections: Vec<Rejection>,
+    #[serde(default)]
+    pub set_aside: Option<String>,
+    #[serde(default)]
+    pub set_aside_episodes: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,8 +202,10 @@ fn ingest_spool_list_in_a_loop_beside_a_spooling_ingest_loses_nothing() {
 }
 
 /// A 10 s ingest into both servers during which gcp refuses writes for
-/// its own reasons for 4 s (`break_sql`, then `mend_sql`): nothing is
-/// rejected or lost, the rows wait in the spool, and both servers end equal.
+/// its own reasons for 4 s (`break_sql`, then `mend_sql`): gcp is set aside
+/// and checked again until it takes writes; nothing is rejected or lost, the
+/// rows wait in the spool, both servers end equal without a reconcile, the
+/// run exits 0, and the episode is in the report and `ingest_events`.
 fn server_state_drill(test: &str, seed: &str, break_sql: &str, mend_sql: &str) {
     let s = setup(
         test,
@@ -221,6 +227,26 @@ fn server_state_drill(test: &str, seed: &str, break_sql: &str, mend_sql: &str) {
         "the refusing period was not hit: {rows:?}"
     );
     assert_eq!(s.keys("local"), s.keys("gcp"));
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert_eq!(gcp.set_aside, None, "gcp is writable again: {rows:?}");
+    let episode = gcp
+        .set_aside_episodes
+        .first()
+        .unwrap_or_else(|| panic!("no set-aside episode: {rows:?}"));
+    assert!(episode["ended"].is_string(), "{episode}");
+    let events: Vec<String> =
+        s.db.rows(
+            "local",
+            "SELECT event FROM essops.ingest_events WHERE server = 'gcp' ORDER BY at",
+        )
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        events.first().map(String::as_str) == Some("server_set_aside")
+            && events.contains(&"server_resumed".to_string()),
+        "{events:?}"
+    );
 }
 
 /// Ends every other session on the test's database, so the next ones see a

@@ -30,7 +30,6 @@ struct Totals {
     misses: Misses,
     /// Per server: written, spooled, replayed, rejected.
     servers: Vec<[u64; 4]>,
-    set_aside: Vec<Option<String>>,
     breaker_open: Vec<bool>,
 }
 
@@ -38,7 +37,6 @@ impl Totals {
     fn zero(stats: &Stats) -> Totals {
         Totals {
             servers: vec![[0; 4]; stats.servers.len()],
-            set_aside: vec![None; stats.servers.len()],
             breaker_open: vec![false; stats.devices.len()],
             ..Totals::default()
         }
@@ -54,11 +52,6 @@ impl Totals {
                 .map(|s| {
                     [&s.written, &s.spooled, &s.replayed, &s.rejected].map(|c| c.load(Relaxed))
                 })
-                .collect(),
-            set_aside: stats
-                .servers
-                .iter()
-                .map(|s| crate::tasks::lock(&s.set_aside).clone().map(|(_, m)| m))
                 .collect(),
             breaker_open: stats
                 .devices
@@ -219,8 +212,27 @@ fn events(
             );
             out.push(event(Some(&s.name), "batch_quarantined", None, detail));
         }
-        if let (None, Some(why)) = (last.set_aside.get(i).cloned().flatten(), &now.set_aside[i]) {
-            out.push(event(Some(&s.name), "server_set_aside", None, why.clone()));
+        // Each set-aside episode's start and end once, at their own times
+        // (an episode may begin and end between two heartbeats).
+        for e in crate::tasks::lock(&stats.servers[i].episodes).iter_mut() {
+            if !e.start_recorded {
+                e.start_recorded = true;
+                let mut ev = event(Some(&s.name), "server_set_aside", None, e.reason.clone());
+                ev.at = e.started;
+                out.push(ev);
+            }
+            if let (Some(ended), false) = (e.ended, e.end_recorded) {
+                e.end_recorded = true;
+                let secs = (ended - e.started).num_seconds();
+                let mut ev = event(
+                    Some(&s.name),
+                    "server_resumed",
+                    None,
+                    format!("writable again after {secs} s set aside; its spool replays"),
+                );
+                ev.at = ended;
+                out.push(ev);
+            }
         }
     }
     out

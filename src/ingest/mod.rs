@@ -588,12 +588,24 @@ pub struct ServerRow {
     pub delay_p99_ms: Option<u64>,
     /// The longest poll-to-commit delay: how long writes stalled at worst.
     pub delay_max_ms: Option<u64>,
-    /// Why the server was set aside (its rows only spooled), if it was.
+    /// Why the server is still set aside at the end (its rows only spooled), if it is.
     pub set_aside: Option<String>,
+    /// Every stretch the server was set aside during the run.
+    pub set_aside_episodes: Vec<EpisodeRow>,
     /// Refused batches: table, error, rows.
     pub rejections: Vec<Rejection>,
     #[serde(skip)]
     set_aside_code: Option<u8>,
+}
+
+/// A stretch during which a server was set aside.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpisodeRow {
+    pub started: String,
+    /// None: still set aside at the end.
+    pub ended: Option<String>,
+    pub seconds: f64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -646,6 +658,20 @@ impl IngestReport {
                     delay_max_ms: stats.delay_quantile_ms(i, 1.0),
                     set_aside_code: set_aside.as_ref().map(|(c, _)| *c),
                     set_aside: set_aside.map(|(_, m)| m),
+                    set_aside_episodes: lock(&s.episodes)
+                        .iter()
+                        .map(|e| {
+                            let until = e.ended.unwrap_or_else(chrono::Utc::now);
+                            EpisodeRow {
+                                started: e.started.to_rfc3339(),
+                                ended: e.ended.map(|t| t.to_rfc3339()),
+                                seconds: ((until - e.started).num_milliseconds() as f64 / 100.0)
+                                    .round()
+                                    / 10.0,
+                                reason: e.reason.clone(),
+                            }
+                        })
+                        .collect(),
                     rejections: lock(&s.rejections)
                         .iter()
                         .map(|(table, error, rows)| Rejection {
@@ -713,9 +739,15 @@ impl Report for IngestReport {
             r.stale_devices,
         );
         for s in &self.rows {
+            for e in s.set_aside_episodes.iter().filter(|e| e.ended.is_some()) {
+                out.push_str(&format!(
+                    "\nserver `{}` was set aside for {} s from {} (its rows waited in the spool): {}",
+                    s.server, e.seconds, e.started, e.reason
+                ));
+            }
             if let Some(why) = &s.set_aside {
                 out.push_str(&format!(
-                    "\nserver `{}` was set aside (its rows are in its spool): {why}",
+                    "\nserver `{}` is still set aside (its rows are in its spool): {why}",
                     s.server
                 ));
             }

@@ -151,10 +151,23 @@ pub struct ServerStats {
     pub delays: Mutex<Vec<u64>>,
     /// The same for Prometheus (this server's child of `Stats::commit_delay`).
     pub commit_delay: Option<Histogram>,
-    /// Why this server was set aside (its rows only spooled), and the exit code that goes with it.
+    /// Why this server is set aside now (its rows only spooled), and the exit code that goes with it.
     pub set_aside: Mutex<Option<(u8, String)>>,
+    /// Every stretch this run set the server aside, ended or not.
+    pub episodes: Mutex<Vec<Episode>>,
     /// Permanent refusals: (table, error, rows), for the summary.
     pub rejections: Mutex<Vec<(String, String, u64)>>,
+}
+
+/// A stretch during which a server was set aside.
+#[derive(Debug, Clone)]
+pub struct Episode {
+    pub started: chrono::DateTime<chrono::Utc>,
+    pub ended: Option<chrono::DateTime<chrono::Utc>>,
+    pub reason: String,
+    /// Whether its start and its end are in `ingest_events` yet.
+    pub start_recorded: bool,
+    pub end_recorded: bool,
 }
 
 #[derive(Debug)]

@@ -4,13 +4,17 @@
 //! - the replayer drains the spool, oldest first, many files per COPY and
 //!   transaction, while live rows keep flowing on the other connection.
 //!
-//! Every failure is split once ([`db::classify`]): transient ones keep the
-//! rows (spool, retry with backoff); permanent ones (a value out of range, a
-//! missing column or privilege, a constraint) set that batch aside in
-//! `rejected/` with its error, and the other tables and later batches go on.
-//! A server that was down at start passes the same [`preflight`] before its
-//! first write; if it fails, the server is set aside: its rows are spooled,
-//! an error is logged every minute, and the run ends with the failure's code.
+//! Every failure is split once ([`db::classify`]): only the rows' own faults
+//! (a value out of range, a constraint: SQLSTATE classes 22 and 23) set that
+//! batch aside in `rejected/`, and the other tables and later batches go on.
+//! Everything else keeps the rows in the spool. A lost connection is retried
+//! with backoff. A refusal about the server or its schema
+//! ([`db::is_server_state`]: read-only, a privilege, a table or column) sets
+//! the server aside, as does a failed [`preflight`] and three batches in a
+//! row refused with one SQLSTATE. A set-aside server's rows are spooled; it
+//! is checked again with backoff (preflight, and whether it takes writes) and
+//! written to again once it passes. Each episode is logged once when it
+//! starts and once when it ends, and kept for the report and `ingest_events`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -41,12 +45,18 @@ const REPLAY_ROWS: u64 = 100_000;
 /// rest waits in the spool for the next run.
 pub const DRAIN_AFTER_STOP: Duration = Duration::from_secs(10);
 const SET_ASIDE_LOG_EVERY: Duration = Duration::from_secs(60);
+/// A set-aside server is checked again after 1 s, then twice as long, up to this.
+const MAX_RECHECK: Duration = Duration::from_secs(15);
+/// Batches refused in a row with one SQLSTATE that make it the server's state.
+const REFUSAL_STREAK: u32 = 3;
 
 /// A failed write.
 #[derive(Debug)]
 struct WriteError {
     failure: Failure,
     message: String,
+    /// The server's SQLSTATE, when it answered.
+    code: Option<String>,
 }
 
 impl WriteError {
@@ -54,14 +64,26 @@ impl WriteError {
         WriteError {
             failure: Failure::Permanent,
             message,
+            code: None,
         }
     }
     fn transient(message: String) -> WriteError {
         WriteError {
             failure: Failure::Transient,
             message,
+            code: None,
         }
     }
+}
+
+/// What to do with rows a write did not take.
+enum Verdict {
+    /// Keep them (spool, or leave the file); retry when the link allows.
+    Retry,
+    /// Keep them; the server is set aside until it passes a recheck.
+    SetAside,
+    /// Set them aside in `rejected/`.
+    Reject,
 }
 
 /// Where a sink writes.
@@ -85,6 +107,9 @@ pub struct Sink {
     pub devices: Arc<HashMap<(&'static str, DeviceId), usize>>,
     /// The server's catalog once preflight passed on it (this run).
     catalog: Mutex<Option<Catalog>>,
+    /// The SQLSTATE of the last permanent refusal and how many batches in a
+    /// row got it (reset by a write that goes in).
+    refusals: Mutex<(Option<String>, u32)>,
 }
 
 impl Sink {
@@ -107,6 +132,7 @@ impl Sink {
             stats,
             devices,
             catalog: Mutex::new(catalog),
+            refusals: Mutex::new((None, 0)),
         };
         sink.publish_spool(&lock(&sink.spool));
         sink
@@ -118,6 +144,77 @@ impl Sink {
 
     fn set_aside(&self) -> bool {
         lock(&self.stats.servers[self.index].set_aside).is_some()
+    }
+
+    /// Sets the server aside (once per episode): its rows spool until a
+    /// recheck passes.
+    fn set_server_aside(&self, code: u8, reason: String) {
+        let s = &self.stats.servers[self.index];
+        let mut aside = lock(&s.set_aside);
+        if aside.is_some() {
+            return;
+        }
+        tracing::error!(site = %self.stats.site, server = %self.name(), error = %reason,
+            "server set aside: its rows are spooled; it is checked again with backoff and written to once it passes");
+        lock(&s.episodes).push(super::stats::Episode {
+            started: chrono::Utc::now(),
+            ended: None,
+            reason: reason.clone(),
+            start_recorded: false,
+            end_recorded: false,
+        });
+        *aside = Some((code, reason));
+    }
+
+    /// Ends a set-aside episode: the server passed its recheck.
+    fn resume(&self) {
+        let s = &self.stats.servers[self.index];
+        if lock(&s.set_aside).take().is_none() {
+            return;
+        }
+        let since = lock(&s.episodes).last_mut().map(|e| {
+            e.ended = Some(chrono::Utc::now());
+            e.started
+        });
+        tracing::info!(site = %self.stats.site, server = %self.name(),
+            since = %since.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            "server no longer set aside: writing again, its spool replays");
+    }
+
+    /// What a failed write means for its rows, judging the server's state.
+    fn verdict(&self, e: &WriteError) -> Verdict {
+        match e.failure {
+            Failure::Transient if db::is_server_state(e.code.as_deref()) => {
+                self.set_server_aside(crate::exit::code::UNAVAILABLE, e.message.clone());
+                Verdict::SetAside
+            }
+            Failure::Transient => Verdict::Retry,
+            Failure::Permanent => {
+                let mut streak = lock(&self.refusals);
+                match streak.0 == e.code && e.code.is_some() {
+                    true => streak.1 += 1,
+                    false => *streak = (e.code.clone(), 1),
+                }
+                if streak.1 < REFUSAL_STREAK {
+                    return Verdict::Reject;
+                }
+                drop(streak);
+                self.set_server_aside(
+                    crate::exit::code::UNAVAILABLE,
+                    format!(
+                        "{REFUSAL_STREAK} batches in a row refused with SQLSTATE {}: taken as the server's state, not the rows' ({})",
+                        e.code.as_deref().unwrap_or("?"),
+                        e.message
+                    ),
+                );
+                Verdict::SetAside
+            }
+        }
+    }
+
+    /// A write went in: refusals are no longer in a row.
+    fn wrote(&self) {
+        *lock(&self.refusals) = (None, 0);
     }
 
     fn publish_spool(&self, spool: &Spool) {
@@ -268,13 +365,16 @@ impl Link {
         }
     }
 
-    /// A usable connection whose server passed preflight, opening one when the backoff allows.
+    /// A usable connection whose server passed preflight, opening one when
+    /// the backoff allows. A set-aside server gets a new connection and its
+    /// checks each time its backoff ends.
     async fn connected(&mut self, sink: &Sink) -> Option<&mut Client> {
-        if sink.set_aside() {
+        let aside = sink.set_aside();
+        if aside {
             self.log_set_aside(sink);
-            return None;
+            self.client = None;
         }
-        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+        if !aside && self.client.as_ref().is_some_and(|c| !c.is_closed()) {
             return self.client.as_mut();
         }
         if self.retry_at.is_some_and(|at| Instant::now() < at) {
@@ -291,39 +391,36 @@ impl Link {
                 return None;
             }
         };
-        // The first connection reads the whole catalog (preflight); a later
-        // one only what may have changed while the server was away.
-        let first = lock(&sink.catalog).is_none();
-        if !first && let Err(e) = refresh_unique_keys(&client, sink).await {
-            self.fail(sink, &e.to_string());
-            return None;
-        }
-        if first {
-            match preflight::check_server(
-                &client,
-                &sink.server.name,
-                &sink.database,
-                &sink.stats.site,
-                &sink.map,
-            )
-            .await
-            {
-                Ok(catalog) => *lock(&sink.catalog) = Some(catalog),
-                Err(PreflightError::Unreachable(e)) => {
-                    self.fail(sink, &e);
-                    return None;
-                }
-                Err(e) => {
-                    tracing::error!(site = %sink.stats.site, server = %sink.name(), error = %e,
-                        "server set aside: its rows are spooled until the problem is fixed and ingest restarted");
-                    *lock(&sink.stats.servers[sink.index].set_aside) =
-                        Some((e.exit_code(), e.to_string()));
-                    self.last_set_aside_log = Some(Instant::now());
-                    return None;
-                }
+        // Every new connection passes preflight again: while the server was
+        // away or set aside, a table, a column, a privilege or the natural
+        // key (which picks plain COPY or insert-only-absent) may have changed.
+        match preflight::check_server(
+            &client,
+            &sink.server.name,
+            &sink.database,
+            &sink.stats.site,
+            &sink.map,
+        )
+        .await
+        {
+            Ok(catalog) => *lock(&sink.catalog) = Some(catalog),
+            Err(PreflightError::Unreachable(e)) => {
+                self.fail(sink, &e);
+                return None;
+            }
+            Err(e) => {
+                sink.set_server_aside(e.exit_code(), e.to_string());
+                self.recheck_later();
+                return None;
             }
         }
-        if self.retry_at.is_some() && self.speaks {
+        if let Some(why) = read_only(&client, sink).await {
+            sink.set_server_aside(crate::exit::code::UNAVAILABLE, why);
+            self.recheck_later();
+            return None;
+        }
+        sink.resume();
+        if self.retry_at.is_some() && !aside && self.speaks {
             tracing::info!(site = %sink.stats.site, server = %sink.name(), "server is back; writing again");
         }
         self.client = Some(client);
@@ -347,7 +444,7 @@ impl Link {
     }
 
     fn fail(&mut self, sink: &Sink, error: &str) {
-        if self.retry_at.is_none() && self.speaks {
+        if self.retry_at.is_none() && self.speaks && !sink.set_aside() {
             tracing::warn!(
                 site = %sink.stats.site, server = %sink.name(), error,
                 "cannot write; spooling rows until the server is back"
@@ -357,6 +454,46 @@ impl Link {
         self.retry_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
+
+    /// The server was set aside: drop the connection, check again after backoff.
+    fn recheck_later(&mut self) {
+        self.client = None;
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_RECHECK);
+    }
+
+    /// What a failed write leaves the link: retry later, or recheck later.
+    fn after(&mut self, sink: &Sink, e: &WriteError, verdict: &Verdict) {
+        match verdict {
+            Verdict::Retry => self.fail(sink, &e.message),
+            Verdict::SetAside => {
+                self.backoff = Duration::from_secs(1);
+                self.recheck_later();
+            }
+            Verdict::Reject => {}
+        }
+    }
+}
+
+/// Why the server does not take writes now (a standby, a read-only
+/// database or session default), if it does not.
+async fn read_only(client: &Client, sink: &Sink) -> Option<String> {
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'",
+            &[],
+        )
+        .await
+        .ok()?;
+    let (standby, read_only): (bool, bool) = (row.get(0), row.get(1));
+    (standby || read_only).then(|| {
+        format!(
+            "server `{}`, database `{}`: {} (SQLSTATE 25006 on writes): a failover, or a disk near full",
+            sink.server.name,
+            sink.database,
+            if standby { "a standby in recovery" } else { "read-only" }
+        )
+    })
 }
 
 /// The live writer: each batch goes in directly, or to the spool.
@@ -368,15 +505,21 @@ pub async fn run_live(sink: Arc<Sink>, mut rx: mpsc::Receiver<Arc<Batch>>) {
             continue;
         };
         match write(client, &sink, &batch).await {
-            Ok(written) => sink.count_written(&batch, written),
-            Err(e) if e.failure == Failure::Transient => {
-                link.fail(&sink, &e.message);
-                sink.spool_batch(batch).await;
+            Ok(written) => {
+                sink.wrote();
+                sink.count_written(&batch, written)
             }
             Err(e) => {
-                let (table, rows) = (batch.spec.name, batch.rows.len() as u64);
-                sink.reject(Rejected::Batch(batch), table, rows, &e.message)
-                    .await;
+                let verdict = sink.verdict(&e);
+                link.after(&sink, &e, &verdict);
+                match verdict {
+                    Verdict::Retry | Verdict::SetAside => sink.spool_batch(batch).await,
+                    Verdict::Reject => {
+                        let (table, rows) = (batch.spec.name, batch.rows.len() as u64);
+                        sink.reject(Rejected::Batch(batch), table, rows, &e.message)
+                            .await;
+                    }
+                }
             }
         }
     }
@@ -402,7 +545,7 @@ pub async fn run_replay(sink: Arc<Sink>, mut stop: watch::Receiver<bool>, drain:
         if !empty && let Some(client) = link.connected(&sink).await {
             match replay_some(client, &sink).await {
                 Ok(()) => continue,
-                Err(e) => link.fail(&sink, &e.message),
+                Err((e, verdict)) => link.after(&sink, &e, &verdict),
             }
         }
         if stopped_at.is_some() {
@@ -429,8 +572,8 @@ pub async fn run_replay(sink: Arc<Sink>, mut stop: watch::Receiver<bool>, drain:
 }
 
 /// Replays the oldest spool files, merged per table into one COPY and one
-/// transaction. `Err` is a transient failure (the files stay).
-async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), WriteError> {
+/// transaction. `Err`: the files stay (retry, or the server was set aside).
+async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), (WriteError, Verdict)> {
     let files = lock(&sink.spool).front(REPLAY_ROWS);
     let (readable, unreadable) = read_files(files).await;
     for (file, reason) in unreadable {
@@ -447,26 +590,40 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), WriteE
             .replay_us
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         match written {
-            Ok(written) => sink.finish_replay(&group, &merged, written),
-            Err(e) if e.failure == Failure::Transient => return Err(e),
+            Ok(written) => {
+                sink.wrote();
+                sink.finish_replay(&group, &merged, written)
+            }
+            Err(e) if e.failure == Failure::Transient => {
+                let verdict = sink.verdict(&e);
+                return Err((e, verdict));
+            }
             // Which file is bad? Try them one by one.
             Err(_) if group.len() > 1 => {
                 for (file, batch) in group {
                     let one = [(file, batch)];
                     match write(client, sink, &one[0].1).await {
-                        Ok(written) => sink.finish_replay(&one, &one[0].1, written),
-                        Err(e) if e.failure == Failure::Transient => return Err(e),
-                        Err(e) => {
-                            let [(file, batch)] = one;
-                            sink.reject_file(file, &batch, &e.message).await;
+                        Ok(written) => {
+                            sink.wrote();
+                            sink.finish_replay(&one, &one[0].1, written)
                         }
+                        Err(e) => match sink.verdict(&e) {
+                            Verdict::Reject => {
+                                let [(file, batch)] = one;
+                                sink.reject_file(file, &batch, &e.message).await;
+                            }
+                            verdict => return Err((e, verdict)),
+                        },
                     }
                 }
             }
-            Err(e) => {
-                let (file, batch) = group.into_iter().next().expect("a group has a file");
-                sink.reject_file(file, &batch, &e.message).await;
-            }
+            Err(e) => match sink.verdict(&e) {
+                Verdict::Reject => {
+                    let (file, batch) = group.into_iter().next().expect("a group has a file");
+                    sink.reject_file(file, &batch, &e.message).await;
+                }
+                verdict => return Err((e, verdict)),
+            },
         }
     }
     Ok(())
@@ -536,30 +693,6 @@ fn merge(group: &[(SpoolFile, Batch)]) -> Batch {
     }
 }
 
-/// Reads each table's unique-key flag again on a new connection: while the
-/// server was away a DBA may have added or dropped the natural key, and the
-/// flag decides between a plain COPY and the insert-only-absent path.
-async fn refresh_unique_keys(client: &Client, sink: &Sink) -> Result<(), db::DbError> {
-    let tables: Vec<&'static str> = match lock(&sink.catalog).as_ref() {
-        Some(c) => c.keys().copied().collect(),
-        None => return Ok(()),
-    };
-    for name in tables {
-        let Some(spec) = crate::schema::TableSpec::by_name(name) else {
-            continue;
-        };
-        let unique = crate::catalog::has_unique_key(client, &spec)
-            .await
-            .map_err(|e| {
-                db::DbError::query(&sink.server.name, &sink.database, "reading indexes", &e)
-            })?;
-        if let Some(t) = lock(&sink.catalog).as_mut().and_then(|c| c.get_mut(name)) {
-            t.unique_key = unique;
-        }
-    }
-    Ok(())
-}
-
 /// Writes one batch, typed by the server's catalog: a plain COPY where the
 /// table has a unique natural key (it fails whole if a row is already
 /// there), else, or then, through a staging table that inserts only the
@@ -599,6 +732,7 @@ async fn write(client: &mut Client, sink: &Sink, batch: &Batch) -> Result<Writte
         Ok(Ok(w)) => Ok(w),
         Ok(Err(e)) => Err(WriteError {
             failure: db::classify(e.code().map(|c| c.code())),
+            code: e.code().map(|c| c.code().to_string()),
             message: format!(
                 "{place}: {}{}",
                 db::describe(&e),

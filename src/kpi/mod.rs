@@ -202,7 +202,7 @@ async fn measure(config: &Config, t: &KpiTarget, recorded: bool) -> Vec<KpiRow> 
                     Part::SocSpread => entry.soc_spread = f.soc_spread,
                 }
             }
-            Err(e) => out.push(fail(Some(spec.name), e)),
+            Err(e) => out.push(fail(Some(spec.name), e.to_string())),
         }
     }
     // A table with a failed part is not measured at all.
@@ -291,6 +291,15 @@ fn lanes(site: &Site, table: Table) -> Vec<measure::Lane> {
     }
 }
 
+/// Why a table could not be measured: its failure row's text.
+#[derive(Debug, thiserror::Error)]
+enum PartError {
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
+    #[error(transparent)]
+    Table(#[from] crate::catalog::TableError),
+}
+
 /// One part of one table over every local day of the window.
 async fn measure_part(
     config: &Config,
@@ -298,7 +307,7 @@ async fn measure_part(
     spec: &TableSpec,
     part: Part,
     pieces: &[Piece],
-) -> Result<TableFigures, String> {
+) -> Result<TableFigures, PartError> {
     // KPIs only read the ESS tables: a read replica takes them when there is one.
     let reading = config
         .server(&t.server)
@@ -309,12 +318,8 @@ async fn measure_part(
         server: &reading,
         database,
     };
-    let client = db::connect(config, target)
-        .await
-        .map_err(|e| e.to_string())?;
-    let columns = crate::catalog::require_table(&client, &t.server, database, spec)
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = db::connect(config, target).await?;
+    let columns = crate::catalog::require_table(&client, &t.server, database, spec).await?;
     let cols = TableColumns::new(&columns);
     let limits: Vec<(String, (f64, f64))> = config
         .cache
@@ -323,7 +328,6 @@ async fn measure_part(
         .map(|(k, v)| (k.clone(), *v))
         .collect();
     let mut f = TableFigures::default();
-    let text = |e: crate::db::DbError| e.to_string();
     for (day, piece, _) in pieces {
         let scope = Scope {
             server: &t.server,
@@ -336,28 +340,22 @@ async fn measure_part(
         let lane = match part {
             Part::SocSpread => {
                 f.soc_spread
-                    .extend(measure::soc_spread(&scope, &cols).await.map_err(text)?);
+                    .extend(measure::soc_spread(&scope, &cols).await?);
                 continue;
             }
             Part::Devices(lane) => lane,
         };
-        let daily = measure::daily(&scope, spec, &cols, &limits, lane)
-            .await
-            .map_err(text)?;
+        let daily = measure::daily(&scope, spec, &cols, &limits, lane).await?;
         let flagged: Vec<Vec<i16>> = daily
             .iter()
             .filter(|d| d.alarm_samples + d.fault_samples > 0)
             .map(|d| d.ids.clone())
             .collect();
-        f.intervals.extend(
-            measure::intervals(&scope, spec, &cols, &flagged)
-                .await
-                .map_err(text)?,
-        );
+        f.intervals
+            .extend(measure::intervals(&scope, spec, &cols, &flagged).await?);
         f.daily.extend(daily);
         if spec.table == Table::Pcs {
-            f.energy
-                .extend(measure::pcs_energy(&scope, &cols).await.map_err(text)?);
+            f.energy.extend(measure::pcs_energy(&scope, &cols).await?);
         }
     }
     Ok(f)
