@@ -374,6 +374,83 @@ fn ingest_three_refusals_in_a_row_set_the_server_aside_instead_of_rejecting_more
     assert_eq!(s.keys("local"), s.keys("gcp"));
 }
 
+/// A spool of tens of thousands of rows (2,000 racks spooled for gcp
+/// while it was unreachable) drains over a 1 Mbit/s link, while a small
+/// live ingest goes on: replay transactions start small and grow while they
+/// finish well inside their timeout, and the timeout follows the bytes.
+#[test]
+fn ingest_spool_drains_over_a_1_mbit_link_while_live_rows_go_on() {
+    let s = setup(
+        "field_slow_link",
+        &[("local", "local"), ("gcp", "gcp")],
+        "timeout_ms = 1000\nconnections = 4",
+    );
+    let relay_port = crate::support::free_port();
+    let small = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("localhost:25433", &format!("localhost:{relay_port}"));
+    std::fs::write(&s.config, &small).unwrap();
+    // The outage: 2,000 racks polled for 20 s, gcp unreachable (no relay yet).
+    let big = s.scratch.write(
+        "big.toml",
+        &small.replace("pcs = [1, 2]\n", "").replace(
+            "banks = [{ id = 1, racks = 3 }, { id = 2, racks = 2 }]",
+            // Each bank its own Modbus unit (the bench's map), so 2,000 racks fit.
+            &format!(
+                "banks = [{}]\nregister_map = \"{}\"",
+                (1..=8)
+                    .map(|b| format!("{{ id = {b}, racks = 250 }}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                std::path::Path::new(crate::support::REPO)
+                    .join("bench/ingest-map.toml")
+                    .display()
+            ),
+        ),
+    );
+    {
+        let _sim = Cmd::new(Some(&big))
+            .args(["simulate", "--site", "Site1", "--duration", "40s"])
+            .spawn();
+        crate::support::wait_for_port(s.bms);
+        let filled = Cmd::new(Some(&big))
+            .args(["--json", "ingest", "--site", "Site1", "--duration", "20s"])
+            .run();
+        let rows = report(&filled);
+        let gcp = rows.iter().find(|r| r.server == "gcp").unwrap();
+        assert!(gcp.spool_pending >= 25_000, "{rows:?}");
+    }
+    // The link comes back at 1 Mbit/s; the site's 10 devices ingest meanwhile.
+    let _relay = Cmd::new(None)
+        .args([
+            "relay",
+            "--port",
+            &relay_port.to_string(),
+            "--to",
+            "127.0.0.1:25433",
+        ])
+        .args(["--delay", "5ms", "--kbit-per-sec", "1000"])
+        .spawn();
+    crate::support::wait_for_port(relay_port);
+    let _sim = s.simulate(&[]);
+    let run = s.ingest(&["--duration", "75s"]).run();
+    let rows = report(&run);
+    let gcp = rows.iter().find(|r| r.server == "gcp").unwrap();
+    let local = rows.iter().find(|r| r.server == "local").unwrap();
+    assert_eq!(
+        (gcp.spool_pending, gcp.rows_lost, gcp.rows_rejected),
+        (0, 0, 0),
+        "the spool did not drain: {rows:?}\n{}",
+        run.stderr()
+    );
+    assert!(gcp.rows_replayed >= 25_000, "{rows:?}");
+    assert!(
+        gcp.rows_written + gcp.rows_replayed >= local.rows_written,
+        "live rows stalled behind the replay: {rows:?}"
+    );
+    assert_eq!(s.keys("local"), s.keys("gcp"));
+}
+
 #[derive(Debug, Deserialize)]
 struct SpoolRow {
     server: String,

@@ -201,6 +201,65 @@ fn ingest_spool_list_in_a_loop_beside_a_spooling_ingest_loses_nothing() {
     assert_eq!(gone.spool_pending, local.rows_written, "{rows:?}");
 }
 
+/// Spool files that cannot be read (a header that lies about its rows, a
+/// header that is not one) go to rejected/ with the reason beside them:
+/// the replay neither crashes nor spins on them, and `spool list` counts them.
+#[test]
+fn ingest_corrupt_spool_files_go_to_rejected_with_their_reason() {
+    let s = setup(
+        "ingest_corrupt_spool",
+        &[("local", "local"), ("gcp", "gcp")],
+        "",
+    );
+    let dir = s.scratch.path.join("spool/Site1/gcp");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut lying =
+        br#"{"table":"rack","columns":["SOC"],"rows":1000000000000,"first_t":0,"last_t":0}"#
+            .to_vec();
+    lying.push(b'\n');
+    lying.extend([0xFF; 64]);
+    std::fs::write(dir.join("0000000000000000001-1.spool"), lying).unwrap();
+    std::fs::write(
+        dir.join("0000000000000000002-1.spool"),
+        b"not a header\n\x01\x02",
+    )
+    .unwrap();
+    let replay = Cmd::new(Some(&s.config))
+        .args(["spool", "replay", "--site", "Site1"])
+        .run();
+    assert!(
+        !replay.stderr().contains("panicked") && replay.code() < 100,
+        "{}",
+        replay.stderr()
+    );
+    let rejected = dir.join("rejected");
+    let mut names: Vec<String> = std::fs::read_dir(&rejected)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 4, "two files and their reasons: {names:?}");
+    let reason = std::fs::read_to_string(rejected.join("0000000000000000001-1.error")).unwrap();
+    assert!(reason.contains("unreadable spool file"), "{reason}");
+    assert!(
+        !std::fs::read_dir(&dir).unwrap().any(|e| e
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|x| x == "spool")),
+        "a corrupt file stayed pending"
+    );
+    let listed: Vec<serde_json::Value> = Cmd::new(Some(&s.config))
+        .args(["--json", "spool", "list"])
+        .run()
+        .json();
+    let row = listed
+        .iter()
+        .find(|r| r["server"] == "gcp" && r["kind"] == "rejected")
+        .unwrap_or_else(|| panic!("{listed:?}"));
+    assert_eq!(row["files"], 2, "{row}");
+}
+
 /// A 10 s ingest into both servers during which gcp refuses writes for
 /// its own reasons for 4 s (`break_sql`, then `mend_sql`): gcp is set aside
 /// and checked again until it takes writes; nothing is rejected or lost, the

@@ -450,3 +450,105 @@ fn lifecycle_retention_drops_utc_chunks_reconciled_as_local_days_in_two_zones() 
         }
     }
 }
+
+/// Rows that arrive between retention's judging of a chunk and its drop (a
+/// late replay, a reconcile) keep the chunk: it is locked against inserts
+/// and counted again in the transaction that would drop it. Here an insert
+/// is held open on gcp until retention waits on its lock, then committed.
+#[test]
+fn lifecycle_retention_keeps_a_chunk_that_gained_rows_between_count_and_drop() {
+    let db = TestDb::new("lifecycle_race", 1);
+    let scratch = Scratch::new("lifecycle_race");
+    let config = scratch.site_config(
+        "[retention]\nraw_days = 2\n",
+        &servers_toml(),
+        &format!(
+            "name = \"Race\"\ndatabase = \"{}\"\ntimezone = \"UTC\"\nsample_interval_secs = 10\nbanks = [{{ id = 1, racks = 1 }}]\n",
+            db.databases[0]
+        ),
+    );
+    let essops = |args: &[&str]| Cmd::new(Some(&config)).args(args).run();
+    let today = Utc::now().date_naive();
+    let first = today - TimeDelta::days(6);
+    for server in ["local", "gcp"] {
+        db.execute(
+            server,
+            &format!(
+                r#"INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID", "SOC")
+                   SELECT t, 1, 1, 50 FROM generate_series('{first} 00:00:00+00'::timestamptz, '{today} 00:00:00+00'::timestamptz - interval '10 seconds', interval '10 seconds') t"#
+            ),
+        );
+    }
+    for ago in (1..=6).rev() {
+        let day = (today - TimeDelta::days(ago)).to_string();
+        for command in ["reconcile", "loss"] {
+            essops(&[command, "--table", "rack", "--date", &day]).expect_code(0);
+        }
+    }
+    essops(&["rollup", "--table", "rack"]).expect_code(0);
+
+    let rows: Vec<Value> = crate::support::pg::block_on(async {
+        // A late row in the first day's chunk, its transaction held open.
+        let late = db.client("gcp", &db.databases[0]).await;
+        late.batch_execute(&format!(
+            r#"BEGIN; INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID", "SOC") VALUES ('{first} 12:00:05+00', 1, 1, 51)"#
+        ))
+        .await
+        .unwrap();
+        let retention = Cmd::new(Some(&config))
+            .args(["--json", "retention", "--table", "rack"])
+            .spawn();
+        let watch = db.client("gcp", &db.databases[0]).await;
+        let started = std::time::Instant::now();
+        loop {
+            let waiting: i64 = watch
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "retention never waited on the chunk's lock"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        late.batch_execute("COMMIT").await.unwrap();
+        retention.finish().json()
+    });
+    let chunk = |server: &str, start: NaiveDate| {
+        rows.iter()
+            .find(|r| {
+                r["kind"] == "chunk"
+                    && r["server"] == server
+                    && r["range_start"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with(&start.to_string()))
+            })
+            .unwrap_or_else(|| panic!("no {server} chunk from {start}: {rows:#?}"))
+    };
+    let raced = chunk("gcp", first);
+    assert_eq!(raced["verdict"], "keep", "{raced}");
+    assert!(
+        raced.to_string().contains("rows arrived meanwhile"),
+        "{raced}"
+    );
+    assert_eq!(chunk("local", first)["verdict"], "dropped");
+    assert_eq!(
+        chunk("gcp", first + TimeDelta::days(1))["verdict"],
+        "dropped"
+    );
+    // The late row is still there, in the chunk kept.
+    assert_eq!(
+        db.scalar(
+            "gcp",
+            &format!(r#"SELECT count(*) FROM rack WHERE "TIMESTAMP" = '{first} 12:00:05+00'"#)
+        ),
+        1
+    );
+}

@@ -488,7 +488,7 @@ impl crate::command::Command for DemoArgs {
     }
 }
 
-/// `essops relay`: serve a delayed relay until killed.
+/// `essops relay`: serve a delayed (and rate-limited) relay until killed.
 #[derive(Debug, clap::Args)]
 pub struct RelayArgs {
     /// Loopback port to listen on.
@@ -500,6 +500,9 @@ pub struct RelayArgs {
     /// Added each way (15ms each way is a 30 ms round trip).
     #[arg(long, value_parser = crate::window::parse_std_duration, default_value = "15ms", value_name = "DURATION")]
     pub delay: std::time::Duration,
+    /// At most this many kilobits a second each way (1000: a 1 Mbit/s uplink).
+    #[arg(long, value_name = "KBIT")]
+    pub kbit_per_sec: Option<u64>,
 }
 
 pub fn relay(args: &RelayArgs) -> Result<crate::error::Outcome, Error> {
@@ -508,7 +511,11 @@ pub fn relay(args: &RelayArgs) -> Result<crate::error::Outcome, Error> {
         .build()
         .map_err(Error::Output)?;
     runtime.block_on(async {
-        let _relay = proxy::Relay::start_on(args.port, args.to.clone(), args.delay)
+        let shape = proxy::Shape {
+            delay: args.delay,
+            rate: args.kbit_per_sec.map(|k| k * 1000 / 8),
+        };
+        let _relay = proxy::Relay::start_shaped(args.port, args.to.clone(), shape)
             .await
             .map_err(|e| demo_error(format!("relay on 127.0.0.1:{}: {e}", args.port)))?;
         let _ = crate::command::shutdown_signal().await;

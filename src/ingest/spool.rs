@@ -74,8 +74,14 @@ pub enum SpoolError {
         #[source]
         source: std::io::Error,
     },
-    #[error("spool file {path} is unreadable ({reason}); moved aside to {path}.bad")]
-    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "spool file {path} is unreadable ({reason}); moved to {to} with the reason beside it (`essops spool list` counts it among the rejected)"
+    )]
+    Corrupt {
+        path: PathBuf,
+        to: PathBuf,
+        reason: String,
+    },
     #[error(
         "spool {dir} is full: {why}; these rows are lost. Bring the server back (its rows then replay), or raise spool_max_mb or free disk space; `essops spool list` shows what is held"
     )]
@@ -279,13 +285,21 @@ impl Spool {
         self.reject(&file, error)
     }
 
-    /// A file moved aside because it cannot be read.
+    /// Moves a file that cannot be read to `rejected/`, with the reason
+    /// beside it: it never stops the replay, and the cap still counts it.
     pub fn quarantine_unreadable(&mut self, file: &SpoolFile, reason: String) -> SpoolError {
-        let bad = file.path.with_extension(format!("{EXTENSION}.bad"));
-        let _ = fs::rename(&file.path, &bad);
-        self.forget(&file.path);
+        let to = match self.reject(file, &format!("unreadable spool file: {reason}")) {
+            Ok(to) => to,
+            Err(e) => {
+                // Not even movable: forget it for this run, so the replay
+                // does not spin on it; it stays where it is.
+                self.forget(&file.path);
+                return e;
+            }
+        };
         SpoolError::Corrupt {
             path: file.path.clone(),
+            to,
             reason,
         }
     }

@@ -35,12 +35,19 @@ use crate::modbus::map::RegisterMap;
 use crate::schema::DeviceId;
 use crate::sql::{device_ids_returning, insert_absent_sql};
 
-/// A statement that takes longer than this is treated as a failed server.
+/// A write that takes longer than this, or than its bytes take at
+/// [`SLOWEST_LINK`], is treated as a failed server.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes a second of the slowest uplink a write must still fit through
+/// (128 kbit/s): a 1 MB COPY gets 64 s.
+const SLOWEST_LINK: f64 = 16.0 * 1024.0;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const UNIQUE_VIOLATION: &str = "23505";
-/// Rows merged into one replay transaction.
-const REPLAY_ROWS: u64 = 100_000;
+/// Rows merged into one replay transaction: it starts small and doubles
+/// while COPYs finish well inside their timeout, halving after one that
+/// does not, so a replay fits the link it has (a 1 Mbit/s uplink as well as
+/// loopback).
+const REPLAY_ROWS: (u64, u64, u64) = (100, 1_000, 100_000);
 /// After the stop signal ingest's replayer drains for at most this long; the
 /// rest waits in the spool for the next run.
 pub const DRAIN_AFTER_STOP: Duration = Duration::from_secs(10);
@@ -57,6 +64,8 @@ struct WriteError {
     message: String,
     /// The server's SQLSTATE, when it answered.
     code: Option<String>,
+    /// No answer within the write's timeout.
+    timed_out: bool,
 }
 
 impl WriteError {
@@ -65,6 +74,7 @@ impl WriteError {
             failure: Failure::Permanent,
             message,
             code: None,
+            timed_out: false,
         }
     }
     fn transient(message: String) -> WriteError {
@@ -72,8 +82,15 @@ impl WriteError {
             failure: Failure::Transient,
             message,
             code: None,
+            timed_out: false,
         }
     }
+}
+
+/// How long a write of `bytes` may take: [`WRITE_TIMEOUT`], or longer when
+/// the bytes need it at [`SLOWEST_LINK`].
+fn timeout_for(bytes: usize) -> Duration {
+    WRITE_TIMEOUT.max(Duration::from_secs_f64(bytes as f64 / SLOWEST_LINK))
 }
 
 /// What to do with rows a write did not take.
@@ -110,6 +127,8 @@ pub struct Sink {
     /// The SQLSTATE of the last permanent refusal and how many batches in a
     /// row got it (reset by a write that goes in).
     refusals: Mutex<(Option<String>, u32)>,
+    /// Rows the next replay transaction takes (see [`REPLAY_ROWS`]).
+    replay_rows: std::sync::atomic::AtomicU64,
 }
 
 impl Sink {
@@ -133,6 +152,7 @@ impl Sink {
             devices,
             catalog: Mutex::new(catalog),
             refusals: Mutex::new((None, 0)),
+            replay_rows: std::sync::atomic::AtomicU64::new(REPLAY_ROWS.1),
         };
         sink.publish_spool(&lock(&sink.spool));
         sink
@@ -574,7 +594,7 @@ pub async fn run_replay(sink: Arc<Sink>, mut stop: watch::Receiver<bool>, drain:
 /// Replays the oldest spool files, merged per table into one COPY and one
 /// transaction. `Err`: the files stay (retry, or the server was set aside).
 async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), (WriteError, Verdict)> {
-    let files = lock(&sink.spool).front(REPLAY_ROWS);
+    let files = lock(&sink.spool).front(sink.replay_rows.load(Relaxed));
     let (readable, unreadable) = read_files(files).await;
     for (file, reason) in unreadable {
         let e = lock(&sink.spool).quarantine_unreadable(&file, reason);
@@ -586,9 +606,11 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), (Write
         // A plain COPY first: after an outage the rows are new; a batch
         // committed before a crash fails on the key and goes in row by row.
         let written = write(client, sink, &merged).await;
+        let took = started.elapsed();
         sink.stats.servers[sink.index]
             .replay_us
-            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+            .fetch_add(took.as_micros() as u64, Relaxed);
+        sink.fit_replay(&written, took, merged.rows.len() as u64);
         match written {
             Ok(written) => {
                 sink.wrote();
@@ -630,6 +652,22 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), (Write
 }
 
 impl Sink {
+    /// Sizes the next replay transaction by how this one went: double after
+    /// one that took under a quarter of its timeout, halve after a timeout.
+    fn fit_replay(&self, written: &Result<Written, WriteError>, took: Duration, rows: u64) {
+        let (min, _, max) = REPLAY_ROWS;
+        let now = self.replay_rows.load(Relaxed);
+        let next = match written {
+            Err(e) if e.timed_out => (rows.min(now) / 2).max(min),
+            Ok(_) if rows >= now && took * 4 < WRITE_TIMEOUT => (now * 2).min(max),
+            _ => now,
+        };
+        if next != now {
+            tracing::debug!(site = %self.stats.site, server = %self.name(), rows = next, "replay transaction size");
+            self.replay_rows.store(next, Relaxed);
+        }
+    }
+
     async fn reject_file(self: &Arc<Self>, file: SpoolFile, batch: &Batch, error: &str) {
         let rows = batch.rows.len() as u64;
         self.reject(Rejected::File(file), batch.spec.name, rows, error)
@@ -716,6 +754,7 @@ async fn write(client: &mut Client, sink: &Sink, batch: &Batch) -> Result<Writte
         .encode(&types)
         .map_err(|m| WriteError::permanent(format!("{place}: {m}")))?;
     let columns = batch.all_columns();
+    let timeout = timeout_for(data.len());
     let attempt = async {
         // Without a unique natural key a plain COPY could store a row twice.
         if unique_key {
@@ -728,11 +767,12 @@ async fn write(client: &mut Client, sink: &Sink, batch: &Batch) -> Result<Writte
             .await
             .map(Written::Some)
     };
-    match tokio::time::timeout(WRITE_TIMEOUT, attempt).await {
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(w)) => Ok(w),
         Ok(Err(e)) => Err(WriteError {
             failure: db::classify(e.code().map(|c| c.code())),
             code: e.code().map(|c| c.code().to_string()),
+            timed_out: false,
             message: format!(
                 "{place}: {}{}",
                 db::describe(&e),
@@ -740,10 +780,10 @@ async fn write(client: &mut Client, sink: &Sink, batch: &Batch) -> Result<Writte
                     .map_or(String::new(), |c| format!(" (SQLSTATE {})", c.code()))
             ),
         }),
-        Err(_) => Err(WriteError::transient(format!(
-            "{place}: no answer in {} s",
-            WRITE_TIMEOUT.as_secs()
-        ))),
+        Err(_) => Err(WriteError {
+            timed_out: true,
+            ..WriteError::transient(format!("{place}: no answer in {} s", timeout.as_secs()))
+        }),
     }
 }
 

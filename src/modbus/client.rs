@@ -5,8 +5,11 @@
 //! answer, so a device that never answers holds every device queued behind
 //! it on that connection for the whole timeout, and after a timeout the
 //! connection must be reopened (a late answer would be taken for the next
-//! request's). Here a late answer carries a transaction id nobody waits
-//! for and is dropped, so a silent device costs only its own request.
+//! request's). Here a late answer carries the id of a request
+//! that timed out and is dropped, so a silent device costs only its own
+//! request; an answer whose id no request was given (one the connection
+//! never sent, or long forgotten) means the stream is out of step, and the
+//! connection is closed.
 //! Gateways that cannot queue requests are served one at a time (see
 //! [`Connection::supports_pipelining`]).
 
@@ -113,6 +116,12 @@ pub struct Frames {
 
 type Pending = Arc<Mutex<HashMap<u16, Waiting>>>;
 
+/// Transaction ids of requests that timed out, newest last: their answers
+/// may still come, and are dropped.
+type Expired = Arc<Mutex<std::collections::VecDeque<u16>>>;
+/// How many timed-out ids a connection remembers.
+const EXPIRED_KEPT: usize = 1024;
+
 /// The highest sending order answered so far.
 type Answered = Arc<AtomicU64>;
 
@@ -120,6 +129,7 @@ type Answered = Arc<AtomicU64>;
 pub struct Connection {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
+    expired: Expired,
     next_tid: AtomicU16,
     sent: AtomicU64,
     answered: Answered,
@@ -146,17 +156,19 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::default();
+        let expired: Expired = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
         let answered = Answered::default();
         let reader = tokio::spawn(read_answers(
             read,
-            pending.clone(),
+            (pending.clone(), expired.clone()),
             answered.clone(),
             closed.clone(),
         ));
         Ok(Connection {
             writer: tokio::sync::Mutex::new(write),
             pending,
+            expired,
             next_tid: AtomicU16::new(1),
             sent: AtomicU64::new(1),
             answered,
@@ -294,9 +306,15 @@ impl Connection {
                 result
             }
             Err(_) => {
-                // The answer may still come; the reader drops it as unknown.
+                // The answer may still come; the reader drops it.
                 let mut pending = lock(&self.pending);
                 pending.remove(&tid);
+                let mut expired = lock(&self.expired);
+                if expired.len() == EXPIRED_KEPT {
+                    expired.pop_front();
+                }
+                expired.push_back(tid);
+                drop(expired);
                 let queued_behind = pending.values().any(|w| w.seq < seq);
                 Err(ReadError::Timeout {
                     device_silent: self.answered.load(Relaxed) > seq || !queued_behind,
@@ -337,7 +355,7 @@ pub fn request_frame(tid: u16, unit: u8, function: u8, start: u16, count: u16) -
 /// Reads answers until the connection ends, handing each to its request.
 async fn read_answers(
     mut read: OwnedReadHalf,
-    pending: Pending,
+    (pending, expired): (Pending, Expired),
     answered: Answered,
     closed: Arc<AtomicBool>,
 ) {
@@ -356,7 +374,19 @@ async fn read_answers(
             break format!("read: {e}");
         }
         let Some(w) = lock(&pending).remove(&tid) else {
-            continue; // a late answer to a request that timed out
+            let mut late = lock(&expired);
+            match late.iter().position(|t| *t == tid) {
+                // A late answer to a request that timed out.
+                Some(i) => {
+                    late.remove(i);
+                    continue;
+                }
+                None => {
+                    break format!(
+                        "an answer with transaction id {tid}, which no request on this connection is waiting for: the stream is out of step"
+                    );
+                }
+            }
         };
         answered.fetch_max(w.seq, Relaxed);
         let answer = decode_answer(w.expected(), header[6], &frame[7..]);
@@ -509,6 +539,64 @@ mod tests {
         assert_eq!(a.unwrap(), vec![100, 101]);
         assert_eq!(b.unwrap(), vec![200, 201, 202]);
         assert!(!conn.is_closed());
+    }
+
+    /// A device that answers each request after `delay`, with its
+    /// transaction id shifted by `shift` (0: its own), two registers.
+    async fn answering(delay: Duration, shift: u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = [0u8; 12];
+            while s.read_exact(&mut req).await.is_ok() {
+                tokio::time::sleep(delay).await;
+                let tid = u16::from_be_bytes([req[0], req[1]]).wrapping_add(shift);
+                // MBAP by hand: tid, protocol 0, length 7, unit; 0x04, 4 bytes, 0x0001 0x0002.
+                let mut out = tid.to_be_bytes().to_vec();
+                out.extend([0, 0, 0, 7, req[6], 0x04, 4, 0, 1, 0, 2]);
+                s.write_all(&out).await.unwrap();
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn modbus_a_late_answer_is_dropped_and_the_connection_kept() {
+        let conn = Connection::open(
+            &answering(Duration::from_millis(300), 0).await,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        let first = conn
+            .read(1, RegisterKind::Input, 0, 2, Duration::from_millis(100))
+            .await;
+        assert!(matches!(first, Err(ReadError::Timeout { .. })), "{first:?}");
+        // The late answer arrives meanwhile; the next request gets its own.
+        let second = conn
+            .read(1, RegisterKind::Input, 0, 2, Duration::from_secs(2))
+            .await;
+        assert_eq!(second, Ok(vec![1, 2]));
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn modbus_an_answer_no_request_waits_for_closes_the_connection() {
+        let conn = Connection::open(
+            &answering(Duration::ZERO, 100).await,
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        let read = conn
+            .read(1, RegisterKind::Input, 0, 2, Duration::from_secs(2))
+            .await;
+        match read {
+            Err(ReadError::Closed(why)) => assert!(why.contains("out of step"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(conn.is_closed());
     }
 
     #[test]
