@@ -8,10 +8,9 @@
 //! come only with `--metrics-per-device`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -34,8 +33,6 @@ pub fn gauges(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 #[derive(Debug)]
 pub struct IngestCollector {
     pub stats: Arc<Stats>,
-    /// Each server's spool folder, for the oldest pending batch's age.
-    pub spools: Vec<PathBuf>,
     pub per_device: bool,
 }
 
@@ -153,7 +150,7 @@ impl IngestCollector {
             "Age of the oldest batch in the server's spool (0: empty).",
             &labels,
         );
-        for (i, v) in s.servers.iter().enumerate() {
+        for v in &s.servers {
             let at = [s.site.as_str(), v.name.as_str()];
             depth
                 .with_label_values(&at)
@@ -161,8 +158,11 @@ impl IngestCollector {
             bytes
                 .with_label_values(&at)
                 .set(v.spool_bytes.load(Relaxed) as i64);
-            let age = self.spools.get(i).map_or(Duration::ZERO, |d| oldest_age(d));
-            oldest.with_label_values(&at).set(age.as_secs() as i64);
+            let age = match v.spool_oldest_t.load(Relaxed) {
+                0 => 0,
+                t => (chrono::Utc::now().timestamp() - t).max(0),
+            };
+            oldest.with_label_values(&at).set(age);
         }
         for g in [depth, bytes, oldest] {
             out.extend(g.collect());
@@ -217,21 +217,6 @@ fn results(ok: u64, m: &Misses) -> [(&'static str, u64); 8] {
         ("breaker", m.breaker),
         ("sunspec", m.sunspec),
     ]
-}
-
-/// How long the oldest file in a spool folder has waited.
-fn oldest_age(dir: &std::path::Path) -> Duration {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Duration::ZERO;
-    };
-    let oldest = entries
-        .flatten()
-        .filter(|e| e.path().is_file())
-        .filter_map(|e| e.metadata().ok()?.modified().ok())
-        .min();
-    oldest
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-        .unwrap_or_default()
 }
 
 /// The registry's exposition, as a scrape gets it.

@@ -282,6 +282,9 @@ pub fn shares(plan: &Plan, ctx: &Context) -> Vec<(String, Vec<Vec<PollDevice>>)>
         .collect()
 }
 
+/// Spool writes of overflowing batches in flight at most (each fsyncs).
+const MAX_SPOOLING: usize = 64;
+
 /// Cuts the polled rows into per-table batches and hands each to every
 /// server's live writer; a writer whose queue is full gets it in its spool.
 async fn collect(
@@ -321,7 +324,14 @@ async fn collect(
                 }
                 None => break,
             },
-            _ = tick.tick() => flush(&mut pending, &mut spooling),
+            _ = tick.tick() => {
+                flush(&mut pending, &mut spooling);
+                // Spool writes in flight are bounded: past the bound, the
+                // batcher waits for the disk (the rows wait in its channel).
+                while spooling.len() > MAX_SPOOLING {
+                    spooling.join_next().await;
+                }
+            }
             Some(_) = spooling.join_next(), if !spooling.is_empty() => {}
         }
     }
@@ -476,11 +486,6 @@ async fn serve_metrics(
     let registry = prometheus::Registry::new();
     let collector = Box::new(crate::metrics::IngestCollector {
         stats: Arc::clone(stats),
-        spools: plan
-            .servers
-            .iter()
-            .map(|s| plan.spool_root.join(&s.name))
-            .collect(),
         per_device: *per_device,
     });
     registry

@@ -228,6 +228,11 @@ impl Spool {
     }
 
     /// The oldest files, up to `max_rows` rows in all (at least one file).
+    /// The oldest pending batch's first sample (unix seconds), if any.
+    pub fn oldest_t(&self) -> Option<i64> {
+        self.files.front().map(|f| f.first_t)
+    }
+
     pub fn front(&self, max_rows: u64) -> Vec<SpoolFile> {
         let mut out = Vec::new();
         let mut rows = 0;

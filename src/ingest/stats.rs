@@ -143,6 +143,9 @@ pub struct ServerStats {
     /// Rows waiting in the spool now, and their bytes on disk.
     pub spool_depth: AtomicU64,
     pub spool_bytes: AtomicU64,
+    /// The oldest pending batch's first sample (unix seconds; 0: empty),
+    /// kept by the writer so `/metrics` never scans the spool folder.
+    pub spool_oldest_t: std::sync::atomic::AtomicI64,
     /// Rows that could be neither written nor spooled (spool cap, disk full).
     pub lost: AtomicU64,
     /// Newest committed sample's age at commit, in ms.

@@ -241,6 +241,8 @@ impl Sink {
         let s = &self.stats.servers[self.index];
         s.spool_depth.store(spool.rows(), Relaxed);
         s.spool_bytes.store(spool.bytes(), Relaxed);
+        s.spool_oldest_t
+            .store(spool.oldest_t().unwrap_or(0), Relaxed);
     }
 
     /// Spools a batch off the async threads (the spool fsyncs).
@@ -614,7 +616,7 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), (Write
         match written {
             Ok(written) => {
                 sink.wrote();
-                sink.finish_replay(&group, &merged, written)
+                sink.finish_replay(&group, &merged, written).await
             }
             Err(e) if e.failure == Failure::Transient => {
                 let verdict = sink.verdict(&e);
@@ -627,7 +629,7 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), (Write
                     match write(client, sink, &one[0].1).await {
                         Ok(written) => {
                             sink.wrote();
-                            sink.finish_replay(&one, &one[0].1, written)
+                            sink.finish_replay(&one, &one[0].1, written).await
                         }
                         Err(e) => match sink.verdict(&e) {
                             Verdict::Reject => {
@@ -674,14 +676,26 @@ impl Sink {
             .await;
     }
 
-    fn finish_replay(&self, group: &[(SpoolFile, Batch)], merged: &Batch, written: Written) {
+    /// Counts a replayed group and removes its files, off the async threads
+    /// (thousands of unlinks after an outage).
+    async fn finish_replay(
+        self: &Arc<Self>,
+        group: &[(SpoolFile, Batch)],
+        merged: &Batch,
+        written: Written,
+    ) {
         let files: Vec<SpoolFile> = group.iter().map(|(f, _)| f.clone()).collect();
-        let mut spool = lock(&self.spool);
-        if let Err(e) = spool.remove(&files) {
+        let sink = self.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let mut spool = lock(&sink.spool);
+            let r = spool.remove(&files);
+            sink.publish_spool(&spool);
+            r
+        })
+        .await;
+        if let Ok(Err(e)) = removed {
             tracing::error!(site = %self.stats.site, server = %self.name(), error = %e, "cannot remove a replayed spool file");
         }
-        self.publish_spool(&spool);
-        drop(spool);
         self.stats.servers[self.index]
             .replayed
             .fetch_add(merged.rows.len() as u64, Relaxed);
