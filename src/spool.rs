@@ -384,6 +384,13 @@ pub fn discard(args: &DiscardArgs, ctx: &Context) -> Result<SpoolReport, SpoolCm
     let mut rows = Vec::new();
     for (mut r, files) in chosen {
         if !args.dry_run {
+            // The spool folder's lock: a running ingest's writer holds it
+            // around each file it writes, moves or removes.
+            let _lock = files
+                .first()
+                .and_then(|f| spool_dir_of(&f.path))
+                .map(spool::dir_lock)
+                .transpose()?;
             for f in &files {
                 delete(&f.path)?;
                 delete_error_file(&f.path)?;
@@ -400,6 +407,15 @@ pub fn discard(args: &DiscardArgs, ctx: &Context) -> Result<SpoolReport, SpoolCm
         },
         rows,
     })
+}
+
+/// The server's spool folder a pending or rejected file lies in.
+fn spool_dir_of(file: &std::path::Path) -> Option<&std::path::Path> {
+    let dir = file.parent()?;
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some(REJECTED_DIR) => dir.parent(),
+        _ => Some(dir),
+    }
 }
 
 /// A rejected batch's error file, beside it, when it has one.

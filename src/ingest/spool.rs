@@ -181,6 +181,7 @@ impl Spool {
         let mut head = serde_json::to_vec(&header).expect("a header serializes");
         head.push(b'\n');
         self.check_room((head.len() + body.len()) as u64)?;
+        let _dir = dir_lock(&self.dir)?;
         let bytes = write_file(&self.dir, &path, &head, &body)?;
         self.rows += header.rows;
         self.bytes += bytes;
@@ -248,6 +249,7 @@ impl Spool {
 
     /// Removes files once their rows are committed (or set aside).
     pub fn remove(&mut self, done: &[SpoolFile]) -> Result<(), SpoolError> {
+        let _dir = dir_lock(&self.dir)?;
         for f in done {
             match fs::remove_file(&f.path) {
                 Ok(()) => {}
@@ -257,6 +259,11 @@ impl Spool {
             self.forget(&f.path);
         }
         Ok(())
+    }
+
+    /// Forgets a file `essops spool discard` deleted.
+    pub fn forget_discarded(&mut self, file: &SpoolFile) {
+        self.forget(&file.path);
     }
 
     fn forget(&mut self, path: &Path) {
@@ -272,6 +279,7 @@ impl Spool {
 
     /// Moves a file the server refused for good to `rejected/`, with the error beside it.
     pub fn reject(&mut self, file: &SpoolFile, error: &str) -> Result<PathBuf, SpoolError> {
+        let _dir = dir_lock(&self.dir)?;
         let dir = self.dir.join(REJECTED_DIR);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let name = file.path.file_name().unwrap_or_default();
@@ -308,6 +316,23 @@ impl Spool {
             reason,
         }
     }
+}
+
+/// The spool folder's own lock (`<server>.lock` beside the folder, so the
+/// folder holds batches only), held by the writer around each file
+/// operation and by `essops spool discard` while it deletes: a file is never
+/// deleted halfway through being written, moved or removed.
+pub fn dir_lock(dir: &Path) -> Result<File, SpoolError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.with_extension("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    file.lock().map_err(io(&path))?;
+    Ok(file)
 }
 
 /// Removes the temp files of writes a crash cut short: their rows were
@@ -554,6 +579,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("essops-spool-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn ingest_spool_writes_wait_while_discard_holds_the_folder_lock() {
+        let dir = scratch("dirlock");
+        let mut s = Spool::open(&dir, SpoolLimits::default()).unwrap();
+        let held = dir_lock(&dir).unwrap();
+        let writer = std::thread::spawn(move || {
+            s.push(&batch(20)).unwrap();
+            s.rows()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!writer.is_finished(), "the write went ahead under the lock");
+        assert_eq!(list(&dir).unwrap().len(), 0);
+        drop(held);
+        assert_eq!(writer.join().unwrap(), 1);
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "the folder holds the batch only"
+        );
     }
 
     #[test]

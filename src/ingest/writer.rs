@@ -599,6 +599,12 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), (Write
     let files = lock(&sink.spool).front(sink.replay_rows.load(Relaxed));
     let (readable, unreadable) = read_files(files).await;
     for (file, reason) in unreadable {
+        if !file.path.exists() {
+            // `essops spool discard` deleted it while it was queued here.
+            lock(&sink.spool).forget_discarded(&file);
+            tracing::warn!(site = %sink.stats.site, server = %sink.name(), file = %file.path.display(), "spool file discarded by an operator; its rows are not replayed");
+            continue;
+        }
         let e = lock(&sink.spool).quarantine_unreadable(&file, reason);
         tracing::error!(site = %sink.stats.site, server = %sink.name(), error = %e, "spool file skipped");
     }
