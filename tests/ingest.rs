@@ -271,8 +271,18 @@ fn server_state_drill(test: &str, seed: &str, break_sql: &str, mend_sql: &str) {
         &[("local", "local"), ("gcp", "gcp")],
         "timeout_ms = 500",
     );
+    drill(
+        &s,
+        s.ingest(&["--duration", "10s"]),
+        seed,
+        (break_sql, mend_sql),
+    );
+}
+
+/// The drill itself, with `ingest` (its command line, config and login).
+fn drill(s: &Setup, ingest: Cmd, seed: &str, (break_sql, mend_sql): (&str, &str)) {
     let _sim = s.simulate(&["--seed", seed]);
-    let ingest = s.ingest(&["--duration", "10s"]).spawn();
+    let ingest = ingest.spawn();
     std::thread::sleep(std::time::Duration::from_secs(2));
     s.db.execute("gcp", &break_sql.replace("{db}", &s.db.databases[0]));
     std::thread::sleep(std::time::Duration::from_secs(4));
@@ -305,6 +315,55 @@ fn server_state_drill(test: &str, seed: &str, break_sql: &str, mend_sql: &str) {
         events.first().map(String::as_str) == Some("server_set_aside")
             && events.contains(&"server_resumed".to_string()),
         "{events:?}"
+    );
+}
+
+/// A privilege revoked from the writers' role for a while (a DBA's mistake,
+/// a role being reworked), then granted back, under an ingest that logs in
+/// as a least-privilege member of `essops_writer`: gcp is set aside until
+/// preflight finds the privilege again; nothing is rejected or lost.
+#[test]
+fn ingest_privilege_revoked_and_granted_back_loses_nothing() {
+    let s = setup(
+        "ingest_privilege",
+        &[("local", "local"), ("gcp", "gcp")],
+        "timeout_ms = 500",
+    );
+    Cmd::new(Some(&s.config))
+        .args(["migrate", "--create-database", "--create-roles"])
+        .run()
+        .expect_code(0);
+    let (role, password) = ("it_writer_privilege", "it-writer-pw-51c2e0");
+    for server in ["local", "gcp"] {
+        s.db.execute(
+            server,
+            &format!(
+                "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD '{password}' IN ROLE essops_writer"
+            ),
+        );
+    }
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let mut as_writer = text.replace("postgres://essops@", &format!("postgres://{role}@"));
+    for cluster in ["local", "gcp"] {
+        let file = std::path::Path::new(crate::support::REPO)
+            .join(format!(".services/secrets/{cluster}.password"));
+        as_writer = as_writer.replace(
+            &format!("password_file = \"{}\"", file.display()),
+            "password_env = \"IT_WRITER_PW\"",
+        );
+    }
+    let config = s.scratch.write("writer.toml", &as_writer);
+    let ingest = Cmd::new(Some(&config))
+        .args(["--json", "ingest", "--site", "Site1", "--duration", "10s"])
+        .env("IT_WRITER_PW", password);
+    drill(
+        &s,
+        ingest,
+        "13",
+        (
+            "REVOKE INSERT ON rack FROM essops_writer",
+            "GRANT INSERT ON rack TO essops_writer",
+        ),
     );
 }
 
