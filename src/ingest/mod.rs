@@ -307,9 +307,18 @@ async fn collect(
                 rows: std::mem::take(rows),
             });
             for (w, sink) in &writers {
-                if let Err(mpsc::error::TrySendError::Full(b)) = w.try_send(batch.clone()) {
-                    let sink = sink.clone();
-                    spooling.spawn(async move { sink.spool_batch(b).await });
+                // Counted before it is sent: the live writer counts it off on receipt.
+                sink.live_queued.fetch_add(1, Relaxed);
+                match w.try_send(batch.clone()) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(b)) => {
+                        sink.live_queued.fetch_sub(1, Relaxed);
+                        let sink = sink.clone();
+                        spooling.spawn(async move { sink.spool_batch(b).await });
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        sink.live_queued.fetch_sub(1, Relaxed);
+                    }
                 }
             }
         }

@@ -129,6 +129,9 @@ pub struct Sink {
     refusals: Mutex<(Option<String>, u32)>,
     /// Rows the next replay transaction takes (see [`REPLAY_ROWS`]).
     replay_rows: std::sync::atomic::AtomicU64,
+    /// Live batches queued for the live writer: while there are any, the
+    /// replayer waits (live rows have priority on a narrow link).
+    pub live_queued: std::sync::atomic::AtomicUsize,
 }
 
 impl Sink {
@@ -153,6 +156,7 @@ impl Sink {
             catalog: Mutex::new(catalog),
             refusals: Mutex::new((None, 0)),
             replay_rows: std::sync::atomic::AtomicU64::new(REPLAY_ROWS.1),
+            live_queued: std::sync::atomic::AtomicUsize::new(0),
         };
         sink.publish_spool(&lock(&sink.spool));
         sink
@@ -522,6 +526,7 @@ async fn read_only(client: &Client, sink: &Sink) -> Option<String> {
 pub async fn run_live(sink: Arc<Sink>, mut rx: mpsc::Receiver<Arc<Batch>>) {
     let mut link = Link::new(true);
     while let Some(batch) = rx.recv().await {
+        sink.live_queued.fetch_sub(1, Relaxed);
         let Some(client) = link.connected(&sink).await else {
             sink.spool_batch(batch).await;
             continue;
@@ -564,7 +569,13 @@ pub async fn run_replay(sink: Arc<Sink>, mut stop: watch::Receiver<bool>, drain:
         {
             break;
         }
-        if !empty && let Some(client) = link.connected(&sink).await {
+        // Live rows first: the replayer waits while live batches queue
+        // (until the stop, when only the spool is left).
+        let live_waiting = stopped_at.is_none() && sink.live_queued.load(Relaxed) > 0;
+        if !empty
+            && !live_waiting
+            && let Some(client) = link.connected(&sink).await
+        {
             match replay_some(client, &sink).await {
                 Ok(()) => continue,
                 Err((e, verdict)) => link.after(&sink, &e, &verdict),
