@@ -387,7 +387,7 @@ async fn privileges(c: &mut Checks<'_>, client: &Client, server: &Server, databa
         {
             c.warn(
                 "may record history",
-                "no history tables: run `essops migrate` (schema version 2 adds them)",
+                "history tables missing (all, or those a newer schema version adds, such as the KPI tables of version 6): run `essops migrate`",
             )
         }
         Err(e) => c.warn("may record history", db::describe(&e)),
