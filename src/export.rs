@@ -31,6 +31,8 @@ impl ExportError {
     }
 }
 
+crate::into_error!(ExportError);
+
 #[derive(Debug, Clone)]
 pub struct ExportPath {
     path: PathBuf,

@@ -25,6 +25,22 @@ impl Selection {
             .map(|(site, server)| (server.name.clone(), site.clone()))
             .collect())
     }
+
+    /// Each selected (site, server) with the window `spec` makes of the
+    /// site's local time: (site, server name, window).
+    pub fn windows(
+        &self,
+        config: &crate::config::Config,
+        spec: &crate::window::WindowSpec,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> crate::error::Result<Vec<(crate::config::Site, String, crate::window::Window)>> {
+        let mut out = Vec::new();
+        for (site, server) in config.site_servers(&self.sites, &self.servers)? {
+            let window = spec.resolve(site.timezone, now)?;
+            out.push((site.clone(), server.name.clone(), window));
+        }
+        Ok(out)
+    }
 }
 
 /// `--table TABLE`…

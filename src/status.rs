@@ -453,11 +453,11 @@ async fn kpi_row(
         .iter()
         .filter(|i| i.word == "fault" && i.open)
         .count();
-    let mut detail = vec![format!("{day}:")];
+    let mut detail = format!("{day}:");
     if let Some((mv, d)) = spread {
-        detail.push(format!("largest cell spread {mv} mV ({}),", d.device));
+        detail += &format!(" largest cell spread {mv} mV ({}),", d.device);
     }
-    detail.push(format!("{open} fault interval(s) open at midnight"));
+    detail += &format!(" {open} fault interval(s) open at midnight");
     let graded: Vec<&kpi::KpiRecord> = days
         .iter()
         .filter(|d| grade_of(&d.grade) == worst)
@@ -473,7 +473,7 @@ async fn kpi_row(
                     .map(|r| format!("; {}: {r}", d.device))
             })
             .unwrap_or_default();
-        detail.push(format!("; {} {}{first}", graded.len(), worst.as_str()));
+        detail += &format!("; {} {}{first}", graded.len(), worst.as_str());
     }
     let gauges = days
         .iter()
@@ -489,7 +489,7 @@ async fn kpi_row(
     let judged = (
         State::of_grade(worst),
         spread.map(|(mv, _)| mv / 1000.0),
-        detail.join(" ").replace(" ;", ";"),
+        detail,
     );
     (StatusRow::new(site, "kpi", server, judged), gauges)
 }

@@ -78,6 +78,14 @@ pub enum WindowError {
     Empty { from: String, to: String },
 }
 
+impl WindowError {
+    pub fn exit_code(&self) -> u8 {
+        crate::exit::code::USAGE
+    }
+}
+
+crate::into_error!(WindowError);
+
 impl Window {
     pub fn seconds(&self) -> i64 {
         (self.end - self.start).num_seconds()

@@ -12,43 +12,6 @@ use crate::db::Target;
 pub const KPI_TABLE: &str = "kpi_daily";
 pub const INTERVALS_TABLE: &str = "alarm_intervals";
 
-/// One device's (or the site's) KPIs on one whole local day.
-#[derive(Debug, Clone, Serialize)]
-pub struct KpiDay {
-    pub table_name: &'static str,
-    pub device: String,
-    pub device_ids: Vec<i16>,
-    pub day: NaiveDate,
-    pub grade: &'static str,
-    pub samples: i64,
-    pub cell_spread_max_mv: Option<f64>,
-    pub cell_spread_p95_mv: Option<f64>,
-    pub soh_median: Option<f64>,
-    pub fault_secs: Option<i64>,
-    pub availability_pct: Option<f64>,
-    pub charged_kwh: Option<f64>,
-    pub discharged_kwh: Option<f64>,
-    /// The whole row, as `essops kpi --json` prints it.
-    pub figures: serde_json::Value,
-}
-
-/// One alarm or fault interval of a whole local day.
-#[derive(Debug, Clone, Serialize)]
-pub struct IntervalDay {
-    pub table_name: &'static str,
-    pub device: String,
-    pub device_ids: Vec<i16>,
-    pub day: NaiveDate,
-    pub word: &'static str,
-    pub bit: Option<i16>,
-    pub bit_name: Option<String>,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: DateTime<Utc>,
-    pub duration_s: i64,
-    pub samples: i64,
-    pub open: bool,
-}
-
 /// Replaces the KPIs and intervals of `site` on this server for `tables`
 /// (rack, bank, pcs, site) and `days`, in one transaction: a re-run never
 /// adds a second set.
@@ -57,8 +20,8 @@ pub async fn record(
     target: Target<'_>,
     site: &str,
     (tables, days): (&[String], &[NaiveDate]),
-    rows: &[KpiDay],
-    intervals: &[IntervalDay],
+    rows: &[KpiRecord],
+    intervals: &[IntervalRecord],
 ) -> Result<(), HistoryError> {
     let (kpi, iv) = (table(KPI_TABLE), table(INTERVALS_TABLE));
     let server = target.server.name.as_str();
@@ -77,16 +40,18 @@ pub async fn record(
         }
         tx.execute(
             &format!(
+                // The typed columns come from the row itself (`figures`).
                 "INSERT INTO {kpi} (site, server, table_name, device, device_ids, day, grade, samples,
                         cell_spread_max_mv, cell_spread_p95_mv, soh_median, fault_secs, availability_pct,
                         charged_kwh, discharged_kwh, figures)
-                 SELECT $1, $2, r.table_name, r.device, r.device_ids, r.day, r.grade, r.samples,
-                        r.cell_spread_max_mv, r.cell_spread_p95_mv, r.soh_median, r.fault_secs, r.availability_pct,
-                        r.charged_kwh, r.discharged_kwh, r.figures
+                 SELECT $1, $2, r.table_name, r.device, r.device_ids, r.day, r.grade,
+                        coalesce((r.figures->>'samples')::int8, 0),
+                        (r.figures->>'cell_spread_max_mv')::float8, (r.figures->>'cell_spread_p95_mv')::float8,
+                        (r.figures->>'soh_median')::float8, (r.figures->>'fault_secs')::int8,
+                        (r.figures->>'availability_pct')::float8, (r.figures->>'charged_kwh')::float8,
+                        (r.figures->>'discharged_kwh')::float8, r.figures
                    FROM jsonb_to_recordset($3::jsonb) AS r(table_name text, device text, device_ids int2[],
-                        day date, grade text, samples int8, cell_spread_max_mv float8, cell_spread_p95_mv float8,
-                        soh_median float8, fault_secs int8, availability_pct float8, charged_kwh float8,
-                        discharged_kwh float8, figures jsonb)"
+                        day date, grade text, figures jsonb)"
             ),
             &[&site, &server, &rows_json],
         )
@@ -150,8 +115,8 @@ pub async fn kept(
         .collect())
 }
 
-/// A recorded KPI row, as status and the report read it.
-#[derive(Debug, Clone)]
+/// A KPI row of one device (or the site) and day, as recorded and read back.
+#[derive(Debug, Clone, Serialize)]
 pub struct KpiRecord {
     pub table_name: String,
     pub device: String,
@@ -197,15 +162,21 @@ pub async fn days(
         .collect())
 }
 
-/// A recorded interval (whole words only), as status and the report read it.
-#[derive(Debug, Clone)]
+/// An alarm or fault interval of one day, as recorded and read back.
+#[derive(Debug, Clone, Serialize)]
 pub struct IntervalRecord {
     pub table_name: String,
     pub device: String,
     pub device_ids: Vec<i16>,
+    pub day: NaiveDate,
     pub word: String,
+    /// None: the whole word.
+    pub bit: Option<i16>,
+    pub bit_name: Option<String>,
     pub started_at: DateTime<Utc>,
     pub ended_at: DateTime<Utc>,
+    pub duration_s: i64,
+    pub samples: i64,
     pub open: bool,
 }
 
@@ -217,7 +188,8 @@ pub async fn intervals(
     (from, to): (NaiveDate, NaiveDate),
 ) -> Result<Vec<IntervalRecord>, tokio_postgres::Error> {
     let sql = format!(
-        "SELECT table_name, device, device_ids, word, started_at, ended_at, open
+        "SELECT table_name, device, device_ids, day, word, bit, bit_name, started_at, ended_at,
+                duration_s, samples, open
            FROM {} WHERE site = $1 AND server = $2 AND day BETWEEN $3 AND $4 AND bit IS NULL
           ORDER BY started_at",
         table(INTERVALS_TABLE)
@@ -229,10 +201,15 @@ pub async fn intervals(
             table_name: r.get(0),
             device: r.get(1),
             device_ids: r.get(2),
-            word: r.get(3),
-            started_at: r.get(4),
-            ended_at: r.get(5),
-            open: r.get(6),
+            day: r.get(3),
+            word: r.get(4),
+            bit: r.get(5),
+            bit_name: r.get(6),
+            started_at: r.get(7),
+            ended_at: r.get(8),
+            duration_s: r.get(9),
+            samples: r.get(10),
+            open: r.get(11),
         })
         .collect())
 }

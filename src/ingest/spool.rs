@@ -261,12 +261,9 @@ impl Spool {
         Ok(())
     }
 
-    /// Forgets a file `essops spool discard` deleted.
-    pub fn forget_discarded(&mut self, file: &SpoolFile) {
-        self.forget(&file.path);
-    }
-
-    fn forget(&mut self, path: &Path) {
+    /// Drops a file from the list without touching the disk (it is gone:
+    /// `essops spool discard` deleted it, or it was moved).
+    pub fn forget(&mut self, path: &Path) {
         if let Some(i) = self.files.iter().position(|f| f.path == path) {
             let f = self.files.remove(i).expect("position is in range");
             self.rows -= f.rows;

@@ -612,7 +612,7 @@ async fn replay_some(client: &mut Client, sink: &Arc<Sink>) -> Result<(), (Write
     for (file, reason) in unreadable {
         if !file.path.exists() {
             // `essops spool discard` deleted it while it was queued here.
-            lock(&sink.spool).forget_discarded(&file);
+            lock(&sink.spool).forget(&file.path);
             tracing::warn!(site = %sink.stats.site, server = %sink.name(), file = %file.path.display(), "spool file discarded by an operator; its rows are not replayed");
             continue;
         }

@@ -21,6 +21,14 @@ use crate::window::Window;
 /// per-second bank spread groups a day of every rack of a bank.
 const WORK_MEM: &str = "64MB";
 
+/// Readies a connection for the KPI statements (once, not per statement).
+pub async fn prepare(client: &Client, server: &str, database: &str) -> Result<(), DbError> {
+    client
+        .batch_execute(&format!("SET work_mem = '{WORK_MEM}'"))
+        .await
+        .map_err(|e| DbError::query(server, database, "setting work_mem", &e))
+}
+
 /// Figures of one device and local day, from one pass over its rows.
 #[derive(Debug, Clone, Default)]
 pub struct DailyFigures {
@@ -131,12 +139,10 @@ impl Scope<'_> {
         let mut params: Vec<&(dyn ToSql + Sync)> =
             vec![&self.window.start, &self.window.end, &self.day];
         params.extend_from_slice(extra);
-        let fail = |e: &tokio_postgres::Error| DbError::query(self.server, self.database, what, e);
         self.client
-            .batch_execute(&format!("SET work_mem = '{WORK_MEM}'"))
+            .query(sql, &params)
             .await
-            .map_err(|e| fail(&e))?;
-        self.client.query(sql, &params).await.map_err(|e| fail(&e))
+            .map_err(|e| DbError::query(self.server, self.database, what, &e))
     }
 }
 

@@ -27,7 +27,7 @@ use crate::logging::REPORT_TARGET;
 use crate::loss::gaps::Grade;
 use crate::output::{Failure, Report};
 use crate::schema::{self, Table, TableSpec};
-use crate::window::{Window, WindowArgs, WindowError};
+use crate::window::{Window, WindowArgs};
 
 use measure::{DailyFigures, RawInterval, Scope, TableColumns};
 pub use rows::KpiRow;
@@ -49,25 +49,6 @@ pub struct KpiArgs {
     pub output: Option<PathBuf>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum KpiError {
-    #[error(transparent)]
-    Window(#[from] WindowError),
-    #[error(transparent)]
-    Export(#[from] crate::export::ExportError),
-}
-
-impl KpiError {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            KpiError::Window(_) => crate::exit::code::USAGE,
-            KpiError::Export(e) => e.exit_code(),
-        }
-    }
-}
-
-crate::into_error!(KpiError);
-
 /// One (server, site) to measure over its counted window.
 #[derive(Debug, Clone)]
 pub struct KpiTarget {
@@ -88,25 +69,21 @@ pub type KpiReport = crate::output::Rows<KpiRow>;
 const KPI_TABLES: [TableSpec; 3] = [schema::RACK, schema::BANK, schema::PCS];
 
 pub fn plan(args: &KpiArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error::Result<KpiPlan> {
-    let spec = args.window.spec();
     let export = args
         .output
         .as_deref()
         .map(crate::export::ExportPath::new)
-        .transpose()
-        .map_err(KpiError::from)?;
-    let mut targets = Vec::new();
-    for (site, server) in ctx
-        .config
-        .site_servers(&args.select.sites, &args.select.servers)?
-    {
-        let window = spec.resolve(site.timezone, now).map_err(KpiError::from)?;
-        targets.push(KpiTarget {
-            server: server.name.clone(),
-            site: site.clone(),
+        .transpose()?;
+    let targets = args
+        .select
+        .windows(&ctx.config, &args.window.spec(), now)?
+        .into_iter()
+        .map(|(site, server, window)| KpiTarget {
+            server,
+            site,
             counted: window.until(now),
-        });
-    }
+        })
+        .collect();
     Ok(KpiPlan { targets, export })
 }
 
@@ -135,8 +112,7 @@ pub async fn execute(plan: KpiPlan, ctx: &Context) -> crate::error::Result<KpiRe
                 &values,
                 &["kind", "server", "site", "day", "device", "level"],
             )
-        })
-        .map_err(KpiError::from)?;
+        })?;
     }
     Ok(report)
 }
@@ -148,6 +124,16 @@ struct TableFigures {
     intervals: Vec<RawInterval>,
     soc_spread: Vec<measure::SocSpread>,
     energy: Vec<measure::PcsEnergy>,
+}
+
+impl TableFigures {
+    /// Adds what another part of the same table measured.
+    fn absorb(&mut self, part: TableFigures) {
+        self.daily.extend(part.daily);
+        self.intervals.extend(part.intervals);
+        self.soc_spread.extend(part.soc_spread);
+        self.energy.extend(part.energy);
+    }
 }
 
 /// The KPIs of `t` measured now and recorded nowhere (for `essops report`,
@@ -189,31 +175,18 @@ async fn measure(config: &Config, t: &KpiTarget, recorded: bool) -> Vec<KpiRow> 
     )
     .await;
     let mut measured: BTreeMap<Table, TableFigures> = BTreeMap::new();
-    for ((spec, part), result) in parts.iter().zip(results) {
+    let mut failed = std::collections::BTreeSet::new();
+    for ((spec, _), result) in parts.iter().zip(results) {
         match result {
-            Ok(f) => {
-                let entry = measured.entry(spec.table).or_default();
-                match part {
-                    Part::Devices(_) => {
-                        entry.daily.extend(f.daily);
-                        entry.intervals.extend(f.intervals);
-                        entry.energy.extend(f.energy);
-                    }
-                    Part::SocSpread => entry.soc_spread = f.soc_spread,
-                }
+            Ok(f) => measured.entry(spec.table).or_default().absorb(f),
+            Err(e) => {
+                failed.insert(spec.table);
+                out.push(fail(Some(spec.name), e.to_string()));
             }
-            Err(e) => out.push(fail(Some(spec.name), e.to_string())),
         }
     }
     // A table with a failed part is not measured at all.
-    for (spec, _) in &parts {
-        if out
-            .iter()
-            .any(|r| matches!(r, KpiRow::Failure(f) if f.table.as_deref() == Some(spec.name)))
-        {
-            measured.remove(&spec.table);
-        }
-    }
+    measured.retain(|table, _| !failed.contains(table));
     let mut history = match history::connect(config, Target { server, database }).await {
         Ok(c) => Some(c),
         Err(e) => {
@@ -319,6 +292,7 @@ async fn measure_part(
         database,
     };
     let client = db::connect(config, target).await?;
+    measure::prepare(&client, &t.server, database).await?;
     let columns = crate::catalog::require_table(&client, &t.server, database, spec).await?;
     let cols = TableColumns::new(&columns);
     let limits: Vec<(String, (f64, f64))> = config
@@ -635,63 +609,19 @@ async fn record(
     if days.is_empty() || tables.is_empty() {
         return;
     }
-    let whole = |d: &NaiveDate| days.contains(d);
-    let mut kpi_days = Vec::new();
-    let mut interval_days = Vec::new();
-    for row in rows {
-        let figures = serde_json::to_value(row).unwrap_or_default();
-        match row {
-            KpiRow::Rack(d) | KpiRow::Bank(d) | KpiRow::Pcs(d) if whole(&d.day) => {
-                kpi_days.push(kept::KpiDay {
-                    table_name: row.table_name(),
-                    device: d.device.clone(),
-                    device_ids: d.device_ids.clone(),
-                    day: d.day,
-                    grade: d.level.as_str(),
-                    samples: d.samples,
-                    cell_spread_max_mv: d.cell_spread_max_mv,
-                    cell_spread_p95_mv: d.cell_spread_p95_mv,
-                    soh_median: d.soh_median,
-                    fault_secs: Some(d.fault_secs),
-                    availability_pct: Some(d.availability_pct),
-                    charged_kwh: d.energy.as_ref().and_then(|e| e.charged_kwh),
-                    discharged_kwh: d.energy.as_ref().and_then(|e| e.discharged_kwh),
-                    figures,
-                });
-            }
-            KpiRow::Site(s) if whole(&s.day) => kpi_days.push(kept::KpiDay {
-                table_name: "site",
-                device: "site".into(),
-                device_ids: Vec::new(),
-                day: s.day,
-                grade: s.level.as_str(),
-                samples: 0,
-                cell_spread_max_mv: None,
-                cell_spread_p95_mv: None,
-                soh_median: None,
-                fault_secs: None,
-                availability_pct: None,
-                charged_kwh: s.energy.charged_kwh,
-                discharged_kwh: s.energy.discharged_kwh,
-                figures,
-            }),
-            KpiRow::AlarmInterval(i) if whole(&i.day) => interval_days.push(kept::IntervalDay {
-                table_name: i.table,
-                device: i.device.clone(),
-                device_ids: i.device_ids.clone(),
-                day: i.day,
-                word: i.word,
-                bit: i.bit,
-                bit_name: i.bit_name.clone(),
-                started_at: i.raw.start,
-                ended_at: i.raw.end,
-                duration_s: i.duration_secs,
-                samples: i.samples,
-                open: i.open,
-            }),
-            _ => {}
-        }
-    }
+    // Whole local days only, as the history gives them back.
+    let kpi_days: Vec<kept::KpiRecord> = rows
+        .iter()
+        .filter_map(KpiRow::as_record)
+        .filter(|r| days.contains(&r.day))
+        .collect();
+    let interval_days: Vec<kept::IntervalRecord> = rows
+        .iter()
+        .filter_map(|r| match r {
+            KpiRow::AlarmInterval(i) if days.contains(&i.day) => Some(i.as_record()),
+            _ => None,
+        })
+        .collect();
     match kept::record(
         client,
         target,

@@ -196,9 +196,14 @@ impl IntervalRow {
             table_name: self.table.to_string(),
             device: self.device.clone(),
             device_ids: self.device_ids.clone(),
+            day: self.day,
             word: self.word.to_string(),
+            bit: self.bit,
+            bit_name: self.bit_name.clone(),
             started_at: self.raw.start,
             ended_at: self.raw.end,
+            duration_s: self.duration_secs,
+            samples: self.samples,
             open: self.open,
         }
     }

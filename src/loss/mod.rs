@@ -26,7 +26,7 @@ use crate::logging::REPORT_TARGET;
 use crate::output::{Report, human_bytes};
 use crate::schema::{self, DeviceId, TableSpec};
 use crate::tasks;
-use crate::window::{Window, WindowArgs, WindowError};
+use crate::window::{Window, WindowArgs};
 
 use crate::history::{self, LossDay};
 use gaps::{DeviceSamples, Gap, Grade};
@@ -57,15 +57,13 @@ pub enum LossError {
     #[error(transparent)]
     UnknownTable(#[from] schema::UnknownTable),
     #[error(transparent)]
-    Window(#[from] WindowError),
-    #[error(transparent)]
     Export(#[from] crate::export::ExportError),
 }
 
 impl LossError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            LossError::UnknownTable(_) | LossError::Window(_) => exit::USAGE,
+            LossError::UnknownTable(_) => exit::USAGE,
             LossError::Export(e) => e.exit_code(),
         }
     }
@@ -109,16 +107,17 @@ pub fn plan(args: &LossArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error:
         .map(crate::export::ExportPath::new)
         .transpose()
         .map_err(LossError::from)?;
-    let mut targets = Vec::new();
-    for (site, server) in config.site_servers(&args.select.sites, &args.select.servers)? {
-        let window = spec.resolve(site.timezone, now).map_err(LossError::from)?;
-        targets.push(LossTarget {
-            server: server.name.clone(),
-            site: site.clone(),
+    let targets = args
+        .select
+        .windows(config, &spec, now)?
+        .into_iter()
+        .map(|(site, server, window)| LossTarget {
+            server,
+            site,
             window,
             counted: window.until(now),
-        });
-    }
+        })
+        .collect();
     Ok(LossPlan {
         targets,
         tables,
