@@ -23,6 +23,7 @@ pub(crate) static OUTAGE: Mutex<()> = Mutex::new(());
 #[derive(Debug, Deserialize)]
 pub(crate) struct ServerRow {
     pub server: String,
+    pub polls_due: u64,
     pub polls_ok: u64,
     pub polls_failed: u64,
     pub missed: Missed,
@@ -156,8 +157,14 @@ impl Setup {
     }
 }
 
+/// The run's summary rows; every due poll ends answered or missed.
 pub(crate) fn report(run: &crate::support::cmd::Run) -> Vec<ServerRow> {
-    run.json::<ServerRow>()
+    let rows = run.json::<ServerRow>();
+    for r in &rows {
+        assert!(r.polls_due > 0, "{r:?}");
+        assert_eq!(r.polls_ok + r.polls_failed, r.polls_due, "{r:?}");
+    }
+    rows
 }
 
 #[test]
@@ -394,6 +401,50 @@ fn ingest_column_renamed_mid_run_spools_its_rows_instead_of_rejecting_them() {
         "11",
         r#"ALTER TABLE rack RENAME COLUMN "SOC" TO "SOC_RENAMED""#,
         r#"ALTER TABLE rack RENAME COLUMN "SOC_RENAMED" TO "SOC""#,
+    );
+}
+
+/// A stall of the whole process (a paused VM, a starved CPU) skips grid
+/// seconds: each skipped second is counted, as missed late, for every
+/// device, so the due polls cover every second the run spans.
+#[test]
+fn ingest_counts_the_seconds_a_stalled_poller_never_began() {
+    let s = setup("ingest_stall", &[("local", "local")], "timeout_ms = 500");
+    let _sim = s.simulate(&[]);
+    let ingest = s.ingest(&["--duration", "8s"]).spawn();
+    let pid = ingest.child.id().to_string();
+    eventually("the first rows", 20, || !s.keys("local").is_empty());
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig}");
+    };
+    kill("-STOP");
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    kill("-CONT");
+    let run = ingest.finish().expect_code(0);
+    let rows = report(&run);
+    let devices = 5 + 2 + 2 + 1;
+    let r = &rows[0];
+    assert!(
+        r.missed.late >= 2 * devices,
+        "at least two skipped seconds: {r:?}"
+    );
+    let keys = s.keys("local");
+    assert_eq!(keys.len() as u64, r.polls_ok, "{r:?}");
+    // Every second from the first stored one to the last is due for every
+    // device (the stop may cut the last one short).
+    let seconds: BTreeSet<i64> = keys.iter().map(|k| k.2).collect();
+    let span = (seconds.last().unwrap() - seconds.first().unwrap() + 1) as u64;
+    assert!(
+        r.polls_due >= (span - 1) * devices && r.polls_due <= (span + 1) * devices,
+        "{} due polls for {span} seconds of {devices} devices: {r:?}",
+        r.polls_due
+    );
+    assert!(
+        span > seconds.len() as u64,
+        "the stall left seconds unpolled"
     );
 }
 

@@ -210,6 +210,7 @@ impl Lane {
             tokio::select! {
                 _ = tokio::time::sleep(wait), if !stopping => {
                     self.close_round(&mut round, &mut state, &mut load);
+                    self.count_skipped(&round, t, &mut load);
                     round.begin(t, self.order(&state, round.number));
                     self.check_overrun(&mut load, &link);
                 }
@@ -222,6 +223,11 @@ impl Lane {
                 }
                 _ = stop.changed(), if !stopping => {
                     stopping = true;
+                    // The run ends within this second: turns that had not come are not due.
+                    let polled = self.devices.len() - round.queue.len();
+                    if round.number > 0 {
+                        self.stats.due.fetch_add(polled as u64, Relaxed);
+                    }
                     round.queue.clear();
                 }
             }
@@ -310,6 +316,7 @@ impl Lane {
         }
         let late = !round.queue.is_empty() || round.late > 0;
         load.due += self.devices.len() as u64;
+        self.stats.due.fetch_add(self.devices.len() as u64, Relaxed);
         load.late += round.late + round.queue.len() as u64;
         for slot in round.queue.drain(..) {
             state[slot].late = true;
@@ -321,6 +328,28 @@ impl Lane {
         }
         load.rounds += 1;
         load.late_rounds += u32::from(late);
+    }
+
+    /// Grid seconds between the last round and the one beginning at `t`
+    /// that never had a round (the lane did not run: a stalled writer held
+    /// its rows, or the CPU was taken): every device missed them, late.
+    fn count_skipped(&self, round: &Round, t: i64, load: &mut Load) {
+        let interval = self.settings.interval_secs as i64;
+        if round.number == 0 || t <= round.t + interval {
+            return;
+        }
+        let skipped = ((t - round.t) / interval - 1) as u64;
+        let why = format!("no round began for {skipped} grid second(s): the poller was stalled");
+        for dev in &self.devices {
+            self.stats
+                .polls_missed(dev.index, Miss::Late, &why, skipped);
+        }
+        let n = skipped * self.devices.len() as u64;
+        self.stats.due.fetch_add(n, Relaxed);
+        load.due += n;
+        load.late += n;
+        load.rounds += skipped as u32;
+        load.late_rounds += skipped as u32;
     }
 
     /// This round's order: devices that were late last round first, then the

@@ -181,6 +181,9 @@ pub struct Stats {
     /// Answer times per table, and poll-to-commit per server, for Prometheus.
     pub poll_latency: HistogramVec,
     pub commit_delay: HistogramVec,
+    /// Polls due: each device once per grid second its lane was running
+    /// (answered or missed, each due poll ends in exactly one counter).
+    pub due: AtomicU64,
 }
 
 const DELAY_BUCKETS: usize = 60_000;
@@ -225,12 +228,18 @@ impl Stats {
                 .collect(),
             poll_latency,
             commit_delay,
+            due: AtomicU64::new(0),
         }
     }
 
     pub fn poll_missed(&self, device: usize, miss: Miss, why: &str) {
+        self.polls_missed(device, miss, why, 1);
+    }
+
+    /// `n` missed polls of one device for one reason (seconds a stalled lane never began).
+    pub fn polls_missed(&self, device: usize, miss: Miss, why: &str, n: u64) {
         let d = &self.devices[device];
-        d.missed[miss as usize].fetch_add(1, Relaxed);
+        d.missed[miss as usize].fetch_add(n, Relaxed);
         let mut last = lock(&d.last_error);
         if *last != why {
             *last = why.to_string();
