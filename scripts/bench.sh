@@ -20,6 +20,11 @@
 #                               rack-sized devices at 1 Hz into both servers, and
 #                               raw binary COPY rows/s into a hypertable
 #                               (SECS=N per size, default 60; SIZES="2000 4000 8000 12000")
+#   scripts/bench.sh scale      one ingest of 80,000 devices (1,569 banks of 50 racks, 200
+#                               banks per BMS endpoint) for 60 s into both servers: due
+#                               polls against answered + missed, and what each server
+#                               holds per second (DEVICES=N, SECS=N, CONNECTIONS=N per endpoint,
+#                               PIPELINE=N)
 #   scripts/bench.sh field      ingest in the field: 200 racks (4 banks of 50) behind one
 #                               BMS endpoint with 2 connections, 40 s each (SECS=N):
 #                               (a) 2 % of requests unanswered; (b) 5 dead racks;
@@ -375,6 +380,81 @@ PY
     # Raw binary COPY into a hypertable with its unique natural key, for scale.
     echo "  raw binary COPY into a rack hypertable (unique key, local): $(raw_copy_rate local bench_ingest)"
     echo "  reproduce: scripts/bench.sh ingest   (SECS=$secs SIZES=\"$sizes\")"
+}
+
+# A site of DEVICES devices (about; 50 racks and their bank per bank), every
+# 200 banks behind their own BMS endpoint (one port each, a unit per bank).
+scale_config() {
+    local devices="$1" dir="$ROOT/.services/bench" banks b e ports="" list=""
+    banks=$(( (devices + 50) / 51 ))
+    for b in $(seq "$banks"); do
+        e=$(( (b - 1) / 200 + 1 ))
+        list+="{ id = $b, racks = 50, endpoint = \"bms$e\", unit = $(( (b - 1) % 200 + 1 )) }, "
+    done
+    for e in $(seq $(( (banks - 1) / 200 + 1 ))); do ports+="bms$e = \"127.0.0.1:$(( 15920 + e ))\", "; done
+    mkdir -p "$dir"
+    cat > "$dir/scale.toml" <<TOML
+log_dir = "logs"
+spool_dir = "spool-scale"
+[modbus]
+register_map = "../../bench/ingest-map.toml"
+timeout_ms = 500
+connections = ${CONNECTIONS:-4}
+pipeline = ${PIPELINE:-64}
+$(bench_servers 25433)
+[[sites]]
+name = "BenchScale"
+database = "bench_scale"
+banks = [${list%, }]
+modbus = { ${ports}pcs = "127.0.0.1:15920" }
+TOML
+    echo "$dir/scale.toml"
+}
+
+# One ingest of DEVICES (default 80,000) devices for SECS (default 60) into
+# both servers: every due poll must end stored or missed with a reason, and
+# what each server holds per second is set against what ingest counted.
+bench_scale() {
+    local devices="${DEVICES:-80000}" secs="${SECS:-60}" cfg sim srv
+    cfg="$(scale_config "$devices")"
+    "$ESSOPS" --config "$cfg" --quiet migrate --create-database
+    for srv in local gcp; do dbpsql "$srv" bench_scale "TRUNCATE rack; TRUNCATE bank; TRUNCATE pcs"; done
+    rm -rf "$ROOT/.services/bench/spool-scale"
+    "$ESSOPS" --config "$cfg" --quiet simulate --site BenchScale --duration "$(( secs + 40 ))s" &
+    sim=$!
+    sleep 5
+    echo "scale: one essops ingest (dev build) of BenchScale for ${secs} s into local and gcp, simulator and both servers on the same 2 cores"
+    python3 - "$ESSOPS" "$cfg" "$secs" <<'PY'
+import json, resource, subprocess, sys, time
+essops, cfg, secs = sys.argv[1:4]
+t0 = time.time()
+p = subprocess.run([essops, "--config", cfg, "--json", "ingest", "--site", "BenchScale", "--duration", secs + "s"],
+                   capture_output=True, text=True)
+wall = time.time() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+rows = [json.loads(l) for l in p.stdout.splitlines() if '"server"' in l]
+assert rows, p.stderr[-2000:]
+r = rows[0]
+m = {k: v for k, v in r["missed"].items() if v}
+print("  %d devices, exit %d: %d polls due = %d answered + %d missed %s%s" % (
+    r["devices"], p.returncode, r["polls_due"], r["polls_ok"], r["polls_failed"], m or "{}",
+    "" if r["polls_ok"] + r["polls_failed"] == r["polls_due"] else "  MISMATCH"))
+for x in rows:
+    print("    %s: written %d, spooled %d, lost %d, p50/p99/max poll-to-commit %s/%s/%s ms" % (
+        x["server"], x["rows_written"], x["rows_spooled"], x["rows_lost"],
+        x["delay_p50_ms"], x["delay_p99_ms"], x["delay_max_ms"]))
+print("    essops CPU %.1f s in %.0f s (%.0f %% of one core)" % (
+    ru.ru_utime + ru.ru_stime, wall, 100.0 * (ru.ru_utime + ru.ru_stime) / wall))
+PY
+    for srv in local gcp; do
+        echo "    $srv holds: $(dbpsql "$srv" bench_scale "
+            WITH s AS (SELECT \"TIMESTAMP\" t, count(*) n FROM (SELECT \"TIMESTAMP\" FROM rack UNION ALL SELECT \"TIMESTAMP\" FROM bank UNION ALL SELECT \"TIMESTAMP\" FROM pcs) x GROUP BY 1)
+            SELECT sum(n) || ' rows over ' || count(*) || ' seconds; per second min ' || min(n) || ', max ' || max(n)
+                   || '; seconds short of the fullest: ' || count(*) FILTER (WHERE n < (SELECT max(n) FROM s))
+              FROM s")"
+    done
+    kill "$sim" 2>/dev/null; wait "$sim" 2>/dev/null || true
+    echo "  reproduce: scripts/bench.sh scale   (DEVICES=$devices SECS=$secs)"
 }
 
 # The field bench's config: 200 racks in 4 banks of 50 behind one BMS
@@ -789,6 +869,7 @@ case "${1:-all}" in
     index) bench_index ;;
     index-stall) bench_index_stall ;;
     lifecycle) bench_lifecycle ;;
+    scale) bench_scale ;;
     all) bench_loss; bench_kpi; bench_lifecycle; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_cache_month; bench_index; bench_index_stall ;;
-    *) echo "usage: $0 [all|loss|kpi|lifecycle|reconcile|ingest|field|replay|cache|cache-month|index|index-stall]" >&2; exit 2 ;;
+    *) echo "usage: $0 [all|loss|kpi|lifecycle|reconcile|ingest|scale|field|replay|cache|cache-month|index|index-stall]" >&2; exit 2 ;;
 esac
