@@ -35,6 +35,9 @@
 #                               ingest again: the spool replays (merged COPYs) while live
 #                               polling goes on; replay rows/s next to a raw binary COPY of
 #                               the same rows, live p99 poll-to-commit, spool bytes per row
+#   scripts/bench.sh replay-link  a spool of 122,400 rows (an outage of 6,120 devices for
+#                               20 s) drained over a 1 Mbit/s relay while 204 devices
+#                               ingest live over it: time to empty, rows on both servers
 #   scripts/bench.sh index      a dashboard workload (pgbench) over the loss bench's
 #                               site-week, p50/p95 before and after
 #                               `essops index recommend --apply` (SECS=N per phase, default 20)
@@ -605,6 +608,80 @@ for l in sys.stdin:
 }
 
 
+# The slow-link bench's site: BANKS banks of 50 racks (each bank its own
+# unit), gcp at port $2 (the relay, or nothing during the outage).
+link_config() {
+    local dir="$ROOT/.services/bench"
+    mkdir -p "$dir"
+    cat > "$dir/link-$1-$2.toml" <<TOML
+log_dir = "logs"
+spool_dir = "spool-link"
+[modbus]
+register_map = "../../bench/ingest-map.toml"
+timeout_ms = 1000
+connections = 4
+$(bench_servers "$2")
+[[sites]]
+name = "BenchLink"
+database = "bench_link"
+banks = [$(for i in $(seq "$1"); do printf '{ id = %d, racks = 50 }, ' "$i"; done | sed 's/, $//')]
+modbus = { bms = "127.0.0.1:15931", pcs = "127.0.0.1:15932" }
+TOML
+    echo "$dir/link-$1-$2.toml"
+}
+
+# The spool of an outage (120 banks of 50 racks spooled for gcp for 20 s:
+# 122,400 rows, as many as 200 racks make in 10 minutes) drains over a
+# 1 Mbit/s link (`essops relay --kbit-per-sec 1000`, 5 ms each way) while
+# the site's 200 racks ingest live over the same link.
+bench_replay_link() {
+    local cfg big relay_port=55497 sim relay ingest t0 pending
+    cfg="$(link_config 4 "$relay_port")"
+    big="$(link_config 120 55498)"
+    "$ESSOPS" --config "$(link_config 4 25433)" --quiet migrate --create-database
+    for srv in local gcp; do dbpsql "$srv" bench_link "TRUNCATE rack; TRUNCATE bank; TRUNCATE pcs; TRUNCATE etc"; done
+    rm -rf "$ROOT/.services/bench/spool-link"
+    "$ESSOPS" --config "$big" --quiet simulate --site BenchLink --duration 40s &
+    sim=$!
+    sleep 3
+    "$ESSOPS" --config "$big" --quiet ingest --site BenchLink --duration 20s || true
+    kill "$sim" 2>/dev/null; wait "$sim" 2>/dev/null || true
+    spooled() {
+        "$ESSOPS" --config "$cfg" --json spool list --site BenchLink --server gcp \
+            | python3 -c 'import json, sys; print(sum(json.loads(l)["rows"] for l in sys.stdin if json.loads(l).get("kind") == "pending"))'
+    }
+    pending="$(spooled)"
+    echo "replay-link: a spool of $pending rows for gcp (6,120 devices unreachable for 20 s), drained over 1 Mbit/s while 204 devices ingest live over the same link"
+    "$ESSOPS" relay --port "$relay_port" --to 127.0.0.1:25433 --delay 5ms --kbit-per-sec 1000 &
+    relay=$!
+    "$ESSOPS" --config "$cfg" --quiet simulate --site BenchLink --duration 900s &
+    sim=$!
+    sleep 2
+    t0=$(date +%s)
+    "$ESSOPS" --config "$cfg" --json ingest --site BenchLink --duration 900s > "$ROOT/.services/bench/link-ingest.json" &
+    ingest=$!
+    while sleep 5; do
+        pending="$(spooled)"
+        [ "$pending" -eq 0 ] && break
+        [ $(( $(date +%s) - t0 )) -gt 850 ] && break
+    done
+    echo "  spool empty after $(( $(date +%s) - t0 )) s (pending now: $pending)"
+    sleep 3
+    kill -TERM "$ingest"; wait "$ingest" || true
+    kill "$sim" "$relay" 2>/dev/null; wait "$sim" "$relay" 2>/dev/null || true
+    python3 -c '
+import json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    if "server" not in r: continue
+    print("  %s: replayed %d rows (%s rows/s in replay transactions), %d live rows written, due %d = %d answered + %d missed, lost %d, rejected %d, pending %d; live p50/p99 poll-to-commit %s/%s ms" % (
+        r["server"], r["rows_replayed"], r["replay_rows_per_sec"], r["rows_written"] - r["rows_replayed"],
+        r["polls_due"], r["polls_ok"], r["polls_failed"], r["rows_lost"], r["rows_rejected"], r["spool_pending"],
+        r["delay_p50_ms"], r["delay_p99_ms"]))' "$ROOT/.services/bench/link-ingest.json"
+    echo "  rack rows: local $(dbpsql local bench_link 'SELECT count(*) FROM rack'), gcp $(dbpsql gcp bench_link 'SELECT count(*) FROM rack')"
+    echo "  reproduce: scripts/bench.sh replay-link"
+}
+
 bench_cache() {
     local cfg=bench/cache.toml n db racks banks
     "$ESSOPS" --config "$cfg" --quiet migrate --create-database
@@ -864,6 +941,7 @@ case "${1:-all}" in
     ingest) bench_ingest ;;
     field) bench_field ;;
     replay) bench_replay ;;
+    replay-link) bench_replay_link ;;
     cache) bench_cache; bench_cache_month ;;
     cache-month) bench_cache_month ;;
     index) bench_index ;;
@@ -871,5 +949,5 @@ case "${1:-all}" in
     lifecycle) bench_lifecycle ;;
     scale) bench_scale ;;
     all) bench_loss; bench_kpi; bench_lifecycle; bench_reconcile; bench_ingest; bench_field; bench_replay; bench_cache; bench_cache_month; bench_index; bench_index_stall ;;
-    *) echo "usage: $0 [all|loss|kpi|lifecycle|reconcile|ingest|scale|field|replay|cache|cache-month|index|index-stall]" >&2; exit 2 ;;
+    *) echo "usage: $0 [all|loss|kpi|lifecycle|reconcile|ingest|scale|field|replay|replay-link|cache|cache-month|index|index-stall]" >&2; exit 2 ;;
 esac
