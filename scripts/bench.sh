@@ -347,6 +347,34 @@ TOML
     echo "$dir/ingest.toml"
 }
 
+# One `essops ingest --json` of site $2 (config $1) for $3 seconds: its due,
+# answered and missed polls, each server's rows and delays, essops's CPU.
+ingest_figures() {
+    python3 - "$ESSOPS" "$1" "$2" "$3" <<'PY'
+import json, resource, subprocess, sys, time
+essops, cfg, site, secs = sys.argv[1:5]
+t0 = time.time()
+p = subprocess.run([essops, "--config", cfg, "--json", "ingest", "--site", site, "--duration", secs + "s"],
+                   capture_output=True, text=True)
+wall = time.time() - t0
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+rows = [json.loads(l) for l in p.stdout.splitlines() if '"server"' in l]
+assert rows, p.stderr[-2000:]
+r = rows[0]
+m = {k: v for k, v in r["missed"].items() if v}
+print("  %d devices, exit %d: %d polls due = %d answered (%.2f %%) + %d missed %s%s" % (
+    r["devices"], p.returncode, r["polls_due"], r["polls_ok"], 100.0 * r["polls_ok"] / max(r["polls_due"], 1),
+    r["polls_failed"], m or "{}",
+    "" if r["polls_ok"] + r["polls_failed"] == r["polls_due"] else "  MISMATCH"))
+for x in rows:
+    print("    %s: written %d, spooled %d, lost %d, p50/p99/max poll-to-commit %s/%s/%s ms" % (
+        x["server"], x["rows_written"], x["rows_spooled"], x["rows_lost"],
+        x["delay_p50_ms"], x["delay_p99_ms"], x["delay_max_ms"]))
+print("    essops CPU %.1f s in %.0f s (%.0f %% of one core)" % (
+    ru.ru_utime + ru.ru_stime, wall, 100.0 * (ru.ru_utime + ru.ru_stime) / wall))
+PY
+}
+
 bench_ingest() {
     local secs="${SECS:-60}" sizes="${SIZES:-2000 4000 8000 12000}" racks cfg sim srv
     echo "ingest: one essops ingest (dev build) polling simulated racks + banks at 1 Hz over Modbus TCP into local and gcp, simulator on the same 2 cores, ${secs} s per size"
@@ -357,24 +385,7 @@ bench_ingest() {
         "$ESSOPS" --config "$cfg" --quiet simulate --site BenchIngest --duration "$(( secs + 20 ))s" &
         sim=$!
         sleep 2
-        python3 - "$ESSOPS" "$cfg" "$secs" <<'PY'
-import json, resource, subprocess, sys, time
-essops, cfg, secs = sys.argv[1:4]
-t0 = time.time()
-p = subprocess.run([essops, "--config", cfg, "--json", "ingest", "--site", "BenchIngest", "--duration", secs + "s"],
-                   capture_output=True, text=True)
-wall = time.time() - t0
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-assert p.returncode == 0, p.stderr
-rows = [json.loads(l) for l in p.stdout.splitlines()]
-r = rows[0]
-polls = r["polls_ok"] + r["polls_failed"]
-print("  %5d devices: %.2f %% of polls answered; written %s; p50/p99 poll-to-commit %s; CPU %.1f s in %.0f s (%.0f %% of one core)" % (
-    r["devices"], 100.0 * r["polls_ok"] / max(polls, 1),
-    ", ".join("%s %d" % (x["server"], x["rows_written"]) for x in rows),
-    ", ".join("%s %s/%s ms" % (x["server"], x["delay_p50_ms"], x["delay_p99_ms"]) for x in rows),
-    ru.ru_utime + ru.ru_stime, wall, 100.0 * (ru.ru_utime + ru.ru_stime) / wall))
-PY
+        ingest_figures "$cfg" BenchIngest "$secs"
         for srv in local gcp; do
             echo "         stored on $srv: $(ipsql "$srv" "SELECT round(100.0 * count(*) / ($racks * (extract(epoch FROM max(\"TIMESTAMP\") - min(\"TIMESTAMP\")) + 1)), 3) || ' % of the rack samples in its window' FROM rack")"
         done
@@ -427,28 +438,7 @@ bench_scale() {
     sim=$!
     sleep 5
     echo "scale: one essops ingest (dev build) of BenchScale for ${secs} s into local and gcp, simulator and both servers on the same 2 cores"
-    python3 - "$ESSOPS" "$cfg" "$secs" <<'PY'
-import json, resource, subprocess, sys, time
-essops, cfg, secs = sys.argv[1:4]
-t0 = time.time()
-p = subprocess.run([essops, "--config", cfg, "--json", "ingest", "--site", "BenchScale", "--duration", secs + "s"],
-                   capture_output=True, text=True)
-wall = time.time() - t0
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-rows = [json.loads(l) for l in p.stdout.splitlines() if '"server"' in l]
-assert rows, p.stderr[-2000:]
-r = rows[0]
-m = {k: v for k, v in r["missed"].items() if v}
-print("  %d devices, exit %d: %d polls due = %d answered + %d missed %s%s" % (
-    r["devices"], p.returncode, r["polls_due"], r["polls_ok"], r["polls_failed"], m or "{}",
-    "" if r["polls_ok"] + r["polls_failed"] == r["polls_due"] else "  MISMATCH"))
-for x in rows:
-    print("    %s: written %d, spooled %d, lost %d, p50/p99/max poll-to-commit %s/%s/%s ms" % (
-        x["server"], x["rows_written"], x["rows_spooled"], x["rows_lost"],
-        x["delay_p50_ms"], x["delay_p99_ms"], x["delay_max_ms"]))
-print("    essops CPU %.1f s in %.0f s (%.0f %% of one core)" % (
-    ru.ru_utime + ru.ru_stime, wall, 100.0 * (ru.ru_utime + ru.ru_stime) / wall))
-PY
+    ingest_figures "$cfg" BenchScale "$secs"
     for srv in local gcp; do
         echo "    $srv holds: $(dbpsql "$srv" bench_scale "
             WITH s AS (SELECT \"TIMESTAMP\" t, count(*) n FROM (SELECT \"TIMESTAMP\" FROM rack UNION ALL SELECT \"TIMESTAMP\" FROM bank UNION ALL SELECT \"TIMESTAMP\" FROM pcs) x GROUP BY 1)
