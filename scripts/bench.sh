@@ -323,28 +323,35 @@ ca_file = "../tls/ca.crt"
 TOML
 }
 
+# A bench site's config in .services/bench/$1: spool folder $2, the
+# [modbus] settings $3 (lines), gcp at port $4, site $5 in database $6, its
+# banks $7 and its endpoints $8 (the inside of `modbus = { … }`).
+bench_site() {
+    local dir="$ROOT/.services/bench"
+    mkdir -p "$dir"
+    cat > "$dir/$1" <<TOML
+log_dir = "logs"
+spool_dir = "$2"
+[modbus]
+register_map = "../../bench/ingest-map.toml"
+$3
+$(bench_servers "$4")
+[[sites]]
+name = "$5"
+database = "$6"
+banks = [$7]
+modbus = { $8 }
+TOML
+    echo "$dir/$1"
+}
+
 # A config for one ingest bench site: RACKS racks (50 per bank, each bank
 # its own Modbus unit) plus their banks, on both dev servers.
 ingest_config() {
-    local racks="$1" dir="$ROOT/.services/bench" banks i list=""
-    banks=$(( racks / 50 ))
-    for i in $(seq "$banks"); do list+="{ id = $i, racks = 50 }, "; done
-    mkdir -p "$dir"
-    cat > "$dir/ingest.toml" <<TOML
-log_dir = "logs"
-spool_dir = "spool"
-[modbus]
-register_map = "../../bench/ingest-map.toml"
-timeout_ms = 500
-connections = 128
-$(bench_servers 25433)
-[[sites]]
-name = "BenchIngest"
-database = "bench_ingest"
-banks = [${list%, }]
-modbus = { bms = "127.0.0.1:15901", pcs = "127.0.0.1:15902" }
-TOML
-    echo "$dir/ingest.toml"
+    local racks="$1" i list=""
+    for i in $(seq $(( racks / 50 ))); do list+="{ id = $i, racks = 50 }, "; done
+    bench_site ingest.toml spool $'timeout_ms = 500\nconnections = 128' 25433 BenchIngest bench_ingest \
+        "${list%, }" 'bms = "127.0.0.1:15901", pcs = "127.0.0.1:15902"'
 }
 
 # One `essops ingest --json` of site $2 (config $1) for $3 seconds: its due,
@@ -399,30 +406,15 @@ bench_ingest() {
 # A site of DEVICES devices (about; 50 racks and their bank per bank), every
 # 200 banks behind their own BMS endpoint (one port each, a unit per bank).
 scale_config() {
-    local devices="$1" dir="$ROOT/.services/bench" banks b e ports="" list=""
-    banks=$(( (devices + 50) / 51 ))
+    local banks b e ports="" list=""
+    banks=$(( ($1 + 50) / 51 ))
     for b in $(seq "$banks"); do
         e=$(( (b - 1) / 200 + 1 ))
         list+="{ id = $b, racks = 50, endpoint = \"bms$e\", unit = $(( (b - 1) % 200 + 1 )) }, "
     done
     for e in $(seq $(( (banks - 1) / 200 + 1 ))); do ports+="bms$e = \"127.0.0.1:$(( 15920 + e ))\", "; done
-    mkdir -p "$dir"
-    cat > "$dir/scale.toml" <<TOML
-log_dir = "logs"
-spool_dir = "spool-scale"
-[modbus]
-register_map = "../../bench/ingest-map.toml"
-timeout_ms = 500
-connections = ${CONNECTIONS:-4}
-pipeline = ${PIPELINE:-64}
-$(bench_servers 25433)
-[[sites]]
-name = "BenchScale"
-database = "bench_scale"
-banks = [${list%, }]
-modbus = { ${ports}pcs = "127.0.0.1:15920" }
-TOML
-    echo "$dir/scale.toml"
+    bench_site scale.toml spool-scale $'timeout_ms = 500\nconnections = '"${CONNECTIONS:-4}"$'\npipeline = '"${PIPELINE:-64}" \
+        25433 BenchScale bench_scale "${list%, }" "${ports}pcs = \"127.0.0.1:15920\""
 }
 
 # One ingest of DEVICES (default 80,000) devices for SECS (default 60) into
@@ -453,23 +445,9 @@ bench_scale() {
 # The field bench's config: 200 racks in 4 banks of 50 behind one BMS
 # endpoint (each bank its own unit, as behind a gateway), 2 connections.
 field_config() {
-    local dir="$ROOT/.services/bench"
-    mkdir -p "$dir"
-    cat > "$dir/field.toml" <<TOML
-log_dir = "logs"
-spool_dir = "spool-field"
-[modbus]
-register_map = "../../bench/ingest-map.toml"
-timeout_ms = 500
-connections = 2
-$(bench_servers 25433)
-[[sites]]
-name = "BenchField"
-database = "bench_field"
-banks = [{ id = 1, racks = 50 }, { id = 2, racks = 50 }, { id = 3, racks = 50 }, { id = 4, racks = 50 }]
-modbus = { bms = "127.0.0.1:15911", pcs = "127.0.0.1:15912" }
-TOML
-    echo "$dir/field.toml"
+    bench_site field.toml spool-field $'timeout_ms = 500\nconnections = 2' 25433 BenchField bench_field \
+        "{ id = 1, racks = 50 }, { id = 2, racks = 50 }, { id = 3, racks = 50 }, { id = 4, racks = 50 }" \
+        'bms = "127.0.0.1:15911", pcs = "127.0.0.1:15912"'
 }
 
 # One field scenario: $1 = label, the rest = essops simulate flags.
@@ -547,23 +525,9 @@ bench_field() {
 
 # The replay bench's config: 2,040 devices; gcp on port $1 (a closed port: down).
 replay_config() {
-    local dir="$ROOT/.services/bench"
-    mkdir -p "$dir"
-    cat > "$dir/replay-$1.toml" <<TOML
-log_dir = "logs"
-spool_dir = "spool-replay"
-[modbus]
-register_map = "../../bench/ingest-map.toml"
-timeout_ms = 500
-connections = 32
-$(bench_servers "$1")
-[[sites]]
-name = "BenchReplay"
-database = "bench_replay"
-banks = [$(for i in $(seq 40); do printf '{ id = %d, racks = 50 }, ' "$i"; done | sed 's/, $//')]
-modbus = { bms = "127.0.0.1:15921", pcs = "127.0.0.1:15922" }
-TOML
-    echo "$dir/replay-$1.toml"
+    bench_site "replay-$1.toml" spool-replay $'timeout_ms = 500\nconnections = 32' "$1" BenchReplay bench_replay \
+        "$(for i in $(seq 40); do printf '{ id = %d, racks = 50 }, ' "$i"; done | sed 's/, $//')" \
+        'bms = "127.0.0.1:15921", pcs = "127.0.0.1:15922"'
 }
 
 bench_replay() {
@@ -601,23 +565,9 @@ for l in sys.stdin:
 # The slow-link bench's site: BANKS banks of 50 racks (each bank its own
 # unit), gcp at port $2 (the relay, or nothing during the outage).
 link_config() {
-    local dir="$ROOT/.services/bench"
-    mkdir -p "$dir"
-    cat > "$dir/link-$1-$2.toml" <<TOML
-log_dir = "logs"
-spool_dir = "spool-link"
-[modbus]
-register_map = "../../bench/ingest-map.toml"
-timeout_ms = 1000
-connections = 4
-$(bench_servers "$2")
-[[sites]]
-name = "BenchLink"
-database = "bench_link"
-banks = [$(for i in $(seq "$1"); do printf '{ id = %d, racks = 50 }, ' "$i"; done | sed 's/, $//')]
-modbus = { bms = "127.0.0.1:15931", pcs = "127.0.0.1:15932" }
-TOML
-    echo "$dir/link-$1-$2.toml"
+    bench_site "link-$1-$2.toml" spool-link $'timeout_ms = 1000\nconnections = 4' "$2" BenchLink bench_link \
+        "$(for i in $(seq "$1"); do printf '{ id = %d, racks = 50 }, ' "$i"; done | sed 's/, $//')" \
+        'bms = "127.0.0.1:15931", pcs = "127.0.0.1:15932"'
 }
 
 # The spool of an outage (120 banks of 50 racks spooled for gcp for 20 s:
