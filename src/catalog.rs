@@ -19,6 +19,21 @@ pub async fn columns(
     database: &str,
     table: &str,
 ) -> Result<Vec<Column>, DbError> {
+    read_columns(client, table).await.map_err(|e| {
+        DbError::query(
+            server,
+            database,
+            format!("reading the columns of `{table}`"),
+            &e,
+        )
+    })
+}
+
+/// [`columns`] on any client (a transaction too), with the driver's error.
+pub async fn read_columns(
+    client: &impl tokio_postgres::GenericClient,
+    table: &str,
+) -> Result<Vec<Column>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull
@@ -29,15 +44,7 @@ pub async fn columns(
               ORDER BY a.attnum",
             &[&table],
         )
-        .await
-        .map_err(|e| {
-            DbError::query(
-                server,
-                database,
-                format!("reading the columns of `{table}`"),
-                &e,
-            )
-        })?;
+        .await?;
     Ok(rows
         .iter()
         .map(|r| Column {

@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "server resumed",
         include_str!("../migrations/0007_server_resumed.sql"),
     ),
+    (
+        8,
+        "kpi rollups",
+        include_str!("../migrations/0008_kpi_rollups.sql"),
+    ),
 ];
 
 /// The newest schema version this binary knows.

@@ -92,18 +92,22 @@ pub async fn create_roles(client: &Client, database: &str) -> Result<(), tokio_p
         .await
 }
 
-/// Every rollup table, qualified: the writer replaces their buckets.
+/// Every rollup table (the KPI rollups too), qualified: the writer
+/// replaces their buckets.
 fn rollup_tables() -> Vec<String> {
+    let kpi = crate::rollup::kpi::TABLES
+        .iter()
+        .map(crate::rollup::kpi::table)
+        .chain([crate::rollup::kpi::SPREAD_TABLE.to_string()]);
     crate::schema::TABLES
         .iter()
         .flat_map(|spec| {
-            crate::schema::ROLLUPS.iter().map(move |(suffix, _)| {
-                format!(
-                    "public.{}",
-                    quote_ident(&crate::schema::rollup_name(spec, suffix))
-                )
-            })
+            crate::schema::ROLLUPS
+                .iter()
+                .map(move |(suffix, _)| crate::schema::rollup_name(spec, suffix))
         })
+        .chain(kpi)
+        .map(|table| format!("public.{}", quote_ident(&table)))
         .collect()
 }
 

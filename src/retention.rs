@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::catalog::{self, Chunk};
+use crate::config::RetentionSettings;
 use crate::config::{Config, Site};
 use crate::context::Context;
 use crate::db;
@@ -30,7 +31,8 @@ use crate::sql::quote_ident;
 
 /// Drop raw chunks older than [retention] raw_days (only once their rollups,
 /// the other server's copy and their loss history are in place), and rollup
-/// chunks older than rollup_1m_days / rollup_1h_days.
+/// chunks older than rollup_1m_days / rollup_1h_days (the KPI rollups as
+/// the hour rollups).
 ///
 /// Exit code 0 when [retention] raw_days is not set (nothing to drop: it says
 /// so), 4 when a server could not be read; a kept chunk is not an error (its
@@ -218,12 +220,8 @@ async fn target_rows(
             Ok(r) => rows.extend(r),
             Err(e) => rows.push(fail(Some(spec.name), db::describe(&e))),
         }
-        for ((suffix, _), days) in ROLLUPS
-            .iter()
-            .zip([settings.rollup_1m_days, settings.rollup_1h_days])
-        {
+        for (table, days) in rollup_tables(spec, &settings) {
             let Some(days) = days else { continue };
-            let table = schema::rollup_name(spec, suffix);
             match judge
                 .rollup_chunks(&mut client, &table, cutoff(site, days, now))
                 .await
@@ -234,6 +232,23 @@ async fn target_rows(
         }
     }
     rows
+}
+
+/// A table's rollups and the days each keeps; the KPI rollups keep as long
+/// as the hour rollups.
+fn rollup_tables(spec: &TableSpec, settings: &RetentionSettings) -> Vec<(String, Option<u32>)> {
+    let mut tables: Vec<(String, Option<u32>)> = ROLLUPS
+        .iter()
+        .zip([settings.rollup_1m_days, settings.rollup_1h_days])
+        .map(|((suffix, _), days)| (schema::rollup_name(spec, suffix), days))
+        .collect();
+    if rollup::kpi::has_kpis(spec.table) {
+        tables.push((rollup::kpi::table(spec), settings.rollup_1h_days));
+    }
+    if spec.table == schema::Table::Rack {
+        tables.push((rollup::kpi::SPREAD_TABLE.into(), settings.rollup_1h_days));
+    }
+    tables
 }
 
 /// Why the rows of another server could not be counted.

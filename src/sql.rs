@@ -62,6 +62,38 @@ pub fn device_is_null(spec: &TableSpec) -> Option<String> {
     })
 }
 
+/// `d AS (…)`, for a `WITH RECURSIVE`: every device id tuple the table has
+/// ever held, in order, by a loose index scan (each step jumps to the next
+/// tuple in the natural-key index).
+pub fn devices_cte(spec: &TableSpec) -> String {
+    let cols: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
+    let list = cols.join(", ");
+    let prev: Vec<String> = cols.iter().map(|c| format!("d.{c}")).collect();
+    let next: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
+    let order: String = (1..=cols.len())
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let table = quote_ident(spec.name);
+    format!(
+        "d AS (
+             (SELECT {list} FROM {table} ORDER BY {order} LIMIT 1)
+             UNION ALL
+             SELECT n.* FROM d CROSS JOIN LATERAL
+                 (SELECT {next_list} FROM {table} t WHERE ({next_list}) > ({prev_list}) ORDER BY {order} LIMIT 1) n)",
+        next_list = next.join(", "),
+        prev_list = prev.join(", "),
+    )
+}
+
+/// ` AND "BANK_ID" IS NOT NULL AND …`: the row has all its device ids.
+pub fn devices_not_null(spec: &TableSpec) -> String {
+    spec.device_columns
+        .iter()
+        .map(|c| format!(" AND {} IS NOT NULL", quote_ident(c)))
+        .collect()
+}
+
 /// ` AND "BANK_ID" = $N::int4 AND …`: one device's ids bound from `$first` on.
 pub fn device_filter(spec: &TableSpec, first: usize) -> String {
     spec.device_columns

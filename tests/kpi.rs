@@ -376,3 +376,157 @@ fn kpi_counts_dst_days_by_their_own_length() {
         refused.stderr()
     );
 }
+
+/// Rack figures as PostgreSQL's own `percentile_cont` gives them over the
+/// raw rows of `[from, to)`, rounded as `--json` rounds them, per rack; and
+/// the bank's SOC spread p95 and max.
+fn exact_figures(db: &TestDb, from: &str, to: &str) -> (Vec<[f64; 7]>, [f64; 2]) {
+    let window = format!(r#""TIMESTAMP" >= '{from}' AND "TIMESTAMP" < '{to}'"#);
+    let racks = db.rows(
+        "local",
+        &format!(
+            r#"SELECT count(*)::float8,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY "MAX_CELL_VOLTAGE" - "MIN_CELL_VOLTAGE"),
+                      percentile_cont(0.95) WITHIN GROUP (ORDER BY "MAX_CELL_VOLTAGE" - "MIN_CELL_VOLTAGE"),
+                      max("MAX_CELL_VOLTAGE" - "MIN_CELL_VOLTAGE")::float8,
+                      percentile_cont(0.95) WITHIN GROUP (ORDER BY "MAX_CELL_TEMP" - "MIN_CELL_TEMP"),
+                      max("MAX_CELL_TEMP" - "MIN_CELL_TEMP")::float8,
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY "SOH")
+                 FROM rack WHERE {window} GROUP BY "RACK_ID" ORDER BY "RACK_ID""#
+        ),
+    );
+    let (r1, r2) = (
+        |v: f64| (v * 10.0).round() / 10.0,
+        |v: f64| (v * 100.0).round() / 100.0,
+    );
+    let racks = racks
+        .iter()
+        .map(|r| {
+            let f = |i: usize| r.get::<_, f64>(i);
+            [
+                f(0),
+                r1(f(1) * 1000.0),
+                r1(f(2) * 1000.0),
+                r1(f(3) * 1000.0),
+                r2(f(4)),
+                r2(f(5)),
+                r2(f(6)),
+            ]
+        })
+        .collect();
+    let bank = db.rows(
+        "local",
+        &format!(
+            r#"SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY spread), max(spread)
+                 FROM (SELECT max("SOC")::float8 - min("SOC")::float8 AS spread FROM rack
+                        WHERE {window} GROUP BY "TIMESTAMP" HAVING count("SOC") > 1) s"#
+        ),
+    );
+    (racks, [r2(bank[0].get(0)), r2(bank[0].get(1))])
+}
+
+/// The same figures from `essops kpi --json` of `args`.
+fn kpi_figures(s: &Setup, args: &[&str]) -> (Vec<[f64; 7]>, [f64; 2]) {
+    let rows: Vec<Value> = Cmd::new(Some(&s.config))
+        .args(["kpi", "--server", "local", "--json"])
+        .args(args)
+        .run()
+        .json();
+    let racks = rows_of(&rows, "rack")
+        .iter()
+        .filter(|r| r["samples"].as_i64() > Some(0))
+        .map(|r| {
+            let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} in {r}"));
+            [
+                f("samples"),
+                f("cell_spread_p50_mv"),
+                f("cell_spread_p95_mv"),
+                f("cell_spread_max_mv"),
+                f("temp_spread_p95_c"),
+                f("temp_spread_max_c"),
+                f("soh_median"),
+            ]
+        })
+        .collect();
+    let bank = rows_of(&rows, "bank")[0];
+    (
+        racks,
+        [
+            bank["soc_spread_p95_pct"].as_f64().unwrap(),
+            bank["soc_spread_max_pct"].as_f64().unwrap(),
+        ],
+    )
+}
+
+/// The KPI rollup changes where the figures are read from, never what they
+/// are: before any rollup (raw rows), after it (15-minute histograms), after
+/// late rows land in rolled buckets (those buckets from raw again), and for
+/// a window that is not whole quarter hours, each figure equals PostgreSQL's
+/// `percentile_cont` over the raw rows. In a zone 5:30 from UTC, so the
+/// local day is not whole UTC hours.
+#[test]
+fn kpi_figures_are_the_same_from_the_rollup_and_from_raw_rows() {
+    let s = setup("kpi_rollup", &[("Pune", "Asia/Kolkata")], "");
+    let (from, to) = ("2026-03-10 00:00:00+05:30", "2026-03-11 00:00:00+05:30");
+    let racks = |gaps: &str, volt: &str| {
+        format!(
+            r#"INSERT INTO rack ("TIMESTAMP", "BANK_ID", "RACK_ID", "SOC", "SOH",
+                                 "MAX_CELL_VOLTAGE", "MIN_CELL_VOLTAGE", "MAX_CELL_TEMP", "MIN_CELL_TEMP")
+               SELECT t, 1, r, 50 + ((s * 3 + r * 5) % 17) / 2.0, 90 + ((s / 3600 + r) % 5) / 10.0,
+                      {volt}, 3.30, 25 + ((s * 17 + r) % 23) / 10.0, 25
+                 FROM (SELECT t, extract(epoch FROM t - '{from}')::int AS s
+                         FROM generate_series('{from}'::timestamptz, '{to}'::timestamptz - interval '1 second', '1 second') t) x,
+                      generate_series(1, 3) r
+                WHERE {gaps}"#
+        )
+    };
+    // Every second but one in 50 per rack; spreads of 0 to 40 mV.
+    let gap = "(s * 7 + r) % 50 = 0";
+    s.db.execute(
+        "local",
+        &racks(
+            &format!("NOT ({gap})"),
+            "3.30 + ((s * 37 + r * 11) % 41) / 1000.0",
+        ),
+    );
+    let day = ["--date", "2026-03-10"];
+    let exact = exact_figures(&s.db, from, to);
+    assert_eq!(exact.0.len(), 3);
+    assert_eq!(kpi_figures(&s, &day), exact, "from raw rows");
+
+    Cmd::new(Some(&s.config))
+        .args(["rollup", "--server", "local", "--quiet"])
+        .run()
+        .expect_code(0);
+    let buckets = s.db.scalar(
+        "local",
+        &format!(
+            r#"SELECT count(*) FROM rack_kpi WHERE "BUCKET" >= '{from}' AND "BUCKET" < '{to}'"#
+        ),
+    );
+    assert_eq!(buckets, 3 * 96, "a bucket per rack and quarter hour");
+    assert_eq!(kpi_figures(&s, &day), exact, "from the rollup");
+
+    // The missing seconds arrive late, with 200 mV spreads: the rollup has not
+    // seen them, the KPIs must.
+    s.db.execute("local", &racks(gap, "3.50"));
+    let late = exact_figures(&s.db, from, to);
+    assert_ne!(late, exact);
+    assert_eq!(late.0[0][3], 200.0);
+    assert_eq!(kpi_figures(&s, &day), late, "the rollup and the late rows");
+
+    let (a, b) = ("2026-03-10 05:07:30+05:30", "2026-03-10 20:52:10+05:30");
+    assert_eq!(
+        kpi_figures(
+            &s,
+            &[
+                "--from",
+                "2026-03-10 05:07:30",
+                "--to",
+                "2026-03-10 20:52:10"
+            ]
+        ),
+        exact_figures(&s.db, a, b),
+        "a window that is not whole quarter hours"
+    );
+}

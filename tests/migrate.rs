@@ -91,7 +91,7 @@ fn migrate_creates_hypertables_with_unique_natural_keys_and_rerun_changes_nothin
     for r in &rows {
         assert_eq!(
             (r.status.as_str(), r.database_created, r.applied.as_slice()),
-            ("migrated", true, &[1, 2, 3, 4, 5, 6, 7][..]),
+            ("migrated", true, &[1, 2, 3, 4, 5, 6, 7, 8][..]),
             "{r:?}"
         );
     }
@@ -283,7 +283,7 @@ fn migrate_concurrent_runs_both_succeed_and_apply_once() {
     applied.sort();
     assert_eq!(
         applied,
-        [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7],
+        [1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8],
         "each server applies each version exactly once across both runs"
     );
 }

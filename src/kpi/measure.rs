@@ -12,6 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row};
 
+use super::buckets::Binds;
 use crate::db::DbError;
 use crate::schema::{TIME_COLUMN, TableSpec};
 use crate::sql::quote_ident;
@@ -86,37 +87,7 @@ pub struct RawInterval {
     pub samples: i64,
 }
 
-/// What one table offers the KPIs: its columns as the catalog has them.
-pub struct TableColumns {
-    names: Vec<String>,
-}
-
-impl TableColumns {
-    pub fn new(columns: &[crate::catalog::Column]) -> TableColumns {
-        TableColumns {
-            names: columns.iter().map(|c| c.name.clone()).collect(),
-        }
-    }
-
-    pub fn has(&self, name: &str) -> bool {
-        self.names.iter().any(|n| n == name)
-    }
-
-    /// `"A"::float8`, or NULL when the table lacks it.
-    fn float(&self, name: &str) -> String {
-        match self.has(name) {
-            true => format!("{}::float8", quote_ident(name)),
-            false => "NULL::float8".into(),
-        }
-    }
-
-    fn word(&self, name: &str) -> String {
-        match self.has(name) {
-            true => format!("{}::int8", quote_ident(name)),
-            false => "NULL::int8".into(),
-        }
-    }
-}
+pub use crate::rollup::kpi::TableColumns;
 
 /// How one measurement reads: the server, its client, one local day.
 pub struct Scope<'a> {
@@ -144,6 +115,14 @@ impl Scope<'_> {
             .await
             .map_err(|e| DbError::query(self.server, self.database, what, &e))
     }
+
+    /// Runs a statement whose values are all in `binds`.
+    pub async fn run(&self, what: &str, sql: &str, binds: &Binds) -> Result<Vec<Row>, DbError> {
+        self.client
+            .query(sql, &binds.refs())
+            .await
+            .map_err(|e| DbError::query(self.server, self.database, what, &e))
+    }
 }
 
 /// `ARRAY["BANK_ID", "RACK_ID"]::int2[]`, the device columns to group by,
@@ -162,12 +141,11 @@ struct Common {
 fn common(spec: &TableSpec) -> Common {
     let ts = quote_ident(TIME_COLUMN);
     let ids: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
-    let not_null: String = ids
-        .iter()
-        .map(|c| format!(" AND {c} IS NOT NULL"))
-        .collect();
     let table = quote_ident(spec.name);
-    let filter = format!("{ts} >= $1 AND {ts} < $2{not_null}");
+    let filter = format!(
+        "{ts} >= $1 AND {ts} < $2{}",
+        crate::sql::devices_not_null(spec)
+    );
     Common {
         ids: format!("ARRAY[{}]::int2[]", ids.join(", ")),
         group: ids.join(", "),
@@ -188,24 +166,22 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// ` AND "BANK_ID" >= $N AND "BANK_ID" <= $N+1`, and the values to bind.
-    fn sql(self, spec: &TableSpec, first: usize) -> (String, Vec<i16>) {
+    /// ` AND "BANK_ID" >= $N::int2 …`, its values bound in `binds`.
+    pub fn filter(self, spec: &TableSpec, binds: &mut Binds) -> String {
         let Some(column) = spec.device_columns.first() else {
-            return (String::new(), Vec::new());
+            return String::new();
         };
         let mut sql = String::new();
-        let mut values = Vec::new();
         for (bound, op) in [(self.from, ">="), (self.to, "<=")] {
             if let Some(v) = bound {
-                values.push(v);
                 sql.push_str(&format!(
-                    " AND {} {op} ${}::int2",
+                    " AND {} {op} {}",
                     quote_ident(column),
-                    first + values.len() - 1
+                    binds.bind(v, "int2")
                 ));
             }
         }
-        (sql, values)
+        sql
     }
 }
 
@@ -231,110 +207,90 @@ fn only_devices(spec: &TableSpec, devices: &[Vec<i16>], first: usize) -> (String
     (sql, arrays)
 }
 
-/// Per device of `devices` and day: counts, spreads, SoH and time outside
-/// the limits. The limits are judged on each column's min and max first; only
-/// a device whose extremes cross one has its seconds outside counted, by a
-/// second statement over its rows alone.
+/// Per device of the lane and day: counts, spreads, SoH and time outside
+/// the limits, from the KPI rollup and the raw rows it lacks. A limit on a
+/// measure is judged on the day's min and max first; only a device whose
+/// extremes cross one has its seconds outside counted, over its rows
+/// alone. A limit on any other column is counted over the day's rows.
 pub async fn daily(
     scope: &Scope<'_>,
     spec: &TableSpec,
     cols: &TableColumns,
     limits: &[(String, (f64, f64))],
     lane: Lane,
+    reading: &super::buckets::Reading,
 ) -> Result<Vec<DailyFigures>, DbError> {
-    let c = common(spec);
     let limits: Vec<&(String, (f64, f64))> = limits.iter().filter(|(n, _)| cols.has(n)).collect();
-    let extremes: Vec<String> = limits
-        .iter()
-        .map(|(name, _)| format!("min({q}), max({q})", q = quote_ident(name)))
-        .collect();
-    let extremes = match extremes.is_empty() {
-        true => "ARRAY[]::float8[]".to_string(),
-        false => format!("ARRAY[{}]::float8[]", extremes.join(", ")),
-    };
-    let (fault, alarm) = (cols.word("FAULT"), cols.word("ALARM"));
-    let raw = |name: &str| match cols.has(name) {
-        true => quote_ident(name),
-        false => "NULL::real".into(),
-    };
-    // Spreads in the columns' own type: the server casts only what it sorts.
-    let volt = format!(
-        "({} - {})",
-        raw("MAX_CELL_VOLTAGE"),
-        raw("MIN_CELL_VOLTAGE")
-    );
-    let temp = format!("({} - {})", raw("MAX_CELL_TEMP"), raw("MIN_CELL_TEMP"));
-    let (only, bounds) = lane.sql(spec, 4);
-    let sql = format!(
-        "SELECT {ids}, {day}, count(*),
-                count(*) FILTER (WHERE {alarm} <> 0),
-                count(*) FILTER (WHERE {fault} <> 0),
-                percentile_cont(ARRAY[0.5, 0.95]::float8[]) WITHIN GROUP (ORDER BY {volt}),
-                max({volt})::float8,
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY {temp}),
-                max({temp})::float8,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY {soh}),
-                {extremes}
-           FROM {from}{only}
-          GROUP BY {group}",
-        ids = c.ids,
-        day = c.day,
-        from = c.from,
-        group = c.group,
-        soh = raw("SOH"),
-    );
-    let params: Vec<&(dyn ToSql + Sync)> =
-        bounds.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-    let rows = scope
-        .query(&format!("KPIs of table `{}`", spec.name), &sql, &params)
-        .await?;
-    let mut out: Vec<DailyFigures> = rows
-        .iter()
-        .map(|r| {
-            let volt: Option<Vec<Option<f64>>> = r.get(5);
-            let volt_max: Option<f64> = r.get(6);
-            let (temp_p95, temp_max): (Option<f64>, Option<f64>) = (r.get(7), r.get(8));
-            let samples: i64 = r.get(2);
-            let fault_samples: i64 = r.get(4);
-            let mv = |v: f64| v * 1000.0;
-            DailyFigures {
-                ids: r.get(0),
-                day: r.get(1),
-                samples,
-                fault_free: samples - fault_samples,
-                alarm_samples: r.get(3),
-                fault_samples,
-                cell_spread_mv: match (volt.as_deref(), volt_max) {
-                    (Some([Some(p50), Some(p95)]), Some(max)) => {
-                        Some((mv(*p50), mv(*p95), mv(max)))
-                    }
-                    _ => None,
-                },
-                temp_spread_c: temp_p95.zip(temp_max),
-                soh_median: r.get(9),
-                // Seconds outside: 0 unless an extreme crosses a limit (counted below).
-                outside: limits.iter().map(|(name, _)| (name.clone(), 0)).collect(),
-            }
-        })
-        .collect();
-    for (row, figures) in rows.iter().zip(out.iter_mut()) {
-        let ext: Vec<Option<f64>> = row.get(10);
-        let crossed: Vec<usize> = limits
-            .iter()
-            .enumerate()
-            .filter(|(i, (_, (lo, hi)))| {
-                let (min, max) = (ext[2 * i], ext[2 * i + 1]);
-                min.is_some_and(|m| m < *lo) || max.is_some_and(|m| m > *hi)
-            })
-            .map(|(i, _)| i)
-            .collect();
-        for i in crossed {
-            let (name, (lo, hi)) = limits[i];
-            let n = outside_count(scope, spec, name, (*lo, *hi), &figures.ids).await?;
-            figures.outside[i].1 = n;
+    let (measured, other): (Vec<_>, Vec<_>) = limits
+        .into_iter()
+        .partition(|(n, _)| spec.table.measures().contains(&n.as_str()));
+    let names: Vec<&str> = measured.iter().map(|(n, _)| n.as_str()).collect();
+    let rows = super::buckets::daily(scope, spec, cols, &names, lane, reading).await?;
+    let counted = outside_counted(scope, spec, &other, lane).await?;
+    let mut out = Vec::new();
+    for (mut figures, ext) in rows {
+        for (i, (name, (lo, hi))) in measured.iter().enumerate() {
+            let (min, max) = (ext[2 * i], ext[2 * i + 1]);
+            let crossed = min.is_some_and(|m| m < *lo) || max.is_some_and(|m| m > *hi);
+            let n = match crossed {
+                true => outside_count(scope, spec, name, (*lo, *hi), &figures.ids).await?,
+                false => 0,
+            };
+            figures.outside.push((name.to_string(), n));
         }
+        for (j, (name, _)) in other.iter().enumerate() {
+            let n = counted.get(&figures.ids).map_or(0, |c| c[j]);
+            figures.outside.push((name.clone(), n));
+        }
+        out.push(figures);
     }
     Ok(out)
+}
+
+/// Per device of the lane: samples outside each of `limits`, counted over
+/// the day's raw rows (limits on columns the rollup has no extremes of).
+async fn outside_counted(
+    scope: &Scope<'_>,
+    spec: &TableSpec,
+    limits: &[&(String, (f64, f64))],
+    lane: Lane,
+) -> Result<std::collections::HashMap<Vec<i16>, Vec<i64>>, DbError> {
+    if limits.is_empty() {
+        return Ok(Default::default());
+    }
+    let c = common(spec);
+    let mut b = Binds::default();
+    let (start, end) = (
+        b.bind(scope.window.start, "timestamptz"),
+        b.bind(scope.window.end, "timestamptz"),
+    );
+    let counts: Vec<String> = limits
+        .iter()
+        .map(|(name, (lo, hi))| {
+            let v = format!("{}::float8", quote_ident(name));
+            let (lo, hi) = (b.bind(*lo, "float8"), b.bind(*hi, "float8"));
+            format!("count(*) FILTER (WHERE {v} < {lo} OR {v} > {hi})")
+        })
+        .collect();
+    let ts = quote_ident(TIME_COLUMN);
+    let sql = format!(
+        "SELECT {ids}, ARRAY[{counts}]::int8[] FROM {table}
+          WHERE {ts} >= {start} AND {ts} < {end}{not_null}{only} GROUP BY {group}",
+        ids = c.ids,
+        counts = counts.join(", "),
+        table = c.table,
+        not_null = crate::sql::devices_not_null(spec),
+        only = lane.filter(spec, &mut b),
+        group = c.group,
+    );
+    let rows = scope
+        .run(
+            &format!("time outside the limits in table `{}`", spec.name),
+            &sql,
+            &b,
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// Samples of one device on the day with `column` outside `[lo, hi]`.
@@ -364,39 +320,6 @@ async fn outside_count(
         )
         .await?;
     Ok(rows[0].get(0))
-}
-
-/// Per bank and day: the spread of SOC across its racks at each second.
-pub async fn soc_spread(scope: &Scope<'_>, cols: &TableColumns) -> Result<Vec<SocSpread>, DbError> {
-    if !cols.has("SOC") {
-        return Ok(Vec::new());
-    }
-    let c = common(&crate::schema::RACK);
-    let (bank, ts, soc) = (
-        quote_ident("BANK_ID"),
-        quote_ident(TIME_COLUMN),
-        quote_ident("SOC"),
-    );
-    let sql = format!(
-        "SELECT bank, day, percentile_cont(0.95) WITHIN GROUP (ORDER BY spread), max(spread)
-           FROM (SELECT {bank} AS bank, {day} AS day, max({soc})::float8 - min({soc})::float8 AS spread
-                   FROM {from} AND {soc} IS NOT NULL
-                  GROUP BY {bank}, {ts}
-                 HAVING count({soc}) > 1) s
-          GROUP BY 1, 2",
-        day = c.day,
-        from = c.from,
-    );
-    let rows = scope.query("the SOC spread of banks", &sql, &[]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| SocSpread {
-            bank: r.get(0),
-            day: r.get(1),
-            p95: r.get(2),
-            max: r.get(3),
-        })
-        .collect())
 }
 
 /// Per PCS and day: the counters' rise (a drop is a reset: the counter

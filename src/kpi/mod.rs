@@ -8,6 +8,7 @@
 //! the report's rows; `trend` fits the SoH line and sums 30 days of energy
 //! from what the history keeps, never from 90 days of raw rows.
 
+mod buckets;
 mod measure;
 pub mod rows;
 pub mod trend;
@@ -66,7 +67,6 @@ pub struct KpiPlan {
 pub type KpiReport = crate::output::Rows<KpiRow>;
 
 /// The tables whose devices have KPIs (etc, the site's sensors, has none).
-const KPI_TABLES: [TableSpec; 3] = [schema::RACK, schema::BANK, schema::PCS];
 
 pub fn plan(args: &KpiArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error::Result<KpiPlan> {
     let export = args
@@ -155,23 +155,21 @@ async fn measure(config: &Config, t: &KpiTarget, recorded: bool) -> Vec<KpiRow> 
     let database = t.site.database.as_str();
     let pieces = t.counted.local_days(t.site.timezone);
     let mut out = Vec::new();
-    // The tables (and the racks' SOC spread) at once, each on its own
+    // The tables (the racks in two lanes) at once, each on its own
     // connection: the work is the server's, on as many cores as it has.
-    let parts: Vec<(TableSpec, Part)> = KPI_TABLES
+    let parts: Vec<(TableSpec, measure::Lane)> = crate::rollup::kpi::TABLES
         .into_iter()
         .filter(|spec| t.site.has_table(spec.table))
         .flat_map(|spec| {
-            let spread = (spec.table == Table::Rack).then_some((spec, Part::SocSpread));
             lanes(&t.site, spec.table)
                 .into_iter()
-                .map(move |lane| (spec, Part::Devices(lane)))
-                .chain(spread)
+                .map(move |lane| (spec, lane))
         })
         .collect();
     let results = futures_util::future::join_all(
         parts
             .iter()
-            .map(|(spec, part)| measure_part(config, t, spec, *part, &pieces)),
+            .map(|(spec, lane)| measure_part(config, t, spec, *lane, &pieces)),
     )
     .await;
     let mut measured: BTreeMap<Table, TableFigures> = BTreeMap::new();
@@ -222,15 +220,6 @@ async fn measure(config: &Config, t: &KpiTarget, recorded: bool) -> Vec<KpiRow> 
     out
 }
 
-/// What one connection measures of a table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
-    /// Per device of a lane: the daily figures, the intervals, a PCS's energy.
-    Devices(measure::Lane),
-    /// The racks' SOC spread per bank.
-    SocSpread,
-}
-
 /// The rack table's devices in two lanes of about as many racks, split
 /// between banks (one lane when the site has one bank).
 fn lanes(site: &Site, table: Table) -> Vec<measure::Lane> {
@@ -273,12 +262,14 @@ enum PartError {
     Table(#[from] crate::catalog::TableError),
 }
 
-/// One part of one table over every local day of the window.
+/// One lane of one table over every local day of the window: per device
+/// the daily figures and intervals, per bank the SOC spread, per PCS the
+/// energy.
 async fn measure_part(
     config: &Config,
     t: &KpiTarget,
     spec: &TableSpec,
-    part: Part,
+    lane: measure::Lane,
     pieces: &[Piece],
 ) -> Result<TableFigures, PartError> {
     // KPIs only read the ESS tables: a read replica takes them when there is one.
@@ -311,15 +302,12 @@ async fn measure_part(
             day: *day,
             interval_secs: t.site.sample_interval_secs,
         };
-        let lane = match part {
-            Part::SocSpread => {
-                f.soc_spread
-                    .extend(measure::soc_spread(&scope, &cols).await?);
-                continue;
-            }
-            Part::Devices(lane) => lane,
-        };
-        let daily = measure::daily(&scope, spec, &cols, &limits, lane).await?;
+        let reading = buckets::reading(&scope, spec, lane).await?;
+        let daily = measure::daily(&scope, spec, &cols, &limits, lane, &reading).await?;
+        if spec.table == Table::Rack {
+            f.soc_spread
+                .extend(buckets::soc_spread(&scope, &cols, lane, &reading).await?);
+        }
         let flagged: Vec<Vec<i16>> = daily
             .iter()
             .filter(|d| d.alarm_samples + d.fault_samples > 0)

@@ -46,29 +46,17 @@ fn without_device_sql(spec: &TableSpec) -> Option<String> {
     })
 }
 
-/// All devices the table has ever held, by a loose index scan: each step
-/// jumps to the next device id tuple in the natural-key index.
+/// All devices the table has ever held, by a loose index scan.
 fn devices_sql(spec: &TableSpec) -> String {
-    let cols: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
-    let list = cols.join(", ");
-    let prev: Vec<String> = cols.iter().map(|c| format!("d.{c}")).collect();
-    let next: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
-    let order: String = (1..=cols.len())
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let table = quote_ident(spec.name);
-    let cast: Vec<String> = cols.iter().map(|c| format!("{c}::int4")).collect();
+    let cast: Vec<String> = spec
+        .device_columns
+        .iter()
+        .map(|c| format!("{}::int4", quote_ident(c)))
+        .collect();
     format!(
-        "WITH RECURSIVE d AS (
-             (SELECT {list} FROM {table} ORDER BY {order} LIMIT 1)
-             UNION ALL
-             SELECT n.* FROM d CROSS JOIN LATERAL
-                 (SELECT {next_list} FROM {table} t WHERE ({next_list}) > ({prev_list}) ORDER BY {order} LIMIT 1) n)
-         SELECT {cast_list} FROM d",
-        next_list = next.join(", "),
-        prev_list = prev.join(", "),
-        cast_list = cast.join(", "),
+        "WITH RECURSIVE {} SELECT {} FROM d",
+        crate::sql::devices_cte(spec),
+        cast.join(", ")
     )
 }
 

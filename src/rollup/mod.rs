@@ -10,6 +10,11 @@
 //! With a window flag it re-rolls exactly that window. Rolling a window is
 //! delete-and-insert of its buckets in one transaction: a re-run writes the
 //! same rows again, never twice.
+//!
+//! The tables with KPIs also get their KPI rollup ([`kpi`]) in the same
+//! transaction, so `essops kpi` reads 15-minute histograms, not raw rows.
+
+pub mod kpi;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -102,19 +107,24 @@ pub struct TableRollup {
     pub rolled_until: Option<DateTime<Utc>>,
     /// Windows rolled again: reconcile copied into them, or asked for.
     pub rerolled: Vec<Span>,
-    /// Buckets written, per rollup.
+    /// Buckets written, per rollup (KPI: 15-minute buckets).
     pub minutes: u64,
     pub hours: u64,
+    pub kpi_buckets: u64,
     pub seconds: f64,
 }
 
 impl TableRollup {
-    /// Adds buckets written (minute, hour).
-    fn count(&mut self, [minutes, hours]: [u64; 2]) {
+    /// Adds buckets written (minute, hour, KPI).
+    fn count(&mut self, [minutes, hours, kpi]: Written) {
         self.minutes += minutes;
         self.hours += hours;
+        self.kpi_buckets += kpi;
     }
 }
+
+/// Buckets written: minute, hour, KPI.
+pub type Written = [u64; 3];
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Span {
@@ -197,6 +207,7 @@ async fn target_rows(
             rerolled: Vec::new(),
             minutes: 0,
             hours: 0,
+            kpi_buckets: 0,
             seconds: 0.0,
         };
         let result = match window {
@@ -368,22 +379,22 @@ pub async fn reroll(
     client: &mut Client,
     spec: &TableSpec,
     span: Span,
-) -> Result<[u64; 2], tokio_postgres::Error> {
-    let mut written = [0, 0];
+) -> Result<Written, tokio_postgres::Error> {
+    let mut written = [0; 3];
     let mut from = span.start;
     while from < span.end {
         let step = Span {
             start: from,
             end: (from + STEP).min(span.end),
         };
-        let [m, h] = roll_span(client, spec, step, None).await?;
-        written = [written[0] + m, written[1] + h];
+        let w = roll_span(client, spec, step, None).await?;
+        written = std::array::from_fn(|i| written[i] + w[i]);
         from = step.end;
     }
     Ok(written)
 }
 
-/// Replaces both rollups' buckets of `span` from the raw rows, and moves the
+/// Replaces the rollups' buckets of `span` from the raw rows, and moves the
 /// mark when given (rolling forward) or records the span as re-rolled (for
 /// the cache's next warm), in one transaction.
 async fn roll_span(
@@ -391,20 +402,24 @@ async fn roll_span(
     spec: &TableSpec,
     span: Span,
     mark: Option<Mark>,
-) -> Result<[u64; 2], tokio_postgres::Error> {
+) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let mut written = [0; 2];
+    let mut written = [0; 3];
     for (i, (suffix, bucket)) in ROLLUPS.iter().enumerate() {
-        let table = quote_ident(&rollup_name(spec, suffix));
-        let b = quote_ident(BUCKET_COLUMN);
-        tx.execute(
-            &format!("DELETE FROM {table} WHERE {b} >= $1 AND {b} < $2"),
-            &[&span.start, &span.end],
+        written[i] = replace(
+            &tx,
+            &rollup_name(spec, suffix),
+            &insert_sql(spec, suffix, bucket),
+            span,
         )
         .await?;
-        written[i] = tx
-            .execute(&insert_sql(spec, suffix, bucket), &[&span.start, &span.end])
-            .await?;
+    }
+    if kpi::has_kpis(spec.table) {
+        let cols = kpi::TableColumns::read(&tx, spec.name).await?;
+        written[2] = replace(&tx, &kpi::table(spec), &kpi::insert_sql(spec, &cols), span).await?;
+        if spec.table == crate::schema::Table::Rack {
+            replace(&tx, kpi::SPREAD_TABLE, &kpi::spread_insert_sql(&cols), span).await?;
+        }
     }
     match mark {
         Some(mark) => write_mark(&tx, spec, mark).await?,
@@ -412,6 +427,26 @@ async fn roll_span(
     }
     tx.commit().await?;
     Ok(written)
+}
+
+/// Deletes the buckets of `span` from `table` and inserts them again with
+/// `insert` (bound to the span's bounds); the buckets written.
+async fn replace(
+    tx: &impl GenericClient,
+    table: &str,
+    insert: &str,
+    span: Span,
+) -> Result<u64, tokio_postgres::Error> {
+    let b = quote_ident(BUCKET_COLUMN);
+    tx.execute(
+        &format!(
+            "DELETE FROM {} WHERE {b} >= $1 AND {b} < $2",
+            quote_ident(table)
+        ),
+        &[&span.start, &span.end],
+    )
+    .await?;
+    tx.execute(insert, &[&span.start, &span.end]).await
 }
 
 async fn record_reroll(
@@ -496,7 +531,7 @@ impl crate::output::Report for RollupReport {
     type Row = RollupRow;
     const KIND: &'static str = "table";
     const HEADER: &'static str =
-        "SERVER|SITE|TABLE|ROLLED FROM|ROLLED UNTIL (UTC)|RE-ROLLED|MINUTES|HOURS";
+        "SERVER|SITE|TABLE|ROLLED FROM|ROLLED UNTIL (UTC)|RE-ROLLED|MINUTES|HOURS|KPI 15M";
     fn rows(&self) -> &[RollupRow] {
         &self.rows
     }
@@ -515,6 +550,7 @@ impl crate::output::Report for RollupReport {
                     .join(", "),
                 t.minutes.to_string(),
                 t.hours.to_string(),
+                t.kpi_buckets.to_string(),
             ],
             RollupRow::Failure(f) => f.cells(),
         }
@@ -526,20 +562,22 @@ impl crate::output::Report for RollupReport {
         }
     }
     fn summary(&self) -> String {
-        let (mut tables, mut minutes, mut hours, mut rerolled, mut failed) = (0, 0, 0, 0, 0);
+        let (mut tables, mut rerolled, mut failed) = (0, 0, 0);
+        let (mut minutes, mut hours, mut kpi) = (0, 0, 0);
         for r in &self.rows {
             match r {
                 RollupRow::Table(t) => {
                     tables += 1;
                     minutes += t.minutes;
                     hours += t.hours;
+                    kpi += t.kpi_buckets;
                     rerolled += t.rerolled.len();
                 }
                 RollupRow::Failure(_) => failed += 1,
             }
         }
         format!(
-            "rollup: {tables} tables, {minutes} minute and {hours} hour buckets written, {rerolled} windows re-rolled{}",
+            "rollup: {tables} tables, {minutes} minute, {hours} hour and {kpi} KPI buckets written, {rerolled} windows re-rolled{}",
             match failed {
                 0 => String::new(),
                 n => format!(", {n} failed"),
