@@ -62,6 +62,15 @@ pub fn device_is_null(spec: &TableSpec) -> Option<String> {
     })
 }
 
+/// `a."BANK_ID" = b."BANK_ID" AND …` over `columns` (device columns).
+pub fn same_columns(columns: &[&str], a: &str, b: &str) -> String {
+    columns
+        .iter()
+        .map(|c| format!("{a}.{q} = {b}.{q}", q = quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
 /// `d AS (…)`, for a `WITH RECURSIVE`: every device id tuple the table has
 /// ever held, in order, by a loose index scan (each step jumps to the next
 /// tuple in the natural-key index).

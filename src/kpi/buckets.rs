@@ -21,7 +21,7 @@ use crate::rollup::kpi::{
     TableColumns, counts_column,
 };
 use crate::schema::{BUCKET_COLUMN, SAMPLES_COLUMN, TIME_COLUMN, TableSpec, measure_column};
-use crate::sql::{devices_not_null, quote_ident};
+use crate::sql::{devices_not_null, quote_ident, same_columns};
 use crate::window::Window;
 
 /// Values bound to one statement, numbered from `$1` in the order bound.
@@ -147,13 +147,6 @@ async fn unsettled(
     let mut b = Binds::default();
     let (a, z) = (b.bind(a, "timestamptz"), b.bind(z, "timestamptz"));
     let only = lane.filter(spec, &mut b);
-    let same = |alias: &str| -> String {
-        spec.device_columns
-            .iter()
-            .map(|c| format!("{alias}.{q} = d.{q}", q = quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
     let (ts, bucket) = (quote_ident(TIME_COLUMN), quote_ident(BUCKET_COLUMN));
     // Per device, so each count is an index-only scan of the natural key.
     let sql = format!(
@@ -169,8 +162,8 @@ async fn unsettled(
         ids = ids_array(spec.device_columns, "d"),
         raw = quote_ident(spec.name),
         kpi = quote_ident(&rolled::table(spec)),
-        same_r = same("r"),
-        same_k = same("k"),
+        same_r = same_columns(spec.device_columns, "r", "d"),
+        same_k = same_columns(spec.device_columns, "k", "d"),
         samples = quote_ident(SAMPLES_COLUMN),
     );
     let rows = scope
@@ -197,35 +190,23 @@ async fn stale_buckets(
     let arrays: Vec<String> = (0..columns.len())
         .map(|i| b.bind(devices.iter().map(|d| d[i]).collect::<Vec<i16>>(), "int2[]"))
         .collect();
-    let names: Vec<String> = (0..columns.len()).map(|i| format!("c{i}")).collect();
-    let on = |alias: &str| -> String {
-        columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{alias}.{} = d.c{i}", quote_ident(c)))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
+    let names: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
     let (ts, bucket) = (quote_ident(TIME_COLUMN), quote_ident(BUCKET_COLUMN));
     let sql = format!(
-        "SELECT ARRAY[{d_ids}]::int2[], c.b
+        "SELECT {ids}, c.b
            FROM unnest({arrays}) AS d({names})
           CROSS JOIN LATERAL (
                 SELECT time_bucket(INTERVAL '{BUCKET}', r.{ts}) AS b, count(*) AS n FROM {raw} r
                  WHERE {on_raw} AND r.{ts} >= {a} AND r.{ts} < {z} GROUP BY 1) c
            LEFT JOIN {kpi} k ON {on_kpi} AND k.{bucket} = c.b
           WHERE k.{samples} IS NULL OR c.n > k.{samples}",
-        d_ids = names
-            .iter()
-            .map(|n| format!("d.{n}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        ids = ids_array(columns, "d"),
         arrays = arrays.join(", "),
         names = names.join(", "),
         raw = quote_ident(spec.name),
         kpi = quote_ident(&rolled::table(spec)),
-        on_raw = on("r"),
-        on_kpi = on("k"),
+        on_raw = same_columns(columns, "r", "d"),
+        on_kpi = same_columns(columns, "k", "d"),
         samples = quote_ident(SAMPLES_COLUMN),
     );
     let rows = scope
@@ -277,27 +258,15 @@ fn buckets_sql(
         match stale.at.is_empty() {
             true => parts.push(format!("SELECT {columns} FROM {rollup} k WHERE {current}")),
             false => {
-                let unnest = stale_unnest(b, src.keys.len(), stale);
-                let is_stale: Vec<String> = src
-                    .keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| format!("s.c{i} = k.{}", quote_ident(k)))
-                    .chain([format!("s.b = k.{bucket}")])
-                    .collect();
+                let unnest = stale_unnest(b, src.keys, stale);
                 parts.push(format!(
                     "SELECT {columns} FROM {rollup} k
-                      WHERE {current} AND NOT EXISTS (SELECT 1 FROM {unnest} WHERE {is_stale})",
-                    is_stale = is_stale.join(" AND "),
+                      WHERE {current} AND NOT EXISTS (SELECT 1 FROM {unnest} WHERE {same} AND s.b = k.{bucket})",
+                    same = same_columns(src.keys, "s", "k"),
                 ));
-                let same: String = src
-                    .keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| format!("{} = s.c{i} AND ", quote_ident(k)))
-                    .collect();
                 let rows = format!(
-                    "{raw} WHERE {same}{ts} >= s.b AND {ts} < s.b + INTERVAL '{BUCKET}'{not_null}"
+                    "{raw} WHERE {same} AND {ts} >= s.b AND {ts} < s.b + INTERVAL '{BUCKET}'{not_null}",
+                    same = same_columns(src.keys, &raw, "s"),
                 );
                 parts.push(format!(
                     "SELECT x.* FROM {unnest} CROSS JOIN LATERAL ({}) x",
@@ -323,15 +292,16 @@ fn buckets_sql(
     }
 }
 
-/// `unnest($k::int2[], …, $b::timestamptz[]) AS s(c0, …, b)`: the stale
+/// `unnest($k::int2[], …, $b::timestamptz[]) AS s("BANK_ID", …, b)`: the stale
 /// buckets, bound once however often the text is used.
-fn stale_unnest(b: &mut Binds, keys: usize, stale: &Stale) -> String {
-    let mut arrays: Vec<String> = (0..keys)
+fn stale_unnest(b: &mut Binds, keys: &[&str], stale: &Stale) -> String {
+    let mut arrays: Vec<String> = (0..keys.len())
         .map(|i| b.bind(stale.ids.get(i).cloned().unwrap_or_default(), "int2[]"))
         .collect();
     arrays.push(b.bind(stale.at.clone(), "timestamptz[]"));
-    let names: Vec<String> = (0..keys)
-        .map(|i| format!("c{i}"))
+    let names: Vec<String> = keys
+        .iter()
+        .map(|k| quote_ident(k))
         .chain(["b".to_string()])
         .collect();
     format!("unnest({}) AS s({})", arrays.join(", "), names.join(", "))

@@ -66,8 +66,6 @@ pub struct KpiPlan {
 
 pub type KpiReport = crate::output::Rows<KpiRow>;
 
-/// The tables whose devices have KPIs (etc, the site's sensors, has none).
-
 pub fn plan(args: &KpiArgs, ctx: &Context, now: DateTime<Utc>) -> crate::error::Result<KpiPlan> {
     let export = args
         .output

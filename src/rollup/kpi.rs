@@ -16,7 +16,7 @@ use crate::sql::quote_ident;
 pub const BUCKET: &str = "15 minutes";
 pub const BUCKET_SECS: i64 = 900;
 
-/// The tables that have KPIs (and a KPI rollup).
+/// The tables that have KPIs and a KPI rollup (etc, the site's sensors, has none).
 pub const TABLES: [TableSpec; 3] = [crate::schema::RACK, crate::schema::BANK, crate::schema::PCS];
 
 /// Per bank and 15 minutes: the histogram of its racks' SOC spread, one
@@ -199,49 +199,37 @@ pub fn bucket_select(spec: &TableSpec, cols: &TableColumns, raw: &str) -> String
         fault = cols.word("FAULT"),
         extremes = extremes.join(", "),
     );
-    let histograms = match cols.has_histograms() {
-        true => histogram_select(spec, cols, raw, &key),
-        false => {
-            let nulls: Vec<String> = HISTOGRAMS
-                .iter()
-                .flat_map(|(h, _)| {
-                    [
-                        format!("NULL::float8[] AS {}", quote_ident(h)),
-                        format!("NULL::int4[] AS {}", quote_ident(&counts_column(h))),
-                    ]
-                })
-                .collect();
-            return format!(
-                "SELECT {key}, c.{s}, c.{a}, c.{f}, {nulls}, {ext} FROM ({counted}) c",
-                key = qualified_key(spec, "c"),
-                s = quote_ident(SAMPLES_COLUMN),
-                a = quote_ident(ALARM_SAMPLES),
-                f = quote_ident(FAULT_SAMPLES),
-                nulls = nulls.join(", "),
-                ext = extreme_columns(spec, "c"),
-            );
-        }
+    // A table without the histograms' columns (pcs) gets NULL arrays.
+    let (hist, join) = match cols.has_histograms() {
+        true => (
+            histogram_columns(|name, _| format!("h.{}", quote_ident(name))),
+            format!(
+                " JOIN ({}) h USING ({key})",
+                histogram_select(spec, cols, raw, &key)
+            ),
+        ),
+        false => (
+            histogram_columns(|name, ty| format!("NULL::{ty} AS {}", quote_ident(name))),
+            String::new(),
+        ),
     };
-    let hist_columns: Vec<String> = HISTOGRAMS
-        .iter()
-        .flat_map(|(h, _)| {
-            [
-                format!("h.{}", quote_ident(h)),
-                format!("h.{}", quote_ident(&counts_column(h))),
-            ]
-        })
-        .collect();
     format!(
-        "SELECT {key}, c.{s}, c.{a}, c.{f}, {hist}, {ext}
-           FROM ({counted}) c JOIN ({histograms}) h USING ({using})",
-        key = qualified_key(spec, "c"),
+        "SELECT {columns}, c.{s}, c.{a}, c.{f}, {hist}, {ext} FROM ({counted}) c{join}",
+        columns = qualified_key(spec, "c"),
         s = quote_ident(SAMPLES_COLUMN),
         a = quote_ident(ALARM_SAMPLES),
         f = quote_ident(FAULT_SAMPLES),
-        hist = hist_columns.join(", "),
+        hist = hist.join(", "),
         ext = extreme_columns(spec, "c"),
-        using = key,
     )
+}
+
+/// Each histogram's values and counts column, as `column(name, type)` puts it.
+fn histogram_columns(column: impl Fn(&str, &str) -> String) -> Vec<String> {
+    HISTOGRAMS
+        .iter()
+        .flat_map(|(h, _)| [column(h, "float8[]"), column(&counts_column(h), "int4[]")])
+        .collect()
 }
 
 /// `c."BUCKET", c."BANK_ID", …`.
