@@ -75,6 +75,14 @@ timed() {
     printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median %d ms, min %d ms, max %d ms (%d runs)", a[int((NR+1)/2)], a[1], a[NR], NR}'
 }
 
+# The ratio of two `timed` lines' medians: median_ratio "$a_t" "$b_t" = a / b.
+median_ratio() {
+    local a b
+    a="$(sed 's/median \([0-9]*\) ms.*/\1/' <<<"$1")"
+    b="$(sed 's/median \([0-9]*\) ms.*/\1/' <<<"$2")"
+    awk -v a="$a" -v b="$b" 'BEGIN {printf "%.2f", a / b}'
+}
+
 # One week of ESS_Operating_Site2 in bench_site2 (loaded once), migrated.
 site_week() {
     "$ESSOPS" --config bench/loss.toml --quiet migrate --create-database
@@ -139,11 +147,47 @@ bench_kpi() {
     echo "  rollup of the day (nightly, before kpi; 1m, 1h and KPI buckets): $roll_t"
     echo "  loss: $loss_t"
     echo "  kpi:  $kpi_t"
-    local l k
-    l="$(sed 's/median \([0-9]*\) ms.*/\1/' <<<"$loss_t")"
-    k="$(sed 's/median \([0-9]*\) ms.*/\1/' <<<"$kpi_t")"
-    echo "  kpi / loss (medians): $(awk -v k="$k" -v l="$l" 'BEGIN {printf "%.2f", k / l}')"
+    echo "  kpi / loss (medians): $(median_ratio "$kpi_t" "$loss_t")"
     echo "  kpi of a day not rolled up yet (read from raw rows): $raw_t"
+    echo "  reproduce: scripts/bench.sh kpi   (one run: ${kpi_cmd[*]#$ROOT/})"
+    bench_kpi_varied
+}
+
+# The same site and day in bench_kpi (loaded once), but with spreads, SoH
+# and SOC that vary every second (70 cell-spread and 100 temperature-spread
+# values per rack, 0.5 % scattered loss): the histograms are as wide as a
+# real day's, and kpi merges them.
+bench_kpi_varied() {
+    local cfg=bench/kpi.toml
+    local psql=("${PSQL[@]/bench_site2/bench_kpi}")
+    "$ESSOPS" --config "$cfg" --quiet migrate --create-database
+    if [ "$("${psql[@]}" -c 'SELECT count(*) FROM rack')" -lt $(( 86400 * 17 * 99 / 100 )) ]; then
+        echo "loading a varied site-day into bench_kpi (about a minute)..." >&2
+        "${psql[@]}" <<'SQL'
+TRUNCATE rack; TRUNCATE bank;
+INSERT INTO rack ("TIMESTAMP","BANK_ID","RACK_ID","SOC","SOH","DC_VOLTAGE","DC_CURRENT","MAX_CELL_VOLTAGE","MIN_CELL_VOLTAGE","MAX_CELL_TEMP","MIN_CELL_TEMP","STATUS")
+SELECT t, b, r, 50 + 20*sin(s/3600.0) + ((s * 13 + r) % 9) / 10.0, 97 - r / 10.0 - (s % 7) / 100.0, 820 + r, 100*cos(s/600.0),
+       3.33 + 0.001 * ((s * 7919 + r * 104729) % 70), 3.33, 27 + 0.1 * ((s * 31 + r * 17) % 100), 27, 1
+  FROM (SELECT t, extract(epoch FROM t - '2026-03-05 00:00:00+09')::int8 AS s
+          FROM generate_series('2026-03-05 00:00:00+09'::timestamptz, '2026-03-06 00:00:00+09'::timestamptz - interval '1 second', interval '1 second') t) x,
+       (SELECT 1 AS b, generate_series(1,9) AS r UNION ALL SELECT 2, generate_series(1,8)) d
+ WHERE (s * 7919 + r * 104729 + b * 31) % 1000 >= 5;
+INSERT INTO bank ("TIMESTAMP","BANK_ID","SOC","SOH","DC_VOLTAGE","DC_CURRENT","STATUS")
+SELECT t, b, 50, 98.5, 820, 100, 1
+  FROM generate_series('2026-03-05 00:00:00+09'::timestamptz, '2026-03-06 00:00:00+09'::timestamptz - interval '1 second', interval '1 second') t, generate_series(1,2) b;
+VACUUM ANALYZE rack; VACUUM ANALYZE bank;
+SQL
+    fi
+    "$ESSOPS" --config "$cfg" --quiet rollup
+    local loss_cmd=("$ESSOPS" --config "$cfg" loss --quiet --date 2026-03-05)
+    local kpi_cmd=("$ESSOPS" --config "$cfg" kpi --quiet --date 2026-03-05)
+    local loss_t kpi_t
+    loss_t="$(timed "${loss_cmd[@]}")"
+    kpi_t="$(timed "${kpi_cmd[@]}")"
+    echo "kpi, varied day: the same site-day with spreads, SoH and SOC varying every second, dev build"
+    echo "  loss: $loss_t"
+    echo "  kpi:  $kpi_t"
+    echo "  kpi / loss (medians): $(median_ratio "$kpi_t" "$loss_t")"
     echo "  reproduce: scripts/bench.sh kpi   (one run: ${kpi_cmd[*]#$ROOT/})"
 }
 
