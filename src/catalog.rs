@@ -68,6 +68,14 @@ pub enum TableError {
         database: String,
         table: &'static str,
     },
+    #[error(
+        "server `{server}`, database `{database}`: the KPI rollup `{table}` does not exist: run essops migrate (schema version 8 adds it)"
+    )]
+    MissingKpiRollup {
+        server: String,
+        database: String,
+        table: String,
+    },
     #[error("server `{server}`, database `{database}`: table `{table}` has no column `{column}`")]
     NoKeyColumn {
         server: String,
@@ -105,6 +113,24 @@ pub async fn require_table(
             column,
         }),
         None => Ok(columns),
+    }
+}
+
+/// That the KPI rollup of `spec` exists (schema version 8).
+pub async fn require_kpi_rollup(
+    client: &tokio_postgres::Client,
+    server: &str,
+    database: &str,
+    spec: &TableSpec,
+) -> Result<(), TableError> {
+    let table = crate::rollup::kpi::table(spec);
+    match columns(client, server, database, &table).await?.is_empty() {
+        false => Ok(()),
+        true => Err(TableError::MissingKpiRollup {
+            server: server.to_string(),
+            database: database.to_string(),
+            table,
+        }),
     }
 }
 

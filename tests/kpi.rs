@@ -530,3 +530,37 @@ fn kpi_figures_are_the_same_from_the_rollup_and_from_raw_rows() {
         "a window that is not whole quarter hours"
     );
 }
+
+/// A server migrated before schema version 8 has no KPI rollup: kpi and
+/// rollup name the missing table and what to run, and measure the rest.
+#[test]
+fn kpi_and_rollup_name_a_missing_kpi_rollup() {
+    let s = setup("kpi_no_rollup", &[("Seoul", "Asia/Seoul")], "");
+    s.db.execute("local", "DROP TABLE rack_kpi");
+    let says =
+        "the KPI rollup `rack_kpi` does not exist: run essops migrate (schema version 8 adds it)";
+    plant_day(&s.db, "local");
+    // The rack table is not measured (4); the bank and the PCS are.
+    let kpi = Cmd::new(Some(&s.config))
+        .args(["kpi", "--server", "local", "--date", DAY, "--json"])
+        .run()
+        .expect_code(4);
+    let rows: Vec<Value> = kpi.json();
+    let failure = rows_of(&rows, "failure");
+    assert_eq!(failure.len(), 1, "{rows:#?}");
+    assert_eq!(failure[0]["table"], "rack");
+    assert!(
+        failure[0]["error"].as_str().unwrap().contains(says),
+        "{}",
+        failure[0]
+    );
+    assert!(
+        !rows_of(&rows, "bank").is_empty(),
+        "the bank table is still measured"
+    );
+    let rollup = Cmd::new(Some(&s.config))
+        .args(["rollup", "--server", "local"])
+        .run()
+        .expect_code(4);
+    assert!(rollup.stdout().contains(says), "{}", rollup.stdout());
+}
