@@ -114,3 +114,18 @@ CREATE TABLE rack_bank_kpi (
 );
 SELECT create_hypertable('rack_bank_kpi', by_range('BUCKET', INTERVAL '30 days'));
 CREATE UNIQUE INDEX rack_bank_kpi_natural_key ON rack_bank_kpi ("BANK_ID", "BUCKET");
+
+-- Roles `essops migrate --create-roles` made before this version: the
+-- writer replaces these buckets (`essops rollup`), the reader reads them
+-- (`essops kpi`). Default privileges cover SELECT and INSERT; DELETE is
+-- granted here, so an upgrade needs no second `--create-roles`.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'essops_writer') THEN
+        GRANT SELECT, INSERT, DELETE ON bank_kpi, rack_kpi, pcs_kpi, rack_bank_kpi TO essops_writer;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'essops_reader') THEN
+        GRANT SELECT ON bank_kpi, rack_kpi, pcs_kpi, rack_bank_kpi TO essops_reader;
+    END IF;
+END
+$$;
