@@ -116,24 +116,6 @@ pub async fn require_table(
     }
 }
 
-/// That the KPI rollup of `spec` exists (schema version 8).
-pub async fn require_kpi_rollup(
-    client: &tokio_postgres::Client,
-    server: &str,
-    database: &str,
-    spec: &TableSpec,
-) -> Result<(), TableError> {
-    let table = crate::rollup::kpi::table(spec);
-    match columns(client, server, database, &table).await?.is_empty() {
-        false => Ok(()),
-        true => Err(TableError::MissingKpiRollup {
-            server: server.to_string(),
-            database: database.to_string(),
-            table,
-        }),
-    }
-}
-
 /// TimescaleDB's edition on this server: `timescaledb.license`, `apache`
 /// (no compression, retention policies or continuous aggregates) or
 /// `timescale` (Community).

@@ -283,7 +283,7 @@ async fn measure_part(
     let client = db::connect(config, target).await?;
     measure::prepare(&client, &t.server, database).await?;
     let columns = crate::catalog::require_table(&client, &t.server, database, spec).await?;
-    crate::catalog::require_kpi_rollup(&client, &t.server, database, spec).await?;
+    crate::rollup::kpi::require(&client, &t.server, database, spec).await?;
     let cols = TableColumns::new(&columns);
     let limits: Vec<(String, (f64, f64))> = config
         .cache

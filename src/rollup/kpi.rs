@@ -49,6 +49,27 @@ pub fn table(spec: &TableSpec) -> String {
     format!("{}_kpi", spec.name)
 }
 
+/// That the KPI rollup of `spec` exists (schema version 8).
+pub async fn require(
+    client: &tokio_postgres::Client,
+    server: &str,
+    database: &str,
+    spec: &TableSpec,
+) -> Result<(), crate::catalog::TableError> {
+    let table = self::table(spec);
+    match crate::catalog::columns(client, server, database, &table)
+        .await?
+        .is_empty()
+    {
+        false => Ok(()),
+        true => Err(crate::catalog::TableError::MissingKpiRollup {
+            server: server.to_string(),
+            database: database.to_string(),
+            table,
+        }),
+    }
+}
+
 pub fn has_kpis(table: Table) -> bool {
     TABLES.iter().any(|t| t.table == table)
 }

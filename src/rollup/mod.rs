@@ -197,7 +197,7 @@ async fn target_rows(
     let mut rows = Vec::new();
     for spec in tables.iter().filter(|t| site.has_table(t.table)) {
         if kpi::has_kpis(spec.table) {
-            let ready = crate::catalog::require_kpi_rollup(&client, server, &site.database, spec);
+            let ready = kpi::require(&client, server, &site.database, spec);
             if let Err(e) = ready.await {
                 rows.push(fail(Some(spec.name), e.to_string()));
                 continue;
