@@ -101,15 +101,12 @@ fn ceil(t: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// `ARRAY["BANK_ID", …]::int2[]` of `alias`'s device columns (no alias: bare).
-fn ids_array(columns: &[&str], alias: &str) -> String {
-    let ids: Vec<String> = columns
-        .iter()
-        .map(|c| match alias {
-            "" => quote_ident(c),
-            a => format!("{a}.{}", quote_ident(c)),
-        })
-        .collect();
-    format!("ARRAY[{}]::int2[]", ids.join(", "))
+pub(super) fn ids_array(columns: &[&str], alias: &str) -> String {
+    let ids = match alias {
+        "" => crate::sql::quote_list(columns),
+        a => crate::sql::prefixed_list(a, columns),
+    };
+    format!("ARRAY[{ids}]::int2[]")
 }
 
 /// Which part of the window the rollup of `spec` serves, and which of its

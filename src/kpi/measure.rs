@@ -140,15 +140,14 @@ struct Common {
 
 fn common(spec: &TableSpec) -> Common {
     let ts = quote_ident(TIME_COLUMN);
-    let ids: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
     let table = quote_ident(spec.name);
     let filter = format!(
         "{ts} >= $1 AND {ts} < $2{}",
         crate::sql::devices_not_null(spec)
     );
     Common {
-        ids: format!("ARRAY[{}]::int2[]", ids.join(", ")),
-        group: ids.join(", "),
+        ids: super::buckets::ids_array(spec.device_columns, ""),
+        group: crate::sql::quote_list(spec.device_columns),
         day: "$3::date".into(),
         from: format!("{table} WHERE {filter}"),
         table,
