@@ -95,18 +95,14 @@ pub async fn create_roles(client: &Client, database: &str) -> Result<(), tokio_p
 /// Every rollup table (the KPI rollups too), qualified: the writer
 /// replaces their buckets.
 fn rollup_tables() -> Vec<String> {
-    let kpi = crate::rollup::kpi::TABLES
-        .iter()
-        .map(crate::rollup::kpi::table)
-        .chain([crate::rollup::kpi::SPREAD_TABLE.to_string()]);
     crate::schema::TABLES
         .iter()
         .flat_map(|spec| {
             crate::schema::ROLLUPS
                 .iter()
                 .map(move |(suffix, _)| crate::schema::rollup_name(spec, suffix))
+                .chain(crate::rollup::kpi::tables_of(spec))
         })
-        .chain(kpi)
         .map(|table| format!("public.{}", quote_ident(&table)))
         .collect()
 }

@@ -242,12 +242,8 @@ fn rollup_tables(spec: &TableSpec, settings: &RetentionSettings) -> Vec<(String,
         .zip([settings.rollup_1m_days, settings.rollup_1h_days])
         .map(|((suffix, _), days)| (schema::rollup_name(spec, suffix), days))
         .collect();
-    if rollup::kpi::has_kpis(spec.table) {
-        tables.push((rollup::kpi::table(spec), settings.rollup_1h_days));
-    }
-    if spec.table == schema::Table::Rack {
-        tables.push((rollup::kpi::SPREAD_TABLE.into(), settings.rollup_1h_days));
-    }
+    let kpis = rollup::kpi::tables_of(spec);
+    tables.extend(kpis.into_iter().map(|t| (t, settings.rollup_1h_days)));
     tables
 }
 

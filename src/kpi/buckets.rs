@@ -447,14 +447,7 @@ pub async fn soc_spread(
     let src = Source {
         rollup: rolled::SPREAD_TABLE.to_string(),
         keys: &["BANK_ID"],
-        columns: [
-            BUCKET_COLUMN,
-            "BANK_ID",
-            SOC_SPREAD,
-            &counts_column(SOC_SPREAD),
-        ]
-        .map(String::from)
-        .to_vec(),
+        columns: rolled::spread_columns(),
         raw: &rack,
         select: &select,
     };

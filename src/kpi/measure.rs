@@ -110,16 +110,22 @@ impl Scope<'_> {
         let mut params: Vec<&(dyn ToSql + Sync)> =
             vec![&self.window.start, &self.window.end, &self.day];
         params.extend_from_slice(extra);
-        self.client
-            .query(sql, &params)
-            .await
-            .map_err(|e| DbError::query(self.server, self.database, what, &e))
+        self.execute(what, sql, &params).await
     }
 
     /// Runs a statement whose values are all in `binds`.
     pub async fn run(&self, what: &str, sql: &str, binds: &Binds) -> Result<Vec<Row>, DbError> {
+        self.execute(what, sql, &binds.refs()).await
+    }
+
+    async fn execute(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, DbError> {
         self.client
-            .query(sql, &binds.refs())
+            .query(sql, params)
             .await
             .map_err(|e| DbError::query(self.server, self.database, what, &e))
     }

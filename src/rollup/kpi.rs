@@ -70,10 +70,6 @@ pub async fn require(
     }
 }
 
-pub fn has_kpis(table: Table) -> bool {
-    TABLES.iter().any(|t| t.table == table)
-}
-
 /// `"CELL_SPREAD_N"`: the counts beside a histogram's values.
 pub fn counts_column(values: &str) -> String {
     format!("{values}_N")
@@ -187,11 +183,8 @@ fn histogram_arrays(v: &str, n: &str, only: &str, name: &str) -> String {
 /// extremes in one grouping, the histograms in a second (grouping sets, one
 /// per histogram), joined on the bucket and device.
 pub fn bucket_select(spec: &TableSpec, cols: &TableColumns, raw: &str) -> String {
-    let ids: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
-    let key = std::iter::once(quote_ident(BUCKET_COLUMN))
-        .chain(ids.iter().cloned())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let ids = crate::sql::quote_list(spec.device_columns);
+    let key = crate::sql::quote_list(&key_columns(spec));
     let mut extremes = Vec::new();
     for m in spec.table.measures() {
         let v = cols.float(m);
@@ -212,7 +205,6 @@ pub fn bucket_select(spec: &TableSpec, cols: &TableColumns, raw: &str) -> String
            FROM {raw} GROUP BY {key}",
         tb = time_bucket(),
         b = quote_ident(BUCKET_COLUMN),
-        ids = ids.join(", "),
         s = quote_ident(SAMPLES_COLUMN),
         a = quote_ident(ALARM_SAMPLES),
         f = quote_ident(FAULT_SAMPLES),
@@ -236,7 +228,7 @@ pub fn bucket_select(spec: &TableSpec, cols: &TableColumns, raw: &str) -> String
     };
     format!(
         "SELECT {columns}, c.{s}, c.{a}, c.{f}, {hist}, {ext} FROM ({counted}) c{join}",
-        columns = qualified_key(spec, "c"),
+        columns = crate::sql::prefixed_list("c", &key_columns(spec)),
         s = quote_ident(SAMPLES_COLUMN),
         a = quote_ident(ALARM_SAMPLES),
         f = quote_ident(FAULT_SAMPLES),
@@ -253,13 +245,11 @@ fn histogram_columns(column: impl Fn(&str, &str) -> String) -> Vec<String> {
         .collect()
 }
 
-/// `c."BUCKET", c."BANK_ID", …`.
-fn qualified_key(spec: &TableSpec, alias: &str) -> String {
+/// A bucket row's key: `"BUCKET", "BANK_ID", …`.
+fn key_columns(spec: &TableSpec) -> Vec<&'static str> {
     std::iter::once(BUCKET_COLUMN)
         .chain(spec.device_columns.iter().copied())
-        .map(|c| format!("{alias}.{}", quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
 }
 
 fn extreme_columns(spec: &TableSpec, alias: &str) -> String {
@@ -294,7 +284,6 @@ fn histogram_select(spec: &TableSpec, cols: &TableColumns, raw: &str, key: &str)
             histogram_arrays(&format!("v{i}"), "n", &only, h)
         })
         .collect();
-    let ids: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
     format!(
         "SELECT {key}, {arrays}
            FROM (SELECT {key}, {all}, GROUPING({all}) AS g, count(*) AS n
@@ -305,7 +294,7 @@ fn histogram_select(spec: &TableSpec, cols: &TableColumns, raw: &str, key: &str)
         all = all.join(", "),
         tb = time_bucket(),
         b = quote_ident(BUCKET_COLUMN),
-        ids = ids.join(", "),
+        ids = crate::sql::quote_list(spec.device_columns),
         values = values.join(", "),
         sets = sets.join(", "),
     )
@@ -349,31 +338,64 @@ pub fn raw_window(spec: &TableSpec) -> String {
     )
 }
 
-/// `INSERT INTO "rack_kpi" (…) SELECT …` of the raw rows in `[$1, $2)`.
-pub fn insert_sql(spec: &TableSpec, cols: &TableColumns) -> String {
-    format!(
-        "INSERT INTO {} ({}) {}",
-        quote_ident(&table(spec)),
-        crate::sql::quote_list(&bucket_columns(spec)),
-        bucket_select(spec, cols, &raw_window(spec))
-    )
+/// The KPI rollups kept from one raw table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KpiRollup {
+    /// Per device: `rack_kpi`, `bank_kpi`, `pcs_kpi`.
+    Devices,
+    /// Per bank, from the rack table: `rack_bank_kpi`.
+    BankSpread,
 }
 
-/// `INSERT INTO "rack_bank_kpi" (…) SELECT …` of the rack rows in `[$1, $2)`.
-pub fn spread_insert_sql(cols: &TableColumns) -> String {
-    let columns = [
+impl KpiRollup {
+    /// The KPI rollups of `spec`'s raw rows (none for etc).
+    pub fn of(spec: &TableSpec) -> &'static [KpiRollup] {
+        match spec.table {
+            Table::Rack => &[KpiRollup::Devices, KpiRollup::BankSpread],
+            Table::Bank | Table::Pcs => &[KpiRollup::Devices],
+            Table::Etc => &[],
+        }
+    }
+
+    pub fn table(self, spec: &TableSpec) -> String {
+        match self {
+            KpiRollup::Devices => table(spec),
+            KpiRollup::BankSpread => SPREAD_TABLE.to_string(),
+        }
+    }
+
+    /// `INSERT INTO "rack_kpi" (…) SELECT …` of the raw rows in `[$1, $2)`.
+    pub fn insert_sql(self, spec: &TableSpec, cols: &TableColumns) -> String {
+        let (columns, select) = match self {
+            KpiRollup::Devices => (
+                bucket_columns(spec),
+                bucket_select(spec, cols, &raw_window(spec)),
+            ),
+            KpiRollup::BankSpread => (spread_columns(), spread_select(cols, &raw_window(spec))),
+        };
+        format!(
+            "INSERT INTO {} ({}) {select}",
+            quote_ident(&self.table(spec)),
+            crate::sql::quote_list(&columns),
+        )
+    }
+}
+
+/// Every KPI rollup table kept from `spec`'s raw rows.
+pub fn tables_of(spec: &TableSpec) -> Vec<String> {
+    KpiRollup::of(spec).iter().map(|r| r.table(spec)).collect()
+}
+
+/// The columns of [`spread_select`]'s rows.
+pub fn spread_columns() -> Vec<String> {
+    [
         BUCKET_COLUMN,
         "BANK_ID",
         SOC_SPREAD,
         &counts_column(SOC_SPREAD),
     ]
-    .map(String::from);
-    format!(
-        "INSERT INTO {} ({}) {}",
-        quote_ident(SPREAD_TABLE),
-        crate::sql::quote_list(&columns),
-        spread_select(cols, &raw_window(&crate::schema::RACK))
-    )
+    .map(String::from)
+    .to_vec()
 }
 
 #[cfg(test)]

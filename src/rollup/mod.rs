@@ -196,7 +196,7 @@ async fn target_rows(
     };
     let mut rows = Vec::new();
     for spec in tables.iter().filter(|t| site.has_table(t.table)) {
-        if kpi::has_kpis(spec.table) {
+        if !kpi::KpiRollup::of(spec).is_empty() {
             let ready = kpi::require(&client, server, &site.database, spec);
             if let Err(e) = ready.await {
                 rows.push(fail(Some(spec.name), e.to_string()));
@@ -421,11 +421,20 @@ async fn roll_span(
         )
         .await?;
     }
-    if kpi::has_kpis(spec.table) {
+    let kpis = kpi::KpiRollup::of(spec);
+    if !kpis.is_empty() {
         let cols = kpi::TableColumns::read(&tx, spec.name).await?;
-        written[2] = replace(&tx, &kpi::table(spec), &kpi::insert_sql(spec, &cols), span).await?;
-        if spec.table == crate::schema::Table::Rack {
-            replace(&tx, kpi::SPREAD_TABLE, &kpi::spread_insert_sql(&cols), span).await?;
+        for rollup in kpis {
+            let n = replace(
+                &tx,
+                &rollup.table(spec),
+                &rollup.insert_sql(spec, &cols),
+                span,
+            )
+            .await?;
+            if *rollup == kpi::KpiRollup::Devices {
+                written[2] = n;
+            }
         }
     }
     match mark {
