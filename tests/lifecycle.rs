@@ -500,7 +500,7 @@ fn lifecycle_retention_keeps_a_chunk_that_gained_rows_between_count_and_drop() {
         .await
         .unwrap();
         let retention = Cmd::new(Some(&config))
-            .args(["--json", "retention", "--table", "rack"])
+            .args(["--json", "retention", "--table", "rack", "--server", "gcp"])
             .spawn();
         let watch = db.client("gcp", &db.databases[0]).await;
         let started = std::time::Instant::now();
@@ -542,11 +542,32 @@ fn lifecycle_retention_keeps_a_chunk_that_gained_rows_between_count_and_drop() {
         raced.to_string().contains("rows arrived meanwhile"),
         "{raced}"
     );
-    assert_eq!(chunk("local", first)["verdict"], "dropped");
     assert_eq!(
         chunk("gcp", first + TimeDelta::days(1))["verdict"],
         "dropped"
     );
+    // Judged again, neither copy of the first day is dropped while gcp holds
+    // a row local lacks.
+    let again = essops(&[
+        "--json",
+        "retention",
+        "--table",
+        "rack",
+        "--server",
+        "local",
+    ]);
+    let local = again
+        .json::<Value>()
+        .into_iter()
+        .find(|r| {
+            r["kind"] == "chunk"
+                && r["range_start"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with(&first.to_string()))
+        })
+        .unwrap_or_else(|| panic!("no local chunk from {first}"));
+    assert_eq!(local["verdict"], "keep", "{local}");
+    assert!(local.to_string().contains("`gcp` holds"), "{local}");
     // The late row is still there, in the chunk kept.
     assert_eq!(
         db.scalar(
