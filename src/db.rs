@@ -63,6 +63,20 @@ pub fn device_id(
 /// How long a connection attempt may take before the server counts as down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Work memory for the statements that group a day or more of rows (the
+/// rollup, kpi, the cache's full builds): at the server's default 4 MB a
+/// day of 1 Hz racks sorts on disk, and the rollup takes 1.3x as long.
+const GROUPING_WORK_MEM: &str = "64MB";
+
+/// Gives this session's grouping statements [`GROUPING_WORK_MEM`].
+pub async fn set_grouping_memory(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!("SET work_mem = '{GROUPING_WORK_MEM}'"))
+        .await
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("server `{server}`: password variable {var} is not set")]

@@ -130,8 +130,7 @@ pub async fn warm_site(
     };
     let client = db::connect(config, target).await?;
     // Full builds group days of rows; keep their sorts in memory.
-    client
-        .batch_execute("SET work_mem = '64MB'")
+    db::set_grouping_memory(&client)
         .await
         .map_err(|e| DbError::query(&server.name, &site.database, "setting work_mem", &e))?;
     let mut sorted: Vec<CachePeriod> = periods.to_vec();

@@ -18,14 +18,10 @@ use crate::schema::{TIME_COLUMN, TableSpec};
 use crate::sql::quote_ident;
 use crate::window::Window;
 
-/// Work memory for the statements' sorts and hashes, per transaction: the
-/// per-second bank spread groups a day of every rack of a bank.
-const WORK_MEM: &str = "64MB";
-
-/// Readies a connection for the KPI statements (once, not per statement).
+/// Readies a connection for the KPI statements (once, not per statement):
+/// the per-second bank spread groups a day of every rack of a bank.
 pub async fn prepare(client: &Client, server: &str, database: &str) -> Result<(), DbError> {
-    client
-        .batch_execute(&format!("SET work_mem = '{WORK_MEM}'"))
+    crate::db::set_grouping_memory(client)
         .await
         .map_err(|e| DbError::query(server, database, "setting work_mem", &e))
 }

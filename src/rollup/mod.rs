@@ -411,6 +411,7 @@ async fn roll_span(
     mark: Option<Mark>,
 ) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
+    db::set_grouping_memory(&tx).await?;
     let mut written = [0; 3];
     for (i, (suffix, bucket)) in ROLLUPS.iter().enumerate() {
         written[i] = replace(
