@@ -65,6 +65,13 @@ cargo build --locked --quiet
 PSQL=(psql -X -q -t -A -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 25432 -U essops -d bench_site2)
 export PGPASSWORD="$(cat .services/secrets/local.password)"
 
+# A timed command as an operator types it: `essops …`, not the build's path.
+one_run() {
+    local words=("$@")
+    words[0]=essops
+    echo "${words[*]}"
+}
+
 # median, min and max of the wall times (ms) of RUNS runs of a command
 timed() {
     local times=() i t0 t1
@@ -120,7 +127,7 @@ bench_loss() {
     echo "loss: ESS_Operating_Site2, 19 devices (2 banks, 17 racks), 1 Hz, 0.5 % scattered loss, dev build"
     echo "  site-day  ($day_rows rows): $(timed "${day_cmd[@]}")"
     echo "  site-week ($week_rows rows): $(timed "${week_cmd[@]}")"
-    echo "  reproduce: scripts/bench.sh loss   (one run: ${day_cmd[*]#$ROOT/})"
+    echo "  reproduce: scripts/bench.sh loss   (one run: $(one_run "${day_cmd[@]}"))"
 }
 
 # `essops kpi` next to `essops loss` on the same site-day (every table each),
@@ -149,7 +156,7 @@ bench_kpi() {
     echo "  kpi:  $kpi_t"
     echo "  kpi / loss (medians): $(median_ratio "$kpi_t" "$loss_t")"
     echo "  kpi of a day not rolled up yet (read from raw rows): $raw_t"
-    echo "  reproduce: scripts/bench.sh kpi   (one run: ${kpi_cmd[*]#$ROOT/})"
+    echo "  reproduce: scripts/bench.sh kpi   (one run: $(one_run "${kpi_cmd[@]}"))"
     bench_kpi_varied
 }
 
@@ -179,24 +186,28 @@ VACUUM ANALYZE rack; VACUUM ANALYZE bank;
 SQL
     fi
     "$ESSOPS" --config "$cfg" --quiet rollup
+    local roll_cmd=("$ESSOPS" --config "$cfg" --quiet rollup --date 2026-03-05)
     local loss_cmd=("$ESSOPS" --config "$cfg" loss --quiet --date 2026-03-05)
     local kpi_cmd=("$ESSOPS" --config "$cfg" kpi --quiet --date 2026-03-05)
-    local loss_t kpi_t
+    local roll_t loss_t kpi_t
+    roll_t="$(RUNS=3 timed "${roll_cmd[@]}")"
     loss_t="$(timed "${loss_cmd[@]}")"
     kpi_t="$(timed "${kpi_cmd[@]}")"
     echo "kpi, varied day: the same site-day with spreads, SoH and SOC varying every second, dev build"
+    echo "  rollup of the day: $roll_t"
     echo "  loss: $loss_t"
     echo "  kpi:  $kpi_t"
     echo "  kpi / loss (medians): $(median_ratio "$kpi_t" "$loss_t")"
-    echo "  reproduce: scripts/bench.sh kpi   (one run: ${kpi_cmd[*]#$ROOT/})"
+    echo "  reproduce: scripts/bench.sh kpi   (one run: $(one_run "${kpi_cmd[@]}"))"
 }
 
 # Keeping data on the loss bench's site-week: bytes per rack row and per
-# index, the first rollup of the week and a re-run, a retention dry run.
+# index, the week's first rollup (minute, hour and KPI buckets) and a
+# re-run, a retention dry run.
 bench_lifecycle() {
     local cfg=bench/lifecycle.toml
     site_week
-    "${PSQL[@]}" -c "DELETE FROM essops.rollup_marks; TRUNCATE rack_1m, rack_1h, bank_1m, bank_1h"
+    "${PSQL[@]}" -c "DELETE FROM essops.rollup_marks; TRUNCATE rack_1m, rack_1h, bank_1m, bank_1h, rack_kpi, bank_kpi, rack_bank_kpi"
     echo "keeping data: ESS_Operating_Site2 (2 banks, 17 racks), one week at 1 Hz, dev build"
     "${PSQL[@]}" -F ' ' <<'SQL' | awk '{printf "  %s: %s rows; per row: table %.1f B, indexes %.1f B, total %.1f B\n", $1, $2, $3/$2, $4/$2, $5/$2}'
 SELECT t, (SELECT count(*) FROM rack), d.table_bytes + d.toast_bytes, d.index_bytes, d.total_bytes
@@ -209,10 +220,10 @@ SQL
     t0=$(date +%s%N)
     "$ESSOPS" --config "$cfg" --quiet rollup --table rack --table bank >/dev/null
     t1=$(date +%s%N)
-    echo "  first rollup of the week ($rows raw rows into 1 m and 1 h): $(( (t1 - t0) / 1000000 )) ms = $(( rows * 1000000000 / (t1 - t0) )) rows/s"
+    echo "  first rollup of the week ($rows raw rows into 1 m, 1 h and 15-minute KPI buckets): $(( (t1 - t0) / 1000000 )) ms = $(( rows * 1000000000 / (t1 - t0) )) rows/s"
     echo "  rollup re-run (nothing new): $(timed "$ESSOPS" --config "$cfg" --quiet rollup --table rack --table bank)"
-    "${PSQL[@]}" -F ' ' -c "SELECT (SELECT hypertable_size('rack_1m')), (SELECT hypertable_size('rack_1h')), (SELECT hypertable_size('rack'))" \
-        | awk '{printf "  rack_1m %.1f MB, rack_1h %.2f MB, raw rack %.1f MB for the week\n", $1/1048576, $2/1048576, $3/1048576}'
+    "${PSQL[@]}" -F ' ' -c "SELECT (SELECT hypertable_size('rack_1m')), (SELECT hypertable_size('rack_1h')), (SELECT hypertable_size('rack_kpi')), (SELECT hypertable_size('rack'))" \
+        | awk '{printf "  rack_1m %.1f MB, rack_1h %.2f MB, rack_kpi %.2f MB, raw rack %.1f MB for the week\n", $1/1048576, $2/1048576, $3/1048576, $4/1048576}'
     echo "  retention --dry-run (every raw chunk of rack and bank judged): $(timed "$ESSOPS" --config "$cfg" --quiet retention --dry-run --table rack --table bank)"
     echo "  reproduce: scripts/bench.sh lifecycle"
 }

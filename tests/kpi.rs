@@ -529,6 +529,21 @@ fn kpi_figures_are_the_same_from_the_rollup_and_from_raw_rows() {
         exact_figures(&s.db, a, b),
         "a window that is not whole quarter hours"
     );
+
+    // A day the mark passed before the KPI rollup existed (an upgrade to
+    // schema version 8): no bucket at all, so it is read as raw rows.
+    s.db.execute(
+        "local",
+        &format!(
+            r#"DELETE FROM rack_kpi WHERE "BUCKET" >= '{from}' AND "BUCKET" < '{to}';
+               DELETE FROM rack_bank_kpi WHERE "BUCKET" >= '{from}' AND "BUCKET" < '{to}'"#
+        ),
+    );
+    assert_eq!(
+        kpi_figures(&s, &day),
+        late,
+        "a rolled day without KPI buckets"
+    );
 }
 
 /// A server migrated before schema version 8 has no KPI rollup: kpi and

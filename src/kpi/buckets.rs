@@ -118,11 +118,14 @@ pub async fn reading(scope: &Scope<'_>, spec: &TableSpec, lane: Lane) -> Result<
         .map_err(|e| DbError::query(scope.server, scope.database, what.as_str(), &e))?;
     let w = scope.window;
     let (a, z) = (ceil(w.start), mark.map_or(w.start, |m| floor(w.end.min(m))));
-    if a >= z {
-        return Ok(Reading {
-            rolled: (w.start, w.start),
-            stale: Stale::default(),
-        });
+    let raw_only = Reading {
+        rolled: (w.start, w.start),
+        stale: Stale::default(),
+    };
+    // A span the mark passed before the KPI rollup existed (an upgrade)
+    // has no bucket: one raw range, not every bucket found stale.
+    if a >= z || !holds_buckets(scope, spec, (a, z)).await? {
+        return Ok(raw_only);
     }
     let rolled = (a, z);
     let unsettled = unsettled(scope, spec, lane, rolled).await?;
@@ -131,6 +134,24 @@ pub async fn reading(scope: &Scope<'_>, spec: &TableSpec, lane: Lane) -> Result<
         false => stale_buckets(scope, spec, rolled, &unsettled).await?,
     };
     Ok(Reading { rolled, stale })
+}
+
+/// Whether the KPI rollup of `spec` has any bucket in `[a, z)`.
+async fn holds_buckets(
+    scope: &Scope<'_>,
+    spec: &TableSpec,
+    (a, z): (DateTime<Utc>, DateTime<Utc>),
+) -> Result<bool, DbError> {
+    let mut b = Binds::default();
+    let (a, z) = (b.bind(a, "timestamptz"), b.bind(z, "timestamptz"));
+    let bucket = quote_ident(BUCKET_COLUMN);
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {kpi} WHERE {bucket} >= {a} AND {bucket} < {z})",
+        kpi = quote_ident(&rolled::table(spec)),
+    );
+    let what = format!("the KPI rollup of table `{}`", spec.name);
+    let rows = scope.run(&what, &sql, &b).await?;
+    Ok(rows.first().is_some_and(|r| r.get(0)))
 }
 
 /// The devices whose raw rows in `rolled` number other than the rollup's
