@@ -43,11 +43,7 @@ pub fn prefixed_list<S: AsRef<str>>(alias: &str, names: &[S]) -> String {
 
 /// `a."BANK_ID" = b."BANK_ID" AND …`: the natural key of two aliases is equal.
 pub fn same_key(spec: &TableSpec, a: &str, b: &str) -> String {
-    spec.key_columns()
-        .iter()
-        .map(|c| format!("{a}.{q} = {b}.{q}", q = quote_ident(c)))
-        .collect::<Vec<_>>()
-        .join(" AND ")
+    same_columns(&spec.key_columns(), a, b)
 }
 
 /// `"BANK_ID" IS NULL OR …`: the row has no device (`None` for a table
@@ -75,23 +71,21 @@ pub fn same_columns(columns: &[&str], a: &str, b: &str) -> String {
 /// ever held, in order, by a loose index scan (each step jumps to the next
 /// tuple in the natural-key index).
 pub fn devices_cte(spec: &TableSpec) -> String {
-    let cols: Vec<String> = spec.device_columns.iter().map(|c| quote_ident(c)).collect();
-    let list = cols.join(", ");
-    let prev: Vec<String> = cols.iter().map(|c| format!("d.{c}")).collect();
-    let next: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
-    let order: String = (1..=cols.len())
+    let columns = spec.device_columns;
+    let order: String = (1..=columns.len())
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    let table = quote_ident(spec.name);
     format!(
         "d AS (
              (SELECT {list} FROM {table} ORDER BY {order} LIMIT 1)
              UNION ALL
              SELECT n.* FROM d CROSS JOIN LATERAL
-                 (SELECT {next_list} FROM {table} t WHERE ({next_list}) > ({prev_list}) ORDER BY {order} LIMIT 1) n)",
-        next_list = next.join(", "),
-        prev_list = prev.join(", "),
+                 (SELECT {next} FROM {table} t WHERE ({next}) > ({prev}) ORDER BY {order} LIMIT 1) n)",
+        list = quote_list(columns),
+        table = quote_ident(spec.name),
+        next = prefixed_list("t", columns),
+        prev = prefixed_list("d", columns),
     )
 }
 

@@ -205,22 +205,20 @@ async fn stale_buckets(
     let mut b = Binds::default();
     let (a, z) = (b.bind(a, "timestamptz"), b.bind(z, "timestamptz"));
     let columns = spec.device_columns;
-    let arrays: Vec<String> = (0..columns.len())
-        .map(|i| b.bind(devices.iter().map(|d| d[i]).collect::<Vec<i16>>(), "int2[]"))
+    let by_column: Vec<Vec<i16>> = (0..columns.len())
+        .map(|i| devices.iter().map(|d| d[i]).collect())
         .collect();
-    let names: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
     let (ts, bucket) = (quote_ident(TIME_COLUMN), quote_ident(BUCKET_COLUMN));
     let sql = format!(
         "SELECT {ids}, c.b
-           FROM unnest({arrays}) AS d({names})
+           FROM {devices}
           CROSS JOIN LATERAL (
                 SELECT time_bucket(INTERVAL '{BUCKET}', r.{ts}) AS b, count(*) AS n FROM {raw} r
                  WHERE {on_raw} AND r.{ts} >= {a} AND r.{ts} < {z} GROUP BY 1) c
            LEFT JOIN {kpi} k ON {on_kpi} AND k.{bucket} = c.b
           WHERE k.{samples} IS NULL OR c.n > k.{samples}",
         ids = ids_array(columns, "d"),
-        arrays = arrays.join(", "),
-        names = names.join(", "),
+        devices = unnest_ids(&mut b, columns, &by_column, None, "d"),
         raw = quote_ident(spec.name),
         kpi = quote_ident(&rolled::table(spec)),
         on_raw = same_columns(columns, "r", "d"),
@@ -276,7 +274,7 @@ fn buckets_sql(
         match stale.at.is_empty() {
             true => parts.push(format!("SELECT {columns} FROM {rollup} k WHERE {current}")),
             false => {
-                let unnest = stale_unnest(b, src.keys, stale);
+                let unnest = unnest_ids(b, src.keys, &stale.ids, Some(&stale.at), "s");
                 parts.push(format!(
                     "SELECT {columns} FROM {rollup} k
                       WHERE {current} AND NOT EXISTS (SELECT 1 FROM {unnest} WHERE {same} AND s.b = k.{bucket})",
@@ -310,19 +308,29 @@ fn buckets_sql(
     }
 }
 
-/// `unnest($k::int2[], …, $b::timestamptz[]) AS s("BANK_ID", …, b)`: the stale
-/// buckets, bound once however often the text is used.
-fn stale_unnest(b: &mut Binds, keys: &[&str], stale: &Stale) -> String {
+/// `unnest($k::int2[], …[, $b::timestamptz[]]) AS alias("BANK_ID", …[, b])`:
+/// device ids given per column (and bucket starts, for stale buckets), bound
+/// once however often the text is used.
+fn unnest_ids(
+    b: &mut Binds,
+    keys: &[&str],
+    ids: &[Vec<i16>],
+    at: Option<&[DateTime<Utc>]>,
+    alias: &str,
+) -> String {
     let mut arrays: Vec<String> = (0..keys.len())
-        .map(|i| b.bind(stale.ids.get(i).cloned().unwrap_or_default(), "int2[]"))
+        .map(|i| b.bind(ids.get(i).cloned().unwrap_or_default(), "int2[]"))
         .collect();
-    arrays.push(b.bind(stale.at.clone(), "timestamptz[]"));
-    let names: Vec<String> = keys
-        .iter()
-        .map(|k| quote_ident(k))
-        .chain(["b".to_string()])
-        .collect();
-    format!("unnest({}) AS s({})", arrays.join(", "), names.join(", "))
+    let mut names: Vec<String> = keys.iter().map(|k| quote_ident(k)).collect();
+    if let Some(at) = at {
+        arrays.push(b.bind(at.to_vec(), "timestamptz[]"));
+        names.push("b".into());
+    }
+    format!(
+        "unnest({}) AS {alias}({})",
+        arrays.join(", "),
+        names.join(", ")
+    )
 }
 
 /// `ranked` and `pct` over `hist (ids, m, v, n)`: per device and histogram
